@@ -1,0 +1,168 @@
+//! Application start-up: bind every port, connect the store, wire the stages.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, BrokerError};
+use crate::config::{ConfigError, Settings};
+use crate::directory::Directory;
+use crate::dispatch::{self, Dispatcher, MqttEndpoint};
+use crate::incident::IncidentStage;
+use crate::ingest::{self, IngestContext};
+use crate::store::{Db, StoreConfig, StoreError, writer};
+
+/// How long connections get to finish their frames once shutdown begins.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A server with its ports bound and its database migrated, not yet running.
+pub struct Application {
+    settings: Settings,
+    db: Db,
+    native: TcpListener,
+    native_addr: SocketAddr,
+    mqtt: MqttEndpoint,
+    embedded_broker: bool,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        settings.validate()?;
+        if settings.database_url.is_none() {
+            std::fs::create_dir_all(&settings.data_dir).map_err(|source| AppError::DataDir {
+                path: settings.data_dir.clone(),
+                source,
+            })?;
+        }
+        let db = Db::connect(&StoreConfig {
+            url: settings.database_url(),
+            schema: settings.database_schema.clone(),
+            max_connections: settings.database_max_connections,
+        })
+        .await?;
+        let native = TcpListener::bind(settings.native_addr)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: settings.native_addr,
+                source,
+            })?;
+        let native_addr = native.local_addr().map_err(|source| AppError::Bind {
+            addr: settings.native_addr,
+            source,
+        })?;
+        let (mqtt, embedded_broker) = match &settings.mqtt_url {
+            Some(url) => (
+                MqttEndpoint::parse(url).map_err(|why| ConfigError::Invalid {
+                    field: "mqtt_url",
+                    why,
+                })?,
+                false,
+            ),
+            None => {
+                let want = settings.embedded_mqtt_addr;
+                let addr = tokio::task::spawn_blocking(move || broker::start_embedded(want))
+                    .await
+                    .expect("broker start-up does not panic")?;
+                (
+                    MqttEndpoint {
+                        host: addr.ip().to_string(),
+                        port: addr.port(),
+                    },
+                    true,
+                )
+            }
+        };
+        Ok(Self {
+            settings,
+            db,
+            native,
+            native_addr,
+            mqtt,
+            embedded_broker,
+        })
+    }
+
+    pub fn native_addr(&self) -> SocketAddr {
+        self.native_addr
+    }
+
+    pub fn mqtt(&self) -> &MqttEndpoint {
+        &self.mqtt
+    }
+
+    pub fn embedded_broker(&self) -> bool {
+        self.embedded_broker
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Run until `shutdown`, then stop in phases: stop accepting and let
+    /// connections finish their frames; commit what is queued; let the
+    /// incident stage finish; close the database.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let s = &self.settings;
+        let inner = CancellationToken::new();
+        let (client, status, mqtt_task) =
+            dispatch::mqtt::connect(&self.mqtt, &s.instance_id, inner.clone());
+        let directory = Directory::new(self.db.clone());
+        let refresher =
+            directory.spawn_refresher(Duration::from_millis(s.cache_refresh_ms), inner.clone());
+        let (committed_tx, committed_rx) = mpsc::channel(10_000);
+        let (writer, writer_task) =
+            writer::spawn(self.db.clone(), s.commit_batch_max, committed_tx);
+        let dispatcher =
+            Dispatcher::new(self.db.clone(), client, status, s.mqtt_topic_prefix.clone());
+        let stage = IncidentStage::new(self.db.clone(), Arc::clone(&directory), dispatcher);
+        let stage_task = stage.spawn(
+            committed_rx,
+            Duration::from_millis(s.recovery_sweep_ms),
+            inner.clone(),
+        );
+        let ctx = Arc::new(IngestContext {
+            writer,
+            directory,
+            db: self.db.clone(),
+            limits: s.limits(),
+        });
+        let native = tokio::spawn(ingest::native::serve(self.native, ctx, shutdown.clone()));
+
+        shutdown.cancelled().await;
+        if tokio::time::timeout(DRAIN_DEADLINE, native).await.is_err() {
+            tracing::warn!("connections did not finish within the drain deadline");
+        }
+        // Every writer handle is gone with the listeners: the writer commits
+        // what is queued and stops.
+        let _ = writer_task.await;
+        inner.cancel();
+        let _ = stage_task.await;
+        let _ = refresher.await;
+        let _ = mqtt_task.await;
+        self.db.close().await;
+    }
+}

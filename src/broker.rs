@@ -1,0 +1,88 @@
+//! The embedded MQTT broker (rumqttd) used when no external broker is configured.
+//!
+//! It runs on its own thread for the life of the process: rumqttd has no
+//! shutdown and keeps nothing on disk, which is fine for a laptop, a demo or a
+//! test, and why production points `mqtt_url` at Mosquitto or EMQX instead.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("no free port for the embedded broker: {0}")]
+    NoPort(std::io::Error),
+    #[error("the embedded broker did not start listening on {0} within 5 s")]
+    NotListening(SocketAddr),
+    #[error("this build has no embedded broker (feature `embedded-broker`); set mqtt_url")]
+    NotBuilt,
+}
+
+/// Start the broker on `addr` (port 0: any free port) and return where it listens.
+pub fn start_embedded(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    let addr = if addr.port() == 0 {
+        // rumqttd binds by itself; find a free port for it first.
+        let probe = TcpListener::bind(addr).map_err(BrokerError::NoPort)?;
+        probe.local_addr().map_err(BrokerError::NoPort)?
+    } else {
+        addr
+    };
+    spawn(addr)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(addr);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(BrokerError::NotListening(addr))
+}
+
+#[cfg(feature = "embedded-broker")]
+fn spawn(addr: SocketAddr) -> Result<(), BrokerError> {
+    use std::collections::HashMap;
+
+    use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 5_000,
+        max_payload_size: 64 * 1024,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "v4-embedded".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 10 * 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("embedded".to_owned(), server)])),
+        ..Default::default()
+    };
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded MQTT broker stopped");
+            }
+        })
+        .map_err(BrokerError::NoPort)?;
+    Ok(())
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn spawn(_addr: SocketAddr) -> Result<(), BrokerError> {
+    Err(BrokerError::NotBuilt)
+}

@@ -1,0 +1,194 @@
+//! Settings: defaults, then a TOML file, then `PAT_*` environment variables and flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ingest::ConnectionLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting {field}: {why}")]
+    Invalid { field: &'static str, why: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the SQLite database lives when `database_url` is not set.
+    pub data_dir: PathBuf,
+    /// `sqlite://path` or `postgres://…`; default: SQLite under `data_dir`.
+    pub database_url: Option<String>,
+    /// PostgreSQL schema to use (created if missing).
+    pub database_schema: Option<String>,
+    pub database_max_connections: u32,
+    /// Native pendant protocol listener.
+    pub native_addr: SocketAddr,
+    /// External broker (`mqtt://host:port`); unset: start the embedded broker.
+    pub mqtt_url: Option<String>,
+    /// Where the embedded broker listens (1883 is left to a system broker).
+    pub embedded_mqtt_addr: SocketAddr,
+    /// First topic level of everything the server publishes.
+    pub mqtt_topic_prefix: String,
+    /// Names this server instance (MQTT client id); unique per instance.
+    pub instance_id: String,
+    pub max_connections: usize,
+    pub idle_timeout_secs: u64,
+    pub frame_timeout_secs: u64,
+    pub clock_window_secs: u64,
+    /// Largest number of events written in one commit.
+    pub commit_batch_max: usize,
+    pub cache_refresh_ms: u64,
+    pub recovery_sweep_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let limits = ConnectionLimits::default();
+        Self {
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            database_schema: None,
+            database_max_connections: 8,
+            native_addr: ([127, 0, 0, 1], 7700).into(),
+            mqtt_url: None,
+            embedded_mqtt_addr: ([127, 0, 0, 1], 11883).into(),
+            mqtt_topic_prefix: "pingantong".into(),
+            instance_id: "pingantong-1".into(),
+            max_connections: limits.max_connections,
+            idle_timeout_secs: limits.idle_timeout.as_secs(),
+            frame_timeout_secs: limits.frame_timeout.as_secs(),
+            clock_window_secs: limits.clock_window.as_secs(),
+            commit_batch_max: 512,
+            cache_refresh_ms: 2_000,
+            recovery_sweep_ms: 2_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults overlaid with the file, if any.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = file else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, why: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                why: why.to_owned(),
+            })
+        };
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1");
+        }
+        if self.commit_batch_max == 0 || self.commit_batch_max > 2_000 {
+            return invalid("commit_batch_max", "must be between 1 and 2000");
+        }
+        if self.idle_timeout_secs == 0 || self.frame_timeout_secs == 0 {
+            return invalid("idle_timeout_secs/frame_timeout_secs", "must be at least 1");
+        }
+        if self.mqtt_topic_prefix.is_empty()
+            || self.mqtt_topic_prefix.contains(['+', '#'])
+            || self.mqtt_topic_prefix.ends_with('/')
+        {
+            return invalid(
+                "mqtt_topic_prefix",
+                "must be non-empty, without + # or a trailing /",
+            );
+        }
+        if let Some(url) = &self.mqtt_url {
+            crate::dispatch::MqttEndpoint::parse(url).map_err(|why| ConfigError::Invalid {
+                field: "mqtt_url",
+                why,
+            })?;
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:") || url.starts_with("postgres"))
+        {
+            return invalid("database_url", "must start with sqlite: or postgres://");
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("pingantong.db").display())
+        })
+    }
+
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            frame_timeout: Duration::from_secs(self.frame_timeout_secs),
+            clock_window: Duration::from_secs(self.clock_window_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pat.toml");
+        std::fs::write(
+            &path,
+            "native_addr = \"127.0.0.1:9000\"\ncommit_batch_max = 64\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.native_addr.port(), 9000);
+        assert_eq!(s.commit_batch_max, 64);
+        assert_eq!(s.mqtt_topic_prefix, "pingantong");
+
+        std::fs::write(&path, "nativ_addr = \"127.0.0.1:9000\"\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("nativ_addr"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let s = Settings {
+            mqtt_url: Some("http://x".into()),
+            ..Settings::default()
+        };
+        assert!(s.validate().unwrap_err().to_string().contains("mqtt_url"));
+        let s = Settings {
+            commit_batch_max: 0,
+            ..Settings::default()
+        };
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("commit_batch_max")
+        );
+        assert!(Settings::default().validate().is_ok());
+    }
+}

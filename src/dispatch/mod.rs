@@ -1,0 +1,77 @@
+//! Dispatch: offers to carers over MQTT, one topic per carer, QoS 1.
+
+pub mod mqtt;
+
+use rumqttc::{AsyncClient, QoS};
+
+use crate::store::{Db, StoreError};
+use crate::telemetry::events;
+
+pub use mqtt::{MqttEndpoint, MqttStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("MQTT is not connected; the offer stays queued in the database")]
+    MqttDown,
+    #[error("MQTT client refused the publish: {0}")]
+    Publish(#[from] rumqttc::ClientError),
+    #[error("dispatch {0} has no offer to send (no client for the incident)")]
+    NoOffer(i64),
+}
+
+/// Topic a carer's phone subscribes to for its offers.
+pub fn offer_topic(prefix: &str, carer_id: i64) -> String {
+    format!("{prefix}/v1/carers/{carer_id}/dispatch")
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    db: Db,
+    client: AsyncClient,
+    status: MqttStatus,
+    prefix: String,
+}
+
+impl Dispatcher {
+    pub fn new(db: Db, client: AsyncClient, status: MqttStatus, prefix: String) -> Self {
+        Self {
+            db,
+            client,
+            status,
+            prefix,
+        }
+    }
+
+    /// Send the offer of one stored dispatch. Only a publish handed to a
+    /// connected client counts as sent; otherwise the offer stays unpublished
+    /// and the recovery sweep sends it when the broker is back.
+    pub async fn publish(&self, dispatch_id: i64) -> Result<(), DispatchError> {
+        if !self.status.is_up() {
+            return Err(DispatchError::MqttDown);
+        }
+        let offer = self
+            .db
+            .dispatch_offer(dispatch_id)
+            .await?
+            .ok_or(DispatchError::NoOffer(dispatch_id))?;
+        let mut payload = serde_json::to_value(&offer).expect("offer serialises");
+        payload["v"] = serde_json::json!(1);
+        self.client
+            .publish(
+                offer_topic(&self.prefix, offer.carer_id),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_string(),
+            )
+            .await?;
+        self.db.mark_dispatch_published(dispatch_id).await?;
+        events::DispatchPublished {
+            dispatch: dispatch_id,
+            carer: offer.carer_id,
+        }
+        .emit();
+        Ok(())
+    }
+}

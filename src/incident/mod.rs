@@ -1,0 +1,205 @@
+//! The incident stage: every committed life-safety alarm opens an incident or
+//! folds into the person's open one; verified alarms are then routed to a carer.
+//!
+//! It consumes the writer's queue and, every `sweep` interval (and once at
+//! start), re-reads from the database what is still owed: alarms not handled,
+//! incidents not routed, offers not published. Every step is idempotent, so a
+//! crash at any point is repaired by the next sweep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingantong_protocol::EventKind;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::directory::Directory;
+use crate::dispatch::Dispatcher;
+use crate::routing;
+use crate::store::writer::CommittedAlarm;
+use crate::store::{AuthStatus, ClientProfile, Db, IncidentOutcome, StoreError};
+use crate::telemetry::events;
+
+/// The part of an alarm this stage needs.
+#[derive(Debug, Clone)]
+struct Owed {
+    id: i64,
+    device_id: String,
+    kind: EventKind,
+    auth: AuthStatus,
+}
+
+pub struct IncidentStage {
+    db: Db,
+    directory: Arc<Directory>,
+    dispatcher: Dispatcher,
+}
+
+impl IncidentStage {
+    pub fn new(db: Db, directory: Arc<Directory>, dispatcher: Dispatcher) -> Self {
+        Self {
+            db,
+            directory,
+            dispatcher,
+        }
+    }
+
+    /// Run until `shutdown`, then finish what is already queued.
+    pub fn spawn(
+        self,
+        mut committed: mpsc::Receiver<CommittedAlarm>,
+        sweep: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweep);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(alarm) = committed.recv() => {
+                        let owed = Owed {
+                            id: alarm.id,
+                            device_id: alarm.record.device_id,
+                            kind: alarm.record.kind,
+                            auth: alarm.record.auth,
+                        };
+                        self.handle_logged(owed).await;
+                    }
+                    _ = tick.tick() => {
+                        if let Err(e) = self.sweep().await {
+                            events::StageFailed { stage: "incident_sweep", error: &e }.emit();
+                        }
+                    }
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            while let Ok(alarm) = committed.try_recv() {
+                let owed = Owed {
+                    id: alarm.id,
+                    device_id: alarm.record.device_id,
+                    kind: alarm.record.kind,
+                    auth: alarm.record.auth,
+                };
+                self.handle_logged(owed).await;
+            }
+        })
+    }
+
+    /// Hand over whatever the database says is still owed.
+    pub async fn sweep(&self) -> Result<(), StoreError> {
+        let mut after = 0;
+        loop {
+            let batch = self.db.unprocessed_alarms(after, 256).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.id;
+            for a in batch {
+                let Some(kind) = EventKind::from_name(&a.kind) else {
+                    continue;
+                };
+                self.handle_logged(Owed {
+                    id: a.id,
+                    device_id: a.device_id,
+                    kind,
+                    auth: AuthStatus::parse(&a.auth),
+                })
+                .await;
+            }
+        }
+        for ctx in self.db.unrouted_incidents().await? {
+            self.route(ctx.incident_id, &ctx.client).await?;
+        }
+        for dispatch in self.db.unpublished_dispatches().await? {
+            if self.dispatcher.publish(dispatch).await.is_err() {
+                // Broker still down: the next sweep tries again.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_logged(&self, owed: Owed) {
+        if let Err(e) = self.handle(&owed).await {
+            events::StageFailed {
+                stage: "incident",
+                error: &e,
+            }
+            .emit();
+        }
+    }
+
+    async fn handle(&self, owed: &Owed) -> Result<(), StoreError> {
+        let verified = owed.auth == AuthStatus::Verified;
+        let device = if verified {
+            self.directory.device(&owed.device_id).await?
+        } else {
+            None
+        };
+        let client_id = device.as_ref().and_then(|d| d.client_id);
+        // Unverified senders get their own key: a forged press must never fold
+        // into, and so hide behind, a resident's real incident.
+        let fold_key = match (verified, client_id) {
+            (true, Some(c)) => format!("client:{c}"),
+            (true, None) => format!("device:{}", owed.device_id),
+            (false, _) => format!("unverified:{}", owed.device_id),
+        };
+        if owed.kind == EventKind::Cancel {
+            self.db.record_cancel(owed.id, &fold_key).await?;
+            return Ok(());
+        }
+        let kind = owed.kind.name();
+        let outcome = self
+            .db
+            .open_or_fold_incident(
+                owed.id,
+                &fold_key,
+                client_id,
+                &owed.device_id,
+                &kind,
+                verified,
+            )
+            .await?;
+        match outcome {
+            IncidentOutcome::Opened(incident) => {
+                events::IncidentOpened {
+                    incident,
+                    device: &owed.device_id,
+                    kind: &kind,
+                    verified,
+                }
+                .emit();
+                if let (true, Some(c)) = (verified, client_id)
+                    && let Some(client) = self.directory.client(c).await?
+                {
+                    self.route(incident, &client).await?;
+                }
+            }
+            IncidentOutcome::Folded(incident) => events::IncidentFolded { incident }.emit(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn route(&self, incident: i64, client: &ClientProfile) -> Result<(), StoreError> {
+        let candidates = self
+            .db
+            .carer_candidates(&client.district, &client.street)
+            .await?;
+        let home = client.lat.zip(client.lon);
+        let choice = routing::choose(home, &candidates);
+        match self.db.record_route(incident, choice.as_ref()).await? {
+            Some(dispatch) => {
+                if let Err(e) = self.dispatcher.publish(dispatch).await {
+                    events::StageFailed {
+                        stage: "dispatch_publish",
+                        error: &e,
+                    }
+                    .emit();
+                }
+            }
+            None if choice.is_none() => events::NoCarerAvailable { incident }.emit(),
+            None => {}
+        }
+        Ok(())
+    }
+}

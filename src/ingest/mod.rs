@@ -1,0 +1,111 @@
+//! Listeners: frames in, replies out. Each protocol module turns bytes into
+//! [`AlarmRecord`]s, hands them to the store writer and answers the device only
+//! once the writer says they are committed.
+
+pub mod native;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::directory::Directory;
+use crate::store::Db;
+use crate::store::writer::WriterHandle;
+use crate::telemetry::events;
+
+pub use crate::store::AlarmRecord;
+
+/// Limits every device connection lives under.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    /// A connection with no frame for this long is closed.
+    pub idle_timeout: Duration,
+    /// A frame begun must be complete within this time (slow or half-sent frames).
+    pub frame_timeout: Duration,
+    /// Device clocks further than this from the server's are flagged in the reply.
+    pub clock_window: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            idle_timeout: Duration::from_secs(600),
+            frame_timeout: Duration::from_secs(10),
+            clock_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What a connection handler needs from the rest of the server.
+pub struct IngestContext {
+    pub writer: WriterHandle,
+    pub directory: Arc<Directory>,
+    pub db: Db,
+    pub limits: ConnectionLimits,
+}
+
+/// Accept connections on an already-bound listener until `shutdown`, one task
+/// per connection, then wait for the open connections to finish their frames.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    protocol: &'static str,
+    max_connections: usize,
+    shutdown: CancellationToken,
+    handler: F,
+) where
+    F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let tracker = TaskTracker::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(10);
+                x
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                events::StageFailed {
+                    stage: "accept",
+                    error: &e,
+                }
+                .emit();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            events::ConnectionRefused {
+                protocol,
+                reason: "connection_cap",
+            }
+            .emit();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        events::ConnectionOpened { protocol }.emit();
+        let conn = handler(stream, peer, shutdown.clone());
+        tracker.spawn(async move {
+            conn.await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}

@@ -1,0 +1,21 @@
+//! Ping An Tong (平安通): emergency call and alarm dispatch for elderly people living alone.
+//!
+//! The pipeline, in the order an alarm travels: [`ingest`] (listeners) →
+//! [`store`] (group commit, then the device's ACK) → [`incident`] (match the
+//! person, open or fold an incident) → [`routing`] (choose a carer) →
+//! [`dispatch`] (offer over MQTT). [`directory`] caches who is who for them.
+
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod demo;
+pub mod directory;
+pub mod dispatch;
+pub mod incident;
+pub mod ingest;
+pub mod routing;
+pub mod store;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Settings;

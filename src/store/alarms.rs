@@ -1,0 +1,213 @@
+//! Alarm rows: the batched insert behind group commit, and the recovery queries.
+
+use std::collections::HashMap;
+
+use pingantong_protocol::{EventKind, Location};
+use sqlx::QueryBuilder;
+
+use super::{Db, StoreError, on_pool};
+
+/// Whether the sender of an event proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStatus {
+    Verified,
+    /// The device is known but the frame's tag did not match its secret.
+    BadTag,
+    /// No provisioned device has this id.
+    UnknownDevice,
+}
+
+impl AuthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthStatus::Verified => "verified",
+            AuthStatus::BadTag => "bad_tag",
+            AuthStatus::UnknownDevice => "unknown_device",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "verified" => AuthStatus::Verified,
+            "bad_tag" => AuthStatus::BadTag,
+            _ => AuthStatus::UnknownDevice,
+        }
+    }
+}
+
+/// One received event, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct AlarmRecord {
+    pub received_at: i64,
+    pub protocol: &'static str,
+    pub peer: String,
+    pub device_id: String,
+    pub seq: i64,
+    pub kind: EventKind,
+    pub device_time: Option<i64>,
+    pub battery: Option<i64>,
+    pub location: Option<Location>,
+    pub auth: AuthStatus,
+    pub raw: Vec<u8>,
+    /// The decoded event as JSON, for people reading the table.
+    pub decoded: String,
+    /// Identifies one event across retries: a retried frame has the same key.
+    pub dedup_key: String,
+}
+
+impl AlarmRecord {
+    /// Events that need the incident stage after the commit; everything else
+    /// is complete once stored.
+    pub fn needs_processing(&self) -> bool {
+        self.kind.raises_alarm() || self.kind == EventKind::Cancel
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Stored now, with this row id.
+    Stored(i64),
+    /// Stored before (a retry): nothing new was written.
+    Duplicate,
+}
+
+/// An alarm committed but not yet handled by the incident stage.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UnprocessedAlarm {
+    pub id: i64,
+    pub received_at: i64,
+    pub device_id: String,
+    pub kind: String,
+    pub auth: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+}
+
+impl Db {
+    /// Insert a batch in one transaction (one fsync). Returns, per record and in
+    /// order, whether it was new or a duplicate of an earlier commit.
+    pub async fn insert_alarms(
+        &self,
+        batch: &[AlarmRecord],
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, String)> = on_pool!(self, |p| {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO alarms (received_at, protocol, peer, device_id, seq, kind, \
+                 device_time, battery, lat, lon, accuracy_m, auth, raw, decoded, dedup_key, \
+                 processed_at) ",
+            );
+            qb.push_values(batch, |mut b, a| {
+                b.push_bind(a.received_at)
+                    .push_bind(a.protocol)
+                    .push_bind(a.peer.clone())
+                    .push_bind(a.device_id.clone())
+                    .push_bind(a.seq)
+                    .push_bind(a.kind.name())
+                    .push_bind(a.device_time)
+                    .push_bind(a.battery)
+                    .push_bind(a.location.map(|l| l.lat))
+                    .push_bind(a.location.map(|l| l.lon))
+                    .push_bind(a.location.and_then(|l| l.accuracy_m).map(i64::from))
+                    .push_bind(a.auth.as_str())
+                    .push_bind(a.raw.clone())
+                    .push_bind(a.decoded.clone())
+                    .push_bind(a.dedup_key.clone())
+                    .push_bind((!a.needs_processing()).then_some(a.received_at));
+            });
+            qb.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key");
+            // A single statement is its own transaction: one commit, one fsync.
+            qb.build_query_as().fetch_all(p).await
+        })?;
+        // A key inserted now is returned once; the first record carrying it is
+        // the stored one, any later copy in the same batch is a duplicate.
+        let mut fresh: HashMap<String, i64> = rows.into_iter().map(|(id, k)| (k, id)).collect();
+        let outcomes = batch
+            .iter()
+            .map(|a| match fresh.remove(&a.dedup_key) {
+                Some(id) => CommitOutcome::Stored(id),
+                None => CommitOutcome::Duplicate,
+            })
+            .collect();
+        Ok(outcomes)
+    }
+
+    /// Keep bytes that could not be parsed, with the reason.
+    pub async fn insert_rejected_frame(
+        &self,
+        protocol: &str,
+        peer: &str,
+        reason: &str,
+        raw: &[u8],
+    ) -> Result<(), StoreError> {
+        let now = super::now_ms();
+        on_pool!(self, |p| sqlx::query(
+            "INSERT INTO rejected_frames (received_at, protocol, peer, reason, raw) \
+             VALUES ($1, $2, $3, $4, $5)"
+        )
+        .bind(now)
+        .bind(protocol)
+        .bind(peer)
+        .bind(reason)
+        .bind(raw)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Alarms committed but not handled by the incident stage, oldest first.
+    pub async fn unprocessed_alarms(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<UnprocessedAlarm>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, received_at, device_id, kind, auth, lat, lon FROM alarms \
+             WHERE processed_at IS NULL AND id > $1 ORDER BY id LIMIT $2"
+        )
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// How many alarms with this kind are stored (used by reports and tests).
+    pub async fn count_alarms(&self, kind: Option<EventKind>) -> Result<i64, StoreError> {
+        let n: (i64,) = match kind {
+            Some(k) => on_pool!(self, |p| sqlx::query_as(
+                "SELECT COUNT(*) FROM alarms WHERE kind = $1"
+            )
+            .bind(k.name())
+            .fetch_one(p)
+            .await)?,
+            None => on_pool!(self, |p| sqlx::query_as("SELECT COUNT(*) FROM alarms")
+                .fetch_one(p)
+                .await)?,
+        };
+        Ok(n.0)
+    }
+
+    /// Whether an event with this device and sequence number is stored.
+    pub async fn alarm_stored(&self, device_id: &str, seq: i64) -> Result<bool, StoreError> {
+        let n: (i64,) = on_pool!(self, |p| sqlx::query_as(
+            "SELECT COUNT(*) FROM alarms WHERE device_id = $1 AND seq = $2"
+        )
+        .bind(device_id)
+        .bind(seq)
+        .fetch_one(p)
+        .await)?;
+        Ok(n.0 > 0)
+    }
+
+    pub async fn count_rejected_frames(&self) -> Result<i64, StoreError> {
+        let n: (i64,) = on_pool!(self, |p| sqlx::query_as(
+            "SELECT COUNT(*) FROM rejected_frames"
+        )
+        .fetch_one(p)
+        .await)?;
+        Ok(n.0)
+    }
+}

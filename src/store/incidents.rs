@@ -1,0 +1,412 @@
+//! Incidents and dispatches: the writes of the incident stage, each in one transaction.
+
+/// Append one entry to an incident's timeline inside the transaction `$tx`.
+macro_rules! insert_event {
+    ($tx:expr, $incident:expr, $at:expr, $actor:expr, $action:expr, $to_state:expr, $detail:expr) => {
+        sqlx::query(
+            "INSERT INTO incident_events (incident_id, at, actor, action, to_state, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind($incident)
+        .bind($at)
+        .bind($actor)
+        .bind($action)
+        .bind($to_state)
+        .bind($detail)
+        .execute(&mut *$tx)
+        .await
+    };
+}
+
+use super::{ClientProfile, Db, StoreError, now_ms, on_pool};
+
+/// States in which an incident still needs someone; the partial unique index
+/// `incidents_one_open` uses the same list.
+const OPEN: &str = "state NOT IN ('resolved', 'closed', 'cancelled', 'merged')";
+
+/// What the incident stage did with one alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncidentOutcome {
+    Opened(i64),
+    /// A further press while an incident for the same person was open.
+    Folded(i64),
+    /// A cancel from the resident, attached to their open incident.
+    CancelRecorded(i64),
+    /// A cancel with no open incident to attach to.
+    NothingToCancel,
+    /// Another pass handled this alarm already (recovery after a restart).
+    AlreadyProcessed,
+}
+
+/// Where a client lives, for choosing a carer.
+#[derive(Debug, Clone)]
+pub struct RouteContext {
+    pub incident_id: i64,
+    pub client: ClientProfile,
+}
+
+/// A carer who could be asked, with the coverage that makes their provider eligible.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CarerCandidate {
+    pub provider_id: i64,
+    /// `None`: the provider is contracted here but has nobody available.
+    pub carer_id: Option<i64>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    /// The coverage row's street: `Some` is a contract for this very street.
+    pub street: Option<String>,
+    pub rank: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDispatch {
+    pub carer_id: i64,
+    pub provider_id: i64,
+    /// Great-circle distance; unknown when the client's address has no coordinates.
+    pub distance_m: Option<f64>,
+    /// The contracted provider had nobody available; this is another one.
+    pub fallback: bool,
+}
+
+/// Everything a carer's phone needs to act on an offer.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct DispatchOffer {
+    pub dispatch_id: i64,
+    pub incident_id: i64,
+    pub carer_id: i64,
+    pub kind: String,
+    pub offered_at: i64,
+    pub distance_m: Option<f64>,
+    pub client_name: String,
+    pub address: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub medical_notes: String,
+    pub medications: String,
+}
+
+impl Db {
+    /// Open an incident for this alarm, or fold it into the person's open one.
+    /// Idempotent: an alarm already handled is reported and nothing changes.
+    pub async fn open_or_fold_incident(
+        &self,
+        alarm_id: i64,
+        fold_key: &str,
+        client_id: Option<i64>,
+        device_id: &str,
+        kind: &str,
+        verified: bool,
+    ) -> Result<IncidentOutcome, StoreError> {
+        let now = now_ms();
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            // Written first so the transaction takes the write lock at once.
+            let claimed = sqlx::query(
+                "UPDATE alarms SET processed_at = $1 WHERE id = $2 AND processed_at IS NULL",
+            )
+            .bind(now)
+            .bind(alarm_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                return Ok(IncidentOutcome::AlreadyProcessed);
+            }
+            let open: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM incidents WHERE fold_key = $1 AND {OPEN}"
+            )))
+            .bind(fold_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let outcome = match open {
+                Some((id,)) => {
+                    sqlx::query(
+                        "UPDATE incidents SET press_count = press_count + 1, last_press_at = $1, \
+                         updated_at = $1 WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    IncidentOutcome::Folded(id)
+                }
+                None => {
+                    // Unverified senders are never routed to a carer: an operator decides.
+                    let routed_at = (!verified || client_id.is_none()).then_some(now);
+                    let (id,): (i64,) = sqlx::query_as(
+                        "INSERT INTO incidents (opened_at, opening_alarm_id, fold_key, client_id, \
+                         device_id, kind, lane, state, verified, press_count, last_press_at, \
+                         routed_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 'life_safety', 'queued', $7, 1, $1, $8, $1) \
+                         RETURNING id",
+                    )
+                    .bind(now)
+                    .bind(alarm_id)
+                    .bind(fold_key)
+                    .bind(client_id)
+                    .bind(device_id)
+                    .bind(kind)
+                    .bind(verified)
+                    .bind(routed_at)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    IncidentOutcome::Opened(id)
+                }
+            };
+            let (id, action, to_state) = match outcome {
+                IncidentOutcome::Opened(id) => (id, "opened", Some("queued")),
+                IncidentOutcome::Folded(id) => (id, "press_folded", None),
+                _ => unreachable!("only opened or folded here"),
+            };
+            let detail = if verified {
+                format!("alarm {alarm_id}")
+            } else {
+                format!("alarm {alarm_id} from an unverified device")
+            };
+            insert_event!(tx, id, now, "system", action, to_state, &detail)?;
+            sqlx::query("UPDATE alarms SET incident_id = $1 WHERE id = $2")
+                .bind(id)
+                .bind(alarm_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(outcome)
+        })
+    }
+
+    /// Attach a resident's cancel to their open incident. The incident stays
+    /// open: an operator confirms a cancel, a device never closes an alarm.
+    pub async fn record_cancel(
+        &self,
+        alarm_id: i64,
+        fold_key: &str,
+    ) -> Result<IncidentOutcome, StoreError> {
+        let now = now_ms();
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let claimed = sqlx::query(
+                "UPDATE alarms SET processed_at = $1 WHERE id = $2 AND processed_at IS NULL",
+            )
+            .bind(now)
+            .bind(alarm_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                return Ok(IncidentOutcome::AlreadyProcessed);
+            }
+            let open: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM incidents WHERE fold_key = $1 AND {OPEN}"
+            )))
+            .bind(fold_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let outcome = match open {
+                Some((id,)) => {
+                    sqlx::query(
+                        "UPDATE incidents SET cancel_requested_at = $1, updated_at = $1 WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    let detail = format!("alarm {alarm_id}");
+                    insert_event!(
+                        tx,
+                        id,
+                        now,
+                        "resident",
+                        "cancel_requested",
+                        None::<&str>,
+                        &detail
+                    )?;
+                    sqlx::query("UPDATE alarms SET incident_id = $1 WHERE id = $2")
+                        .bind(id)
+                        .bind(alarm_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    IncidentOutcome::CancelRecorded(id)
+                }
+                None => IncidentOutcome::NothingToCancel,
+            };
+            tx.commit().await?;
+            Ok(outcome)
+        })
+    }
+
+    /// Providers contracted for this address, each with its available carers
+    /// (one row per carer, or one row with no carer when nobody is available).
+    pub async fn carer_candidates(
+        &self,
+        district: &str,
+        street: &str,
+    ) -> Result<Vec<CarerCandidate>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT pc.provider_id, c.id AS carer_id, c.lat, c.lon, pc.street, pc.rank \
+             FROM provider_coverage pc LEFT JOIN carers c ON c.provider_id = pc.provider_id \
+             AND c.on_duty = TRUE AND c.busy = FALSE \
+             WHERE pc.district = $1 AND (pc.street IS NULL OR pc.street = $2)"
+        )
+        .bind(district)
+        .bind(street)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// Record the routing decision: the offer (if any) and the timeline entry.
+    /// Returns the new dispatch's id.
+    pub async fn record_route(
+        &self,
+        incident_id: i64,
+        choice: Option<&NewDispatch>,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = now_ms();
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let routed = sqlx::query(
+                "UPDATE incidents SET routed_at = $1, updated_at = $1 \
+                 WHERE id = $2 AND routed_at IS NULL",
+            )
+            .bind(now)
+            .bind(incident_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if routed == 0 {
+                return Ok(None);
+            }
+            let dispatch_id = match choice {
+                Some(d) => {
+                    let (id,): (i64,) = sqlx::query_as(
+                        "INSERT INTO dispatches (incident_id, carer_id, provider_id, distance_m, \
+                         fallback, state, offered_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, 'offered', $6, $6) RETURNING id",
+                    )
+                    .bind(incident_id)
+                    .bind(d.carer_id)
+                    .bind(d.provider_id)
+                    .bind(d.distance_m)
+                    .bind(d.fallback)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let detail = format!(
+                        "dispatch {id}: carer {} of provider {}{}, {} away",
+                        d.carer_id,
+                        d.provider_id,
+                        if d.fallback {
+                            " (fallback provider)"
+                        } else {
+                            ""
+                        },
+                        d.distance_m
+                            .map_or("unknown distance".to_owned(), |m| format!("{m:.0} m"))
+                    );
+                    insert_event!(
+                        tx,
+                        incident_id,
+                        now,
+                        "system",
+                        "carer_offered",
+                        None::<&str>,
+                        &detail
+                    )?;
+                    Some(id)
+                }
+                None => {
+                    insert_event!(
+                        tx,
+                        incident_id,
+                        now,
+                        "system",
+                        "no_carer_available",
+                        None::<&str>,
+                        "no on-duty carer of any provider covering this address"
+                    )?;
+                    None
+                }
+            };
+            tx.commit().await?;
+            Ok(dispatch_id)
+        })
+    }
+
+    /// Incidents of known, verified clients whose routing is still owed.
+    pub async fn unrouted_incidents(&self) -> Result<Vec<RouteContext>, StoreError> {
+        let rows: Vec<(i64, i64)> =
+            on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id, client_id FROM incidents WHERE routed_at IS NULL \
+                 AND client_id IS NOT NULL AND {OPEN} ORDER BY id"
+            )))
+            .fetch_all(p)
+            .await)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (incident_id, client_id) in rows {
+            if let Some(client) = self.client_profile(client_id).await? {
+                out.push(RouteContext {
+                    incident_id,
+                    client,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn dispatch_offer(
+        &self,
+        dispatch_id: i64,
+    ) -> Result<Option<DispatchOffer>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT d.id AS dispatch_id, d.incident_id, d.carer_id, i.kind, d.offered_at, \
+             d.distance_m, c.name AS client_name, c.address, c.lat, c.lon, c.medical_notes, \
+             c.medications \
+             FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
+             JOIN clients c ON c.id = i.client_id WHERE d.id = $1"
+        )
+        .bind(dispatch_id)
+        .fetch_optional(p)
+        .await)?)
+    }
+
+    pub async fn mark_dispatch_published(&self, dispatch_id: i64) -> Result<(), StoreError> {
+        on_pool!(self, |p| sqlx::query(
+            "UPDATE dispatches SET published_at = $1 WHERE id = $2 AND published_at IS NULL"
+        )
+        .bind(now_ms())
+        .bind(dispatch_id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn unpublished_dispatches(&self) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT id FROM dispatches WHERE published_at IS NULL ORDER BY id"
+        )
+        .fetch_all(p)
+        .await)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// (incidents, of which unverified, dispatches) — for summaries and tests.
+    pub async fn incident_counts(&self) -> Result<(i64, i64, i64), StoreError> {
+        let (i, u, d): (i64, i64, i64) = on_pool!(self, |p| sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM incidents), \
+             (SELECT COUNT(*) FROM incidents WHERE verified = FALSE), \
+             (SELECT COUNT(*) FROM dispatches)"
+        )
+        .fetch_one(p)
+        .await)?;
+        Ok((i, u, d))
+    }
+
+    /// Incidents per fold key with their press counts, ordered by id (tests, summaries).
+    pub async fn incidents_overview(&self) -> Result<Vec<(i64, String, i64, bool)>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, fold_key, press_count, verified FROM incidents ORDER BY id"
+        )
+        .fetch_all(p)
+        .await)?)
+    }
+}

@@ -1,0 +1,149 @@
+//! Durable storage: one connection pool per backend, the same SQL on both.
+//!
+//! SQLite (WAL, `synchronous=FULL`) is the embedded default; PostgreSQL is
+//! chosen by URL. Every query is written once and runs on either pool through
+//! [`on_pool!`]; all times are stored as milliseconds since the Unix epoch.
+
+mod alarms;
+mod incidents;
+mod registry;
+pub mod writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
+pub use incidents::{CarerCandidate, DispatchOffer, IncidentOutcome, NewDispatch, RouteContext};
+pub use registry::{
+    CarerRow, ClientProfile, ContactRow, DeviceRow, NewCarer, NewClient, NewContact, NewDevice,
+    NewProvider,
+};
+
+/// Run `$body` with `$p` bound to whichever pool `$db` holds. The body is
+/// compiled once per backend, so it must only use SQL both understand.
+macro_rules! on_pool {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($p) => $body,
+            $crate::store::Db::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL {0:?} is neither sqlite: nor postgres:")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("schema name {0:?} must be lower-case letters, digits and _")]
+    BadSchema(String),
+    #[error("the store writer has stopped")]
+    WriterGone,
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+}
+
+/// Which database, and for PostgreSQL optionally which schema.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: String,
+    /// PostgreSQL schema to create and use (lets several servers or tests share one database).
+    pub schema: Option<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Db {
+    /// Connect and apply this backend's migrations.
+    pub async fn connect(cfg: &StoreConfig) -> Result<Self, StoreError> {
+        let db = if cfg.url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(&cfg.url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a commit is on disk when it returns, which is what an ACK promises.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(cfg.max_connections.max(2))
+                .connect_with(opts)
+                .await?;
+            SQLITE_MIGRATIONS.run(&pool).await?;
+            Db::Sqlite(pool)
+        } else if cfg.url.starts_with("postgres:") || cfg.url.starts_with("postgresql:") {
+            let mut opts = PgConnectOptions::from_str(&cfg.url)?;
+            if let Some(schema) = &cfg.schema {
+                if schema.is_empty()
+                    || !schema
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    return Err(StoreError::BadSchema(schema.clone()));
+                }
+                let setup = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.clone())
+                    .await?;
+                let ddl = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+                sqlx::query(sqlx::AssertSqlSafe(ddl))
+                    .execute(&setup)
+                    .await?;
+                setup.close().await;
+                opts = opts.options([("search_path", schema.as_str())]);
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(cfg.max_connections.max(2))
+                .connect_with(opts)
+                .await?;
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+            Db::Postgres(pool)
+        } else {
+            return Err(StoreError::UnsupportedUrl(cfg.url.clone()));
+        };
+        Ok(db)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |p| sqlx::query("SELECT 1")
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, |p| p.close().await)
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of every stored time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

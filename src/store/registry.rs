@@ -1,0 +1,277 @@
+//! Who is who: clients, contacts, devices, providers and carers.
+
+use super::{Db, StoreError, now_ms, on_pool};
+
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    pub name: String,
+    pub address: String,
+    pub district: String,
+    pub street: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub language: String,
+    pub medical_notes: String,
+    pub medications: String,
+    pub subsidy_category: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewContact {
+    pub client_id: i64,
+    pub position: i64,
+    pub name: String,
+    pub relation: String,
+    pub phone: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub id: String,
+    pub protocol: String,
+    pub secret: Vec<u8>,
+    pub client_id: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewProvider {
+    pub name: String,
+    pub service_types: String,
+    pub capacity: i64,
+    /// (district, street): street `None` covers the whole district.
+    pub coverage: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCarer {
+    pub provider_id: i64,
+    pub name: String,
+    pub phone: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub on_duty: bool,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceRow {
+    pub id: String,
+    pub protocol: String,
+    pub secret: Vec<u8>,
+    pub client_id: Option<i64>,
+    pub retired: bool,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ContactRow {
+    pub position: i64,
+    pub name: String,
+    pub relation: String,
+    pub phone: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClientProfile {
+    pub id: i64,
+    pub name: String,
+    pub address: String,
+    pub district: String,
+    pub street: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub language: String,
+    pub medical_notes: String,
+    pub medications: String,
+    pub subsidy_category: Option<String>,
+    #[sqlx(skip)]
+    pub contacts: Vec<ContactRow>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CarerRow {
+    pub id: i64,
+    pub provider_id: i64,
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub on_duty: bool,
+    pub busy: bool,
+}
+
+impl Db {
+    pub async fn insert_client(&self, c: &NewClient) -> Result<i64, StoreError> {
+        let (id,): (i64,) = on_pool!(self, |p| sqlx::query_as(
+            "INSERT INTO clients (name, address, district, street, lat, lon, language, \
+             medical_notes, medications, subsidy_category, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id"
+        )
+        .bind(&c.name)
+        .bind(&c.address)
+        .bind(&c.district)
+        .bind(&c.street)
+        .bind(c.lat)
+        .bind(c.lon)
+        .bind(&c.language)
+        .bind(&c.medical_notes)
+        .bind(&c.medications)
+        .bind(&c.subsidy_category)
+        .bind(now_ms())
+        .fetch_one(p)
+        .await)?;
+        Ok(id)
+    }
+
+    pub async fn insert_contact(&self, c: &NewContact) -> Result<(), StoreError> {
+        on_pool!(self, |p| sqlx::query(
+            "INSERT INTO contacts (client_id, position, name, relation, phone, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)"
+        )
+        .bind(c.client_id)
+        .bind(c.position)
+        .bind(&c.name)
+        .bind(&c.relation)
+        .bind(&c.phone)
+        .bind(now_ms())
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Provision a device, or re-provision it (new secret, new client).
+    pub async fn upsert_device(&self, d: &NewDevice) -> Result<(), StoreError> {
+        on_pool!(self, |p| sqlx::query(
+            "INSERT INTO devices (id, protocol, secret, client_id, retired, updated_at) \
+             VALUES ($1, $2, $3, $4, FALSE, $5) \
+             ON CONFLICT (id) DO UPDATE SET protocol = excluded.protocol, \
+             secret = excluded.secret, client_id = excluded.client_id, retired = FALSE, \
+             updated_at = excluded.updated_at"
+        )
+        .bind(&d.id)
+        .bind(&d.protocol)
+        .bind(&d.secret)
+        .bind(d.client_id)
+        .bind(now_ms())
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn insert_provider(&self, pr: &NewProvider) -> Result<i64, StoreError> {
+        let now = now_ms();
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO providers (name, service_types, capacity, updated_at) \
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(&pr.name)
+            .bind(&pr.service_types)
+            .bind(pr.capacity)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            for (rank, (district, street)) in pr.coverage.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO provider_coverage (provider_id, district, street, rank) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(id)
+                .bind(district)
+                .bind(street)
+                .bind(rank as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(id)
+        })
+    }
+
+    pub async fn insert_carer(&self, c: &NewCarer) -> Result<i64, StoreError> {
+        let (id,): (i64,) =
+            on_pool!(self, |p| {
+                sqlx::query_as(
+            "INSERT INTO carers (provider_id, name, phone, lat, lon, on_duty, busy, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7) RETURNING id"
+        )
+        .bind(c.provider_id)
+        .bind(&c.name)
+        .bind(&c.phone)
+        .bind(c.lat)
+        .bind(c.lon)
+        .bind(c.on_duty)
+        .bind(now_ms())
+        .fetch_one(p)
+        .await
+            })?;
+        Ok(id)
+    }
+
+    pub async fn set_carer_duty(&self, carer_id: i64, on_duty: bool) -> Result<(), StoreError> {
+        on_pool!(self, |p| sqlx::query(
+            "UPDATE carers SET on_duty = $1, updated_at = $2 WHERE id = $3"
+        )
+        .bind(on_duty)
+        .bind(now_ms())
+        .bind(carer_id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, protocol, secret, client_id, retired, updated_at FROM devices WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(p)
+        .await)?)
+    }
+
+    /// Devices provisioned, re-provisioned or retired at or after `since`.
+    pub async fn devices_changed_since(&self, since: i64) -> Result<Vec<DeviceRow>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, protocol, secret, client_id, retired, updated_at FROM devices \
+             WHERE updated_at >= $1"
+        )
+        .bind(since)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// Clients whose profile or contacts changed at or after `since`.
+    pub async fn clients_changed_since(&self, since: i64) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT id FROM clients WHERE updated_at >= $1 \
+             UNION SELECT client_id FROM contacts WHERE updated_at >= $1"
+        )
+        .bind(since)
+        .fetch_all(p)
+        .await)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    pub async fn client_profile(&self, id: i64) -> Result<Option<ClientProfile>, StoreError> {
+        let client: Option<ClientProfile> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, name, address, district, street, lat, lon, language, medical_notes, \
+             medications, subsidy_category FROM clients WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(p)
+        .await)?;
+        let Some(mut client) = client else {
+            return Ok(None);
+        };
+        client.contacts = on_pool!(self, |p| sqlx::query_as(
+            "SELECT position, name, relation, phone FROM contacts WHERE client_id = $1 \
+             ORDER BY position"
+        )
+        .bind(id)
+        .fetch_all(p)
+        .await)?;
+        Ok(Some(client))
+    }
+}

@@ -1,0 +1,232 @@
+//! Every telemetry point is a named event that emits its log line and its
+//! metric together, so the two never drift apart. Tags stay low-cardinality:
+//! device ids go to logs, never to metric labels.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use tracing::{debug, error, info, warn};
+
+pub struct ListenerStarted<'a> {
+    pub protocol: &'static str,
+    pub addr: &'a SocketAddr,
+}
+
+impl ListenerStarted<'_> {
+    pub fn emit(self) {
+        info!(protocol = self.protocol, addr = %self.addr, "listening");
+    }
+}
+
+pub struct ConnectionOpened {
+    pub protocol: &'static str,
+}
+
+impl ConnectionOpened {
+    pub fn emit(self) {
+        counter!("pat_connections_opened_total", "protocol" => self.protocol).increment(1);
+        gauge!("pat_connections", "protocol" => self.protocol).increment(1.0);
+    }
+}
+
+pub struct ConnectionClosed<'a> {
+    pub protocol: &'static str,
+    pub peer: &'a SocketAddr,
+    pub reason: &'static str,
+}
+
+impl ConnectionClosed<'_> {
+    pub fn emit(self) {
+        gauge!("pat_connections", "protocol" => self.protocol).decrement(1.0);
+        counter!("pat_connections_closed_total", "protocol" => self.protocol, "reason" => self.reason)
+            .increment(1);
+        debug!(protocol = self.protocol, peer = %self.peer, reason = self.reason, "connection closed");
+    }
+}
+
+pub struct ConnectionRefused {
+    pub protocol: &'static str,
+    pub reason: &'static str,
+}
+
+impl ConnectionRefused {
+    pub fn emit(self) {
+        counter!("pat_connections_refused_total", "protocol" => self.protocol, "reason" => self.reason)
+            .increment(1);
+        warn!(
+            protocol = self.protocol,
+            reason = self.reason,
+            "connection refused"
+        );
+    }
+}
+
+pub struct FrameRejected<'a> {
+    pub protocol: &'static str,
+    pub peer: &'a SocketAddr,
+    pub reason: &'static str,
+    pub detail: &'a dyn std::fmt::Display,
+}
+
+impl FrameRejected<'_> {
+    pub fn emit(self) {
+        counter!("pat_frames_rejected_total", "protocol" => self.protocol, "reason" => self.reason)
+            .increment(1);
+        warn!(protocol = self.protocol, peer = %self.peer, reason = self.reason, detail = %self.detail, "frame rejected");
+    }
+}
+
+pub struct UnverifiedEvent<'a> {
+    pub protocol: &'static str,
+    pub device: &'a str,
+    pub auth: &'static str,
+    pub kind: &'a str,
+}
+
+impl UnverifiedEvent<'_> {
+    pub fn emit(self) {
+        counter!("pat_unverified_events_total", "protocol" => self.protocol, "auth" => self.auth)
+            .increment(1);
+        warn!(
+            protocol = self.protocol,
+            device = self.device,
+            auth = self.auth,
+            kind = self.kind,
+            "event from an unverified device stored"
+        );
+    }
+}
+
+pub struct BatchCommitted {
+    pub size: usize,
+    pub elapsed: Duration,
+}
+
+impl BatchCommitted {
+    pub fn emit(self) {
+        counter!("pat_events_committed_total").increment(self.size as u64);
+        histogram!("pat_commit_seconds").record(self.elapsed.as_secs_f64());
+        histogram!("pat_commit_batch_size").record(self.size as f64);
+    }
+}
+
+pub struct CommitFailed<'a> {
+    pub size: usize,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl CommitFailed<'_> {
+    pub fn emit(self) {
+        counter!("pat_commit_failures_total").increment(1);
+        error!(size = self.size, error = %self.error, "commit failed; senders are told to retry");
+    }
+}
+
+pub struct HandOverDeferred {
+    pub alarm_id: i64,
+}
+
+impl HandOverDeferred {
+    pub fn emit(self) {
+        counter!("pat_handover_deferred_total").increment(1);
+        warn!(
+            alarm = self.alarm_id,
+            "incident queue full; the recovery sweep will hand this alarm over"
+        );
+    }
+}
+
+pub struct IncidentOpened<'a> {
+    pub incident: i64,
+    pub device: &'a str,
+    pub kind: &'a str,
+    pub verified: bool,
+}
+
+impl IncidentOpened<'_> {
+    pub fn emit(self) {
+        counter!("pat_incidents_opened_total", "verified" => if self.verified { "yes" } else { "no" })
+            .increment(1);
+        info!(
+            incident = self.incident,
+            device = self.device,
+            kind = self.kind,
+            verified = self.verified,
+            "incident opened"
+        );
+    }
+}
+
+pub struct IncidentFolded {
+    pub incident: i64,
+}
+
+impl IncidentFolded {
+    pub fn emit(self) {
+        counter!("pat_presses_folded_total").increment(1);
+        info!(
+            incident = self.incident,
+            "further press folded into the open incident"
+        );
+    }
+}
+
+pub struct NoCarerAvailable {
+    pub incident: i64,
+}
+
+impl NoCarerAvailable {
+    pub fn emit(self) {
+        counter!("pat_no_carer_available_total").increment(1);
+        warn!(
+            incident = self.incident,
+            "no carer available; the operator queue holds the incident"
+        );
+    }
+}
+
+pub struct DispatchPublished {
+    pub dispatch: i64,
+    pub carer: i64,
+}
+
+impl DispatchPublished {
+    pub fn emit(self) {
+        counter!("pat_dispatches_published_total").increment(1);
+        info!(
+            dispatch = self.dispatch,
+            carer = self.carer,
+            "dispatch offer published"
+        );
+    }
+}
+
+pub struct StageFailed<'a> {
+    pub stage: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl StageFailed<'_> {
+    pub fn emit(self) {
+        counter!("pat_stage_failures_total", "stage" => self.stage).increment(1);
+        error!(stage = self.stage, error = %self.error, "stage failed; will retry from the database");
+    }
+}
+
+pub struct MqttConnection {
+    pub up: bool,
+    pub detail: String,
+}
+
+impl MqttConnection {
+    pub fn emit(self) {
+        gauge!("pat_mqtt_connected").set(if self.up { 1.0 } else { 0.0 });
+        if self.up {
+            info!(detail = %self.detail, "MQTT connected");
+        } else {
+            counter!("pat_mqtt_disconnects_total").increment(1);
+            warn!(detail = %self.detail, "MQTT down; retrying");
+        }
+    }
+}

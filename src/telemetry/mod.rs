@@ -1,0 +1,13 @@
+//! Logging set-up and the named telemetry events of the pipeline.
+
+pub mod events;
+
+/// Install the log subscriber once; `RUST_LOG` overrides `default_filter`.
+pub fn init(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
