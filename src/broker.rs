@@ -29,12 +29,35 @@ pub fn start_embedded(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
     spawn(addr)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if speaks_mqtt(addr) {
             return Ok(addr);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(BrokerError::NotListening(addr))
+}
+
+/// A full CONNECT / CONNACK / DISCONNECT exchange: the broker is not only
+/// listening but answering (and a bare probe socket would be logged as an error).
+fn speaks_mqtt(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    #[rustfmt::skip]
+    const CONNECT: [u8; 19] = [
+        0x10, 17,                         // CONNECT, remaining length
+        0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, // protocol name, level 4 (3.1.1)
+        0x02, 0x00, 0x3c,                 // clean session, keep-alive 60 s
+        0x00, 0x05, b'p', b'r', b'o', b'b', b'e', // client id
+    ];
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut ack = [0u8; 4];
+    let ok = s.write_all(&CONNECT).is_ok()
+        && s.read_exact(&mut ack).is_ok()
+        && ack == [0x20, 0x02, 0x00, 0x00];
+    let _ = s.write_all(&[0xe0, 0x00]);
+    ok
 }
 
 #[cfg(feature = "embedded-broker")]

@@ -1,1 +1,219 @@
-fn main() {}
+//! The `pingantong` command: serve, demo, seed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use pingantong::demo::{self, DemoOptions, seed};
+use pingantong::store::{Db, StoreConfig};
+use pingantong::{Application, Settings};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(version, about = "Ping An Tong (平安通): emergency alarm server for elderly people living alone")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (config file, then PAT_* environment, then flags).
+    Serve(ServerArgs),
+    /// Run the whole path on embedded defaults with a simulated city, then summarise.
+    Demo {
+        /// Seconds of simulated traffic.
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 300)]
+        clients: usize,
+        /// Presses per second across the fleet.
+        #[arg(long, default_value_t = 2.0)]
+        alarm_rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        heartbeat_secs: f64,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Keep the database in this directory instead of a temporary one.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Provision a demo city (clients, pendants, providers, carers) for pendant-sim.
+    Seed {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, env = "PAT_SECRET_SEED", default_value = "demo")]
+        secret_seed: String,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// TOML settings file.
+    #[arg(long, env = "PAT_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "PAT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// sqlite://path or postgres://user@host/db
+    #[arg(long, env = "PAT_DATABASE_URL")]
+    database_url: Option<String>,
+    #[arg(long, env = "PAT_DATABASE_SCHEMA")]
+    database_schema: Option<String>,
+    #[arg(long, env = "PAT_NATIVE_ADDR")]
+    native_addr: Option<SocketAddr>,
+    /// External broker; without it an embedded broker is started.
+    #[arg(long, env = "PAT_MQTT_URL")]
+    mqtt_url: Option<String>,
+    #[arg(long, env = "PAT_EMBEDDED_MQTT_ADDR")]
+    embedded_mqtt_addr: Option<SocketAddr>,
+    #[arg(long, env = "PAT_INSTANCE_ID")]
+    instance_id: Option<String>,
+}
+
+impl ServerArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut s = Settings::load(self.config.as_deref())?;
+        if let Some(v) = &self.data_dir {
+            s.data_dir = v.clone();
+        }
+        if let Some(v) = &self.database_url {
+            s.database_url = Some(v.clone());
+        }
+        if let Some(v) = &self.database_schema {
+            s.database_schema = Some(v.clone());
+        }
+        if let Some(v) = self.native_addr {
+            s.native_addr = v;
+        }
+        if let Some(v) = &self.mqtt_url {
+            s.mqtt_url = Some(v.clone());
+        }
+        if let Some(v) = self.embedded_mqtt_addr {
+            s.embedded_mqtt_addr = v;
+        }
+        if let Some(v) = &self.instance_id {
+            s.instance_id = v.clone();
+        }
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo { .. });
+    pingantong::telemetry::init(if quiet {
+        "warn,rumqttd=error"
+    } else {
+        "info,rumqttd=warn,sqlx=warn"
+    });
+    if let Err(e) = run(cli.command).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let settings = args.settings()?;
+            let app = Application::build(settings).await?;
+            println!(
+                "pingantong serving: native={} mqtt={}{} database={}",
+                app.native_addr(),
+                app.mqtt().url(),
+                if app.embedded_broker() { " (embedded)" } else { "" },
+                app.db().backend()
+            );
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                stop.cancel();
+            });
+            app.run_until_stopped(shutdown).await;
+            Ok(())
+        }
+        Command::Demo {
+            duration,
+            clients,
+            alarm_rate,
+            heartbeat_secs,
+            json,
+            data_dir,
+        } => {
+            anyhow::ensure!(clients > 0, "--clients must be at least 1");
+            anyhow::ensure!(duration > 0.0 && heartbeat_secs > 0.0, "--duration and --heartbeat-secs must be positive");
+            let summary = demo::run(DemoOptions {
+                duration: Duration::from_secs_f64(duration),
+                clients,
+                alarm_rate,
+                heartbeat: Duration::from_secs_f64(heartbeat_secs),
+                json,
+                data_dir,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                demo::print(&summary);
+            }
+            anyhow::ensure!(summary.alarms_lost == 0, "{} alarms lost", summary.alarms_lost);
+            Ok(())
+        }
+        Command::Seed {
+            server,
+            clients,
+            secret_seed,
+        } => {
+            let s = server.settings()?;
+            if s.database_url.is_none() {
+                std::fs::create_dir_all(&s.data_dir)?;
+            }
+            let db = Db::connect(&StoreConfig {
+                url: s.database_url(),
+                schema: s.database_schema.clone(),
+                max_connections: 2,
+            })
+            .await?;
+            let city = seed::seed_city(
+                &db,
+                &seed::CitySpec {
+                    clients,
+                    carers_per_provider: 8,
+                    secret_seed,
+                    id_prefix: "PA".into(),
+                },
+            )
+            .await?;
+            println!(
+                "seeded {} clients with pendants PA000001..PA{:06}, {} providers, {} carers into {}",
+                city.clients,
+                city.clients,
+                city.providers,
+                city.carers,
+                db.backend()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

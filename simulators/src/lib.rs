@@ -1,1 +1,35 @@
+//! Simulators that talk to a Ping An Tong server over the wire only: pendant
+//! fleets (press → ACK latency) and carers (dispatch offers over MQTT).
 
+pub mod carer;
+pub mod fleet;
+
+use sha2::{Digest, Sha256};
+
+/// A pendant's secret derived from a fleet seed, so a server seeded with the
+/// same seed and a simulator agree without exchanging secrets.
+pub fn derive_secret(seed: &str, device_id: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(seed.as_bytes());
+    h.update(b":");
+    h.update(device_id.as_bytes());
+    h.finalize().to_vec()
+}
+
+/// The id of the `n`-th pendant of a fleet (`PA000001` …).
+pub fn device_id(prefix: &str, n: usize) -> String {
+    format!("{prefix}{n:06}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_differ_per_device_and_seed() {
+        let a = super::derive_secret("s", "PA000001");
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, super::derive_secret("s", "PA000001"));
+        assert_ne!(a, super::derive_secret("s", "PA000002"));
+        assert_ne!(a, super::derive_secret("t", "PA000001"));
+        assert_eq!(super::device_id("PA", 7), "PA000007");
+    }
+}

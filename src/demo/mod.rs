@@ -1,1 +1,216 @@
-//! The demo city.
+//! `pingantong demo`: the whole path on embedded defaults, with a simulated
+//! city, fleet and carers, ending in a summary that counts every alarm.
+
+pub mod seed;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use pingantong_protocol::EventKind;
+use pingantong_sim::carer::{self, CarerStats};
+use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Application, Settings};
+use seed::{CitySpec, seed_city};
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub duration: Duration,
+    pub clients: usize,
+    pub alarm_rate: f64,
+    pub heartbeat: Duration,
+    pub json: bool,
+    /// Where the data goes; `None`: a temporary directory removed at the end.
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DemoSummary {
+    pub duration_s: f64,
+    pub clients: usize,
+    pub carers: usize,
+    pub alarms_sent: u64,
+    pub alarms_acknowledged: u64,
+    pub alarms_stored: i64,
+    /// Sent but never acknowledged, or acknowledged but not in the database.
+    pub alarms_lost: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeats_acknowledged: u64,
+    pub incidents_opened: i64,
+    /// Offers received by the simulated carers over MQTT (distinct dispatches).
+    pub dispatched: usize,
+    pub dispatches_recorded: i64,
+    pub ack_latency_ms: Percentiles,
+    pub database: String,
+    pub mqtt: String,
+}
+
+pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
+    let tmp = tempfile::tempdir()?;
+    let data_dir = opts.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let broker_port_free = std::net::TcpListener::bind(("127.0.0.1", 11883)).is_ok();
+    let settings = Settings {
+        data_dir: data_dir.clone(),
+        native_addr: ([127, 0, 0, 1], 0).into(),
+        embedded_mqtt_addr: ([127, 0, 0, 1], if broker_port_free { 11883 } else { 0 }).into(),
+        recovery_sweep_ms: 1_000,
+        cache_refresh_ms: 1_000,
+        ..Settings::default()
+    };
+    let app = Application::build(settings.clone()).await?;
+    let native: SocketAddr = app.native_addr();
+    let mqtt = app.mqtt().clone();
+    let db = app.db().clone();
+    let spec = CitySpec {
+        clients: opts.clients,
+        carers_per_provider: 8,
+        secret_seed: format!("demo-{}", std::process::id()),
+        id_prefix: "PA".into(),
+    };
+    let city = seed_city(&db, &spec).await?;
+
+    let carer_stats = Arc::new(CarerStats::default());
+    let carers = carer::spawn(
+        &mqtt.host,
+        mqtt.port,
+        &settings.mqtt_topic_prefix,
+        "demo-carers",
+        Arc::clone(&carer_stats),
+    );
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let wait_sub = Instant::now();
+    while !carer_stats.subscribed.load(Ordering::Acquire) && wait_sub.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    if !opts.json {
+        println!("Ping An Tong demo — {} clients in 6 Guangzhou districts, {} providers, {} carers", city.clients, city.providers, city.carers);
+        println!("  native pendants: {native}   MQTT broker (embedded): {}   data: {}", mqtt.url(), data_dir.display());
+        println!("  {} pendants, {:.1} presses/s, heartbeat every {:?}, for {:?} (Ctrl-C ends early)", city.clients, opts.alarm_rate, opts.heartbeat, opts.duration);
+    }
+    let pendants: Vec<Pendant> = city
+        .devices
+        .iter()
+        .map(|id| Pendant {
+            id: id.clone(),
+            secret: pingantong_sim::derive_secret(&spec.secret_seed, id),
+        })
+        .collect();
+    let fleet_stats = Arc::new(FleetStats::default());
+    let started = Instant::now();
+    let fleet = tokio::spawn(fleet::run(
+        FleetConfig {
+            addr: native,
+            pendants,
+            heartbeat: opts.heartbeat,
+            alarm_rate: opts.alarm_rate,
+            duration: opts.duration,
+            retry_after: Duration::from_secs(3),
+            grace: Duration::from_secs(10),
+        },
+        Arc::clone(&fleet_stats),
+    ));
+    let progress = {
+        let (f, c, json) = (Arc::clone(&fleet_stats), Arc::clone(&carer_stats), opts.json);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !json {
+                    eprint!(
+                        "\r  {:>4.0}s  pendants online {:>5}  presses {:>5}  acked {:>5}  heartbeats {:>6}  offers to carers {:>5}",
+                        started.elapsed().as_secs_f64(),
+                        f.connected.load(Ordering::Relaxed),
+                        f.alarms_sent.load(Ordering::Relaxed),
+                        f.alarms_acked.load(Ordering::Relaxed),
+                        f.heartbeats_acked.load(Ordering::Relaxed),
+                        c.offers.load(Ordering::Relaxed),
+                    );
+                }
+            }
+        })
+    };
+    let report = tokio::select! {
+        r = fleet => Some(r?),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    progress.abort();
+    if !opts.json {
+        eprintln!();
+    }
+    // Give the incident stage and the broker a moment to deliver the last offers.
+    let (_, _, mut recorded) = db.incident_counts().await?;
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(5) {
+        let (_, _, d) = db.incident_counts().await?;
+        if d == recorded && carer_stats.distinct_dispatches() as i64 >= d {
+            break;
+        }
+        recorded = d;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = db.count_alarms(Some(EventKind::Sos)).await?
+        + db.count_alarms(Some(EventKind::Fall)).await?;
+    let (incidents, _, dispatches) = db.incident_counts().await?;
+    let summary = match report {
+        Some(r) => {
+            let mut missing = 0;
+            for (device, seq) in &r.acked {
+                if !db.alarm_stored(device, i64::from(*seq)).await? {
+                    missing += 1;
+                }
+            }
+            let h = &r.alarm_latency_us;
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            DemoSummary {
+                duration_s: started.elapsed().as_secs_f64(),
+                clients: city.clients,
+                carers: city.carers,
+                alarms_sent: r.alarms_sent,
+                alarms_acknowledged: r.alarms_acked,
+                alarms_stored: stored,
+                alarms_lost: r.alarms_lost() + missing,
+                heartbeats_sent: r.heartbeats_sent,
+                heartbeats_acknowledged: r.heartbeats_acked,
+                incidents_opened: incidents,
+                dispatched: carer_stats.distinct_dispatches(),
+                dispatches_recorded: dispatches,
+                ack_latency_ms: Percentiles { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: h.max() as f64 / 1000.0 },
+                database: db.backend().into(),
+                mqtt: mqtt.url(),
+            }
+        }
+        None => anyhow::bail!("interrupted before the fleet finished; nothing to summarise"),
+    };
+    carers.abort();
+    shutdown.cancel();
+    let _ = server.await;
+    Ok(summary)
+}
+
+/// The summary as people read it.
+pub fn print(s: &DemoSummary) {
+    println!("Summary ({:.1} s, {} on {}):", s.duration_s, s.database, s.mqtt);
+    println!("  alarms sent          {:>7}", s.alarms_sent);
+    println!("  acknowledged         {:>7}   (stored in the database: {})", s.alarms_acknowledged, s.alarms_stored);
+    println!("  incidents opened     {:>7}   (further presses fold into the open incident)", s.incidents_opened);
+    println!("  dispatched to carers {:>7}   (offers received over MQTT; recorded: {})", s.dispatched, s.dispatches_recorded);
+    println!("  lost                 {:>7}", s.alarms_lost);
+    println!("  heartbeats           {:>7} sent, {} acknowledged", s.heartbeats_sent, s.heartbeats_acknowledged);
+    println!(
+        "  press -> ACK         p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        s.ack_latency_ms.p50, s.ack_latency_ms.p90, s.ack_latency_ms.p99, s.ack_latency_ms.max
+    );
+}

@@ -40,6 +40,9 @@ pub struct NewProvider {
     pub capacity: i64,
     /// (district, street): street `None` covers the whole district.
     pub coverage: Vec<(String, Option<String>)>,
+    /// Contract order where several providers cover one address: lower first
+    /// (a fallback provider has a higher rank).
+    pub rank: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -172,7 +175,7 @@ impl Db {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            for (rank, (district, street)) in pr.coverage.iter().enumerate() {
+            for (district, street) in &pr.coverage {
                 sqlx::query(
                     "INSERT INTO provider_coverage (provider_id, district, street, rank) \
                      VALUES ($1, $2, $3, $4)",
@@ -180,7 +183,7 @@ impl Db {
                 .bind(id)
                 .bind(district)
                 .bind(street)
-                .bind(rank as i64)
+                .bind(pr.rank)
                 .execute(&mut *tx)
                 .await?;
             }
