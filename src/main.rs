@@ -11,7 +11,10 @@ use pingantong::{Application, Settings};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "Ping An Tong (平安通): emergency alarm server for elderly people living alone")]
+#[command(
+    version,
+    about = "Ping An Tong (平安通): emergency alarm server for elderly people living alone"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,10 +110,12 @@ impl ServerArgs {
 async fn main() {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Demo { .. });
+    // The embedded broker logs every client disconnect as an error; RUST_LOG
+    // brings it back when the broker itself is being looked at.
     pingantong::telemetry::init(if quiet {
-        "warn,rumqttd=error"
+        "warn,rumqttd=off"
     } else {
-        "info,rumqttd=warn,sqlx=warn"
+        "info,rumqttd=off,sqlx=warn"
     });
     if let Err(e) = run(cli.command).await {
         eprintln!("error: {e:#}");
@@ -127,7 +132,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "pingantong serving: native={} mqtt={}{} database={}",
                 app.native_addr(),
                 app.mqtt().url(),
-                if app.embedded_broker() { " (embedded)" } else { "" },
+                if app.embedded_broker() {
+                    " (embedded)"
+                } else {
+                    ""
+                },
                 app.db().backend()
             );
             let shutdown = CancellationToken::new();
@@ -148,7 +157,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             data_dir,
         } => {
             anyhow::ensure!(clients > 0, "--clients must be at least 1");
-            anyhow::ensure!(duration > 0.0 && heartbeat_secs > 0.0, "--duration and --heartbeat-secs must be positive");
+            anyhow::ensure!(
+                duration > 0.0 && heartbeat_secs > 0.0,
+                "--duration and --heartbeat-secs must be positive"
+            );
             let summary = demo::run(DemoOptions {
                 duration: Duration::from_secs_f64(duration),
                 clients,
@@ -163,7 +175,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 demo::print(&summary);
             }
-            anyhow::ensure!(summary.alarms_lost == 0, "{} alarms lost", summary.alarms_lost);
+            anyhow::ensure!(
+                summary.alarms_lost == 0,
+                "{} alarms lost",
+                summary.alarms_lost
+            );
             Ok(())
         }
         Command::Seed {

@@ -12,23 +12,27 @@ use serde::Deserialize;
 pub struct CarerStats {
     pub subscribed: AtomicBool,
     pub offers: AtomicU64,
-    dispatches: Mutex<HashSet<i64>>,
-    incidents: Mutex<HashSet<i64>>,
+    received: Mutex<Vec<Offer>>,
 }
 
 impl CarerStats {
     /// Distinct dispatches offered (an offer sent twice counts once).
     pub fn distinct_dispatches(&self) -> usize {
-        self.dispatches.lock().expect("not poisoned").len()
+        let log = self.received.lock().expect("not poisoned");
+        log.iter()
+            .map(|o| o.dispatch_id)
+            .collect::<HashSet<_>>()
+            .len()
     }
 
-    pub fn incidents(&self) -> HashSet<i64> {
-        self.incidents.lock().expect("not poisoned").clone()
+    /// Every offer received, in order.
+    pub fn offers(&self) -> Vec<Offer> {
+        self.received.lock().expect("not poisoned").clone()
     }
 }
 
 /// The fields of an offer a carer's phone relies on.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Offer {
     pub v: u32,
     pub dispatch_id: i64,
@@ -68,16 +72,7 @@ pub fn spawn(
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Ok(offer) = serde_json::from_slice::<Offer>(&p.payload) {
                         stats.offers.fetch_add(1, Ordering::Relaxed);
-                        stats
-                            .dispatches
-                            .lock()
-                            .expect("not poisoned")
-                            .insert(offer.dispatch_id);
-                        stats
-                            .incidents
-                            .lock()
-                            .expect("not poisoned")
-                            .insert(offer.incident_id);
+                        stats.received.lock().expect("not poisoned").push(offer);
                     }
                 }
                 Ok(_) => {}

@@ -100,7 +100,9 @@ pub async fn run(cfg: FleetConfig, stats: Arc<FleetStats>) -> FleetReport {
     for i in 0..cfg.pendants.len() {
         let cfg = Arc::clone(&cfg);
         let stats = Arc::clone(&stats);
-        tasks.push(tokio::spawn(async move { pendant(cfg, i, stats, start).await }));
+        tasks.push(tokio::spawn(
+            async move { pendant(cfg, i, stats, start).await },
+        ));
     }
     let mut alarm_latency_us = histogram();
     let mut heartbeat_latency_us = histogram();
@@ -109,7 +111,9 @@ pub async fn run(cfg: FleetConfig, stats: Arc<FleetStats>) -> FleetReport {
     for t in tasks {
         if let Ok(r) = t.await {
             alarm_latency_us.add(&r.alarm_latency).expect("same bounds");
-            heartbeat_latency_us.add(&r.heartbeat_latency).expect("same bounds");
+            heartbeat_latency_us
+                .add(&r.heartbeat_latency)
+                .expect("same bounds");
             acked.extend(r.acked);
             unanswered.extend(r.unanswered);
         }
@@ -171,7 +175,12 @@ async fn pendant(
     let mut first_connect = true;
 
     'connection: while Instant::now() < give_up {
-        let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(cfg.addr)).await {
+        let stream = match tokio::time::timeout(
+            Duration::from_secs(2),
+            TcpStream::connect(cfg.addr),
+        )
+        .await
+        {
             Ok(Ok(s)) => s,
             _ => {
                 tokio::time::sleep(backoff).await;
@@ -197,7 +206,12 @@ async fn pendant(
         let broken = !resend.is_empty() && wr.write_all(&resend).await.is_err();
         let mut buf = BytesMut::with_capacity(256);
         let mut retry_tick = tokio::time::interval(cfg.retry_after.min(Duration::from_millis(500)));
-        while !broken {
+        if broken {
+            stats.connected.fetch_sub(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        loop {
             let now = Instant::now();
             if now >= stop_sending && outstanding.is_empty() {
                 stats.connected.fetch_sub(1, Ordering::Relaxed);
@@ -207,7 +221,11 @@ async fn pendant(
                 break;
             }
             let sending = now < stop_sending;
-            let wake = if sending { next_heartbeat.min(next_alarm) } else { give_up };
+            let wake = if sending {
+                next_heartbeat.min(next_alarm)
+            } else {
+                give_up
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {
                     if !sending { continue; }

@@ -59,7 +59,10 @@ pub struct DemoSummary {
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let tmp = tempfile::tempdir()?;
-    let data_dir = opts.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let data_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
     let broker_port_free = std::net::TcpListener::bind(("127.0.0.1", 11883)).is_ok();
     let settings = Settings {
         data_dir: data_dir.clone(),
@@ -92,14 +95,26 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let wait_sub = Instant::now();
-    while !carer_stats.subscribed.load(Ordering::Acquire) && wait_sub.elapsed() < Duration::from_secs(5) {
+    while !carer_stats.subscribed.load(Ordering::Acquire)
+        && wait_sub.elapsed() < Duration::from_secs(5)
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     if !opts.json {
-        println!("Ping An Tong demo — {} clients in 6 Guangzhou districts, {} providers, {} carers", city.clients, city.providers, city.carers);
-        println!("  native pendants: {native}   MQTT broker (embedded): {}   data: {}", mqtt.url(), data_dir.display());
-        println!("  {} pendants, {:.1} presses/s, heartbeat every {:?}, for {:?} (Ctrl-C ends early)", city.clients, opts.alarm_rate, opts.heartbeat, opts.duration);
+        println!(
+            "Ping An Tong demo — {} clients in 6 Guangzhou districts, {} providers, {} carers",
+            city.clients, city.providers, city.carers
+        );
+        println!(
+            "  native pendants: {native}   MQTT broker (embedded): {}   data: {}",
+            mqtt.url(),
+            data_dir.display()
+        );
+        println!(
+            "  {} pendants, {:.1} presses/s, heartbeat every {:?}, for {:?} (Ctrl-C ends early)",
+            city.clients, opts.alarm_rate, opts.heartbeat, opts.duration
+        );
     }
     let pendants: Vec<Pendant> = city
         .devices
@@ -124,7 +139,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         Arc::clone(&fleet_stats),
     ));
     let progress = {
-        let (f, c, json) = (Arc::clone(&fleet_stats), Arc::clone(&carer_stats), opts.json);
+        let (f, c, json) = (
+            Arc::clone(&fleet_stats),
+            Arc::clone(&carer_stats),
+            opts.json,
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -187,7 +206,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
                 incidents_opened: incidents,
                 dispatched: carer_stats.distinct_dispatches(),
                 dispatches_recorded: dispatches,
-                ack_latency_ms: Percentiles { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: h.max() as f64 / 1000.0 },
+                ack_latency_ms: Percentiles {
+                    p50: ms(0.5),
+                    p90: ms(0.9),
+                    p99: ms(0.99),
+                    max: h.max() as f64 / 1000.0,
+                },
                 database: db.backend().into(),
                 mqtt: mqtt.url(),
             }
@@ -202,13 +226,28 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
 
 /// The summary as people read it.
 pub fn print(s: &DemoSummary) {
-    println!("Summary ({:.1} s, {} on {}):", s.duration_s, s.database, s.mqtt);
+    println!(
+        "Summary ({:.1} s, {} on {}):",
+        s.duration_s, s.database, s.mqtt
+    );
     println!("  alarms sent          {:>7}", s.alarms_sent);
-    println!("  acknowledged         {:>7}   (stored in the database: {})", s.alarms_acknowledged, s.alarms_stored);
-    println!("  incidents opened     {:>7}   (further presses fold into the open incident)", s.incidents_opened);
-    println!("  dispatched to carers {:>7}   (offers received over MQTT; recorded: {})", s.dispatched, s.dispatches_recorded);
+    println!(
+        "  acknowledged         {:>7}   (stored in the database: {})",
+        s.alarms_acknowledged, s.alarms_stored
+    );
+    println!(
+        "  incidents opened     {:>7}   (further presses fold into the open incident)",
+        s.incidents_opened
+    );
+    println!(
+        "  dispatched to carers {:>7}   (offers received over MQTT; recorded: {})",
+        s.dispatched, s.dispatches_recorded
+    );
     println!("  lost                 {:>7}", s.alarms_lost);
-    println!("  heartbeats           {:>7} sent, {} acknowledged", s.heartbeats_sent, s.heartbeats_acknowledged);
+    println!(
+        "  heartbeats           {:>7} sent, {} acknowledged",
+        s.heartbeats_sent, s.heartbeats_acknowledged
+    );
     println!(
         "  press -> ACK         p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
         s.ack_latency_ms.p50, s.ack_latency_ms.p90, s.ack_latency_ms.p99, s.ack_latency_ms.max

@@ -7,18 +7,66 @@ use crate::store::{Db, NewCarer, NewClient, NewContact, NewDevice, NewProvider, 
 
 /// District, its streets (街道), and a point near its centre.
 const DISTRICTS: &[(&str, &[&str], (f64, f64))] = &[
-    ("越秀区", &["北京街", "人民街", "光塔街", "六榕街"], (23.1290, 113.2668)),
-    ("海珠区", &["滨江街", "素社街", "江南中街"], (23.0960, 113.3170)),
-    ("荔湾区", &["沙面街", "逢源街", "多宝街"], (23.1259, 113.2440)),
-    ("天河区", &["石牌街", "五山街", "林和街"], (23.1353, 113.3612)),
-    ("白云区", &["三元里街", "景泰街", "同德街"], (23.1620, 113.2730)),
-    ("黄埔区", &["黄埔街", "红山街", "鱼珠街"], (23.1060, 113.4590)),
+    (
+        "越秀区",
+        &["北京街", "人民街", "光塔街", "六榕街"],
+        (23.1290, 113.2668),
+    ),
+    (
+        "海珠区",
+        &["滨江街", "素社街", "江南中街"],
+        (23.0960, 113.3170),
+    ),
+    (
+        "荔湾区",
+        &["沙面街", "逢源街", "多宝街"],
+        (23.1259, 113.2440),
+    ),
+    (
+        "天河区",
+        &["石牌街", "五山街", "林和街"],
+        (23.1353, 113.3612),
+    ),
+    (
+        "白云区",
+        &["三元里街", "景泰街", "同德街"],
+        (23.1620, 113.2730),
+    ),
+    (
+        "黄埔区",
+        &["黄埔街", "红山街", "鱼珠街"],
+        (23.1060, 113.4590),
+    ),
 ];
-const SURNAMES: &[&str] = &["陈", "李", "黄", "张", "梁", "林", "何", "吴", "郭", "罗", "冯", "邓"];
-const GIVEN: &[&str] = &["秀英", "桂兰", "淑珍", "伟强", "国华", "建国", "玉梅", "志明", "丽华", "德明", "美玲", "少芬"];
-const CONDITIONS: &[&str] = &["高血压", "2型糖尿病", "冠心病", "轻度认知障碍", "骨质疏松", "慢性阻塞性肺病", "房颤"];
-const MEDICATIONS: &[&str] = &["氨氯地平 5mg", "二甲双胍 500mg", "阿司匹林 100mg", "华法林 3mg", "阿托伐他汀 20mg", "沙丁胺醇吸入剂"];
-const CATEGORIES: &[&str] = &["destitute", "advanced_age", "living_alone", "special_contribution"];
+const SURNAMES: &[&str] = &[
+    "陈", "李", "黄", "张", "梁", "林", "何", "吴", "郭", "罗", "冯", "邓",
+];
+const GIVEN: &[&str] = &[
+    "秀英", "桂兰", "淑珍", "伟强", "国华", "建国", "玉梅", "志明", "丽华", "德明", "美玲", "少芬",
+];
+const CONDITIONS: &[&str] = &[
+    "高血压",
+    "2型糖尿病",
+    "冠心病",
+    "轻度认知障碍",
+    "骨质疏松",
+    "慢性阻塞性肺病",
+    "房颤",
+];
+const MEDICATIONS: &[&str] = &[
+    "氨氯地平 5mg",
+    "二甲双胍 500mg",
+    "阿司匹林 100mg",
+    "华法林 3mg",
+    "阿托伐他汀 20mg",
+    "沙丁胺醇吸入剂",
+];
+const CATEGORIES: &[&str] = &[
+    "destitute",
+    "advanced_age",
+    "living_alone",
+    "special_contribution",
+];
 const RELATIONS: &[&str] = &["儿子", "女儿", "侄女", "邻居", "楼长"];
 
 #[derive(Debug, Clone)]
@@ -66,7 +114,12 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
             street: street.to_owned(),
             lat: Some(lat0 + rng.random_range(-0.012..0.012)),
             lon: Some(lon0 + rng.random_range(-0.012..0.012)),
-            language: if rng.random_range(0..3) == 0 { "yue" } else { "zh-CN" }.to_owned(),
+            language: if rng.random_range(0..3) == 0 {
+                "yue"
+            } else {
+                "zh-CN"
+            }
+            .to_owned(),
             medical_notes: conditions.join("；"),
             medications: medications.join("；"),
             subsidy_category: Some(pick(&mut rng, CATEGORIES).to_owned()),

@@ -210,4 +210,24 @@ impl Db {
         .await)?;
         Ok(n.0)
     }
+
+    /// (auth, processed, incident id) of every stored copy of (device, seq).
+    pub async fn alarm_states(
+        &self,
+        device_id: &str,
+        seq: i64,
+    ) -> Result<Vec<(String, bool, Option<i64>)>, StoreError> {
+        let rows: Vec<(String, Option<i64>, Option<i64>)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT auth, processed_at, incident_id FROM alarms \
+             WHERE device_id = $1 AND seq = $2 ORDER BY id"
+        )
+        .bind(device_id)
+        .bind(seq)
+        .fetch_all(p)
+        .await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(a, p, i)| (a, p.is_some(), i))
+            .collect())
+    }
 }

@@ -409,4 +409,32 @@ impl Db {
         .fetch_all(p)
         .await)?)
     }
+
+    /// (dispatch id, incident id, carer id, fallback, published) ordered by id.
+    pub async fn dispatches_overview(
+        &self,
+    ) -> Result<Vec<(i64, i64, i64, bool, bool)>, StoreError> {
+        let rows: Vec<(i64, i64, i64, bool, Option<i64>)> = on_pool!(self, |p| {
+            sqlx::query_as(
+            "SELECT id, incident_id, carer_id, fallback, published_at FROM dispatches ORDER BY id"
+        )
+        .fetch_all(p)
+        .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, i, c, f, p)| (d, i, c, f, p.is_some()))
+            .collect())
+    }
+
+    /// The timeline actions of one incident, in order.
+    pub async fn incident_actions(&self, incident_id: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT action FROM incident_events WHERE incident_id = $1 ORDER BY id"
+        )
+        .bind(incident_id)
+        .fetch_all(p)
+        .await)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
 }

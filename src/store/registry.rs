@@ -193,9 +193,8 @@ impl Db {
     }
 
     pub async fn insert_carer(&self, c: &NewCarer) -> Result<i64, StoreError> {
-        let (id,): (i64,) =
-            on_pool!(self, |p| {
-                sqlx::query_as(
+        let (id,): (i64,) = on_pool!(self, |p| {
+            sqlx::query_as(
             "INSERT INTO carers (provider_id, name, phone, lat, lon, on_duty, busy, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7) RETURNING id"
         )
@@ -208,7 +207,7 @@ impl Db {
         .bind(now_ms())
         .fetch_one(p)
         .await
-            })?;
+        })?;
         Ok(id)
     }
 

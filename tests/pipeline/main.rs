@@ -1,1 +1,6 @@
+//! End-to-end tests of the alarm path over real sockets: native TCP in,
+//! SQLite or PostgreSQL underneath, the embedded broker or Mosquitto out.
 
+mod crash;
+mod helpers;
+mod native;

@@ -103,12 +103,22 @@ async fn main() {
     } else {
         println!(
             "alarms: {} sent, {} acked, {} refused, {} lost; heartbeats: {} sent, {} acked; {} retries, {} reconnects",
-            r.alarms_sent, r.alarms_acked, r.alarms_refused, r.alarms_lost(),
-            r.heartbeats_sent, r.heartbeats_acked, r.retries, r.reconnects
+            r.alarms_sent,
+            r.alarms_acked,
+            r.alarms_refused,
+            r.alarms_lost(),
+            r.heartbeats_sent,
+            r.heartbeats_acked,
+            r.retries,
+            r.reconnects
         );
         println!(
             "press -> ACK ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64 / 1000.0
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            h.max() as f64 / 1000.0
         );
     }
     if r.alarms_lost() > 0 {

@@ -1,0 +1,164 @@
+//! SIGKILL in the middle of a burst: every acknowledged alarm survives, and
+//! retried frames open no second incident.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingantong::demo::seed::{CitySpec, seed_city};
+use pingantong::store::{Db, StoreConfig};
+use pingantong_protocol::EventKind;
+use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+const SEED: &str = "crash-test";
+
+async fn start_server(args: &[String]) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pingantong"))
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("server binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("server prints where it listens within 30 s")
+        .unwrap()
+        .expect("a line");
+    assert!(line.starts_with("pingantong serving: native="), "{line}");
+    child
+}
+
+async fn crash_in_the_middle_of_a_burst(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = unique("crash");
+    let (url, schema_arg) = match backend {
+        Backend::Sqlite => (format!("sqlite://{}/crash.db", dir.path().display()), None),
+        Backend::Postgres => (POSTGRES_URL.to_owned(), Some(schema.clone())),
+    };
+    let db = Db::connect(&StoreConfig {
+        url: url.clone(),
+        schema: schema_arg.clone(),
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    let city = seed_city(
+        &db,
+        &CitySpec {
+            clients: 20,
+            carers_per_provider: 2,
+            secret_seed: SEED.into(),
+            id_prefix: "PA".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let native = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--database-url".to_string(),
+        url,
+        "--native-addr".into(),
+        native.clone(),
+        "--embedded-mqtt-addr".into(),
+        "127.0.0.1:0".into(),
+    ];
+    if let Some(s) = schema_arg {
+        args.extend(["--database-schema".into(), s]);
+    }
+    let mut server = start_server(&args).await;
+
+    let pendants = city
+        .devices
+        .iter()
+        .map(|id| Pendant {
+            id: id.clone(),
+            secret: pingantong_sim::derive_secret(SEED, id),
+        })
+        .collect();
+    let stats = Arc::new(FleetStats::default());
+    let fleet = tokio::spawn(fleet::run(
+        FleetConfig {
+            addr: native.parse().unwrap(),
+            pendants,
+            heartbeat: Duration::from_millis(200),
+            alarm_rate: 150.0,
+            duration: Duration::from_secs(4),
+            retry_after: Duration::from_millis(500),
+            grace: Duration::from_secs(20),
+        },
+        Arc::clone(&stats),
+    ));
+    // Kill the server once alarms are flowing, hard: no shutdown, no flush.
+    eventually("alarms flowing", || async {
+        (stats
+            .alarms_acked
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 50)
+            .then_some(())
+    })
+    .await;
+    server.kill().await.unwrap();
+    let acked_before_kill = stats
+        .alarms_acked
+        .load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut server = start_server(&args).await;
+    let report = fleet.await.unwrap();
+
+    assert!(report.reconnects >= 1, "the fleet noticed the crash");
+    assert!(
+        report.alarms_acked > acked_before_kill,
+        "alarms acknowledged after the restart too"
+    );
+    assert_eq!(
+        report.alarms_lost(),
+        0,
+        "unanswered: {:?}",
+        report.unanswered
+    );
+    // Every alarm the pendants saw acknowledged is stored, exactly once.
+    for (device, seq) in &report.acked {
+        let copies = db.alarm_states(device, i64::from(*seq)).await.unwrap();
+        assert_eq!(copies.len(), 1, "{device} seq {seq}: {copies:?}");
+    }
+    let alarms = db.count_alarms(Some(EventKind::Sos)).await.unwrap()
+        + db.count_alarms(Some(EventKind::Fall)).await.unwrap();
+    assert_eq!(alarms as u64, report.alarms_acked);
+    // After recovery every stored press is accounted for exactly once: opened
+    // an incident or folded into one — never two incidents for one frame.
+    let presses = eventually("every alarm handled after the restart", || async {
+        let owed = db.unprocessed_alarms(0, 1).await.unwrap();
+        let incidents = db.incidents_overview().await.unwrap();
+        let presses: i64 = incidents.iter().map(|i| i.2).sum();
+        (owed.is_empty() && presses == alarms).then_some(presses)
+    })
+    .await;
+    assert_eq!(presses, alarms);
+    let incidents = db.incidents_overview().await.unwrap();
+    assert!(
+        incidents.len() <= city.devices.len(),
+        "one open incident per person at most"
+    );
+    server.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_sqlite() {
+    crash_in_the_middle_of_a_burst(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_postgres() {
+    crash_in_the_middle_of_a_burst(Backend::Postgres).await;
+}

@@ -1,0 +1,294 @@
+//! Start the real server on loopback ports with a fresh database, and talk to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pingantong::store::{Db, NewCarer, NewClient, NewDevice, NewProvider};
+use pingantong::{Application, Settings};
+use pingantong_protocol::native::{self, Reply};
+use pingantong_protocol::{AlarmEvent, DeviceId, EventKind, Location};
+use pingantong_sim::carer::{self, CarerStats};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const MOSQUITTO_URL: &str = "mqtt://127.0.0.1:1883";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    Embedded,
+    Mosquitto,
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:016x}", rand::rng().random::<u64>())
+}
+
+/// Settings for a test server: loopback ports, a fresh database, short sweeps.
+pub fn test_settings(backend: Backend, broker: Broker, dir: &std::path::Path) -> Settings {
+    let tag = unique("t");
+    Settings {
+        data_dir: dir.to_owned(),
+        database_url: match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(POSTGRES_URL.into()),
+        },
+        database_schema: (backend == Backend::Postgres).then(|| tag.clone()),
+        native_addr: ([127, 0, 0, 1], 0).into(),
+        mqtt_url: (broker == Broker::Mosquitto).then(|| MOSQUITTO_URL.into()),
+        embedded_mqtt_addr: ([127, 0, 0, 1], 0).into(),
+        // Topics and client ids unique per test: Mosquitto is shared.
+        mqtt_topic_prefix: format!("pat-{tag}"),
+        instance_id: format!("pat-{tag}"),
+        cache_refresh_ms: 100,
+        recovery_sweep_ms: 200,
+        ..Settings::default()
+    }
+}
+
+pub struct TestApp {
+    pub native: std::net::SocketAddr,
+    pub db: Db,
+    pub carers: Arc<CarerStats>,
+    carer_task: tokio::task::JoinHandle<()>,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend, broker: Broker) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = test_settings(backend, broker, dir.path());
+        Self::spawn_with(settings, Some(dir)).await
+    }
+
+    pub async fn spawn_with(settings: Settings, dir: Option<tempfile::TempDir>) -> Self {
+        let app = Application::build(settings.clone())
+            .await
+            .expect("server builds");
+        let native = app.native_addr();
+        let db = app.db().clone();
+        let mqtt = app.mqtt().clone();
+        let carers = Arc::new(CarerStats::default());
+        let carer_task = carer::spawn(
+            &mqtt.host,
+            mqtt.port,
+            &settings.mqtt_topic_prefix,
+            &unique("carer"),
+            Arc::clone(&carers),
+        );
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let t = tokio::time::Instant::now();
+        while !carers.subscribed.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "carer simulator never subscribed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Self {
+            native,
+            db,
+            carers,
+            carer_task,
+            shutdown,
+            server,
+            _dir: dir,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.carer_task.abort();
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.server)
+            .await
+            .expect("server stops within 20 s")
+            .unwrap();
+    }
+}
+
+/// A resident with a pendant, and two providers' carers at known distances.
+pub struct City {
+    pub client_id: i64,
+    pub device: String,
+    pub secret: Vec<u8>,
+    pub near_carer: i64,
+    pub far_carer: i64,
+    pub other_provider_carer: i64,
+}
+
+pub async fn seed_small_city(db: &Db) -> City {
+    let client_id = db
+        .insert_client(&NewClient {
+            name: "陈秀英".into(),
+            address: "广州市越秀区北京街 12号 301室".into(),
+            district: "越秀区".into(),
+            street: "北京街".into(),
+            lat: Some(23.1291),
+            lon: Some(113.2644),
+            language: "yue".into(),
+            medical_notes: "高血压；房颤".into(),
+            medications: "华法林 3mg".into(),
+            subsidy_category: Some("living_alone".into()),
+        })
+        .await
+        .unwrap();
+    let device = unique("PT").replace('_', "-");
+    let secret = b"test secret for this pendant....".to_vec();
+    db.upsert_device(&NewDevice {
+        id: device.clone(),
+        protocol: "native".into(),
+        secret: secret.clone(),
+        client_id: Some(client_id),
+    })
+    .await
+    .unwrap();
+    let contracted = db
+        .insert_provider(&NewProvider {
+            name: "越秀区颐康中心".into(),
+            service_types: "home_visit".into(),
+            capacity: 10,
+            coverage: vec![("越秀区".into(), None)],
+            rank: 0,
+        })
+        .await
+        .unwrap();
+    let other = db
+        .insert_provider(&NewProvider {
+            name: "应急援助队".into(),
+            service_types: "emergency_response".into(),
+            capacity: 10,
+            coverage: vec![("越秀区".into(), None)],
+            rank: 9,
+        })
+        .await
+        .unwrap();
+    let carer = |provider_id, lat, lon| NewCarer {
+        provider_id,
+        name: "carer".into(),
+        phone: String::new(),
+        lat,
+        lon,
+        on_duty: true,
+    };
+    let far_carer = db
+        .insert_carer(&carer(contracted, 23.20, 113.30))
+        .await
+        .unwrap();
+    let near_carer = db
+        .insert_carer(&carer(contracted, 23.1300, 113.2650))
+        .await
+        .unwrap();
+    // Nearest of all, but not of the contracted provider.
+    let other_provider_carer = db
+        .insert_carer(&carer(other, 23.1291, 113.2644))
+        .await
+        .unwrap();
+    City {
+        client_id,
+        device,
+        secret,
+        near_carer,
+        far_carer,
+        other_provider_carer,
+    }
+}
+
+pub fn event(device: &str, seq: u32, kind: EventKind) -> AlarmEvent {
+    AlarmEvent {
+        device: DeviceId::parse(device).unwrap(),
+        seq,
+        kind,
+        device_time_ms: Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+        ),
+        battery_pct: Some(77),
+        location: Some(Location {
+            lat: 23.1291,
+            lon: 113.2644,
+            accuracy_m: Some(15),
+        }),
+    }
+}
+
+pub fn frame(e: &AlarmEvent, secret: &[u8]) -> BytesMut {
+    let mut b = BytesMut::new();
+    native::encode_event(e, secret, &mut b);
+    b
+}
+
+/// A pendant's connection.
+pub struct Device {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Device {
+    pub async fn connect(addr: std::net::SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Next reply, with whether its tag verified against `secret`; `None` once closed.
+    pub async fn reply(&mut self, secret: &[u8]) -> Option<(Reply, bool)> {
+        loop {
+            if let Some(raw) = native::split_frame(&mut self.buf).unwrap() {
+                return Some(Reply::parse(&raw, secret).unwrap());
+            }
+            let n =
+                tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("a reply within 10 s");
+            // A reset (the server closed with our bytes unread) is a close too.
+            if n.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    }
+
+    pub async fn send(&mut self, e: &AlarmEvent, secret: &[u8]) -> (Reply, bool) {
+        self.send_raw(&frame(e, secret)).await;
+        self.reply(secret).await.expect("server answered")
+    }
+}
+
+/// Poll `f` until it returns `Some`, for up to 10 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
