@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -13,6 +13,7 @@ use pingantong_protocol::{AlarmEvent, DeviceId, EventKind, Location};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -47,6 +48,17 @@ pub struct FleetStats {
     pub heartbeats_acked: AtomicU64,
     pub retries: AtomicU64,
     pub reconnects: AtomicU64,
+    stop: AtomicBool,
+    stop_now: Notify,
+}
+
+impl FleetStats {
+    /// Stop pressing and beating now (Ctrl-C); answers still owed are awaited
+    /// for the grace period as at the normal end.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.stop_now.notify_waiters();
+    }
 }
 
 #[derive(Debug)]
@@ -158,8 +170,8 @@ async fn pendant(
     let me = &cfg.pendants[index];
     let device = DeviceId::parse(&me.id).expect("simulated ids are valid");
     let rate = cfg.alarm_rate / cfg.pendants.len().max(1) as f64;
-    let stop_sending = start + cfg.duration;
-    let give_up = stop_sending + cfg.grace;
+    let mut stop_sending = start + cfg.duration;
+    let mut give_up = stop_sending + cfg.grace;
     let mut result = PendantResult {
         acked: Vec::new(),
         unanswered: Vec::new(),
@@ -213,6 +225,10 @@ async fn pendant(
         }
         loop {
             let now = Instant::now();
+            if stats.stop.load(Ordering::Acquire) && now < stop_sending {
+                stop_sending = now;
+                give_up = now + cfg.grace;
+            }
             if now >= stop_sending && outstanding.is_empty() {
                 stats.connected.fetch_sub(1, Ordering::Relaxed);
                 break 'connection;
@@ -227,6 +243,7 @@ async fn pendant(
                 give_up
             };
             tokio::select! {
+                _ = stats.stop_now.notified(), if sending => continue,
                 _ = tokio::time::sleep_until(wake) => {
                     if !sending { continue; }
                     let alarm = Instant::now() >= next_alarm;

@@ -126,7 +126,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         .collect();
     let fleet_stats = Arc::new(FleetStats::default());
     let started = Instant::now();
-    let fleet = tokio::spawn(fleet::run(
+    let mut fleet = tokio::spawn(fleet::run(
         FleetConfig {
             addr: native,
             pendants,
@@ -162,8 +162,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         })
     };
     let report = tokio::select! {
-        r = fleet => Some(r?),
-        _ = tokio::signal::ctrl_c() => None,
+        r = &mut fleet => r?,
+        _ = tokio::signal::ctrl_c() => {
+            // End early, but still wait for every answer owed and summarise.
+            fleet_stats.stop();
+            fleet.await?
+        }
     };
     progress.abort();
     if !opts.json {
@@ -183,40 +187,36 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let stored = db.count_alarms(Some(EventKind::Sos)).await?
         + db.count_alarms(Some(EventKind::Fall)).await?;
     let (incidents, _, dispatches) = db.incident_counts().await?;
-    let summary = match report {
-        Some(r) => {
-            let mut missing = 0;
-            for (device, seq) in &r.acked {
-                if !db.alarm_stored(device, i64::from(*seq)).await? {
-                    missing += 1;
-                }
-            }
-            let h = &r.alarm_latency_us;
-            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-            DemoSummary {
-                duration_s: started.elapsed().as_secs_f64(),
-                clients: city.clients,
-                carers: city.carers,
-                alarms_sent: r.alarms_sent,
-                alarms_acknowledged: r.alarms_acked,
-                alarms_stored: stored,
-                alarms_lost: r.alarms_lost() + missing,
-                heartbeats_sent: r.heartbeats_sent,
-                heartbeats_acknowledged: r.heartbeats_acked,
-                incidents_opened: incidents,
-                dispatched: carer_stats.distinct_dispatches(),
-                dispatches_recorded: dispatches,
-                ack_latency_ms: Percentiles {
-                    p50: ms(0.5),
-                    p90: ms(0.9),
-                    p99: ms(0.99),
-                    max: h.max() as f64 / 1000.0,
-                },
-                database: db.backend().into(),
-                mqtt: mqtt.url(),
-            }
+    let r = report;
+    let mut missing = 0;
+    for (device, seq) in &r.acked {
+        if !db.alarm_stored(device, i64::from(*seq)).await? {
+            missing += 1;
         }
-        None => anyhow::bail!("interrupted before the fleet finished; nothing to summarise"),
+    }
+    let h = &r.alarm_latency_us;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let summary = DemoSummary {
+        duration_s: started.elapsed().as_secs_f64(),
+        clients: city.clients,
+        carers: city.carers,
+        alarms_sent: r.alarms_sent,
+        alarms_acknowledged: r.alarms_acked,
+        alarms_stored: stored,
+        alarms_lost: r.alarms_lost() + missing,
+        heartbeats_sent: r.heartbeats_sent,
+        heartbeats_acknowledged: r.heartbeats_acked,
+        incidents_opened: incidents,
+        dispatched: carer_stats.distinct_dispatches(),
+        dispatches_recorded: dispatches,
+        ack_latency_ms: Percentiles {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            max: h.max() as f64 / 1000.0,
+        },
+        database: db.backend().into(),
+        mqtt: mqtt.url(),
     };
     carers.abort();
     shutdown.cancel();

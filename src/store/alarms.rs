@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use pingantong_protocol::{EventKind, Location};
 use sqlx::QueryBuilder;
 
-use super::{Db, StoreError, on_pool};
+use super::{Db, StoreError, on_pool, on_write_pool};
 
 /// Whether the sender of an event proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl Db {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<(i64, String)> = on_pool!(self, |p| {
+        let rows: Vec<(i64, String)> = on_write_pool!(self, |p| {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO alarms (received_at, protocol, peer, device_id, seq, kind, \
                  device_time, battery, lat, lon, accuracy_m, auth, raw, decoded, dedup_key, \
@@ -143,7 +143,7 @@ impl Db {
         raw: &[u8],
     ) -> Result<(), StoreError> {
         let now = super::now_ms();
-        on_pool!(self, |p| sqlx::query(
+        on_write_pool!(self, |p| sqlx::query(
             "INSERT INTO rejected_frames (received_at, protocol, peer, reason, raw) \
              VALUES ($1, $2, $3, $4, $5)"
         )

@@ -18,7 +18,7 @@ macro_rules! insert_event {
     };
 }
 
-use super::{ClientProfile, Db, StoreError, now_ms, on_pool};
+use super::{ClientProfile, Db, StoreError, now_ms, on_pool, on_write_pool};
 
 /// States in which an incident still needs someone; the partial unique index
 /// `incidents_one_open` uses the same list.
@@ -98,7 +98,7 @@ impl Db {
         verified: bool,
     ) -> Result<IncidentOutcome, StoreError> {
         let now = now_ms();
-        on_pool!(self, |p| {
+        on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
             // Written first so the transaction takes the write lock at once.
             let claimed = sqlx::query(
@@ -182,7 +182,7 @@ impl Db {
         fold_key: &str,
     ) -> Result<IncidentOutcome, StoreError> {
         let now = now_ms();
-        on_pool!(self, |p| {
+        on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
             let claimed = sqlx::query(
                 "UPDATE alarms SET processed_at = $1 WHERE id = $2 AND processed_at IS NULL",
@@ -261,7 +261,7 @@ impl Db {
         choice: Option<&NewDispatch>,
     ) -> Result<Option<i64>, StoreError> {
         let now = now_ms();
-        on_pool!(self, |p| {
+        on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
             let routed = sqlx::query(
                 "UPDATE incidents SET routed_at = $1, updated_at = $1 \
@@ -369,7 +369,7 @@ impl Db {
     }
 
     pub async fn mark_dispatch_published(&self, dispatch_id: i64) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_write_pool!(self, |p| sqlx::query(
             "UPDATE dispatches SET published_at = $1 WHERE id = $2 AND published_at IS NULL"
         )
         .bind(now_ms())

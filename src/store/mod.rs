@@ -24,17 +24,31 @@ pub use registry::{
     NewProvider,
 };
 
-/// Run `$body` with `$p` bound to whichever pool `$db` holds. The body is
-/// compiled once per backend, so it must only use SQL both understand.
+/// Run `$body` with `$p` bound to the pool for reads of whichever backend
+/// `$db` holds. The body is compiled once per backend, so it must only use SQL
+/// both understand.
 macro_rules! on_pool {
     ($db:expr, |$p:ident| $body:expr) => {
         match $db {
-            $crate::store::Db::Sqlite($p) => $body,
+            $crate::store::Db::Sqlite { read: $p, .. } => $body,
             $crate::store::Db::Postgres($p) => $body,
         }
     };
 }
 pub(crate) use on_pool;
+
+/// As [`on_pool!`], for statements that write. SQLite has one writer at a
+/// time: with a single write connection, writers queue in the pool instead
+/// of meeting SQLITE_BUSY, whose retry handler sleeps for up to 100 ms.
+macro_rules! on_write_pool {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite { write: $p, .. } => $body,
+            $crate::store::Db::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_write_pool;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -66,7 +80,12 @@ pub struct StoreConfig {
 
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite(SqlitePool),
+    /// Reads go to `read` (several read-only connections, which WAL lets run
+    /// beside the writer); writes to `write`, a single connection.
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -81,12 +100,16 @@ impl Db {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(cfg.max_connections.max(2))
-                .connect_with(opts)
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts.clone())
                 .await?;
-            SQLITE_MIGRATIONS.run(&pool).await?;
-            Db::Sqlite(pool)
+            SQLITE_MIGRATIONS.run(&write).await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(cfg.max_connections.max(2))
+                .connect_with(opts.read_only(true))
+                .await?;
+            Db::Sqlite { read, write }
         } else if cfg.url.starts_with("postgres:") || cfg.url.starts_with("postgresql:") {
             let mut opts = PgConnectOptions::from_str(&cfg.url)?;
             if let Some(schema) = &cfg.schema {
@@ -122,7 +145,7 @@ impl Db {
 
     pub fn backend(&self) -> &'static str {
         match self {
-            Db::Sqlite(_) => "sqlite",
+            Db::Sqlite { .. } => "sqlite",
             Db::Postgres(_) => "postgres",
         }
     }
@@ -136,7 +159,13 @@ impl Db {
     }
 
     pub async fn close(&self) {
-        on_pool!(self, |p| p.close().await)
+        match self {
+            Db::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Db::Postgres(p) => p.close().await,
+        }
     }
 }
 

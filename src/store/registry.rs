@@ -1,6 +1,6 @@
 //! Who is who: clients, contacts, devices, providers and carers.
 
-use super::{Db, StoreError, now_ms, on_pool};
+use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
 
 #[derive(Debug, Clone)]
 pub struct NewClient {
@@ -103,7 +103,7 @@ pub struct CarerRow {
 
 impl Db {
     pub async fn insert_client(&self, c: &NewClient) -> Result<i64, StoreError> {
-        let (id,): (i64,) = on_pool!(self, |p| sqlx::query_as(
+        let (id,): (i64,) = on_write_pool!(self, |p| sqlx::query_as(
             "INSERT INTO clients (name, address, district, street, lat, lon, language, \
              medical_notes, medications, subsidy_category, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id"
@@ -125,7 +125,7 @@ impl Db {
     }
 
     pub async fn insert_contact(&self, c: &NewContact) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_write_pool!(self, |p| sqlx::query(
             "INSERT INTO contacts (client_id, position, name, relation, phone, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6)"
         )
@@ -143,7 +143,7 @@ impl Db {
 
     /// Provision a device, or re-provision it (new secret, new client).
     pub async fn upsert_device(&self, d: &NewDevice) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_write_pool!(self, |p| sqlx::query(
             "INSERT INTO devices (id, protocol, secret, client_id, retired, updated_at) \
              VALUES ($1, $2, $3, $4, FALSE, $5) \
              ON CONFLICT (id) DO UPDATE SET protocol = excluded.protocol, \
@@ -163,7 +163,7 @@ impl Db {
 
     pub async fn insert_provider(&self, pr: &NewProvider) -> Result<i64, StoreError> {
         let now = now_ms();
-        on_pool!(self, |p| {
+        on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
             let (id,): (i64,) = sqlx::query_as(
                 "INSERT INTO providers (name, service_types, capacity, updated_at) \
@@ -193,7 +193,7 @@ impl Db {
     }
 
     pub async fn insert_carer(&self, c: &NewCarer) -> Result<i64, StoreError> {
-        let (id,): (i64,) = on_pool!(self, |p| {
+        let (id,): (i64,) = on_write_pool!(self, |p| {
             sqlx::query_as(
             "INSERT INTO carers (provider_id, name, phone, lat, lon, on_duty, busy, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, FALSE, $7) RETURNING id"
@@ -212,7 +212,7 @@ impl Db {
     }
 
     pub async fn set_carer_duty(&self, carer_id: i64, on_duty: bool) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_write_pool!(self, |p| sqlx::query(
             "UPDATE carers SET on_duty = $1, updated_at = $2 WHERE id = $3"
         )
         .bind(on_duty)

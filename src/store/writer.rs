@@ -6,6 +6,8 @@
 //! queue and go first into every batch, so a flood of heartbeats delays an SOS
 //! by one commit at most.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use pingantong_protocol::Lane;
@@ -32,6 +34,14 @@ struct Job {
 pub struct WriterHandle {
     urgent: mpsc::Sender<Job>,
     normal: mpsc::Sender<Job>,
+    stats: Arc<WriterStats>,
+}
+
+/// How many commits carried how many events: their ratio is the batching.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub commits: AtomicU64,
+    pub events: AtomicU64,
 }
 
 /// A commit in flight; await it to learn the outcome.
@@ -62,6 +72,10 @@ impl WriterHandle {
     pub async fn commit(&self, record: AlarmRecord) -> Result<CommitOutcome, StoreError> {
         self.submit(record).await?.wait().await
     }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
 }
 
 /// Start the writer. Alarms that need the incident stage are sent on
@@ -74,11 +88,20 @@ pub fn spawn(
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (urgent_tx, urgent_rx) = mpsc::channel(4096);
     let (normal_tx, normal_rx) = mpsc::channel(65536);
-    let task = tokio::spawn(run(db, max_batch.max(1), urgent_rx, normal_rx, committed));
+    let stats = Arc::new(WriterStats::default());
+    let task = tokio::spawn(run(
+        db,
+        max_batch.max(1),
+        urgent_rx,
+        normal_rx,
+        committed,
+        Arc::clone(&stats),
+    ));
     (
         WriterHandle {
             urgent: urgent_tx,
             normal: normal_tx,
+            stats,
         },
         task,
     )
@@ -90,6 +113,7 @@ async fn run(
     mut urgent: mpsc::Receiver<Job>,
     mut normal: mpsc::Receiver<Job>,
     committed: mpsc::Sender<CommittedAlarm>,
+    stats: Arc<WriterStats>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     loop {
@@ -114,6 +138,10 @@ async fn run(
         let started = Instant::now();
         match db.insert_alarms(&records).await {
             Ok(outcomes) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .events
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
                 events::BatchCommitted {
                     size: records.len(),
                     elapsed: started.elapsed(),
@@ -141,5 +169,102 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pingantong_protocol::EventKind;
+
+    use super::*;
+    use crate::store::{AuthStatus, StoreConfig};
+
+    fn record(n: u32, kind: EventKind) -> AlarmRecord {
+        AlarmRecord {
+            received_at: 1,
+            protocol: "native",
+            peer: "127.0.0.1:1".into(),
+            device_id: "PA000001".into(),
+            seq: i64::from(n),
+            kind,
+            device_time: None,
+            battery: None,
+            location: None,
+            auth: AuthStatus::Verified,
+            raw: vec![n as u8],
+            decoded: "{}".into(),
+            dedup_key: format!("k{n}"),
+        }
+    }
+
+    async fn sqlite() -> (Db, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&StoreConfig {
+            url: format!("sqlite://{}/w.db", dir.path().display()),
+            schema: None,
+            max_connections: 2,
+        })
+        .await
+        .unwrap();
+        (db, dir)
+    }
+
+    #[tokio::test]
+    async fn concurrent_events_share_commits_and_duplicates_are_recognised() {
+        let (db, _dir) = sqlite().await;
+        let (tx, mut rx) = mpsc::channel(1000);
+        let (w, task) = spawn(db.clone(), 512, tx);
+        let mut pending = Vec::new();
+        for n in 0..200 {
+            let kind = if n % 50 == 0 {
+                EventKind::Sos
+            } else {
+                EventKind::Heartbeat
+            };
+            pending.push(w.submit(record(n, kind)).await.unwrap());
+        }
+        // A retry of event 7 while the original may still be in the same batch.
+        pending.push(w.submit(record(7, EventKind::Heartbeat)).await.unwrap());
+        let mut outcomes = Vec::new();
+        for p in pending {
+            outcomes.push(p.wait().await.unwrap());
+        }
+        let stored = outcomes
+            .iter()
+            .filter(|o| matches!(o, CommitOutcome::Stored(_)))
+            .count();
+        assert_eq!(stored, 200);
+        assert_eq!(outcomes[200], CommitOutcome::Duplicate);
+        let commits = w.stats().commits.load(Ordering::Relaxed);
+        assert!(
+            commits < 50,
+            "201 events took {commits} commits: not batched"
+        );
+        assert_eq!(w.stats().events.load(Ordering::Relaxed), 201);
+        assert_eq!(db.count_alarms(None).await.unwrap(), 200);
+        // Only the SOS events go on to the incident stage.
+        let mut handed = 0;
+        while rx.try_recv().is_ok() {
+            handed += 1;
+        }
+        assert_eq!(handed, 4);
+        drop(w);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lone_event_is_committed_without_waiting_for_company() {
+        let (db, _dir) = sqlite().await;
+        let (tx, _rx) = mpsc::channel(10);
+        let (w, _task) = spawn(db, 512, tx);
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            w.commit(record(1, EventKind::Sos)),
+        )
+        .await
+        .expect("no batching timer holds a lone event")
+        .unwrap();
+        assert!(matches!(outcome, CommitOutcome::Stored(_)));
+        assert_eq!(w.stats().commits.load(Ordering::Relaxed), 1);
     }
 }

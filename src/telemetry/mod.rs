@@ -9,5 +9,7 @@ pub fn init(default_filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        // stdout is for what the commands print (listening addresses, summaries).
+        .with_writer(std::io::stderr)
         .try_init();
 }

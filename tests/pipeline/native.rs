@@ -577,3 +577,29 @@ async fn many_pendants_at_once_are_all_acknowledged() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
+    s.idle_timeout_secs = 1;
+    let app = TestApp::spawn_with(s, Some(dir)).await;
+    let city = seed_small_city(&app.db).await;
+    let mut dev = Device::connect(app.native).await;
+    let (r, _) = dev
+        .send(&event(&city.device, 1, EventKind::Heartbeat), &city.secret)
+        .await;
+    assert!(matches!(r, Reply::Ack { .. }));
+    let t = tokio::time::Instant::now();
+    assert!(
+        dev.reply(&city.secret).await.is_none(),
+        "closed by the server"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
+    // Idle closing stores nothing: it is not an error.
+    assert_eq!(app.db.count_rejected_frames().await.unwrap(), 0);
+    app.stop().await;
+}

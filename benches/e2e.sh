@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# End-to-end press -> ACK benchmark: the release server on SQLite and on
+# PostgreSQL, PENDANTS pendants from pendant-sim, and this disk's fsync floor
+# measured in the same run. Prints a Markdown table for benches/RESULTS.md.
+#
+#   benches/e2e.sh [PENDANTS] [SECONDS] [ALARMS_PER_SECOND]
+#
+# Loopback only; every run is bounded by SECONDS plus a grace period.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pendants=${1:-1000}
+seconds=${2:-30}
+rate=${3:-50}
+heartbeat=30
+seed="bench-$$"
+
+bash ops/services.sh >/dev/null
+cargo build --release --workspace -q
+bin=target/release
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+run_backend() { # name, extra server args...
+    local name=$1; shift
+    local port; port=$(free_port)
+    "$bin/pingantong" seed --clients "$pendants" --secret-seed "$seed" "$@" >/dev/null
+    RUST_LOG=warn "$bin/pingantong" serve --native-addr "127.0.0.1:$port" \
+        --embedded-mqtt-addr 127.0.0.1:0 "$@" >"$work/$name.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 1 100); do grep -q "serving" "$work/$name.log" && break; sleep 0.1; done
+    "$bin/pendant-sim" --addr "127.0.0.1:$port" --pendants "$pendants" --secret-seed "$seed" \
+        --alarm-rate "$rate" --heartbeat-secs "$heartbeat" --duration-secs "$seconds" --json \
+        2>/dev/null >"$work/$name.json"
+    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+    cat "$work/$name.json" >&2
+}
+
+fsync=$("$bin/fsync-probe" --dir "$work" --count 2000 --json)
+run_backend sqlite --data-dir "$work/sqlite"
+run_backend postgres --database-url postgres://postgres@127.0.0.1:5432/test --database-schema "bench_$$"
+psql -h 127.0.0.1 -U postgres -d test -qc "DROP SCHEMA bench_$$ CASCADE" >/dev/null 2>&1 || true
+fsync_after=$("$bin/fsync-probe" --dir "$work" --count 2000 --json)
+
+python3 - "$work" "$fsync" "$fsync_after" "$pendants" "$seconds" "$rate" "$heartbeat" <<'PY'
+import json, sys
+work, f1, f2, pendants, seconds, rate, hb = sys.argv[1:]
+f1, f2 = json.loads(f1), json.loads(f2)
+print(f"{pendants} pendants, {rate} presses/s, heartbeat {hb} s, {seconds} s per backend\n")
+print("| measured | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | alarms sent / acked / lost | heartbeats acked |")
+print("|---|---|---|---|---|---|---|---|")
+print(f"| fsync floor (512 B + fdatasync), before | {f1['p50_ms']:.3f} | | {f1['p99_ms']:.3f} | | {f1['max_ms']:.3f} | | |")
+for name in ("sqlite", "postgres"):
+    r = json.load(open(f"{work}/{name}.json"))
+    a = r["ack_ms"]
+    print(f"| press → ACK, {name} | {a['p50']:.3f} | {a['p90']:.3f} | {a['p99']:.3f} | {a['p999']:.3f} | {a['max']:.3f} "
+          f"| {r['alarms_sent']} / {r['alarms_acked']} / {r['alarms_lost']} | {r['heartbeats_acked']} |")
+print(f"| fsync floor, after | {f2['p50_ms']:.3f} | | {f2['p99_ms']:.3f} | | {f2['max_ms']:.3f} | | |")
+PY

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run every test of the workspace, with the services they need, then a short
+# demo as a smoke test. Fails if the PostgreSQL or Mosquitto tests did not run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash ops/services.sh
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+mkdir -p target
+log=target/test-output.log
+
+cargo test --workspace --all-targets 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+[ "$status" -eq 0 ] || exit "$status"
+
+# These exercise the real PostgreSQL and Mosquitto: they must have run and passed.
+for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presses_postgres \
+         native::unverified_senders_postgres crash::crash_postgres native::sos_path_sqlite_embedded_broker; do
+    if ! grep -q "^test $t \.\.\. ok$" "$log"; then
+        echo "ops/test.sh: required test $t did not run and pass" >&2
+        exit 1
+    fi
+done
+
+# The README's first command, short: the whole path on embedded defaults, nothing lost.
+echo "== demo smoke run"
+target/debug/pingantong demo --duration 3 --clients 50 --alarm-rate 5 --json | tee target/demo-smoke.json
+grep -q '"alarms_lost":0' target/demo-smoke.json
+echo "demo: 1 passed, 0 failed"
