@@ -1,7 +1,9 @@
 //! Wire formats spoken by the Ping An Tong alarm server: framing, parsing and
 //! replies, with no I/O and no policy beyond what each protocol prescribes.
 
+pub mod codec;
 pub mod event;
 pub mod native;
 
+pub use codec::{Codec, Frame, FramingError, Integrity, Observation, ReplyPlan};
 pub use event::{AlarmEvent, DeviceId, DeviceIdError, EventKind, Lane, Location};

@@ -1,0 +1,105 @@
+//! The one interface every device protocol implements: cut a frame from a
+//! stream, say what it reports, and say what to answer.
+//!
+//! A codec holds per-connection state (a GT06 device names itself once, at
+//! login) but does no I/O and knows nothing of storage: the server stores each
+//! [`Frame`] and sends [`ReplyPlan::AfterCommit::ok`] only once it is committed.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::event::{DeviceId, EventKind, Location};
+
+/// Whether a frame's own checks (checksum, length field) held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Integrity {
+    Intact,
+    /// The checksum does not match. What the server does with such a frame is
+    /// each protocol's documented policy (an SOS with a bad CRC is still an SOS).
+    BadChecksum,
+    /// The frame's length field disagrees with its real length.
+    BadLength,
+}
+
+impl Integrity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Integrity::Intact => "intact",
+            Integrity::BadChecksum => "bad_checksum",
+            Integrity::BadLength => "bad_length",
+        }
+    }
+}
+
+/// One thing a frame reports. A frame may carry several (a watch status word
+/// with SOS and low battery set yields two).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub kind: EventKind,
+    /// Device clock, milliseconds since the Unix epoch (UTC), if the frame has one.
+    pub device_time_ms: Option<u64>,
+    pub battery_pct: Option<u8>,
+    pub location: Option<Location>,
+    /// Signal strength as the protocol reports it (GSM 0–31, or 0–100 %), if any.
+    pub signal: Option<u8>,
+    /// The protocol's own name for it, kept for people: `"AL status bit 16"`,
+    /// `"CID 1101"`, `"SIA FA"`, `"GT06 0x16 alarm 0x01"`.
+    pub code: String,
+}
+
+/// What to answer a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyPlan {
+    /// The protocol expects no answer to this frame.
+    None,
+    /// Answer with `ok` once the frame is committed; with `failed` (if any) when
+    /// it could not be stored. The server never sends `ok` before the commit.
+    AfterCommit { ok: Bytes, failed: Option<Bytes> },
+}
+
+/// One frame cut from a stream and decoded as far as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// The whole frame exactly as received (delimiters included).
+    pub raw: Bytes,
+    pub integrity: Integrity,
+    /// The device this frame is from: named by the frame, or learned by the
+    /// codec earlier on this connection (GT06 login). `None`: not known yet.
+    pub device: Option<DeviceId>,
+    /// The frame's own counter (GT06 serial, DC-09 sequence, Eview sequence).
+    pub serial: Option<u32>,
+    /// What the frame reports; empty for frames that only keep the link up.
+    pub observations: Vec<Observation>,
+    /// A short description for logs and the stored decoded form: `"login"`,
+    /// `"AL"`, `"SIA-DCS FA"`, `"heartbeat"`.
+    pub summary: String,
+    /// Set when the frame was cut cleanly but its content could not be
+    /// understood; the server keeps the raw bytes with this reason.
+    pub parse_error: Option<String>,
+    pub reply: ReplyPlan,
+}
+
+/// The stream cannot be resynchronised (no frame start, a frame over the size
+/// cap). The server sends `reply` if there is one, keeps the bytes and closes
+/// the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct FramingError {
+    /// Low-cardinality reason for metrics: `"bad_start"`, `"too_long"`.
+    pub reason: &'static str,
+    pub detail: String,
+    pub reply: Option<Bytes>,
+}
+
+/// A device protocol, one value per connection.
+pub trait Codec: Send {
+    /// Short lower-case name: `"gt06"`, `"watch"`, `"sia_dc09"`, `"h02"`, `"eview"`.
+    fn protocol(&self) -> &'static str;
+
+    /// Largest frame this protocol accepts, delimiters included.
+    fn max_frame_len(&self) -> usize;
+
+    /// Cut the next frame from the front of `buf` and decode it. `Ok(None)`:
+    /// no whole frame yet (not an error; `buf` is left as it was). A frame is
+    /// consumed exactly: bytes of the next frame stay in `buf`.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FramingError>;
+}
