@@ -38,5 +38,9 @@ pub fn run(protocol: &str, check: fn(&Value) -> Result<(), String>) {
         rows.len() - failures.len(),
         rows.len()
     );
-    assert!(failures.is_empty(), "{protocol} failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{protocol} failures:\n{}",
+        failures.join("\n")
+    );
 }

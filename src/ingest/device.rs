@@ -1,0 +1,350 @@
+//! Third-party device protocols (GT06, Watch, SIA DC-09, H02, Eview) over TCP
+//! and UDP, driven through the protocol crate's [`Codec`] trait.
+//!
+//! Each frame's observations become alarm records; the frame's reply goes out
+//! only after they are committed. A frame that reports nothing (a login, a
+//! link test) is answered at once: there is nothing to wait for.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pingantong_protocol::{Codec, Frame, Integrity, ReplyPlan};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use super::IngestContext;
+use crate::store::{AlarmRecord, AuthStatus, now_ms};
+use crate::telemetry::events;
+
+/// How long identical bytes from a device without frame counters are taken
+/// for a retry of the same frame.
+const RETRY_WINDOW_MS: i64 = 120_000;
+
+/// Makes one codec per connection (or per datagram).
+pub type CodecFactory = Arc<dyn Fn() -> Box<dyn Codec> + Send + Sync>;
+
+/// Serve one protocol on a TCP listener until `shutdown`.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    protocol: &'static str,
+    codecs: CodecFactory,
+    ctx: Arc<IngestContext>,
+    shutdown: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        events::ListenerStarted {
+            protocol,
+            addr: &addr,
+        }
+        .emit();
+    }
+    let max = ctx.limits.max_connections;
+    super::serve(
+        listener,
+        protocol,
+        max,
+        shutdown,
+        move |stream, peer, stop| {
+            let ctx = Arc::clone(&ctx);
+            let codec = codecs();
+            async move {
+                let reason = run_connection(&ctx, codec, stream, peer, stop).await;
+                events::ConnectionClosed {
+                    protocol,
+                    peer: &peer,
+                    reason,
+                }
+                .emit();
+            }
+        },
+    )
+    .await;
+}
+
+/// Serve one protocol on a UDP socket until `shutdown`: every datagram is one
+/// or more frames, answered to its sender after the commit.
+pub async fn serve_udp(
+    socket: UdpSocket,
+    protocol: &'static str,
+    codecs: CodecFactory,
+    ctx: Arc<IngestContext>,
+    shutdown: CancellationToken,
+) {
+    if let Ok(addr) = socket.local_addr() {
+        events::ListenerStarted {
+            protocol,
+            addr: &addr,
+        }
+        .emit();
+    }
+    let socket = Arc::new(socket);
+    let tracker = tokio_util::task::TaskTracker::new();
+    let mut datagram = vec![0u8; 65_536];
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = socket.recv_from(&mut datagram) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    events::StageFailed { stage: "udp_receive", error: &e }.emit();
+                    continue;
+                }
+            },
+        };
+        let mut buf = BytesMut::from(&datagram[..n]);
+        let mut codec = codecs();
+        let (ctx, socket) = (Arc::clone(&ctx), Arc::clone(&socket));
+        // One task per datagram: a slow commit must not hold up the next sender.
+        tracker.spawn(async move {
+            let mut out = BytesMut::new();
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => handle_frame(&ctx, protocol, &peer, frame, &mut out).await,
+                    Ok(None) => {
+                        if !buf.is_empty() {
+                            let detail = "datagram ends inside a frame";
+                            reject(&ctx, protocol, &peer, "incomplete", &detail, &buf).await;
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        reject(&ctx, protocol, &peer, e.reason, &e.detail, &buf).await;
+                        if let Some(r) = e.reply {
+                            out.extend_from_slice(&r);
+                        }
+                        break;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                let _ = socket.send_to(&out, peer).await;
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn run_connection(
+    ctx: &IngestContext,
+    mut codec: Box<dyn Codec>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) -> &'static str {
+    let protocol = codec.protocol();
+    let mut buf = BytesMut::with_capacity(512);
+    let mut out = BytesMut::with_capacity(128);
+    loop {
+        let mut fatal = None;
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(frame)) => handle_frame(ctx, protocol, &peer, frame, &mut out).await,
+                Ok(None) => break,
+                Err(e) => {
+                    reject(ctx, protocol, &peer, e.reason, &e.detail, &buf).await;
+                    if let Some(r) = e.reply {
+                        out.extend_from_slice(&r);
+                    }
+                    fatal = Some("framing_error");
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return "write_failed";
+            }
+            out.clear();
+        }
+        if let Some(reason) = fatal {
+            return reason;
+        }
+        if buf.len() > codec.max_frame_len() {
+            let detail = "no frame within the size cap";
+            reject(ctx, protocol, &peer, "too_long", &detail, &buf).await;
+            return "framing_error";
+        }
+        let limit = if buf.is_empty() {
+            ctx.limits.idle_timeout
+        } else {
+            ctx.limits.frame_timeout
+        };
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return "shutdown",
+            r = tokio::time::timeout(limit, stream.read_buf(&mut buf)) => r,
+        };
+        match read {
+            Err(_) if buf.is_empty() => return "idle_timeout",
+            Err(_) => {
+                let detail = "frame not completed in time";
+                reject(ctx, protocol, &peer, "incomplete", &detail, &buf).await;
+                return "frame_timeout";
+            }
+            Ok(Ok(0)) if buf.is_empty() => return "closed_by_peer",
+            Ok(Ok(0)) => {
+                let detail = "peer closed mid-frame";
+                reject(ctx, protocol, &peer, "incomplete", &detail, &buf).await;
+                return "closed_mid_frame";
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return "read_failed",
+        }
+    }
+}
+
+/// Store what the frame reports, then append its reply to `out`.
+async fn handle_frame(
+    ctx: &IngestContext,
+    protocol: &'static str,
+    peer: &SocketAddr,
+    frame: Frame,
+    out: &mut BytesMut,
+) {
+    if let Some(why) = &frame.parse_error {
+        reject(ctx, protocol, peer, "unparsed", why, &frame.raw).await;
+    }
+    if frame.integrity != Integrity::Intact {
+        events::FrameRejected {
+            protocol,
+            peer,
+            reason: frame.integrity.as_str(),
+            detail: &"kept and processed by the protocol's policy",
+        }
+        .emit();
+    }
+    let records = records(ctx, protocol, peer, &frame).await;
+    let mut stored = true;
+    let mut pending = Vec::with_capacity(records.len());
+    for record in records {
+        match ctx.writer.submit(record).await {
+            Ok(p) => pending.push(p),
+            Err(_) => stored = false,
+        }
+    }
+    for p in pending {
+        stored &= p.wait().await.is_ok();
+    }
+    if let ReplyPlan::AfterCommit { ok, failed } = &frame.reply {
+        match (stored, failed) {
+            (true, _) => out.extend_from_slice(ok),
+            (false, Some(f)) => out.extend_from_slice(f),
+            // No "failed" answer in this protocol: silence makes the device send again.
+            (false, None) => {}
+        }
+    }
+}
+
+/// One alarm record per observation. A device is verified when its id is
+/// provisioned for this protocol: these protocols carry no authentication, so
+/// the id is the only proof there is.
+async fn records(
+    ctx: &IngestContext,
+    protocol: &'static str,
+    peer: &SocketAddr,
+    frame: &Frame,
+) -> Vec<AlarmRecord> {
+    if frame.observations.is_empty() {
+        return Vec::new();
+    }
+    let device_id = match &frame.device {
+        Some(d) => d.as_str().to_owned(),
+        // Frames before a login name no device: keep them under the peer.
+        None => format!("unidentified@{}", peer.ip()),
+    };
+    let auth = match &frame.device {
+        Some(d) => match ctx.directory.device(d.as_str()).await {
+            Ok(Some(row)) if row.protocol == protocol => AuthStatus::Verified,
+            _ => AuthStatus::UnknownDevice,
+        },
+        None => AuthStatus::UnknownDevice,
+    };
+    if auth != AuthStatus::Verified {
+        events::UnverifiedEvent {
+            protocol,
+            device: &device_id,
+            auth: auth.as_str(),
+            kind: &frame.summary,
+        }
+        .emit();
+    }
+    // A retried frame has the same bytes: the digest makes its records
+    // duplicates of the first copy's. Frames with no counter of their own (a
+    // watch's LK) repeat their bytes legitimately, so for them only a copy
+    // within the same two minutes counts as a retry.
+    let digest = hex(&Sha256::digest(&frame.raw)[..12]);
+    let now = now_ms();
+    let window = match frame.serial {
+        Some(serial) => format!("s{serial}"),
+        None => format!("t{}", now / RETRY_WINDOW_MS),
+    };
+    frame
+        .observations
+        .iter()
+        .enumerate()
+        .map(|(i, o)| AlarmRecord {
+            received_at: now,
+            protocol,
+            peer: peer.to_string(),
+            device_id: device_id.clone(),
+            seq: frame.serial.map_or(-1, i64::from),
+            kind: o.kind,
+            device_time: o.device_time_ms.map(|t| t as i64),
+            battery: o.battery_pct.map(i64::from),
+            location: o.location,
+            auth,
+            raw: frame.raw.to_vec(),
+            decoded: serde_json::json!({
+                "summary": frame.summary,
+                "code": o.code,
+                "integrity": frame.integrity.as_str(),
+                "kind": o.kind.name(),
+                "signal": o.signal,
+                "battery_pct": o.battery_pct,
+                "device_time_ms": o.device_time_ms,
+                "location": o.location.map(|l| serde_json::json!({
+                    "lat": l.lat, "lon": l.lon, "accuracy_m": l.accuracy_m
+                })),
+            })
+            .to_string(),
+            dedup_key: format!("{protocol}:{device_id}:{window}:{digest}:{i}"),
+        })
+        .collect()
+}
+
+async fn reject(
+    ctx: &IngestContext,
+    protocol: &'static str,
+    peer: &SocketAddr,
+    reason: &'static str,
+    detail: &(dyn std::fmt::Display + Sync),
+    raw: &[u8],
+) {
+    events::FrameRejected {
+        protocol,
+        peer,
+        reason,
+        detail,
+    }
+    .emit();
+    let kept = &raw[..raw.len().min(64 * 1024)];
+    let why = format!("{reason}: {detail}");
+    if let Err(e) = ctx
+        .db
+        .insert_rejected_frame(protocol, &peer.to_string(), &why, kept)
+        .await
+    {
+        events::StageFailed {
+            stage: "store_rejected_frame",
+            error: &e,
+        }
+        .emit();
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
