@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
-use pingantong_protocol::native::{self, NakReason, Reply};
-use pingantong_protocol::{AlarmEvent, DeviceId, EventKind, Location};
+use pingantong_protocol::{EventKind, Location};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::speaker::{Speaker, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct Pendant {
@@ -22,9 +23,11 @@ pub struct Pendant {
     pub secret: Vec<u8>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FleetConfig {
     pub addr: SocketAddr,
+    /// The protocol the pendants speak.
+    pub speaker: Arc<dyn Speaker>,
     pub pendants: Vec<Pendant>,
     pub heartbeat: Duration,
     /// Presses per second across the whole fleet (Poisson).
@@ -168,7 +171,7 @@ async fn pendant(
     start: Instant,
 ) -> PendantResult {
     let me = &cfg.pendants[index];
-    let device = DeviceId::parse(&me.id).expect("simulated ids are valid");
+    let speaker = Arc::clone(&cfg.speaker);
     let rate = cfg.alarm_rate / cfg.pendants.len().max(1) as f64;
     let mut stop_sending = start + cfg.duration;
     let mut give_up = stop_sending + cfg.grace;
@@ -178,6 +181,7 @@ async fn pendant(
         alarm_latency: histogram(),
         heartbeat_latency: histogram(),
     };
+    // Keyed by wire sequence number; the smallest `first_sent` is the oldest.
     let mut outstanding: BTreeMap<u32, Outstanding> = BTreeMap::new();
     let mut seq: u32 = 0;
     let jitter = rand::rng().random_range(0.0..1.0);
@@ -208,14 +212,21 @@ async fn pendant(
         let _ = stream.set_nodelay(true);
         stats.connected.fetch_add(1, Ordering::Relaxed);
         let (mut rd, mut wr) = stream.into_split();
-        // Everything unanswered goes again on a new connection.
-        let mut resend = BytesMut::new();
-        for o in outstanding.values_mut() {
-            resend.extend_from_slice(&o.bytes);
+        // A login (if the protocol has one), then everything unanswered again.
+        let mut first = BytesMut::new();
+        let mut hello_replies = 0;
+        if let Some((hello, replies)) = speaker.hello(me) {
+            first.extend_from_slice(&hello);
+            hello_replies = replies;
+        }
+        let mut resent: Vec<_> = outstanding.iter_mut().collect();
+        resent.sort_by_key(|(_, o)| o.first_sent);
+        for (_, o) in resent {
+            first.extend_from_slice(&o.bytes);
             o.last_sent = Instant::now();
             stats.retries.fetch_add(1, Ordering::Relaxed);
         }
-        let broken = !resend.is_empty() && wr.write_all(&resend).await.is_err();
+        let broken = !first.is_empty() && wr.write_all(&first).await.is_err();
         let mut buf = BytesMut::with_capacity(256);
         let mut retry_tick = tokio::time::interval(cfg.retry_after.min(Duration::from_millis(500)));
         if broken {
@@ -255,16 +266,8 @@ async fn pendant(
                         if rand::rng().random_range(0..10) == 0 { EventKind::Fall } else { EventKind::Sos }
                     };
                     seq = seq.wrapping_add(1);
-                    let event = AlarmEvent {
-                        device: device.clone(),
-                        seq,
-                        kind,
-                        device_time_ms: Some(unix_ms()),
-                        battery_pct: Some(80),
-                        location: alarm.then_some(Location { lat: 23.13, lon: 113.26, accuracy_m: Some(20) }),
-                    };
-                    let mut bytes = BytesMut::new();
-                    native::encode_event(&event, &me.secret, &mut bytes);
+                    let location = alarm.then_some(Location { lat: 23.13, lon: 113.26, accuracy_m: Some(20) });
+                    let bytes = speaker.encode(me, seq, kind, unix_ms(), location);
                     let sent = Instant::now();
                     if alarm {
                         stats.alarms_sent.fetch_add(1, Ordering::Relaxed);
@@ -272,7 +275,15 @@ async fn pendant(
                         stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
                     }
                     let failed = wr.write_all(&bytes).await.is_err();
-                    outstanding.insert(seq, Outstanding { bytes, first_sent: sent, last_sent: sent, alarm });
+                    if speaker.answered(kind) {
+                        outstanding.insert(
+                            speaker.wire_seq(seq),
+                            Outstanding { bytes, first_sent: sent, last_sent: sent, alarm },
+                        );
+                    } else if !alarm {
+                        // Nothing will come back: sent is all a device can know.
+                        stats.heartbeats_acked.fetch_add(1, Ordering::Relaxed);
+                    }
                     if failed { break; }
                 }
                 r = rd.read_buf(&mut buf) => {
@@ -281,32 +292,42 @@ async fn pendant(
                         Ok(_) => {}
                     }
                     loop {
-                        let raw = match native::split_frame(&mut buf) {
-                            Ok(Some(raw)) => raw,
+                        let answer = match speaker.next_reply(me, &mut buf) {
+                            Ok(Some(a)) => a,
                             Ok(None) => break,
                             Err(_) => { buf.clear(); break; }
                         };
-                        let Ok((reply, _authentic)) = Reply::parse(&raw, &me.secret) else { continue };
-                        let retry = matches!(reply, Reply::Nak { reason: NakReason::Unavailable, .. });
-                        if retry { continue; }
-                        let Some(o) = outstanding.remove(&reply.seq()) else { continue };
+                        if answer.verdict == Verdict::Retry { continue; }
+                        let key = match answer.seq {
+                            Some(s) => Some(s),
+                            None if hello_replies > 0 => { hello_replies -= 1; None }
+                            // In-order protocols answer the oldest frame first.
+                            None => outstanding.iter().min_by_key(|(_, o)| o.first_sent).map(|(k, _)| *k),
+                        };
+                        let Some(o) = key.and_then(|k| outstanding.remove(&k)) else { continue };
                         let us = o.first_sent.elapsed().as_micros().max(1) as u64;
-                        match (o.alarm, reply) {
-                            (true, Reply::Ack { .. }) => {
+                        match (o.alarm, answer.verdict) {
+                            (true, Verdict::Ack) => {
                                 stats.alarms_acked.fetch_add(1, Ordering::Relaxed);
                                 let _ = result.alarm_latency.record(us);
-                                result.acked.push((me.id.clone(), reply.seq()));
+                                result.acked.push((me.id.clone(), key.unwrap_or(0)));
                             }
-                            (true, Reply::Nak { .. }) => { stats.alarms_refused.fetch_add(1, Ordering::Relaxed); }
-                            (false, Reply::Ack { .. }) => {
+                            (true, _) => { stats.alarms_refused.fetch_add(1, Ordering::Relaxed); }
+                            (false, Verdict::Ack) => {
                                 stats.heartbeats_acked.fetch_add(1, Ordering::Relaxed);
                                 let _ = result.heartbeat_latency.record(us);
                             }
-                            (false, Reply::Nak { .. }) => {}
+                            (false, _) => {}
                         }
                     }
                 }
                 _ = retry_tick.tick() => {
+                    let due = outstanding.values().any(|o| o.last_sent.elapsed() >= cfg.retry_after);
+                    if due && !speaker.echoes_seq() {
+                        // Replies without sequence numbers are matched in order; a
+                        // resend on this connection would shift them. Start afresh.
+                        break;
+                    }
                     let mut again = BytesMut::new();
                     for o in outstanding.values_mut() {
                         if o.last_sent.elapsed() >= cfg.retry_after {

@@ -129,6 +129,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let mut fleet = tokio::spawn(fleet::run(
         FleetConfig {
             addr: native,
+            speaker: Arc::new(pingantong_sim::speaker::NativeSpeaker),
             pendants,
             heartbeat: opts.heartbeat,
             alarm_rate: opts.alarm_rate,

@@ -95,6 +95,7 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
     let fleet = tokio::spawn(fleet::run(
         FleetConfig {
             addr: native.parse().unwrap(),
+            speaker: Arc::new(pingantong_sim::speaker::NativeSpeaker),
             pendants,
             heartbeat: Duration::from_millis(200),
             alarm_rate: 150.0,

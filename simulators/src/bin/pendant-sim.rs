@@ -55,6 +55,7 @@ async fn main() {
         .collect();
     let cfg = FleetConfig {
         addr: a.addr,
+        speaker: Arc::new(pingantong_sim::speaker::NativeSpeaker),
         pendants,
         heartbeat: Duration::from_secs_f64(a.heartbeat_secs),
         alarm_rate: a.alarm_rate,
