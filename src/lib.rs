@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod directory;
 pub mod dispatch;
+pub mod domain;
 pub mod incident;
 pub mod ingest;
 pub mod routing;

@@ -438,3 +438,16 @@ impl Db {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::State;
+
+    #[test]
+    fn the_sql_notion_of_open_matches_the_state_machine() {
+        for s in State::ALL {
+            let listed = super::OPEN.contains(&format!("'{}'", s.as_str()));
+            assert_eq!(listed, !s.is_open(), "{s}");
+        }
+    }
+}

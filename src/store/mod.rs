@@ -7,6 +7,7 @@
 mod alarms;
 mod incidents;
 mod registry;
+mod transitions;
 pub mod writer;
 
 use std::str::FromStr;
@@ -23,6 +24,7 @@ pub use registry::{
     CarerRow, ClientProfile, ContactRow, DeviceRow, NewCarer, NewClient, NewContact, NewDevice,
     NewProvider,
 };
+pub use transitions::{Transition, TransitionError};
 
 /// Run `$body` with `$p` bound to the pool for reads of whichever backend
 /// `$db` holds. The body is compiled once per backend, so it must only use SQL

@@ -3,4 +3,5 @@
 
 mod crash;
 mod helpers;
+mod incidents;
 mod native;

@@ -1,0 +1,119 @@
+//! Moving an incident through its state machine, one transaction per step,
+//! each step written to the incident's timeline.
+
+use super::{Db, StoreError, now_ms, on_write_pool};
+use crate::domain::{Action, IllegalTransition, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("incident {0} does not exist")]
+    NotFound(i64),
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    #[error("incident {0} is already claimed by {1}")]
+    AlreadyClaimed(i64, String),
+    #[error("incident {id} has state {state:?}, which this server does not know")]
+    UnknownState { id: i64, state: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for TransitionError {
+    fn from(e: sqlx::Error) -> Self {
+        TransitionError::Store(e.into())
+    }
+}
+
+/// One step: who does what to which incident, and why.
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    pub incident_id: i64,
+    pub action: Action,
+    /// `operator:<name>`, `carer:<id>`, `resident`, `system`.
+    pub actor: &'a str,
+    /// Reason code or free text for the timeline.
+    pub detail: &'a str,
+    /// Outcome code, with [`Action::Close`].
+    pub outcome: Option<&'a str>,
+    /// The incident this one folds into, with [`Action::Merge`].
+    pub merged_into: Option<i64>,
+}
+
+impl Db {
+    /// Apply one step if the state machine allows it; refuse it otherwise.
+    /// Returns the new state.
+    pub async fn transition(&self, t: &Transition<'_>) -> Result<State, TransitionError> {
+        // PostgreSQL needs the row locked against a concurrent step; SQLite
+        // has one write connection, so the transaction is already alone.
+        let lock = if matches!(self, Db::Postgres(_)) {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let select = format!("SELECT state, claimed_by FROM incidents WHERE id = $1{lock}");
+        let now = now_ms();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let row: Option<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                .bind(t.incident_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((state, claimed_by)) = row else {
+                return Err(TransitionError::NotFound(t.incident_id));
+            };
+            let from = State::parse(&state).ok_or(TransitionError::UnknownState {
+                id: t.incident_id,
+                state: state.clone(),
+            })?;
+            if t.action == Action::Claim
+                && let Some(owner) = claimed_by
+            {
+                return Err(TransitionError::AlreadyClaimed(t.incident_id, owner));
+            }
+            let to = from.apply(t.action)?;
+            sqlx::query(
+                "UPDATE incidents SET state = $1, updated_at = $2, \
+                 claimed_by = CASE WHEN $3 THEN $4 ELSE claimed_by END, \
+                 outcome = COALESCE($5, outcome), merged_into = COALESCE($6, merged_into), \
+                 closed_at = CASE WHEN $7 THEN $2 ELSE closed_at END \
+                 WHERE id = $8",
+            )
+            .bind(to.as_str())
+            .bind(now)
+            .bind(t.action == Action::Claim)
+            .bind(t.actor)
+            .bind(t.outcome)
+            .bind(t.merged_into)
+            .bind(!to.is_open() && to != State::Resolved)
+            .bind(t.incident_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO incident_events (incident_id, at, actor, action, from_state, \
+                 to_state, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(t.incident_id)
+            .bind(now)
+            .bind(t.actor)
+            .bind(t.action.as_str())
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(t.detail)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(to)
+        })
+    }
+
+    /// The current state of an incident.
+    pub async fn incident_state(&self, incident_id: i64) -> Result<Option<State>, StoreError> {
+        let row: Option<(String,)> = super::on_pool!(self, |p| sqlx::query_as(
+            "SELECT state FROM incidents WHERE id = $1"
+        )
+        .bind(incident_id)
+        .fetch_optional(p)
+        .await)?;
+        Ok(row.and_then(|(s,)| State::parse(&s)))
+    }
+}
