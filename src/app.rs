@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, BrokerError};
 use crate::config::{ConfigError, Settings};
 use crate::directory::Directory;
-use crate::dispatch::{self, Dispatcher, MqttEndpoint};
+use crate::dispatch::{Dispatcher, MqttEndpoint};
 use crate::incident::IncidentStage;
 use crate::ingest::{self, IngestContext};
+use crate::mqtt::{self, LinkConfig};
 use crate::store::{Db, StoreConfig, StoreError, writer};
 
 /// How long connections get to finish their frames once shutdown begins.
@@ -128,19 +129,36 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
         let s = &self.settings;
         let inner = CancellationToken::new();
-        let (client, status, mqtt_task) =
-            dispatch::mqtt::connect(&self.mqtt, &s.instance_id, inner.clone());
+        let link = mqtt::connect(
+            &LinkConfig {
+                endpoint: self.mqtt.clone(),
+                client_id: s.instance_id.clone(),
+                prefix: s.mqtt_topic_prefix.clone(),
+                share_group: s.mqtt_share_group.clone(),
+                credentials: s
+                    .mqtt_username
+                    .clone()
+                    .zip(s.mqtt_password.as_ref().map(|p| p.expose().to_owned())),
+            },
+            inner.clone(),
+        );
+        let mqtt_task = link.task;
         let directory = Directory::new(self.db.clone());
         let refresher =
             directory.spawn_refresher(Duration::from_millis(s.cache_refresh_ms), inner.clone());
         let (committed_tx, committed_rx) = mpsc::channel(10_000);
         let (writer, writer_task) =
             writer::spawn(self.db.clone(), s.commit_batch_max, committed_tx);
-        let dispatcher =
-            Dispatcher::new(self.db.clone(), client, status, s.mqtt_topic_prefix.clone());
+        let dispatcher = Dispatcher::new(
+            self.db.clone(),
+            link.client.clone(),
+            link.status.clone(),
+            s.mqtt_topic_prefix.clone(),
+        );
         let stage = IncidentStage::new(self.db.clone(), Arc::clone(&directory), dispatcher);
         let stage_task = stage.spawn(
             committed_rx,
+            link.carer_replies,
             Duration::from_millis(s.recovery_sweep_ms),
             inner.clone(),
         );
@@ -150,12 +168,23 @@ impl Application {
             db: self.db.clone(),
             limits: s.limits(),
         });
+        let mqtt_ingest = tokio::spawn(ingest::mqtt::run(
+            link.device_events,
+            Arc::clone(&ctx),
+            link.client.clone(),
+            s.mqtt_topic_prefix.clone(),
+            s.instance_id.clone(),
+        ));
         let native = tokio::spawn(ingest::native::serve(self.native, ctx, shutdown.clone()));
 
         shutdown.cancelled().await;
         if tokio::time::timeout(DRAIN_DEADLINE, native).await.is_err() {
             tracing::warn!("connections did not finish within the drain deadline");
         }
+        // MQTT events still queued stay with the broker (not acknowledged):
+        // they are delivered again to this session when the server returns.
+        mqtt_ingest.abort();
+        let _ = mqtt_ingest.await;
         // Every writer handle is gone with the listeners: the writer commits
         // what is queued and stops.
         let _ = writer_task.await;

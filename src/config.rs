@@ -42,6 +42,10 @@ pub struct Settings {
     pub embedded_mqtt_addr: SocketAddr,
     /// First topic level of everything the server publishes.
     pub mqtt_topic_prefix: String,
+    /// Servers with the same group split device traffic (`$share/<group>/…`).
+    pub mqtt_share_group: Option<String>,
+    pub mqtt_username: Option<String>,
+    pub mqtt_password: Option<Secret>,
     /// Names this server instance (MQTT client id); unique per instance.
     pub instance_id: String,
     pub max_connections: usize,
@@ -66,6 +70,9 @@ impl Default for Settings {
             mqtt_url: None,
             embedded_mqtt_addr: ([127, 0, 0, 1], 11883).into(),
             mqtt_topic_prefix: "pingantong".into(),
+            mqtt_share_group: None,
+            mqtt_username: None,
+            mqtt_password: None,
             instance_id: "pingantong-1".into(),
             max_connections: limits.max_connections,
             idle_timeout_secs: limits.idle_timeout.as_secs(),
@@ -75,6 +82,27 @@ impl Default for Settings {
             cache_refresh_ms: 2_000,
             recovery_sweep_ms: 2_000,
         }
+    }
+}
+
+/// A value never printed: `Debug` shows `***`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -118,6 +146,14 @@ impl Settings {
                 "mqtt_topic_prefix",
                 "must be non-empty, without + # or a trailing /",
             );
+        }
+        if let Some(g) = &self.mqtt_share_group
+            && (g.is_empty() || g.contains(['/', '+', '#']))
+        {
+            return invalid("mqtt_share_group", "must be non-empty, without / + #");
+        }
+        if self.mqtt_username.is_some() != self.mqtt_password.is_some() {
+            return invalid("mqtt_username/mqtt_password", "set both or neither");
         }
         if let Some(url) = &self.mqtt_url {
             crate::dispatch::MqttEndpoint::parse(url).map_err(|why| ConfigError::Invalid {
@@ -190,5 +226,19 @@ mod tests {
                 .contains("commit_batch_max")
         );
         assert!(Settings::default().validate().is_ok());
+        let s = Settings {
+            mqtt_password: Some(Secret::new("hunter2")),
+            ..Settings::default()
+        };
+        assert!(
+            !format!("{s:?}").contains("hunter2"),
+            "secrets are never printed"
+        );
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt_username")
+        );
     }
 }

@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod incident;
 pub mod ingest;
+pub mod mqtt;
 pub mod routing;
 pub mod store;
 pub mod telemetry;

@@ -1,13 +1,11 @@
 //! Dispatch: offers to carers over MQTT, one topic per carer, QoS 1.
 
-pub mod mqtt;
-
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::{AsyncClient, Publish, QoS};
 
 use crate::store::{Db, StoreError};
 use crate::telemetry::events;
 
-pub use mqtt::{MqttEndpoint, MqttStatus};
+pub use crate::mqtt::{MqttEndpoint, MqttStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -42,6 +40,15 @@ impl Dispatcher {
             status,
             prefix,
         }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Let the broker forget a message we have handled.
+    pub async fn ack(&self, publish: &Publish) {
+        let _ = self.client.ack(publish).await;
     }
 
     /// Send the offer of one stored dispatch. Only a publish handed to a

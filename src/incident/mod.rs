@@ -6,10 +6,13 @@
 //! incidents not routed, offers not published. Every step is idempotent, so a
 //! crash at any point is repaired by the next sweep.
 
+mod replies;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use pingantong_protocol::EventKind;
+use rumqttc::Publish;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +51,7 @@ impl IncidentStage {
     pub fn spawn(
         self,
         mut committed: mpsc::Receiver<CommittedAlarm>,
+        mut replies: mpsc::Receiver<Publish>,
         sweep: Duration,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
@@ -66,6 +70,7 @@ impl IncidentStage {
                         };
                         self.handle_logged(owed).await;
                     }
+                    Some(reply) = replies.recv() => self.carer_reply_logged(reply).await,
                     _ = tick.tick() => {
                         if let Err(e) = self.sweep().await {
                             events::StageFailed { stage: "incident_sweep", error: &e }.emit();

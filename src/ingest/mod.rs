@@ -3,6 +3,7 @@
 //! once the writer says they are committed.
 
 pub mod device;
+pub mod mqtt;
 pub mod native;
 
 use std::future::Future;

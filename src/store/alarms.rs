@@ -230,4 +230,13 @@ impl Db {
             .map(|(a, p, i)| (a, p.is_some(), i))
             .collect())
     }
+
+    /// How many events each peer delivered (which server instance took an MQTT event).
+    pub async fn alarms_by_peer(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT peer, COUNT(*) FROM alarms GROUP BY peer ORDER BY peer"
+        )
+        .fetch_all(p)
+        .await)?)
+    }
 }

@@ -5,6 +5,7 @@
 //! [`on_pool!`]; all times are stored as milliseconds since the Unix epoch.
 
 mod alarms;
+mod dispatches;
 mod incidents;
 mod registry;
 mod transitions;
@@ -19,6 +20,7 @@ use sqlx::sqlite::{
 };
 
 pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
+pub use dispatches::{CarerAnswer, ReplyError};
 pub use incidents::{CarerCandidate, DispatchOffer, IncidentOutcome, NewDispatch, RouteContext};
 pub use registry::{
     CarerRow, ClientProfile, ContactRow, DeviceRow, NewCarer, NewClient, NewContact, NewDevice,

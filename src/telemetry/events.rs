@@ -230,3 +230,14 @@ impl MqttConnection {
         }
     }
 }
+
+pub struct ReplyRefused<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl ReplyRefused<'_> {
+    pub fn emit(self) {
+        counter!("pat_carer_replies_refused_total").increment(1);
+        warn!(error = %self.error, "carer reply refused");
+    }
+}

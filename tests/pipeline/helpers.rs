@@ -56,6 +56,8 @@ pub fn test_settings(backend: Backend, broker: Broker, dir: &std::path::Path) ->
 }
 
 pub struct TestApp {
+    pub settings: Settings,
+    pub mqtt: pingantong::dispatch::MqttEndpoint,
     pub native: std::net::SocketAddr,
     pub db: Db,
     pub carers: Arc<CarerStats>,
@@ -98,6 +100,8 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Self {
+            settings,
+            mqtt,
             native,
             db,
             carers,
@@ -291,4 +295,98 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An MQTT client for tests: everything it receives lands in `received`.
+pub struct MqttProbe {
+    pub client: rumqttc::AsyncClient,
+    pub received: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    pub connected: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MqttProbe {
+    /// Connect with a persistent session (clean session off) and subscribe to
+    /// `filters` on every connect without a session.
+    pub async fn connect(host: &str, port: u16, filters: &[String]) -> Self {
+        let mut opts = rumqttc::MqttOptions::new(unique("probe"), host, port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_clean_session(false);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (rx, up, c, subs) = (
+            Arc::clone(&received),
+            Arc::clone(&connected),
+            client.clone(),
+            filters.to_vec(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                        if !ack.session_present {
+                            for f in &subs {
+                                let _ = c.subscribe(f.clone(), rumqttc::QoS::AtLeastOnce).await;
+                            }
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        up.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let v =
+                            serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                        rx.lock().unwrap().push((p.topic.clone(), v));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let probe = Self {
+            client,
+            received,
+            connected,
+            task,
+        };
+        if !filters.is_empty() {
+            eventually("the probe subscribed", || async {
+                probe
+                    .connected
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    .then_some(())
+            })
+            .await;
+        }
+        probe
+    }
+
+    pub async fn publish(&self, topic: &str, body: serde_json::Value) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, body.to_string())
+            .await
+            .unwrap();
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<serde_json::Value> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+impl Drop for MqttProbe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Broker address of a test app's settings.
+pub fn broker_of(app: &TestApp) -> (String, u16) {
+    (app.mqtt.host.clone(), app.mqtt.port)
 }

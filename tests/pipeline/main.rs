@@ -4,4 +4,5 @@
 mod crash;
 mod helpers;
 mod incidents;
+mod mqtt;
 mod native;

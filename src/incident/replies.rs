@@ -1,0 +1,175 @@
+//! Carers' replies to offers (accept, decline, arrived, completed), applied to
+//! the dispatch and the incident; a decline offers the job to the next carer.
+
+use rumqttc::Publish;
+use serde::Deserialize;
+
+use super::IncidentStage;
+use crate::domain::Action;
+use crate::routing;
+use crate::store::{CarerAnswer, ReplyError, StoreError, Transition, TransitionError};
+use crate::telemetry::events;
+
+/// Largest reply payload accepted.
+pub const MAX_REPLY: usize = 4096;
+
+/// A carer's reply as published (schema v1, protocol/MQTT.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarerReply {
+    pub v: u32,
+    pub dispatch_id: i64,
+    pub action: String,
+    pub reason: Option<String>,
+    pub outcome: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyProblem {
+    #[error("not a carer reply topic: {0}")]
+    Topic(String),
+    #[error("reply is {0} bytes, the limit is {MAX_REPLY}")]
+    TooLarge(usize),
+    #[error("not a v1 carer reply: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("schema version {0} is not supported")]
+    Version(u32),
+    #[error("unknown action {0:?} (accept, decline, arrived, completed)")]
+    Action(String),
+    #[error(transparent)]
+    Refused(ReplyError),
+    /// The database could not be reached: the reply stays with the broker.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl ReplyProblem {
+    /// Worth delivering again later (the database was unavailable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ReplyProblem::Store(_))
+    }
+}
+
+impl From<ReplyError> for ReplyProblem {
+    fn from(e: ReplyError) -> Self {
+        match e {
+            ReplyError::Store(s) => ReplyProblem::Store(s),
+            other => ReplyProblem::Refused(other),
+        }
+    }
+}
+
+impl From<StoreError> for ReplyProblem {
+    fn from(e: StoreError) -> Self {
+        ReplyProblem::Store(e)
+    }
+}
+
+impl IncidentStage {
+    /// Apply one reply; acknowledge it to the broker unless the failure is transient.
+    pub(super) async fn carer_reply_logged(&self, publish: Publish) {
+        match self.carer_reply(&publish).await {
+            Ok(()) => self.dispatcher.ack(&publish).await,
+            Err(e) if e.is_transient() => events::StageFailed {
+                stage: "carer_reply",
+                error: &e,
+            }
+            .emit(),
+            Err(e) => {
+                events::ReplyRefused { error: &e }.emit();
+                self.dispatcher.ack(&publish).await;
+            }
+        }
+    }
+
+    async fn carer_reply(&self, publish: &Publish) -> Result<(), ReplyProblem> {
+        let carer: i64 = publish
+            .topic
+            .strip_prefix(self.dispatcher.prefix())
+            .and_then(|t| t.strip_prefix("/v1/carers/"))
+            .and_then(|t| t.strip_suffix("/reply"))
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| ReplyProblem::Topic(publish.topic.clone()))?;
+        if publish.payload.len() > MAX_REPLY {
+            return Err(ReplyProblem::TooLarge(publish.payload.len()));
+        }
+        let reply: CarerReply = serde_json::from_slice(&publish.payload)?;
+        if reply.v != 1 {
+            return Err(ReplyProblem::Version(reply.v));
+        }
+        let answer = CarerAnswer::parse(&reply.action)
+            .ok_or_else(|| ReplyProblem::Action(reply.action.clone()))?;
+        let detail = reply
+            .reason
+            .as_deref()
+            .or(reply.outcome.as_deref())
+            .unwrap_or("");
+        let (incident, fresh) = self
+            .db
+            .apply_carer_answer(reply.dispatch_id, carer, answer, detail)
+            .await?;
+        let actor = format!("carer:{carer}");
+        let action = match answer {
+            CarerAnswer::Accept => Action::CarerAccept,
+            CarerAnswer::Arrived => Action::CarerArrive,
+            CarerAnswer::Completed => Action::Resolve,
+            CarerAnswer::Decline => {
+                if fresh {
+                    self.offer_next(incident).await?;
+                }
+                return Ok(());
+            }
+        };
+        let step = Transition {
+            incident_id: incident,
+            action,
+            actor: &actor,
+            detail,
+            outcome: reply.outcome.as_deref(),
+            merged_into: None,
+        };
+        match self.db.transition(&step).await {
+            Ok(_) => Ok(()),
+            // The incident moved on meanwhile (an operator resolved or
+            // cancelled it): the carer's news is on the timeline already.
+            Err(TransitionError::Illegal(_)) => Ok(()),
+            Err(TransitionError::Store(e)) => Err(ReplyProblem::Store(e)),
+            Err(e) => Err(ReplyProblem::Store(StoreError::CommitFailed(e.to_string()))),
+        }
+    }
+
+    /// After a decline: the next nearest available carer who has not declined.
+    async fn offer_next(&self, incident: i64) -> Result<(), StoreError> {
+        let Some(client_id) = self.db.incident_client(incident).await? else {
+            return Ok(());
+        };
+        let Some(client) = self.directory.client(client_id).await? else {
+            return Ok(());
+        };
+        let declined = self.db.declined_carers(incident).await?;
+        let mut candidates = self
+            .db
+            .carer_candidates(&client.district, &client.street)
+            .await?;
+        for c in &mut candidates {
+            if c.carer_id.is_some_and(|id| declined.contains(&id)) {
+                // Keep the provider (its contract order still counts), drop the carer.
+                c.carer_id = None;
+            }
+        }
+        match routing::choose(client.lat.zip(client.lon), &candidates) {
+            Some(choice) => {
+                let dispatch = self.db.add_offer(incident, &choice).await?;
+                if let Err(e) = self.dispatcher.publish(dispatch).await {
+                    events::StageFailed {
+                        stage: "dispatch_publish",
+                        error: &e,
+                    }
+                    .emit();
+                }
+            }
+            None => events::NoCarerAvailable { incident }.emit(),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,308 @@
+//! Device events over MQTT (protocol/MQTT.md): the same pipeline as TCP frames.
+//!
+//! Events are submitted to the writer as they arrive (so they share commits)
+//! and answered in arrival order: first the application-level ACK on the
+//! device's `ack` topic, then the MQTT PUBACK that lets the broker forget the
+//! message. A PUBACK alone only means the broker has it; ours means it is stored.
+
+use std::sync::Arc;
+
+use rumqttc::{AsyncClient, Publish, QoS};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::IngestContext;
+use crate::store::writer::PendingCommit;
+use crate::store::{AlarmRecord, AuthStatus, CommitOutcome, now_ms};
+use crate::telemetry::events;
+use pingantong_protocol::{DeviceId, EventKind, Location};
+
+pub const PROTOCOL: &str = "mqtt";
+/// Largest payload accepted on a device topic.
+pub const MAX_PAYLOAD: usize = 4096;
+
+/// A device event as published (schema v1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEvent {
+    pub v: u32,
+    pub seq: u32,
+    pub kind: String,
+    /// Device clock, ms since the Unix epoch.
+    pub time: Option<u64>,
+    pub battery: Option<u8>,
+    pub location: Option<WireLocation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireLocation {
+    pub lat: f64,
+    pub lon: f64,
+    pub accuracy_m: Option<u16>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("payload is {0} bytes, the limit is {MAX_PAYLOAD}")]
+    TooLarge(usize),
+    #[error("topic {0:?} does not name a valid device id")]
+    Topic(String),
+    #[error("payload is not a v1 device event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("schema version {0} is not supported (this server speaks 1)")]
+    Version(u32),
+    #[error("unknown event kind {0:?}")]
+    Kind(String),
+    #[error("battery {0} % is out of range")]
+    Battery(u8),
+    #[error("location {0},{1} is out of range")]
+    Location(f64, f64),
+}
+
+/// Check a device event: topic, size, schema, ranges.
+pub fn parse(
+    prefix: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Result<(DeviceId, DeviceEvent, EventKind), EventError> {
+    let id = topic
+        .strip_prefix(prefix)
+        .and_then(|t| t.strip_prefix("/v1/devices/"))
+        .and_then(|t| t.strip_suffix("/events"))
+        .ok_or_else(|| EventError::Topic(topic.to_owned()))?;
+    let device = DeviceId::parse(id).map_err(|_| EventError::Topic(topic.to_owned()))?;
+    if payload.len() > MAX_PAYLOAD {
+        return Err(EventError::TooLarge(payload.len()));
+    }
+    let e: DeviceEvent = serde_json::from_slice(payload)?;
+    if e.v != 1 {
+        return Err(EventError::Version(e.v));
+    }
+    let kind = EventKind::from_name(&e.kind).ok_or_else(|| EventError::Kind(e.kind.clone()))?;
+    if let Some(b) = e.battery
+        && b > 100
+    {
+        return Err(EventError::Battery(b));
+    }
+    if let Some(l) = &e.location
+        && (!(-90.0..=90.0).contains(&l.lat) || !(-180.0..=180.0).contains(&l.lon))
+    {
+        return Err(EventError::Location(l.lat, l.lon));
+    }
+    Ok((device, e, kind))
+}
+
+/// What is owed to one message once its commit is known.
+struct Owed {
+    publish: Publish,
+    ack_topic: Option<String>,
+    seq: Option<u32>,
+    verified: bool,
+    outcome: Result<PendingCommit, &'static str>,
+}
+
+/// Consume device events until the link closes.
+pub async fn run(
+    mut incoming: mpsc::Receiver<Publish>,
+    ctx: Arc<IngestContext>,
+    client: AsyncClient,
+    prefix: String,
+    instance: String,
+) {
+    let (owed_tx, owed_rx) = mpsc::channel::<Owed>(4096);
+    let answering = tokio::spawn(answer(owed_rx, client));
+    while let Some(publish) = incoming.recv().await {
+        let owed = take(&ctx, &prefix, &instance, publish).await;
+        if owed_tx.send(owed).await.is_err() {
+            break;
+        }
+    }
+    drop(owed_tx);
+    let _ = answering.await;
+}
+
+async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publish) -> Owed {
+    let peer = format!("mqtt:{instance}");
+    let (device, event, kind) = match parse(prefix, &publish.topic, &publish.payload) {
+        Ok(x) => x,
+        Err(e) => {
+            let reason = match e {
+                EventError::TooLarge(_) => "too_long",
+                EventError::Topic(_) => "bad_device_id",
+                _ => "malformed",
+            };
+            let addr: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
+            events::FrameRejected {
+                protocol: PROTOCOL,
+                peer: &addr,
+                reason,
+                detail: &e,
+            }
+            .emit();
+            let mut raw = publish.topic.as_bytes().to_vec();
+            raw.push(b' ');
+            raw.extend_from_slice(&publish.payload[..publish.payload.len().min(MAX_PAYLOAD)]);
+            let _ = ctx
+                .db
+                .insert_rejected_frame(PROTOCOL, &peer, &format!("{reason}: {e}"), &raw)
+                .await;
+            // A device that named itself in the topic still hears why.
+            let ack_topic = publish
+                .topic
+                .strip_suffix("/events")
+                .map(|t| format!("{t}/ack"));
+            let seq = serde_json::from_slice::<serde_json::Value>(&publish.payload)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .map(|s| s as u32);
+            return Owed {
+                publish,
+                ack_topic,
+                seq,
+                verified: false,
+                outcome: Err(reason),
+            };
+        }
+    };
+    let auth = match ctx.directory.device(device.as_str()).await {
+        Ok(Some(row)) if row.protocol == PROTOCOL => AuthStatus::Verified,
+        Ok(_) => AuthStatus::UnknownDevice,
+        Err(_) => {
+            return Owed {
+                ack_topic: Some(format!("{prefix}/v1/devices/{device}/ack")),
+                seq: Some(event.seq),
+                verified: false,
+                outcome: Err("unavailable"),
+                publish,
+            };
+        }
+    };
+    if auth != AuthStatus::Verified {
+        events::UnverifiedEvent {
+            protocol: PROTOCOL,
+            device: device.as_str(),
+            auth: auth.as_str(),
+            kind: &event.kind,
+        }
+        .emit();
+    }
+    let digest: String = Sha256::digest(&publish.payload)[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let record = AlarmRecord {
+        received_at: now_ms(),
+        protocol: PROTOCOL,
+        peer,
+        device_id: device.as_str().to_owned(),
+        seq: i64::from(event.seq),
+        kind,
+        device_time: event.time.map(|t| t as i64),
+        battery: event.battery.map(i64::from),
+        location: event.location.as_ref().map(|l| Location {
+            lat: l.lat,
+            lon: l.lon,
+            accuracy_m: l.accuracy_m,
+        }),
+        auth,
+        raw: publish.payload.to_vec(),
+        decoded: String::from_utf8_lossy(&publish.payload).into_owned(),
+        // The same event published again (a retry) has the same payload.
+        dedup_key: format!("mqtt:{device}:{}:{digest}", event.seq),
+    };
+    let outcome = ctx.writer.submit(record).await.map_err(|_| "unavailable");
+    Owed {
+        ack_topic: Some(format!("{prefix}/v1/devices/{device}/ack")),
+        seq: Some(event.seq),
+        verified: auth == AuthStatus::Verified,
+        outcome,
+        publish,
+    }
+}
+
+/// Answer in arrival order: MQTT wants PUBACKs in the order of the PUBLISHes.
+async fn answer(mut owed: mpsc::Receiver<Owed>, client: AsyncClient) {
+    while let Some(o) = owed.recv().await {
+        let (status, reason, release) = match o.outcome {
+            Ok(pending) => match pending.wait().await {
+                Ok(CommitOutcome::Stored(_)) => ("stored", None, true),
+                Ok(CommitOutcome::Duplicate) => ("duplicate", None, true),
+                // Not stored: keep the message with the broker, which
+                // delivers it again when the session resumes.
+                Err(_) => ("unavailable", None, false),
+            },
+            Err("unavailable") => ("unavailable", None, false),
+            // Refused for good (kept in rejected_frames): let the broker forget it.
+            Err(reason) => ("rejected", Some(reason), true),
+        };
+        if let Some(topic) = o.ack_topic {
+            let body = serde_json::json!({
+                "v": 1,
+                "seq": o.seq,
+                "status": status,
+                "verified": o.verified,
+                "reason": reason,
+                "server_time": now_ms(),
+            });
+            let _ = client
+                .publish(topic, QoS::AtLeastOnce, false, body.to_string())
+                .await;
+        }
+        if release {
+            let _ = client.ack(&o.publish).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_checks_topic_schema_and_ranges() {
+        let ok = br#"{"v":1,"seq":3,"kind":"sos","time":1764000000000,"battery":50,"location":{"lat":23.1,"lon":113.2}}"#;
+        let (d, e, k) = parse("pat", "pat/v1/devices/GW-1.a/events", ok).unwrap();
+        assert_eq!((d.as_str(), e.seq, k), ("GW-1.a", 3, EventKind::Sos));
+        let bad = |topic: &str, body: &[u8]| parse("pat", topic, body).unwrap_err().to_string();
+        assert!(bad("pat/v1/devices/a b/events", ok).contains("device id"));
+        assert!(bad("other/v1/devices/x/events", ok).contains("topic"));
+        assert!(
+            bad(
+                "pat/v1/devices/x/events",
+                br#"{"v":2,"seq":1,"kind":"sos"}"#
+            )
+            .contains("version 2")
+        );
+        assert!(
+            bad(
+                "pat/v1/devices/x/events",
+                br#"{"v":1,"seq":1,"kind":"boom"}"#
+            )
+            .contains("boom")
+        );
+        assert!(
+            bad(
+                "pat/v1/devices/x/events",
+                br#"{"v":1,"seq":1,"kind":"sos","battery":101}"#
+            )
+            .contains("101")
+        );
+        assert!(
+            bad(
+                "pat/v1/devices/x/events",
+                br#"{"v":1,"seq":1,"kind":"sos","extra":1}"#
+            )
+            .contains("extra")
+        );
+        assert!(
+            bad(
+                "pat/v1/devices/x/events",
+                br#"{"v":1,"seq":1,"kind":"sos","location":{"lat":91,"lon":0}}"#
+            )
+            .contains("91")
+        );
+        assert!(bad("pat/v1/devices/x/events", &[b' '; 5000]).contains("5000"));
+    }
+}

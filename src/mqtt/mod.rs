@@ -1,0 +1,221 @@
+//! The server's MQTT session: one persistent connection that publishes offers
+//! and ACKs and receives device events and carer replies, reconnecting with backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::events;
+
+/// Where the broker is: `mqtt://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttEndpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl MqttEndpoint {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(|| format!("MQTT URL {url:?} must start with mqtt://"))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse()
+                    .map_err(|_| format!("MQTT URL {url:?} has a bad port"))?,
+            ),
+            None => (rest, 1883),
+        };
+        if host.is_empty() {
+            return Err(format!("MQTT URL {url:?} has no host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://{}:{}", self.host, self.port)
+    }
+}
+
+/// Whether the connection to the broker is up right now.
+#[derive(Clone, Default)]
+pub struct MqttStatus(Arc<AtomicBool>);
+
+impl MqttStatus {
+    pub fn is_up(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// What the server's MQTT session needs to know.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub endpoint: MqttEndpoint,
+    /// Fixed per server instance: the broker keeps this session (and the
+    /// messages queued for it) while the server is away.
+    pub client_id: String,
+    pub prefix: String,
+    /// With several servers, `$share/<group>/…` splits device traffic among them.
+    pub share_group: Option<String>,
+    pub credentials: Option<(String, String)>,
+}
+
+/// The server's connection to the broker and what arrives on it.
+pub struct Link {
+    pub client: AsyncClient,
+    pub status: MqttStatus,
+    /// Device events (`<prefix>/v1/devices/<id>/events`): ack each after its commit.
+    pub device_events: mpsc::Receiver<Publish>,
+    /// Carer replies (`<prefix>/v1/carers/<id>/reply`): ack each once applied.
+    pub carer_replies: mpsc::Receiver<Publish>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Topic filters the server subscribes to.
+pub fn filters(cfg: &LinkConfig) -> Vec<String> {
+    let devices = format!("{}/v1/devices/+/events", cfg.prefix);
+    let devices = match &cfg.share_group {
+        Some(g) => format!("$share/{g}/{devices}"),
+        None => devices,
+    };
+    // Replies are shared too: any server can apply a reply (it goes through
+    // the database), and sharing hands each one to a single server.
+    let replies = format!("{}/v1/carers/+/reply", cfg.prefix);
+    let replies = match &cfg.share_group {
+        Some(g) => format!("$share/{g}/{replies}"),
+        None => replies,
+    };
+    vec![devices, replies]
+}
+
+/// Connect (in the background: a broker that is down at start is retried for
+/// ever) and keep the event loop running until `shutdown`.
+///
+/// The session is persistent (clean session off) and acknowledgements are
+/// manual: the broker forgets a message only once the server has committed
+/// it, so nothing is lost if the server dies in between.
+pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
+    let mut opts = MqttOptions::new(&cfg.client_id, cfg.endpoint.host.clone(), cfg.endpoint.port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    if let Some((user, pass)) = &cfg.credentials {
+        opts.set_credentials(user, pass);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+    let status = MqttStatus::default();
+    let flag = status.clone();
+    let url = cfg.endpoint.url();
+    let (device_tx, device_events) = mpsc::channel(4096);
+    let (reply_tx, carer_replies) = mpsc::channel(1024);
+    let filters = filters(cfg);
+    let device_prefix = format!("{}/v1/devices/", cfg.prefix);
+    let carer_prefix = format!("{}/v1/carers/", cfg.prefix);
+    let sub_client = client.clone();
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let polled = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                e = eventloop.poll() => e,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = Duration::from_millis(100);
+                    // Without a stored session the broker forgot our
+                    // subscriptions: subscribe again on every such connect.
+                    if !ack.session_present {
+                        for f in &filters {
+                            let _ = sub_client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                        }
+                    }
+                    flag.0.store(true, Ordering::Release);
+                    events::MqttConnection {
+                        up: true,
+                        detail: url.clone(),
+                    }
+                    .emit();
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let to = if p.topic.starts_with(&device_prefix) && p.topic.ends_with("/events")
+                    {
+                        Some(&device_tx)
+                    } else if p.topic.starts_with(&carer_prefix) && p.topic.ends_with("/reply") {
+                        Some(&reply_tx)
+                    } else {
+                        None
+                    };
+                    match to {
+                        // A full queue holds the event loop: back-pressure to the broker.
+                        Some(tx) => {
+                            let _ = tx.send(p).await;
+                        }
+                        None => {
+                            let _ = sub_client.try_ack(&p);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let was_up = flag.0.swap(false, Ordering::AcqRel);
+                    if was_up || backoff <= Duration::from_millis(100) {
+                        events::MqttConnection {
+                            up: false,
+                            detail: format!("{url}: {e}"),
+                        }
+                        .emit();
+                    }
+                    // The next poll reconnects at once; pace it.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        flag.0.store(false, Ordering::Release);
+    });
+    Link {
+        client,
+        status,
+        device_events,
+        carer_replies,
+        task,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_parsing() {
+        assert_eq!(
+            MqttEndpoint::parse("mqtt://127.0.0.1:1883").unwrap(),
+            MqttEndpoint {
+                host: "127.0.0.1".into(),
+                port: 1883
+            }
+        );
+        assert_eq!(MqttEndpoint::parse("mqtt://broker").unwrap().port, 1883);
+        assert!(MqttEndpoint::parse("http://x").is_err());
+        assert!(MqttEndpoint::parse("mqtt://x:notaport").is_err());
+        assert!(MqttEndpoint::parse("mqtt://:1").is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! Dispatch offers after they are sent: carers' replies and further offers.
+
+use super::{Db, NewDispatch, StoreError, now_ms, on_pool, on_write_pool};
+
+/// A carer's answer to an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CarerAnswer {
+    Accept,
+    Decline,
+    Arrived,
+    Completed,
+}
+
+impl CarerAnswer {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "accept" => Self::Accept,
+            "decline" => Self::Decline,
+            "arrived" => Self::Arrived,
+            "completed" => Self::Completed,
+            _ => return None,
+        })
+    }
+
+    /// The dispatch state this answer leads to.
+    pub fn state(self) -> &'static str {
+        match self {
+            Self::Accept => "accepted",
+            Self::Decline => "declined",
+            Self::Arrived => "arrived",
+            Self::Completed => "completed",
+        }
+    }
+
+    /// Dispatch states the answer may follow; the state it leads to is
+    /// accepted again, so a repeated reply is harmless.
+    fn allowed_from(self) -> &'static [&'static str] {
+        match self {
+            Self::Accept => &["offered", "accepted"],
+            Self::Decline => &["offered", "declined"],
+            Self::Arrived => &["accepted", "arrived"],
+            Self::Completed => &["accepted", "arrived", "completed"],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    #[error("dispatch {0} does not exist")]
+    NotFound(i64),
+    #[error("dispatch {dispatch} was offered to carer {owner}, not to carer {carer}")]
+    NotYours {
+        dispatch: i64,
+        carer: i64,
+        owner: i64,
+    },
+    #[error("dispatch {dispatch} is {state}; {answer:?} does not follow it")]
+    OutOfOrder {
+        dispatch: i64,
+        state: String,
+        answer: CarerAnswer,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ReplyError {
+    fn from(e: sqlx::Error) -> Self {
+        ReplyError::Store(e.into())
+    }
+}
+
+impl Db {
+    /// Record a carer's answer on the dispatch and the incident's timeline.
+    /// Returns the incident's id and whether the answer was new (not a repeat).
+    pub async fn apply_carer_answer(
+        &self,
+        dispatch_id: i64,
+        carer_id: i64,
+        answer: CarerAnswer,
+        detail: &str,
+    ) -> Result<(i64, bool), ReplyError> {
+        let lock = if matches!(self, Db::Postgres(_)) {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let select =
+            format!("SELECT incident_id, carer_id, state FROM dispatches WHERE id = $1{lock}");
+        let now = now_ms();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let row: Option<(i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                .bind(dispatch_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((incident, owner, state)) = row else {
+                return Err(ReplyError::NotFound(dispatch_id));
+            };
+            if owner != carer_id {
+                return Err(ReplyError::NotYours {
+                    dispatch: dispatch_id,
+                    carer: carer_id,
+                    owner,
+                });
+            }
+            if !answer.allowed_from().contains(&state.as_str()) {
+                return Err(ReplyError::OutOfOrder {
+                    dispatch: dispatch_id,
+                    state,
+                    answer,
+                });
+            }
+            let fresh = state != answer.state();
+            if fresh {
+                sqlx::query("UPDATE dispatches SET state = $1, updated_at = $2 WHERE id = $3")
+                    .bind(answer.state())
+                    .bind(now)
+                    .bind(dispatch_id)
+                    .execute(&mut *tx)
+                    .await?;
+                // Busy from accepting until done; a decline leaves them free.
+                let busy = matches!(answer, CarerAnswer::Accept | CarerAnswer::Arrived);
+                sqlx::query("UPDATE carers SET busy = $1, updated_at = $2 WHERE id = $3")
+                    .bind(busy)
+                    .bind(now)
+                    .bind(carer_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(incident)
+                .bind(now)
+                .bind(format!("carer:{carer_id}"))
+                .bind(format!("carer_{}", answer.state()))
+                .bind(format!(
+                    "dispatch {dispatch_id}{}{detail}",
+                    if detail.is_empty() { "" } else { ": " }
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok((incident, fresh))
+        })
+    }
+
+    /// Carers who declined this incident already (not to be asked again).
+    pub async fn declined_carers(&self, incident_id: i64) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT carer_id FROM dispatches WHERE incident_id = $1 AND state = 'declined'"
+        )
+        .bind(incident_id)
+        .fetch_all(p)
+        .await)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// A further offer on an incident already routed (after a decline).
+    pub async fn add_offer(&self, incident_id: i64, d: &NewDispatch) -> Result<i64, StoreError> {
+        let now = now_ms();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO dispatches (incident_id, carer_id, provider_id, distance_m, \
+                 fallback, state, offered_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'offered', $6, $6) RETURNING id",
+            )
+            .bind(incident_id)
+            .bind(d.carer_id)
+            .bind(d.provider_id)
+            .bind(d.distance_m)
+            .bind(d.fallback)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
+                 VALUES ($1, $2, 'system', 'carer_offered', $3)",
+            )
+            .bind(incident_id)
+            .bind(now)
+            .bind(format!(
+                "dispatch {id}: carer {} of provider {}{} (after a decline)",
+                d.carer_id,
+                d.provider_id,
+                if d.fallback {
+                    " (fallback provider)"
+                } else {
+                    ""
+                }
+            ))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(id)
+        })
+    }
+
+    /// (state of every dispatch of an incident, in order) — tests and summaries.
+    pub async fn dispatch_states(
+        &self,
+        incident_id: i64,
+    ) -> Result<Vec<(i64, i64, String)>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, carer_id, state FROM dispatches WHERE incident_id = $1 ORDER BY id"
+        )
+        .bind(incident_id)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// The client of an incident, if it has one.
+    pub async fn incident_client(&self, incident_id: i64) -> Result<Option<i64>, StoreError> {
+        let row: Option<(Option<i64>,)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT client_id FROM incidents WHERE id = $1"
+        )
+        .bind(incident_id)
+        .fetch_optional(p)
+        .await)?;
+        Ok(row.and_then(|r| r.0))
+    }
+}
