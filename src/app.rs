@@ -139,6 +139,7 @@ impl Application {
                     .mqtt_username
                     .clone()
                     .zip(s.mqtt_password.as_ref().map(|p| p.expose().to_owned())),
+                extra_filters: s.mqtt_adapters.iter().map(|a| a.filter()).collect(),
             },
             inner.clone(),
         );
@@ -175,6 +176,13 @@ impl Application {
             s.mqtt_topic_prefix.clone(),
             s.instance_id.clone(),
         ));
+        let adapters = tokio::spawn(ingest::mqtt::run_adapters(
+            link.adapter_events,
+            Arc::clone(&ctx),
+            link.client.clone(),
+            s.mqtt_adapters.clone(),
+            s.instance_id.clone(),
+        ));
         let native = tokio::spawn(ingest::native::serve(self.native, ctx, shutdown.clone()));
 
         shutdown.cancelled().await;
@@ -184,7 +192,9 @@ impl Application {
         // MQTT events still queued stay with the broker (not acknowledged):
         // they are delivered again to this session when the server returns.
         mqtt_ingest.abort();
+        adapters.abort();
         let _ = mqtt_ingest.await;
+        let _ = adapters.await;
         // Every writer handle is gone with the listeners: the writer commits
         // what is queued and stops.
         let _ = writer_task.await;

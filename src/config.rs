@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ingest::ConnectionLimits;
+use crate::ingest::adapters::AdapterConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -46,6 +47,8 @@ pub struct Settings {
     pub mqtt_share_group: Option<String>,
     pub mqtt_username: Option<String>,
     pub mqtt_password: Option<Secret>,
+    /// Zigbee2MQTT / Tasmota / Shelly buttons and the devices they are provisioned as.
+    pub mqtt_adapters: Vec<AdapterConfig>,
     /// Names this server instance (MQTT client id); unique per instance.
     pub instance_id: String,
     pub max_connections: usize,
@@ -73,6 +76,7 @@ impl Default for Settings {
             mqtt_share_group: None,
             mqtt_username: None,
             mqtt_password: None,
+            mqtt_adapters: Vec::new(),
             instance_id: "pingantong-1".into(),
             max_connections: limits.max_connections,
             idle_timeout_secs: limits.idle_timeout.as_secs(),
@@ -152,6 +156,14 @@ impl Settings {
         {
             return invalid("mqtt_share_group", "must be non-empty, without / + #");
         }
+        for a in &self.mqtt_adapters {
+            if a.source.is_empty() || a.source.contains(['/', '+', '#']) {
+                return invalid("mqtt_adapters.source", "must be non-empty, without / + #");
+            }
+            if pingantong_protocol::DeviceId::parse(&a.device).is_err() {
+                return invalid("mqtt_adapters.device", "must be a valid device id");
+            }
+        }
         if self.mqtt_username.is_some() != self.mqtt_password.is_some() {
             return invalid("mqtt_username/mqtt_password", "set both or neither");
         }
@@ -206,6 +218,26 @@ mod tests {
         std::fs::write(&path, "nativ_addr = \"127.0.0.1:9000\"\n").unwrap();
         let err = Settings::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("nativ_addr"), "{err}");
+    }
+
+    #[test]
+    fn adapter_table_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pat.toml");
+        std::fs::write(
+            &path,
+            "[[mqtt_adapters]]\nkind = \"zigbee2mqtt\"\nsource = \"hall_sos\"\ndevice = \"Z2M-1\"\n\n\
+             [[mqtt_adapters]]\nkind = \"tasmota\"\nsource = \"t/x\"\ndevice = \"T-1\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.mqtt_adapters.len(), 2);
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt_adapters.source")
+        );
     }
 
     #[test]

@@ -3,7 +3,11 @@
 
 pub mod codec;
 pub mod event;
+pub mod eview;
+pub mod gt06;
+pub mod h02;
 pub mod native;
+pub mod watch;
 
 pub use codec::{Codec, Frame, FramingError, Integrity, Observation, ReplyPlan};
 pub use event::{AlarmEvent, DeviceId, DeviceIdError, EventKind, Lane, Location};

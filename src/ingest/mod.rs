@@ -2,6 +2,7 @@
 //! [`AlarmRecord`]s, hands them to the store writer and answers the device only
 //! once the writer says they are committed.
 
+pub mod adapters;
 pub mod device;
 pub mod mqtt;
 pub mod native;

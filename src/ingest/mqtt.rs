@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::IngestContext;
+use super::adapters::AdapterConfig;
 use crate::store::writer::PendingCommit;
 use crate::store::{AlarmRecord, AuthStatus, CommitOutcome, now_ms};
 use crate::telemetry::events;
@@ -121,6 +122,107 @@ pub async fn run(
     }
     drop(owed_tx);
     let _ = answering.await;
+}
+
+/// Consume adapter messages (Zigbee2MQTT, Tasmota, Shelly) until the link closes.
+/// They get no application ACK (those devices would not understand one); the
+/// broker's copy is released after the commit as for every event.
+pub async fn run_adapters(
+    mut incoming: mpsc::Receiver<Publish>,
+    ctx: Arc<IngestContext>,
+    client: AsyncClient,
+    adapters: Vec<AdapterConfig>,
+    instance: String,
+) {
+    let (owed_tx, owed_rx) = mpsc::channel::<Owed>(4096);
+    let answering = tokio::spawn(answer(owed_rx, client));
+    while let Some(publish) = incoming.recv().await {
+        let owed = take_adapter(&ctx, &adapters, &instance, publish).await;
+        if owed_tx.send(owed).await.is_err() {
+            break;
+        }
+    }
+    drop(owed_tx);
+    let _ = answering.await;
+}
+
+async fn take_adapter(
+    ctx: &IngestContext,
+    adapters: &[AdapterConfig],
+    instance: &str,
+    publish: Publish,
+) -> Owed {
+    let peer = format!("mqtt:{instance}");
+    let refuse = |reason: &'static str| Owed {
+        publish: publish.clone(),
+        ack_topic: None,
+        seq: None,
+        verified: false,
+        outcome: Err(reason),
+    };
+    let Some(row) = adapters.iter().find(|a| a.matches(&publish.topic)) else {
+        return refuse("no_adapter");
+    };
+    let mapped = match row.map(&publish.topic, &publish.payload) {
+        Ok(Some(m)) => m,
+        Ok(None) => return refuse("nothing_to_report"),
+        Err(e) => {
+            let addr: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
+            events::FrameRejected {
+                protocol: row.kind.protocol(),
+                peer: &addr,
+                reason: "malformed",
+                detail: &e,
+            }
+            .emit();
+            let _ = ctx
+                .db
+                .insert_rejected_frame(
+                    row.kind.protocol(),
+                    &peer,
+                    &format!("malformed: {e}"),
+                    &publish.payload,
+                )
+                .await;
+            return refuse("malformed");
+        }
+    };
+    let auth = match ctx.directory.device(&row.device).await {
+        Ok(Some(d)) if d.protocol == row.kind.protocol() => AuthStatus::Verified,
+        Ok(_) => AuthStatus::UnknownDevice,
+        Err(_) => return refuse("unavailable"),
+    };
+    let now = now_ms();
+    let record = AlarmRecord {
+        received_at: now,
+        protocol: row.kind.protocol(),
+        peer,
+        device_id: row.device.clone(),
+        seq: -1,
+        kind: mapped.kind,
+        device_time: None,
+        battery: mapped.battery.map(i64::from),
+        location: None,
+        auth,
+        raw: publish.payload.to_vec(),
+        decoded: serde_json::json!({"code": mapped.code, "kind": mapped.kind.name()}).to_string(),
+        // These devices number nothing, so a press cannot be told from a
+        // redelivered copy: every receipt is kept. A copy redelivered after a
+        // crash folds into the same incident; a lost press could not be undone.
+        dedup_key: format!(
+            "{}:{}:{now}:{}",
+            row.kind.protocol(),
+            row.device,
+            publish.pkid
+        ),
+    };
+    Owed {
+        outcome: ctx.writer.submit(record).await.map_err(|_| "unavailable"),
+        publish,
+        ack_topic: None,
+        seq: None,
+        verified: auth == AuthStatus::Verified,
+    }
 }
 
 async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publish) -> Owed {

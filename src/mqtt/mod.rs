@@ -68,6 +68,8 @@ pub struct LinkConfig {
     /// With several servers, `$share/<group>/…` splits device traffic among them.
     pub share_group: Option<String>,
     pub credentials: Option<(String, String)>,
+    /// Further topic filters (adapters); what arrives on them goes to `adapter_events`.
+    pub extra_filters: Vec<String>,
 }
 
 /// The server's connection to the broker and what arrives on it.
@@ -78,6 +80,8 @@ pub struct Link {
     pub device_events: mpsc::Receiver<Publish>,
     /// Carer replies (`<prefix>/v1/carers/<id>/reply`): ack each once applied.
     pub carer_replies: mpsc::Receiver<Publish>,
+    /// Everything on the extra filters: ack each after its commit.
+    pub adapter_events: mpsc::Receiver<Publish>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -95,7 +99,12 @@ pub fn filters(cfg: &LinkConfig) -> Vec<String> {
         Some(g) => format!("$share/{g}/{replies}"),
         None => replies,
     };
-    vec![devices, replies]
+    let mut all = vec![devices, replies];
+    all.extend(cfg.extra_filters.iter().map(|f| match &cfg.share_group {
+        Some(g) => format!("$share/{g}/{f}"),
+        None => f.clone(),
+    }));
+    all
 }
 
 /// Connect (in the background: a broker that is down at start is retried for
@@ -123,6 +132,8 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
     let url = cfg.endpoint.url();
     let (device_tx, device_events) = mpsc::channel(4096);
     let (reply_tx, carer_replies) = mpsc::channel(1024);
+    let (adapter_tx, adapter_events) = mpsc::channel(1024);
+    let has_adapters = !cfg.extra_filters.is_empty();
     let filters = filters(cfg);
     let device_prefix = format!("{}/v1/devices/", cfg.prefix);
     let carer_prefix = format!("{}/v1/carers/", cfg.prefix);
@@ -157,6 +168,8 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
                         Some(&device_tx)
                     } else if p.topic.starts_with(&carer_prefix) && p.topic.ends_with("/reply") {
                         Some(&reply_tx)
+                    } else if has_adapters {
+                        Some(&adapter_tx)
                     } else {
                         None
                     };
@@ -196,6 +209,7 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
         status,
         device_events,
         carer_replies,
+        adapter_events,
         task,
     }
 }

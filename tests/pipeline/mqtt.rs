@@ -300,3 +300,124 @@ async fn two_servers_with_a_shared_subscription_split_the_stream() {
     one.stop().await;
     two.stop().await;
 }
+
+/// A Mosquitto of the test's own on a free port, so it can be stopped and
+/// started without touching the machine's broker.
+struct OwnMosquitto {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnMosquitto {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
+                 persistence true\npersistence_location {}/\nlog_dest none\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut m = Self {
+            port,
+            dir,
+            child: None,
+        };
+        m.run();
+        m
+    }
+
+    fn run(&mut self) {
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (ops/services.sh installs it)");
+        self.child = Some(child);
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "mosquitto did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stop as an operator would (SIGTERM: Mosquitto saves its sessions), then start again.
+    fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+        self.run();
+    }
+}
+
+impl Drop for OwnMosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_in_the_middle_of_a_stream_loses_nothing() {
+    let mut broker = OwnMosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
+    s.mqtt_url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
+    let app = TestApp::spawn_with(s, Some(dir)).await;
+    let city = seed_small_city(&app.db).await;
+    let device = mqtt_device(&app, &city).await;
+    let topic = format!(
+        "{}/v1/devices/{device}/events",
+        app.settings.mqtt_topic_prefix
+    );
+    let probe = MqttProbe::connect("127.0.0.1", broker.port, &[]).await;
+    let n = 300u32;
+    for seq in 1..=n {
+        if seq == n / 3 {
+            broker.restart();
+        }
+        let body =
+            json!({"v": 1, "seq": seq, "kind": if seq % 50 == 0 { "sos" } else { "heartbeat" }});
+        probe.publish(&topic, body).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let stored = eventually("every event stored once", || async {
+        let p = app.db.alarms_by_peer().await.unwrap();
+        let total: i64 = p.iter().map(|x| x.1).sum();
+        (total == i64::from(n)).then_some(total)
+    })
+    .await;
+    assert_eq!(stored, i64::from(n));
+    for seq in 1..=n {
+        assert_eq!(
+            app.db
+                .alarm_states(&device, i64::from(seq))
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "seq {seq}"
+        );
+    }
+    app.stop().await;
+}

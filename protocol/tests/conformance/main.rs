@@ -5,6 +5,11 @@
 
 use serde_json::Value;
 
+mod eview;
+mod gt06;
+mod h02;
+mod watch;
+
 fn rows(protocol: &str) -> Vec<Value> {
     let text = include_str!("../data/device-frames.jsonl");
     text.lines()
@@ -43,4 +48,24 @@ pub fn run(protocol: &str, check: fn(&Value) -> Result<(), String>) {
         "{protocol} failures:\n{}",
         failures.join("\n")
     );
+}
+
+#[test]
+fn gt06() {
+    run("gt06", gt06::check);
+}
+
+#[test]
+fn watch() {
+    run("watch", watch::check);
+}
+
+#[test]
+fn h02() {
+    run("h02", h02::check);
+}
+
+#[test]
+fn eview() {
+    run("eview_minifinder2", eview::check);
 }
