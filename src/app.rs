@@ -4,7 +4,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use pingantong_protocol::Codec;
+use pingantong_protocol::eview::EviewCodec;
+use pingantong_protocol::gt06::Gt06Codec;
+use pingantong_protocol::h02::H02Codec;
+use pingantong_protocol::watch::WatchCodec;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +18,7 @@ use crate::config::{ConfigError, Settings};
 use crate::directory::Directory;
 use crate::dispatch::{Dispatcher, MqttEndpoint};
 use crate::incident::IncidentStage;
+use crate::ingest::device::{self, CodecFactory};
 use crate::ingest::{self, IngestContext};
 use crate::mqtt::{self, LinkConfig};
 use crate::store::{Db, StoreConfig, StoreError, writer};
@@ -40,12 +46,34 @@ pub enum AppError {
     },
 }
 
+/// Where each listener is bound (port 0 in the settings: read the real one here).
+#[derive(Debug, Clone, Copy)]
+pub struct ListenAddrs {
+    pub native: SocketAddr,
+    pub gt06: SocketAddr,
+    pub watch: SocketAddr,
+    pub h02: SocketAddr,
+    pub h02_udp: SocketAddr,
+    pub eview: SocketAddr,
+}
+
+/// The third-party device listeners, bound.
+struct DeviceListeners {
+    gt06: TcpListener,
+    watch: TcpListener,
+    h02: TcpListener,
+    h02_udp: UdpSocket,
+    eview: TcpListener,
+}
+
 /// A server with its ports bound and its database migrated, not yet running.
 pub struct Application {
     settings: Settings,
     db: Db,
     native: TcpListener,
     native_addr: SocketAddr,
+    devices: DeviceListeners,
+    addrs: ListenAddrs,
     mqtt: MqttEndpoint,
     embedded_broker: bool,
 }
@@ -75,6 +103,39 @@ impl Application {
             addr: settings.native_addr,
             source,
         })?;
+        let h02 = bind_tcp(settings.h02_addr).await?;
+        // UDP on the port TCP got, so one number serves both.
+        let h02_udp_addr = SocketAddr::new(
+            settings.h02_addr.ip(),
+            local(&h02, settings.h02_addr)?.port(),
+        );
+        let h02_udp = UdpSocket::bind(h02_udp_addr)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: h02_udp_addr,
+                source,
+            })?;
+        let devices = DeviceListeners {
+            gt06: bind_tcp(settings.gt06_addr).await?,
+            watch: bind_tcp(settings.watch_addr).await?,
+            h02,
+            h02_udp,
+            eview: bind_tcp(settings.eview_addr).await?,
+        };
+        let addrs = ListenAddrs {
+            native: native_addr,
+            gt06: local(&devices.gt06, settings.gt06_addr)?,
+            watch: local(&devices.watch, settings.watch_addr)?,
+            h02: local(&devices.h02, settings.h02_addr)?,
+            h02_udp: devices
+                .h02_udp
+                .local_addr()
+                .map_err(|source| AppError::Bind {
+                    addr: h02_udp_addr,
+                    source,
+                })?,
+            eview: local(&devices.eview, settings.eview_addr)?,
+        };
         let (mqtt, embedded_broker) = match &settings.mqtt_url {
             Some(url) => (
                 MqttEndpoint::parse(url).map_err(|why| ConfigError::Invalid {
@@ -102,6 +163,8 @@ impl Application {
             db,
             native,
             native_addr,
+            devices,
+            addrs,
             mqtt,
             embedded_broker,
         })
@@ -109,6 +172,11 @@ impl Application {
 
     pub fn native_addr(&self) -> SocketAddr {
         self.native_addr
+    }
+
+    /// Every listener's bound address.
+    pub fn addrs(&self) -> ListenAddrs {
+        self.addrs
     }
 
     pub fn mqtt(&self) -> &MqttEndpoint {
@@ -183,7 +251,57 @@ impl Application {
             s.mqtt_adapters.clone(),
             s.instance_id.clone(),
         ));
-        let native = tokio::spawn(ingest::native::serve(self.native, ctx, shutdown.clone()));
+        let d = self.devices;
+        let codecs = |f: fn() -> Box<dyn Codec>| -> CodecFactory { Arc::new(f) };
+        let gt06 = codecs(|| Box::new(Gt06Codec::with_system_clock()));
+        let h02 = codecs(|| Box::new(H02Codec::new()));
+        let mut listeners = vec![
+            tokio::spawn(device::serve_tcp(
+                d.gt06,
+                "gt06",
+                gt06,
+                Arc::clone(&ctx),
+                shutdown.clone(),
+            )),
+            tokio::spawn(device::serve_tcp(
+                d.watch,
+                "watch",
+                codecs(|| Box::new(WatchCodec::new())),
+                Arc::clone(&ctx),
+                shutdown.clone(),
+            )),
+            tokio::spawn(device::serve_tcp(
+                d.h02,
+                "h02",
+                Arc::clone(&h02),
+                Arc::clone(&ctx),
+                shutdown.clone(),
+            )),
+            tokio::spawn(device::serve_udp(
+                d.h02_udp,
+                "h02",
+                h02,
+                Arc::clone(&ctx),
+                shutdown.clone(),
+            )),
+            tokio::spawn(device::serve_tcp(
+                d.eview,
+                "eview",
+                codecs(|| Box::new(EviewCodec::new())),
+                Arc::clone(&ctx),
+                shutdown.clone(),
+            )),
+        ];
+        listeners.push(tokio::spawn(ingest::native::serve(
+            self.native,
+            ctx,
+            shutdown.clone(),
+        )));
+        let native = async move {
+            for l in listeners {
+                let _ = l.await;
+            }
+        };
 
         shutdown.cancelled().await;
         if tokio::time::timeout(DRAIN_DEADLINE, native).await.is_err() {
@@ -204,4 +322,17 @@ impl Application {
         let _ = mqtt_task.await;
         self.db.close().await;
     }
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+fn local(l: &TcpListener, wanted: SocketAddr) -> Result<SocketAddr, AppError> {
+    l.local_addr().map_err(|source| AppError::Bind {
+        addr: wanted,
+        source,
+    })
 }

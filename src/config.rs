@@ -37,6 +37,14 @@ pub struct Settings {
     pub database_max_connections: u32,
     /// Native pendant protocol listener.
     pub native_addr: SocketAddr,
+    /// GT06 (Concox/Jimi) listener, TCP.
+    pub gt06_addr: SocketAddr,
+    /// 3G/4G watch protocol listener, TCP.
+    pub watch_addr: SocketAddr,
+    /// H02 listener, TCP and UDP on the same port.
+    pub h02_addr: SocketAddr,
+    /// Eview (Minifinder2) listener, TCP.
+    pub eview_addr: SocketAddr,
     /// External broker (`mqtt://host:port`); unset: start the embedded broker.
     pub mqtt_url: Option<String>,
     /// Where the embedded broker listens (1883 is left to a system broker).
@@ -70,6 +78,10 @@ impl Default for Settings {
             database_schema: None,
             database_max_connections: 8,
             native_addr: ([127, 0, 0, 1], 7700).into(),
+            gt06_addr: ([127, 0, 0, 1], 5023).into(),
+            watch_addr: ([127, 0, 0, 1], 5093).into(),
+            h02_addr: ([127, 0, 0, 1], 5013).into(),
+            eview_addr: ([127, 0, 0, 1], 5250).into(),
             mqtt_url: None,
             embedded_mqtt_addr: ([127, 0, 0, 1], 11883).into(),
             mqtt_topic_prefix: "pingantong".into(),

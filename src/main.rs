@@ -68,6 +68,15 @@ struct ServerArgs {
     database_schema: Option<String>,
     #[arg(long, env = "PAT_NATIVE_ADDR")]
     native_addr: Option<SocketAddr>,
+    #[arg(long, env = "PAT_GT06_ADDR")]
+    gt06_addr: Option<SocketAddr>,
+    #[arg(long, env = "PAT_WATCH_ADDR")]
+    watch_addr: Option<SocketAddr>,
+    /// TCP and UDP.
+    #[arg(long, env = "PAT_H02_ADDR")]
+    h02_addr: Option<SocketAddr>,
+    #[arg(long, env = "PAT_EVIEW_ADDR")]
+    eview_addr: Option<SocketAddr>,
     /// External broker; without it an embedded broker is started.
     #[arg(long, env = "PAT_MQTT_URL")]
     mqtt_url: Option<String>,
@@ -91,6 +100,16 @@ impl ServerArgs {
         }
         if let Some(v) = self.native_addr {
             s.native_addr = v;
+        }
+        for (flag, field) in [
+            (self.gt06_addr, &mut s.gt06_addr),
+            (self.watch_addr, &mut s.watch_addr),
+            (self.h02_addr, &mut s.h02_addr),
+            (self.eview_addr, &mut s.eview_addr),
+        ] {
+            if let Some(v) = flag {
+                *field = v;
+            }
         }
         if let Some(v) = &self.mqtt_url {
             s.mqtt_url = Some(v.clone());
@@ -128,9 +147,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let settings = args.settings()?;
             let app = Application::build(settings).await?;
+            let a = app.addrs();
             println!(
-                "pingantong serving: native={} mqtt={}{} database={}",
-                app.native_addr(),
+                "pingantong serving: native={} gt06={} watch={} h02={} (tcp+udp) eview={} mqtt={}{} database={}",
+                a.native,
+                a.gt06,
+                a.watch,
+                a.h02,
+                a.eview,
                 app.mqtt().url(),
                 if app.embedded_broker() {
                     " (embedded)"

@@ -44,6 +44,10 @@ pub fn test_settings(backend: Backend, broker: Broker, dir: &std::path::Path) ->
         },
         database_schema: (backend == Backend::Postgres).then(|| tag.clone()),
         native_addr: ([127, 0, 0, 1], 0).into(),
+        gt06_addr: ([127, 0, 0, 1], 0).into(),
+        watch_addr: ([127, 0, 0, 1], 0).into(),
+        h02_addr: ([127, 0, 0, 1], 0).into(),
+        eview_addr: ([127, 0, 0, 1], 0).into(),
         mqtt_url: (broker == Broker::Mosquitto).then(|| MOSQUITTO_URL.into()),
         embedded_mqtt_addr: ([127, 0, 0, 1], 0).into(),
         // Topics and client ids unique per test: Mosquitto is shared.
@@ -59,6 +63,7 @@ pub struct TestApp {
     pub settings: Settings,
     pub mqtt: pingantong::dispatch::MqttEndpoint,
     pub native: std::net::SocketAddr,
+    pub addrs: pingantong::app::ListenAddrs,
     pub db: Db,
     pub carers: Arc<CarerStats>,
     carer_task: tokio::task::JoinHandle<()>,
@@ -79,6 +84,7 @@ impl TestApp {
             .await
             .expect("server builds");
         let native = app.native_addr();
+        let addrs = app.addrs();
         let db = app.db().clone();
         let mqtt = app.mqtt().clone();
         let carers = Arc::new(CarerStats::default());
@@ -103,6 +109,7 @@ impl TestApp {
             settings,
             mqtt,
             native,
+            addrs,
             db,
             carers,
             carer_task,

@@ -2,6 +2,7 @@
 //! SQLite or PostgreSQL underneath, the embedded broker or Mosquitto out.
 
 mod crash;
+mod devices;
 mod helpers;
 mod incidents;
 mod mqtt;

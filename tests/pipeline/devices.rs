@@ -1,0 +1,209 @@
+//! Third-party device protocols end to end: frame in → committed → reply out → incident.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingantong::store::NewDevice;
+use pingantong_protocol::{DeviceId, EventKind, Location, eview, gt06, h02, watch};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::helpers::*;
+
+const HOME: Location = Location {
+    lat: 23.1291,
+    lon: 113.2644,
+    accuracy_m: None,
+};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Give the small city's resident a device of `protocol` with this id.
+async fn provision(app: &TestApp, city: &City, protocol: &str, id: &str) {
+    app.db
+        .upsert_device(&NewDevice {
+            id: id.into(),
+            protocol: protocol.into(),
+            secret: Vec::new(),
+            client_id: Some(city.client_id),
+        })
+        .await
+        .unwrap();
+}
+
+/// Send `frame`, then read until `want` bytes have come back.
+async fn exchange(s: &mut TcpStream, frame: &[u8], want: usize) -> Vec<u8> {
+    s.write_all(frame).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while got.len() < want {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a reply within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// The SOS reached the resident's incident and the nearest carer's phone.
+async fn sos_reached_the_carer(app: &TestApp, city: &City, device: &str) {
+    let offer = eventually("the carer's offer", || async {
+        app.carers.offers().into_iter().next()
+    })
+    .await;
+    assert_eq!(offer.carer_id, city.near_carer);
+    let incidents = app.db.incidents_overview().await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0].1, format!("client:{}", city.client_id));
+    assert!(incidents[0].3, "verified: the device is provisioned");
+    assert!(
+        app.db.count_alarms(Some(EventKind::Sos)).await.unwrap() >= 1,
+        "{device}"
+    );
+}
+
+#[tokio::test]
+async fn gt06_login_then_sos() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let imei = "864717003283581";
+    provision(&app, &city, "gt06", imei).await;
+    let mut s = TcpStream::connect(app.addrs.gt06).await.unwrap();
+    // The corpus's login frame and the reply a real device expects.
+    let login = hex::decode("78780d01086471700328358100093f040d0a").unwrap();
+    let reply = exchange(&mut s, &login, 10).await;
+    assert_eq!(hex::encode(reply), "78780501000955940d0a");
+    let alarm = gt06::encode_alarm(EventKind::Sos, Some(HOME), now_ms(), 0x0102).unwrap();
+    let reply = exchange(&mut s, &alarm, 10).await;
+    assert_eq!(reply, gt06::ack(0x16, 0x0102, false).to_vec());
+    // The ACK went out after the commit: the row is there already.
+    let stored = app.db.alarm_states(imei, 0x0102).await.unwrap();
+    assert_eq!(stored[0].0, "verified");
+    sos_reached_the_carer(&app, &city, imei).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn gt06_unknown_imei_is_answered_and_its_sos_is_unverified() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let mut s = TcpStream::connect(app.addrs.gt06).await.unwrap();
+    let login = gt06::encode_login("359710049999999", 1).unwrap();
+    let reply = exchange(&mut s, &login, 10).await;
+    assert_eq!(reply, gt06::ack(0x01, 1, false).to_vec());
+    let alarm = gt06::encode_alarm(EventKind::Sos, None, now_ms(), 2).unwrap();
+    exchange(&mut s, &alarm, 10).await;
+    let incidents = eventually("the unverified incident", || async {
+        let i = app.db.incidents_overview().await.unwrap();
+        (!i.is_empty()).then_some(i)
+    })
+    .await;
+    assert_eq!(incidents[0].1, "unverified:359710049999999");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.carers.offers().is_empty(), "never offered to a carer");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn watch_alarm_and_link_keep_alive() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let id = "9059011020";
+    provision(&app, &city, "watch", id).await;
+    let mut s = TcpStream::connect(app.addrs.watch).await.unwrap();
+    let lk = watch::encode_lk("SG", id, Some(80));
+    let want = b"[SG*9059011020*0002*LK]";
+    assert_eq!(exchange(&mut s, &lk, want.len()).await, want);
+    // SOS (bit 16) and low battery (bit 0) in one status word: both are kept.
+    let al = watch::encode_alarm("SG", id, (1 << 16) | 1, Some(HOME), now_ms(), 9);
+    let want = b"[SG*9059011020*0002*AL]";
+    assert_eq!(exchange(&mut s, &al, want.len()).await, want);
+    assert_eq!(
+        app.db
+            .count_alarms(Some(EventKind::LowBattery))
+            .await
+            .unwrap(),
+        1
+    );
+    sos_reached_the_carer(&app, &city, id).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn h02_over_tcp_and_udp() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let id = "4970105243";
+    provision(&app, &city, "h02", id).await;
+    let device = DeviceId::parse(id).unwrap();
+    // TCP: a heartbeat, echoed.
+    let mut s = TcpStream::connect(app.addrs.h02).await.unwrap();
+    let hb = h02::encode_heartbeat(&device, Some(90));
+    let reply = exchange(&mut s, &hb, 10).await;
+    assert!(
+        reply.starts_with(b"*HQ,4970105243,HTBT"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    // UDP: an SOS position, answered to the sender after the commit.
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let v1 = h02::encode_v1(&device, now_ms(), HOME, &[EventKind::Sos]);
+    udp.send_to(&v1, app.addrs.h02_udp).await.unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), udp.recv_from(&mut buf))
+        .await
+        .expect("a UDP reply")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(reply.starts_with("*HQ,4970105243,V4,V1,"), "{reply}");
+    sos_reached_the_carer(&app, &city, id).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn eview_sos_is_acked_after_the_commit() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let imei = "863921039996080";
+    provision(&app, &city, "eview", imei).await;
+    let device = DeviceId::parse(imei).unwrap();
+    let mut s = TcpStream::connect(app.addrs.eview).await.unwrap();
+    let frame = eview::encode_alarm(&device, 0x1e, EventKind::Sos, Some(HOME), Some(70));
+    let ack: Bytes = eview::ack(0x1e);
+    assert_eq!(exchange(&mut s, &frame, ack.len()).await, ack.to_vec());
+    sos_reached_the_carer(&app, &city, imei).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_on_a_device_port_is_kept_and_the_server_carries_on() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let mut s = TcpStream::connect(app.addrs.gt06).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    // Not a GT06 device: the connection is closed, the bytes are kept.
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    eventually("the rejected bytes kept", || async {
+        (app.db.count_rejected_frames().await.unwrap() >= 1).then_some(())
+    })
+    .await;
+    let mut again = TcpStream::connect(app.addrs.gt06).await.unwrap();
+    let login = gt06::encode_login("864717003283581", 9).unwrap();
+    assert_eq!(
+        exchange(&mut again, &login, 10).await,
+        gt06::ack(0x01, 9, false).to_vec()
+    );
+    app.stop().await;
+}
