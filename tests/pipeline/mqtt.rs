@@ -421,3 +421,81 @@ async fn a_broker_restart_in_the_middle_of_a_stream_loses_nothing() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn zigbee2mqtt_and_tasmota_buttons_raise_alarms() {
+    use pingantong::ingest::adapters::{AdapterConfig, AdapterKind};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
+    let z2m_name = unique("hall_sos");
+    let tas_topic = unique("tasmota");
+    s.mqtt_adapters = vec![
+        AdapterConfig {
+            kind: AdapterKind::Zigbee2mqtt,
+            source: z2m_name.clone(),
+            device: "Z2M-HALL".into(),
+            sos_actions: None,
+        },
+        AdapterConfig {
+            kind: AdapterKind::Tasmota,
+            source: tas_topic.clone(),
+            device: "TAS-BED".into(),
+            sos_actions: None,
+        },
+    ];
+    let app = TestApp::spawn_with(s, Some(dir)).await;
+    let city = seed_small_city(&app.db).await;
+    for (id, protocol) in [("Z2M-HALL", "zigbee2mqtt"), ("TAS-BED", "tasmota")] {
+        app.db
+            .upsert_device(&NewDevice {
+                id: id.into(),
+                protocol: protocol.into(),
+                secret: Vec::new(),
+                client_id: Some(city.client_id),
+            })
+            .await
+            .unwrap();
+    }
+    let (host, port) = broker_of(&app);
+    let probe = MqttProbe::connect(&host, port, &[]).await;
+    // A state update (battery only) shows the button is alive; no alarm.
+    probe
+        .publish(
+            &format!("zigbee2mqtt/{z2m_name}"),
+            json!({"battery": 81, "linkquality": 90}),
+        )
+        .await;
+    probe
+        .publish(
+            &format!("zigbee2mqtt/{z2m_name}"),
+            json!({"action": "emergency", "battery": 81}),
+        )
+        .await;
+    probe
+        .publish(
+            &format!("stat/{tas_topic}/BUTTON1"),
+            json!({"ACTION": "SINGLE"}),
+        )
+        .await;
+    let incidents = eventually(
+        "both presses folded into the resident's incident",
+        || async {
+            let i = app.db.incidents_overview().await.unwrap();
+            (i.len() == 1 && i[0].2 == 2).then_some(i)
+        },
+    )
+    .await;
+    assert!(incidents[0].3, "provisioned buttons are verified");
+    assert_eq!(
+        app.db
+            .count_alarms(Some(pingantong_protocol::EventKind::Heartbeat))
+            .await
+            .unwrap(),
+        1
+    );
+    eventually("the carer's offer", || async {
+        app.carers.offers().into_iter().next()
+    })
+    .await;
+    app.stop().await;
+}
