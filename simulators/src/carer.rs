@@ -1,4 +1,5 @@
-//! Simulated carers: one MQTT client that receives every carer's dispatch offers.
+//! Simulated carers: one MQTT client that receives every carer's dispatch
+//! offers and, if told how, answers them as carers would (protocol/MQTT.md).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +13,21 @@ use serde::Deserialize;
 pub struct CarerStats {
     pub subscribed: AtomicBool,
     pub offers: AtomicU64,
+    pub accepted: AtomicU64,
+    pub declined: AtomicU64,
+    pub arrived: AtomicU64,
+    pub completed: AtomicU64,
     received: Mutex<Vec<Offer>>,
+}
+
+/// How simulated carers answer offers.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    pub accept_after: Duration,
+    pub arrive_after: Duration,
+    pub complete_after: Duration,
+    /// Every n-th offer is declined (0: none).
+    pub decline_every: u64,
 }
 
 impl CarerStats {
@@ -51,6 +66,7 @@ pub fn spawn(
     prefix: &str,
     client_id: &str,
     stats: Arc<CarerStats>,
+    behaviour: Option<Behaviour>,
 ) -> tokio::task::JoinHandle<()> {
     let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_keep_alive(Duration::from_secs(15));
@@ -59,6 +75,7 @@ pub fn spawn(
     net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
     let filter = format!("{prefix}/v1/carers/+/dispatch");
+    let prefix = prefix.to_owned();
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -71,7 +88,18 @@ pub fn spawn(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Ok(offer) = serde_json::from_slice::<Offer>(&p.payload) {
-                        stats.offers.fetch_add(1, Ordering::Relaxed);
+                        let n = stats.offers.fetch_add(1, Ordering::Relaxed) + 1;
+                        if let Some(b) = &behaviour {
+                            let topic = format!("{prefix}/v1/carers/{}/reply", offer.carer_id);
+                            tokio::spawn(answer(
+                                client.clone(),
+                                topic,
+                                offer.dispatch_id,
+                                b.clone(),
+                                n,
+                                Arc::clone(&stats),
+                            ));
+                        }
                         stats.received.lock().expect("not poisoned").push(offer);
                     }
                 }
@@ -83,4 +111,58 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// One carer's answers to one offer, with the configured pauses.
+async fn answer(
+    client: AsyncClient,
+    topic: String,
+    dispatch_id: i64,
+    b: Behaviour,
+    n: u64,
+    stats: Arc<CarerStats>,
+) {
+    let say = |action: &str, extra: serde_json::Value| {
+        let mut body = serde_json::json!({"v": 1, "dispatch_id": dispatch_id, "action": action});
+        if let (Some(o), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        body.to_string()
+    };
+    tokio::time::sleep(b.accept_after).await;
+    if b.decline_every > 0 && n % b.decline_every == 0 {
+        let body = say(
+            "decline",
+            serde_json::json!({"reason": "already with another client"}),
+        );
+        if client
+            .publish(&topic, QoS::AtLeastOnce, false, body)
+            .await
+            .is_ok()
+        {
+            stats.declined.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    let steps = [
+        ("accept", Duration::ZERO, &stats.accepted),
+        ("arrived", b.arrive_after, &stats.arrived),
+        ("completed", b.complete_after, &stats.completed),
+    ];
+    for (action, pause, counter) in steps {
+        tokio::time::sleep(pause).await;
+        let extra = if action == "completed" {
+            serde_json::json!({"outcome": "assisted_no_injury"})
+        } else {
+            serde_json::json!({})
+        };
+        if client
+            .publish(&topic, QoS::AtLeastOnce, false, say(action, extra))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -52,6 +52,11 @@ pub struct DemoSummary {
     /// Offers received by the simulated carers over MQTT (distinct dispatches).
     pub dispatched: usize,
     pub dispatches_recorded: i64,
+    /// Carers' replies over MQTT: accepted, declined (re-offered), arrived, completed.
+    pub carers_accepted: u64,
+    pub carers_declined: u64,
+    pub carers_arrived: u64,
+    pub carers_completed: u64,
     pub ack_latency_ms: Percentiles,
     pub database: String,
     pub mqtt: String,
@@ -95,6 +100,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         &settings.mqtt_topic_prefix,
         "demo-carers",
         Arc::clone(&carer_stats),
+        Some(carer::Behaviour {
+            accept_after: Duration::from_millis(800),
+            arrive_after: Duration::from_secs(3),
+            complete_after: Duration::from_secs(2),
+            decline_every: 6,
+        }),
     );
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
@@ -214,6 +225,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         incidents_opened: incidents,
         dispatched: carer_stats.distinct_dispatches(),
         dispatches_recorded: dispatches,
+        carers_accepted: carer_stats.accepted.load(Ordering::Relaxed),
+        carers_declined: carer_stats.declined.load(Ordering::Relaxed),
+        carers_arrived: carer_stats.arrived.load(Ordering::Relaxed),
+        carers_completed: carer_stats.completed.load(Ordering::Relaxed),
         ack_latency_ms: Percentiles {
             p50: ms(0.5),
             p90: ms(0.9),
@@ -247,6 +262,10 @@ pub fn print(s: &DemoSummary) {
     println!(
         "  dispatched to carers {:>7}   (offers received over MQTT; recorded: {})",
         s.dispatched, s.dispatches_recorded
+    );
+    println!(
+        "  carers               {:>7} accepted, {} declined (offered to the next), {} arrived, {} completed",
+        s.carers_accepted, s.carers_declined, s.carers_arrived, s.carers_completed
     );
     println!("  lost                 {:>7}", s.alarms_lost);
     println!(

@@ -94,6 +94,7 @@ impl TestApp {
             &settings.mqtt_topic_prefix,
             &unique("carer"),
             Arc::clone(&carers),
+            None,
         );
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
