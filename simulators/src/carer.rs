@@ -130,7 +130,7 @@ async fn answer(
         body.to_string()
     };
     tokio::time::sleep(b.accept_after).await;
-    if b.decline_every > 0 && n % b.decline_every == 0 {
+    if b.decline_every > 0 && n.is_multiple_of(b.decline_every) {
         let body = say(
             "decline",
             serde_json::json!({"reason": "already with another client"}),
