@@ -49,6 +49,7 @@ pub enum AppError {
 /// Where each listener is bound (port 0 in the settings: read the real one here).
 #[derive(Debug, Clone, Copy)]
 pub struct ListenAddrs {
+    pub http: SocketAddr,
     pub native: SocketAddr,
     pub gt06: SocketAddr,
     pub watch: SocketAddr,
@@ -59,6 +60,7 @@ pub struct ListenAddrs {
 
 /// The third-party device listeners, bound.
 struct DeviceListeners {
+    http: TcpListener,
     gt06: TcpListener,
     watch: TcpListener,
     h02: TcpListener,
@@ -116,6 +118,7 @@ impl Application {
                 source,
             })?;
         let devices = DeviceListeners {
+            http: bind_tcp(settings.http_addr).await?,
             gt06: bind_tcp(settings.gt06_addr).await?,
             watch: bind_tcp(settings.watch_addr).await?,
             h02,
@@ -123,6 +126,7 @@ impl Application {
             eview: bind_tcp(settings.eview_addr).await?,
         };
         let addrs = ListenAddrs {
+            http: local(&devices.http, settings.http_addr)?,
             native: native_addr,
             gt06: local(&devices.gt06, settings.gt06_addr)?,
             watch: local(&devices.watch, settings.watch_addr)?,
@@ -252,6 +256,12 @@ impl Application {
             s.instance_id.clone(),
         ));
         let d = self.devices;
+        let http = tokio::spawn(crate::api::serve(
+            d.http,
+            self.db.clone(),
+            link.status.clone(),
+            shutdown.clone(),
+        ));
         let codecs = |f: fn() -> Box<dyn Codec>| -> CodecFactory { Arc::new(f) };
         let gt06 = codecs(|| Box::new(Gt06Codec::with_system_clock()));
         let h02 = codecs(|| Box::new(H02Codec::new()));
@@ -309,6 +319,7 @@ impl Application {
         }
         // MQTT events still queued stay with the broker (not acknowledged):
         // they are delivered again to this session when the server returns.
+        let _ = http.await;
         mqtt_ingest.abort();
         adapters.abort();
         let _ = mqtt_ingest.await;

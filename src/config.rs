@@ -35,6 +35,8 @@ pub struct Settings {
     /// PostgreSQL schema to use (created if missing).
     pub database_schema: Option<String>,
     pub database_max_connections: u32,
+    /// HTTP: health, readiness, metrics.
+    pub http_addr: SocketAddr,
     /// Native pendant protocol listener.
     pub native_addr: SocketAddr,
     /// GT06 (Concox/Jimi) listener, TCP.
@@ -77,6 +79,7 @@ impl Default for Settings {
             database_url: None,
             database_schema: None,
             database_max_connections: 8,
+            http_addr: ([127, 0, 0, 1], 8080).into(),
             native_addr: ([127, 0, 0, 1], 7700).into(),
             gt06_addr: ([127, 0, 0, 1], 5023).into(),
             watch_addr: ([127, 0, 0, 1], 5093).into(),

@@ -5,6 +5,7 @@
 //! person, open or fold an incident) → [`routing`] (choose a carer) →
 //! [`dispatch`] (offer over MQTT). [`directory`] caches who is who for them.
 
+pub mod api;
 pub mod app;
 pub mod broker;
 pub mod config;

@@ -68,6 +68,9 @@ struct ServerArgs {
     database_schema: Option<String>,
     #[arg(long, env = "PAT_NATIVE_ADDR")]
     native_addr: Option<SocketAddr>,
+    /// Health, readiness and metrics.
+    #[arg(long, env = "PAT_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_GT06_ADDR")]
     gt06_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_WATCH_ADDR")]
@@ -102,6 +105,7 @@ impl ServerArgs {
             s.native_addr = v;
         }
         for (flag, field) in [
+            (self.http_addr, &mut s.http_addr),
             (self.gt06_addr, &mut s.gt06_addr),
             (self.watch_addr, &mut s.watch_addr),
             (self.h02_addr, &mut s.h02_addr),
@@ -149,12 +153,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let app = Application::build(settings).await?;
             let a = app.addrs();
             println!(
-                "pingantong serving: native={} gt06={} watch={} h02={} (tcp+udp) eview={} mqtt={}{} database={}",
+                "pingantong serving: native={} gt06={} watch={} h02={} (tcp+udp) eview={} http={} mqtt={}{} database={}",
                 a.native,
                 a.gt06,
                 a.watch,
                 a.h02,
                 a.eview,
+                a.http,
                 app.mqtt().url(),
                 if app.embedded_broker() {
                     " (embedded)"

@@ -72,6 +72,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let settings = Settings {
         data_dir: data_dir.clone(),
         native_addr: ([127, 0, 0, 1], 0).into(),
+        http_addr: ([127, 0, 0, 1], 0).into(),
         gt06_addr: ([127, 0, 0, 1], 0).into(),
         watch_addr: ([127, 0, 0, 1], 0).into(),
         h02_addr: ([127, 0, 0, 1], 0).into(),

@@ -78,7 +78,13 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
         "--embedded-mqtt-addr".into(),
         "127.0.0.1:0".into(),
     ];
-    for flag in ["--gt06-addr", "--watch-addr", "--h02-addr", "--eview-addr"] {
+    for flag in [
+        "--http-addr",
+        "--gt06-addr",
+        "--watch-addr",
+        "--h02-addr",
+        "--eview-addr",
+    ] {
         args.extend([flag.into(), "127.0.0.1:0".into()]);
     }
     if let Some(s) = schema_arg {

@@ -44,6 +44,7 @@ pub fn test_settings(backend: Backend, broker: Broker, dir: &std::path::Path) ->
         },
         database_schema: (backend == Backend::Postgres).then(|| tag.clone()),
         native_addr: ([127, 0, 0, 1], 0).into(),
+        http_addr: ([127, 0, 0, 1], 0).into(),
         gt06_addr: ([127, 0, 0, 1], 0).into(),
         watch_addr: ([127, 0, 0, 1], 0).into(),
         h02_addr: ([127, 0, 0, 1], 0).into(),
@@ -80,6 +81,15 @@ impl TestApp {
     }
 
     pub async fn spawn_with(settings: Settings, dir: Option<tempfile::TempDir>) -> Self {
+        Self::start(settings, dir, true).await
+    }
+
+    /// Start without waiting for the carer simulator (the broker may be down).
+    pub async fn spawn_unwaited(settings: Settings, dir: Option<tempfile::TempDir>) -> Self {
+        Self::start(settings, dir, false).await
+    }
+
+    async fn start(settings: Settings, dir: Option<tempfile::TempDir>, wait: bool) -> Self {
         let app = Application::build(settings.clone())
             .await
             .expect("server builds");
@@ -99,7 +109,7 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let t = tokio::time::Instant::now();
-        while !carers.subscribed.load(std::sync::atomic::Ordering::Acquire) {
+        while wait && !carers.subscribed.load(std::sync::atomic::Ordering::Acquire) {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
                 "carer simulator never subscribed"
@@ -287,7 +297,16 @@ impl Device {
 }
 
 /// Poll `f` until it returns `Some`, for up to 10 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_for(what, Duration::from_secs(10), f).await
+}
+
+/// Poll `f` until it returns `Some`, for up to `limit`.
+pub async fn eventually_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -297,10 +316,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -397,4 +413,107 @@ impl Drop for MqttProbe {
 /// Broker address of a test app's settings.
 pub fn broker_of(app: &TestApp) -> (String, u16) {
     (app.mqtt.host.clone(), app.mqtt.port)
+}
+
+/// A plain HTTP/1.1 GET over loopback: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("an HTTP answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A Mosquitto of the test's own on a free port, so it can be stopped and
+/// started without touching the machine's broker.
+pub struct OwnMosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnMosquitto {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
+                 persistence true\npersistence_location {}/\nlog_dest none\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut m = Self {
+            port,
+            dir,
+            child: None,
+        };
+        m.run();
+        m
+    }
+
+    fn run(&mut self) {
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (ops/services.sh installs it)");
+        self.child = Some(child);
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "mosquitto did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stop as an operator would (SIGTERM: Mosquitto saves its sessions), then start again.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+        self.run();
+    }
+}
+
+impl Drop for OwnMosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 mod crash;
 mod devices;
+mod health;
 mod helpers;
 mod incidents;
 mod mqtt;

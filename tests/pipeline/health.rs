@@ -1,0 +1,78 @@
+//! Health, readiness and metrics; the server without its broker.
+
+use pingantong_protocol::EventKind;
+use pingantong_protocol::native::Reply;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn ready_when_database_and_broker_are_up_and_metrics_are_served() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let (code, body) = http_get(app.addrs.http, "/healthz").await;
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let ready = eventually("ready", || async {
+        let (code, body) = http_get(app.addrs.http, "/readyz").await;
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert!(
+        ready.contains(r#""mqtt":"up""#) && ready.contains(r#""database":"ok""#),
+        "{ready}"
+    );
+    let mut dev = Device::connect(app.native).await;
+    dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
+        .await;
+    let (code, metrics) = http_get(app.addrs.http, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("pat_events_committed_total"), "{metrics}");
+    let (code, _) = http_get(app.addrs.http, "/nope").await;
+    assert_eq!(code, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_broker_tcp_alarms_still_work_and_readiness_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    s.mqtt_url = Some(format!("mqtt://127.0.0.1:{closed}"));
+    let app = TestApp::spawn_unwaited(s, Some(dir)).await;
+    let city = seed_small_city(&app.db).await;
+    let mut dev = Device::connect(app.native).await;
+    let (r, _) = dev
+        .send(&event(&city.device, 1, EventKind::Sos), &city.secret)
+        .await;
+    assert!(matches!(r, Reply::Ack { .. }), "{r:?}");
+    let (code, body) = http_get(app.addrs.http, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(
+        body.contains(r#""mqtt":"down""#) && body.contains(r#""database":"ok""#),
+        "{body}"
+    );
+    // The incident is open and the offer waits, unpublished, for the broker.
+    let d = eventually("the offer recorded", || async {
+        let d = app.db.dispatches_overview().await.unwrap();
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert!(!d[0].4, "not published while the broker is down");
+    // The broker comes up: the server connects and sends the waiting offer.
+    let _broker = OwnMosquitto::start_on(closed);
+    eventually_for(
+        "the offer published",
+        std::time::Duration::from_secs(30),
+        || async {
+            app.db.dispatches_overview().await.unwrap()[0]
+                .4
+                .then_some(())
+        },
+    )
+    .await;
+    app.stop().await;
+}
