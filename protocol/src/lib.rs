@@ -7,6 +7,7 @@ pub mod eview;
 pub mod gt06;
 pub mod h02;
 pub mod native;
+pub mod sia_dc09;
 pub mod watch;
 
 pub use codec::{Codec, Frame, FramingError, Integrity, Observation, ReplyPlan};

@@ -8,6 +8,7 @@ use serde_json::Value;
 mod eview;
 mod gt06;
 mod h02;
+mod sia_dc09;
 mod watch;
 
 fn rows(protocol: &str) -> Vec<Value> {
@@ -68,4 +69,9 @@ fn h02() {
 #[test]
 fn eview() {
     run("eview_minifinder2", eview::check);
+}
+
+#[test]
+fn sia_dc09() {
+    run("sia_dc09", sia_dc09::check);
 }
