@@ -33,7 +33,7 @@ run_backend() { # name, extra server args...
     "$bin/pingantong" seed --clients "$pendants" --secret-seed "$seed" "$@" >/dev/null
     RUST_LOG=warn "$bin/pingantong" serve --native-addr "127.0.0.1:$port" \
         --embedded-mqtt-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --gt06-addr 127.0.0.1:0 --watch-addr 127.0.0.1:0 \
-        --h02-addr 127.0.0.1:0 --eview-addr 127.0.0.1:0 "$@" >"$work/$name.log" 2>&1 &
+        --h02-addr 127.0.0.1:0 --eview-addr 127.0.0.1:0 --dc09-addr 127.0.0.1:0 "$@" >"$work/$name.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 100); do grep -q "serving" "$work/$name.log" && break; sleep 0.1; done
     "$bin/pendant-sim" --addr "127.0.0.1:$port" --pendants "$pendants" --secret-seed "$seed" \

@@ -8,6 +8,7 @@ use pingantong_protocol::Codec;
 use pingantong_protocol::eview::EviewCodec;
 use pingantong_protocol::gt06::Gt06Codec;
 use pingantong_protocol::h02::H02Codec;
+use pingantong_protocol::sia_dc09::{self, KeyLookup, SiaDc09Codec};
 use pingantong_protocol::watch::WatchCodec;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
@@ -22,6 +23,8 @@ use crate::ingest::device::{self, CodecFactory};
 use crate::ingest::{self, IngestContext};
 use crate::mqtt::{self, LinkConfig};
 use crate::store::{Db, StoreConfig, StoreError, writer};
+
+const SIA_DC09: &str = "sia_dc09";
 
 /// How long connections get to finish their frames once shutdown begins.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -56,6 +59,8 @@ pub struct ListenAddrs {
     pub h02: SocketAddr,
     pub h02_udp: SocketAddr,
     pub eview: SocketAddr,
+    pub dc09: SocketAddr,
+    pub dc09_udp: SocketAddr,
 }
 
 /// The third-party device listeners, bound.
@@ -66,6 +71,8 @@ struct DeviceListeners {
     h02: TcpListener,
     h02_udp: UdpSocket,
     eview: TcpListener,
+    dc09: TcpListener,
+    dc09_udp: UdpSocket,
 }
 
 /// A server with its ports bound and its database migrated, not yet running.
@@ -117,7 +124,20 @@ impl Application {
                 addr: h02_udp_addr,
                 source,
             })?;
+        let dc09 = bind_tcp(settings.dc09_addr).await?;
+        let dc09_udp_addr = SocketAddr::new(
+            settings.dc09_addr.ip(),
+            local(&dc09, settings.dc09_addr)?.port(),
+        );
+        let dc09_udp = UdpSocket::bind(dc09_udp_addr)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: dc09_udp_addr,
+                source,
+            })?;
         let devices = DeviceListeners {
+            dc09,
+            dc09_udp,
             http: bind_tcp(settings.http_addr).await?,
             gt06: bind_tcp(settings.gt06_addr).await?,
             watch: bind_tcp(settings.watch_addr).await?,
@@ -139,6 +159,14 @@ impl Application {
                     source,
                 })?,
             eview: local(&devices.eview, settings.eview_addr)?,
+            dc09: local(&devices.dc09, settings.dc09_addr)?,
+            dc09_udp: devices
+                .dc09_udp
+                .local_addr()
+                .map_err(|source| AppError::Bind {
+                    addr: dc09_udp_addr,
+                    source,
+                })?,
         };
         let (mqtt, embedded_broker) = match &settings.mqtt_url {
             Some(url) => (
@@ -302,6 +330,38 @@ impl Application {
                 shutdown.clone(),
             )),
         ];
+        // DC-09 codecs decrypt with the account's key without waiting: every
+        // DC-09 account is kept in memory (and new ones join at the next sweep).
+        if let Err(e) = ctx.directory.preload(SIA_DC09).await {
+            crate::telemetry::events::StageFailed {
+                stage: "directory_preload",
+                error: &e,
+            }
+            .emit();
+        }
+        let dir = Arc::clone(&ctx.directory);
+        let keys: KeyLookup = Arc::new(move |account: &str| {
+            dir.cached_device(account)
+                .filter(|d| d.protocol == SIA_DC09 && !d.secret.is_empty())
+                .map(|d| d.secret.clone())
+        });
+        let clock: sia_dc09::Clock = Arc::new(crate::store::now_ms);
+        let dc09: CodecFactory =
+            Arc::new(move || Box::new(SiaDc09Codec::new(Arc::clone(&keys), Arc::clone(&clock))));
+        listeners.push(tokio::spawn(device::serve_tcp(
+            d.dc09,
+            SIA_DC09,
+            Arc::clone(&dc09),
+            Arc::clone(&ctx),
+            shutdown.clone(),
+        )));
+        listeners.push(tokio::spawn(device::serve_udp(
+            d.dc09_udp,
+            SIA_DC09,
+            dc09,
+            Arc::clone(&ctx),
+            shutdown.clone(),
+        )));
         listeners.push(tokio::spawn(ingest::native::serve(
             self.native,
             ctx,

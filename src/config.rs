@@ -47,6 +47,8 @@ pub struct Settings {
     pub h02_addr: SocketAddr,
     /// Eview (Minifinder2) listener, TCP.
     pub eview_addr: SocketAddr,
+    /// SIA DC-09 receiver, TCP and UDP on the same port.
+    pub dc09_addr: SocketAddr,
     /// External broker (`mqtt://host:port`); unset: start the embedded broker.
     pub mqtt_url: Option<String>,
     /// Where the embedded broker listens (1883 is left to a system broker).
@@ -85,6 +87,7 @@ impl Default for Settings {
             watch_addr: ([127, 0, 0, 1], 5093).into(),
             h02_addr: ([127, 0, 0, 1], 5013).into(),
             eview_addr: ([127, 0, 0, 1], 5250).into(),
+            dc09_addr: ([127, 0, 0, 1], 5070).into(),
             mqtt_url: None,
             embedded_mqtt_addr: ([127, 0, 0, 1], 11883).into(),
             mqtt_topic_prefix: "pingantong".into(),

@@ -80,6 +80,9 @@ struct ServerArgs {
     h02_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_EVIEW_ADDR")]
     eview_addr: Option<SocketAddr>,
+    /// SIA DC-09 receiver, TCP and UDP.
+    #[arg(long, env = "PAT_DC09_ADDR")]
+    dc09_addr: Option<SocketAddr>,
     /// External broker; without it an embedded broker is started.
     #[arg(long, env = "PAT_MQTT_URL")]
     mqtt_url: Option<String>,
@@ -110,6 +113,7 @@ impl ServerArgs {
             (self.watch_addr, &mut s.watch_addr),
             (self.h02_addr, &mut s.h02_addr),
             (self.eview_addr, &mut s.eview_addr),
+            (self.dc09_addr, &mut s.dc09_addr),
         ] {
             if let Some(v) = flag {
                 *field = v;
@@ -153,12 +157,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let app = Application::build(settings).await?;
             let a = app.addrs();
             println!(
-                "pingantong serving: native={} gt06={} watch={} h02={} (tcp+udp) eview={} http={} mqtt={}{} database={}",
+                "pingantong serving: native={} gt06={} watch={} h02={} (tcp+udp) eview={} dc09={} (tcp+udp) http={} mqtt={}{} database={}",
                 a.native,
                 a.gt06,
                 a.watch,
                 a.h02,
                 a.eview,
+                a.dc09,
                 a.http,
                 app.mqtt().url(),
                 if app.embedded_broker() {

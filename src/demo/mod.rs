@@ -77,6 +77,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         watch_addr: ([127, 0, 0, 1], 0).into(),
         h02_addr: ([127, 0, 0, 1], 0).into(),
         eview_addr: ([127, 0, 0, 1], 0).into(),
+        dc09_addr: ([127, 0, 0, 1], 0).into(),
         embedded_mqtt_addr: ([127, 0, 0, 1], if broker_port_free { 11883 } else { 0 }).into(),
         recovery_sweep_ms: 1_000,
         cache_refresh_ms: 1_000,

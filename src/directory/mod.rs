@@ -23,6 +23,9 @@ const SWEEP_OVERLAP_MS: i64 = 5_000;
 pub struct Directory {
     db: Db,
     devices: DashMap<String, Arc<DeviceRow>>,
+    /// Protocols whose devices are all kept in memory, for codecs that must
+    /// look a device up without waiting (a DC-09 account's AES key).
+    preloaded: DashMap<String, ()>,
     clients: DashMap<i64, Arc<ClientProfile>>,
     watermark: AtomicI64,
 }
@@ -32,6 +35,7 @@ impl Directory {
         Arc::new(Self {
             db,
             devices: DashMap::new(),
+            preloaded: DashMap::new(),
             clients: DashMap::new(),
             watermark: AtomicI64::new(now_ms()),
         })
@@ -48,6 +52,26 @@ impl Directory {
         let row = Arc::new(row);
         self.devices.insert(row.id.clone(), Arc::clone(&row));
         Ok((!row.retired).then_some(row))
+    }
+
+    /// Load every device of `protocol` now and keep new ones as they appear.
+    pub async fn preload(&self, protocol: &str) -> Result<usize, StoreError> {
+        self.preloaded.insert(protocol.to_owned(), ());
+        let rows = self.db.devices_of_protocol(protocol).await?;
+        let n = rows.len();
+        for row in rows {
+            self.devices.insert(row.id.clone(), Arc::new(row));
+        }
+        Ok(n)
+    }
+
+    /// A device from memory only (for codecs that cannot wait): preloaded
+    /// protocols are complete here, others hold what was asked for before.
+    pub fn cached_device(&self, id: &str) -> Option<Arc<DeviceRow>> {
+        self.devices
+            .get(id)
+            .map(|r| Arc::clone(r.value()))
+            .filter(|d| !d.retired)
     }
 
     pub async fn client(&self, id: i64) -> Result<Option<Arc<ClientProfile>>, StoreError> {
@@ -68,8 +92,9 @@ impl Directory {
         let since = self.watermark.load(Ordering::Relaxed) - SWEEP_OVERLAP_MS;
         let mut changed = 0;
         for row in self.db.devices_changed_since(since).await? {
-            // Only entries someone asked for are kept; others load on first use.
-            if self.devices.contains_key(&row.id) {
+            // Only entries someone asked for (or of a preloaded protocol) are
+            // kept; others load on first use.
+            if self.devices.contains_key(&row.id) || self.preloaded.contains_key(&row.protocol) {
                 self.devices.insert(row.id.clone(), Arc::new(row));
                 changed += 1;
             }

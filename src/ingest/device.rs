@@ -239,8 +239,8 @@ async fn handle_frame(
 }
 
 /// One alarm record per observation. A device is verified when its id is
-/// provisioned for this protocol: these protocols carry no authentication, so
-/// the id is the only proof there is.
+/// provisioned for this protocol and the frame's checksum held: these
+/// protocols carry no authentication, so the id is the only proof there is.
 async fn records(
     ctx: &IngestContext,
     protocol: &'static str,
@@ -256,6 +256,9 @@ async fn records(
         None => format!("unidentified@{}", peer.ip()),
     };
     let auth = match &frame.device {
+        // A frame whose own check failed may name the wrong device: its alarms
+        // reach an operator, never a carer by themselves.
+        Some(_) if frame.integrity == Integrity::BadChecksum => AuthStatus::BadTag,
         Some(d) => match ctx.directory.device(d.as_str()).await {
             Ok(Some(row)) if row.protocol == protocol => AuthStatus::Verified,
             _ => AuthStatus::UnknownDevice,
@@ -277,9 +280,14 @@ async fn records(
     // within the same two minutes counts as a retry.
     let digest = hex(&Sha256::digest(&frame.raw)[..12]);
     let now = now_ms();
-    let window = match frame.serial {
-        Some(serial) => format!("s{serial}"),
-        None => format!("t{}", now / RETRY_WINDOW_MS),
+    let bucket = now / RETRY_WINDOW_MS;
+    let identity = match frame.serial {
+        // A DC-09 transmitter repeats a message with a fresh timestamp (and,
+        // encrypted, fresh padding): the account's sequence number within the
+        // window is what makes it the same message, not its bytes.
+        Some(serial) if protocol == "sia_dc09" => format!("s{serial}:t{bucket}"),
+        Some(serial) => format!("s{serial}:{digest}"),
+        None => format!("t{bucket}:{digest}"),
     };
     frame
         .observations
@@ -310,7 +318,7 @@ async fn records(
                 })),
             })
             .to_string(),
-            dedup_key: format!("{protocol}:{device_id}:{window}:{digest}:{i}"),
+            dedup_key: format!("{protocol}:{device_id}:{identity}:{i}"),
         })
         .collect()
 }

@@ -233,6 +233,16 @@ impl Db {
         .await)?)
     }
 
+    pub async fn devices_of_protocol(&self, protocol: &str) -> Result<Vec<DeviceRow>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, protocol, secret, client_id, retired, updated_at FROM devices \
+             WHERE protocol = $1"
+        )
+        .bind(protocol)
+        .fetch_all(p)
+        .await)?)
+    }
+
     /// Devices provisioned, re-provisioned or retired at or after `since`.
     pub async fn devices_changed_since(&self, since: i64) -> Result<Vec<DeviceRow>, StoreError> {
         Ok(on_pool!(self, |p| sqlx::query_as(

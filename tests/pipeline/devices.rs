@@ -207,3 +207,148 @@ async fn garbage_on_a_device_port_is_kept_and_the_server_carries_on() {
     );
     app.stop().await;
 }
+
+async fn read_dc09(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.ends_with(b"\r") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a DC-09 answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+#[tokio::test]
+async fn sia_dc09_plain_and_encrypted_over_tcp_and_udp() {
+    use pingantong_protocol::sia_dc09::{self, Payload};
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let key = b"0123456789ABCDEF".to_vec();
+    // Provisioned after start: the directory's sweep brings the key into memory.
+    app.db
+        .upsert_device(&NewDevice {
+            id: "4F21".into(),
+            protocol: "sia_dc09".into(),
+            secret: key.clone(),
+            client_id: Some(city.client_id),
+        })
+        .await
+        .unwrap();
+    let now = now_ms() as i64;
+    // Contact ID 101 (personal emergency), encrypted with the account's key.
+    let cid = sia_dc09::encode_message(
+        "4F21",
+        7,
+        Some("12"),
+        Some("3"),
+        Payload::AdmCid("#4F21|1101 01 015"),
+        Some(&key),
+        Some(now),
+    )
+    .unwrap();
+    let mut s = TcpStream::connect(app.addrs.dc09).await.unwrap();
+    let answer = eventually(
+        "the encrypted message answered once the key is known",
+        || {
+            let (cid, addr) = (cid.clone(), app.addrs.dc09);
+            async move {
+                let mut s = TcpStream::connect(addr).await.ok()?;
+                s.write_all(&cid).await.ok()?;
+                let mut buf = [0u8; 256];
+                let n = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf))
+                    .await
+                    .ok()?
+                    .ok()?;
+                (n > 0).then(|| buf[..n].to_vec())
+            }
+        },
+    )
+    .await;
+    let msg = sia_dc09::parse_message(&answer, Some(&key)).unwrap();
+    assert_eq!(
+        (msg.token.as_str(), msg.encrypted, msg.seq_text.as_str()),
+        ("ACK", true, "0007")
+    );
+    sos_reached_the_carer(&app, &city, "4F21").await;
+
+    // The panel repeats the message with a new timestamp (it missed our ACK): stored once.
+    let again = sia_dc09::encode_message(
+        "4F21",
+        7,
+        Some("12"),
+        Some("3"),
+        Payload::AdmCid("#4F21|1101 01 015"),
+        Some(&key),
+        Some(now + 1000),
+    )
+    .unwrap();
+    s.write_all(&again).await.unwrap();
+    read_dc09(&mut s).await;
+    assert_eq!(app.db.alarm_states("4F21", 7).await.unwrap().len(), 1);
+
+    // A link test over UDP: answered with a plain ACK to the sender.
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let null = sia_dc09::encode_message("4F21", 8, None, Some("0"), Payload::Null, None, Some(now))
+        .unwrap();
+    udp.send_to(&null, app.addrs.dc09_udp).await.unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), udp.recv_from(&mut buf))
+        .await
+        .expect("a UDP answer")
+        .unwrap();
+    assert_eq!(
+        sia_dc09::parse_message(&buf[..n], None).unwrap().token,
+        "ACK"
+    );
+
+    // A clock far off: NAK with the receiver's time, and the event still kept.
+    let stale = sia_dc09::encode_message(
+        "4F21",
+        9,
+        None,
+        Some("0"),
+        Payload::SiaDcs("#4F21|Nri1/YT01"),
+        None,
+        Some(now - 3_600_000),
+    )
+    .unwrap();
+    s.write_all(&stale).await.unwrap();
+    let nak = read_dc09(&mut s).await;
+    assert_eq!(sia_dc09::parse_message(&nak, None).unwrap().token, "NAK");
+    assert_eq!(app.db.alarm_states("4F21", 9).await.unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_sos_with_a_bad_checksum_reaches_an_operator_but_no_carer() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let imei = "864717003283581";
+    provision(&app, &city, "gt06", imei).await;
+    let mut s = TcpStream::connect(app.addrs.gt06).await.unwrap();
+    exchange(&mut s, &gt06::encode_login(imei, 1).unwrap(), 10).await;
+    let mut alarm = gt06::encode_alarm(EventKind::Sos, Some(HOME), now_ms(), 2)
+        .unwrap()
+        .to_vec();
+    let crc_at = alarm.len() - 4;
+    alarm[crc_at] ^= 0xff;
+    // Answered as usual (the device must not keep resending), stored, flagged.
+    assert_eq!(
+        exchange(&mut s, &alarm, 10).await,
+        gt06::ack(0x16, 2, false).to_vec()
+    );
+    assert_eq!(app.db.alarm_states(imei, 2).await.unwrap()[0].0, "bad_tag");
+    let incidents = eventually("the incident", || async {
+        let i = app.db.incidents_overview().await.unwrap();
+        (!i.is_empty()).then_some(i)
+    })
+    .await;
+    assert_eq!(incidents[0].1, format!("unverified:{imei}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.carers.offers().is_empty());
+    app.stop().await;
+}

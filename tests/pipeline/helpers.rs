@@ -49,6 +49,7 @@ pub fn test_settings(backend: Backend, broker: Broker, dir: &std::path::Path) ->
         watch_addr: ([127, 0, 0, 1], 0).into(),
         h02_addr: ([127, 0, 0, 1], 0).into(),
         eview_addr: ([127, 0, 0, 1], 0).into(),
+        dc09_addr: ([127, 0, 0, 1], 0).into(),
         mqtt_url: (broker == Broker::Mosquitto).then(|| MOSQUITTO_URL.into()),
         embedded_mqtt_addr: ([127, 0, 0, 1], 0).into(),
         // Topics and client ids unique per test: Mosquitto is shared.
