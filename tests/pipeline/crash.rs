@@ -84,6 +84,7 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
         "--watch-addr",
         "--h02-addr",
         "--eview-addr",
+        "--dc09-addr",
     ] {
         args.extend([flag.into(), "127.0.0.1:0".into()]);
     }
