@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -85,6 +85,34 @@ pub struct Link {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// On a clean stop: say "offline" (a clean DISCONNECT suppresses the last
+/// will) and let the event loop send it, for at most a second.
+async fn say_goodbye(
+    client: &AsyncClient,
+    eventloop: &mut rumqttc::EventLoop,
+    status_topic: &str,
+    connected: bool,
+) {
+    if !connected {
+        return;
+    }
+    let _ = client.try_publish(
+        status_topic,
+        QoS::AtLeastOnce,
+        true,
+        r#"{"v":1,"status":"offline"}"#,
+    );
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(event) = eventloop.poll().await {
+            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Topic filters the server subscribes to.
 pub fn filters(cfg: &LinkConfig) -> Vec<String> {
     let devices = format!("{}/v1/devices/+/events", cfg.prefix);
@@ -119,6 +147,14 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
     opts.set_max_packet_size(64 * 1024, 64 * 1024);
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
+    // Anyone watching (a console, a second server) learns when this server goes away.
+    let status_topic = format!("{}/v1/server/{}/status", cfg.prefix, cfg.client_id);
+    opts.set_last_will(LastWill::new(
+        status_topic.clone(),
+        r#"{"v":1,"status":"offline"}"#,
+        QoS::AtLeastOnce,
+        true,
+    ));
     if let Some((user, pass)) = &cfg.credentials {
         opts.set_credentials(user, pass);
     }
@@ -142,7 +178,10 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
         let mut backoff = Duration::from_millis(100);
         loop {
             let polled = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    say_goodbye(&sub_client, &mut eventloop, &status_topic, flag.is_up()).await;
+                    break;
+                }
                 e = eventloop.poll() => e,
             };
             match polled {
@@ -155,6 +194,12 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
                             let _ = sub_client.try_subscribe(f.clone(), QoS::AtLeastOnce);
                         }
                     }
+                    let _ = sub_client.try_publish(
+                        status_topic.clone(),
+                        QoS::AtLeastOnce,
+                        true,
+                        r#"{"v":1,"status":"online"}"#,
+                    );
                     flag.0.store(true, Ordering::Release);
                     events::MqttConnection {
                         up: true,

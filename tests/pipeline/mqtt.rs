@@ -35,7 +35,17 @@ async fn event_to_carer_and_back(backend: Backend, broker: Broker) {
     let events = format!("{prefix}/v1/devices/{device}/events");
     let acks = format!("{prefix}/v1/devices/{device}/ack");
     let offers = format!("{prefix}/v1/carers/{}/dispatch", city.near_carer);
-    let probe = MqttProbe::connect(&host, port, &[acks.clone(), offers.clone()]).await;
+    let status = format!("{prefix}/v1/server/{}/status", app.settings.instance_id);
+    let probe =
+        MqttProbe::connect(&host, port, &[acks.clone(), offers.clone(), status.clone()]).await;
+    eventually("the server's retained status", || async {
+        probe
+            .on(&status)
+            .iter()
+            .any(|s| s["status"] == "online")
+            .then_some(())
+    })
+    .await;
 
     probe.publish(&events, sos(1)).await;
     let ack = eventually("the application ACK", || async {
@@ -103,6 +113,14 @@ async fn event_to_carer_and_back(backend: Backend, broker: Broker) {
         );
     }
     app.stop().await;
+    eventually("the server says it is offline", || async {
+        probe
+            .on(&status)
+            .iter()
+            .any(|s| s["status"] == "offline")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
