@@ -51,6 +51,9 @@ enum Command {
         clients: usize,
         #[arg(long, env = "PAT_SECRET_SEED", default_value = "demo")]
         secret_seed: String,
+        /// What the pendants speak: native, gt06, watch, h02, eview, dc09.
+        #[arg(long, default_value = "native")]
+        protocol: String,
     },
 }
 
@@ -220,7 +223,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             server,
             clients,
             secret_seed,
+            protocol,
         } => {
+            anyhow::ensure!(
+                pingantong_sim::speaker::by_name(&protocol).is_some(),
+                "unknown --protocol {protocol:?} (native, gt06, watch, h02, eview, dc09)"
+            );
             let s = server.settings()?;
             if s.database_url.is_none() {
                 std::fs::create_dir_all(&s.data_dir)?;
@@ -237,14 +245,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     clients,
                     carers_per_provider: 8,
                     secret_seed,
-                    id_prefix: "PA".into(),
+                    protocol: protocol.clone(),
                 },
             )
             .await?;
             println!(
-                "seeded {} clients with pendants PA000001..PA{:06}, {} providers, {} carers into {}",
+                "seeded {} clients with {protocol} pendants {}..{}, {} providers, {} carers into {}",
                 city.clients,
-                city.clients,
+                city.devices.first().map_or("-", |d| d.as_str()),
+                city.devices.last().map_or("-", |d| d.as_str()),
                 city.providers,
                 city.carers,
                 db.backend()

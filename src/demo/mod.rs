@@ -91,7 +91,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         clients: opts.clients,
         carers_per_provider: 8,
         secret_seed: format!("demo-{}", std::process::id()),
-        id_prefix: "PA".into(),
+        protocol: "native".into(),
     };
     let city = seed_city(&db, &spec).await?;
 

@@ -3,6 +3,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use pingantong_sim::speaker;
+
 use crate::store::{Db, NewCarer, NewClient, NewContact, NewDevice, NewProvider, StoreError};
 
 /// District, its streets (街道), and a point near its centre.
@@ -75,7 +77,9 @@ pub struct CitySpec {
     pub carers_per_provider: usize,
     /// Pendant secrets derive from this seed (see `pingantong_sim::derive_secret`).
     pub secret_seed: String,
-    pub id_prefix: String,
+    /// What the pendants speak, as `pendant-sim --protocol` names it (`native`,
+    /// `gt06`, `watch`, `h02`, `eview`, `dc09`); device ids take that protocol's form.
+    pub protocol: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -135,11 +139,11 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
             })
             .await?;
         }
-        let id = pingantong_sim::device_id(&spec.id_prefix, n);
+        let id = speaker::device_id(&spec.protocol, n);
         db.upsert_device(&NewDevice {
             secret: pingantong_sim::derive_secret(&spec.secret_seed, &id),
             id: id.clone(),
-            protocol: "native".into(),
+            protocol: speaker::provisioned_protocol(&spec.protocol).into(),
             client_id: Some(client_id),
         })
         .await?;

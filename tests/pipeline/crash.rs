@@ -59,7 +59,7 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
             clients: 20,
             carers_per_provider: 2,
             secret_seed: SEED.into(),
-            id_prefix: "PA".into(),
+            protocol: "native".into(),
         },
     )
     .await

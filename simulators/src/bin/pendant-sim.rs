@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
+use pingantong_sim::derive_secret;
 use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
-use pingantong_sim::{derive_secret, device_id};
 
 /// Simulate N pendants over the native protocol and report press → ACK latency.
 /// Exits with status 1 if any alarm went unacknowledged.
@@ -19,9 +19,10 @@ struct Args {
     addr: SocketAddr,
     #[arg(long, default_value_t = 100)]
     pendants: usize,
-    /// Device ids are PREFIX + six digits, from 000001; match `pingantong seed`.
-    #[arg(long, default_value = "PA")]
-    id_prefix: String,
+    /// What the pendants speak: native, gt06, watch, h02, eview, dc09 (encrypted), dc09-plain.
+    /// Device ids take that protocol's form, as `pingantong seed --protocol` provisions them.
+    #[arg(long, default_value = "native")]
+    protocol: String,
     /// Seed the server was provisioned with (`pingantong seed --secret-seed`).
     #[arg(long, env = "PAT_SECRET_SEED", default_value = "demo")]
     secret_seed: String,
@@ -44,9 +45,16 @@ async fn main() {
         eprintln!("pendant-sim only targets loopback addresses (127.0.0.0/8, ::1)");
         std::process::exit(2);
     }
+    let Some(speaker) = pingantong_sim::speaker::by_name(&a.protocol) else {
+        eprintln!(
+            "unknown --protocol {:?} (native, gt06, watch, h02, eview, dc09, dc09-plain)",
+            a.protocol
+        );
+        std::process::exit(2);
+    };
     let pendants = (1..=a.pendants)
         .map(|n| {
-            let id = device_id(&a.id_prefix, n);
+            let id = pingantong_sim::speaker::device_id(&a.protocol, n);
             Pendant {
                 secret: derive_secret(&a.secret_seed, &id),
                 id,
@@ -55,7 +63,7 @@ async fn main() {
         .collect();
     let cfg = FleetConfig {
         addr: a.addr,
-        speaker: Arc::new(pingantong_sim::speaker::NativeSpeaker),
+        speaker,
         pendants,
         heartbeat: Duration::from_secs_f64(a.heartbeat_secs),
         alarm_rate: a.alarm_rate,
