@@ -51,7 +51,7 @@ enum Command {
         clients: usize,
         #[arg(long, env = "PAT_SECRET_SEED", default_value = "demo")]
         secret_seed: String,
-        /// What the pendants speak: native, gt06, watch, h02, eview, dc09.
+        /// What the pendants speak: native, gt06, watch, h02, eview, dc09, mqtt.
         #[arg(long, default_value = "native")]
         protocol: String,
     },
@@ -226,8 +226,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             protocol,
         } => {
             anyhow::ensure!(
-                pingantong_sim::speaker::by_name(&protocol).is_some(),
-                "unknown --protocol {protocol:?} (native, gt06, watch, h02, eview, dc09)"
+                protocol == "mqtt" || pingantong_sim::speaker::by_name(&protocol).is_some(),
+                "unknown --protocol {protocol:?} (native, gt06, watch, h02, eview, dc09, mqtt)"
             );
             let s = server.settings()?;
             if s.database_url.is_none() {

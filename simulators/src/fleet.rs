@@ -84,6 +84,35 @@ pub struct FleetReport {
 }
 
 impl FleetReport {
+    /// A report with no counts yet (filled from [`FleetStats`] at the end).
+    pub fn empty() -> Self {
+        Self {
+            alarms_sent: 0,
+            alarms_acked: 0,
+            alarms_refused: 0,
+            heartbeats_sent: 0,
+            heartbeats_acked: 0,
+            retries: 0,
+            reconnects: 0,
+            acked: Vec::new(),
+            unanswered: Vec::new(),
+            alarm_latency_us: histogram(),
+            heartbeat_latency_us: histogram(),
+        }
+    }
+
+    /// Copy the live counters into the report.
+    pub fn fill_counts(&mut self, stats: &FleetStats) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.alarms_sent = get(&stats.alarms_sent);
+        self.alarms_acked = get(&stats.alarms_acked);
+        self.alarms_refused = get(&stats.alarms_refused);
+        self.heartbeats_sent = get(&stats.heartbeats_sent);
+        self.heartbeats_acked = get(&stats.heartbeats_acked);
+        self.retries = get(&stats.retries);
+        self.reconnects = get(&stats.reconnects);
+    }
+
     pub fn alarms_lost(&self) -> u64 {
         self.alarms_sent - self.alarms_acked - self.alarms_refused
     }

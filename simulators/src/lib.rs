@@ -3,6 +3,7 @@
 
 pub mod carer;
 pub mod fleet;
+pub mod mqtt_fleet;
 pub mod speaker;
 
 use sha2::{Digest, Sha256};

@@ -406,6 +406,7 @@ pub fn device_id(protocol: &str, n: usize) -> String {
         "h02" => format!("4{:09}", n),
         // DC-09 accounts: hex
         "dc09" | "sia_dc09" | "dc09-plain" => format!("A{:05X}", n),
+        "mqtt" => crate::device_id("GW", n),
         _ => crate::device_id("PA", n),
     }
 }
@@ -418,6 +419,7 @@ pub fn provisioned_protocol(name: &str) -> &'static str {
         "h02" => "h02",
         "eview" => "eview",
         "dc09" | "sia_dc09" | "dc09-plain" => "sia_dc09",
+        "mqtt" => "mqtt",
         _ => "native",
     }
 }

@@ -441,3 +441,58 @@ async fn zigbee2mqtt_and_tasmota_buttons_raise_alarms() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_mqtt_fleet_loses_nothing() {
+    use pingantong::demo::seed::{CitySpec, seed_city};
+    use pingantong_sim::fleet::{FleetStats, Pendant};
+    use pingantong_sim::mqtt_fleet::{self, MqttFleetConfig};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_city(
+        &app.db,
+        &CitySpec {
+            clients: 10,
+            carers_per_provider: 1,
+            secret_seed: "mqtt-fleet".into(),
+            protocol: "mqtt".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let (host, port) = broker_of(&app);
+    let report = mqtt_fleet::run(
+        MqttFleetConfig {
+            host,
+            port,
+            prefix: app.settings.mqtt_topic_prefix.clone(),
+            pendants: city
+                .devices
+                .iter()
+                .map(|id| Pendant {
+                    id: id.clone(),
+                    secret: Vec::new(),
+                })
+                .collect(),
+            heartbeat: Duration::from_millis(300),
+            alarm_rate: 10.0,
+            duration: Duration::from_secs(2),
+            retry_after: Duration::from_secs(2),
+            grace: Duration::from_secs(10),
+        },
+        Arc::new(FleetStats::default()),
+    )
+    .await;
+    assert!(report.alarms_sent > 0);
+    assert_eq!(report.alarms_lost(), 0, "{:?}", report.unanswered);
+    assert_eq!(report.alarms_acked, report.alarms_sent);
+    for (device, seq) in &report.acked {
+        assert_eq!(
+            app.db.alarm_states(device, i64::from(*seq)).await.unwrap()[0].0,
+            "verified"
+        );
+    }
+    app.stop().await;
+}

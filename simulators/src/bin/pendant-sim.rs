@@ -23,6 +23,14 @@ struct Args {
     /// Device ids take that protocol's form, as `pingantong seed --protocol` provisions them.
     #[arg(long, default_value = "native")]
     protocol: String,
+    /// `tcp`: each pendant connects to --addr; `mqtt`: each publishes through the broker
+    /// (protocol/MQTT.md) as a device provisioned by `pingantong seed --protocol mqtt`.
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+    #[arg(long, default_value = "mqtt://127.0.0.1:11883")]
+    mqtt_url: String,
+    #[arg(long, default_value = "pingantong")]
+    mqtt_prefix: String,
     /// Seed the server was provisioned with (`pingantong seed --secret-seed`).
     #[arg(long, env = "PAT_SECRET_SEED", default_value = "demo")]
     secret_seed: String,
@@ -44,6 +52,9 @@ async fn main() {
     if !a.addr.ip().is_loopback() {
         eprintln!("pendant-sim only targets loopback addresses (127.0.0.0/8, ::1)");
         std::process::exit(2);
+    }
+    if a.transport == "mqtt" {
+        return run_mqtt(a).await;
     }
     let Some(speaker) = pingantong_sim::speaker::by_name(&a.protocol) else {
         eprintln!(
@@ -91,6 +102,44 @@ async fn main() {
     let r = fleet::run(cfg, stats).await;
     progress.abort();
     eprintln!();
+    summarise(&a, &r);
+}
+
+async fn run_mqtt(a: Args) {
+    let Some((host, port)) = a
+        .mqtt_url
+        .strip_prefix("mqtt://")
+        .and_then(|r| r.rsplit_once(':'))
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+    else {
+        eprintln!("--mqtt-url must look like mqtt://127.0.0.1:1883");
+        std::process::exit(2);
+    };
+    let pendants = (1..=a.pendants)
+        .map(|n| {
+            let id = pingantong_sim::speaker::device_id("mqtt", n);
+            Pendant {
+                secret: derive_secret(&a.secret_seed, &id),
+                id,
+            }
+        })
+        .collect();
+    let cfg = pingantong_sim::mqtt_fleet::MqttFleetConfig {
+        host,
+        port,
+        prefix: a.mqtt_prefix.clone(),
+        pendants,
+        heartbeat: Duration::from_secs_f64(a.heartbeat_secs),
+        alarm_rate: a.alarm_rate,
+        duration: Duration::from_secs_f64(a.duration_secs),
+        retry_after: Duration::from_secs(3),
+        grace: Duration::from_secs(15),
+    };
+    let r = pingantong_sim::mqtt_fleet::run(cfg, Arc::new(FleetStats::default())).await;
+    summarise(&a, &r);
+}
+
+fn summarise(a: &Args, r: &fleet::FleetReport) {
     let h = &r.alarm_latency_us;
     let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
     let summary = serde_json::json!({
