@@ -15,7 +15,11 @@ status=${PIPESTATUS[0]}
 
 # These exercise the real PostgreSQL and Mosquitto: they must have run and passed.
 for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presses_postgres \
-         native::unverified_senders_postgres crash::crash_postgres native::sos_path_sqlite_embedded_broker; do
+         native::unverified_senders_postgres crash::crash_postgres native::sos_path_sqlite_embedded_broker \
+         incidents::incident_lifecycle_postgres mqtt::mqtt_event_to_carer_and_back_postgres_mosquitto \
+         mqtt::mqtt_event_to_carer_and_back_sqlite_embedded mqtt::two_servers_with_a_shared_subscription_split_the_stream \
+         mqtt::a_broker_restart_in_the_middle_of_a_stream_loses_nothing \
+         mqtt::events_published_while_the_server_is_down_are_delivered_when_it_returns; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1

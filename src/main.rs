@@ -89,6 +89,14 @@ struct ServerArgs {
     /// External broker; without it an embedded broker is started.
     #[arg(long, env = "PAT_MQTT_URL")]
     mqtt_url: Option<String>,
+    #[arg(long, env = "PAT_MQTT_USERNAME")]
+    mqtt_username: Option<String>,
+    /// Better given in the environment than on the command line.
+    #[arg(long, env = "PAT_MQTT_PASSWORD", hide_env_values = true)]
+    mqtt_password: Option<String>,
+    /// Servers with the same group split device traffic ($share/<group>/…).
+    #[arg(long, env = "PAT_MQTT_SHARE_GROUP")]
+    mqtt_share_group: Option<String>,
     #[arg(long, env = "PAT_EMBEDDED_MQTT_ADDR")]
     embedded_mqtt_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_INSTANCE_ID")]
@@ -124,6 +132,15 @@ impl ServerArgs {
         }
         if let Some(v) = &self.mqtt_url {
             s.mqtt_url = Some(v.clone());
+        }
+        if let Some(v) = &self.mqtt_username {
+            s.mqtt_username = Some(v.clone());
+        }
+        if let Some(v) = &self.mqtt_password {
+            s.mqtt_password = Some(pingantong::config::Secret::new(v.clone()));
+        }
+        if let Some(v) = &self.mqtt_share_group {
+            s.mqtt_share_group = Some(v.clone());
         }
         if let Some(v) = self.embedded_mqtt_addr {
             s.embedded_mqtt_addr = v;

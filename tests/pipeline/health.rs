@@ -76,3 +76,27 @@ async fn without_a_broker_tcp_alarms_still_work_and_readiness_says_why() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_broker_that_wants_a_password_gets_it() {
+    use pingantong::config::Secret;
+    let broker = OwnMosquitto::start_with_password("pat-server", "s3cret-for-test");
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
+    s.mqtt_url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
+    s.mqtt_username = Some("pat-server".into());
+    s.mqtt_password = Some(Secret::new("wrong"));
+    let refused = TestApp::spawn_unwaited(s.clone(), None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (code, body) = http_get(refused.addrs.http, "/readyz").await;
+    assert_eq!(code, 503, "a wrong password is not a connection: {body}");
+    refused.stop().await;
+
+    s.mqtt_password = Some(Secret::new("s3cret-for-test"));
+    let app = TestApp::spawn_unwaited(s, Some(dir)).await;
+    eventually("connected with the right password", || async {
+        (http_get(app.addrs.http, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    app.stop().await;
+}

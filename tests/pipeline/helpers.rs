@@ -458,12 +458,40 @@ impl OwnMosquitto {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, None)
+    }
+
+    /// A broker that only lets `user` in with `password`.
+    pub fn start_with_password(user: &str, password: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_with(port, Some((user, password)))
+    }
+
+    fn start_with(port: u16, login: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("mosquitto.conf");
+        let access = match login {
+            None => "allow_anonymous true\n".to_owned(),
+            Some((user, password)) => {
+                let file = dir.path().join("passwords");
+                let ok = std::process::Command::new("mosquitto_passwd")
+                    .args(["-b", "-c"])
+                    .arg(&file)
+                    .args([user, password])
+                    .status()
+                    .expect("mosquitto_passwd is installed with mosquitto");
+                assert!(ok.success());
+                format!("allow_anonymous false\npassword_file {}\n", file.display())
+            }
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
+                "listener {port} 127.0.0.1\n{access}set_tcp_nodelay true\n\
                  persistence true\npersistence_location {}/\nlog_dest none\n",
                 dir.path().display()
             ),
