@@ -32,6 +32,17 @@ struct Owed {
     auth: AuthStatus,
 }
 
+impl From<CommittedAlarm> for Owed {
+    fn from(a: CommittedAlarm) -> Self {
+        Owed {
+            id: a.id,
+            device_id: a.record.device_id,
+            kind: a.record.kind,
+            auth: a.record.auth,
+        }
+    }
+}
+
 pub struct IncidentStage {
     db: Db,
     directory: Arc<Directory>,
@@ -61,15 +72,7 @@ impl IncidentStage {
             loop {
                 tokio::select! {
                     biased;
-                    Some(alarm) = committed.recv() => {
-                        let owed = Owed {
-                            id: alarm.id,
-                            device_id: alarm.record.device_id,
-                            kind: alarm.record.kind,
-                            auth: alarm.record.auth,
-                        };
-                        self.handle_logged(owed).await;
-                    }
+                    Some(alarm) = committed.recv() => self.handle_logged(alarm.into()).await,
                     Some(reply) = replies.recv() => self.carer_reply_logged(reply).await,
                     _ = tick.tick() => {
                         if let Err(e) = self.sweep().await {
@@ -80,13 +83,7 @@ impl IncidentStage {
                 }
             }
             while let Ok(alarm) = committed.try_recv() {
-                let owed = Owed {
-                    id: alarm.id,
-                    device_id: alarm.record.device_id,
-                    kind: alarm.record.kind,
-                    auth: alarm.record.auth,
-                };
-                self.handle_logged(owed).await;
+                self.handle_logged(alarm.into()).await;
             }
         })
     }

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use pingantong_protocol::{Codec, Frame, Integrity, ReplyPlan};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use super::IngestContext;
+use super::{IngestContext, Read};
 use crate::store::{AlarmRecord, AuthStatus, now_ms};
 use crate::telemetry::events;
 
@@ -168,30 +168,13 @@ async fn run_connection(
             reject(ctx, protocol, &peer, "too_long", &detail, &buf).await;
             return "framing_error";
         }
-        let limit = if buf.is_empty() {
-            ctx.limits.idle_timeout
-        } else {
-            ctx.limits.frame_timeout
-        };
-        let read = tokio::select! {
-            _ = shutdown.cancelled() => return "shutdown",
-            r = tokio::time::timeout(limit, stream.read_buf(&mut buf)) => r,
-        };
-        match read {
-            Err(_) if buf.is_empty() => return "idle_timeout",
-            Err(_) => {
-                let detail = "frame not completed in time";
+        match super::read_more(&mut stream, &mut buf, &ctx.limits, &shutdown).await {
+            Read::More => {}
+            Read::Closed(reason) => return reason,
+            Read::Incomplete { reason, detail } => {
                 reject(ctx, protocol, &peer, "incomplete", &detail, &buf).await;
-                return "frame_timeout";
+                return reason;
             }
-            Ok(Ok(0)) if buf.is_empty() => return "closed_by_peer",
-            Ok(Ok(0)) => {
-                let detail = "peer closed mid-frame";
-                reject(ctx, protocol, &peer, "incomplete", &detail, &buf).await;
-                return "closed_mid_frame";
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return "read_failed",
         }
     }
 }

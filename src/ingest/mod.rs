@@ -47,6 +47,52 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// What waiting for more bytes on a device connection brought.
+pub(crate) enum Read {
+    More,
+    /// The connection ends, for this reason; nothing is owed.
+    Closed(&'static str),
+    /// The connection ends with a frame begun and not finished: keep the bytes.
+    Incomplete {
+        reason: &'static str,
+        detail: &'static str,
+    },
+}
+
+/// Read more bytes under the connection limits: an idle connection may stay
+/// silent for `idle_timeout`, a frame begun must be finished within `frame_timeout`.
+pub(crate) async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut bytes::BytesMut,
+    limits: &ConnectionLimits,
+    shutdown: &CancellationToken,
+) -> Read {
+    use tokio::io::AsyncReadExt;
+    let limit = if buf.is_empty() {
+        limits.idle_timeout
+    } else {
+        limits.frame_timeout
+    };
+    let read = tokio::select! {
+        _ = shutdown.cancelled() => return Read::Closed("shutdown"),
+        r = tokio::time::timeout(limit, stream.read_buf(buf)) => r,
+    };
+    match read {
+        Err(_) if buf.is_empty() => Read::Closed("idle_timeout"),
+        Err(_) => Read::Incomplete {
+            reason: "frame_timeout",
+            detail: "frame not completed in time",
+        },
+        Ok(Ok(0)) if buf.is_empty() => Read::Closed("closed_by_peer"),
+        Ok(Ok(0)) => Read::Incomplete {
+            reason: "closed_mid_frame",
+            detail: "peer closed mid-frame",
+        },
+        Ok(Ok(_)) => Read::More,
+        Ok(Err(_)) => Read::Closed("read_failed"),
+    }
+}
+
 /// What a connection handler needs from the rest of the server.
 pub struct IngestContext {
     pub writer: WriterHandle,

@@ -8,11 +8,11 @@ use pingantong_protocol::AlarmEvent;
 use pingantong_protocol::native::{
     self, ACK_CLOCK_SKEW, ACK_DUPLICATE, EventFrame, NakReason, ParseError, RawFrame, Reply,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::IngestContext;
+use super::{IngestContext, Read};
 use crate::store::writer::PendingCommit;
 use crate::store::{AlarmRecord, AuthStatus, CommitOutcome, DeviceRow, now_ms};
 use crate::telemetry::events;
@@ -101,30 +101,13 @@ impl Connection {
             if let Some(reason) = fatal {
                 return reason;
             }
-            let limit = if buf.is_empty() {
-                self.ctx.limits.idle_timeout
-            } else {
-                self.ctx.limits.frame_timeout
-            };
-            let read = tokio::select! {
-                _ = shutdown.cancelled() => return "shutdown",
-                r = tokio::time::timeout(limit, stream.read_buf(&mut buf)) => r,
-            };
-            match read {
-                Err(_) if buf.is_empty() => return "idle_timeout",
-                Err(_) => {
-                    let e = "frame not completed in time";
-                    self.reject("incomplete", &e, &buf).await;
-                    return "frame_timeout";
+            match super::read_more(&mut stream, &mut buf, &self.ctx.limits, &shutdown).await {
+                Read::More => {}
+                Read::Closed(reason) => return reason,
+                Read::Incomplete { reason, detail } => {
+                    self.reject("incomplete", &detail, &buf).await;
+                    return reason;
                 }
-                Ok(Ok(0)) if buf.is_empty() => return "closed_by_peer",
-                Ok(Ok(0)) => {
-                    self.reject("incomplete", &"peer closed mid-frame", &buf)
-                        .await;
-                    return "closed_mid_frame";
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return "read_failed",
             }
         }
     }

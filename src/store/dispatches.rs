@@ -1,6 +1,6 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
-use super::{Db, NewDispatch, StoreError, now_ms, on_pool, on_write_pool};
+use super::{Db, NewDispatch, StoreError, insert_dispatch, now_ms, on_pool, on_write_pool};
 
 /// A carer's answer to an offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,19 +163,7 @@ impl Db {
         let now = now_ms();
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO dispatches (incident_id, carer_id, provider_id, distance_m, \
-                 fallback, state, offered_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'offered', $6, $6) RETURNING id",
-            )
-            .bind(incident_id)
-            .bind(d.carer_id)
-            .bind(d.provider_id)
-            .bind(d.distance_m)
-            .bind(d.fallback)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+            let id = insert_dispatch!(tx, incident_id, d, now);
             sqlx::query(
                 "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
                  VALUES ($1, $2, 'system', 'carer_offered', $3)",

@@ -18,11 +18,15 @@ macro_rules! insert_event {
     };
 }
 
-use super::{ClientProfile, Db, StoreError, now_ms, on_pool, on_write_pool};
+use super::{
+    ClientProfile, Db, StoreError, claim_alarm, insert_dispatch, now_ms, on_pool, on_write_pool,
+};
 
 /// States in which an incident still needs someone; the partial unique index
 /// `incidents_one_open` uses the same list.
 const OPEN: &str = "state NOT IN ('resolved', 'closed', 'cancelled', 'merged')";
+const OPEN_BY_FOLD_KEY: &str = "SELECT id FROM incidents WHERE fold_key = $1 \
+     AND state NOT IN ('resolved', 'closed', 'cancelled', 'merged')";
 
 /// What the incident stage did with one alarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,24 +104,13 @@ impl Db {
         let now = now_ms();
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            // Written first so the transaction takes the write lock at once.
-            let claimed = sqlx::query(
-                "UPDATE alarms SET processed_at = $1 WHERE id = $2 AND processed_at IS NULL",
-            )
-            .bind(now)
-            .bind(alarm_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if claimed == 0 {
+            if !claim_alarm!(tx, alarm_id, now) {
                 return Ok(IncidentOutcome::AlreadyProcessed);
             }
-            let open: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id FROM incidents WHERE fold_key = $1 AND {OPEN}"
-            )))
-            .bind(fold_key)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let open: Option<(i64,)> = sqlx::query_as(OPEN_BY_FOLD_KEY)
+                .bind(fold_key)
+                .fetch_optional(&mut *tx)
+                .await?;
             let outcome = match open {
                 Some((id,)) => {
                     sqlx::query(
@@ -184,23 +177,13 @@ impl Db {
         let now = now_ms();
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            let claimed = sqlx::query(
-                "UPDATE alarms SET processed_at = $1 WHERE id = $2 AND processed_at IS NULL",
-            )
-            .bind(now)
-            .bind(alarm_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if claimed == 0 {
+            if !claim_alarm!(tx, alarm_id, now) {
                 return Ok(IncidentOutcome::AlreadyProcessed);
             }
-            let open: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id FROM incidents WHERE fold_key = $1 AND {OPEN}"
-            )))
-            .bind(fold_key)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let open: Option<(i64,)> = sqlx::query_as(OPEN_BY_FOLD_KEY)
+                .bind(fold_key)
+                .fetch_optional(&mut *tx)
+                .await?;
             let outcome = match open {
                 Some((id,)) => {
                     sqlx::query(
@@ -277,19 +260,7 @@ impl Db {
             }
             let dispatch_id = match choice {
                 Some(d) => {
-                    let (id,): (i64,) = sqlx::query_as(
-                        "INSERT INTO dispatches (incident_id, carer_id, provider_id, distance_m, \
-                         fallback, state, offered_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, 'offered', $6, $6) RETURNING id",
-                    )
-                    .bind(incident_id)
-                    .bind(d.carer_id)
-                    .bind(d.provider_id)
-                    .bind(d.distance_m)
-                    .bind(d.fallback)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    let id = insert_dispatch!(tx, incident_id, d, now);
                     let detail = format!(
                         "dispatch {id}: carer {} of provider {}{}, {} away",
                         d.carer_id,
@@ -446,8 +417,10 @@ mod tests {
     #[test]
     fn the_sql_notion_of_open_matches_the_state_machine() {
         for s in State::ALL {
-            let listed = super::OPEN.contains(&format!("'{}'", s.as_str()));
-            assert_eq!(listed, !s.is_open(), "{s}");
+            for sql in [super::OPEN, super::OPEN_BY_FOLD_KEY] {
+                let listed = sql.contains(&format!("'{}'", s.as_str()));
+                assert_eq!(listed, !s.is_open(), "{s}");
+            }
         }
     }
 }

@@ -54,6 +54,43 @@ macro_rules! on_write_pool {
 }
 pub(crate) use on_write_pool;
 
+/// Inside a transaction `$tx`: mark the alarm handled, unless another pass
+/// already did. Written first so the transaction takes the write lock at once.
+/// Evaluates to `true` when this pass owns the alarm.
+macro_rules! claim_alarm {
+    ($tx:expr, $alarm:expr, $now:expr) => {
+        sqlx::query("UPDATE alarms SET processed_at = $1 WHERE id = $2 AND processed_at IS NULL")
+            .bind($now)
+            .bind($alarm)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected()
+            == 1
+    };
+}
+pub(crate) use claim_alarm;
+
+/// Inside a transaction `$tx`: insert an offer (`NewDispatch`) and evaluate to its id.
+macro_rules! insert_dispatch {
+    ($tx:expr, $incident:expr, $d:expr, $now:expr) => {{
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO dispatches (incident_id, carer_id, provider_id, distance_m, \
+             fallback, state, offered_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'offered', $6, $6) RETURNING id",
+        )
+        .bind($incident)
+        .bind($d.carer_id)
+        .bind($d.provider_id)
+        .bind($d.distance_m)
+        .bind($d.fallback)
+        .bind($now)
+        .fetch_one(&mut *$tx)
+        .await?;
+        id
+    }};
+}
+pub(crate) use insert_dispatch;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
