@@ -84,6 +84,7 @@ pub struct Application {
     devices: DeviceListeners,
     addrs: ListenAddrs,
     mqtt: MqttEndpoint,
+    mqtt_ca_pem: Option<Vec<u8>>,
     embedded_broker: bool,
 }
 
@@ -185,12 +186,21 @@ impl Application {
                     MqttEndpoint {
                         host: addr.ip().to_string(),
                         port: addr.port(),
+                        tls: false,
                     },
                     true,
                 )
             }
         };
+        let mqtt_ca_pem = match &settings.mqtt_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
         Ok(Self {
+            mqtt_ca_pem,
             settings,
             db,
             native,
@@ -240,6 +250,7 @@ impl Application {
                     .clone()
                     .zip(s.mqtt_password.as_ref().map(|p| p.expose().to_owned())),
                 extra_filters: s.mqtt_adapters.iter().map(|a| a.filter()).collect(),
+                ca_pem: self.mqtt_ca_pem.clone(),
             },
             inner.clone(),
         );

@@ -59,6 +59,8 @@ pub struct Settings {
     pub mqtt_share_group: Option<String>,
     pub mqtt_username: Option<String>,
     pub mqtt_password: Option<Secret>,
+    /// PEM file of the authorities that sign the broker's certificate; required with `mqtts://`.
+    pub mqtt_ca_file: Option<PathBuf>,
     /// Zigbee2MQTT / Tasmota / Shelly buttons and the devices they are provisioned as.
     pub mqtt_adapters: Vec<AdapterConfig>,
     /// Names this server instance (MQTT client id); unique per instance.
@@ -94,6 +96,7 @@ impl Default for Settings {
             mqtt_share_group: None,
             mqtt_username: None,
             mqtt_password: None,
+            mqtt_ca_file: None,
             mqtt_adapters: Vec::new(),
             instance_id: "pingantong-1".into(),
             max_connections: limits.max_connections,
@@ -186,10 +189,18 @@ impl Settings {
             return invalid("mqtt_username/mqtt_password", "set both or neither");
         }
         if let Some(url) = &self.mqtt_url {
-            crate::dispatch::MqttEndpoint::parse(url).map_err(|why| ConfigError::Invalid {
-                field: "mqtt_url",
-                why,
-            })?;
+            let endpoint =
+                crate::dispatch::MqttEndpoint::parse(url).map_err(|why| ConfigError::Invalid {
+                    field: "mqtt_url",
+                    why,
+                })?;
+            if endpoint.tls && self.mqtt_ca_file.is_none() {
+                return invalid(
+                    "mqtt_ca_file",
+                    "mqtts:// needs the CA that signs the broker's certificate \
+                     (e.g. /etc/ssl/certs/ca-certificates.crt)",
+                );
+            }
         }
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:") || url.starts_with("postgres"))

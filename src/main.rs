@@ -94,6 +94,9 @@ struct ServerArgs {
     /// Better given in the environment than on the command line.
     #[arg(long, env = "PAT_MQTT_PASSWORD", hide_env_values = true)]
     mqtt_password: Option<String>,
+    /// PEM CA file for an mqtts:// broker.
+    #[arg(long, env = "PAT_MQTT_CA_FILE")]
+    mqtt_ca_file: Option<PathBuf>,
     /// Servers with the same group split device traffic ($share/<group>/…).
     #[arg(long, env = "PAT_MQTT_SHARE_GROUP")]
     mqtt_share_group: Option<String>,
@@ -138,6 +141,9 @@ impl ServerArgs {
         }
         if let Some(v) = &self.mqtt_password {
             s.mqtt_password = Some(pingantong::config::Secret::new(v.clone()));
+        }
+        if let Some(v) = &self.mqtt_ca_file {
+            s.mqtt_ca_file = Some(v.clone());
         }
         if let Some(v) = &self.mqtt_share_group {
             s.mqtt_share_group = Some(v.clone());

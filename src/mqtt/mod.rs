@@ -5,25 +5,37 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, Publish, QoS};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, Publish, QoS,
+    TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::events;
 
-/// Where the broker is: `mqtt://host:port`.
+/// Where the broker is: `mqtt://host:port`, or `mqtts://host:port` for TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttEndpoint {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl MqttEndpoint {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
+        let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (r, true)
+        } else if let Some(r) = url
             .strip_prefix("mqtt://")
             .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| format!("MQTT URL {url:?} must start with mqtt://"))?;
+        {
+            (r, false)
+        } else {
+            return Err(format!(
+                "MQTT URL {url:?} must start with mqtt:// or mqtts://"
+            ));
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => (
@@ -31,7 +43,7 @@ impl MqttEndpoint {
                 p.parse()
                     .map_err(|_| format!("MQTT URL {url:?} has a bad port"))?,
             ),
-            None => (rest, 1883),
+            None => (rest, if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() {
             return Err(format!("MQTT URL {url:?} has no host"));
@@ -39,11 +51,13 @@ impl MqttEndpoint {
         Ok(Self {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://{}:{}", self.host, self.port)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://{}:{}", self.host, self.port)
     }
 }
 
@@ -70,6 +84,9 @@ pub struct LinkConfig {
     pub credentials: Option<(String, String)>,
     /// Further topic filters (adapters); what arrives on them goes to `adapter_events`.
     pub extra_filters: Vec<String>,
+    /// PEM certificates of the authorities that sign the broker's certificate
+    /// (needed with `mqtts://`).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// The server's connection to the broker and what arrives on it.
@@ -157,6 +174,15 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
     ));
     if let Some((user, pass)) = &cfg.credentials {
         opts.set_credentials(user, pass);
+    }
+    if cfg.endpoint.tls {
+        // rustls needs one crypto provider per process; a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca: cfg.ca_pem.clone().unwrap_or_default(),
+            alpn: None,
+            client_auth: None,
+        }));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let mut net = NetworkOptions::new();
@@ -269,9 +295,13 @@ mod tests {
             MqttEndpoint::parse("mqtt://127.0.0.1:1883").unwrap(),
             MqttEndpoint {
                 host: "127.0.0.1".into(),
-                port: 1883
+                port: 1883,
+                tls: false,
             }
         );
+        let tls = MqttEndpoint::parse("mqtts://broker.example").unwrap();
+        assert_eq!((tls.port, tls.tls), (8883, true));
+        assert_eq!(tls.url(), "mqtts://broker.example:8883");
         assert_eq!(MqttEndpoint::parse("mqtt://broker").unwrap().port, 1883);
         assert!(MqttEndpoint::parse("http://x").is_err());
         assert!(MqttEndpoint::parse("mqtt://x:notaport").is_err());

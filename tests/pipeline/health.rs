@@ -100,3 +100,48 @@ async fn a_broker_that_wants_a_password_gets_it() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_tls_broker_with_the_right_authority() {
+    let (broker, ca) = OwnMosquitto::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
+    s.mqtt_url = Some(format!("mqtts://127.0.0.1:{}", broker.port));
+    s.mqtt_ca_file = Some(ca);
+    let app = TestApp::spawn_unwaited(s.clone(), None).await;
+    eventually("connected over TLS", || async {
+        (http_get(app.addrs.http, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    app.stop().await;
+
+    // An authority that did not sign the broker's certificate is not trusted.
+    let stranger = tempfile::tempdir().unwrap();
+    let other_ca = stranger.path().join("other.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
+        .arg("-keyout")
+        .arg(stranger.path().join("other.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    s.mqtt_ca_file = Some(other_ca);
+    let refused = TestApp::spawn_unwaited(s, Some(dir)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(http_get(refused.addrs.http, "/readyz").await.0, 503);
+    refused.stop().await;
+}

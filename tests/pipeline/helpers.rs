@@ -471,13 +471,86 @@ impl OwnMosquitto {
         Self::start_with(port, Some((user, password)))
     }
 
+    /// A broker that speaks only TLS, with a certificate for 127.0.0.1 signed by
+    /// a throw-away CA. Returns the broker and the CA's PEM file.
+    pub fn start_tls() -> (Self, std::path::PathBuf) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let certs = tempfile::tempdir().unwrap().keep();
+        let run = |args: &[&str]| {
+            let ok = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&certs)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl is installed");
+            assert!(ok.success(), "openssl {args:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Ping An Tong test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            certs.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let tls = format!(
+            "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nallow_anonymous true\n",
+            certs.display()
+        );
+        (Self::start_with_config(port, tls), certs.join("ca.pem"))
+    }
+
     fn start_with(port: u16, login: Option<(&str, &str)>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("mosquitto.conf");
         let access = match login {
             None => "allow_anonymous true\n".to_owned(),
             Some((user, password)) => {
-                let file = dir.path().join("passwords");
+                let file = tempfile::tempdir().unwrap().keep().join("passwords");
                 let ok = std::process::Command::new("mosquitto_passwd")
                     .args(["-b", "-c"])
                     .arg(&file)
@@ -488,11 +561,20 @@ impl OwnMosquitto {
                 format!("allow_anonymous false\npassword_file {}\n", file.display())
             }
         };
+        Self::start_with_config(port, access)
+    }
+
+    fn start_with_config(port: u16, access: String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\n{access}set_tcp_nodelay true\n\
+                // Run as the user that owns the test's files (the keys, the
+                // persistence file): a broker that drops to `mosquitto` cannot read them.
+                "user {}\nlistener {port} 127.0.0.1\n{access}set_tcp_nodelay true\n\
                  persistence true\npersistence_location {}/\nlog_dest none\n",
+                std::env::var("USER").unwrap_or_else(|_| "root".into()),
                 dir.path().display()
             ),
         )
