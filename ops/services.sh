@@ -36,3 +36,11 @@ if ! port_open 1883; then
     mosquitto -d -c /etc/mosquitto/mosquitto.conf
 fi
 wait_port 1883 Mosquitto
+
+# Tools the broker tests use to make their own brokers (password file, TLS certificates).
+for tool in mosquitto_passwd openssl; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "installing $tool"
+        apt-get update -qq && apt-get install -y -qq mosquitto openssl >/dev/null
+    fi
+done
