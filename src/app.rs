@@ -18,7 +18,7 @@ use crate::broker::{self, BrokerError};
 use crate::config::{ConfigError, Settings};
 use crate::directory::Directory;
 use crate::dispatch::{Dispatcher, MqttEndpoint};
-use crate::incident::IncidentStage;
+use crate::incident::{Clock, IncidentStage};
 use crate::ingest::device::{self, CodecFactory};
 use crate::ingest::{self, IngestContext};
 use crate::mqtt::{self, LinkConfig};
@@ -86,6 +86,7 @@ pub struct Application {
     mqtt: MqttEndpoint,
     mqtt_ca_pem: Option<Vec<u8>>,
     embedded_broker: bool,
+    clock: Clock,
 }
 
 impl Application {
@@ -200,6 +201,7 @@ impl Application {
             None => None,
         };
         Ok(Self {
+            clock: Arc::new(crate::store::now_ms),
             mqtt_ca_pem,
             settings,
             db,
@@ -214,6 +216,12 @@ impl Application {
 
     pub fn native_addr(&self) -> SocketAddr {
         self.native_addr
+    }
+
+    /// Run deadlines (claim alerts, offer timeouts) on this clock instead of
+    /// the system's: lets a test move time without waiting for it.
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
     }
 
     /// Every listener's bound address.
@@ -267,7 +275,13 @@ impl Application {
             link.status.clone(),
             s.mqtt_topic_prefix.clone(),
         );
-        let stage = IncidentStage::new(self.db.clone(), Arc::clone(&directory), dispatcher);
+        let stage = IncidentStage::new(
+            self.db.clone(),
+            Arc::clone(&directory),
+            dispatcher,
+            s.escalation(),
+            Arc::clone(&self.clock),
+        );
         let stage_task = stage.spawn(
             committed_rx,
             link.carer_replies,

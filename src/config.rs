@@ -73,6 +73,12 @@ pub struct Settings {
     pub commit_batch_max: usize,
     pub cache_refresh_ms: u64,
     pub recovery_sweep_ms: u64,
+    /// An incident no operator claimed in this time alerts the supervisors.
+    pub claim_alert_secs: u64,
+    /// …and the alert repeats this often while it stays unclaimed.
+    pub claim_reminder_secs: u64,
+    /// An offer no carer accepted in this time goes to the next carer.
+    pub offer_timeout_secs: u64,
 }
 
 impl Default for Settings {
@@ -106,6 +112,9 @@ impl Default for Settings {
             commit_batch_max: 512,
             cache_refresh_ms: 2_000,
             recovery_sweep_ms: 2_000,
+            claim_alert_secs: 60,
+            claim_reminder_secs: 60,
+            offer_timeout_secs: 90,
         }
     }
 }
@@ -159,6 +168,15 @@ impl Settings {
         }
         if self.commit_batch_max == 0 || self.commit_batch_max > 2_000 {
             return invalid("commit_batch_max", "must be between 1 and 2000");
+        }
+        if self.claim_alert_secs == 0
+            || self.claim_reminder_secs == 0
+            || self.offer_timeout_secs == 0
+        {
+            return invalid(
+                "claim_alert_secs/claim_reminder_secs/offer_timeout_secs",
+                "must be at least 1",
+            );
         }
         if self.idle_timeout_secs == 0 || self.frame_timeout_secs == 0 {
             return invalid("idle_timeout_secs/frame_timeout_secs", "must be at least 1");
@@ -214,6 +232,14 @@ impl Settings {
         self.database_url.clone().unwrap_or_else(|| {
             format!("sqlite://{}", self.data_dir.join("pingantong.db").display())
         })
+    }
+
+    pub fn escalation(&self) -> crate::incident::Escalation {
+        crate::incident::Escalation {
+            claim_after_ms: self.claim_alert_secs as i64 * 1000,
+            offer_after_ms: self.offer_timeout_secs as i64 * 1000,
+            remind_every_ms: self.claim_reminder_secs as i64 * 1000,
+        }
     }
 
     pub fn limits(&self) -> ConnectionLimits {

@@ -51,6 +51,31 @@ impl Dispatcher {
         let _ = self.client.ack(publish).await;
     }
 
+    /// Alert the supervisors (`<prefix>/v1/supervisors/alerts`).
+    pub async fn alert_supervisors(
+        &self,
+        incident: i64,
+        kind: &str,
+        why: &str,
+    ) -> Result<(), DispatchError> {
+        let body = serde_json::json!({
+            "v": 1,
+            "incident_id": incident,
+            "kind": kind,
+            "detail": why,
+            "at": crate::store::now_ms(),
+        });
+        self.client
+            .publish(
+                format!("{}/v1/supervisors/alerts", self.prefix),
+                QoS::AtLeastOnce,
+                false,
+                body.to_string(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Send the offer of one stored dispatch. Only a publish handed to a
     /// connected client counts as sent; otherwise the offer stays unpublished
     /// and the recovery sweep sends it when the broker is back.

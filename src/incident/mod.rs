@@ -20,7 +20,9 @@ use crate::directory::Directory;
 use crate::dispatch::Dispatcher;
 use crate::routing;
 use crate::store::writer::CommittedAlarm;
-use crate::store::{AuthStatus, ClientProfile, Db, IncidentOutcome, StoreError};
+use crate::store::{
+    AuthStatus, ClaimCheck, ClientProfile, Db, IncidentOutcome, OfferCheck, StoreError,
+};
 use crate::telemetry::events;
 
 /// The part of an alarm this stage needs.
@@ -43,19 +45,58 @@ impl From<CommittedAlarm> for Owed {
     }
 }
 
+/// Milliseconds since the Unix epoch, from whichever clock the stage runs on
+/// (the system's; a test's own to move deadlines without waiting for them).
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// How long people get before the stage escalates.
+#[derive(Debug, Clone, Copy)]
+pub struct Escalation {
+    /// An incident not claimed by an operator in this time alerts the supervisors.
+    pub claim_after_ms: i64,
+    /// An offer not accepted in this time goes to the next carer.
+    pub offer_after_ms: i64,
+    /// While still unclaimed, the alert repeats this often.
+    pub remind_every_ms: i64,
+}
+
+impl Default for Escalation {
+    fn default() -> Self {
+        Self {
+            claim_after_ms: 60_000,
+            offer_after_ms: 90_000,
+            remind_every_ms: 60_000,
+        }
+    }
+}
+
 pub struct IncidentStage {
     db: Db,
     directory: Arc<Directory>,
     dispatcher: Dispatcher,
+    escalation: Escalation,
+    clock: Clock,
 }
 
 impl IncidentStage {
-    pub fn new(db: Db, directory: Arc<Directory>, dispatcher: Dispatcher) -> Self {
+    pub fn new(
+        db: Db,
+        directory: Arc<Directory>,
+        dispatcher: Dispatcher,
+        escalation: Escalation,
+        clock: Clock,
+    ) -> Self {
         Self {
             db,
             directory,
             dispatcher,
+            escalation,
+            clock,
         }
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
     }
 
     /// Run until `shutdown`, then finish what is already queued.
@@ -117,6 +158,53 @@ impl IncidentStage {
                 break;
             }
         }
+        self.fire_due_timers().await
+    }
+
+    /// Deadlines that passed: unclaimed incidents alert the supervisors (and
+    /// keep doing so), unanswered offers go to the next carer.
+    async fn fire_due_timers(&self) -> Result<(), StoreError> {
+        for t in self.db.due_timers(self.now(), 256).await? {
+            match t.kind.as_str() {
+                "claim" => {
+                    let remind_at = self.now() + self.escalation.remind_every_ms;
+                    if let ClaimCheck::Overdue { round } =
+                        self.db.fire_claim_timer(&t, remind_at).await?
+                    {
+                        let waited_s =
+                            (self.now() - t.due_at + self.escalation.claim_after_ms) / 1000;
+                        let why = format!("not claimed after {waited_s} s (alert {round})");
+                        self.alert(t.incident_id, "unclaimed", &why).await?;
+                    }
+                }
+                "offer" => {
+                    if self.db.fire_offer_timer(&t).await? == OfferCheck::Expired {
+                        self.offer_next(t.incident_id, "after an offer expired")
+                            .await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Tell the supervisors (MQTT) and write it on the incident's timeline.
+    async fn alert(&self, incident: i64, kind: &str, why: &str) -> Result<(), StoreError> {
+        events::SupervisorAlert {
+            incident,
+            kind,
+            why,
+        }
+        .emit();
+        self.db.note_supervisor_alert(incident, why).await?;
+        if let Err(e) = self.dispatcher.alert_supervisors(incident, kind, why).await {
+            events::StageFailed {
+                stage: "supervisor_alert",
+                error: &e,
+            }
+            .emit();
+        }
         Ok(())
     }
 
@@ -159,6 +247,7 @@ impl IncidentStage {
                 &owed.device_id,
                 &kind,
                 verified,
+                self.now() + self.escalation.claim_after_ms,
             )
             .await?;
         match outcome {
@@ -189,7 +278,8 @@ impl IncidentStage {
             .await?;
         let home = client.lat.zip(client.lon);
         let choice = routing::choose(home, &candidates);
-        match self.db.record_route(incident, choice.as_ref()).await? {
+        let due = self.now() + self.escalation.offer_after_ms;
+        match self.db.record_route(incident, choice.as_ref(), due).await? {
             Some(dispatch) => {
                 if let Err(e) = self.dispatcher.publish(dispatch).await {
                     events::StageFailed {

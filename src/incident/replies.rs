@@ -115,7 +115,7 @@ impl IncidentStage {
             CarerAnswer::Completed => Action::Resolve,
             CarerAnswer::Decline => {
                 if fresh {
-                    self.offer_next(incident).await?;
+                    self.offer_next(incident, "after a decline").await?;
                 }
                 return Ok(());
             }
@@ -138,15 +138,16 @@ impl IncidentStage {
         }
     }
 
-    /// After a decline: the next nearest available carer who has not declined.
-    async fn offer_next(&self, incident: i64) -> Result<(), StoreError> {
+    /// After a decline or a timeout: the next nearest available carer who has
+    /// not been asked yet; the supervisors hear of it when there is nobody left.
+    pub(super) async fn offer_next(&self, incident: i64, why: &str) -> Result<(), StoreError> {
         let Some(client_id) = self.db.incident_client(incident).await? else {
             return Ok(());
         };
         let Some(client) = self.directory.client(client_id).await? else {
             return Ok(());
         };
-        let declined = self.db.declined_carers(incident).await?;
+        let declined = self.db.carers_passed_over(incident).await?;
         let mut candidates = self
             .db
             .carer_candidates(&client.district, &client.street)
@@ -159,7 +160,8 @@ impl IncidentStage {
         }
         match routing::choose(client.lat.zip(client.lon), &candidates) {
             Some(choice) => {
-                let dispatch = self.db.add_offer(incident, &choice).await?;
+                let due = self.now() + self.escalation.offer_after_ms;
+                let dispatch = self.db.add_offer(incident, &choice, due, why).await?;
                 if let Err(e) = self.dispatcher.publish(dispatch).await {
                     events::StageFailed {
                         stage: "dispatch_publish",
@@ -168,7 +170,11 @@ impl IncidentStage {
                     .emit();
                 }
             }
-            None => events::NoCarerAvailable { incident }.emit(),
+            None => {
+                events::NoCarerAvailable { incident }.emit();
+                let why = format!("no carer left to ask ({why})");
+                self.alert(incident, "no_carer", &why).await?;
+            }
         }
         Ok(())
     }

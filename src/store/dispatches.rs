@@ -1,6 +1,8 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
-use super::{Db, NewDispatch, StoreError, insert_dispatch, now_ms, on_pool, on_write_pool};
+use super::{
+    Db, NewDispatch, StoreError, insert_dispatch, insert_timer, now_ms, on_pool, on_write_pool,
+};
 
 /// A carer's answer to an offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,10 +149,11 @@ impl Db {
         })
     }
 
-    /// Carers who declined this incident already (not to be asked again).
-    pub async fn declined_carers(&self, incident_id: i64) -> Result<Vec<i64>, StoreError> {
+    /// Carers who declined this incident or let its offer expire (not to be asked again).
+    pub async fn carers_passed_over(&self, incident_id: i64) -> Result<Vec<i64>, StoreError> {
         let rows: Vec<(i64,)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT carer_id FROM dispatches WHERE incident_id = $1 AND state = 'declined'"
+            "SELECT carer_id FROM dispatches WHERE incident_id = $1 \
+             AND state IN ('declined', 'expired')"
         )
         .bind(incident_id)
         .fetch_all(p)
@@ -158,12 +161,19 @@ impl Db {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// A further offer on an incident already routed (after a decline).
-    pub async fn add_offer(&self, incident_id: i64, d: &NewDispatch) -> Result<i64, StoreError> {
+    /// A further offer on an incident already routed (after a decline or a timeout).
+    pub async fn add_offer(
+        &self,
+        incident_id: i64,
+        d: &NewDispatch,
+        offer_due_at: i64,
+        why: &str,
+    ) -> Result<i64, StoreError> {
         let now = now_ms();
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
             let id = insert_dispatch!(tx, incident_id, d, now);
+            insert_timer!(tx, incident_id, Some(id), "offer", 0i64, offer_due_at);
             sqlx::query(
                 "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
                  VALUES ($1, $2, 'system', 'carer_offered', $3)",
@@ -171,7 +181,7 @@ impl Db {
             .bind(incident_id)
             .bind(now)
             .bind(format!(
-                "dispatch {id}: carer {} of provider {}{} (after a decline)",
+                "dispatch {id}: carer {} of provider {}{} ({why})",
                 d.carer_id,
                 d.provider_id,
                 if d.fallback {

@@ -19,7 +19,8 @@ macro_rules! insert_event {
 }
 
 use super::{
-    ClientProfile, Db, StoreError, claim_alarm, insert_dispatch, now_ms, on_pool, on_write_pool,
+    ClientProfile, Db, StoreError, claim_alarm, insert_dispatch, insert_timer, now_ms, on_pool,
+    on_write_pool,
 };
 
 /// States in which an incident still needs someone; the partial unique index
@@ -100,6 +101,7 @@ impl Db {
         device_id: &str,
         kind: &str,
         verified: bool,
+        claim_due_at: i64,
     ) -> Result<IncidentOutcome, StoreError> {
         let now = now_ms();
         on_write_pool!(self, |p| {
@@ -143,6 +145,8 @@ impl Db {
                     .bind(routed_at)
                     .fetch_one(&mut *tx)
                     .await?;
+                    // Every incident, verified or not, must be taken by an operator in time.
+                    insert_timer!(tx, id, None::<i64>, "claim", 0i64, claim_due_at);
                     IncidentOutcome::Opened(id)
                 }
             };
@@ -242,6 +246,7 @@ impl Db {
         &self,
         incident_id: i64,
         choice: Option<&NewDispatch>,
+        offer_due_at: i64,
     ) -> Result<Option<i64>, StoreError> {
         let now = now_ms();
         on_write_pool!(self, |p| {
@@ -261,6 +266,7 @@ impl Db {
             let dispatch_id = match choice {
                 Some(d) => {
                     let id = insert_dispatch!(tx, incident_id, d, now);
+                    insert_timer!(tx, incident_id, Some(id), "offer", 0i64, offer_due_at);
                     let detail = format!(
                         "dispatch {id}: carer {} of provider {}{}, {} away",
                         d.carer_id,

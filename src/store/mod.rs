@@ -8,6 +8,7 @@ mod alarms;
 mod dispatches;
 mod incidents;
 mod registry;
+mod timers;
 mod transitions;
 pub mod writer;
 
@@ -26,6 +27,7 @@ pub use registry::{
     CarerRow, ClientProfile, ContactRow, DeviceRow, NewCarer, NewClient, NewContact, NewDevice,
     NewProvider,
 };
+pub use timers::{ClaimCheck, OfferCheck, TimerRow};
 pub use transitions::{Transition, TransitionError};
 
 /// Run `$body` with `$p` bound to the pool for reads of whichever backend
@@ -90,6 +92,24 @@ macro_rules! insert_dispatch {
     }};
 }
 pub(crate) use insert_dispatch;
+
+/// Inside a transaction `$tx`: arm a deadline that survives restarts.
+macro_rules! insert_timer {
+    ($tx:expr, $incident:expr, $dispatch:expr, $kind:expr, $round:expr, $due:expr) => {
+        sqlx::query(
+            "INSERT INTO timers (incident_id, dispatch_id, kind, round, due_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($incident)
+        .bind($dispatch)
+        .bind($kind)
+        .bind($round)
+        .bind($due)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+pub(crate) use insert_timer;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -241,3 +241,21 @@ impl ReplyRefused<'_> {
         warn!(error = %self.error, "carer reply refused");
     }
 }
+
+pub struct SupervisorAlert<'a> {
+    pub incident: i64,
+    pub kind: &'a str,
+    pub why: &'a str,
+}
+
+impl SupervisorAlert<'_> {
+    pub fn emit(self) {
+        counter!("pat_supervisor_alerts_total").increment(1);
+        warn!(
+            incident = self.incident,
+            kind = self.kind,
+            why = self.why,
+            "supervisors alerted"
+        );
+    }
+}

@@ -90,10 +90,31 @@ impl TestApp {
         Self::start(settings, dir, false).await
     }
 
+    /// Start with deadlines on `clock` (see [`ManualClock`]).
+    pub async fn spawn_with_clock(
+        settings: Settings,
+        dir: Option<tempfile::TempDir>,
+        clock: &ManualClock,
+    ) -> Self {
+        Self::start_clocked(settings, dir, true, Some(clock.as_clock())).await
+    }
+
     async fn start(settings: Settings, dir: Option<tempfile::TempDir>, wait: bool) -> Self {
-        let app = Application::build(settings.clone())
+        Self::start_clocked(settings, dir, wait, None).await
+    }
+
+    async fn start_clocked(
+        settings: Settings,
+        dir: Option<tempfile::TempDir>,
+        wait: bool,
+        clock: Option<pingantong::incident::Clock>,
+    ) -> Self {
+        let mut app = Application::build(settings.clone())
             .await
             .expect("server builds");
+        if let Some(c) = clock {
+            app.set_clock(c);
+        }
         let native = app.native_addr();
         let addrs = app.addrs();
         let db = app.db().clone();
@@ -626,5 +647,28 @@ impl Drop for OwnMosquitto {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A clock the test moves by hand: deadlines fire when the test says so, not
+/// after real minutes.
+#[derive(Clone)]
+pub struct ManualClock(Arc<std::sync::atomic::AtomicI64>);
+
+impl ManualClock {
+    pub fn starting_now() -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicI64::new(
+            pingantong::store::now_ms(),
+        )))
+    }
+
+    pub fn advance(&self, d: Duration) {
+        self.0
+            .fetch_add(d.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn as_clock(&self) -> pingantong::incident::Clock {
+        let t = Arc::clone(&self.0);
+        Arc::new(move || t.load(std::sync::atomic::Ordering::SeqCst))
     }
 }

@@ -3,6 +3,7 @@
 
 mod crash;
 mod devices;
+mod escalation;
 mod health;
 mod helpers;
 mod incidents;

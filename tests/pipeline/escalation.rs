@@ -1,0 +1,173 @@
+//! Deadlines: unclaimed incidents alert supervisors until claimed; unanswered
+//! offers walk to the next carer, the next provider, then the supervisors.
+//! Time is moved by hand ([`ManualClock`]); the deadlines live in the database.
+
+use std::time::Duration;
+
+use pingantong::domain::Action;
+use pingantong::store::Transition;
+use pingantong_protocol::EventKind;
+
+use crate::helpers::*;
+
+const SWEEPS: Duration = Duration::from_millis(700);
+
+async fn sos(app: &TestApp, city: &City, seq: u32) -> i64 {
+    let mut dev = Device::connect(app.native).await;
+    dev.send(&event(&city.device, seq, EventKind::Sos), &city.secret)
+        .await;
+    eventually("the incident", || async {
+        app.db
+            .incidents_overview()
+            .await
+            .unwrap()
+            .last()
+            .map(|i| i.0)
+    })
+    .await
+}
+
+fn alerts(probe: &MqttProbe, prefix: &str, kind: &str) -> usize {
+    probe
+        .on(&format!("{prefix}/v1/supervisors/alerts"))
+        .iter()
+        .filter(|a| a["kind"] == kind)
+        .count()
+}
+
+#[tokio::test]
+async fn an_unclaimed_incident_alerts_supervisors_until_someone_claims_it() {
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
+    let prefix = s.mqtt_topic_prefix.clone();
+    let app = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
+    let city = seed_small_city(&app.db).await;
+    let (host, port) = broker_of(&app);
+    let probe = MqttProbe::connect(&host, port, &[format!("{prefix}/v1/supervisors/alerts")]).await;
+    let incident = sos(&app, &city, 1).await;
+
+    clock.advance(Duration::from_secs(59));
+    tokio::time::sleep(SWEEPS).await;
+    assert_eq!(alerts(&probe, &prefix, "unclaimed"), 0, "not before 60 s");
+
+    clock.advance(Duration::from_secs(2));
+    eventually("the first alert", || async {
+        (alerts(&probe, &prefix, "unclaimed") == 1).then_some(())
+    })
+    .await;
+    clock.advance(Duration::from_secs(61));
+    eventually("the reminder", || async {
+        (alerts(&probe, &prefix, "unclaimed") == 2).then_some(())
+    })
+    .await;
+
+    app.db
+        .transition(&Transition {
+            incident_id: incident,
+            action: Action::Claim,
+            actor: "operator:wang",
+            detail: "",
+            outcome: None,
+            merged_into: None,
+        })
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(120));
+    tokio::time::sleep(SWEEPS).await;
+    assert_eq!(
+        alerts(&probe, &prefix, "unclaimed"),
+        2,
+        "claimed: no more reminders"
+    );
+    let actions = app.db.incident_actions(incident).await.unwrap();
+    assert_eq!(actions.iter().filter(|a| *a == "claim_overdue").count(), 2);
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == "supervisor_alerted")
+            .count(),
+        2
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unanswered_offers_walk_to_the_next_carer_then_the_supervisors() {
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
+    let prefix = s.mqtt_topic_prefix.clone();
+    let app = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
+    let city = seed_small_city(&app.db).await;
+    let (host, port) = broker_of(&app);
+    let probe = MqttProbe::connect(&host, port, &[format!("{prefix}/v1/supervisors/alerts")]).await;
+    let incident = sos(&app, &city, 1).await;
+    let offered = || async {
+        app.db
+            .dispatch_states(incident)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.1, d.2))
+            .collect::<Vec<_>>()
+    };
+    eventually("the first offer", || async {
+        (offered().await.len() == 1).then_some(())
+    })
+    .await;
+    // Nobody answers, three times over.
+    for n in 2..=3 {
+        clock.advance(Duration::from_secs(91));
+        eventually("the next offer", || async {
+            (offered().await.len() == n).then_some(())
+        })
+        .await;
+    }
+    clock.advance(Duration::from_secs(91));
+    eventually("the supervisors told nobody is left", || async {
+        (alerts(&probe, &prefix, "no_carer") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        offered().await,
+        [
+            (city.near_carer, "expired".to_string()),
+            (city.far_carer, "expired".to_string()),
+            (city.other_provider_carer, "expired".to_string()),
+        ],
+        "the contracted provider's carers nearest first, then the fallback provider"
+    );
+    let d = app.db.dispatches_overview().await.unwrap();
+    assert_eq!(
+        d.iter().map(|x| x.3).collect::<Vec<_>>(),
+        [false, false, true],
+        "fallback recorded"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn deadlines_survive_a_restart() {
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let s = test_settings(Backend::Postgres, Broker::Embedded, dir.path());
+    let app = TestApp::spawn_with_clock(s.clone(), None, &clock).await;
+    let city = seed_small_city(&app.db).await;
+    let incident = sos(&app, &city, 1).await;
+    app.stop().await;
+
+    // Down for two minutes; the deadline passed while nobody was running.
+    clock.advance(Duration::from_secs(120));
+    let back = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
+    eventually("the overdue claim noticed after the restart", || async {
+        let a = back.db.incident_actions(incident).await.unwrap();
+        a.iter().any(|x| x == "claim_overdue").then_some(())
+    })
+    .await;
+    eventually("the expired offer passed on", || async {
+        (back.db.dispatch_states(incident).await.unwrap().len() == 2).then_some(())
+    })
+    .await;
+    back.stop().await;
+}
