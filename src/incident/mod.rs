@@ -21,7 +21,7 @@ use crate::dispatch::Dispatcher;
 use crate::routing;
 use crate::store::writer::CommittedAlarm;
 use crate::store::{
-    AuthStatus, ClaimCheck, ClientProfile, Db, IncidentOutcome, OfferCheck, StoreError,
+    AuthStatus, ClaimCheck, ClientProfile, Db, IncidentOutcome, NewIncident, OfferCheck, StoreError,
 };
 use crate::telemetry::events;
 
@@ -171,17 +171,13 @@ impl IncidentStage {
                     if let ClaimCheck::Overdue { round } =
                         self.db.fire_claim_timer(&t, remind_at).await?
                     {
-                        let waited_s =
-                            (self.now() - t.due_at + self.escalation.claim_after_ms) / 1000;
-                        let why = format!("not claimed after {waited_s} s (alert {round})");
+                        let why = format!("not claimed by an operator in time (alert {round})");
                         self.alert(t.incident_id, "unclaimed", &why).await?;
                     }
                 }
-                "offer" => {
-                    if self.db.fire_offer_timer(&t).await? == OfferCheck::Expired {
-                        self.offer_next(t.incident_id, "after an offer expired")
-                            .await?;
-                    }
+                "offer" if self.db.fire_offer_timer(&t).await? == OfferCheck::Expired => {
+                    self.offer_next(t.incident_id, "after an offer expired")
+                        .await?;
                 }
                 _ => {}
             }
@@ -240,15 +236,15 @@ impl IncidentStage {
         let kind = owed.kind.name();
         let outcome = self
             .db
-            .open_or_fold_incident(
-                owed.id,
-                &fold_key,
+            .open_or_fold_incident(&NewIncident {
+                alarm_id: owed.id,
+                fold_key: &fold_key,
                 client_id,
-                &owed.device_id,
-                &kind,
+                device_id: &owed.device_id,
+                kind: &kind,
                 verified,
-                self.now() + self.escalation.claim_after_ms,
-            )
+                claim_due_at: self.now() + self.escalation.claim_after_ms,
+            })
             .await?;
         match outcome {
             IncidentOutcome::Opened(incident) => {

@@ -43,6 +43,20 @@ pub enum IncidentOutcome {
     AlreadyProcessed,
 }
 
+/// An alarm that opens an incident or folds into one.
+#[derive(Debug, Clone, Copy)]
+pub struct NewIncident<'a> {
+    pub alarm_id: i64,
+    /// One open incident per key: `client:<id>`, `device:<id>`, `unverified:<id>`.
+    pub fold_key: &'a str,
+    pub client_id: Option<i64>,
+    pub device_id: &'a str,
+    pub kind: &'a str,
+    pub verified: bool,
+    /// When an operator must have claimed it.
+    pub claim_due_at: i64,
+}
+
 /// Where a client lives, for choosing a carer.
 #[derive(Debug, Clone)]
 pub struct RouteContext {
@@ -95,14 +109,17 @@ impl Db {
     /// Idempotent: an alarm already handled is reported and nothing changes.
     pub async fn open_or_fold_incident(
         &self,
-        alarm_id: i64,
-        fold_key: &str,
-        client_id: Option<i64>,
-        device_id: &str,
-        kind: &str,
-        verified: bool,
-        claim_due_at: i64,
+        n: &NewIncident<'_>,
     ) -> Result<IncidentOutcome, StoreError> {
+        let NewIncident {
+            alarm_id,
+            fold_key,
+            client_id,
+            device_id,
+            kind,
+            verified,
+            claim_due_at,
+        } = *n;
         let now = now_ms();
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;

@@ -22,7 +22,9 @@ use sqlx::sqlite::{
 
 pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
 pub use dispatches::{CarerAnswer, ReplyError};
-pub use incidents::{CarerCandidate, DispatchOffer, IncidentOutcome, NewDispatch, RouteContext};
+pub use incidents::{
+    CarerCandidate, DispatchOffer, IncidentOutcome, NewDispatch, NewIncident, RouteContext,
+};
 pub use registry::{
     CarerRow, ClientProfile, ContactRow, DeviceRow, NewCarer, NewClient, NewContact, NewDevice,
     NewProvider,
