@@ -32,6 +32,9 @@ pub struct FleetConfig {
     pub heartbeat: Duration,
     /// Presses per second across the whole fleet (Poisson).
     pub alarm_rate: f64,
+    /// Technical events (low battery) per second across the fleet: a flood to
+    /// time the presses through. Counted with the heartbeats.
+    pub technical_rate: f64,
     /// How long pendants keep pressing and beating.
     pub duration: Duration,
     /// A frame unanswered this long is sent again (same bytes: a retry).
@@ -202,6 +205,7 @@ async fn pendant(
     let me = &cfg.pendants[index];
     let speaker = Arc::clone(&cfg.speaker);
     let rate = cfg.alarm_rate / cfg.pendants.len().max(1) as f64;
+    let technical_rate = cfg.technical_rate / cfg.pendants.len().max(1) as f64;
     let mut stop_sending = start + cfg.duration;
     let mut give_up = stop_sending + cfg.grace;
     let mut result = PendantResult {
@@ -216,6 +220,7 @@ async fn pendant(
     let jitter = rand::rng().random_range(0.0..1.0);
     let mut next_heartbeat = start + cfg.heartbeat.mul_f64(jitter);
     let mut next_alarm = start + next_press(rate);
+    let mut next_technical = start + next_press(technical_rate);
     let mut backoff = Duration::from_millis(50);
     let mut first_connect = true;
 
@@ -278,7 +283,7 @@ async fn pendant(
             }
             let sending = now < stop_sending;
             let wake = if sending {
-                next_heartbeat.min(next_alarm)
+                next_heartbeat.min(next_alarm).min(next_technical)
             } else {
                 give_up
             };
@@ -286,13 +291,17 @@ async fn pendant(
                 _ = stats.stop_now.notified(), if sending => continue,
                 _ = tokio::time::sleep_until(wake) => {
                     if !sending { continue; }
-                    let alarm = Instant::now() >= next_alarm;
-                    let kind = if !alarm {
-                        next_heartbeat += cfg.heartbeat;
-                        EventKind::Heartbeat
-                    } else {
+                    let now = Instant::now();
+                    let alarm = now >= next_alarm;
+                    let kind = if alarm {
                         next_alarm += next_press(rate);
                         if rand::rng().random_range(0..10) == 0 { EventKind::Fall } else { EventKind::Sos }
+                    } else if now >= next_technical {
+                        next_technical += next_press(technical_rate);
+                        EventKind::LowBattery
+                    } else {
+                        next_heartbeat += cfg.heartbeat;
+                        EventKind::Heartbeat
                     };
                     seq = seq.wrapping_add(1);
                     let location = alarm.then_some(Location { lat: 23.13, lon: 113.26, accuracy_m: Some(20) });

@@ -150,6 +150,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             pendants,
             heartbeat: opts.heartbeat,
             alarm_rate: opts.alarm_rate,
+            technical_rate: 0.0,
             duration: opts.duration,
             retry_after: Duration::from_secs(3),
             grace: Duration::from_secs(10),

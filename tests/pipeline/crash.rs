@@ -109,6 +109,7 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
             pendants,
             heartbeat: Duration::from_millis(200),
             alarm_rate: 150.0,
+            technical_rate: 0.0,
             duration: Duration::from_secs(4),
             retry_after: Duration::from_millis(500),
             grace: Duration::from_secs(20),

@@ -400,6 +400,7 @@ async fn simulated_fleets_of_every_protocol_lose_nothing() {
                 pendants,
                 heartbeat: Duration::from_millis(300),
                 alarm_rate: 8.0,
+                technical_rate: 0.0,
                 duration: Duration::from_secs(1),
                 retry_after: Duration::from_secs(2),
                 grace: Duration::from_secs(10),

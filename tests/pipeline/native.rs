@@ -603,3 +603,75 @@ async fn silent_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(app.db.count_rejected_frames().await.unwrap(), 0);
     app.stop().await;
 }
+
+/// Life-safety events have their own queue into every commit: an SOS is
+/// answered through a flood of technical events. The latencies are printed
+/// for the record (benches/RESULTS.md has the measured comparison), never asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sos_is_answered_through_a_flood_of_technical_events() {
+    use pingantong::demo::seed::{CitySpec, seed_city};
+    use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
+    use std::sync::Arc;
+
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_city(
+        &app.db,
+        &CitySpec {
+            clients: 40,
+            carers_per_provider: 1,
+            secret_seed: "flood".into(),
+            protocol: "native".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let pendants: Vec<Pendant> = city
+        .devices
+        .iter()
+        .map(|id| Pendant {
+            id: id.clone(),
+            secret: pingantong_sim::derive_secret("flood", id),
+        })
+        .collect();
+    let report = fleet::run(
+        FleetConfig {
+            addr: app.native,
+            speaker: Arc::new(pingantong_sim::speaker::NativeSpeaker),
+            pendants,
+            heartbeat: Duration::from_secs(5),
+            alarm_rate: 10.0,
+            technical_rate: 2_000.0,
+            duration: Duration::from_secs(3),
+            retry_after: Duration::from_secs(3),
+            grace: Duration::from_secs(15),
+        },
+        Arc::new(FleetStats::default()),
+    )
+    .await;
+    assert!(report.alarms_sent > 5, "presses were made");
+    assert!(
+        report.heartbeats_sent > 3_000,
+        "the flood happened: {}",
+        report.heartbeats_sent
+    );
+    assert_eq!(report.alarms_lost(), 0, "{:?}", report.unanswered);
+    assert_eq!(
+        report.heartbeats_acked, report.heartbeats_sent,
+        "the flood is stored too"
+    );
+    let stored = app
+        .db
+        .count_alarms(Some(EventKind::LowBattery))
+        .await
+        .unwrap();
+    assert!(stored > 3_000, "{stored}");
+    let h = &report.alarm_latency_us;
+    println!(
+        "SOS through {} technical events in 3 s: press->ACK p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        report.heartbeats_sent,
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+    app.stop().await;
+}

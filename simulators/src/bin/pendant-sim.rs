@@ -41,6 +41,10 @@ struct Args {
     alarm_rate: f64,
     #[arg(long, default_value_t = 10.0)]
     duration_secs: f64,
+    /// Technical events (low battery) per second across the fleet, sent as a flood
+    /// while the presses are timed (TCP transport).
+    #[arg(long, default_value_t = 0.0)]
+    technical_rate: f64,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -78,6 +82,7 @@ async fn main() {
         pendants,
         heartbeat: Duration::from_secs_f64(a.heartbeat_secs),
         alarm_rate: a.alarm_rate,
+        technical_rate: a.technical_rate,
         duration: Duration::from_secs_f64(a.duration_secs),
         retry_after: Duration::from_secs(3),
         grace: Duration::from_secs(15),
