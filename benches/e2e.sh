@@ -3,7 +3,10 @@
 # PostgreSQL, PENDANTS pendants from pendant-sim, and this disk's fsync floor
 # measured in the same run. Prints a Markdown table for benches/RESULTS.md.
 #
-#   benches/e2e.sh [PENDANTS] [SECONDS] [ALARMS_PER_SECOND]
+#   benches/e2e.sh [PENDANTS] [SECONDS] [ALARMS_PER_SECOND] [FLOOD_PER_SECOND]
+#
+# The flood run adds FLOOD_PER_SECOND technical events (low battery) to the
+# SQLite run, to time the presses through them.
 #
 # Loopback only; every run is bounded by SECONDS plus a grace period.
 set -euo pipefail
@@ -11,6 +14,7 @@ cd "$(dirname "$0")/.."
 pendants=${1:-1000}
 seconds=${2:-30}
 rate=${3:-50}
+flood=${4:-5000}
 heartbeat=30
 seed="bench-$$"
 
@@ -27,8 +31,9 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-run_backend() { # name, extra server args...
+run_backend() { # name, technical events/s, extra server args...
     local name=$1; shift
+    local flood=$1; shift
     local port; port=$(free_port)
     "$bin/pingantong" seed --clients "$pendants" --secret-seed "$seed" "$@" >/dev/null
     RUST_LOG=warn "$bin/pingantong" serve --native-addr "127.0.0.1:$port" \
@@ -37,27 +42,30 @@ run_backend() { # name, extra server args...
     server_pid=$!
     for _ in $(seq 1 100); do grep -q "serving" "$work/$name.log" && break; sleep 0.1; done
     "$bin/pendant-sim" --addr "127.0.0.1:$port" --pendants "$pendants" --secret-seed "$seed" \
-        --alarm-rate "$rate" --heartbeat-secs "$heartbeat" --duration-secs "$seconds" --json \
+        --alarm-rate "$rate" --heartbeat-secs "$heartbeat" --duration-secs "$seconds" \
+        --technical-rate "$flood" --json \
         2>/dev/null >"$work/$name.json"
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
     cat "$work/$name.json" >&2
 }
 
 fsync=$("$bin/fsync-probe" --dir "$work" --count 2000 --json)
-run_backend sqlite --data-dir "$work/sqlite"
-run_backend postgres --database-url postgres://postgres@127.0.0.1:5432/test --database-schema "bench_$$"
+run_backend sqlite 0 --data-dir "$work/sqlite"
+run_backend sqlite_flood "$flood" --data-dir "$work/sqlite_flood"
+run_backend postgres 0 --database-url postgres://postgres@127.0.0.1:5432/test --database-schema "bench_$$"
 psql -h 127.0.0.1 -U postgres -d test -qc "DROP SCHEMA bench_$$ CASCADE" >/dev/null 2>&1 || true
 fsync_after=$("$bin/fsync-probe" --dir "$work" --count 2000 --json)
 
-python3 - "$work" "$fsync" "$fsync_after" "$pendants" "$seconds" "$rate" "$heartbeat" <<'PY'
+python3 - "$work" "$fsync" "$fsync_after" "$pendants" "$seconds" "$rate" "$heartbeat" "$flood" <<'PY'
 import json, sys
-work, f1, f2, pendants, seconds, rate, hb = sys.argv[1:]
+work, f1, f2, pendants, seconds, rate, hb, flood = sys.argv[1:]
 f1, f2 = json.loads(f1), json.loads(f2)
-print(f"{pendants} pendants, {rate} presses/s, heartbeat {hb} s, {seconds} s per backend\n")
-print("| measured | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | alarms sent / acked / lost | heartbeats acked |")
+print(f"{pendants} pendants, {rate} presses/s, heartbeat {hb} s, {seconds} s per run; "
+      f"sqlite_flood adds {flood} technical events/s\n")
+print("| measured | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | alarms sent / acked / lost | other events acked |")
 print("|---|---|---|---|---|---|---|---|")
 print(f"| fsync floor (512 B + fdatasync), before | {f1['p50_ms']:.3f} | | {f1['p99_ms']:.3f} | | {f1['max_ms']:.3f} | | |")
-for name in ("sqlite", "postgres"):
+for name in ("sqlite", "sqlite_flood", "postgres"):
     r = json.load(open(f"{work}/{name}.json"))
     a = r["ack_ms"]
     print(f"| press → ACK, {name} | {a['p50']:.3f} | {a['p90']:.3f} | {a['p99']:.3f} | {a['p999']:.3f} | {a['max']:.3f} "
