@@ -82,6 +82,9 @@ pub async fn serve_udp(
     }
     let socket = Arc::new(socket);
     let tracker = tokio_util::task::TaskTracker::new();
+    // Datagrams in flight are capped like connections: a flood waits in the
+    // socket buffer (and overflows there) instead of growing tasks without bound.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(ctx.limits.max_connections));
     let mut datagram = vec![0u8; 65_536];
     loop {
         let (n, peer) = tokio::select! {
@@ -93,6 +96,9 @@ pub async fn serve_udp(
                     continue;
                 }
             },
+        };
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
         };
         let mut buf = BytesMut::from(&datagram[..n]);
         let mut codec = codecs();
@@ -122,6 +128,7 @@ pub async fn serve_udp(
             if !out.is_empty() {
                 let _ = socket.send_to(&out, peer).await;
             }
+            drop(permit);
         });
     }
     tracker.close();
