@@ -126,6 +126,12 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
             .to_owned(),
             medical_notes: conditions.join("；"),
             medications: medications.join("；"),
+            allergies: if rng.random_range(0..4) == 0 {
+                "青霉素".into()
+            } else {
+                String::new()
+            },
+            birth_year: Some(rng.random_range(1930..1960)),
             subsidy_category: Some(pick(&mut rng, CATEGORIES).to_owned()),
         };
         let client_id = db.insert_client(&client).await?;

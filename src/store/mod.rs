@@ -6,6 +6,7 @@
 
 mod alarms;
 mod dispatches;
+mod handoffs;
 mod incidents;
 mod registry;
 mod timers;
@@ -22,6 +23,7 @@ use sqlx::sqlite::{
 
 pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
 pub use dispatches::{CarerAnswer, ReplyError};
+pub use handoffs::{Handoff, HandoffError};
 pub use incidents::{
     CarerCandidate, DispatchOffer, IncidentOutcome, NewDispatch, NewIncident, RouteContext,
 };

@@ -13,6 +13,8 @@ pub struct NewClient {
     pub language: String,
     pub medical_notes: String,
     pub medications: String,
+    pub allergies: String,
+    pub birth_year: Option<i64>,
     pub subsidy_category: Option<String>,
 }
 
@@ -85,6 +87,8 @@ pub struct ClientProfile {
     pub language: String,
     pub medical_notes: String,
     pub medications: String,
+    pub allergies: String,
+    pub birth_year: Option<i64>,
     pub subsidy_category: Option<String>,
     #[sqlx(skip)]
     pub contacts: Vec<ContactRow>,
@@ -105,8 +109,8 @@ impl Db {
     pub async fn insert_client(&self, c: &NewClient) -> Result<i64, StoreError> {
         let (id,): (i64,) = on_write_pool!(self, |p| sqlx::query_as(
             "INSERT INTO clients (name, address, district, street, lat, lon, language, \
-             medical_notes, medications, subsidy_category, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id"
+             medical_notes, medications, allergies, birth_year, subsidy_category, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id"
         )
         .bind(&c.name)
         .bind(&c.address)
@@ -117,6 +121,8 @@ impl Db {
         .bind(&c.language)
         .bind(&c.medical_notes)
         .bind(&c.medications)
+        .bind(&c.allergies)
+        .bind(c.birth_year)
         .bind(&c.subsidy_category)
         .bind(now_ms())
         .fetch_one(p)
@@ -269,7 +275,7 @@ impl Db {
     pub async fn client_profile(&self, id: i64) -> Result<Option<ClientProfile>, StoreError> {
         let client: Option<ClientProfile> = on_pool!(self, |p| sqlx::query_as(
             "SELECT id, name, address, district, street, lat, lon, language, medical_notes, \
-             medications, subsidy_category FROM clients WHERE id = $1"
+             medications, allergies, birth_year, subsidy_category FROM clients WHERE id = $1"
         )
         .bind(id)
         .fetch_optional(p)

@@ -184,6 +184,8 @@ pub async fn seed_small_city(db: &Db) -> City {
             language: "yue".into(),
             medical_notes: "高血压；房颤".into(),
             medications: "华法林 3mg".into(),
+            allergies: "青霉素".into(),
+            birth_year: Some(1938),
             subsidy_category: Some("living_alone".into()),
         })
         .await

@@ -142,3 +142,90 @@ async fn incident_lifecycle_sqlite() {
 async fn incident_lifecycle_postgres() {
     lifecycle(Backend::Postgres).await;
 }
+
+async fn emergency_handoff(backend: Backend) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let mut dev = Device::connect(app.native).await;
+    dev.send(&event(&city.device, 1, EventKind::Fall), &city.secret)
+        .await;
+    let id = eventually("the incident", || async {
+        app.db
+            .incidents_overview()
+            .await
+            .unwrap()
+            .first()
+            .map(|i| i.0)
+    })
+    .await;
+    app.db
+        .transition(&step(id, Action::Claim, "operator:wang"))
+        .await
+        .unwrap();
+    let err = app
+        .db
+        .record_handoff(id, "999", "x", "operator:wang")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("999"), "{err}");
+
+    let h = app
+        .db
+        .record_handoff(id, "120", "GZ-120-7731", "operator:wang")
+        .await
+        .unwrap();
+    assert_eq!(
+        app.db.incident_state(id).await.unwrap(),
+        Some(State::Dispatched)
+    );
+    // What the hospital needs, from the resident's file and the alarm.
+    let s = &h.summary;
+    assert_eq!(s["name"], "陈秀英");
+    assert_eq!(s["conditions"], "高血压；房颤");
+    assert_eq!(s["medications"], "华法林 3mg");
+    assert_eq!(s["allergies"], "青霉素");
+    let age = s["age"].as_i64().unwrap();
+    assert!((80..100).contains(&age), "age {age}");
+    assert!(s["last_known_position"]["lat"].as_f64().is_some());
+    assert!(s["contacts"].is_array());
+    assert_eq!(
+        app.db.open_handoffs().await.unwrap().len(),
+        1,
+        "follow-up until an outcome"
+    );
+    app.db
+        .handoff_outcome(h.id, "admitted_to_hospital", "operator:wang")
+        .await
+        .unwrap();
+    assert!(app.db.open_handoffs().await.unwrap().is_empty());
+    let actions = app.db.incident_actions(id).await.unwrap();
+    for a in ["dispatch", "emergency_handoff", "handoff_outcome"] {
+        assert!(actions.iter().any(|x| x == a), "{a} in {actions:?}");
+    }
+    // A closed incident takes no hand-off.
+    app.db
+        .transition(&step(id, Action::Resolve, "operator:wang"))
+        .await
+        .unwrap();
+    app.db
+        .transition(&step(id, Action::Close, "operator:wang"))
+        .await
+        .unwrap();
+    assert!(
+        app.db
+            .record_handoff(id, "110", "", "operator:wang")
+            .await
+            .is_err()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn emergency_handoff_sqlite() {
+    emergency_handoff(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn emergency_handoff_postgres() {
+    emergency_handoff(Backend::Postgres).await;
+}
