@@ -67,19 +67,29 @@ impl From<StoreError> for ReplyProblem {
 
 impl IncidentStage {
     /// Apply one reply; acknowledge it to the broker unless the failure is transient.
+    /// A reply the database could not take is tried again (with backoff) until
+    /// it can: left unacknowledged it would stall the broker's in-flight window.
     pub(super) async fn carer_reply_logged(&self, publish: Publish) {
-        match self.carer_reply(&publish).await {
-            Ok(()) => self.dispatcher.ack(&publish).await,
-            Err(e) if e.is_transient() => events::StageFailed {
-                stage: "carer_reply",
-                error: &e,
-            }
-            .emit(),
-            Err(e) => {
-                events::ReplyRefused { error: &e }.emit();
-                self.dispatcher.ack(&publish).await;
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            match self.carer_reply(&publish).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    events::StageFailed {
+                        stage: "carer_reply",
+                        error: &e,
+                    }
+                    .emit();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => {
+                    events::ReplyRefused { error: &e }.emit();
+                    break;
+                }
             }
         }
+        self.dispatcher.ack(&publish).await;
     }
 
     async fn carer_reply(&self, publish: &Publish) -> Result<(), ReplyProblem> {

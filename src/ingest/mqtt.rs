@@ -101,7 +101,49 @@ struct Owed {
     ack_topic: Option<String>,
     seq: Option<u32>,
     verified: bool,
-    outcome: Result<PendingCommit, &'static str>,
+    fate: Fate,
+}
+
+/// What happens to one message.
+enum Fate {
+    /// Being stored; the record is kept to submit again if the commit fails.
+    Committing(PendingCommit, AlarmRecord),
+    /// Refused for good (kept in rejected_frames): the broker may forget it.
+    Rejected(&'static str),
+    /// Reports nothing (a Shelly status): the broker may forget it.
+    Nothing,
+    /// The server is stopping: leave the message with the broker, which
+    /// delivers it again to this session when the server returns.
+    Leave,
+}
+
+/// Wait until the directory answers: without it the sender cannot be judged,
+/// and the message must neither be lost nor left unacknowledged (that would
+/// stall the broker's in-flight window).
+async fn device_auth(ctx: &IngestContext, id: &str, protocol: &str) -> AuthStatus {
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        match ctx.directory.device(id).await {
+            Ok(Some(row)) if row.protocol == protocol => return AuthStatus::Verified,
+            Ok(_) => return AuthStatus::UnknownDevice,
+            Err(e) => {
+                events::StageFailed {
+                    stage: "mqtt_directory",
+                    error: &e,
+                }
+                .emit();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn submit(ctx: &IngestContext, record: AlarmRecord) -> Fate {
+    match ctx.writer.submit(record.clone()).await {
+        Ok(p) => Fate::Committing(p, record),
+        Err(_) => Fate::Leave,
+    }
 }
 
 /// Consume device events until the link closes.
@@ -113,7 +155,7 @@ pub async fn run(
     instance: String,
 ) {
     let (owed_tx, owed_rx) = mpsc::channel::<Owed>(4096);
-    let answering = tokio::spawn(answer(owed_rx, client));
+    let answering = tokio::spawn(answer(owed_rx, Arc::clone(&ctx), client));
     while let Some(publish) = incoming.recv().await {
         let owed = take(&ctx, &prefix, &instance, publish).await;
         if owed_tx.send(owed).await.is_err() {
@@ -135,7 +177,7 @@ pub async fn run_adapters(
     instance: String,
 ) {
     let (owed_tx, owed_rx) = mpsc::channel::<Owed>(4096);
-    let answering = tokio::spawn(answer(owed_rx, client));
+    let answering = tokio::spawn(answer(owed_rx, Arc::clone(&ctx), client));
     while let Some(publish) = incoming.recv().await {
         let owed = take_adapter(&ctx, &adapters, &instance, publish).await;
         if owed_tx.send(owed).await.is_err() {
@@ -153,19 +195,19 @@ async fn take_adapter(
     publish: Publish,
 ) -> Owed {
     let peer = format!("mqtt:{instance}");
-    let refuse = |reason: &'static str| Owed {
+    let refuse = |fate: Fate| Owed {
         publish: publish.clone(),
         ack_topic: None,
         seq: None,
         verified: false,
-        outcome: Err(reason),
+        fate,
     };
     let Some(row) = adapters.iter().find(|a| a.matches(&publish.topic)) else {
-        return refuse("no_adapter");
+        return refuse(Fate::Rejected("no_adapter"));
     };
     let mapped = match row.map(&publish.topic, &publish.payload) {
         Ok(Some(m)) => m,
-        Ok(None) => return refuse("nothing_to_report"),
+        Ok(None) => return refuse(Fate::Nothing),
         Err(e) => {
             let addr: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
             events::FrameRejected {
@@ -184,14 +226,10 @@ async fn take_adapter(
                     &publish.payload,
                 )
                 .await;
-            return refuse("malformed");
+            return refuse(Fate::Rejected("malformed"));
         }
     };
-    let auth = match ctx.directory.device(&row.device).await {
-        Ok(Some(d)) if d.protocol == row.kind.protocol() => AuthStatus::Verified,
-        Ok(_) => AuthStatus::UnknownDevice,
-        Err(_) => return refuse("unavailable"),
-    };
+    let auth = device_auth(ctx, &row.device, row.kind.protocol()).await;
     let now = now_ms();
     let record = AlarmRecord {
         received_at: now,
@@ -217,7 +255,7 @@ async fn take_adapter(
         ),
     };
     Owed {
-        outcome: ctx.writer.submit(record).await.map_err(|_| "unavailable"),
+        fate: submit(ctx, record).await,
         publish,
         ack_topic: None,
         seq: None,
@@ -264,23 +302,11 @@ async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publis
                 ack_topic,
                 seq,
                 verified: false,
-                outcome: Err(reason),
+                fate: Fate::Rejected(reason),
             };
         }
     };
-    let auth = match ctx.directory.device(device.as_str()).await {
-        Ok(Some(row)) if row.protocol == PROTOCOL => AuthStatus::Verified,
-        Ok(_) => AuthStatus::UnknownDevice,
-        Err(_) => {
-            return Owed {
-                ack_topic: Some(format!("{prefix}/v1/devices/{device}/ack")),
-                seq: Some(event.seq),
-                verified: false,
-                outcome: Err("unavailable"),
-                publish,
-            };
-        }
-    };
+    let auth = device_auth(ctx, device.as_str(), PROTOCOL).await;
     if auth != AuthStatus::Verified {
         events::UnverifiedEvent {
             protocol: PROTOCOL,
@@ -314,30 +340,49 @@ async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publis
         // The same event published again (a retry) has the same payload.
         dedup_key: format!("mqtt:{device}:{}:{digest}", event.seq),
     };
-    let outcome = ctx.writer.submit(record).await.map_err(|_| "unavailable");
     Owed {
         ack_topic: Some(format!("{prefix}/v1/devices/{device}/ack")),
         seq: Some(event.seq),
         verified: auth == AuthStatus::Verified,
-        outcome,
+        fate: submit(ctx, record).await,
         publish,
     }
 }
 
 /// Answer in arrival order: MQTT wants PUBACKs in the order of the PUBLISHes.
-async fn answer(mut owed: mpsc::Receiver<Owed>, client: AsyncClient) {
+/// A failed commit is submitted again (with backoff) until it holds: the
+/// message is neither lost nor left unacknowledged.
+async fn answer(mut owed: mpsc::Receiver<Owed>, ctx: Arc<IngestContext>, client: AsyncClient) {
     while let Some(o) = owed.recv().await {
-        let (status, reason, release) = match o.outcome {
-            Ok(pending) => match pending.wait().await {
-                Ok(CommitOutcome::Stored(_)) => ("stored", None, true),
-                Ok(CommitOutcome::Duplicate) => ("duplicate", None, true),
-                // Not stored: keep the message with the broker, which
-                // delivers it again when the session resumes.
-                Err(_) => ("unavailable", None, false),
-            },
-            Err("unavailable") => ("unavailable", None, false),
-            // Refused for good (kept in rejected_frames): let the broker forget it.
-            Err(reason) => ("rejected", Some(reason), true),
+        let (status, reason) = match o.fate {
+            Fate::Committing(mut pending, record) => {
+                let mut backoff = std::time::Duration::from_millis(100);
+                let outcome = loop {
+                    match pending.wait().await {
+                        Ok(outcome) => break Some(outcome),
+                        Err(_) => {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                            match ctx.writer.submit(record.clone()).await {
+                                Ok(p) => pending = p,
+                                Err(_) => break None,
+                            }
+                        }
+                    }
+                };
+                match outcome {
+                    Some(CommitOutcome::Stored(_)) => ("stored", None),
+                    Some(CommitOutcome::Duplicate) => ("duplicate", None),
+                    // Stopping: the broker keeps the message for our session.
+                    None => continue,
+                }
+            }
+            Fate::Rejected(reason) => ("rejected", Some(reason)),
+            Fate::Nothing => {
+                let _ = client.ack(&o.publish).await;
+                continue;
+            }
+            Fate::Leave => continue,
         };
         if let Some(topic) = o.ack_topic {
             let body = serde_json::json!({
@@ -352,9 +397,7 @@ async fn answer(mut owed: mpsc::Receiver<Owed>, client: AsyncClient) {
                 .publish(topic, QoS::AtLeastOnce, false, body.to_string())
                 .await;
         }
-        if release {
-            let _ = client.ack(&o.publish).await;
-        }
+        let _ = client.ack(&o.publish).await;
     }
 }
 
