@@ -107,7 +107,7 @@ struct Owed {
 /// What happens to one message.
 enum Fate {
     /// Being stored; the record is kept to submit again if the commit fails.
-    Committing(PendingCommit, AlarmRecord),
+    Committing(PendingCommit, Box<AlarmRecord>),
     /// Refused for good (kept in rejected_frames): the broker may forget it.
     Rejected(&'static str),
     /// Reports nothing (a Shelly status): the broker may forget it.
@@ -141,7 +141,7 @@ async fn device_auth(ctx: &IngestContext, id: &str, protocol: &str) -> AuthStatu
 
 async fn submit(ctx: &IngestContext, record: AlarmRecord) -> Fate {
     match ctx.writer.submit(record.clone()).await {
-        Ok(p) => Fate::Committing(p, record),
+        Ok(p) => Fate::Committing(p, Box::new(record)),
         Err(_) => Fate::Leave,
     }
 }
@@ -363,7 +363,7 @@ async fn answer(mut owed: mpsc::Receiver<Owed>, ctx: Arc<IngestContext>, client:
                         Err(_) => {
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                            match ctx.writer.submit(record.clone()).await {
+                            match ctx.writer.submit((*record).clone()).await {
                                 Ok(p) => pending = p,
                                 Err(_) => break None,
                             }
