@@ -234,6 +234,23 @@ impl Settings {
         })
     }
 
+    /// Every listener (devices, HTTP, embedded broker) on a free loopback port:
+    /// for the demo and tests, which must not collide with a running server.
+    pub fn on_free_loopback_ports(self) -> Self {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self {
+            native_addr: any,
+            http_addr: any,
+            gt06_addr: any,
+            watch_addr: any,
+            h02_addr: any,
+            eview_addr: any,
+            dc09_addr: any,
+            embedded_mqtt_addr: any,
+            ..self
+        }
+    }
+
     pub fn escalation(&self) -> crate::incident::Escalation {
         crate::incident::Escalation {
             claim_after_ms: self.claim_alert_secs as i64 * 1000,

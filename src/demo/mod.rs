@@ -71,17 +71,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let broker_port_free = std::net::TcpListener::bind(("127.0.0.1", 11883)).is_ok();
     let settings = Settings {
         data_dir: data_dir.clone(),
-        native_addr: ([127, 0, 0, 1], 0).into(),
-        http_addr: ([127, 0, 0, 1], 0).into(),
-        gt06_addr: ([127, 0, 0, 1], 0).into(),
-        watch_addr: ([127, 0, 0, 1], 0).into(),
-        h02_addr: ([127, 0, 0, 1], 0).into(),
-        eview_addr: ([127, 0, 0, 1], 0).into(),
-        dc09_addr: ([127, 0, 0, 1], 0).into(),
+        // The documented broker port when it is free, so a newcomer can watch it.
         embedded_mqtt_addr: ([127, 0, 0, 1], if broker_port_free { 11883 } else { 0 }).into(),
         recovery_sweep_ms: 1_000,
         cache_refresh_ms: 1_000,
-        ..Settings::default()
+        ..Settings::default().on_free_loopback_ports()
     };
     let app = Application::build(settings.clone()).await?;
     let native: SocketAddr = app.native_addr();

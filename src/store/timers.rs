@@ -29,6 +29,20 @@ pub enum OfferCheck {
     Settled,
 }
 
+/// Inside a transaction `$tx`: mark a timer fired, unless another pass did;
+/// evaluates to `true` when this pass fires it.
+macro_rules! fire_once {
+    ($tx:expr, $id:expr, $now:expr) => {
+        sqlx::query("UPDATE timers SET fired_at = $1 WHERE id = $2 AND fired_at IS NULL")
+            .bind($now)
+            .bind($id)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected()
+            == 1
+    };
+}
+
 impl Db {
     /// Timers due at `now`, oldest first.
     pub async fn due_timers(&self, now: i64, limit: i64) -> Result<Vec<TimerRow>, StoreError> {
@@ -52,15 +66,7 @@ impl Db {
         let now = now_ms();
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            let mine =
-                sqlx::query("UPDATE timers SET fired_at = $1 WHERE id = $2 AND fired_at IS NULL")
-                    .bind(now)
-                    .bind(t.id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
-            if !mine {
+            if !fire_once!(tx, t.id, now) {
                 return Ok(ClaimCheck::Settled);
             }
             let row: Option<(String, Option<String>)> =
@@ -96,15 +102,7 @@ impl Db {
         let now = now_ms();
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            let mine =
-                sqlx::query("UPDATE timers SET fired_at = $1 WHERE id = $2 AND fired_at IS NULL")
-                    .bind(now)
-                    .bind(t.id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
-            if !mine {
+            if !fire_once!(tx, t.id, now) {
                 return Ok(OfferCheck::Settled);
             }
             let expired = sqlx::query(

@@ -43,21 +43,13 @@ pub fn test_settings(backend: Backend, broker: Broker, dir: &std::path::Path) ->
             Backend::Postgres => Some(POSTGRES_URL.into()),
         },
         database_schema: (backend == Backend::Postgres).then(|| tag.clone()),
-        native_addr: ([127, 0, 0, 1], 0).into(),
-        http_addr: ([127, 0, 0, 1], 0).into(),
-        gt06_addr: ([127, 0, 0, 1], 0).into(),
-        watch_addr: ([127, 0, 0, 1], 0).into(),
-        h02_addr: ([127, 0, 0, 1], 0).into(),
-        eview_addr: ([127, 0, 0, 1], 0).into(),
-        dc09_addr: ([127, 0, 0, 1], 0).into(),
         mqtt_url: (broker == Broker::Mosquitto).then(|| MOSQUITTO_URL.into()),
-        embedded_mqtt_addr: ([127, 0, 0, 1], 0).into(),
         // Topics and client ids unique per test: Mosquitto is shared.
         mqtt_topic_prefix: format!("pat-{tag}"),
         instance_id: format!("pat-{tag}"),
         cache_refresh_ms: 100,
         recovery_sweep_ms: 200,
-        ..Settings::default()
+        ..Settings::default().on_free_loopback_ports()
     }
 }
 
