@@ -10,7 +10,8 @@ use crate::store::{CarerCandidate, NewDispatch};
 /// Providers are tried in contract order: a contract for the client's street
 /// before one for the whole district, then by the coverage rank. Within a
 /// provider the nearest carer by great-circle distance wins; without
-/// coordinates for the home, the lowest carer id (a stable choice).
+/// coordinates for the home, the lowest carer id (a stable choice). A provider
+/// at its contracted capacity counts as having nobody available.
 pub fn choose(home: Option<(f64, f64)>, candidates: &[CarerCandidate]) -> Option<NewDispatch> {
     let mut providers: Vec<(bool, i64, i64)> = candidates
         .iter()
@@ -23,6 +24,8 @@ pub fn choose(home: Option<(f64, f64)>, candidates: &[CarerCandidate]) -> Option
         let best = candidates
             .iter()
             .filter(|c| c.provider_id == provider)
+            // A provider running as many jobs as its contract allows is full.
+            .filter(|c| c.capacity <= 0 || c.active_jobs < c.capacity)
             .filter_map(|c| {
                 let id = c.carer_id?;
                 let at = Point::new(c.lon?, c.lat?);
@@ -63,6 +66,8 @@ mod tests {
             lon: id.map(|_| at.1),
             street: street.map(str::to_owned),
             rank,
+            capacity: 0,
+            active_jobs: 0,
         }
     }
 
@@ -99,6 +104,19 @@ mod tests {
         ];
         let d = choose(Some(HOME), &c).unwrap();
         assert_eq!((d.carer_id, d.fallback), (20, true));
+    }
+
+    #[test]
+    fn a_provider_at_capacity_passes_to_the_fallback() {
+        let mut full = carer(1, Some(10), HOME, None, 0);
+        full.capacity = 3;
+        full.active_jobs = 3;
+        let c = [full.clone(), carer(2, Some(20), (23.2, 113.4), None, 1)];
+        let d = choose(Some(HOME), &c).unwrap();
+        assert_eq!((d.carer_id, d.fallback), (20, true));
+        full.active_jobs = 2;
+        let c = [full, carer(2, Some(20), (23.2, 113.4), None, 1)];
+        assert_eq!(choose(Some(HOME), &c).unwrap().carer_id, 10);
     }
 
     #[test]

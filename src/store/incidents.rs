@@ -75,6 +75,9 @@ pub struct CarerCandidate {
     /// The coverage row's street: `Some` is a contract for this very street.
     pub street: Option<String>,
     pub rank: i64,
+    /// Jobs the provider may run at once (0: no limit) and runs now.
+    pub capacity: i64,
+    pub active_jobs: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -246,8 +249,11 @@ impl Db {
         street: &str,
     ) -> Result<Vec<CarerCandidate>, StoreError> {
         Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT pc.provider_id, c.id AS carer_id, c.lat, c.lon, pc.street, pc.rank \
-             FROM provider_coverage pc LEFT JOIN carers c ON c.provider_id = pc.provider_id \
+            "SELECT pc.provider_id, c.id AS carer_id, c.lat, c.lon, pc.street, pc.rank, \
+             p.capacity, (SELECT COUNT(*) FROM dispatches d WHERE d.provider_id = pc.provider_id \
+             AND d.state IN ('accepted', 'arrived')) AS active_jobs \
+             FROM provider_coverage pc JOIN providers p ON p.id = pc.provider_id \
+             LEFT JOIN carers c ON c.provider_id = pc.provider_id \
              AND c.on_duty = TRUE AND c.busy = FALSE \
              WHERE pc.district = $1 AND (pc.street IS NULL OR pc.street = $2)"
         )
