@@ -650,7 +650,7 @@ async fn an_sos_is_answered_through_a_flood_of_technical_events() {
     .await;
     assert!(report.alarms_sent > 5, "presses were made");
     assert!(
-        report.heartbeats_sent > 3_000,
+        report.heartbeats_sent > 1_000,
         "the flood happened: {}",
         report.heartbeats_sent
     );
@@ -664,7 +664,7 @@ async fn an_sos_is_answered_through_a_flood_of_technical_events() {
         .count_alarms(Some(EventKind::LowBattery))
         .await
         .unwrap();
-    assert!(stored > 3_000, "{stored}");
+    assert!(stored > 1_000, "{stored}");
     let h = &report.alarm_latency_us;
     println!(
         "SOS through {} technical events in 3 s: press->ACK p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
