@@ -61,8 +61,8 @@ pub(crate) enum Read {
 
 /// Read more bytes under the connection limits: an idle connection may stay
 /// silent for `idle_timeout`, a frame begun must be finished within `frame_timeout`.
-pub(crate) async fn read_more(
-    stream: &mut TcpStream,
+pub(crate) async fn read_more<R: tokio::io::AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut bytes::BytesMut,
     limits: &ConnectionLimits,
     shutdown: &CancellationToken,

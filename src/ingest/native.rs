@@ -67,41 +67,67 @@ struct Connection {
     peer: SocketAddr,
 }
 
+/// Frames read but not yet answered, per connection: past this many the
+/// connection stops reading until answers go out.
+const IN_FLIGHT_PER_CONNECTION: usize = 64;
+
 impl Connection {
     /// Returns why the connection ended.
-    async fn run(self, mut stream: TcpStream, shutdown: CancellationToken) -> &'static str {
-        let mut buf = BytesMut::with_capacity(256);
-        let mut out = BytesMut::with_capacity(64);
-        loop {
-            // Everything complete in the buffer is committed as one group, then answered in order.
-            let mut slots = Vec::new();
-            let mut fatal = None;
-            loop {
-                match native::split_frame(&mut buf) {
-                    Ok(Some(raw)) => slots.push(self.handle(raw).await),
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.reject("framing", &e, &buf).await;
-                        slots.push(Slot::Ready(nak(0, NakReason::Malformed), None));
-                        fatal = Some("framing_error");
-                        break;
-                    }
-                }
-            }
-            for slot in slots {
+    ///
+    /// Reading and answering run side by side: a frame is submitted for commit
+    /// as soon as it arrives, even while earlier frames of the same connection
+    /// are still being committed, and answers go out in arrival order as their
+    /// commits complete. An SOS behind a burst of routine frames therefore
+    /// joins the very next commit instead of waiting for the burst's answers.
+    async fn run(self, stream: TcpStream, shutdown: CancellationToken) -> &'static str {
+        let (mut rd, mut wr) = stream.into_split();
+        let (slots, mut owed) = tokio::sync::mpsc::channel::<Slot>(IN_FLIGHT_PER_CONNECTION);
+        let answering = tokio::spawn(async move {
+            let mut out = BytesMut::with_capacity(64);
+            while let Some(slot) = owed.recv().await {
                 let (reply, device) = settle(slot).await;
                 reply.encode(device.as_deref().map(|d| d.secret.as_slice()), &mut out);
-            }
-            if !out.is_empty() {
-                if stream.write_all(&out).await.is_err() {
-                    return "write_failed";
+                if wr.write_all(&out).await.is_err() {
+                    return false;
                 }
                 out.clear();
             }
-            if let Some(reason) = fatal {
-                return reason;
+            true
+        });
+        let reason = self.read_frames(&mut rd, &slots, &shutdown).await;
+        // Every frame read is answered before the connection closes.
+        drop(slots);
+        match answering.await {
+            Ok(true) => reason,
+            _ => "write_failed",
+        }
+    }
+
+    async fn read_frames(
+        &self,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        slots: &tokio::sync::mpsc::Sender<Slot>,
+        shutdown: &CancellationToken,
+    ) -> &'static str {
+        let mut buf = BytesMut::with_capacity(256);
+        loop {
+            loop {
+                let slot = match native::split_frame(&mut buf) {
+                    Ok(Some(raw)) => self.handle(raw).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.reject("framing", &e, &buf).await;
+                        let _ = slots
+                            .send(Slot::Ready(nak(0, NakReason::Malformed), None))
+                            .await;
+                        return "framing_error";
+                    }
+                };
+                if slots.send(slot).await.is_err() {
+                    return "write_failed";
+                }
             }
-            match super::read_more(&mut stream, &mut buf, &self.ctx.limits, &shutdown).await {
+            match super::read_more(rd, &mut buf, &self.ctx.limits, shutdown).await {
                 Read::More => {}
                 Read::Closed(reason) => return reason,
                 Read::Incomplete { reason, detail } => {
