@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::{IngestContext, Read};
+use crate::store::writer::PendingCommit;
 use crate::store::{AlarmRecord, AuthStatus, now_ms};
 use crate::telemetry::events;
 
@@ -108,7 +109,12 @@ pub async fn serve_udp(
             let mut out = BytesMut::new();
             loop {
                 match codec.decode(&mut buf) {
-                    Ok(Some(frame)) => handle_frame(&ctx, protocol, &peer, frame, &mut out).await,
+                    Ok(Some(frame)) => {
+                        take_frame(&ctx, protocol, &peer, frame)
+                            .await
+                            .settle(&mut out)
+                            .await
+                    }
                     Ok(None) => {
                         if !buf.is_empty() {
                             let detail = "datagram ends inside a frame";
@@ -135,65 +141,118 @@ pub async fn serve_udp(
     tracker.wait().await;
 }
 
+/// Frames read but not yet answered, per connection.
+const IN_FLIGHT_PER_CONNECTION: usize = 64;
+
+/// What a connection owes its device, in arrival order.
+enum Answer {
+    Frame(Owed),
+    /// A framing error's reply (the connection closes after it).
+    Bytes(bytes::Bytes),
+}
+
+/// Reading and answering run side by side (as for native pendants): a frame
+/// is submitted as soon as it is read; answers go out in order as commits complete.
 async fn run_connection(
     ctx: &IngestContext,
     mut codec: Box<dyn Codec>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) -> &'static str {
     let protocol = codec.protocol();
+    let (mut rd, mut wr) = stream.into_split();
+    let (answers, mut owed) = tokio::sync::mpsc::channel::<Answer>(IN_FLIGHT_PER_CONNECTION);
+    let answering = tokio::spawn(async move {
+        let mut out = BytesMut::with_capacity(128);
+        while let Some(a) = owed.recv().await {
+            match a {
+                Answer::Frame(o) => o.settle(&mut out).await,
+                Answer::Bytes(b) => out.extend_from_slice(&b),
+            }
+            if !out.is_empty() {
+                if wr.write_all(&out).await.is_err() {
+                    return false;
+                }
+                out.clear();
+            }
+        }
+        true
+    });
     let mut buf = BytesMut::with_capacity(512);
-    let mut out = BytesMut::with_capacity(128);
-    loop {
-        let mut fatal = None;
+    let reason = 'read: loop {
         loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(frame)) => handle_frame(ctx, protocol, &peer, frame, &mut out).await,
+            let answer = match codec.decode(&mut buf) {
+                Ok(Some(frame)) => Answer::Frame(take_frame(ctx, protocol, &peer, frame).await),
                 Ok(None) => break,
                 Err(e) => {
                     reject(ctx, protocol, &peer, e.reason, &e.detail, &buf).await;
                     if let Some(r) = e.reply {
-                        out.extend_from_slice(&r);
+                        let _ = answers.send(Answer::Bytes(r)).await;
                     }
-                    fatal = Some("framing_error");
-                    break;
+                    break 'read "framing_error";
                 }
+            };
+            if answers.send(answer).await.is_err() {
+                break 'read "write_failed";
             }
-        }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return "write_failed";
-            }
-            out.clear();
-        }
-        if let Some(reason) = fatal {
-            return reason;
         }
         if buf.len() > codec.max_frame_len() {
             let detail = "no frame within the size cap";
             reject(ctx, protocol, &peer, "too_long", &detail, &buf).await;
-            return "framing_error";
+            break 'read "framing_error";
         }
-        match super::read_more(&mut stream, &mut buf, &ctx.limits, &shutdown).await {
+        match super::read_more(&mut rd, &mut buf, &ctx.limits, &shutdown).await {
             Read::More => {}
-            Read::Closed(reason) => return reason,
+            Read::Closed(reason) => break 'read reason,
             Read::Incomplete { reason, detail } => {
                 reject(ctx, protocol, &peer, "incomplete", &detail, &buf).await;
-                return reason;
+                break 'read reason;
+            }
+        }
+    };
+    // Every frame read is answered before the connection closes.
+    drop(answers);
+    match answering.await {
+        Ok(true) => reason,
+        _ => "write_failed",
+    }
+}
+
+/// A frame's answer, owed once its records are committed.
+struct Owed {
+    pending: Vec<PendingCommit>,
+    /// Every record reached the writer (otherwise the frame is not stored).
+    submitted: bool,
+    reply: ReplyPlan,
+}
+
+impl Owed {
+    /// Wait for the commits and append the reply the outcome calls for.
+    async fn settle(self, out: &mut BytesMut) {
+        let mut stored = self.submitted;
+        for p in self.pending {
+            stored &= p.wait().await.is_ok();
+        }
+        if let ReplyPlan::AfterCommit { ok, failed } = &self.reply {
+            match (stored, failed) {
+                (true, _) => out.extend_from_slice(ok),
+                (false, Some(f)) => out.extend_from_slice(f),
+                // No "failed" answer in this protocol: silence makes the device send again.
+                (false, None) => {}
             }
         }
     }
 }
 
-/// Store what the frame reports, then append its reply to `out`.
-async fn handle_frame(
+/// Keep what the frame says (or why it could not be understood) and submit
+/// its records for commit.
+async fn take_frame(
     ctx: &IngestContext,
     protocol: &'static str,
     peer: &SocketAddr,
     frame: Frame,
-    out: &mut BytesMut,
-) {
+) -> Owed {
     if let Some(why) = &frame.parse_error {
         reject(ctx, protocol, peer, "unparsed", why, &frame.raw).await;
     }
@@ -207,24 +266,18 @@ async fn handle_frame(
         .emit();
     }
     let records = records(ctx, protocol, peer, &frame).await;
-    let mut stored = true;
+    let mut submitted = true;
     let mut pending = Vec::with_capacity(records.len());
     for record in records {
         match ctx.writer.submit(record).await {
             Ok(p) => pending.push(p),
-            Err(_) => stored = false,
+            Err(_) => submitted = false,
         }
     }
-    for p in pending {
-        stored &= p.wait().await.is_ok();
-    }
-    if let ReplyPlan::AfterCommit { ok, failed } = &frame.reply {
-        match (stored, failed) {
-            (true, _) => out.extend_from_slice(ok),
-            (false, Some(f)) => out.extend_from_slice(f),
-            // No "failed" answer in this protocol: silence makes the device send again.
-            (false, None) => {}
-        }
+    Owed {
+        pending,
+        submitted,
+        reply: frame.reply,
     }
 }
 
