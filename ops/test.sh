@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash ops/services.sh
+# Each PostgreSQL test works in a schema of its own; drop those earlier runs left
+# behind (one statement each: a single transaction would run out of locks).
+pg="psql -h 127.0.0.1 -U postgres -d test -q"
+$pg -Atc "SELECT format('DROP SCHEMA %I CASCADE;', nspname) FROM pg_namespace
+          WHERE nspname ~ '^(t|crash)_[0-9a-f]{16}\$'" 2>/dev/null | $pg >/dev/null 2>&1 || true
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 mkdir -p target
 log=target/test-output.log
