@@ -27,6 +27,19 @@ async fn sos(app: &TestApp, city: &City, seq: u32) -> i64 {
     .await
 }
 
+/// A server on a hand-driven clock, the small city, and a supervisor listening.
+async fn watched_city() -> (ManualClock, TestApp, City, MqttProbe, String) {
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
+    let prefix = s.mqtt_topic_prefix.clone();
+    let app = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
+    let city = seed_small_city(&app.db).await;
+    let (host, port) = broker_of(&app);
+    let probe = MqttProbe::connect(&host, port, &[format!("{prefix}/v1/supervisors/alerts")]).await;
+    (clock, app, city, probe, prefix)
+}
+
 fn alerts(probe: &MqttProbe, prefix: &str, kind: &str) -> usize {
     probe
         .on(&format!("{prefix}/v1/supervisors/alerts"))
@@ -37,14 +50,7 @@ fn alerts(probe: &MqttProbe, prefix: &str, kind: &str) -> usize {
 
 #[tokio::test]
 async fn an_unclaimed_incident_alerts_supervisors_until_someone_claims_it() {
-    let clock = ManualClock::starting_now();
-    let dir = tempfile::tempdir().unwrap();
-    let s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
-    let prefix = s.mqtt_topic_prefix.clone();
-    let app = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
-    let city = seed_small_city(&app.db).await;
-    let (host, port) = broker_of(&app);
-    let probe = MqttProbe::connect(&host, port, &[format!("{prefix}/v1/supervisors/alerts")]).await;
+    let (clock, app, city, probe, prefix) = watched_city().await;
     let incident = sos(&app, &city, 1).await;
 
     clock.advance(Duration::from_secs(59));
@@ -94,14 +100,7 @@ async fn an_unclaimed_incident_alerts_supervisors_until_someone_claims_it() {
 
 #[tokio::test]
 async fn unanswered_offers_walk_to_the_next_carer_then_the_supervisors() {
-    let clock = ManualClock::starting_now();
-    let dir = tempfile::tempdir().unwrap();
-    let s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
-    let prefix = s.mqtt_topic_prefix.clone();
-    let app = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
-    let city = seed_small_city(&app.db).await;
-    let (host, port) = broker_of(&app);
-    let probe = MqttProbe::connect(&host, port, &[format!("{prefix}/v1/supervisors/alerts")]).await;
+    let (clock, app, city, probe, prefix) = watched_city().await;
     let incident = sos(&app, &city, 1).await;
     let offered = || async {
         app.db
