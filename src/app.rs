@@ -18,10 +18,12 @@ use crate::broker::{self, BrokerError};
 use crate::config::{ConfigError, Settings};
 use crate::directory::Directory;
 use crate::dispatch::{Dispatcher, MqttEndpoint};
-use crate::incident::{Clock, IncidentStage};
+use crate::incident::{Clock, IncidentStage, StageConfig};
 use crate::ingest::device::{self, CodecFactory};
 use crate::ingest::{self, IngestContext};
 use crate::mqtt::{self, LinkConfig};
+use crate::notify::{Channel, EmailChannel, MqttChannel, Notifier, WebhookChannel};
+use crate::rules::{Rules, RulesError};
 use crate::store::{Db, StoreConfig, StoreError, writer};
 
 const SIA_DC09: &str = "sia_dc09";
@@ -37,6 +39,10 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    #[error("notification channel: {0}")]
+    Notify(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -87,11 +93,28 @@ pub struct Application {
     mqtt_ca_pem: Option<Vec<u8>>,
     embedded_broker: bool,
     clock: Clock,
+    rules: Arc<Rules>,
+    /// Family notice channels that need no broker (webhook, e-mail).
+    notice_channels: Vec<Arc<dyn Channel>>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         settings.validate()?;
+        // Rules and channels first: a mistake in them stops the start here,
+        // before any port is bound.
+        let rules = Arc::new(Rules::load(settings.rules_file.as_deref())?);
+        let timeout = settings.retry_policy().attempt_timeout;
+        let mut notice_channels: Vec<Arc<dyn Channel>> = vec![Arc::new(
+            WebhookChannel::new(settings.webhook_secret.clone(), timeout)
+                .map_err(|e| AppError::Notify(format!("webhook client: {e}")))?,
+        )];
+        if let Some(url) = &settings.smtp_url {
+            notice_channels.push(Arc::new(
+                EmailChannel::new(url.expose(), &settings.mail_from, timeout)
+                    .map_err(AppError::Notify)?,
+            ));
+        }
         if settings.database_url.is_none() {
             std::fs::create_dir_all(&settings.data_dir).map_err(|source| AppError::DataDir {
                 path: settings.data_dir.clone(),
@@ -202,6 +225,8 @@ impl Application {
         };
         Ok(Self {
             clock: Arc::new(crate::store::now_ms),
+            rules,
+            notice_channels,
             mqtt_ca_pem,
             settings,
             db,
@@ -266,28 +291,54 @@ impl Application {
         let directory = Directory::new(self.db.clone());
         let refresher =
             directory.spawn_refresher(Duration::from_millis(s.cache_refresh_ms), inner.clone());
-        let (committed_tx, committed_rx) = mpsc::channel(10_000);
-        let (writer, writer_task) =
-            writer::spawn(self.db.clone(), s.commit_batch_max, committed_tx);
+        let (urgent_tx, urgent_rx) = mpsc::channel(10_000);
+        let (other_tx, other_rx) = mpsc::channel(10_000);
+        let (writer, writer_task) = writer::spawn(
+            self.db.clone(),
+            s.commit_batch_max,
+            Arc::clone(&self.rules),
+            writer::HandOver {
+                urgent: urgent_tx,
+                other: other_tx,
+            },
+        );
         let dispatcher = Dispatcher::new(
             self.db.clone(),
             link.client.clone(),
             link.status.clone(),
             s.mqtt_topic_prefix.clone(),
         );
+        let notices = Arc::new(tokio::sync::Notify::new());
         let stage = IncidentStage::new(
             self.db.clone(),
             Arc::clone(&directory),
-            dispatcher,
-            s.escalation(),
+            dispatcher.clone(),
+            StageConfig {
+                rules: Arc::clone(&self.rules),
+                escalation: s.escalation(),
+                cascade: s.notify_cascade,
+                notices: Arc::clone(&notices),
+            },
             Arc::clone(&self.clock),
         );
+        let sweep = Duration::from_millis(s.recovery_sweep_ms);
         let stage_task = stage.spawn(
-            committed_rx,
+            urgent_rx,
+            other_rx,
             link.carer_replies,
-            Duration::from_millis(s.recovery_sweep_ms),
+            sweep,
             inner.clone(),
         );
+        let mut channels = self.notice_channels.clone();
+        channels.push(Arc::new(MqttChannel::new(dispatcher.clone())));
+        let notifier = Notifier::new(
+            self.db.clone(),
+            channels,
+            s.retry_policy(),
+            dispatcher,
+            Arc::clone(&self.clock),
+        );
+        let notify_task = notifier.spawn(notices, sweep, inner.clone());
         let ctx = Arc::new(IngestContext {
             writer,
             directory,
@@ -414,6 +465,7 @@ impl Application {
         let _ = writer_task.await;
         inner.cancel();
         let _ = stage_task.await;
+        let _ = notify_task.await;
         let _ = refresher.await;
         let _ = mqtt_task.await;
         self.db.close().await;

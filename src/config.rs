@@ -79,6 +79,20 @@ pub struct Settings {
     pub claim_reminder_secs: u64,
     /// An offer no carer accepted in this time goes to the next carer.
     pub offer_timeout_secs: u64,
+    /// Routing rules per event kind (see ops/rules.example.toml); unset: the built-in rules.
+    pub rules_file: Option<PathBuf>,
+    /// Family notices: `until_reached` (in order, until one contact is reached) or `everyone`.
+    pub notify_cascade: crate::store::Cascade,
+    /// Attempts per contact before the next contact is tried and the supervisors told.
+    pub notify_max_attempts: u32,
+    /// Wait before the second attempt; doubles each time up to `notify_retry_max_secs`.
+    pub notify_retry_secs: u64,
+    pub notify_retry_max_secs: u64,
+    /// Signs webhook notices (`X-PingAnTong-Signature: sha256=…`).
+    pub webhook_secret: Option<Secret>,
+    /// `smtp://host:port`, `smtp://host:587?tls=required` or `smtps://user:pass@host`; unset: no e-mail.
+    pub smtp_url: Option<Secret>,
+    pub mail_from: String,
 }
 
 impl Default for Settings {
@@ -115,6 +129,14 @@ impl Default for Settings {
             claim_alert_secs: 60,
             claim_reminder_secs: 60,
             offer_timeout_secs: 90,
+            rules_file: None,
+            notify_cascade: crate::store::Cascade::UntilReached,
+            notify_max_attempts: 5,
+            notify_retry_secs: 5,
+            notify_retry_max_secs: 300,
+            webhook_secret: None,
+            smtp_url: None,
+            mail_from: "Ping An Tong <alarms@pingantong.invalid>".into(),
         }
     }
 }
@@ -177,6 +199,23 @@ impl Settings {
                 "claim_alert_secs/claim_reminder_secs/offer_timeout_secs",
                 "must be at least 1",
             );
+        }
+        if self.notify_max_attempts == 0
+            || self.notify_retry_secs == 0
+            || self.notify_retry_max_secs < self.notify_retry_secs
+        {
+            return invalid(
+                "notify_max_attempts/notify_retry_secs/notify_retry_max_secs",
+                "at least one attempt, a retry of at least 1 s, and a cap not below it",
+            );
+        }
+        if self.mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            return invalid("mail_from", "must be an address like Name <user@host>");
+        }
+        if let Some(url) = &self.smtp_url
+            && !(url.expose().starts_with("smtp://") || url.expose().starts_with("smtps://"))
+        {
+            return invalid("smtp_url", "must start with smtp:// or smtps://");
         }
         if self.idle_timeout_secs == 0 || self.frame_timeout_secs == 0 {
             return invalid("idle_timeout_secs/frame_timeout_secs", "must be at least 1");
@@ -256,6 +295,15 @@ impl Settings {
             claim_after_ms: self.claim_alert_secs as i64 * 1000,
             offer_after_ms: self.offer_timeout_secs as i64 * 1000,
             remind_every_ms: self.claim_reminder_secs as i64 * 1000,
+        }
+    }
+
+    pub fn retry_policy(&self) -> crate::notify::RetryPolicy {
+        crate::notify::RetryPolicy {
+            max_attempts: i64::from(self.notify_max_attempts),
+            first_delay_ms: self.notify_retry_secs as i64 * 1000,
+            max_delay_ms: self.notify_retry_max_secs as i64 * 1000,
+            ..Default::default()
         }
     }
 

@@ -3,7 +3,8 @@
 //! The pipeline, in the order an alarm travels: [`ingest`] (listeners) →
 //! [`store`] (group commit, then the device's ACK) → [`incident`] (match the
 //! person, open or fold an incident) → [`routing`] (choose a carer) →
-//! [`dispatch`] (offer over MQTT). [`directory`] caches who is who for them.
+//! [`dispatch`] (offer over MQTT), with [`notify`] telling the family. [`rules`] say what each
+//! kind of event gets; [`directory`] caches who is who for them.
 
 pub mod api;
 pub mod app;
@@ -16,7 +17,9 @@ pub mod domain;
 pub mod incident;
 pub mod ingest;
 pub mod mqtt;
+pub mod notify;
 pub mod routing;
+pub mod rules;
 pub mod store;
 pub mod telemetry;
 

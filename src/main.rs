@@ -55,6 +55,11 @@ enum Command {
         #[arg(long, default_value = "native")]
         protocol: String,
     },
+    /// Check the routing rules (built-in, or the rules file) and print them.
+    Rules {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Args)]
@@ -104,6 +109,15 @@ struct ServerArgs {
     embedded_mqtt_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_INSTANCE_ID")]
     instance_id: Option<String>,
+    /// Routing rules per event kind (see ops/rules.example.toml).
+    #[arg(long, env = "PAT_RULES_FILE")]
+    rules_file: Option<PathBuf>,
+    /// Mail server for family notices: smtp://host:port, smtps://user:pass@host.
+    #[arg(long, env = "PAT_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    /// Signs webhook notices (X-PingAnTong-Signature).
+    #[arg(long, env = "PAT_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
 }
 
 impl ServerArgs {
@@ -153,6 +167,15 @@ impl ServerArgs {
         }
         if let Some(v) = &self.instance_id {
             s.instance_id = v.clone();
+        }
+        if let Some(v) = &self.rules_file {
+            s.rules_file = Some(v.clone());
+        }
+        if let Some(v) = &self.smtp_url {
+            s.smtp_url = Some(pingantong::config::Secret::new(v.clone()));
+        }
+        if let Some(v) = &self.webhook_secret {
+            s.webhook_secret = Some(pingantong::config::Secret::new(v.clone()));
         }
         s.validate()?;
         Ok(s)
@@ -281,6 +304,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 city.carers,
                 db.backend()
             );
+            Ok(())
+        }
+        Command::Rules { server } => {
+            let s = server.settings()?;
+            let rules = pingantong::rules::Rules::load(s.rules_file.as_deref())?;
+            match &s.rules_file {
+                Some(f) => println!("rules from {} over the built-in rules:", f.display()),
+                None => println!("built-in rules:"),
+            }
+            print!("{}", rules.describe(s.escalation()));
             Ok(())
         }
     }

@@ -142,6 +142,8 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
                 name: format!("{}{}", pick(&mut rng, SURNAMES), pick(&mut rng, GIVEN)),
                 relation: pick(&mut rng, RELATIONS).to_owned(),
                 phone: format!("138{:08}", rng.random_range(0..100_000_000u32)),
+                // The family app: notices arrive on the contact's MQTT topic.
+                notify: Some(("mqtt".into(), String::new())),
             })
             .await?;
         }

@@ -76,6 +76,18 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Publish a message of the server's own (QoS 1) when the broker is
+    /// connected; while it is not, the caller keeps the message owed.
+    pub async fn publish_raw(&self, topic: String, body: Vec<u8>) -> Result<(), DispatchError> {
+        if !self.status.is_up() {
+            return Err(DispatchError::MqttDown);
+        }
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, body)
+            .await?;
+        Ok(())
+    }
+
     /// Send the offer of one stored dispatch. Only a publish handed to a
     /// connected client counts as sent; otherwise the offer stays unpublished
     /// and the recovery sweep sends it when the broker is back.

@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 use crate::directory::Directory;
 use crate::dispatch::Dispatcher;
 use crate::routing;
+use crate::rules::{Action, Rules, lane_name};
 use crate::store::writer::CommittedAlarm;
 use crate::store::{
-    AuthStatus, ClaimCheck, ClientProfile, Db, IncidentOutcome, NewIncident, OfferCheck, StoreError,
+    AuthStatus, Cascade, ClaimCheck, ClientProfile, Db, IncidentOutcome, NewIncident, OfferCheck,
+    StoreError,
 };
 use crate::telemetry::events;
 
@@ -70,29 +72,58 @@ impl Default for Escalation {
     }
 }
 
+/// What the stage is told at start: its rules and who to wake.
+pub struct StageConfig {
+    pub rules: Arc<Rules>,
+    /// Server-wide time limits, for rules that set none.
+    pub escalation: Escalation,
+    pub cascade: Cascade,
+    /// Woken when an incident starts a family notification cascade.
+    pub notices: Arc<tokio::sync::Notify>,
+}
+
 pub struct IncidentStage {
     db: Db,
     directory: Arc<Directory>,
     dispatcher: Dispatcher,
-    escalation: Escalation,
+    config: StageConfig,
     clock: Clock,
 }
+
+/// How many deferred technical alarms one sweep takes on: the rest wait for
+/// the next sweep, so the loop is soon back to the life-safety queue.
+const TECHNICAL_PER_SWEEP: usize = 256;
 
 impl IncidentStage {
     pub fn new(
         db: Db,
         directory: Arc<Directory>,
         dispatcher: Dispatcher,
-        escalation: Escalation,
+        config: StageConfig,
         clock: Clock,
     ) -> Self {
         Self {
             db,
             directory,
             dispatcher,
-            escalation,
+            config,
             clock,
         }
+    }
+
+    /// The time limits of an incident of this kind.
+    fn escalation(&self, kind: &str) -> Escalation {
+        self.config
+            .rules
+            .for_name(kind)
+            .escalation(self.config.escalation)
+    }
+
+    async fn escalation_of(&self, incident: i64) -> Result<Escalation, StoreError> {
+        Ok(match self.db.incident_kind(incident).await? {
+            Some(kind) => self.escalation(&kind),
+            None => self.config.escalation,
+        })
     }
 
     fn now(&self) -> i64 {
@@ -100,9 +131,14 @@ impl IncidentStage {
     }
 
     /// Run until `shutdown`, then finish what is already queued.
+    ///
+    /// Life-safety alarms come first, then carers' replies (someone is on
+    /// the way), then the sweep, and technical jobs only when nothing else
+    /// waits: a flood of them queues behind an SOS, never in front of it.
     pub fn spawn(
         self,
-        mut committed: mpsc::Receiver<CommittedAlarm>,
+        mut urgent: mpsc::Receiver<CommittedAlarm>,
+        mut other: mpsc::Receiver<CommittedAlarm>,
         mut replies: mpsc::Receiver<Publish>,
         sweep: Duration,
         shutdown: CancellationToken,
@@ -113,7 +149,7 @@ impl IncidentStage {
             loop {
                 tokio::select! {
                     biased;
-                    Some(alarm) = committed.recv() => self.handle_logged(alarm.into()).await,
+                    Some(alarm) = urgent.recv() => self.handle_logged(alarm.into()).await,
                     Some(reply) = replies.recv() => self.carer_reply_logged(reply).await,
                     _ = tick.tick() => {
                         if let Err(e) = self.sweep().await {
@@ -121,9 +157,10 @@ impl IncidentStage {
                         }
                     }
                     _ = shutdown.cancelled() => break,
+                    Some(alarm) = other.recv() => self.handle_logged(alarm.into()).await,
                 }
             }
-            while let Ok(alarm) = committed.try_recv() {
+            while let Ok(alarm) = urgent.try_recv() {
                 self.handle_logged(alarm.into()).await;
             }
         })
@@ -132,6 +169,7 @@ impl IncidentStage {
     /// Hand over whatever the database says is still owed.
     pub async fn sweep(&self) -> Result<(), StoreError> {
         let mut after = 0;
+        let mut technical = Vec::new();
         loop {
             let batch = self.db.unprocessed_alarms(after, 256).await?;
             let Some(last) = batch.last() else { break };
@@ -140,17 +178,22 @@ impl IncidentStage {
                 let Some(kind) = EventKind::from_name(&a.kind) else {
                     continue;
                 };
-                self.handle_logged(Owed {
+                let owed = Owed {
                     id: a.id,
                     device_id: a.device_id,
                     kind,
                     auth: AuthStatus::parse(&a.auth),
-                })
-                .await;
+                };
+                // Every life-safety alarm owed, before any technical one.
+                if self.config.rules.priority(kind) == pingantong_protocol::Lane::LifeSafety {
+                    self.handle_logged(owed).await;
+                } else if technical.len() < TECHNICAL_PER_SWEEP {
+                    technical.push(owed);
+                }
             }
         }
         for ctx in self.db.unrouted_incidents().await? {
-            self.route(ctx.incident_id, &ctx.client).await?;
+            self.route(ctx.incident_id, &ctx.kind, &ctx.client).await?;
         }
         for dispatch in self.db.unpublished_dispatches().await? {
             if self.dispatcher.publish(dispatch).await.is_err() {
@@ -158,7 +201,11 @@ impl IncidentStage {
                 break;
             }
         }
-        self.fire_due_timers().await
+        self.fire_due_timers().await?;
+        for owed in technical {
+            self.handle_logged(owed).await;
+        }
+        Ok(())
     }
 
     /// Deadlines that passed: unclaimed incidents alert the supervisors (and
@@ -167,7 +214,8 @@ impl IncidentStage {
         for t in self.db.due_timers(self.now(), 256).await? {
             match t.kind.as_str() {
                 "claim" => {
-                    let remind_at = self.now() + self.escalation.remind_every_ms;
+                    let remind_at =
+                        self.now() + self.escalation_of(t.incident_id).await?.remind_every_ms;
                     if let ClaimCheck::Overdue { round } =
                         self.db.fire_claim_timer(&t, remind_at).await?
                     {
@@ -222,18 +270,35 @@ impl IncidentStage {
             None
         };
         let client_id = device.as_ref().and_then(|d| d.client_id);
+        let kind = owed.kind.name();
+        let rule = self.config.rules.for_kind(owed.kind);
+        let life_safety = owed.kind == EventKind::Cancel
+            || rule.priority == pingantong_protocol::Lane::LifeSafety;
         // Unverified senders get their own key: a forged press must never fold
-        // into, and so hide behind, a resident's real incident.
-        let fold_key = match (verified, client_id) {
-            (true, Some(c)) => format!("client:{c}"),
-            (true, None) => format!("device:{}", owed.device_id),
-            (false, _) => format!("unverified:{}", owed.device_id),
+        // into, and so hide behind, a resident's real incident. Technical jobs
+        // are one per device and kind: a pendant reporting its low battery
+        // every minute is one job, not sixty.
+        let fold_key = match (life_safety, verified, client_id) {
+            (true, true, Some(c)) => format!("client:{c}"),
+            (true, true, None) => format!("device:{}", owed.device_id),
+            (true, false, _) => format!("unverified:{}", owed.device_id),
+            (false, true, _) => format!("technical:{}:{kind}", owed.device_id),
+            // A technical report from a sender we cannot verify is stored
+            // (for forensics and the rejected-device list), nobody's job.
+            (false, false, _) => return self.db.mark_processed(owed.id).await,
         };
         if owed.kind == EventKind::Cancel {
             self.db.record_cancel(owed.id, &fold_key).await?;
             return Ok(());
         }
-        let kind = owed.kind.name();
+        if !rule.has(Action::Operator) {
+            // Rules changed since this alarm was stored: it has no work now.
+            return self.db.mark_processed(owed.id).await;
+        }
+        let escalation = rule.escalation(self.config.escalation);
+        let notify = rule
+            .has(Action::NotifyFamily)
+            .then_some(self.config.cascade);
         let outcome = self
             .db
             .open_or_fold_incident(&NewIncident {
@@ -242,8 +307,13 @@ impl IncidentStage {
                 client_id,
                 device_id: &owed.device_id,
                 kind: &kind,
+                lane: lane_name(rule.priority),
                 verified,
-                claim_due_at: self.now() + self.escalation.claim_after_ms,
+                offer: rule.has(Action::OfferCarer),
+                advise: rule.advised_handoff(),
+                notify,
+                notify_at: self.now(),
+                claim_due_at: self.now() + escalation.claim_after_ms,
             })
             .await?;
         match outcome {
@@ -255,10 +325,13 @@ impl IncidentStage {
                     verified,
                 }
                 .emit();
-                if let (true, Some(c)) = (verified, client_id)
+                if notify.is_some() {
+                    self.config.notices.notify_one();
+                }
+                if let (true, true, Some(c)) = (rule.has(Action::OfferCarer), verified, client_id)
                     && let Some(client) = self.directory.client(c).await?
                 {
-                    self.route(incident, &client).await?;
+                    self.route(incident, &kind, &client).await?;
                 }
             }
             IncidentOutcome::Folded(incident) => events::IncidentFolded { incident }.emit(),
@@ -267,14 +340,19 @@ impl IncidentStage {
         Ok(())
     }
 
-    async fn route(&self, incident: i64, client: &ClientProfile) -> Result<(), StoreError> {
+    async fn route(
+        &self,
+        incident: i64,
+        kind: &str,
+        client: &ClientProfile,
+    ) -> Result<(), StoreError> {
         let candidates = self
             .db
             .carer_candidates(&client.district, &client.street)
             .await?;
         let home = client.lat.zip(client.lon);
         let choice = routing::choose(home, &candidates);
-        let due = self.now() + self.escalation.offer_after_ms;
+        let due = self.now() + self.escalation(kind).offer_after_ms;
         match self.db.record_route(incident, choice.as_ref(), due).await? {
             Some(dispatch) => {
                 if let Err(e) = self.dispatcher.publish(dispatch).await {

@@ -170,7 +170,7 @@ impl IncidentStage {
         }
         match routing::choose(client.lat.zip(client.lon), &candidates) {
             Some(choice) => {
-                let due = self.now() + self.escalation.offer_after_ms;
+                let due = self.now() + self.escalation_of(incident).await?.offer_after_ms;
                 let dispatch = self.db.add_offer(incident, &choice, due, why).await?;
                 if let Err(e) = self.dispatcher.publish(dispatch).await {
                     events::StageFailed {

@@ -55,14 +55,6 @@ pub struct AlarmRecord {
     pub dedup_key: String,
 }
 
-impl AlarmRecord {
-    /// Events that need the incident stage after the commit; everything else
-    /// is complete once stored.
-    pub fn needs_processing(&self) -> bool {
-        self.kind.raises_alarm() || self.kind == EventKind::Cancel
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
     /// Stored now, with this row id.
@@ -86,9 +78,11 @@ pub struct UnprocessedAlarm {
 impl Db {
     /// Insert a batch in one transaction (one fsync). Returns, per record and in
     /// order, whether it was new or a duplicate of an earlier commit.
+    /// Events the rules give no work are complete once stored (`processed_at` set).
     pub async fn insert_alarms(
         &self,
         batch: &[AlarmRecord],
+        rules: &crate::rules::Rules,
     ) -> Result<Vec<CommitOutcome>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -115,7 +109,7 @@ impl Db {
                     .push_bind(a.raw.clone())
                     .push_bind(a.decoded.clone())
                     .push_bind(a.dedup_key.clone())
-                    .push_bind((!a.needs_processing()).then_some(a.received_at));
+                    .push_bind((!rules.needs_incident_stage(a.kind)).then_some(a.received_at));
             });
             qb.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key");
             // A single statement is its own transaction: one commit, one fsync.

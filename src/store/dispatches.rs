@@ -220,4 +220,28 @@ impl Db {
         .await)?;
         Ok(row.and_then(|r| r.0))
     }
+
+    /// The kind of an incident, which names its rule.
+    pub async fn incident_kind(&self, incident_id: i64) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT kind FROM incidents WHERE id = $1"
+        )
+        .bind(incident_id)
+        .fetch_optional(p)
+        .await)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Mark an alarm handled with nothing more to do (its rule gives it no work).
+    pub async fn mark_processed(&self, alarm_id: i64) -> Result<(), StoreError> {
+        on_write_pool!(self, |p| sqlx::query(
+            "UPDATE alarms SET processed_at = $1 WHERE id = $2 AND processed_at IS NULL"
+        )
+        .bind(now_ms())
+        .bind(alarm_id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
 }

@@ -17,7 +17,9 @@ macro_rules! insert_event {
         .await
     };
 }
+pub(crate) use insert_event;
 
+use super::notifications::{Cascade, insert_notifications};
 use super::{
     ClientProfile, Db, StoreError, claim_alarm, insert_dispatch, insert_timer, now_ms, on_pool,
     on_write_pool,
@@ -52,15 +54,45 @@ pub struct NewIncident<'a> {
     pub client_id: Option<i64>,
     pub device_id: &'a str,
     pub kind: &'a str,
+    /// `life_safety` or `technical`: the operator queue's lane.
+    pub lane: &'a str,
     pub verified: bool,
+    /// Whether a carer is to be offered the incident (routing owed).
+    pub offer: bool,
+    /// The emergency service the rules advise (`120`, `110`).
+    pub advise: Option<&'a str>,
+    /// Start the family notification cascade (verified residents only)…
+    pub notify: Option<Cascade>,
+    /// …with its first notices due at this time (the stage's clock).
+    pub notify_at: i64,
     /// When an operator must have claimed it.
     pub claim_due_at: i64,
+}
+
+/// An incident's header, as the console lists it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct IncidentSummary {
+    pub id: i64,
+    pub opened_at: i64,
+    pub kind: String,
+    pub lane: String,
+    pub state: String,
+    pub verified: bool,
+    pub client_id: Option<i64>,
+    pub device_id: String,
+    pub press_count: i64,
+    pub claimed_by: Option<String>,
+    /// The emergency service the rules advise for this kind (`120`, `110`).
+    pub advised_service: Option<String>,
+    pub outcome: Option<String>,
 }
 
 /// Where a client lives, for choosing a carer.
 #[derive(Debug, Clone)]
 pub struct RouteContext {
     pub incident_id: i64,
+    /// The incident's kind, which names its rule.
+    pub kind: String,
     pub client: ClientProfile,
 }
 
@@ -120,7 +152,12 @@ impl Db {
             client_id,
             device_id,
             kind,
+            lane,
             verified,
+            offer,
+            advise,
+            notify,
+            notify_at,
             claim_due_at,
         } = *n;
         let now = now_ms();
@@ -147,12 +184,12 @@ impl Db {
                 }
                 None => {
                     // Unverified senders are never routed to a carer: an operator decides.
-                    let routed_at = (!verified || client_id.is_none()).then_some(now);
+                    let routed_at = (!offer || !verified || client_id.is_none()).then_some(now);
                     let (id,): (i64,) = sqlx::query_as(
                         "INSERT INTO incidents (opened_at, opening_alarm_id, fold_key, client_id, \
                          device_id, kind, lane, state, verified, press_count, last_press_at, \
                          routed_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, 'life_safety', 'queued', $7, 1, $1, $8, $1) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $9, 'queued', $7, 1, $1, $8, $1) \
                          RETURNING id",
                     )
                     .bind(now)
@@ -163,10 +200,33 @@ impl Db {
                     .bind(kind)
                     .bind(verified)
                     .bind(routed_at)
+                    .bind(lane)
                     .fetch_one(&mut *tx)
                     .await?;
                     // Every incident, verified or not, must be taken by an operator in time.
                     insert_timer!(tx, id, None::<i64>, "claim", 0i64, claim_due_at);
+                    if let Some(service) = advise {
+                        sqlx::query("UPDATE incidents SET advised_service = $1 WHERE id = $2")
+                            .bind(service)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        let detail = format!("the rule for {kind} advises a {service} hand-off");
+                        insert_event!(
+                            tx,
+                            id,
+                            now,
+                            "rules",
+                            "handoff_advised",
+                            None::<&str>,
+                            &detail
+                        )?;
+                    }
+                    // In the same transaction as the incident: a crash cannot
+                    // leave an alarm whose family was never going to hear of it.
+                    if let (Some(cascade), Some(client), true) = (notify, client_id, verified) {
+                        insert_notifications!(tx, id, client, cascade, notify_at);
+                    }
                     IncidentOutcome::Opened(id)
                 }
             };
@@ -333,18 +393,19 @@ impl Db {
 
     /// Incidents of known, verified clients whose routing is still owed.
     pub async fn unrouted_incidents(&self) -> Result<Vec<RouteContext>, StoreError> {
-        let rows: Vec<(i64, i64)> =
+        let rows: Vec<(i64, String, i64)> =
             on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id, client_id FROM incidents WHERE routed_at IS NULL \
+                "SELECT id, kind, client_id FROM incidents WHERE routed_at IS NULL \
                  AND client_id IS NOT NULL AND {OPEN} ORDER BY id"
             )))
             .fetch_all(p)
             .await)?;
         let mut out = Vec::with_capacity(rows.len());
-        for (incident_id, client_id) in rows {
+        for (incident_id, kind, client_id) in rows {
             if let Some(client) = self.client_profile(client_id).await? {
                 out.push(RouteContext {
                     incident_id,
+                    kind,
                     client,
                 });
             }
@@ -402,6 +463,20 @@ impl Db {
     }
 
     /// Incidents per fold key with their press counts, ordered by id (tests, summaries).
+    /// One incident's header (kind, lane, state, who has it, what is advised).
+    pub async fn incident_summary(
+        &self,
+        incident_id: i64,
+    ) -> Result<Option<IncidentSummary>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, opened_at, kind, lane, state, verified, client_id, device_id, \
+             press_count, claimed_by, advised_service, outcome FROM incidents WHERE id = $1"
+        )
+        .bind(incident_id)
+        .fetch_optional(p)
+        .await)?)
+    }
+
     pub async fn incidents_overview(&self) -> Result<Vec<(i64, String, i64, bool)>, StoreError> {
         Ok(on_pool!(self, |p| sqlx::query_as(
             "SELECT id, fold_key, press_count, verified FROM incidents ORDER BY id"

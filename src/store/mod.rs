@@ -8,6 +8,7 @@ mod alarms;
 mod dispatches;
 mod handoffs;
 mod incidents;
+mod notifications;
 mod registry;
 mod timers;
 mod transitions;
@@ -25,8 +26,10 @@ pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
 pub use dispatches::{CarerAnswer, ReplyError};
 pub use handoffs::{Handoff, HandoffError};
 pub use incidents::{
-    CarerCandidate, DispatchOffer, IncidentOutcome, NewDispatch, NewIncident, RouteContext,
+    CarerCandidate, DispatchOffer, IncidentOutcome, IncidentSummary, NewDispatch, NewIncident,
+    RouteContext,
 };
+pub use notifications::{Cascade, GaveUp, NotificationJob, NotificationRow};
 pub use registry::{
     CarerRow, ClientProfile, ContactRow, DeviceRow, NewCarer, NewClient, NewContact, NewDevice,
     NewProvider,

@@ -25,6 +25,8 @@ pub struct NewContact {
     pub name: String,
     pub relation: String,
     pub phone: String,
+    /// `mqtt`, `webhook` or `email` with its address; `None`: the operator phones them.
+    pub notify: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,14 +134,16 @@ impl Db {
 
     pub async fn insert_contact(&self, c: &NewContact) -> Result<(), StoreError> {
         on_write_pool!(self, |p| sqlx::query(
-            "INSERT INTO contacts (client_id, position, name, relation, phone, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)"
+            "INSERT INTO contacts (client_id, position, name, relation, phone, notify_channel, \
+             notify_address, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         )
         .bind(c.client_id)
         .bind(c.position)
         .bind(&c.name)
         .bind(&c.relation)
         .bind(&c.phone)
+        .bind(c.notify.as_ref().map(|n| n.0.as_str()))
+        .bind(c.notify.as_ref().map_or("", |n| n.1.as_str()))
         .bind(now_ms())
         .execute(p)
         .await

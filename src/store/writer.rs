@@ -14,6 +14,7 @@ use pingantong_protocol::Lane;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{AlarmRecord, CommitOutcome, Db, StoreError};
+use crate::rules::Rules;
 use crate::telemetry::events;
 
 /// An alarm whose row is committed and which the incident stage must handle.
@@ -34,7 +35,16 @@ struct Job {
 pub struct WriterHandle {
     urgent: mpsc::Sender<Job>,
     normal: mpsc::Sender<Job>,
+    rules: Arc<Rules>,
     stats: Arc<WriterStats>,
+}
+
+/// Where committed alarms go for the incident stage: life-safety ones on
+/// their own queue, so that a backlog of technical jobs never sits in front
+/// of an SOS.
+pub struct HandOver {
+    pub urgent: mpsc::Sender<CommittedAlarm>,
+    pub other: mpsc::Sender<CommittedAlarm>,
 }
 
 /// How many commits carried how many events: their ratio is the batching.
@@ -57,7 +67,7 @@ impl WriterHandle {
     /// Queue a record for the next commit.
     pub async fn submit(&self, record: AlarmRecord) -> Result<PendingCommit, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let queue = if record.kind.lane() == Lane::LifeSafety {
+        let queue = if self.rules.priority(record.kind) == Lane::LifeSafety {
             &self.urgent
         } else {
             &self.normal
@@ -78,13 +88,14 @@ impl WriterHandle {
     }
 }
 
-/// Start the writer. Alarms that need the incident stage are sent on
-/// `committed` after their commit; if that queue is full they stay marked
-/// unprocessed in the database and the recovery sweep hands them over.
+/// Start the writer. Alarms that need the incident stage are handed over
+/// after their commit; if that queue is full they stay marked unprocessed in
+/// the database and the recovery sweep hands them over.
 pub fn spawn(
     db: Db,
     max_batch: usize,
-    committed: mpsc::Sender<CommittedAlarm>,
+    rules: Arc<Rules>,
+    committed: HandOver,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (urgent_tx, urgent_rx) = mpsc::channel(4096);
     let (normal_tx, normal_rx) = mpsc::channel(65536);
@@ -94,6 +105,7 @@ pub fn spawn(
         max_batch.max(1),
         urgent_rx,
         normal_rx,
+        Arc::clone(&rules),
         committed,
         Arc::clone(&stats),
     ));
@@ -101,6 +113,7 @@ pub fn spawn(
         WriterHandle {
             urgent: urgent_tx,
             normal: normal_tx,
+            rules,
             stats,
         },
         task,
@@ -112,7 +125,8 @@ async fn run(
     max_batch: usize,
     mut urgent: mpsc::Receiver<Job>,
     mut normal: mpsc::Receiver<Job>,
-    committed: mpsc::Sender<CommittedAlarm>,
+    rules: Arc<Rules>,
+    committed: HandOver,
     stats: Arc<WriterStats>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
@@ -136,7 +150,7 @@ async fn run(
         let (records, replies): (Vec<AlarmRecord>, Vec<_>) =
             batch.drain(..).map(|j| (j.record, j.reply)).unzip();
         let started = Instant::now();
-        match db.insert_alarms(&records).await {
+        match db.insert_alarms(&records, &rules).await {
             Ok(outcomes) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats
@@ -150,10 +164,16 @@ async fn run(
                 for ((record, reply), outcome) in records.into_iter().zip(replies).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                     if let CommitOutcome::Stored(id) = outcome
-                        && record.needs_processing()
-                        && committed.try_send(CommittedAlarm { id, record }).is_err()
+                        && rules.needs_incident_stage(record.kind)
                     {
-                        events::HandOverDeferred { alarm_id: id }.emit();
+                        let queue = if rules.priority(record.kind) == Lane::LifeSafety {
+                            &committed.urgent
+                        } else {
+                            &committed.other
+                        };
+                        if queue.try_send(CommittedAlarm { id, record }).is_err() {
+                            events::HandOverDeferred { alarm_id: id }.emit();
+                        }
                     }
                 }
             }
@@ -212,12 +232,16 @@ mod tests {
     #[tokio::test]
     async fn concurrent_events_share_commits_and_duplicates_are_recognised() {
         let (db, _dir) = sqlite().await;
-        let (tx, mut rx) = mpsc::channel(1000);
-        let (w, task) = spawn(db.clone(), 512, tx);
+        let (urgent, mut urgent_rx) = mpsc::channel(1000);
+        let (other, mut other_rx) = mpsc::channel(1000);
+        let rules = Arc::new(Rules::default());
+        let (w, task) = spawn(db.clone(), 512, rules, HandOver { urgent, other });
         let mut pending = Vec::new();
         for n in 0..200 {
             let kind = if n % 50 == 0 {
                 EventKind::Sos
+            } else if n % 50 == 1 {
+                EventKind::LowBattery
             } else {
                 EventKind::Heartbeat
             };
@@ -242,12 +266,18 @@ mod tests {
         );
         assert_eq!(w.stats().events.load(Ordering::Relaxed), 201);
         assert_eq!(db.count_alarms(None).await.unwrap(), 200);
-        // Only the SOS events go on to the incident stage.
-        let mut handed = 0;
-        while rx.try_recv().is_ok() {
-            handed += 1;
+        // SOS events go on to the incident stage first, low batteries on the
+        // other queue; heartbeats are complete once stored.
+        let mut urgent_kinds = Vec::new();
+        while let Ok(a) = urgent_rx.try_recv() {
+            urgent_kinds.push(a.record.kind);
         }
-        assert_eq!(handed, 4);
+        assert_eq!(urgent_kinds, vec![EventKind::Sos; 4]);
+        let mut other_kinds = Vec::new();
+        while let Ok(a) = other_rx.try_recv() {
+            other_kinds.push(a.record.kind);
+        }
+        assert_eq!(other_kinds, vec![EventKind::LowBattery; 4]);
         drop(w);
         task.await.unwrap();
     }
@@ -255,8 +285,14 @@ mod tests {
     #[tokio::test]
     async fn a_lone_event_is_committed_without_waiting_for_company() {
         let (db, _dir) = sqlite().await;
-        let (tx, _rx) = mpsc::channel(10);
-        let (w, _task) = spawn(db, 512, tx);
+        let (urgent, _urgent_rx) = mpsc::channel(10);
+        let (other, _other_rx) = mpsc::channel(10);
+        let (w, _task) = spawn(
+            db,
+            512,
+            Arc::new(Rules::default()),
+            HandOver { urgent, other },
+        );
         let outcome = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             w.commit(record(1, EventKind::Sos)),

@@ -259,3 +259,43 @@ impl SupervisorAlert<'_> {
         );
     }
 }
+
+pub struct FamilyNotified<'a> {
+    pub incident: i64,
+    pub channel: &'a str,
+    pub attempts: i64,
+}
+
+impl FamilyNotified<'_> {
+    pub fn emit(self) {
+        counter!("pat_family_notices_total", "channel" => self.channel.to_owned(), "result" => "delivered")
+            .increment(1);
+        info!(
+            incident = self.incident,
+            channel = self.channel,
+            attempts = self.attempts,
+            "family notified"
+        );
+    }
+}
+
+pub struct FamilyNoticeFailed<'a> {
+    pub incident: i64,
+    pub channel: &'a str,
+    pub attempts: i64,
+    pub error: &'a str,
+}
+
+impl FamilyNoticeFailed<'_> {
+    pub fn emit(self) {
+        counter!("pat_family_notices_total", "channel" => self.channel.to_owned(), "result" => "failed_attempt")
+            .increment(1);
+        warn!(
+            incident = self.incident,
+            channel = self.channel,
+            attempts = self.attempts,
+            error = self.error,
+            "family notice attempt failed"
+        );
+    }
+}

@@ -170,3 +170,79 @@ async fn deadlines_survive_a_restart() {
     .await;
     back.stop().await;
 }
+
+/// A rules file read at start: the deployment makes a removed watch a call
+/// for help (people with dementia take them off and wander), with its own
+/// 30 s claim limit.
+#[tokio::test]
+async fn a_rules_file_changes_what_a_kind_does_and_its_time_limits() {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[kinds.removed_from_wrist]\npriority = \"life_safety\"\n\
+         actions = [\"operator\", \"offer_carer\"]\nclaim_within_secs = 30\n",
+    )
+    .unwrap();
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let s = pingantong::Settings {
+        rules_file: Some(rules.clone()),
+        ..test_settings(Backend::Sqlite, Broker::Embedded, dir.path())
+    };
+    let prefix = s.mqtt_topic_prefix.clone();
+    let app = TestApp::spawn_with_clock(s.clone(), Some(dir), &clock).await;
+    let city = seed_small_city(&app.db).await;
+    let (host, port) = broker_of(&app);
+    let probe = MqttProbe::connect(&host, port, &[format!("{prefix}/v1/supervisors/alerts")]).await;
+    let mut dev = Device::connect(app.native).await;
+    dev.send(
+        &event(&city.device, 1, EventKind::RemovedFromWrist),
+        &city.secret,
+    )
+    .await;
+    let offer = eventually("the carer's offer", || async {
+        app.carers.offers().into_iter().next()
+    })
+    .await;
+    assert_eq!(offer.carer_id, city.near_carer);
+    assert_eq!(offer.kind, "removed_from_wrist");
+    let incident = offer.incident_id;
+    let summary = app.db.incident_summary(incident).await.unwrap().unwrap();
+    assert_eq!(summary.lane, "life_safety");
+    // One per person, like any call for help: an SOS now folds into it.
+    dev.send(&event(&city.device, 2, EventKind::Sos), &city.secret)
+        .await;
+    eventually("the SOS folded in", || async {
+        let i = app.db.incidents_overview().await.unwrap();
+        (i.len() == 1 && i[0].2 == 2).then_some(())
+    })
+    .await;
+
+    clock.advance(Duration::from_secs(29));
+    tokio::time::sleep(SWEEPS).await;
+    assert_eq!(alerts(&probe, &prefix, "unclaimed"), 0, "not before 30 s");
+    clock.advance(Duration::from_secs(2));
+    eventually("the alert at 30 s", || async {
+        (alerts(&probe, &prefix, "unclaimed") == 1).then_some(())
+    })
+    .await;
+    app.stop().await;
+
+    // A rule that would let a call for help skip the operator stops the start.
+    std::fs::write(
+        &rules,
+        "[kinds.sos]\npriority = \"life_safety\"\nactions = [\"offer_carer\"]\n",
+    )
+    .unwrap();
+    let err = match pingantong::Application::build(pingantong::Settings {
+        rules_file: Some(rules.clone()),
+        ..s.on_free_loopback_ports()
+    })
+    .await
+    {
+        Ok(_) => panic!("the server started on a rule that skips the operator"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("\"sos\"") && err.contains("operator"), "{err}");
+}

@@ -9,3 +9,4 @@ mod helpers;
 mod incidents;
 mod mqtt;
 mod native;
+mod notify;

@@ -340,7 +340,7 @@ async fn malformed_frames_are_answered_kept_and_do_not_stop_the_server() {
 }
 
 #[tokio::test]
-async fn heartbeats_are_acked_and_open_no_incident() {
+async fn heartbeats_open_nothing_and_low_batteries_are_one_technical_job() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
     let mut dev = Device::connect(app.native).await;
@@ -366,8 +366,24 @@ async fn heartbeats_are_acked_and_open_no_incident() {
     );
     // Stored and complete: nothing owed to the incident stage.
     assert!(app.db.alarm_states(&city.device, 1).await.unwrap()[0].1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(app.db.incidents_overview().await.unwrap().is_empty());
+    // A low battery is a job for the operator's technical queue; reported
+    // again, it is the same job.
+    let (r, _) = dev
+        .send(&event(&city.device, 5, EventKind::LowBattery), &city.secret)
+        .await;
+    assert!(matches!(r, Reply::Ack { .. }), "{r:?}");
+    let job = eventually("both low batteries on one job", || async {
+        let incidents = app.db.incidents_overview().await.unwrap();
+        (incidents.len() == 1 && incidents[0].2 == 2).then(|| incidents[0].clone())
+    })
+    .await;
+    assert_eq!(job.1, format!("technical:{}:low_battery", city.device));
+    let summary = app.db.incident_summary(job.0).await.unwrap().unwrap();
+    assert_eq!(summary.lane, "technical");
+    assert_eq!(summary.kind, "low_battery");
+    assert_eq!(summary.state, "queued");
+    // Heartbeats never became anyone's job.
+    assert_eq!(app.db.incidents_overview().await.unwrap().len(), 1);
     app.stop().await;
 }
 
