@@ -432,3 +432,46 @@ async fn technical_jobs_do_not_notify_the_family() {
     assert!(hook.calls().is_empty());
     f.app.stop().await;
 }
+
+#[tokio::test]
+async fn notices_owed_are_sent_after_a_restart() {
+    let (hook, url) = Hook::start(1, 503).await;
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let s = pingantong::Settings {
+        notify_retry_secs: 5,
+        webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
+        ..test_settings(Backend::Postgres, Broker::Embedded, dir.path())
+    };
+    let app = TestApp::spawn_with_clock(s.clone(), None, &clock).await;
+    let city = seed_small_city(&app.db).await;
+    add_contacts(&app.db, city.client_id, &[("webhook", &url)]).await;
+    let mut dev = Device::connect(app.native).await;
+    dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
+        .await;
+    let incident = eventually("the incident", || async {
+        app.db
+            .incidents_overview()
+            .await
+            .unwrap()
+            .first()
+            .map(|i| i.0)
+    })
+    .await;
+    notices_until(&app.db, incident, "the first attempt failed", |r| {
+        r[0].attempts == 1 && r[0].last_error.is_some()
+    })
+    .await;
+    app.stop().await;
+
+    // Down while the retry fell due; the cascade is in the database.
+    clock.advance(Duration::from_secs(30));
+    let back = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
+    let rows = notices_until(&back.db, incident, "delivered after the restart", |r| {
+        r[0].status == "delivered"
+    })
+    .await;
+    assert_eq!(statuses(&rows), vec![("delivered", 2)]);
+    assert_eq!(hook.notice(1)["incident_id"], incident);
+    back.stop().await;
+}
