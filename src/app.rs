@@ -25,6 +25,7 @@ use crate::mqtt::{self, LinkConfig};
 use crate::notify::{Channel, EmailChannel, MqttChannel, Notifier, WebhookChannel};
 use crate::rules::{Rules, RulesError};
 use crate::store::{Db, StoreConfig, StoreError, writer};
+use crate::supervision::Supervision;
 
 const SIA_DC09: &str = "sia_dc09";
 
@@ -291,6 +292,19 @@ impl Application {
         let directory = Directory::new(self.db.clone());
         let refresher =
             directory.spawn_refresher(Duration::from_millis(s.cache_refresh_ms), inner.clone());
+        let supervision = Supervision::new(
+            s.heartbeats(),
+            Arc::clone(&directory),
+            Arc::clone(&self.clock),
+        );
+        // Before the first report is committed, so no device is watched twice.
+        if let Err(e) = supervision.restore(&self.db).await {
+            crate::telemetry::events::StageFailed {
+                stage: "supervision_restore",
+                error: &e,
+            }
+            .emit();
+        }
         let (urgent_tx, urgent_rx) = mpsc::channel(10_000);
         let (other_tx, other_rx) = mpsc::channel(10_000);
         let (writer, writer_task) = writer::spawn(
@@ -300,7 +314,16 @@ impl Application {
             writer::HandOver {
                 urgent: urgent_tx,
                 other: other_tx,
+                supervision: Some(Arc::clone(&supervision)),
             },
+        );
+        // Stops with the listeners: it holds a writer handle, and the writer
+        // finishes only when every handle is gone.
+        let supervision_task = supervision.spawn(
+            self.db.clone(),
+            writer.clone(),
+            Duration::from_millis(s.supervision_tick_ms),
+            shutdown.clone(),
         );
         let dispatcher = Dispatcher::new(
             self.db.clone(),
@@ -460,8 +483,9 @@ impl Application {
         adapters.abort();
         let _ = mqtt_ingest.await;
         let _ = adapters.await;
-        // Every writer handle is gone with the listeners: the writer commits
-        // what is queued and stops.
+        // Every writer handle is gone with the listeners and supervision:
+        // the writer commits what is queued and stops.
+        let _ = supervision_task.await;
         let _ = writer_task.await;
         inner.cancel();
         let _ = stage_task.await;

@@ -93,6 +93,17 @@ pub struct Settings {
     /// `smtp://host:port`, `smtp://host:587?tls=required` or `smtps://user:pass@host`; unset: no e-mail.
     pub smtp_url: Option<Secret>,
     pub mail_from: String,
+    /// Expected seconds between two reports of a device, per protocol (a
+    /// device's own `heartbeat_secs` overrides it).
+    pub heartbeat_secs: std::collections::BTreeMap<String, u64>,
+    /// For protocols not in `heartbeat_secs`.
+    pub heartbeat_default_secs: u64,
+    /// A device is offline after this many missed reports…
+    pub heartbeat_missed: u32,
+    /// …plus this many seconds.
+    pub heartbeat_grace_secs: u64,
+    /// How often the deadlines are checked.
+    pub supervision_tick_ms: u64,
 }
 
 impl Default for Settings {
@@ -137,6 +148,11 @@ impl Default for Settings {
             webhook_secret: None,
             smtp_url: None,
             mail_from: "Ping An Tong <alarms@pingantong.invalid>".into(),
+            heartbeat_secs: crate::supervision::default_intervals(),
+            heartbeat_default_secs: 300,
+            heartbeat_missed: 2,
+            heartbeat_grace_secs: 30,
+            supervision_tick_ms: 1_000,
         }
     }
 }
@@ -207,6 +223,16 @@ impl Settings {
             return invalid(
                 "notify_max_attempts/notify_retry_secs/notify_retry_max_secs",
                 "at least one attempt, a retry of at least 1 s, and a cap not below it",
+            );
+        }
+        if self.heartbeat_default_secs == 0
+            || self.heartbeat_missed == 0
+            || self.supervision_tick_ms == 0
+            || self.heartbeat_secs.values().any(|s| *s == 0)
+        {
+            return invalid(
+                "heartbeat_secs/heartbeat_default_secs/heartbeat_missed/supervision_tick_ms",
+                "must be at least 1",
             );
         }
         if self.mail_from.parse::<lettre::message::Mailbox>().is_err() {
@@ -304,6 +330,17 @@ impl Settings {
             first_delay_ms: self.notify_retry_secs as i64 * 1000,
             max_delay_ms: self.notify_retry_max_secs as i64 * 1000,
             ..Default::default()
+        }
+    }
+
+    pub fn heartbeats(&self) -> crate::supervision::Heartbeats {
+        let mut per_protocol = crate::supervision::default_intervals();
+        per_protocol.extend(self.heartbeat_secs.clone());
+        crate::supervision::Heartbeats {
+            per_protocol,
+            default_secs: self.heartbeat_default_secs,
+            missed: self.heartbeat_missed,
+            grace_secs: self.heartbeat_grace_secs,
         }
     }
 

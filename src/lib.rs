@@ -21,6 +21,7 @@ pub mod notify;
 pub mod routing;
 pub mod rules;
 pub mod store;
+pub mod supervision;
 pub mod telemetry;
 
 pub use app::Application;

@@ -150,7 +150,8 @@ impl Rule {
             EventKind::LowBattery
             | EventKind::PowerCut
             | EventKind::RemovedFromWrist
-            | EventKind::Tamper => rule(Lane::Technical, &[Operator], Some(1800)),
+            | EventKind::Tamper
+            | EventKind::Offline => rule(Lane::Technical, &[Operator], Some(1800)),
             other => match other.lane() {
                 // Codes newer than this server keep the lane their range gives them.
                 Lane::LifeSafety => rule(Lane::LifeSafety, &[Operator, OfferCarer], None),
@@ -162,7 +163,7 @@ impl Rule {
 }
 
 /// Every kind a rules file may name (`other_xx` codes follow their range).
-pub const KINDS: [EventKind; 11] = [
+pub const KINDS: [EventKind; 12] = [
     EventKind::Sos,
     EventKind::Fall,
     EventKind::Medical,
@@ -170,6 +171,7 @@ pub const KINDS: [EventKind; 11] = [
     EventKind::PowerCut,
     EventKind::RemovedFromWrist,
     EventKind::Tamper,
+    EventKind::Offline,
     EventKind::PeriodicTest,
     EventKind::PowerRestored,
     EventKind::Heartbeat,
@@ -266,6 +268,7 @@ impl Rules {
     /// Whether an event of this kind needs the incident stage after its commit.
     pub fn needs_incident_stage(&self, kind: EventKind) -> bool {
         kind == EventKind::Cancel
+            || clears(kind).is_some()
             || self.by_kind.get(&kind.name()).map_or_else(
                 || Rule::built_in(kind).has(Action::Operator),
                 |r| r.has(Action::Operator),
@@ -305,6 +308,15 @@ impl Rules {
     }
 }
 
+/// The trouble an event reports over, whose open job it closes.
+pub fn clears(kind: EventKind) -> Option<EventKind> {
+    match kind {
+        EventKind::BackOnline => Some(EventKind::Offline),
+        EventKind::PowerRestored => Some(EventKind::PowerCut),
+        _ => None,
+    }
+}
+
 pub fn lane_name(lane: Lane) -> &'static str {
     match lane {
         Lane::LifeSafety => "life_safety",
@@ -323,6 +335,9 @@ fn check(kind: &str, rule: &Rule) -> Result<(), RulesError> {
     };
     if kind == "cancel" {
         return invalid("a cancel always follows the incident it cancels; it takes no rule");
+    }
+    if kind == "back_online" {
+        return invalid("back_online closes the offline job; it takes no rule");
     }
     let Some(event) = KINDS.iter().find(|k| k.name() == kind) else {
         let known: Vec<String> = KINDS.iter().map(|k| k.name()).collect();
@@ -386,6 +401,12 @@ mod tests {
         assert!(!r.needs_incident_stage(EventKind::Heartbeat));
         assert!(r.needs_incident_stage(EventKind::Cancel));
         assert!(r.needs_incident_stage(EventKind::Tamper));
+        assert!(r.needs_incident_stage(EventKind::Offline));
+        // Returns close the job their trouble opened.
+        assert!(r.needs_incident_stage(EventKind::BackOnline));
+        assert!(r.needs_incident_stage(EventKind::PowerRestored));
+        assert_eq!(clears(EventKind::BackOnline), Some(EventKind::Offline));
+        assert_eq!(r.priority(EventKind::Offline), Lane::Technical);
         // A code newer than the server keeps a safe lane.
         assert_eq!(r.priority(EventKind::Other(0x05)), Lane::LifeSafety);
         assert!(r.for_kind(EventKind::Other(0x05)).has(Action::Operator));

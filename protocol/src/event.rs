@@ -86,6 +86,11 @@ pub enum EventKind {
     RemovedFromWrist,
     Tamper,
     Position,
+    /// The server's verdict, not a device's report: the device missed its
+    /// heartbeats. No wire format decodes to it.
+    Offline,
+    /// The server's verdict: an offline device was heard from again.
+    BackOnline,
     /// A native event code this server does not know yet. Codes in the
     /// life-safety range are still treated as life-safety (see NATIVE.md).
     Other(u8),
@@ -102,11 +107,13 @@ impl EventKind {
             EventKind::LowBattery
             | EventKind::PowerCut
             | EventKind::RemovedFromWrist
-            | EventKind::Tamper => Lane::Technical,
+            | EventKind::Tamper
+            | EventKind::Offline => Lane::Technical,
             EventKind::Heartbeat
             | EventKind::PeriodicTest
             | EventKind::PowerRestored
-            | EventKind::Position => Lane::Informational,
+            | EventKind::Position
+            | EventKind::BackOnline => Lane::Informational,
             EventKind::Other(code) if code < 0x10 => Lane::LifeSafety,
             EventKind::Other(code) if code < 0x40 => Lane::Technical,
             EventKind::Other(_) => Lane::Informational,
@@ -116,6 +123,11 @@ impl EventKind {
     /// Whether this event asks for a human to act on a person (opens an incident).
     pub fn raises_alarm(self) -> bool {
         self.lane() == Lane::LifeSafety && self != EventKind::Cancel
+    }
+
+    /// A verdict of the server's own supervision, which no device may report.
+    pub fn is_server_verdict(self) -> bool {
+        matches!(self, EventKind::Offline | EventKind::BackOnline)
     }
 
     /// Stable lower-case name used in the database and in JSON.
@@ -133,6 +145,8 @@ impl EventKind {
             EventKind::RemovedFromWrist => "removed_from_wrist".into(),
             EventKind::Tamper => "tamper".into(),
             EventKind::Position => "position".into(),
+            EventKind::Offline => "offline".into(),
+            EventKind::BackOnline => "back_online".into(),
             EventKind::Other(code) => format!("other_{code:02x}"),
         }
     }
@@ -152,6 +166,8 @@ impl EventKind {
             "removed_from_wrist" => EventKind::RemovedFromWrist,
             "tamper" => EventKind::Tamper,
             "position" => EventKind::Position,
+            "offline" => EventKind::Offline,
+            "back_online" => EventKind::BackOnline,
             other => {
                 let hex = other.strip_prefix("other_")?;
                 EventKind::Other(u8::from_str_radix(hex, 16).ok()?)

@@ -352,6 +352,10 @@ pub fn kind_code(kind: EventKind) -> u8 {
         EventKind::PeriodicTest => 0x41,
         EventKind::PowerRestored => 0x42,
         EventKind::Position => 0x43,
+        // Server verdicts travel in no native frame; a device that sends these
+        // codes is heard as an unknown code of the same range, never as a verdict.
+        EventKind::Offline => 0x3f,
+        EventKind::BackOnline => 0xff,
         EventKind::Other(code) => code,
     }
 }

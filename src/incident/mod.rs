@@ -287,6 +287,18 @@ impl IncidentStage {
             // (for forensics and the rejected-device list), nobody's job.
             (false, false, _) => return self.db.mark_processed(owed.id).await,
         };
+        if let Some(trouble) = crate::rules::clears(owed.kind) {
+            let job = format!("technical:{}:{}", owed.device_id, trouble.name());
+            let detail = format!("{kind} reported by the device (alarm {})", owed.id);
+            if let Some(incident) = self.db.clear_job(owed.id, &job, &detail).await? {
+                events::JobCleared {
+                    incident,
+                    kind: &kind,
+                }
+                .emit();
+            }
+            return Ok(());
+        }
         if owed.kind == EventKind::Cancel {
             self.db.record_cancel(owed.id, &fold_key).await?;
             return Ok(());

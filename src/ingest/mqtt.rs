@@ -81,7 +81,9 @@ pub fn parse(
     if e.v != 1 {
         return Err(EventError::Version(e.v));
     }
-    let kind = EventKind::from_name(&e.kind).ok_or_else(|| EventError::Kind(e.kind.clone()))?;
+    let kind = EventKind::from_name(&e.kind)
+        .filter(|k| !k.is_server_verdict())
+        .ok_or_else(|| EventError::Kind(e.kind.clone()))?;
     if let Some(b) = e.battery
         && b > 100
     {
@@ -427,6 +429,11 @@ mod tests {
             )
             .contains("boom")
         );
+        // Only the server's supervision says a device is offline or back.
+        for verdict in ["offline", "back_online"] {
+            let body = format!(r#"{{"v":1,"seq":1,"kind":"{verdict}"}}"#);
+            assert!(bad("pat/v1/devices/x/events", body.as_bytes()).contains(verdict));
+        }
         assert!(
             bad(
                 "pat/v1/devices/x/events",

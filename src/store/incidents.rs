@@ -301,6 +301,76 @@ impl Db {
         })
     }
 
+    /// A device reports its trouble is over (back online, power restored):
+    /// the open job for that trouble is closed as cleared, or — when someone
+    /// already stands in the home — the news goes on its timeline.
+    pub async fn clear_job(
+        &self,
+        alarm_id: i64,
+        fold_key: &str,
+        detail: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = now_ms();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            if !claim_alarm!(tx, alarm_id, now) {
+                return Ok(None);
+            }
+            let open: Option<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id, state FROM incidents WHERE fold_key = $1 AND {OPEN}"
+            )))
+            .bind(fold_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((id, state)) = open else {
+                tx.commit().await?;
+                return Ok(None);
+            };
+            let next = crate::domain::State::parse(&state)
+                .and_then(|s| s.apply(crate::domain::Action::Cancel).ok());
+            match next {
+                Some(next) => {
+                    sqlx::query(
+                        "UPDATE incidents SET state = $1, outcome = 'cleared', updated_at = $2 \
+                         WHERE id = $3",
+                    )
+                    .bind(next.as_str())
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    insert_event!(
+                        tx,
+                        id,
+                        now,
+                        "device",
+                        "cleared",
+                        Some(next.as_str()),
+                        detail
+                    )?;
+                }
+                None => {
+                    insert_event!(
+                        tx,
+                        id,
+                        now,
+                        "device",
+                        "condition_cleared",
+                        None::<&str>,
+                        detail
+                    )?;
+                }
+            }
+            sqlx::query("UPDATE alarms SET incident_id = $1 WHERE id = $2")
+                .bind(id)
+                .bind(alarm_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(id))
+        })
+    }
+
     /// Providers contracted for this address, each with its available carers
     /// (one row per carer, or one row with no carer when nobody is available).
     pub async fn carer_candidates(

@@ -67,6 +67,8 @@ pub struct DeviceRow {
     pub client_id: Option<i64>,
     pub retired: bool,
     pub updated_at: i64,
+    /// Its own expected interval between reports; `None`: the protocol's.
+    pub heartbeat_secs: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -92,6 +94,8 @@ pub struct ClientProfile {
     pub allergies: String,
     pub birth_year: Option<i64>,
     pub subsidy_category: Option<String>,
+    /// Away from home (hospital, travel) until then: supervision does not chase their devices.
+    pub away_until: Option<i64>,
     #[sqlx(skip)]
     pub contacts: Vec<ContactRow>,
 }
@@ -235,33 +239,39 @@ impl Db {
     }
 
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, protocol, secret, client_id, retired, updated_at FROM devices WHERE id = $1"
+        Ok(on_pool!(self, |p| {
+            sqlx::query_as(
+            "SELECT id, protocol, secret, client_id, retired, updated_at, heartbeat_secs FROM devices WHERE id = $1"
         )
         .bind(id)
         .fetch_optional(p)
-        .await)?)
+        .await
+        })?)
     }
 
     pub async fn devices_of_protocol(&self, protocol: &str) -> Result<Vec<DeviceRow>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, protocol, secret, client_id, retired, updated_at FROM devices \
+        Ok(on_pool!(self, |p| {
+            sqlx::query_as(
+            "SELECT id, protocol, secret, client_id, retired, updated_at, heartbeat_secs FROM devices \
              WHERE protocol = $1"
         )
         .bind(protocol)
         .fetch_all(p)
-        .await)?)
+        .await
+        })?)
     }
 
     /// Devices provisioned, re-provisioned or retired at or after `since`.
     pub async fn devices_changed_since(&self, since: i64) -> Result<Vec<DeviceRow>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, protocol, secret, client_id, retired, updated_at FROM devices \
+        Ok(on_pool!(self, |p| {
+            sqlx::query_as(
+            "SELECT id, protocol, secret, client_id, retired, updated_at, heartbeat_secs FROM devices \
              WHERE updated_at >= $1"
         )
         .bind(since)
         .fetch_all(p)
-        .await)?)
+        .await
+        })?)
     }
 
     /// Clients whose profile or contacts changed at or after `since`.
@@ -279,7 +289,8 @@ impl Db {
     pub async fn client_profile(&self, id: i64) -> Result<Option<ClientProfile>, StoreError> {
         let client: Option<ClientProfile> = on_pool!(self, |p| sqlx::query_as(
             "SELECT id, name, address, district, street, lat, lon, language, medical_notes, \
-             medications, allergies, birth_year, subsidy_category FROM clients WHERE id = $1"
+             medications, allergies, birth_year, subsidy_category, away_until FROM clients \
+             WHERE id = $1"
         )
         .bind(id)
         .fetch_optional(p)
@@ -295,5 +306,81 @@ impl Db {
         .fetch_all(p)
         .await)?;
         Ok(Some(client))
+    }
+
+    /// Mark a client away (or back, with `None`): their devices' silence raises nothing meanwhile.
+    pub async fn set_client_away(
+        &self,
+        client_id: i64,
+        until: Option<i64>,
+    ) -> Result<(), StoreError> {
+        on_write_pool!(self, |p| sqlx::query(
+            "UPDATE clients SET away_until = $1, updated_at = $2 WHERE id = $3"
+        )
+        .bind(until)
+        .bind(now_ms())
+        .bind(client_id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Set a device's own heartbeat interval (`None`: its protocol's).
+    pub async fn set_device_heartbeat(
+        &self,
+        id: &str,
+        secs: Option<i64>,
+    ) -> Result<(), StoreError> {
+        on_write_pool!(self, |p| sqlx::query(
+            "UPDATE devices SET heartbeat_secs = $1, updated_at = $2 WHERE id = $3"
+        )
+        .bind(secs)
+        .bind(now_ms())
+        .bind(id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Devices heard from at least once (and not retired), with their protocol:
+    /// the ones supervision watches.
+    pub async fn watched_devices(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, protocol FROM devices WHERE heard_at IS NOT NULL AND retired = FALSE"
+        )
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// Record the first report of these devices (the rest keep theirs).
+    pub async fn mark_heard(&self, ids: &[String], at: i64) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            for id in ids {
+                sqlx::query("UPDATE devices SET heard_at = $1 WHERE id = $2 AND heard_at IS NULL")
+                    .bind(at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// Devices with an open offline job: still offline after a restart.
+    pub async fn devices_offline(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT device_id FROM incidents WHERE kind = 'offline' \
+             AND state NOT IN ('resolved', 'closed', 'cancelled', 'merged')"
+        )
+        .fetch_all(p)
+        .await)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }

@@ -45,6 +45,8 @@ pub struct WriterHandle {
 pub struct HandOver {
     pub urgent: mpsc::Sender<CommittedAlarm>,
     pub other: mpsc::Sender<CommittedAlarm>,
+    /// Told of every committed report: the device is alive.
+    pub supervision: Option<Arc<crate::supervision::Supervision>>,
 }
 
 /// How many commits carried how many events: their ratio is the batching.
@@ -161,6 +163,9 @@ async fn run(
                     elapsed: started.elapsed(),
                 }
                 .emit();
+                if let Some(s) = &committed.supervision {
+                    s.seen(records.iter());
+                }
                 for ((record, reply), outcome) in records.into_iter().zip(replies).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                     if let CommitOutcome::Stored(id) = outcome
@@ -235,7 +240,16 @@ mod tests {
         let (urgent, mut urgent_rx) = mpsc::channel(1000);
         let (other, mut other_rx) = mpsc::channel(1000);
         let rules = Arc::new(Rules::default());
-        let (w, task) = spawn(db.clone(), 512, rules, HandOver { urgent, other });
+        let (w, task) = spawn(
+            db.clone(),
+            512,
+            rules,
+            HandOver {
+                urgent,
+                other,
+                supervision: None,
+            },
+        );
         let mut pending = Vec::new();
         for n in 0..200 {
             let kind = if n % 50 == 0 {
@@ -291,7 +305,11 @@ mod tests {
             db,
             512,
             Arc::new(Rules::default()),
-            HandOver { urgent, other },
+            HandOver {
+                urgent,
+                other,
+                supervision: None,
+            },
         );
         let outcome = tokio::time::timeout(
             std::time::Duration::from_secs(10),

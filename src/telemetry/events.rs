@@ -299,3 +299,44 @@ impl FamilyNoticeFailed<'_> {
         );
     }
 }
+
+pub struct JobCleared<'a> {
+    pub incident: i64,
+    pub kind: &'a str,
+}
+
+impl JobCleared<'_> {
+    pub fn emit(self) {
+        counter!("pat_jobs_cleared_total").increment(1);
+        info!(
+            incident = self.incident,
+            kind = self.kind,
+            "technical job cleared by the device"
+        );
+    }
+}
+
+pub struct DeviceOffline<'a> {
+    pub device: &'a str,
+}
+
+impl DeviceOffline<'_> {
+    pub fn emit(self) {
+        counter!("pat_devices_offline_total").increment(1);
+        warn!(
+            device = self.device,
+            "device offline: no report within its allowance"
+        );
+    }
+}
+
+pub struct DeviceBackOnline<'a> {
+    pub device: &'a str,
+}
+
+impl DeviceBackOnline<'_> {
+    pub fn emit(self) {
+        counter!("pat_devices_back_online_total").increment(1);
+        info!(device = self.device, "device back online");
+    }
+}

@@ -656,6 +656,10 @@ impl ManualClock {
         )))
     }
 
+    pub fn now(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn advance(&self, d: Duration) {
         self.0
             .fetch_add(d.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);

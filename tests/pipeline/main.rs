@@ -10,3 +10,4 @@ mod incidents;
 mod mqtt;
 mod native;
 mod notify;
+mod supervision;

@@ -1,0 +1,277 @@
+//! Device supervision: silence past a device's allowance is an "offline"
+//! technical job, its next report closes it; away clients are not chased;
+//! the state survives a restart. Time is moved by hand ([`ManualClock`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingantong::demo::seed::{CitySpec, seed_city};
+use pingantong::store::Db;
+use pingantong_protocol::EventKind;
+use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
+use pingantong_sim::speaker;
+
+use crate::helpers::*;
+
+/// Devices of every protocol report every 60 s; offline after 2 missed + 30 s = 150 s.
+fn supervised(backend: Backend, dir: &std::path::Path) -> pingantong::Settings {
+    pingantong::Settings {
+        heartbeat_secs: pingantong::supervision::default_intervals()
+            .into_keys()
+            .map(|p| (p, 60))
+            .collect(),
+        heartbeat_default_secs: 60,
+        heartbeat_missed: 2,
+        heartbeat_grace_secs: 30,
+        supervision_tick_ms: 100,
+        ..test_settings(backend, Broker::Embedded, dir)
+    }
+}
+
+/// The device's offline job: (incident id, state, outcome).
+async fn offline_job(db: &Db, device: &str) -> Option<(i64, String, Option<String>)> {
+    let key = format!("technical:{device}:offline");
+    for (id, fold_key, _, _) in db.incidents_overview().await.unwrap() {
+        if fold_key == key {
+            let s = db.incident_summary(id).await.unwrap().unwrap();
+            assert_eq!(s.lane, "technical");
+            assert_eq!(s.kind, "offline");
+            return Some((id, s.state, s.outcome));
+        }
+    }
+    None
+}
+
+async fn heartbeat(app: &TestApp, city: &City, seq: u32) {
+    let mut dev = Device::connect(app.native).await;
+    dev.send(
+        &event(&city.device, seq, EventKind::Heartbeat),
+        &city.secret,
+    )
+    .await;
+}
+
+async fn watched(db: &Db, device: &str) {
+    eventually("the device watched", || async {
+        db.watched_devices()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(id, _)| id == device)
+            .then_some(())
+    })
+    .await;
+}
+
+async fn silence_goes_offline_and_a_report_closes_it(backend: Backend) {
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let s = supervised(backend, dir.path());
+    let app = TestApp::spawn_with_clock(s.clone(), None, &clock).await;
+    let city = seed_small_city(&app.db).await;
+    heartbeat(&app, &city, 1).await;
+    watched(&app.db, &city.device).await;
+
+    clock.advance(Duration::from_secs(100));
+    heartbeat(&app, &city, 2).await;
+    // 100 + 149 s: within the allowance counted from the last report.
+    clock.advance(Duration::from_secs(148));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        offline_job(&app.db, &city.device).await.is_none(),
+        "not yet"
+    );
+    clock.advance(Duration::from_secs(3));
+    let (job, state, _) = eventually("the offline job", || async {
+        offline_job(&app.db, &city.device).await
+    })
+    .await;
+    assert_eq!(state, "queued");
+    // Once, however long the silence lasts.
+    clock.advance(Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        app.db.count_alarms(Some(EventKind::Offline)).await.unwrap(),
+        1
+    );
+    app.stop().await;
+
+    // Still offline across a restart; the next report closes the job.
+    let back = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
+    clock.advance(Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        back.db
+            .count_alarms(Some(EventKind::Offline))
+            .await
+            .unwrap(),
+        1,
+        "no second alarm for a device already offline"
+    );
+    heartbeat(&back, &city, 3).await;
+    let (_, state, outcome) = eventually("the job cleared", || async {
+        offline_job(&back.db, &city.device)
+            .await
+            .filter(|j| j.1 == "cancelled")
+    })
+    .await;
+    assert_eq!(state, "cancelled");
+    assert_eq!(outcome.as_deref(), Some("cleared"));
+    assert!(
+        back.db
+            .incident_actions(job)
+            .await
+            .unwrap()
+            .contains(&"cleared".to_owned())
+    );
+    assert_eq!(
+        back.db
+            .count_alarms(Some(EventKind::BackOnline))
+            .await
+            .unwrap(),
+        1
+    );
+    back.stop().await;
+}
+
+#[tokio::test]
+async fn silence_goes_offline_and_a_report_closes_it_sqlite() {
+    silence_goes_offline_and_a_report_closes_it(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn silence_goes_offline_and_a_report_closes_it_postgres() {
+    silence_goes_offline_and_a_report_closes_it(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn away_clients_and_slower_devices_are_not_chased() {
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let app =
+        TestApp::spawn_with_clock(supervised(Backend::Sqlite, dir.path()), Some(dir), &clock).await;
+    let city = seed_small_city(&app.db).await;
+    heartbeat(&app, &city, 1).await;
+    watched(&app.db, &city.device).await;
+    // In hospital for a day.
+    let until = clock.now() + 24 * 3600 * 1000;
+    app.db
+        .set_client_away(city.client_id, Some(until))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the profile cache's sweep
+    clock.advance(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(offline_job(&app.db, &city.device).await.is_none(), "away");
+    // Back home, still silent: now it is chased.
+    clock.advance(Duration::from_secs(24 * 3600));
+    eventually("the offline job after the absence", || async {
+        offline_job(&app.db, &city.device).await
+    })
+    .await;
+
+    // A device set to report every 10 minutes gets 2 x 600 + 30 s.
+    let slow = seed_small_city(&app.db).await;
+    app.db
+        .set_device_heartbeat(&slow.device, Some(600))
+        .await
+        .unwrap();
+    heartbeat(&app, &slow, 1).await;
+    watched(&app.db, &slow.device).await;
+    clock.advance(Duration::from_secs(1000));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(offline_job(&app.db, &slow.device).await.is_none());
+    clock.advance(Duration::from_secs(240));
+    eventually("the slow device offline", || async {
+        offline_job(&app.db, &slow.device).await
+    })
+    .await;
+    app.stop().await;
+}
+
+/// Every device protocol's heartbeats keep its devices online; silence takes
+/// them offline and the next heartbeat brings them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_protocols_heartbeats_are_supervised() {
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let app =
+        TestApp::spawn_with_clock(supervised(Backend::Sqlite, dir.path()), Some(dir), &clock).await;
+    let protocols = [
+        ("native", app.native),
+        ("gt06", app.addrs.gt06),
+        ("watch", app.addrs.watch),
+        ("h02", app.addrs.h02),
+        ("eview", app.addrs.eview),
+        ("dc09", app.addrs.dc09),
+    ];
+    let mut fleets = Vec::new();
+    for (protocol, addr) in protocols {
+        let seed = format!("supervised-{protocol}");
+        let city = seed_city(
+            &app.db,
+            &CitySpec {
+                clients: 2,
+                carers_per_provider: 1,
+                secret_seed: seed.clone(),
+                protocol: protocol.into(),
+            },
+        )
+        .await
+        .unwrap();
+        let pendants: Vec<Pendant> = city
+            .devices
+            .iter()
+            .map(|id| Pendant {
+                id: id.clone(),
+                secret: pingantong_sim::derive_secret(&seed, id),
+            })
+            .collect();
+        fleets.push((protocol, addr, pendants));
+    }
+    // DC-09 keys reach the receiver with the directory's next sweep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let beat = |addr, protocol: &str, pendants: &Vec<Pendant>| {
+        fleet::run(
+            FleetConfig {
+                addr,
+                speaker: speaker::by_name(protocol).unwrap(),
+                pendants: pendants.clone(),
+                heartbeat: Duration::from_millis(200),
+                alarm_rate: 0.0,
+                technical_rate: 0.0,
+                duration: Duration::from_millis(600),
+                retry_after: Duration::from_secs(2),
+                grace: Duration::from_secs(5),
+            },
+            Arc::new(FleetStats::default()),
+        )
+    };
+    for (protocol, addr, pendants) in &fleets {
+        let report = beat(*addr, protocol, pendants).await;
+        assert!(report.heartbeats_sent > 0, "{protocol}: no heartbeats");
+    }
+    let all: Vec<String> = fleets
+        .iter()
+        .flat_map(|f| f.2.iter().map(|p| p.id.clone()))
+        .collect();
+    for id in &all {
+        watched(&app.db, id).await;
+    }
+    clock.advance(Duration::from_secs(151));
+    for id in &all {
+        eventually("offline", || async { offline_job(&app.db, id).await }).await;
+    }
+    for (protocol, addr, pendants) in &fleets {
+        beat(*addr, protocol, pendants).await;
+    }
+    for id in &all {
+        eventually("back online", || async {
+            offline_job(&app.db, id)
+                .await
+                .filter(|j| j.1 == "cancelled")
+        })
+        .await;
+    }
+    app.stop().await;
+}
