@@ -35,7 +35,7 @@ pub struct Settings {
     /// PostgreSQL schema to use (created if missing).
     pub database_schema: Option<String>,
     pub database_max_connections: u32,
-    /// HTTP: health, readiness, metrics.
+    /// HTTP: health, readiness, metrics, the console API.
     pub http_addr: SocketAddr,
     /// Native pendant protocol listener.
     pub native_addr: SocketAddr,
@@ -79,6 +79,8 @@ pub struct Settings {
     pub claim_reminder_secs: u64,
     /// An offer no carer accepted in this time goes to the next carer.
     pub offer_timeout_secs: u64,
+    /// How long a console log-in lasts: one call-centre shift.
+    pub session_ttl_secs: u64,
 }
 
 impl Default for Settings {
@@ -115,6 +117,7 @@ impl Default for Settings {
             claim_alert_secs: 60,
             claim_reminder_secs: 60,
             offer_timeout_secs: 90,
+            session_ttl_secs: 12 * 3600,
         }
     }
 }
@@ -177,6 +180,9 @@ impl Settings {
                 "claim_alert_secs/claim_reminder_secs/offer_timeout_secs",
                 "must be at least 1",
             );
+        }
+        if self.session_ttl_secs == 0 || self.session_ttl_secs > 7 * 24 * 3600 {
+            return invalid("session_ttl_secs", "must be between 1 and 604800 (a week)");
         }
         if self.idle_timeout_secs == 0 || self.frame_timeout_secs == 0 {
             return invalid("idle_timeout_secs/frame_timeout_secs", "must be at least 1");
@@ -256,6 +262,12 @@ impl Settings {
             claim_after_ms: self.claim_alert_secs as i64 * 1000,
             offer_after_ms: self.offer_timeout_secs as i64 * 1000,
             remind_every_ms: self.claim_reminder_secs as i64 * 1000,
+        }
+    }
+
+    pub fn auth(&self) -> crate::api::AuthConfig {
+        crate::api::AuthConfig {
+            session_ttl: Duration::from_secs(self.session_ttl_secs),
         }
     }
 
