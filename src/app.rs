@@ -387,6 +387,7 @@ impl Application {
             d.http,
             self.db.clone(),
             link.status.clone(),
+            s.auth(),
             shutdown.clone(),
         ));
         let codecs = |f: fn() -> Box<dyn Codec>| -> CodecFactory { Arc::new(f) };

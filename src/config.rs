@@ -35,7 +35,7 @@ pub struct Settings {
     /// PostgreSQL schema to use (created if missing).
     pub database_schema: Option<String>,
     pub database_max_connections: u32,
-    /// HTTP: health, readiness, metrics.
+    /// HTTP: health, readiness, metrics, the console API.
     pub http_addr: SocketAddr,
     /// Native pendant protocol listener.
     pub native_addr: SocketAddr,
@@ -104,6 +104,8 @@ pub struct Settings {
     pub heartbeat_grace_secs: u64,
     /// How often the deadlines are checked.
     pub supervision_tick_ms: u64,
+    /// How long a console log-in lasts: one call-centre shift.
+    pub session_ttl_secs: u64,
 }
 
 impl Default for Settings {
@@ -153,6 +155,7 @@ impl Default for Settings {
             heartbeat_missed: 2,
             heartbeat_grace_secs: 30,
             supervision_tick_ms: 1_000,
+            session_ttl_secs: 12 * 3600,
         }
     }
 }
@@ -242,6 +245,9 @@ impl Settings {
             && !(url.expose().starts_with("smtp://") || url.expose().starts_with("smtps://"))
         {
             return invalid("smtp_url", "must start with smtp:// or smtps://");
+        }
+        if self.session_ttl_secs == 0 || self.session_ttl_secs > 7 * 24 * 3600 {
+            return invalid("session_ttl_secs", "must be between 1 and 604800 (a week)");
         }
         if self.idle_timeout_secs == 0 || self.frame_timeout_secs == 0 {
             return invalid("idle_timeout_secs/frame_timeout_secs", "must be at least 1");
@@ -341,6 +347,12 @@ impl Settings {
             default_secs: self.heartbeat_default_secs,
             missed: self.heartbeat_missed,
             grace_secs: self.heartbeat_grace_secs,
+        }
+    }
+
+    pub fn auth(&self) -> crate::api::AuthConfig {
+        crate::api::AuthConfig {
+            session_ttl: Duration::from_secs(self.session_ttl_secs),
         }
     }
 

@@ -1,12 +1,16 @@
-//! The `pingantong` command: serve, demo, seed.
+//! The `pingantong` command: serve, demo, seed, audit, user.
 
+use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use pingantong::api::auth::hash_password;
 use pingantong::demo::{self, DemoOptions, seed};
-use pingantong::store::{Db, StoreConfig};
+use pingantong::domain::Role;
+use pingantong::store::{Db, NewUser, StoreConfig};
 use pingantong::{Application, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -60,6 +64,40 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Operator console accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every entry's hash and link, first to last; exit 1 at the first break.
+    Verify(ServerArgs),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account. The password comes from PAT_NEW_PASSWORD or standard
+    /// input (one line), never from a flag: flags show in `ps`.
+    Add {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+            Role::ALL.map(|r| r.as_str())
+        ))]
+        role: String,
+        /// The carer this account is (required with --role carer).
+        #[arg(long)]
+        carer_id: Option<i64>,
+        /// The provider whose staff this account belongs to (a carer's by default).
+        #[arg(long)]
+        provider_id: Option<i64>,
+    },
 }
 
 #[derive(Args)]
@@ -76,7 +114,7 @@ struct ServerArgs {
     database_schema: Option<String>,
     #[arg(long, env = "PAT_NATIVE_ADDR")]
     native_addr: Option<SocketAddr>,
-    /// Health, readiness and metrics.
+    /// Health, readiness, metrics and the console API.
     #[arg(long, env = "PAT_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_GT06_ADDR")]
@@ -121,6 +159,21 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// Connect to the database these settings name (creating the data
+    /// directory of a default SQLite database).
+    async fn connect(&self) -> anyhow::Result<Db> {
+        let s = self.settings()?;
+        if s.database_url.is_none() {
+            std::fs::create_dir_all(&s.data_dir)?;
+        }
+        Ok(Db::connect(&StoreConfig {
+            url: s.database_url(),
+            schema: s.database_schema.clone(),
+            max_connections: 2,
+        })
+        .await?)
+    }
+
     fn settings(&self) -> anyhow::Result<Settings> {
         let mut s = Settings::load(self.config.as_deref())?;
         if let Some(v) = &self.data_dir {
@@ -183,7 +236,7 @@ impl ServerArgs {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Demo { .. });
     // The embedded broker logs every client disconnect as an error; RUST_LOG
@@ -193,13 +246,16 @@ async fn main() {
     } else {
         "info,rumqttd=off,sqlx=warn"
     });
-    if let Err(e) = run(cli.command).await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let settings = args.settings()?;
@@ -229,7 +285,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 stop.cancel();
             });
             app.run_until_stopped(shutdown).await;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
             duration,
@@ -263,7 +319,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "{} alarms lost",
                 summary.alarms_lost
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Seed {
             server,
@@ -275,16 +331,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 protocol == "mqtt" || pingantong_sim::speaker::by_name(&protocol).is_some(),
                 "unknown --protocol {protocol:?} (native, gt06, watch, h02, eview, dc09, mqtt)"
             );
-            let s = server.settings()?;
-            if s.database_url.is_none() {
-                std::fs::create_dir_all(&s.data_dir)?;
-            }
-            let db = Db::connect(&StoreConfig {
-                url: s.database_url(),
-                schema: s.database_schema.clone(),
-                max_connections: 2,
-            })
-            .await?;
+            let db = server.connect().await?;
             let city = seed::seed_city(
                 &db,
                 &seed::CitySpec {
@@ -304,7 +351,56 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 city.carers,
                 db.backend()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify(server)) => {
+            let db = server.connect().await?;
+            let report = db.verify_audit_chain().await;
+            db.close().await;
+            let report = report?;
+            Ok(match report.broken {
+                None => {
+                    println!("audit chain ok: {} entries", report.entries);
+                    ExitCode::SUCCESS
+                }
+                Some(b) => {
+                    println!("audit chain broken at entry {}: {}", b.id, b.fault);
+                    ExitCode::FAILURE
+                }
+            })
+        }
+        Command::User(UserCommand::Add {
+            server,
+            username,
+            role,
+            carer_id,
+            provider_id,
+        }) => {
+            let role =
+                Role::parse(&role).ok_or_else(|| anyhow::anyhow!("unknown role {role:?}"))?;
+            let password = new_password()?;
+            let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
+            let db = server.connect().await?;
+            let actor = format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            );
+            let added = db
+                .add_user(
+                    &NewUser {
+                        username: &username,
+                        password_hash: &hash,
+                        role,
+                        carer_id,
+                        provider_id,
+                    },
+                    &actor,
+                )
+                .await;
+            db.close().await;
+            let id = added?;
+            println!("added user {username:?} (role {role}) with id {id}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Rules { server } => {
             let s = server.settings()?;
@@ -314,9 +410,45 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 None => println!("built-in rules:"),
             }
             print!("{}", rules.describe(s.escalation()));
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The new account's password: `PAT_NEW_PASSWORD`, else one line of standard
+/// input (not echoed when it is a terminal).
+fn new_password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("PAT_NEW_PASSWORD") {
+        return Ok(p);
+    }
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let stty = |arg: &str| {
+        let _ = std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status();
+    };
+    if tty {
+        eprint!("password for the new account: ");
+        stty("-echo");
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if tty {
+        stty("echo");
+        eprintln!();
+    }
+    read?;
+    let password = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password: set PAT_NEW_PASSWORD or give it on standard input"
+    );
+    Ok(password.to_owned())
 }
 
 async fn wait_for_signal() {

@@ -1,4 +1,9 @@
-//! HTTP: health, readiness and metrics (the operator console and its API grow here).
+//! HTTP: health, readiness and metrics; console log-in and the audit log (the
+//! operator console and its API grow here). Every error body is JSON.
+
+mod audit;
+pub mod auth;
+mod error;
 
 use std::sync::OnceLock;
 
@@ -10,6 +15,9 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub use auth::{AuthConfig, Caller};
+pub use error::ApiError;
 
 use crate::dispatch::MqttStatus;
 use crate::store::Db;
@@ -38,21 +46,32 @@ fn metrics() -> Option<PrometheusHandle> {
         .clone()
 }
 
-pub fn router(db: Db, mqtt: MqttStatus) -> Router {
+pub fn router(db: Db, mqtt: MqttStatus, auth: AuthConfig) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
         .with_state(AppState {
-            db,
+            db: db.clone(),
             mqtt,
             metrics: metrics(),
         })
+        .merge(auth::router(db.clone(), auth))
+        .merge(audit::router(db))
+        // Last: it applies to the routes already added.
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { ApiError::NotFound })
 }
 
 /// Serve on an already-bound listener until `shutdown`.
-pub async fn serve(listener: TcpListener, db: Db, mqtt: MqttStatus, shutdown: CancellationToken) {
-    let app = router(db, mqtt);
+pub async fn serve(
+    listener: TcpListener,
+    db: Db,
+    mqtt: MqttStatus,
+    auth: AuthConfig,
+    shutdown: CancellationToken,
+) {
+    let app = router(db, mqtt, auth);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

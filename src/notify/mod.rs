@@ -293,11 +293,18 @@ impl Notifier {
                 .emit();
                 self.db.notification_delivered(&job).await
             }
-            Err(e) => self.failed(&job, &e).await,
+            Err(e) => self.failed(&job, &e, now).await,
         }
     }
 
-    async fn failed(&self, job: &NotificationJob, error: &NotifyError) -> Result<(), StoreError> {
+    /// `started`: when this attempt began; the backoff counts from there, so
+    /// a slow failure does not stretch the wait.
+    async fn failed(
+        &self,
+        job: &NotificationJob,
+        error: &NotifyError,
+        started: i64,
+    ) -> Result<(), StoreError> {
         let why = error.to_string();
         let permanent = matches!(error, NotifyError::Permanent(_));
         events::FamilyNoticeFailed {
@@ -307,12 +314,14 @@ impl Notifier {
             error: &why,
         }
         .emit();
-        let now = (self.clock)();
         if !permanent && job.attempts < self.policy.max_attempts {
-            let retry_at = now + self.policy.delay_after(job.attempts);
+            let retry_at = started + self.policy.delay_after(job.attempts);
             return self.db.notification_retry(job.id, retry_at, &why).await;
         }
-        let outcome = self.db.notification_gave_up(job, &why, now).await?;
+        let outcome = self
+            .db
+            .notification_gave_up(job, &why, (self.clock)())
+            .await?;
         let alert = format!(
             "{} ({}) not reached by {}: {why}",
             job.contact_name, job.relation, job.channel

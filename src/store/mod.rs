@@ -5,6 +5,7 @@
 //! [`on_pool!`]; all times are stored as milliseconds since the Unix epoch.
 
 mod alarms;
+pub mod audit;
 mod dispatches;
 mod handoffs;
 mod incidents;
@@ -12,6 +13,7 @@ mod notifications;
 mod registry;
 mod timers;
 mod transitions;
+mod users;
 pub mod writer;
 
 use std::str::FromStr;
@@ -23,6 +25,7 @@ use sqlx::sqlite::{
 };
 
 pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
+pub use audit::{AuditEntry, AuditReport, ChainBreak, ChainFault};
 pub use dispatches::{CarerAnswer, ReplyError};
 pub use handoffs::{Handoff, HandoffError};
 pub use incidents::{
@@ -36,6 +39,7 @@ pub use registry::{
 };
 pub use timers::{ClaimCheck, OfferCheck, TimerRow};
 pub use transitions::{Transition, TransitionError};
+pub use users::{LoginUser, NewUser, SessionUser, USERNAME_MAX, UserError, valid_username};
 
 /// Run `$body` with `$p` bound to the pool for reads of whichever backend
 /// `$db` holds. The body is compiled once per backend, so it must only use SQL
@@ -215,6 +219,16 @@ impl Db {
         match self {
             Db::Sqlite { .. } => "sqlite",
             Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// How a write transaction that reads before it writes must begin. SQLite:
+    /// take the write lock at once, so a writer in another process (the CLI
+    /// beside the server) waits its turn instead of failing at its first write.
+    pub(crate) fn begin_write(&self) -> &'static str {
+        match self {
+            Db::Sqlite { .. } => "BEGIN IMMEDIATE",
+            Db::Postgres(_) => "BEGIN",
         }
     }
 

@@ -340,3 +340,32 @@ impl DeviceBackOnline<'_> {
         info!(device = self.device, "device back online");
     }
 }
+
+pub struct LoginAttempt<'a> {
+    /// `ok`, `bad_credentials`, `disabled`, `busy`.
+    pub outcome: &'static str,
+    /// Only for a successful log-in: a failed one's name may be a mistyped
+    /// password, and the audit log keeps it for those allowed to read it.
+    pub username: Option<&'a str>,
+}
+
+impl LoginAttempt<'_> {
+    pub fn emit(self) {
+        counter!("pat_logins_total", "outcome" => self.outcome).increment(1);
+        match self.username {
+            Some(user) => info!(user, "console log-in"),
+            None => warn!(outcome = self.outcome, "console log-in refused"),
+        }
+    }
+}
+
+pub struct RequestFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl RequestFailed<'_> {
+    pub fn emit(self) {
+        counter!("pat_http_internal_errors_total").increment(1);
+        error!(error = %self.error, "HTTP request failed");
+    }
+}

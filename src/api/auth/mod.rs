@@ -1,0 +1,182 @@
+//! Console log-in: `POST /api/v1/session` trades a username and password for
+//! a bearer token, `DELETE /api/v1/session` ends it, `GET /api/v1/me` says
+//! who the token belongs to. Every log-in, failed or not, is audited.
+
+mod caller;
+pub mod password;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRef, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::sync::Semaphore;
+
+pub use caller::{Caller, new_token, token_hash};
+pub use password::{PasswordError, hash_password, verify_password};
+
+use super::ApiError;
+use crate::domain::Role;
+use crate::store::{AuditEntry, Db, USERNAME_MAX, now_ms, valid_username};
+use crate::telemetry::events::LoginAttempt;
+
+/// The same answer for an unknown user, a wrong password and a disabled account.
+const BAD_CREDENTIALS: &str = "wrong username or password";
+
+/// How long a log-in waits for its turn at the password hasher before the
+/// client is told to retry (429).
+const HASH_QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy)]
+pub struct AuthConfig {
+    /// Lifetime of a session from log-in.
+    pub session_ttl: Duration,
+}
+
+#[derive(Clone)]
+struct AuthState {
+    db: Db,
+    ttl_ms: i64,
+    /// Password checks run one per two cores at most: a flood of log-ins
+    /// must not take the CPU the alarm path needs.
+    hashing: Arc<Semaphore>,
+}
+
+impl FromRef<AuthState> for Db {
+    fn from_ref(s: &AuthState) -> Db {
+        s.db.clone()
+    }
+}
+
+pub fn router(db: Db, cfg: AuthConfig) -> Router {
+    // The first unknown-user log-in should not be the one that pays for the dummy hash.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn_blocking(password::warm_up);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Router::new()
+        .route("/api/v1/session", post(login).delete(logout))
+        .route("/api/v1/me", get(me))
+        .with_state(AuthState {
+            db,
+            ttl_ms: i64::try_from(cfg.session_ttl.as_millis()).unwrap_or(i64::MAX),
+            hashing: Arc::new(Semaphore::new(cores.div_ceil(2))),
+        })
+}
+
+#[derive(serde::Deserialize)]
+struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+#[derive(serde::Serialize)]
+struct LoginResponse {
+    token: String,
+    expires_at: i64,
+    role: Role,
+}
+
+async fn login(
+    State(s): State<AuthState>,
+    body: Result<Json<LoginRequest>, JsonRejection>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let Json(req) = body?;
+    // A name or password no account can have is refused without any work
+    // (which says nothing about real accounts).
+    let plausible =
+        valid_username(&req.username) && req.password.len() <= password::PASSWORD_MAX_BYTES;
+    let (user, password_ok) = if plausible {
+        let user = s.db.login_user(&req.username).await?;
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        let ok = check_password(&s.hashing, req.password, stored).await?;
+        (user, ok)
+    } else {
+        (None, false)
+    };
+    let user = match user {
+        Some(u) if password_ok && !u.disabled => u,
+        other => {
+            let why = match other {
+                None => "unknown user",
+                Some(_) if !password_ok => "wrong password",
+                Some(_) => "account disabled",
+            };
+            // The name as typed, escaped (it may hold anything, NUL included),
+            // never the password.
+            let tried: String = req.username.chars().take(USERNAME_MAX).collect();
+            s.db.audit(AuditEntry {
+                actor: "anonymous",
+                action: "login_failed",
+                subject: &format!("user:{}", tried.escape_debug()),
+                detail: why,
+            })
+            .await?;
+            LoginAttempt {
+                outcome: if password_ok {
+                    "disabled"
+                } else {
+                    "bad_credentials"
+                },
+                username: None,
+            }
+            .emit();
+            return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
+        }
+    };
+    let (token, hash) = new_token();
+    let expires_at = now_ms().saturating_add(s.ttl_ms);
+    s.db.open_session(&hash, &user, expires_at).await?;
+    LoginAttempt {
+        outcome: "ok",
+        username: Some(&user.username),
+    }
+    .emit();
+    Ok(Json(LoginResponse {
+        token,
+        expires_at,
+        role: user.role,
+    }))
+}
+
+/// Check a password off the runtime, waiting for a turn at the hasher; the
+/// dummy hash stands in for an account that does not exist.
+async fn check_password(
+    hashing: &Arc<Semaphore>,
+    password: String,
+    stored: Option<String>,
+) -> Result<bool, ApiError> {
+    let permit =
+        match tokio::time::timeout(HASH_QUEUE_WAIT, Arc::clone(hashing).acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                LoginAttempt {
+                    outcome: "busy",
+                    username: None,
+                }
+                .emit();
+                return Err(ApiError::Busy);
+            }
+        };
+    // The permit goes with the work: a client that hangs up does not free
+    // the hasher before the hash is done.
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        verify_password(&password, stored.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))
+}
+
+async fn logout(State(s): State<AuthState>, caller: Caller) -> Result<StatusCode, ApiError> {
+    s.db.revoke_session(&caller.token_hash, &caller.username)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(caller: Caller) -> Json<Caller> {
+    Json(caller)
+}

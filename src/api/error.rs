@@ -1,0 +1,87 @@
+//! What the HTTP API answers when it says no: a status and `{"error": "…"}`, always JSON.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::response::{IntoResponse, Response};
+
+use crate::domain::Role;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A body or parameter the API cannot use; the status is the extractor's (400, 413, 415, 422).
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("this needs the role {}", roles(.0))]
+    Forbidden(&'static [Role]),
+    #[error("no such resource")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Too many password checks queued; the client may retry shortly.
+    #[error("too many log-ins at once; try again in a moment")]
+    Busy,
+    /// The server's fault (database down, a task lost): logged, not shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+fn roles(r: &[Role]) -> String {
+    r.iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::Rejected {
+            status: r.status(),
+            message: r.body_text(),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Rejected { status, .. } => *status,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(e) = &self {
+            crate::telemetry::events::RequestFailed {
+                error: &format_args!("{e:#}"),
+            }
+            .emit();
+        }
+        let body = Json(serde_json::json!({ "error": self.to_string() }));
+        match self {
+            ApiError::Unauthorized(_) => {
+                (status, [(WWW_AUTHENTICATE, "Bearer")], body).into_response()
+            }
+            ApiError::Busy => (status, [(RETRY_AFTER, "1")], body).into_response(),
+            _ => (status, body).into_response(),
+        }
+    }
+}

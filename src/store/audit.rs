@@ -1,0 +1,299 @@
+//! The tamper-evident audit log: each entry's hash covers its content and its
+//! predecessor's hash, so an edited, removed or renumbered row breaks the chain there.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
+
+/// Entries read per query while verifying: memory stays bounded however long the log.
+const VERIFY_PAGE: i64 = 1_000;
+
+/// What the predecessor of the first entry is taken to be.
+const GENESIS: [u8; 32] = [0; 32];
+
+/// One thing someone did, as the audit log keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditEntry<'a> {
+    /// `user:<username>`, `cli:<os user>`, `anonymous`, `system`.
+    pub actor: &'a str,
+    /// `login`, `login_failed`, `logout`, `user_added`, …
+    pub action: &'a str,
+    /// What it was done to: `user:<username>`, `incident:<id>`, …
+    pub subject: &'a str,
+    pub detail: &'a str,
+}
+
+/// The hash of entry `id`, written at `at`, following an entry whose hash is `prev`:
+///
+/// ```text
+/// SHA-256( prev                      32 bytes; all zero before the first entry
+///        ‖ id                        8 bytes, big-endian
+///        ‖ at                        8 bytes, big-endian (ms since the Unix epoch)
+///        ‖ len(actor)   ‖ actor      length: 8 bytes, big-endian count of UTF-8 bytes
+///        ‖ len(action)  ‖ action
+///        ‖ len(subject) ‖ subject
+///        ‖ len(detail)  ‖ detail )
+/// ```
+///
+/// Fixed widths and length prefixes make the encoding unambiguous: moving
+/// bytes from one field to the next changes the hash.
+pub fn entry_hash(prev: &[u8; 32], id: i64, at: i64, e: &AuditEntry<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(id.to_be_bytes());
+    h.update(at.to_be_bytes());
+    for field in [e.actor, e.action, e.subject, e.detail] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// An entry's place in the chain.
+pub(crate) struct Sealed {
+    pub id: i64,
+    pub prev_hash: Option<Vec<u8>>,
+    pub hash: [u8; 32],
+}
+
+/// Place an entry after `last` (its id and hash), or first when the log is empty.
+pub(crate) fn seal(last: Option<(i64, Vec<u8>)>, at: i64, e: &AuditEntry<'_>) -> Sealed {
+    let (id, prev) = match last {
+        Some((id, hash)) => (id + 1, Some(hash)),
+        None => (1, None),
+    };
+    // A stored hash is always 32 bytes; one that is not is already a break
+    // the verifier reports, and chaining onto its zero-padded form keeps
+    // this entry verifiable.
+    let mut link = GENESIS;
+    if let Some(p) = &prev {
+        let n = p.len().min(32);
+        link[..n].copy_from_slice(&p[..n]);
+    }
+    Sealed {
+        id,
+        hash: entry_hash(&link, id, at, e),
+        prev_hash: prev,
+    }
+}
+
+/// Inside a transaction `$tx` on `$db`'s write pool: append `$entry` (an
+/// [`AuditEntry`]) stamped `$at` to the audit log, and evaluate to its id.
+///
+/// Appends are serialized: on PostgreSQL the table is locked in EXCLUSIVE
+/// mode (plain reads go on) until the transaction ends; on SQLite the write
+/// lock does the same. Append last, just before the commit: from here on
+/// every other writer of the log waits for this transaction.
+macro_rules! append_audit {
+    ($db:expr, $tx:expr, $entry:expr, $at:expr) => {{
+        if matches!($db, $crate::store::Db::Postgres(_)) {
+            sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+                .execute(&mut *$tx)
+                .await?;
+        }
+        let last: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&mut *$tx)
+                .await?;
+        let entry: &$crate::store::AuditEntry<'_> = &$entry;
+        let sealed = $crate::store::audit::seal(last, $at, entry);
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(sealed.id)
+        .bind($at)
+        .bind(entry.actor)
+        .bind(entry.action)
+        .bind(entry.subject)
+        .bind(entry.detail)
+        .bind(sealed.prev_hash)
+        .bind(&sealed.hash[..])
+        .execute(&mut *$tx)
+        .await?;
+        sealed.id
+    }};
+}
+pub(crate) use append_audit;
+
+/// What is wrong with an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainFault {
+    /// The stored hash is not the hash of the entry's content: the row was edited.
+    HashMismatch,
+    /// `prev_hash` is not the previous entry's hash: a row before it was
+    /// removed, inserted or rewritten, or the log does not start at its first entry.
+    PrevHashMismatch,
+}
+
+impl fmt::Display for ChainFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChainFault::HashMismatch => "hash does not match the entry's content",
+            ChainFault::PrevHashMismatch => "prev_hash does not link to the previous entry",
+        })
+    }
+}
+
+/// The first entry that does not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ChainBreak {
+    pub id: i64,
+    pub fault: ChainFault,
+}
+
+/// What a verification found: `entries` read (up to and including a break, where it stops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AuditReport {
+    pub entries: u64,
+    pub broken: Option<ChainBreak>,
+}
+
+impl AuditReport {
+    pub fn is_ok(&self) -> bool {
+        self.broken.is_none()
+    }
+}
+
+/// A stored entry, as read back for verification.
+type AuditRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Option<Vec<u8>>,
+    Vec<u8>,
+);
+
+impl Db {
+    /// Append one entry to the audit log on its own; returns its id. Inside a
+    /// transaction that also makes the change, use `append_audit!` instead.
+    pub async fn audit(&self, entry: AuditEntry<'_>) -> Result<i64, StoreError> {
+        let begin = self.begin_write();
+        let at = now_ms();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let id = append_audit!(self, tx, entry, at);
+            tx.commit().await?;
+            Ok(id)
+        })
+    }
+
+    /// Walk the whole log in id order and check every link; stops at the
+    /// first entry that does not verify.
+    pub async fn verify_audit_chain(&self) -> Result<AuditReport, StoreError> {
+        let mut entries = 0;
+        let mut after = i64::MIN;
+        let mut prev: Option<[u8; 32]> = None;
+        loop {
+            let page: Vec<AuditRow> = on_pool!(self, |p| sqlx::query_as(
+                "SELECT id, at, actor, action, subject, detail, prev_hash, hash \
+                 FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2"
+            )
+            .bind(after)
+            .bind(VERIFY_PAGE)
+            .fetch_all(p)
+            .await)?;
+            let Some(last) = page.last() else {
+                return Ok(AuditReport {
+                    entries,
+                    broken: None,
+                });
+            };
+            after = last.0;
+            for (id, at, actor, action, subject, detail, prev_hash, hash) in page {
+                entries += 1;
+                let fault = |fault| {
+                    Ok(AuditReport {
+                        entries,
+                        broken: Some(ChainBreak { id, fault }),
+                    })
+                };
+                if prev_hash.as_deref() != prev.as_ref().map(|h| &h[..]) {
+                    return fault(ChainFault::PrevHashMismatch);
+                }
+                let entry = AuditEntry {
+                    actor: &actor,
+                    action: &action,
+                    subject: &subject,
+                    detail: &detail,
+                };
+                let expected = entry_hash(prev.as_ref().unwrap_or(&GENESIS), id, at, &entry);
+                if hash[..] != expected[..] {
+                    return fault(ChainFault::HashMismatch);
+                }
+                prev = Some(expected);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry<'a>(actor: &'a str, action: &'a str) -> AuditEntry<'a> {
+        AuditEntry {
+            actor,
+            action,
+            subject: "user:li",
+            detail: "",
+        }
+    }
+
+    #[test]
+    fn moving_bytes_between_fields_changes_the_hash() {
+        let a = entry_hash(&GENESIS, 1, 5, &entry("ab", "c"));
+        let b = entry_hash(&GENESIS, 1, 5, &entry("a", "bc"));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn every_input_counts() {
+        let base = entry_hash(&GENESIS, 1, 5, &entry("a", "b"));
+        assert_ne!(base, entry_hash(&[1; 32], 1, 5, &entry("a", "b")));
+        assert_ne!(base, entry_hash(&GENESIS, 2, 5, &entry("a", "b")));
+        assert_ne!(base, entry_hash(&GENESIS, 1, 6, &entry("a", "b")));
+        let mut e = entry("a", "b");
+        e.detail = "x";
+        assert_ne!(base, entry_hash(&GENESIS, 1, 5, &e));
+    }
+
+    #[test]
+    fn encoding_is_as_documented() {
+        // prev ‖ id ‖ at ‖ (len ‖ bytes) × 4, spelt out by hand.
+        let mut bytes = vec![0u8; 32];
+        bytes.extend(7i64.to_be_bytes());
+        bytes.extend(1_700_000_000_000i64.to_be_bytes());
+        for f in ["user:wang", "login", "user:wang", "ok"] {
+            bytes.extend((f.len() as u64).to_be_bytes());
+            bytes.extend(f.as_bytes());
+        }
+        let e = AuditEntry {
+            actor: "user:wang",
+            action: "login",
+            subject: "user:wang",
+            detail: "ok",
+        };
+        let want: [u8; 32] = Sha256::digest(&bytes).into();
+        assert_eq!(entry_hash(&GENESIS, 7, 1_700_000_000_000, &e), want);
+    }
+
+    #[test]
+    fn the_first_entry_has_no_predecessor_and_the_next_links_to_it() {
+        let first = seal(None, 10, &entry("a", "b"));
+        assert_eq!((first.id, first.prev_hash.as_deref()), (1, None));
+        let second = seal(Some((1, first.hash.to_vec())), 11, &entry("a", "b"));
+        assert_eq!(second.id, 2);
+        assert_eq!(second.prev_hash.as_deref(), Some(&first.hash[..]));
+        assert_eq!(
+            second.hash,
+            entry_hash(&first.hash, 2, 11, &entry("a", "b"))
+        );
+    }
+}

@@ -1,0 +1,385 @@
+//! Console accounts and their log-in sessions. Every change writes its audit
+//! entry in the same transaction: no change without its record, no record
+//! of a change that did not happen.
+
+use super::audit::append_audit;
+use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
+use crate::domain::Role;
+
+/// Longest username, in characters.
+pub const USERNAME_MAX: usize = 64;
+
+/// An account to create. The password arrives already hashed (an argon2 PHC
+/// string): the store never sees a password.
+#[derive(Debug, Clone)]
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub password_hash: &'a str,
+    pub role: Role,
+    /// Required for (and only for) a carer's account.
+    pub carer_id: Option<i64>,
+    /// For a carer, taken from the carer when not given.
+    pub provider_id: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error(
+        "username must be 1 to {USERNAME_MAX} letters, digits or . _ - @ (no spaces or control characters)"
+    )]
+    BadUsername,
+    #[error("username {0:?} is taken")]
+    Taken(String),
+    #[error("a carer's account needs the carer's id")]
+    CarerIdMissing,
+    #[error("only a carer's account is tied to a carer")]
+    CarerIdNotCarer,
+    #[error("carer {0} does not exist")]
+    UnknownCarer(i64),
+    #[error("provider {0} does not exist")]
+    UnknownProvider(i64),
+    #[error("carer {carer} works for provider {actual}, not {given}")]
+    ProviderMismatch { carer: i64, actual: i64, given: i64 },
+    #[error("user {0:?} does not exist")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for UserError {
+    fn from(e: sqlx::Error) -> Self {
+        UserError::Store(e.into())
+    }
+}
+
+/// What a log-in needs to know about an account.
+#[derive(Debug, Clone)]
+pub struct LoginUser {
+    pub id: i64,
+    pub username: String,
+    pub password_hash: String,
+    pub role: Role,
+    pub disabled: bool,
+}
+
+/// The account behind a session token, with the session's own state.
+#[derive(Debug, Clone)]
+pub struct SessionUser {
+    pub user_id: i64,
+    pub username: String,
+    pub role: Role,
+    pub carer_id: Option<i64>,
+    pub provider_id: Option<i64>,
+    pub disabled: bool,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl SessionUser {
+    /// Usable at `now`: not revoked, not expired, account not disabled.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at && !self.disabled
+    }
+}
+
+/// A name a person can read aloud and an audit line cannot be confused by.
+pub fn valid_username(name: &str) -> bool {
+    let n = name.chars().count();
+    (1..=USERNAME_MAX).contains(&n)
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+}
+
+/// The first bytes of a session's token hash, in hex: names the session in
+/// the audit log without giving anything away.
+pub fn session_ref(token_hash: &[u8]) -> String {
+    token_hash
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+type SessionRow = (
+    i64,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    bool,
+    i64,
+    Option<i64>,
+);
+
+impl Db {
+    /// Create an account, recording who did it. Returns the new user's id.
+    pub async fn add_user(&self, u: &NewUser<'_>, actor: &str) -> Result<i64, UserError> {
+        if !valid_username(u.username) {
+            return Err(UserError::BadUsername);
+        }
+        let provider_id = match (u.role, u.carer_id) {
+            (Role::Carer, None) => return Err(UserError::CarerIdMissing),
+            (Role::Carer, Some(carer)) => {
+                let row: Option<(i64,)> = on_pool!(self, |p| sqlx::query_as(
+                    "SELECT provider_id FROM carers WHERE id = $1"
+                )
+                .bind(carer)
+                .fetch_optional(p)
+                .await)?;
+                let (actual,) = row.ok_or(UserError::UnknownCarer(carer))?;
+                match u.provider_id {
+                    Some(given) if given != actual => {
+                        return Err(UserError::ProviderMismatch {
+                            carer,
+                            actual,
+                            given,
+                        });
+                    }
+                    _ => Some(actual),
+                }
+            }
+            (_, Some(_)) => return Err(UserError::CarerIdNotCarer),
+            (_, None) => u.provider_id,
+        };
+        if let Some(provider) = provider_id {
+            let row: Option<(i64,)> = on_pool!(self, |p| sqlx::query_as(
+                "SELECT id FROM providers WHERE id = $1"
+            )
+            .bind(provider)
+            .fetch_optional(p)
+            .await)?;
+            row.ok_or(UserError::UnknownProvider(provider))?;
+        }
+        let now = now_ms();
+        let subject = format!("user:{}", u.username);
+        let mut detail = format!("role {}", u.role);
+        if let Some(c) = u.carer_id {
+            detail.push_str(&format!(", carer {c}"));
+        }
+        if let Some(p) = provider_id {
+            detail.push_str(&format!(", provider {p}"));
+        }
+        let begin = self.begin_write();
+        let inserted: Result<i64, sqlx::Error> = on_write_pool!(self, |p| {
+            async {
+                let mut tx = p.begin_with(begin).await?;
+                let (id,): (i64,) = sqlx::query_as(
+                    "INSERT INTO users (username, password_hash, role, carer_id, provider_id, \
+                     disabled, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+                )
+                .bind(u.username)
+                .bind(u.password_hash)
+                .bind(u.role.as_str())
+                .bind(u.carer_id)
+                .bind(provider_id)
+                .bind(false)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                let entry = AuditEntry {
+                    actor,
+                    action: "user_added",
+                    subject: &subject,
+                    detail: &detail,
+                };
+                append_audit!(self, tx, entry, now);
+                tx.commit().await?;
+                Ok(id)
+            }
+            .await
+        });
+        inserted.map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                UserError::Taken(u.username.to_owned())
+            }
+            e => e.into(),
+        })
+    }
+
+    /// Disable (or enable again) an account; a disabled account's sessions
+    /// stop working at once.
+    pub async fn set_user_disabled(
+        &self,
+        username: &str,
+        disabled: bool,
+        actor: &str,
+    ) -> Result<(), UserError> {
+        let now = now_ms();
+        let subject = format!("user:{username}");
+        let begin = self.begin_write();
+        let found = on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let changed =
+                sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE username = $3")
+                    .bind(disabled)
+                    .bind(now)
+                    .bind(username)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+            if changed {
+                let entry = AuditEntry {
+                    actor,
+                    action: if disabled {
+                        "user_disabled"
+                    } else {
+                        "user_enabled"
+                    },
+                    subject: &subject,
+                    detail: "",
+                };
+                append_audit!(self, tx, entry, now);
+            }
+            tx.commit().await?;
+            changed
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(UserError::NotFound(username.to_owned()))
+        }
+    }
+
+    /// The account a log-in names, if there is one (and its role is one this
+    /// server knows: an account it cannot place gets no session).
+    pub async fn login_user(&self, username: &str) -> Result<Option<LoginUser>, StoreError> {
+        let row: Option<(i64, String, String, String, bool)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, username, password_hash, role, disabled FROM users WHERE username = $1"
+        )
+        .bind(username)
+        .fetch_optional(p)
+        .await)?;
+        Ok(
+            row.and_then(|(id, username, password_hash, role, disabled)| {
+                Some(LoginUser {
+                    id,
+                    username,
+                    password_hash,
+                    role: Role::parse(&role)?,
+                    disabled,
+                })
+            }),
+        )
+    }
+
+    /// Open a session for `user`, known by the SHA-256 of its token, and
+    /// record the log-in.
+    pub async fn open_session(
+        &self,
+        token_hash: &[u8; 32],
+        user: &LoginUser,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let who = format!("user:{}", user.username);
+        let detail = format!(
+            "session {}, role {}, expires at {expires_at}",
+            session_ref(token_hash),
+            user.role
+        );
+        let begin = self.begin_write();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            sqlx::query(
+                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&token_hash[..])
+            .bind(user.id)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+            let entry = AuditEntry {
+                actor: &who,
+                action: "login",
+                subject: &who,
+                detail: &detail,
+            };
+            append_audit!(self, tx, entry, now);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The session a token hash names, with its account; `None` when there is
+    /// no such session. Whether it is still live is the caller's question
+    /// ([`SessionUser::is_live`]).
+    pub async fn session_user(&self, token_hash: &[u8]) -> Result<Option<SessionUser>, StoreError> {
+        let row: Option<SessionRow> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT u.id, u.username, u.role, u.carer_id, u.provider_id, u.disabled, \
+             s.expires_at, s.revoked_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1"
+        )
+        .bind(token_hash)
+        .fetch_optional(p)
+        .await)?;
+        Ok(row.and_then(|r| {
+            Some(SessionUser {
+                user_id: r.0,
+                username: r.1,
+                role: Role::parse(&r.2)?,
+                carer_id: r.3,
+                provider_id: r.4,
+                disabled: r.5,
+                expires_at: r.6,
+                revoked_at: r.7,
+            })
+        }))
+    }
+
+    /// End a session (log-out) and record it. `false` when it had already ended.
+    pub async fn revoke_session(
+        &self,
+        token_hash: &[u8],
+        username: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let who = format!("user:{username}");
+        let detail = format!("session {}", session_ref(token_hash));
+        let begin = self.begin_write();
+        let revoked = on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let revoked = sqlx::query(
+                "UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(token_hash)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if revoked {
+                let entry = AuditEntry {
+                    actor: &who,
+                    action: "logout",
+                    subject: &who,
+                    detail: &detail,
+                };
+                append_audit!(self, tx, entry, now);
+            }
+            tx.commit().await?;
+            revoked
+        });
+        Ok(revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for ok in ["li.wei", "operator_07", "陈秀英", "a", "ops@yuexiu"] {
+            assert!(valid_username(ok), "{ok}");
+        }
+        let long = "x".repeat(USERNAME_MAX + 1);
+        for bad in ["", "li wei", "li\nwei", "user:li", long.as_str()] {
+            assert!(!valid_username(bad), "{bad:?}");
+        }
+    }
+}

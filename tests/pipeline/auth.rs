@@ -1,0 +1,556 @@
+//! Console accounts over HTTP (log-in, sessions, roles) and the audit log's
+//! hash chain, on SQLite and PostgreSQL.
+
+use pingantong::api::auth::hash_password;
+use pingantong::domain::Role;
+use pingantong::store::{ChainFault, Db, NewUser, StoreConfig, now_ms};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn add_user(db: &Db, username: &str, role: Role) {
+    let hash = hash_password(PASSWORD).unwrap();
+    db.add_user(
+        &NewUser {
+            username,
+            password_hash: &hash,
+            role,
+            carer_id: None,
+            provider_id: None,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+}
+
+/// The HTTP side of a test server.
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn of(app: &TestApp) -> Self {
+        Self {
+            base: format!("http://{}", app.addrs.http),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Log in: (status, JSON body).
+    async fn login(&self, username: &str, password: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url("/api/v1/session"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    async fn token(&self, username: &str) -> String {
+        let (status, body) = self.login(username, PASSWORD).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    async fn logout(&self, token: &str) -> StatusCode {
+        self.http
+            .delete(self.url("/api/v1/session"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+}
+
+/// Run one statement on whichever database the test uses.
+async fn raw(db: &Db, sql: &'static str) {
+    match db {
+        Db::Sqlite { write, .. } => {
+            sqlx::query(sql).execute(write).await.unwrap();
+        }
+        Db::Postgres(p) => {
+            sqlx::query(sql).execute(p).await.unwrap();
+        }
+    }
+}
+
+/// Every audit row as (action, subject, detail).
+async fn audit_rows(db: &Db) -> Vec<(String, String, String)> {
+    const Q: &str = "SELECT action, subject, detail FROM audit_log ORDER BY id";
+    match db {
+        Db::Sqlite { read, .. } => sqlx::query_as(Q).fetch_all(read).await.unwrap(),
+        Db::Postgres(p) => sqlx::query_as(Q).fetch_all(p).await.unwrap(),
+    }
+}
+
+async fn log_in_use_and_log_out(backend: Backend) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    add_user(&app.db, "li.wei", Role::Operator).await;
+    let api = Api::of(&app);
+
+    let before = now_ms();
+    let (status, body) = api.login("li.wei", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "operator");
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 64, "{token}");
+    let expires_at = body["expires_at"].as_i64().unwrap();
+    let shift = 12 * 3600 * 1000;
+    assert!(
+        (before + shift..=now_ms() + shift).contains(&expires_at),
+        "a session lasts one 12 h shift: {expires_at}"
+    );
+
+    let (status, me) = api.get("/api/v1/me", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["username"], "li.wei");
+    assert_eq!(me["role"], "operator");
+    assert_eq!(me["carer_id"], Value::Null);
+    assert!(me.get("token_hash").is_none(), "{me}");
+
+    // A wrong password and an unknown name get the same answer.
+    let (wrong_status, wrong) = api.login("li.wei", "not the password").await;
+    let (unknown_status, unknown) = api.login("nobody", PASSWORD).await;
+    assert_eq!(wrong_status, StatusCode::UNAUTHORIZED);
+    assert_eq!((unknown_status, &unknown), (wrong_status, &wrong));
+    assert!(wrong["error"].is_string(), "{wrong}");
+
+    for bad in [None, Some("0".repeat(64)), Some("not-a-token".to_owned())] {
+        let (status, body) = api.get("/api/v1/me", bad.as_deref()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad:?}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+
+    assert_eq!(api.logout(&token).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.get("/api/v1/me", Some(&token)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(api.logout(&token).await, StatusCode::UNAUTHORIZED);
+
+    // Every step is in the audit log, the names tried included, no password.
+    let rows = audit_rows(&app.db).await;
+    let actions: Vec<_> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "user_added",
+            "login",
+            "login_failed",
+            "login_failed",
+            "logout"
+        ]
+    );
+    assert_eq!(rows[2].1, "user:li.wei");
+    assert_eq!(rows[2].2, "wrong password");
+    assert_eq!(rows[3].1, "user:nobody");
+    assert_eq!(rows[3].2, "unknown user");
+    for (action, subject, detail) in &rows {
+        for secret in [PASSWORD, "not the password", token.as_str()] {
+            assert!(
+                !subject.contains(secret) && !detail.contains(secret),
+                "{action}: {subject} {detail}"
+            );
+        }
+    }
+    assert!(app.db.verify_audit_chain().await.unwrap().is_ok());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn log_in_use_and_log_out_sqlite() {
+    log_in_use_and_log_out(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn log_in_use_and_log_out_postgres() {
+    log_in_use_and_log_out(Backend::Postgres).await;
+}
+
+async fn expired_sessions_and_disabled_accounts(backend: Backend) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    add_user(&app.db, "wang.fang", Role::Supervisor).await;
+    let api = Api::of(&app);
+
+    let token = api.token("wang.fang").await;
+    assert_eq!(api.get("/api/v1/me", Some(&token)).await.0, StatusCode::OK);
+    // The shift is over.
+    raw(&app.db, "UPDATE sessions SET expires_at = 1").await;
+    let (status, body) = api.get("/api/v1/me", Some(&token)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    let token = api.token("wang.fang").await;
+    assert_eq!(api.get("/api/v1/me", Some(&token)).await.0, StatusCode::OK);
+    app.db
+        .set_user_disabled("wang.fang", true, "user:admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        api.get("/api/v1/me", Some(&token)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "a disabled account's open session stops at once"
+    );
+    let (status, disabled) = api.login("wang.fang", PASSWORD).await;
+    let (_, wrong) = api.login("wang.fang", "not the password").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        disabled, wrong,
+        "a disabled account looks like a wrong password"
+    );
+
+    app.db
+        .set_user_disabled("wang.fang", false, "user:admin")
+        .await
+        .unwrap();
+    assert_eq!(api.get("/api/v1/me", Some(&token)).await.0, StatusCode::OK);
+    let last = audit_rows(&app.db).await;
+    assert!(
+        last.iter()
+            .any(|r| r.0 == "login_failed" && r.2 == "account disabled"),
+        "{last:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn expired_sessions_and_disabled_accounts_sqlite() {
+    expired_sessions_and_disabled_accounts(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn expired_sessions_and_disabled_accounts_postgres() {
+    expired_sessions_and_disabled_accounts(Backend::Postgres).await;
+}
+
+async fn roles_and_error_bodies(backend: Backend) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    for (name, role) in [
+        ("op", Role::Operator),
+        ("sup", Role::Supervisor),
+        ("admin", Role::Admin),
+    ] {
+        add_user(&app.db, name, role).await;
+    }
+    let api = Api::of(&app);
+
+    let (status, body) = api
+        .get("/api/v1/audit/verify", Some(&api.token("op").await))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("admin"), "{body}");
+    for who in ["admin", "sup"] {
+        let (status, body) = api
+            .get("/api/v1/audit/verify", Some(&api.token(who).await))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["ok"], true, "{body}");
+        assert_eq!(body["broken"], Value::Null);
+        // Three accounts added, three log-ins (this one's included).
+        assert!(body["entries"].as_u64().unwrap() >= 5, "{body}");
+    }
+    assert_eq!(
+        api.get("/api/v1/audit/verify", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Whatever a client sends, the answer is a 4xx with a JSON error.
+    let session = api.url("/api/v1/session");
+    let attempts = [
+        api.http.post(&session).body("{not json"),
+        api.http
+            .post(&session)
+            .header("content-type", "application/json")
+            .body("{not json"),
+        api.http.post(&session).json(&json!({ "username": "op" })),
+        api.http
+            .post(&session)
+            .json(&json!({ "username": 7, "password": [] })),
+        api.http
+            .post(&session)
+            .json(&json!({ "username": "x".repeat(10_000), "password": PASSWORD })),
+        api.http
+            .post(&session)
+            .json(&json!({ "username": "op", "password": "p".repeat(100_000) })),
+        api.http
+            .post(&session)
+            .json(&json!({ "username": "op\u{0}\n", "password": PASSWORD })),
+        api.http.get(&session),
+        api.http.put(api.url("/api/v1/me")),
+        api.http.get(api.url("/api/v1/nothing-here")),
+        api.http.get(api.url("/api/v1/me")).header(
+            "authorization",
+            reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
+        ),
+    ];
+    for req in attempts {
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.expect("a JSON body");
+        assert!(status.is_client_error(), "{status} {body}");
+        assert!(body["error"].is_string(), "{status} {body}");
+    }
+    assert!(app.db.verify_audit_chain().await.unwrap().is_ok());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn roles_and_error_bodies_sqlite() {
+    roles_and_error_bodies(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn roles_and_error_bodies_postgres() {
+    roles_and_error_bodies(Backend::Postgres).await;
+}
+
+/// A database of its own, without a server.
+async fn test_db(backend: Backend) -> (Db, tempfile::TempDir, pingantong::Settings) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = test_settings(backend, Broker::Embedded, dir.path());
+    let db = Db::connect(&StoreConfig {
+        url: s.database_url(),
+        schema: s.database_schema.clone(),
+        max_connections: 4,
+    })
+    .await
+    .unwrap();
+    (db, dir, s)
+}
+
+fn entry<'a>(action: &'a str, detail: &'a str) -> pingantong::store::AuditEntry<'a> {
+    pingantong::store::AuditEntry {
+        actor: "system",
+        action,
+        subject: "test",
+        detail,
+    }
+}
+
+async fn audit_chain(backend: Backend) {
+    let (db, _dir, _) = test_db(backend).await;
+    let empty = db.verify_audit_chain().await.unwrap();
+    assert_eq!((empty.entries, empty.broken), (0, None));
+
+    // More than one verification page.
+    for i in 0..1_205 {
+        db.audit(entry("step", &i.to_string())).await.unwrap();
+    }
+    let report = db.verify_audit_chain().await.unwrap();
+    assert_eq!((report.entries, report.broken), (1_205, None));
+
+    // Twenty writers at once still make one chain.
+    let writers: Vec<_> = (0..20)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    db.audit(entry("concurrent", &format!("{w}/{i}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let report = db.verify_audit_chain().await.unwrap();
+    assert_eq!((report.entries, report.broken), (1_405, None));
+
+    // An edited row is found, and only that row is named.
+    raw(
+        &db,
+        "UPDATE audit_log SET detail = 'nothing happened' WHERE id = 700",
+    )
+    .await;
+    let report = db.verify_audit_chain().await.unwrap();
+    let broken = report.broken.unwrap();
+    assert_eq!((broken.id, broken.fault), (700, ChainFault::HashMismatch));
+    assert_eq!(report.entries, 700);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn audit_chain_sqlite() {
+    audit_chain(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn audit_chain_postgres() {
+    audit_chain(Backend::Postgres).await;
+}
+
+/// Where `user add` finds the password.
+enum Password<'a> {
+    None,
+    Stdin(&'a str),
+    Env(&'a str),
+}
+
+/// `pingantong <args> --database-url … [--database-schema …]`: (exit code, stdout, stderr).
+async fn cli(
+    s: &pingantong::Settings,
+    args: &[&str],
+    password: Password<'_>,
+) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pingantong"));
+    cmd.args(args)
+        .arg("--database-url")
+        .arg(s.database_url())
+        .env("RUST_LOG", "warn")
+        .env_remove("PAT_NEW_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(schema) = &s.database_schema {
+        cmd.arg("--database-schema").arg(schema);
+    }
+    if let Password::Env(p) = password {
+        cmd.env("PAT_NEW_PASSWORD", p);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Password::Stdin(text) = password {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command finishes within 60 s")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn command_line(backend: Backend) {
+    let (db, _dir, s) = test_db(backend).await;
+    let (code, out, err) = cli(&s, &["audit", "verify"], Password::None).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "audit chain ok: 0 entries"),
+        "{err}"
+    );
+
+    // The password on standard input (one line), or in the environment.
+    let (code, out, err) = cli(
+        &s,
+        &["user", "add", "--username", "chen.jing", "--role", "admin"],
+        Password::Stdin("a long enough password\n"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let user = db.login_user("chen.jing").await.unwrap().unwrap();
+    assert_eq!(user.role, Role::Admin);
+    assert!(pingantong::api::auth::verify_password(
+        "a long enough password",
+        Some(&user.password_hash)
+    ));
+    let (code, _, err) = cli(
+        &s,
+        &[
+            "user",
+            "add",
+            "--username",
+            "chen.jing",
+            "--role",
+            "operator",
+        ],
+        Password::Env("another password"),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("taken"), "{err}");
+    let (code, _, err) = cli(
+        &s,
+        &["user", "add", "--username", "zhao", "--role", "carer"],
+        Password::Stdin("a long enough password\n"),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("carer"), "{err}");
+    let (code, _, _) = cli(
+        &s,
+        &["user", "add", "--username", "zhao", "--role", "boss"],
+        Password::Stdin("a long enough password\n"),
+    )
+    .await;
+    assert_eq!(code, 2, "clap refuses an unknown role");
+    let (code, out, err) = cli(
+        &s,
+        &[
+            "user",
+            "add",
+            "--username",
+            "zhou.min",
+            "--role",
+            "regulator",
+        ],
+        Password::Env("from the environment"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let user = db.login_user("zhou.min").await.unwrap().unwrap();
+    assert!(pingantong::api::auth::verify_password(
+        "from the environment",
+        Some(&user.password_hash)
+    ));
+
+    for i in 0..3 {
+        db.audit(entry("step", &i.to_string())).await.unwrap();
+    }
+    let (code, out, err) = cli(&s, &["audit", "verify"], Password::None).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "audit chain ok: 5 entries"),
+        "{err}"
+    );
+    let rows = audit_rows(&db).await;
+    assert_eq!(rows[0].0, "user_added");
+    assert_eq!(rows[0].1, "user:chen.jing");
+
+    // A row taken out breaks the link of the next one.
+    raw(&db, "DELETE FROM audit_log WHERE id = 3").await;
+    let (code, out, _) = cli(&s, &["audit", "verify"], Password::None).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        out.trim(),
+        "audit chain broken at entry 4: prev_hash does not link to the previous entry"
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn command_line_sqlite() {
+    command_line(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn command_line_postgres() {
+    command_line(Backend::Postgres).await;
+}
