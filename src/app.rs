@@ -332,6 +332,7 @@ impl Application {
             s.mqtt_topic_prefix.clone(),
         );
         let notices = Arc::new(tokio::sync::Notify::new());
+        let timeline_changed = Arc::new(tokio::sync::Notify::new());
         let stage = IncidentStage::new(
             self.db.clone(),
             Arc::clone(&directory),
@@ -341,14 +342,17 @@ impl Application {
                 escalation: s.escalation(),
                 cascade: s.notify_cascade,
                 notices: Arc::clone(&notices),
+                timeline: Arc::clone(&timeline_changed),
             },
             Arc::clone(&self.clock),
         );
         let sweep = Duration::from_millis(s.recovery_sweep_ms);
+        let (stage_handle, commands) = crate::incident::StageHandle::channel();
         let stage_task = stage.spawn(
             urgent_rx,
             other_rx,
             link.carer_replies,
+            commands,
             sweep,
             inner.clone(),
         );
@@ -383,11 +387,17 @@ impl Application {
             s.instance_id.clone(),
         ));
         let d = self.devices;
+        let feed = crate::api::Feed::new(self.db.clone(), Arc::clone(&timeline_changed));
+        let feed_task = feed.spawn(inner.clone());
         let http = tokio::spawn(crate::api::serve(
             d.http,
-            self.db.clone(),
-            link.status.clone(),
-            s.auth(),
+            crate::api::ApiContext {
+                db: self.db.clone(),
+                mqtt: link.status.clone(),
+                auth: s.auth(),
+                stage: stage_handle,
+                feed,
+            },
             shutdown.clone(),
         ));
         let codecs = |f: fn() -> Box<dyn Codec>| -> CodecFactory { Arc::new(f) };
@@ -491,6 +501,7 @@ impl Application {
         inner.cancel();
         let _ = stage_task.await;
         let _ = notify_task.await;
+        let _ = feed_task.await;
         let _ = refresher.await;
         let _ = mqtt_task.await;
         self.db.close().await;

@@ -1,23 +1,31 @@
 //! The audit log over HTTP: `GET /api/v1/audit/verify` checks the whole chain.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{ApiError, Caller};
+use super::{ApiError, Caller, ErrorBody};
 use crate::domain::Role;
 use crate::store::Db;
 
 /// Who may check the chain.
 const VERIFIERS: &[Role] = &[Role::Admin, Role::Supervisor];
 
-pub fn router(db: Db) -> Router {
-    Router::new()
-        .route("/api/v1/audit/verify", get(verify))
-        .with_state(db)
+pub fn router(db: Db) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(verify)).with_state(db)
 }
 
+/// Check the audit log's hash chain, first entry to last.
+#[utoipa::path(
+    get, path = "/api/v1/audit/verify", tag = "audit",
+    responses(
+        (status = 200, description = "`{ok, entries, broken: null | {id, fault, why}}`", body = Object),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 async fn verify(State(db): State<Db>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(VERIFIERS)?;
     let report = db.verify_audit_chain().await?;

@@ -20,6 +20,16 @@ pub enum ApiError {
     Forbidden(&'static [Role]),
     #[error("no such resource")]
     NotFound,
+    /// A request the API understood but cannot take as it stands (a bad field value).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The resource is not in a state that allows this (claimed by someone
+    /// else, already closed, an answer out of order).
+    #[error("{0}")]
+    Conflict(String),
+    /// A part of the server this needs is not running (the incident stage at shutdown).
+    #[error("{0}")]
+    Unavailable(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
     /// Too many password checks queued; the client may retry shortly.
@@ -59,6 +69,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Busy => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

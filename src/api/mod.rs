@@ -3,30 +3,105 @@
 
 mod audit;
 pub mod auth;
+mod carers;
 mod error;
+mod feed;
+mod incidents;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{AuthConfig, Caller};
 pub use error::ApiError;
+pub use feed::Feed;
 
 use crate::dispatch::MqttStatus;
+use crate::domain::Role;
+use crate::incident::StageHandle;
 use crate::store::Db;
 
+/// Who reads the incident queue and the residents behind it.
+const STAFF: &[Role] = &[Role::Operator, Role::Supervisor, Role::Admin];
+/// Who acts on incidents.
+const ACTORS: &[Role] = &[Role::Operator, Role::Supervisor];
+
+/// Every error body: `{"error": "…"}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// What the API needs of the running server.
 #[derive(Clone)]
-struct AppState {
+pub struct ApiContext {
+    pub db: Db,
+    pub mqtt: MqttStatus,
+    pub auth: AuthConfig,
+    pub stage: StageHandle,
+    pub feed: Arc<Feed>,
+}
+
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    db: Db,
+    stage: StageHandle,
+    feed: Arc<Feed>,
+}
+
+impl FromRef<ApiState> for Db {
+    fn from_ref(s: &ApiState) -> Db {
+        s.db.clone()
+    }
+}
+
+#[derive(Clone)]
+struct HealthState {
     db: Db,
     mqtt: MqttStatus,
     metrics: Option<PrometheusHandle>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Ping An Tong (平安通) API",
+        description = "Emergency alarm dispatch: the operator console, carers, and the city's reports. \
+            Log in with POST /api/v1/session and send the token as `Authorization: Bearer …`. \
+            Every error body is `{\"error\": \"…\"}`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&Bearer),
+    tags(
+        (name = "incidents", description = "The operator queue and what operators do"),
+        (name = "carers", description = "A carer's own jobs and answers"),
+        (name = "session", description = "Log-in and log-out"),
+        (name = "audit", description = "The tamper-evident audit log"),
+        (name = "health", description = "Liveness, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
 }
 
 /// The process-wide metrics recorder, installed on first use.
@@ -46,40 +121,90 @@ fn metrics() -> Option<PrometheusHandle> {
         .clone()
 }
 
-pub fn router(db: Db, mqtt: MqttStatus, auth: AuthConfig) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(render_metrics))
-        .with_state(AppState {
-            db: db.clone(),
-            mqtt,
+/// Every route and the OpenAPI document that describes exactly them.
+pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
+    let health = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+        .routes(routes!(render_metrics))
+        .with_state(HealthState {
+            db: ctx.db.clone(),
+            mqtt: ctx.mqtt,
             metrics: metrics(),
-        })
-        .merge(auth::router(db.clone(), auth))
-        .merge(audit::router(db))
+        });
+    let console = OpenApiRouter::new()
+        .routes(routes!(incidents::list))
+        .routes(routes!(incidents::detail))
+        .routes(routes!(incidents::claim))
+        .routes(routes!(incidents::contact))
+        .routes(routes!(incidents::resolve))
+        .routes(routes!(incidents::close))
+        .routes(routes!(incidents::cancel))
+        .routes(routes!(incidents::note))
+        .routes(routes!(incidents::carers))
+        .routes(routes!(incidents::dispatch))
+        .routes(routes!(incidents::handoff))
+        .routes(routes!(carers::jobs))
+        .routes(routes!(carers::answer))
+        .routes(routes!(feed::feed))
+        .with_state(ApiState {
+            db: ctx.db.clone(),
+            stage: ctx.stage,
+            feed: ctx.feed,
+        });
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health)
+        .merge(auth::router(ctx.db.clone(), ctx.auth))
+        .merge(audit::router(ctx.db))
+        .merge(console)
+        .split_for_parts()
+}
+
+pub fn router(ctx: ApiContext) -> Router {
+    let (router, doc) = routes(ctx);
+    let doc = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = Arc::clone(&doc);
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        (*doc).clone(),
+                    )
+                }
+            }),
+        )
         // Last: it applies to the routes already added.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
 }
 
 /// Serve on an already-bound listener until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    db: Db,
-    mqtt: MqttStatus,
-    auth: AuthConfig,
-    shutdown: CancellationToken,
-) {
-    let app = router(db, mqtt, auth);
+pub async fn serve(listener: TcpListener, ctx: ApiContext, shutdown: CancellationToken) {
+    let app = router(ctx);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
 }
 
+/// Alive (the process answers).
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
 /// Ready when the database answers and the broker is connected; the body says
 /// which part is down (a server without MQTT still takes TCP alarms).
-async fn ready(State(s): State<AppState>) -> impl IntoResponse {
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "`{database, mqtt}`", body = Object),
+        (status = 503, description = "`{database, mqtt}` saying which is down", body = Object),
+    )
+)]
+async fn ready(State(s): State<HealthState>) -> impl IntoResponse {
     let db_ok = s.db.ping().await.is_ok();
     let mqtt_ok = s.mqtt.is_up();
     let status = if db_ok && mqtt_ok {
@@ -94,7 +219,15 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
+/// Prometheus metrics.
+#[utoipa::path(
+    get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, body = String, content_type = "text/plain"),
+        (status = 503, body = String, content_type = "text/plain"),
+    )
+)]
+async fn render_metrics(State(s): State<HealthState>) -> impl IntoResponse {
     match &s.metrics {
         Some(h) => {
             h.run_upkeep();

@@ -6,7 +6,11 @@
 //! incidents not routed, offers not published. Every step is idempotent, so a
 //! crash at any point is repaired by the next sweep.
 
+mod commands;
 mod replies;
+
+pub use commands::{Command, CommandError, StageHandle};
+pub use replies::ReplyProblem;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +84,8 @@ pub struct StageConfig {
     pub cascade: Cascade,
     /// Woken when an incident starts a family notification cascade.
     pub notices: Arc<tokio::sync::Notify>,
+    /// Woken after anything goes on a timeline (the live feed reads it).
+    pub timeline: Arc<tokio::sync::Notify>,
 }
 
 pub struct IncidentStage {
@@ -140,6 +146,7 @@ impl IncidentStage {
         mut urgent: mpsc::Receiver<CommittedAlarm>,
         mut other: mpsc::Receiver<CommittedAlarm>,
         mut replies: mpsc::Receiver<Publish>,
+        mut commands: mpsc::Receiver<Command>,
         sweep: Duration,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
@@ -151,6 +158,7 @@ impl IncidentStage {
                     biased;
                     Some(alarm) = urgent.recv() => self.handle_logged(alarm.into()).await,
                     Some(reply) = replies.recv() => self.carer_reply_logged(reply).await,
+                    Some(command) = commands.recv() => self.command(command).await,
                     _ = tick.tick() => {
                         if let Err(e) = self.sweep().await {
                             events::StageFailed { stage: "incident_sweep", error: &e }.emit();
@@ -159,6 +167,9 @@ impl IncidentStage {
                     _ = shutdown.cancelled() => break,
                     Some(alarm) = other.recv() => self.handle_logged(alarm.into()).await,
                 }
+                // Whatever the step was, the live feed looks now rather than
+                // at its next poll.
+                self.config.timeline.notify_one();
             }
             while let Ok(alarm) = urgent.try_recv() {
                 self.handle_logged(alarm.into()).await;

@@ -109,14 +109,30 @@ impl IncidentStage {
         }
         let answer = CarerAnswer::parse(&reply.action)
             .ok_or_else(|| ReplyProblem::Action(reply.action.clone()))?;
-        let detail = reply
-            .reason
-            .as_deref()
-            .or(reply.outcome.as_deref())
-            .unwrap_or("");
+        self.answer(
+            carer,
+            reply.dispatch_id,
+            answer,
+            reply.reason.as_deref(),
+            reply.outcome.as_deref(),
+        )
+        .await
+    }
+
+    /// A carer's answer, from MQTT or HTTP: recorded on the dispatch, then on
+    /// the incident (a decline asks the next carer).
+    pub(super) async fn answer(
+        &self,
+        carer: i64,
+        dispatch: i64,
+        answer: CarerAnswer,
+        reason: Option<&str>,
+        outcome: Option<&str>,
+    ) -> Result<(), ReplyProblem> {
+        let detail = reason.or(outcome).unwrap_or("");
         let (incident, fresh) = self
             .db
-            .apply_carer_answer(reply.dispatch_id, carer, answer, detail)
+            .apply_carer_answer(dispatch, carer, answer, detail)
             .await?;
         let actor = format!("carer:{carer}");
         let action = match answer {
@@ -135,7 +151,7 @@ impl IncidentStage {
             action,
             actor: &actor,
             detail,
-            outcome: reply.outcome.as_deref(),
+            outcome,
             merged_into: None,
         };
         match self.db.transition(&step).await {
@@ -171,7 +187,10 @@ impl IncidentStage {
         match routing::choose(client.lat.zip(client.lon), &candidates) {
             Some(choice) => {
                 let due = self.now() + self.escalation_of(incident).await?.offer_after_ms;
-                let dispatch = self.db.add_offer(incident, &choice, due, why).await?;
+                let dispatch = self
+                    .db
+                    .add_offer(incident, &choice, due, "system", why)
+                    .await?;
                 if let Err(e) = self.dispatcher.publish(dispatch).await {
                     events::StageFailed {
                         stage: "dispatch_publish",

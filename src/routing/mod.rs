@@ -48,6 +48,27 @@ pub fn choose(home: Option<(f64, f64)>, candidates: &[CarerCandidate]) -> Option
     None
 }
 
+/// Great-circle metres between two (lat, lon) points.
+pub fn distance_m(a: (f64, f64), b: (f64, f64)) -> f64 {
+    Haversine.distance(Point::new(a.1, a.0), Point::new(b.1, b.0))
+}
+
+/// Carers ranked for an operator choosing by hand: the same order the
+/// automatic choice uses (contract, then distance), everyone available listed.
+pub fn ranked(home: Option<(f64, f64)>, candidates: &[CarerCandidate]) -> Vec<NewDispatch> {
+    let mut left = candidates.to_vec();
+    let mut out = Vec::new();
+    while let Some(pick) = choose(home, &left) {
+        for c in &mut left {
+            if c.carer_id == Some(pick.carer_id) {
+                c.carer_id = None;
+            }
+        }
+        out.push(pick);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

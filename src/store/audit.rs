@@ -170,7 +170,35 @@ type AuditRow = (
     Vec<u8>,
 );
 
+/// One audit entry as read back.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
 impl Db {
+    /// The newest `limit` entries, newest first; only those about `subject`
+    /// (e.g. `client:12`) when given.
+    pub async fn audit_trail(
+        &self,
+        subject: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, at, actor, action, subject, detail FROM audit_log \
+             WHERE ($1 IS NULL OR subject = $1) ORDER BY id DESC LIMIT $2"
+        )
+        .bind(subject)
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(p)
+        .await)?)
+    }
+
     /// Append one entry to the audit log on its own; returns its id. Inside a
     /// transaction that also makes the change, use `append_audit!` instead.
     pub async fn audit(&self, entry: AuditEntry<'_>) -> Result<i64, StoreError> {

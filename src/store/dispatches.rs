@@ -1,7 +1,8 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
 use super::{
-    Db, NewDispatch, StoreError, insert_dispatch, insert_timer, now_ms, on_pool, on_write_pool,
+    CarerRow, Db, NewDispatch, StoreError, insert_dispatch, insert_timer, now_ms, on_pool,
+    on_write_pool,
 };
 
 /// A carer's answer to an offer.
@@ -167,6 +168,7 @@ impl Db {
         incident_id: i64,
         d: &NewDispatch,
         offer_due_at: i64,
+        actor: &str,
         why: &str,
     ) -> Result<i64, StoreError> {
         let now = now_ms();
@@ -176,10 +178,11 @@ impl Db {
             insert_timer!(tx, incident_id, Some(id), "offer", 0i64, offer_due_at);
             sqlx::query(
                 "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
-                 VALUES ($1, $2, 'system', 'carer_offered', $3)",
+                 VALUES ($1, $2, $3, 'carer_offered', $4)",
             )
             .bind(incident_id)
             .bind(now)
+            .bind(actor)
             .bind(format!(
                 "dispatch {id}: carer {} of provider {}{} ({why})",
                 d.carer_id,
@@ -243,5 +246,15 @@ impl Db {
         .await
         .map(|r| r.rows_affected()))?;
         Ok(())
+    }
+
+    /// One carer, on duty or not.
+    pub async fn carer(&self, carer_id: i64) -> Result<Option<CarerRow>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, provider_id, name, lat, lon, on_duty, busy FROM carers WHERE id = $1"
+        )
+        .bind(carer_id)
+        .fetch_optional(p)
+        .await)?)
     }
 }

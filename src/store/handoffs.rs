@@ -208,4 +208,16 @@ impl Db {
         .await)?;
         Ok(rows.into_iter().map(from_row).collect())
     }
+
+    /// Every hand-off of one incident, oldest first.
+    pub async fn handoffs_of(&self, incident_id: i64) -> Result<Vec<Handoff>, StoreError> {
+        let rows: Vec<HandoffRow> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, incident_id, service, reference, operator, at, summary, outcome \
+             FROM handoffs WHERE incident_id = $1 ORDER BY id"
+        )
+        .bind(incident_id)
+        .fetch_all(p)
+        .await)?;
+        Ok(rows.into_iter().map(from_row).collect())
+    }
 }

@@ -70,7 +70,7 @@ pub struct NewIncident<'a> {
 }
 
 /// An incident's header, as the console lists it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct IncidentSummary {
     pub id: i64,
     pub opened_at: i64,

@@ -6,6 +6,7 @@
 
 mod alarms;
 pub mod audit;
+mod console;
 mod dispatches;
 mod handoffs;
 mod incidents;
@@ -25,7 +26,8 @@ use sqlx::sqlite::{
 };
 
 pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
-pub use audit::{AuditEntry, AuditReport, ChainBreak, ChainFault};
+pub use audit::{AuditEntry, AuditRecord, AuditReport, ChainBreak, ChainFault};
+pub use console::{CarerJob, DeviceStatus, DispatchRow, QueueFilter, QueueRow, TimelineEntry};
 pub use dispatches::{CarerAnswer, ReplyError};
 pub use handoffs::{Handoff, HandoffError};
 pub use incidents::{

@@ -64,7 +64,7 @@ pub struct NotificationJob {
 }
 
 /// A notification as the console and the tests see it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct NotificationRow {
     pub id: i64,
     pub contact_id: i64,

@@ -1,7 +1,8 @@
 //! Moving an incident through its state machine, one transaction per step,
 //! each step written to the incident's timeline.
 
-use super::{Db, StoreError, now_ms, on_write_pool};
+use super::audit::append_audit;
+use super::{AuditEntry, Db, StoreError, now_ms, on_write_pool};
 use crate::domain::{Action, IllegalTransition, State};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,24 @@ impl Db {
     /// Apply one step if the state machine allows it; refuse it otherwise.
     /// Returns the new state.
     pub async fn transition(&self, t: &Transition<'_>) -> Result<State, TransitionError> {
+        self.transition_with(t, None).await
+    }
+
+    /// As [`Db::transition`], with the audit entry of the person who did it
+    /// written in the same transaction: no step without its record.
+    pub async fn transition_audited(
+        &self,
+        t: &Transition<'_>,
+        audit: &AuditEntry<'_>,
+    ) -> Result<State, TransitionError> {
+        self.transition_with(t, Some(audit)).await
+    }
+
+    async fn transition_with(
+        &self,
+        t: &Transition<'_>,
+        audit: Option<&AuditEntry<'_>>,
+    ) -> Result<State, TransitionError> {
         // PostgreSQL needs the row locked against a concurrent step; SQLite
         // has one write connection, so the transaction is already alone.
         let lock = if matches!(self, Db::Postgres(_)) {
@@ -52,8 +71,9 @@ impl Db {
         };
         let select = format!("SELECT state, claimed_by FROM incidents WHERE id = $1{lock}");
         let now = now_ms();
+        let begin = self.begin_write();
         on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(begin).await?;
             let row: Option<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
                 .bind(t.incident_id)
                 .fetch_optional(&mut *tx)
@@ -101,6 +121,9 @@ impl Db {
             .bind(t.detail)
             .execute(&mut *tx)
             .await?;
+            if let Some(entry) = audit {
+                append_audit!(self, tx, *entry, now);
+            }
             tx.commit().await?;
             Ok(to)
         })

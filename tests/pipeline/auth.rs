@@ -1,87 +1,12 @@
 //! Console accounts over HTTP (log-in, sessions, roles) and the audit log's
 //! hash chain, on SQLite and PostgreSQL.
 
-use pingantong::api::auth::hash_password;
 use pingantong::domain::Role;
-use pingantong::store::{ChainFault, Db, NewUser, StoreConfig, now_ms};
+use pingantong::store::{ChainFault, Db, StoreConfig, now_ms};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-
-const PASSWORD: &str = "correct horse battery";
-
-async fn add_user(db: &Db, username: &str, role: Role) {
-    let hash = hash_password(PASSWORD).unwrap();
-    db.add_user(
-        &NewUser {
-            username,
-            password_hash: &hash,
-            role,
-            carer_id: None,
-            provider_id: None,
-        },
-        "test",
-    )
-    .await
-    .unwrap();
-}
-
-/// The HTTP side of a test server.
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn of(app: &TestApp) -> Self {
-        Self {
-            base: format!("http://{}", app.addrs.http),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Log in: (status, JSON body).
-    async fn login(&self, username: &str, password: &str) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(self.url("/api/v1/session"))
-            .json(&json!({ "username": username, "password": password }))
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.json().await.unwrap())
-    }
-
-    async fn token(&self, username: &str) -> String {
-        let (status, body) = self.login(username, PASSWORD).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body["token"].as_str().unwrap().to_owned()
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self.http.get(self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await.unwrap();
-        (r.status(), r.json().await.unwrap())
-    }
-
-    async fn logout(&self, token: &str) -> StatusCode {
-        self.http
-            .delete(self.url("/api/v1/session"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    }
-}
 
 /// Run one statement on whichever database the test uses.
 async fn raw(db: &Db, sql: &'static str) {

@@ -4,12 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pingantong::store::{Db, NewCarer, NewClient, NewDevice, NewProvider};
+use pingantong::api::auth::hash_password;
+use pingantong::domain::Role;
+use pingantong::store::{Db, NewCarer, NewClient, NewDevice, NewProvider, NewUser};
 use pingantong::{Application, Settings};
 use pingantong_protocol::native::{self, Reply};
 use pingantong_protocol::{AlarmEvent, DeviceId, EventKind, Location};
 use pingantong_sim::carer::{self, CarerStats};
 use rand::Rng;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -668,5 +672,95 @@ impl ManualClock {
     pub fn as_clock(&self) -> pingantong::incident::Clock {
         let t = Arc::clone(&self.0);
         Arc::new(move || t.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+// Console accounts and the HTTP API.
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub async fn add_user(db: &Db, username: &str, role: Role) {
+    let hash = hash_password(PASSWORD).unwrap();
+    db.add_user(
+        &NewUser {
+            username,
+            password_hash: &hash,
+            role,
+            carer_id: None,
+            provider_id: None,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+}
+
+/// The HTTP side of a test server.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn of(app: &TestApp) -> Self {
+        Self {
+            base: format!("http://{}", app.addrs.http),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Log in: (status, JSON body).
+    pub async fn login(&self, username: &str, password: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url("/api/v1/session"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    pub async fn token(&self, username: &str) -> String {
+        let (status, body) = self.login(username, PASSWORD).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    /// POST a JSON body with a token: (status, JSON body or null).
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn logout(&self, token: &str) -> StatusCode {
+        self.http
+            .delete(self.url("/api/v1/session"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
     }
 }

@@ -54,7 +54,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 
 /// The account behind the request's bearer token. Any handler that takes a
 /// `Caller` answers 401 to a request without a live session.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Caller {
     pub user_id: i64,
     pub username: String,

@@ -8,17 +8,18 @@ pub mod password;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use tokio::sync::Semaphore;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use caller::{Caller, new_token, token_hash};
 pub use password::{PasswordError, hash_password, verify_password};
 
-use super::ApiError;
+use super::{ApiError, ErrorBody};
 use crate::domain::Role;
 use crate::store::{AuditEntry, Db, USERNAME_MAX, now_ms, valid_username};
 use crate::telemetry::events::LoginAttempt;
@@ -51,15 +52,15 @@ impl FromRef<AuthState> for Db {
     }
 }
 
-pub fn router(db: Db, cfg: AuthConfig) -> Router {
+pub fn router(db: Db, cfg: AuthConfig) -> OpenApiRouter {
     // The first unknown-user log-in should not be the one that pays for the dummy hash.
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn_blocking(password::warm_up);
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Router::new()
-        .route("/api/v1/session", post(login).delete(logout))
-        .route("/api/v1/me", get(me))
+    OpenApiRouter::new()
+        .routes(routes!(login, logout))
+        .routes(routes!(me))
         .with_state(AuthState {
             db,
             ttl_ms: i64::try_from(cfg.session_ttl.as_millis()).unwrap_or(i64::MAX),
@@ -67,19 +68,30 @@ pub fn router(db: Db, cfg: AuthConfig) -> Router {
         })
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct LoginRequest {
     username: String,
     password: String,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct LoginResponse {
     token: String,
     expires_at: i64,
     role: Role,
 }
 
+/// Log in: a bearer token for the console and the API.
+#[utoipa::path(
+    post, path = "/api/v1/session", tag = "session",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = LoginResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+    )
+)]
 async fn login(
     State(s): State<AuthState>,
     body: Result<Json<LoginRequest>, JsonRejection>,
@@ -171,12 +183,24 @@ async fn check_password(
     .map_err(|e| ApiError::Internal(e.into()))
 }
 
+/// Log out: the token stops working.
+#[utoipa::path(
+    delete, path = "/api/v1/session", tag = "session",
+    responses((status = 204), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn logout(State(s): State<AuthState>, caller: Caller) -> Result<StatusCode, ApiError> {
     s.db.revoke_session(&caller.token_hash, &caller.username)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Who this token belongs to.
+#[utoipa::path(
+    get, path = "/api/v1/me", tag = "session",
+    responses((status = 200, body = Caller), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn me(caller: Caller) -> Json<Caller> {
     Json(caller)
 }

@@ -1,0 +1,132 @@
+//! A carer's own view: the offers and jobs given to them, and their answers
+//! (the same answers a carer's app may send over MQTT).
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::incidents::command_error;
+use super::{ApiError, ApiState, Caller, ErrorBody};
+use crate::domain::Role;
+use crate::store::{AuditEntry, CarerAnswer, CarerJob};
+
+const CARERS: &[Role] = &[Role::Carer];
+
+fn my_carer_id(caller: &Caller) -> Result<i64, ApiError> {
+    caller.require(CARERS)?;
+    // An account of role carer always names its carer; one that does not is
+    // refused rather than shown someone else's jobs.
+    caller.carer_id.ok_or(ApiError::Forbidden(CARERS))
+}
+
+/// My offers and jobs not yet finished, newest first, with what I need at the door.
+#[utoipa::path(
+    get, path = "/api/v1/carer/jobs", tag = "carers",
+    responses(
+        (status = 200, body = Vec<CarerJob>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn jobs(
+    State(s): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<CarerJob>>, ApiError> {
+    let carer = my_carer_id(&caller)?;
+    let jobs = s.db.carer_jobs(carer).await?;
+    for j in &jobs {
+        s.db.audit(AuditEntry {
+            actor: &caller.actor(),
+            action: "profile_read",
+            subject: &format!("client:{}", j.client_id),
+            detail: &format!("dispatch {}", j.dispatch_id),
+        })
+        .await?;
+    }
+    Ok(Json(jobs))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerBody {
+    /// `accept`, `decline`, `arrived` or `completed`.
+    pub action: String,
+    /// Why a decline (e.g. `too_far`, `busy`).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// How a job ended, with `completed` (e.g. `help_given`, `hospital`).
+    #[serde(default)]
+    pub outcome: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct Answered {
+    pub dispatch_id: i64,
+    pub action: String,
+}
+
+/// Answer an offer or report on a job: accept, decline (with a reason), arrived, completed (with an outcome).
+#[utoipa::path(
+    post, path = "/api/v1/dispatches/{id}/answer", tag = "carers",
+    params(("id" = i64, Path)),
+    request_body = AnswerBody,
+    responses(
+        (status = 200, body = Answered),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "not your dispatch, or not in a state this answer follows"),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn answer(
+    State(s): State<ApiState>,
+    caller: Caller,
+    id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    body: Result<Json<AnswerBody>, JsonRejection>,
+) -> Result<Json<Answered>, ApiError> {
+    let carer = my_carer_id(&caller)?;
+    let Path(dispatch) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(body) = body?;
+    let action = CarerAnswer::parse(&body.action).ok_or_else(|| {
+        ApiError::BadRequest("action must be accept, decline, arrived or completed".into())
+    })?;
+    for (field, v) in [("reason", &body.reason), ("outcome", &body.outcome)] {
+        if v.as_ref()
+            .is_some_and(|t| t.len() > 500 || t.contains('\0'))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{field} must be at most 500 bytes of text"
+            )));
+        }
+    }
+    s.stage
+        .answer(
+            carer,
+            dispatch,
+            action,
+            body.reason.clone(),
+            body.outcome.clone(),
+        )
+        .await
+        .map_err(command_error)?;
+    s.db.audit(AuditEntry {
+        actor: &caller.actor(),
+        action: &format!("dispatch_{}", body.action),
+        subject: &format!("dispatch:{dispatch}"),
+        detail: body
+            .reason
+            .as_deref()
+            .or(body.outcome.as_deref())
+            .unwrap_or(""),
+    })
+    .await?;
+    s.feed.changed.notify_one();
+    Ok(Json(Answered {
+        dispatch_id: dispatch,
+        action: body.action,
+    }))
+}

@@ -1,0 +1,180 @@
+//! The live feed: every new incident and every step of every incident, as
+//! server-sent events, in the order of the timeline's ids.
+//!
+//! One task reads new timeline rows (woken by whoever writes them, and every
+//! 250 ms in case a writer elsewhere — another server, the CLI — did) and
+//! fans them out. A client that reconnects says the last id it saw (the
+//! `Last-Event-ID` header browsers send by themselves, or `?after=`) and is
+//! first given everything after it from the database, then the live rows:
+//! nothing is missed, nothing is sent twice.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiError, ApiState, Caller, STAFF};
+use crate::store::{Db, StoreError, TimelineEntry};
+use crate::telemetry::events;
+
+/// Rows read per database page.
+const PAGE: i64 = 500;
+
+pub struct Feed {
+    db: Db,
+    live: broadcast::Sender<Arc<TimelineEntry>>,
+    /// Poke after writing to the timeline.
+    pub changed: Arc<Notify>,
+    /// Highest id fanned out so far.
+    last: AtomicI64,
+}
+
+impl Feed {
+    pub fn new(db: Db, changed: Arc<Notify>) -> Arc<Self> {
+        let (live, _) = broadcast::channel(4096);
+        Arc::new(Self {
+            db,
+            live,
+            changed,
+            last: AtomicI64::new(0),
+        })
+    }
+
+    /// Fan out new timeline rows until `shutdown`.
+    pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let feed = Arc::clone(self);
+        tokio::spawn(async move {
+            match feed.db.last_timeline_id().await {
+                Ok(id) => feed.last.store(id, Ordering::Relaxed),
+                Err(e) => events::StageFailed {
+                    stage: "feed",
+                    error: &e,
+                }
+                .emit(),
+            }
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = feed.changed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                if let Err(e) = feed.pump().await {
+                    events::StageFailed {
+                        stage: "feed",
+                        error: &e,
+                    }
+                    .emit();
+                }
+            }
+        })
+    }
+
+    async fn pump(&self) -> Result<(), StoreError> {
+        loop {
+            let after = self.last.load(Ordering::Relaxed);
+            let rows = self.db.timeline_since(after, PAGE).await?;
+            let Some(last) = rows.last().map(|r| r.id) else {
+                return Ok(());
+            };
+            for row in rows {
+                // Nobody listening is fine.
+                let _ = self.live.send(Arc::new(row));
+            }
+            self.last.store(last, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct FeedQuery {
+    /// Resume after this timeline id (overrides `Last-Event-ID`); without
+    /// either, the feed starts with what happens next.
+    after: Option<i64>,
+}
+
+fn event(row: &TimelineEntry) -> Event {
+    Event::default()
+        .id(row.id.to_string())
+        .event("timeline")
+        .json_data(row)
+        .unwrap_or_else(|_| Event::default().comment("unserialisable row"))
+}
+
+/// Live feed of incidents and their steps (server-sent events).
+#[utoipa::path(
+    get,
+    path = "/api/v1/feed",
+    tag = "incidents",
+    params(FeedQuery, ("Last-Event-ID" = Option<String>, Header, description = "the last id seen")),
+    responses(
+        (status = 200, description = "`text/event-stream` of `timeline` events, each a TimelineEntry with its id", content_type = "text/event-stream", body = String),
+        (status = 401, body = super::ErrorBody),
+        (status = 403, body = super::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn feed(
+    State(s): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(q): Query<FeedQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    caller.require(STAFF)?;
+    let header = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let mut live = s.feed.live.subscribe();
+    let start = match q.after.or(header) {
+        Some(id) => id.max(0),
+        None => s.feed.last.load(Ordering::Relaxed),
+    };
+    let db = s.db.clone();
+    let stream = async_stream::stream! {
+        let mut sent = start;
+        // Backlog from the database, page by page.
+        loop {
+            match db.timeline_since(sent, PAGE).await {
+                Ok(rows) if !rows.is_empty() => {
+                    for row in &rows {
+                        sent = row.id;
+                        yield Ok(event(row));
+                    }
+                }
+                Ok(_) => break,
+                Err(_) => break,
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok(row) if row.id > sent => {
+                    sent = row.id;
+                    yield Ok(event(&row));
+                }
+                Ok(_) => {}
+                // Too slow for the live channel: catch up from the database.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    while let Ok(rows) = db.timeline_since(sent, PAGE).await {
+                        if rows.is_empty() {
+                            break;
+                        }
+                        for row in &rows {
+                            sent = row.id;
+                            yield Ok(event(row));
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

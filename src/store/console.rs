@@ -1,0 +1,231 @@
+//! What the console reads: the queue, an incident with its timeline, the
+//! people and devices around it, and a carer's own dispatches.
+
+use serde::Serialize;
+
+use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
+use crate::store::incidents::insert_event;
+use crate::store::{AuditEntry, audit::append_audit};
+
+/// One line of the operator queue.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct QueueRow {
+    pub id: i64,
+    pub opened_at: i64,
+    pub last_press_at: i64,
+    pub kind: String,
+    pub lane: String,
+    pub state: String,
+    pub verified: bool,
+    pub press_count: i64,
+    pub device_id: String,
+    pub claimed_by: Option<String>,
+    pub advised_service: Option<String>,
+    pub client_id: Option<i64>,
+    pub client_name: Option<String>,
+    pub district: Option<String>,
+    pub street: Option<String>,
+}
+
+/// Which incidents to list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueFilter<'a> {
+    /// Only those still needing someone.
+    pub open_only: bool,
+    pub lane: Option<&'a str>,
+    pub limit: i64,
+}
+
+/// One step on an incident's timeline.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct TimelineEntry {
+    pub id: i64,
+    pub incident_id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct DispatchRow {
+    pub id: i64,
+    pub incident_id: i64,
+    pub carer_id: i64,
+    pub carer_name: String,
+    pub provider_id: i64,
+    pub provider_name: String,
+    pub state: String,
+    pub distance_m: Option<f64>,
+    pub fallback: bool,
+    pub offered_at: i64,
+    pub updated_at: i64,
+}
+
+/// A device of a client, as the screen-pop shows it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct DeviceStatus {
+    pub id: String,
+    pub protocol: String,
+    pub last_seen_at: Option<i64>,
+    pub battery: Option<i64>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+}
+
+/// A carer's own offer or job, with what they need at the door.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct CarerJob {
+    pub dispatch_id: i64,
+    pub incident_id: i64,
+    pub state: String,
+    pub kind: String,
+    pub offered_at: i64,
+    pub distance_m: Option<f64>,
+    pub client_id: i64,
+    pub client_name: String,
+    pub address: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub medical_notes: String,
+    pub medications: String,
+    pub allergies: String,
+}
+
+impl Db {
+    /// The queue: life-safety before technical, then oldest first.
+    pub async fn queue(&self, f: &QueueFilter<'_>) -> Result<Vec<QueueRow>, StoreError> {
+        let open = if f.open_only {
+            "AND i.state NOT IN ('resolved', 'closed', 'cancelled', 'merged')"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT i.id, i.opened_at, i.last_press_at, i.kind, i.lane, i.state, i.verified, \
+             i.press_count, i.device_id, i.claimed_by, i.advised_service, i.client_id, \
+             c.name AS client_name, c.district, c.street \
+             FROM incidents i LEFT JOIN clients c ON c.id = i.client_id \
+             WHERE ($1 IS NULL OR i.lane = $1) {open} \
+             ORDER BY CASE i.lane WHEN 'life_safety' THEN 0 WHEN 'technical' THEN 1 ELSE 2 END, \
+             i.opened_at, i.id LIMIT $2"
+        );
+        Ok(on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(
+            sql
+        ))
+        .bind(f.lane)
+        .bind(f.limit.clamp(1, 1000))
+        .fetch_all(p)
+        .await)?)
+    }
+
+    pub async fn timeline(&self, incident_id: i64) -> Result<Vec<TimelineEntry>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
+             FROM incident_events WHERE incident_id = $1 ORDER BY id"
+        )
+        .bind(incident_id)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// Timeline entries of every incident after `after_id`, oldest first: the live feed.
+    pub async fn timeline_since(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<TimelineEntry>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
+             FROM incident_events WHERE id > $1 ORDER BY id LIMIT $2"
+        )
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// The newest timeline id (0 when there is none).
+    pub async fn last_timeline_id(&self) -> Result<i64, StoreError> {
+        let row: (Option<i64>,) = on_pool!(self, |p| sqlx::query_as(
+            "SELECT MAX(id) FROM incident_events"
+        )
+        .fetch_one(p)
+        .await)?;
+        Ok(row.0.unwrap_or(0))
+    }
+
+    pub async fn dispatches_of(&self, incident_id: i64) -> Result<Vec<DispatchRow>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT d.id, d.incident_id, d.carer_id, c.name AS carer_name, d.provider_id, \
+             p.name AS provider_name, d.state, d.distance_m, d.fallback, d.offered_at, \
+             d.updated_at FROM dispatches d JOIN carers c ON c.id = d.carer_id \
+             JOIN providers p ON p.id = d.provider_id WHERE d.incident_id = $1 ORDER BY d.id"
+        )
+        .bind(incident_id)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// A client's devices, each with its last report (time, battery, position).
+    pub async fn client_devices(&self, client_id: i64) -> Result<Vec<DeviceStatus>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT d.id, d.protocol, a.received_at AS last_seen_at, \
+             (SELECT b.battery FROM alarms b WHERE b.device_id = d.id AND b.battery IS NOT NULL \
+              ORDER BY b.id DESC LIMIT 1) AS battery, \
+             (SELECT g.lat FROM alarms g WHERE g.device_id = d.id AND g.lat IS NOT NULL \
+              ORDER BY g.id DESC LIMIT 1) AS lat, \
+             (SELECT g.lon FROM alarms g WHERE g.device_id = d.id AND g.lon IS NOT NULL \
+              ORDER BY g.id DESC LIMIT 1) AS lon \
+             FROM devices d LEFT JOIN alarms a ON a.id = \
+               (SELECT MAX(x.id) FROM alarms x WHERE x.device_id = d.id) \
+             WHERE d.client_id = $1 AND d.retired = FALSE ORDER BY d.id"
+        )
+        .bind(client_id)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// A carer's dispatches that are not finished, newest first.
+    pub async fn carer_jobs(&self, carer_id: i64) -> Result<Vec<CarerJob>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT d.id AS dispatch_id, d.incident_id, d.state, i.kind, d.offered_at, \
+             d.distance_m, c.id AS client_id, c.name AS client_name, c.address, c.lat, c.lon, \
+             c.medical_notes, c.medications, c.allergies \
+             FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
+             JOIN clients c ON c.id = i.client_id \
+             WHERE d.carer_id = $1 AND d.state IN ('offered', 'accepted', 'arrived') \
+             ORDER BY d.id DESC"
+        )
+        .bind(carer_id)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// An operator's note on the timeline, with its audit entry, in one transaction.
+    pub async fn add_note(
+        &self,
+        incident_id: i64,
+        actor: &str,
+        text: &str,
+        audit: &AuditEntry<'_>,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let begin = self.begin_write();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE id = $1")
+                .bind(incident_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Ok(false);
+            }
+            insert_event!(tx, incident_id, now, actor, "note", None::<&str>, text)?;
+            append_audit!(self, tx, *audit, now);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+}

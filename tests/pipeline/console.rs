@@ -1,0 +1,490 @@
+//! The console's HTTP API end to end: an operator takes an SOS from the queue
+//! to closed while a carer answers over HTTP; every role's forbidden cases;
+//! the live feed with resume; the audit trail; the OpenAPI document.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pingantong::api::auth::hash_password;
+use pingantong::domain::Role;
+use pingantong::store::{Db, NewUser};
+use pingantong_protocol::EventKind;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn add_carer_user(db: &Db, username: &str, carer_id: i64) {
+    let hash = hash_password(PASSWORD).unwrap();
+    db.add_user(
+        &NewUser {
+            username,
+            password_hash: &hash,
+            role: Role::Carer,
+            carer_id: Some(carer_id),
+            provider_id: None,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+}
+
+/// Timeline events read from the live feed: (id, incident id, action).
+type Seen = Arc<Mutex<Vec<(i64, i64, String)>>>;
+
+/// Follow the live feed in the background, from `last_event_id` if given.
+async fn follow(
+    api: &Api,
+    token: &str,
+    last_event_id: Option<i64>,
+) -> (Seen, tokio::task::JoinHandle<()>) {
+    let mut req = api.http.get(api.url("/api/v1/feed")).bearer_auth(token);
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id.to_string());
+    }
+    let mut resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let seen: Seen = Arc::default();
+    let out = Arc::clone(&seen);
+    let task = tokio::spawn(async move {
+        let mut buf = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            // Events end with a blank line.
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim);
+                let id = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id:"))
+                    .and_then(|v| v.trim().parse::<i64>().ok());
+                if let (Some(id), Some(data)) = (id, data) {
+                    let v: Value = serde_json::from_str(data).unwrap();
+                    assert_eq!(v["id"], id, "the event id is the timeline id");
+                    out.lock().unwrap().push((
+                        id,
+                        v["incident_id"].as_i64().unwrap(),
+                        v["action"].as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    });
+    (seen, task)
+}
+
+async fn operator_takes_an_sos_to_closed_while_a_carer_answers(backend: Backend) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    add_user(&app.db, "op.li", Role::Operator).await;
+    add_user(&app.db, "op.wang", Role::Operator).await;
+    add_user(&app.db, "reg.chen", Role::Regulator).await;
+    add_carer_user(&app.db, "carer.near", city.near_carer).await;
+    add_carer_user(&app.db, "carer.far", city.far_carer).await;
+    let api = Api::of(&app);
+    let op = api.token("op.li").await;
+    let op2 = api.token("op.wang").await;
+    let reg = api.token("reg.chen").await;
+    let near = api.token("carer.near").await;
+    let far = api.token("carer.far").await;
+    let (seen, feed_task) = follow(&api, &op, None).await;
+
+    let mut dev = Device::connect(app.native).await;
+    dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
+        .await;
+    let offer = eventually("the automatic offer", || async {
+        app.carers.offers().into_iter().next()
+    })
+    .await;
+    let incident = offer.incident_id;
+    assert_eq!(offer.carer_id, city.near_carer);
+
+    // The queue and the screen-pop.
+    let (status, queue) = api.get("/api/v1/incidents", Some(&op)).await;
+    assert_eq!(status, StatusCode::OK, "{queue}");
+    assert_eq!(queue[0]["id"], incident);
+    assert_eq!(queue[0]["lane"], "life_safety");
+    assert_eq!(queue[0]["client_name"], "陈秀英");
+    let (status, detail) = api
+        .get(&format!("/api/v1/incidents/{incident}"), Some(&op))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    assert_eq!(detail["client"]["medications"], "华法林 3mg");
+    assert_eq!(detail["devices"][0]["battery"], 77);
+    assert_eq!(detail["timeline"][0]["action"], "opened");
+    assert_eq!(detail["dispatches"][0]["carer_id"], city.near_carer);
+
+    // Forbidden and unauthorised.
+    for (token, path) in [
+        (&near, "/api/v1/incidents"),
+        (&reg, "/api/v1/incidents"),
+        (&reg, &format!("/api/v1/incidents/{incident}")[..]),
+        (&op, "/api/v1/carer/jobs"),
+        (&near, "/api/v1/feed"),
+    ] {
+        let (status, body) = api.get(path, Some(token)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("role"));
+    }
+    let (status, _) = api.get("/api/v1/incidents", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let claim = format!("/api/v1/incidents/{incident}/claim");
+    let (status, _) = api.post(&claim, &near, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a carer claims nothing");
+
+    // The near carer sees the job and declines it: the far one is asked.
+    let (status, jobs) = api.get("/api/v1/carer/jobs", Some(&near)).await;
+    assert_eq!(status, StatusCode::OK, "{jobs}");
+    assert_eq!(jobs[0]["dispatch_id"], offer.dispatch_id);
+    assert_eq!(jobs[0]["medical_notes"], "高血压；房颤");
+    let answer = |d: i64| format!("/api/v1/dispatches/{d}/answer");
+    let (status, body) = api
+        .post(
+            &answer(offer.dispatch_id),
+            &far,
+            json!({"action": "accept"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "not the far carer's: {body}");
+    let (status, body) = api
+        .post(
+            &answer(offer.dispatch_id),
+            &near,
+            json!({"action": "decline", "reason": "on another job"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("the far carer asked", || async {
+        app.carers
+            .offers()
+            .iter()
+            .any(|o| o.carer_id == city.far_carer)
+            .then_some(())
+    })
+    .await;
+
+    // The operator claims; nobody else can.
+    let (status, body) = api.post(&claim, &op, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "claimed");
+    let (status, body) = api.post(&claim, &op2, json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("op.li"), "{body}");
+    let (status, _) = api
+        .post(
+            &format!("/api/v1/incidents/{incident}/notes"),
+            &op,
+            json!({"text": "女儿说她在医院附近，十分钟到"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // The operator sends the near carer after all, by hand.
+    let (status, carers) = api
+        .get(&format!("/api/v1/incidents/{incident}/carers"), Some(&op))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(carers[0]["carer_id"], city.near_carer, "{carers}");
+    let (status, body) = api
+        .post(
+            &format!("/api/v1/incidents/{incident}/dispatch"),
+            &op,
+            json!({"carer_id": city.near_carer}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let dispatch = body["dispatch_id"].as_i64().unwrap();
+    eventually("the hand-picked offer on the carer's phone", || async {
+        app.carers
+            .offers()
+            .iter()
+            .any(|o| o.dispatch_id == dispatch)
+            .then_some(())
+    })
+    .await;
+    for (action, state) in [
+        ("accept", "carer_accepted"),
+        ("arrived", "on_scene"),
+        ("completed", "resolved"),
+    ] {
+        let (status, body) = api
+            .post(
+                &answer(dispatch),
+                &near,
+                json!({"action": action, "outcome": "help_given"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{action}: {body}");
+        let s = app.db.incident_summary(incident).await.unwrap().unwrap();
+        assert_eq!(s.state, state, "after {action}");
+    }
+    let close = format!("/api/v1/incidents/{incident}/close");
+    let (status, body) = api.post(&close, &op, json!({})).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "an outcome is needed: {body}"
+    );
+    let (status, body) = api
+        .post(
+            &close,
+            &op,
+            json!({"outcome": "help_given", "detail": "扶起，无受伤"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "closed");
+    let (status, _) = api.post(&close, &op, json!({"outcome": "x"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "closed is closed");
+
+    // The feed saw every step, in order, once; a reconnect resumes exactly.
+    let timeline = app.db.timeline(incident).await.unwrap();
+    let feed = eventually("every step on the feed", || async {
+        let s = seen.lock().unwrap().clone();
+        (s.len() >= timeline.len()).then_some(s)
+    })
+    .await;
+    feed_task.abort();
+    let ids: Vec<i64> = feed.iter().map(|e| e.0).collect();
+    assert_eq!(ids, timeline.iter().map(|t| t.id).collect::<Vec<_>>());
+    let actions: Vec<&str> = feed.iter().map(|e| e.2.as_str()).collect();
+    for a in [
+        "opened",
+        "carer_declined",
+        "claim",
+        "note",
+        "carer_accepted",
+        "close",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    let (again, task) = follow(&api, &op, Some(ids[2])).await;
+    let resumed = eventually("the resumed feed", || async {
+        let s = again.lock().unwrap().clone();
+        (s.len() >= ids.len() - 3).then_some(s)
+    })
+    .await;
+    task.abort();
+    assert_eq!(
+        resumed.iter().map(|e| e.0).collect::<Vec<_>>(),
+        ids[3..].to_vec(),
+        "after the last id seen, nothing missed, nothing twice"
+    );
+
+    // Every look at her profile and every action is on the audit chain.
+    let audit = app.db.audit_trail(None, 1000).await.unwrap();
+    let has = |action: &str, subject: &str| {
+        audit
+            .iter()
+            .any(|e| e.action == action && e.subject == subject)
+    };
+    let client = format!("client:{}", city.client_id);
+    assert!(has("profile_read", &client), "{audit:?}");
+    for a in [
+        "incident_claim",
+        "incident_note",
+        "incident_dispatch",
+        "incident_close",
+    ] {
+        assert!(has(a, &format!("incident:{incident}")), "{a}: {audit:?}");
+    }
+    assert!(has(
+        "dispatch_decline",
+        &format!("dispatch:{}", offer.dispatch_id)
+    ));
+    assert!(has("dispatch_completed", &format!("dispatch:{dispatch}")));
+    assert!(app.db.verify_audit_chain().await.unwrap().is_ok());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn operator_and_carer_over_http_sqlite() {
+    operator_takes_an_sos_to_closed_while_a_carer_answers(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn operator_and_carer_over_http_postgres() {
+    operator_takes_an_sos_to_closed_while_a_carer_answers(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_4xx_answers() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    add_user(&app.db, "op.li", Role::Operator).await;
+    let api = Api::of(&app);
+    let op = api.token("op.li").await;
+    let mut dev = Device::connect(app.native).await;
+    dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
+        .await;
+    let incident = eventually("the incident", || async {
+        app.db
+            .incidents_overview()
+            .await
+            .unwrap()
+            .first()
+            .map(|i| i.0)
+    })
+    .await;
+    let cases: Vec<(String, Value, StatusCode)> = vec![
+        (
+            format!("/api/v1/incidents/{incident}/claim"),
+            json!({"detial": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            format!("/api/v1/incidents/{incident}/notes"),
+            json!({"text": ""}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/api/v1/incidents/{incident}/notes"),
+            json!({"text": "x".repeat(3000)}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/api/v1/incidents/{incident}/handoff"),
+            json!({"service": "999"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/api/v1/incidents/{incident}/dispatch"),
+            json!({"carer_id": 999_999}),
+            StatusCode::CONFLICT,
+        ),
+        (
+            format!("/api/v1/incidents/{incident}/dispatch"),
+            json!({"carer_id": "near"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/incidents/999999/claim".into(),
+            json!({}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/v1/incidents/abc/claim".into(),
+            json!({}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/dispatches/1/answer".into(),
+            json!({"action": "accept"}),
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (path, body, want) in cases {
+        let (status, answer) = api.post(&path, &op, body.clone()).await;
+        assert_eq!(status, want, "{path} {body}: {answer}");
+        assert!(
+            answer["error"].is_string(),
+            "{path}: JSON error body {answer}"
+        );
+    }
+    for path in [
+        "/api/v1/incidents?limit=abc",
+        "/api/v1/incidents?lane=urgent",
+    ] {
+        let (status, answer) = api.get(path, Some(&op)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+    }
+    // A hand-off: 120 with the hospital summary.
+    let (status, h) = api
+        .post(
+            &format!("/api/v1/incidents/{incident}/handoff"),
+            &op,
+            json!({"service": "120", "reference": "GZ120-7781"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{h}");
+    assert_eq!(h["summary"]["allergies"], "青霉素");
+    app.stop().await;
+}
+
+/// The document served at /openapi.json is valid in shape and names exactly
+/// the routes the server answers.
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let api = Api::of(&app);
+    let (status, doc) = api.get("/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let paths = doc["paths"].as_object().unwrap();
+    for must in [
+        "/api/v1/incidents",
+        "/api/v1/incidents/{id}",
+        "/api/v1/incidents/{id}/claim",
+        "/api/v1/incidents/{id}/dispatch",
+        "/api/v1/incidents/{id}/handoff",
+        "/api/v1/carer/jobs",
+        "/api/v1/dispatches/{id}/answer",
+        "/api/v1/feed",
+        "/api/v1/session",
+        "/api/v1/me",
+        "/api/v1/audit/verify",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(must), "{must} undocumented");
+    }
+    // Every $ref points at a schema the document defines.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let text = doc.to_string();
+    for r in text.split("\"$ref\":\"").skip(1) {
+        let target = r.split('"').next().unwrap();
+        let name = target
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected $ref {target}"));
+        assert!(schemas.contains_key(name), "dangling $ref {target}");
+    }
+    // Every documented operation is routed: without a token it is refused
+    // or answered, never "no such route".
+    let http = reqwest::Client::new();
+    let mut operations = 0;
+    for (path, item) in paths {
+        let url = api.url(&path.replace("{id}", "1"));
+        for method in item.as_object().unwrap().keys() {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = http
+                .request(m, &url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            // The feed is a stream: its headers arrive, its body does not end.
+            let status = match r {
+                Ok(r) => r.status(),
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => panic!("{method} {path}: {e}"),
+            };
+            assert!(
+                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} is documented but answered {status}"
+            );
+            operations += 1;
+        }
+    }
+    assert!(operations >= 16, "{operations} operations");
+    // And what is not documented is not there.
+    let r = http.get(api.url("/api/v1/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].is_string());
+    app.stop().await;
+}
