@@ -238,6 +238,21 @@ impl Db {
         Ok(())
     }
 
+    /// A carer's own "busy" (on a job the service does not know of, a break):
+    /// nobody offers them anything until they are free.
+    pub async fn set_carer_busy(&self, carer_id: i64, busy: bool) -> Result<(), StoreError> {
+        on_write_pool!(self, |p| sqlx::query(
+            "UPDATE carers SET busy = $1, updated_at = $2 WHERE id = $3"
+        )
+        .bind(busy)
+        .bind(now_ms())
+        .bind(carer_id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>, StoreError> {
         Ok(on_pool!(self, |p| {
             sqlx::query_as(

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use pingantong::store::{NewClient, NewDevice};
 use pingantong_protocol::EventKind;
 use pingantong_protocol::native::{ACK_DUPLICATE, NakReason, Reply};
 
@@ -501,16 +502,62 @@ async fn a_re_provisioned_secret_is_picked_up_without_a_restart() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn no_carer_on_duty_still_leaves_the_incident_with_the_operator() {
-    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+#[derive(Debug, Clone, Copy)]
+enum Nobody {
+    OnDuty,
+    Free,
+    CoversTheAddress,
+}
+
+/// Whatever keeps every carer away, the alarm is with the operator and the
+/// timeline says why no carer was asked.
+async fn nobody_to_send(backend: Backend, why: Nobody) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
     for carer in [city.near_carer, city.far_carer, city.other_provider_carer] {
-        app.db.set_carer_duty(carer, false).await.unwrap();
+        match why {
+            Nobody::OnDuty => app.db.set_carer_duty(carer, false).await.unwrap(),
+            Nobody::Free => app.db.set_carer_busy(carer, true).await.unwrap(),
+            Nobody::CoversTheAddress => {}
+        }
     }
+    let device = if let Nobody::CoversTheAddress = why {
+        // A resident in a district no provider is contracted for.
+        let client = app
+            .db
+            .insert_client(&NewClient {
+                name: "黄伯".into(),
+                address: "广州市从化区街口街 8号".into(),
+                district: "从化区".into(),
+                street: "街口街".into(),
+                lat: Some(23.548),
+                lon: Some(113.586),
+                language: "yue".into(),
+                medical_notes: String::new(),
+                medications: String::new(),
+                allergies: String::new(),
+                birth_year: Some(1940),
+                subsidy_category: None,
+            })
+            .await
+            .unwrap();
+        let id = unique("PX").replace('_', "-");
+        app.db
+            .upsert_device(&NewDevice {
+                id: id.clone(),
+                protocol: "native".into(),
+                secret: city.secret.clone(),
+                client_id: Some(client),
+            })
+            .await
+            .unwrap();
+        id
+    } else {
+        city.device.clone()
+    };
     let mut dev = Device::connect(app.native).await;
     let (r, _) = dev
-        .send(&event(&city.device, 1, EventKind::Fall), &city.secret)
+        .send(&event(&device, 1, EventKind::Fall), &city.secret)
         .await;
     assert!(matches!(r, Reply::Ack { .. }));
     let incident = eventually("the incident", || async {
@@ -527,9 +574,29 @@ async fn no_carer_on_duty_still_leaves_the_incident_with_the_operator() {
         (a.len() == 2).then_some(a)
     })
     .await;
-    assert_eq!(actions, ["opened", "no_carer_available"]);
+    assert_eq!(actions, ["opened", "no_carer_available"], "{why:?}");
     assert!(app.db.dispatches_overview().await.unwrap().is_empty());
+    let s = app.db.incident_summary(incident).await.unwrap().unwrap();
+    assert_eq!(s.state, "queued", "{why:?}: waiting for an operator");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn no_carer_on_duty_still_leaves_the_incident_with_the_operator() {
+    nobody_to_send(Backend::Sqlite, Nobody::OnDuty).await;
+    nobody_to_send(Backend::Postgres, Nobody::OnDuty).await;
+}
+
+#[tokio::test]
+async fn every_carer_busy_still_leaves_the_incident_with_the_operator() {
+    nobody_to_send(Backend::Sqlite, Nobody::Free).await;
+    nobody_to_send(Backend::Postgres, Nobody::Free).await;
+}
+
+#[tokio::test]
+async fn an_address_outside_every_contract_still_reaches_an_operator() {
+    nobody_to_send(Backend::Sqlite, Nobody::CoversTheAddress).await;
+    nobody_to_send(Backend::Postgres, Nobody::CoversTheAddress).await;
 }
 
 #[tokio::test]
