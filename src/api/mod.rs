@@ -7,6 +7,7 @@ mod carers;
 mod error;
 mod feed;
 mod incidents;
+mod wellbeing;
 
 use std::sync::{Arc, OnceLock};
 
@@ -85,6 +86,7 @@ struct HealthState {
     tags(
         (name = "incidents", description = "The operator queue and what operators do"),
         (name = "carers", description = "A carer's own jobs and answers"),
+        (name = "wellbeing", description = "Residents to call because their devices go unused"),
         (name = "session", description = "Log-in and log-out"),
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "health", description = "Liveness, readiness, metrics"),
@@ -147,6 +149,8 @@ pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(carers::jobs))
         .routes(routes!(carers::answer))
         .routes(routes!(feed::feed))
+        .routes(routes!(wellbeing::list))
+        .routes(routes!(wellbeing::check))
         .with_state(ApiState {
             db: ctx.db.clone(),
             stage: ctx.stage,

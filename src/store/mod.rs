@@ -15,6 +15,7 @@ mod registry;
 mod timers;
 mod transitions;
 mod users;
+mod wellbeing;
 pub mod writer;
 
 use std::str::FromStr;
@@ -42,6 +43,7 @@ pub use registry::{
 pub use timers::{ClaimCheck, OfferCheck, TimerRow};
 pub use transitions::{Transition, TransitionError};
 pub use users::{LoginUser, NewUser, SessionUser, USERNAME_MAX, UserError, valid_username};
+pub use wellbeing::{OUTCOMES as WELLBEING_OUTCOMES, WellbeingRow};
 
 /// Run `$body` with `$p` bound to the pool for reads of whichever backend
 /// `$db` holds. The body is compiled once per backend, so it must only use SQL

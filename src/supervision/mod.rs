@@ -88,6 +88,8 @@ impl Allowance for Policy {
 
 pub struct Supervision {
     watch: Mutex<Watchlist>,
+    /// Devices someone used (a press, a cancel, a test) since the last round.
+    used: Mutex<Vec<(String, i64)>>,
     policy: Policy,
     clock: Clock,
 }
@@ -96,6 +98,7 @@ impl Supervision {
     pub fn new(heartbeats: Heartbeats, directory: Arc<Directory>, clock: Clock) -> Arc<Self> {
         Arc::new(Self {
             watch: Mutex::new(Watchlist::default()),
+            used: Mutex::new(Vec::new()),
             policy: Policy {
                 heartbeats,
                 directory,
@@ -113,11 +116,23 @@ impl Supervision {
     /// A batch of committed reports: each device in it is alive now.
     pub fn seen<'a>(&self, reports: impl Iterator<Item = &'a AlarmRecord>) {
         let now = (self.clock)();
-        let mut watch = self.watch();
-        for r in reports {
-            if r.auth == AuthStatus::Verified && !r.kind.is_server_verdict() {
-                watch.seen(&r.device_id, r.protocol, now, &self.policy);
+        let mut used = Vec::new();
+        {
+            let mut watch = self.watch();
+            for r in reports {
+                if r.auth == AuthStatus::Verified && !r.kind.is_server_verdict() {
+                    watch.seen(&r.device_id, r.protocol, now, &self.policy);
+                    if is_use(r.kind) {
+                        used.push((r.device_id.clone(), now));
+                    }
+                }
             }
+        }
+        if !used.is_empty() {
+            self.used
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(used);
         }
     }
 
@@ -175,6 +190,8 @@ impl Supervision {
             )
         };
         db.mark_heard(&new, now).await?;
+        let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()));
+        db.mark_used(&used).await?;
         let mut verdicts = Vec::with_capacity(overdue.len() + back.len());
         for (device, protocol, deadline) in overdue {
             if let Some(until) = self.away_until(&device, now).await? {
@@ -214,6 +231,18 @@ impl Supervision {
             .and_then(|c| c.away_until)
             .filter(|&until| until > now))
     }
+}
+
+/// Someone handled the device: what the wellbeing list looks for.
+fn is_use(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Sos
+            | EventKind::Fall
+            | EventKind::Medical
+            | EventKind::Cancel
+            | EventKind::PeriodicTest
+    )
 }
 
 /// The server's own event about a device, stored like any other. The key

@@ -275,3 +275,94 @@ async fn every_protocols_heartbeats_are_supervised() {
     }
     app.stop().await;
 }
+
+/// The wellbeing work list: a resident whose pendant is only ever heard
+/// beating, never pressed or tested, is on it until someone calls.
+#[tokio::test]
+async fn residents_whose_devices_go_unused_are_called() {
+    unused_devices_are_called(Backend::Sqlite).await;
+    unused_devices_are_called(Backend::Postgres).await;
+}
+
+async fn unused_devices_are_called(backend: Backend) {
+    use pingantong::domain::Role;
+    use reqwest::StatusCode;
+    use serde_json::json;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = pingantong::Settings {
+        supervision_tick_ms: 100,
+        ..test_settings(backend, Broker::Embedded, dir.path())
+    };
+    let app = TestApp::spawn_with(s, Some(dir)).await;
+    let pressed = seed_small_city(&app.db).await;
+    let silent = seed_small_city(&app.db).await;
+    let away = seed_small_city(&app.db).await;
+    add_user(&app.db, "op.li", Role::Operator).await;
+    let api = Api::of(&app);
+    let op = api.token("op.li").await;
+    let mut dev = Device::connect(app.native).await;
+    dev.send(
+        &event(&pressed.device, 1, EventKind::PeriodicTest),
+        &pressed.secret,
+    )
+    .await;
+    dev.send(
+        &event(&silent.device, 1, EventKind::Heartbeat),
+        &silent.secret,
+    )
+    .await;
+    app.db
+        .set_client_away(
+            away.client_id,
+            Some(pingantong::store::now_ms() + 86_400_000),
+        )
+        .await
+        .unwrap();
+
+    let listed = |rows: &serde_json::Value| -> Vec<i64> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["client_id"].as_i64().unwrap())
+            .collect()
+    };
+    let rows = eventually("the test recorded as a use", || async {
+        let (status, rows) = api.get("/api/v1/wellbeing?hours=1", Some(&op)).await;
+        assert_eq!(status, StatusCode::OK, "{rows}");
+        (!listed(&rows).contains(&pressed.client_id)).then_some(rows)
+    })
+    .await;
+    assert_eq!(listed(&rows), vec![silent.client_id], "{rows}");
+    assert!(rows[0]["last_used_at"].is_null(), "never used");
+
+    let check = format!("/api/v1/clients/{}/wellbeing-checks", silent.client_id);
+    let (status, body) = api.post(&check, &op, json!({"outcome": "fine"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = api
+        .post(
+            "/api/v1/clients/999999/wellbeing-checks",
+            &op,
+            json!({"outcome": "well"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api
+        .post(
+            &check,
+            &op,
+            json!({"outcome": "well", "note": "在家，按钮会用"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, rows) = api.get("/api/v1/wellbeing?hours=1", Some(&op)).await;
+    assert!(listed(&rows).is_empty(), "called: off the list {rows}");
+    let trail = app
+        .db
+        .audit_trail(Some(&format!("client:{}", silent.client_id)), 10)
+        .await
+        .unwrap();
+    assert_eq!(trail[0].action, "wellbeing_check");
+    assert_eq!(trail[0].detail, "well");
+    app.stop().await;
+}

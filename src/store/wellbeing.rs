@@ -1,0 +1,115 @@
+//! Wellbeing checks: the residents whose devices nobody has used for a while
+//! (no press, no cancel, no periodic test), and the calls made to them.
+
+use serde::Serialize;
+
+use super::audit::append_audit;
+use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
+
+/// A resident on the wellbeing work list.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct WellbeingRow {
+    pub client_id: i64,
+    pub name: String,
+    pub district: String,
+    pub street: String,
+    /// Last use of any of their devices; `None`: never.
+    pub last_used_at: Option<i64>,
+    /// Last wellbeing call, and how it went.
+    pub last_check_at: Option<i64>,
+    pub last_outcome: Option<String>,
+}
+
+/// How a wellbeing call went.
+pub const OUTCOMES: [&str; 5] = ["well", "needs_help", "no_answer", "visited", "away"];
+
+impl Db {
+    /// Record that these devices were used (pressed, cancelled, tested) at these times.
+    pub async fn mark_used(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            for (id, at) in used {
+                sqlx::query(
+                    "UPDATE devices SET used_at = $1 WHERE id = $2 \
+                     AND (used_at IS NULL OR used_at < $1)",
+                )
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// Residents with a device whose devices were all unused since `cutoff`,
+    /// not called since `cutoff` either, and not away: longest silence first.
+    pub async fn wellbeing_list(
+        &self,
+        cutoff: i64,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<WellbeingRow>, StoreError> {
+        Ok(on_pool!(self, |p| {
+            sqlx::query_as(
+            "SELECT c.id AS client_id, c.name, c.district, c.street, \
+             MAX(d.used_at) AS last_used_at, \
+             (SELECT MAX(w.at) FROM wellbeing_checks w WHERE w.client_id = c.id) AS last_check_at, \
+             (SELECT w.outcome FROM wellbeing_checks w WHERE w.client_id = c.id \
+              ORDER BY w.at DESC, w.id DESC LIMIT 1) AS last_outcome \
+             FROM clients c JOIN devices d ON d.client_id = c.id AND d.retired = FALSE \
+             WHERE c.away_until IS NULL OR c.away_until <= $2 \
+             GROUP BY c.id, c.name, c.district, c.street \
+             HAVING (MAX(d.used_at) IS NULL OR MAX(d.used_at) < $1) \
+             AND NOT EXISTS (SELECT 1 FROM wellbeing_checks w WHERE w.client_id = c.id AND w.at >= $1) \
+             ORDER BY MAX(d.used_at) NULLS FIRST, c.id LIMIT $3"
+        )
+        .bind(cutoff)
+        .bind(now)
+        .bind(limit.clamp(1, 5000))
+        .fetch_all(p)
+        .await
+        })?)
+    }
+
+    /// A wellbeing call and its outcome, with its audit entry. `false`: no such client.
+    pub async fn record_wellbeing_check(
+        &self,
+        client_id: i64,
+        operator: &str,
+        outcome: &str,
+        note: &str,
+        audit: &AuditEntry<'_>,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let begin = self.begin_write();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM clients WHERE id = $1")
+                .bind(client_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO wellbeing_checks (client_id, at, operator, outcome, note) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(client_id)
+            .bind(now)
+            .bind(operator)
+            .bind(outcome)
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+            append_audit!(self, tx, *audit, now);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+}
