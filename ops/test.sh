@@ -32,6 +32,10 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
     fi
 done
 
+# The API against its own OpenAPI document, fuzzed by an independent tool.
+echo "== API fuzz (schemathesis)"
+bash ops/api-fuzz.sh 20
+
 # The README's first command, short: the whole path on embedded defaults, nothing lost.
 echo "== demo smoke run"
 target/debug/pingantong demo --duration 3 --clients 50 --alarm-rate 5 --json | tee target/demo-smoke.json

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::incidents::command_error;
+use super::incidents::{clean_text, command_error};
 use super::{ApiError, ApiState, Caller, ErrorBody};
 use crate::domain::Role;
 use crate::store::{AuditEntry, CarerAnswer, CarerJob};
@@ -51,20 +51,41 @@ pub async fn jobs(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnswerBody {
-    /// `accept`, `decline`, `arrived` or `completed`.
-    pub action: String,
+    pub action: AnswerAction,
     /// Why a decline (e.g. `too_far`, `busy`).
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
     /// How a job ended, with `completed` (e.g. `help_given`, `hospital`).
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub outcome: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerAction {
+    Accept,
+    Decline,
+    Arrived,
+    Completed,
+}
+
+impl AnswerAction {
+    fn answer(self) -> CarerAnswer {
+        match self {
+            AnswerAction::Accept => CarerAnswer::Accept,
+            AnswerAction::Decline => CarerAnswer::Decline,
+            AnswerAction::Arrived => CarerAnswer::Arrived,
+            AnswerAction::Completed => CarerAnswer::Completed,
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct Answered {
     pub dispatch_id: i64,
-    pub action: String,
+    pub action: AnswerAction,
 }
 
 /// Answer an offer or report on a job: accept, decline (with a reason), arrived, completed (with an outcome).
@@ -91,37 +112,26 @@ pub async fn answer(
     let carer = my_carer_id(&caller)?;
     let Path(dispatch) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let Json(body) = body?;
-    let action = CarerAnswer::parse(&body.action).ok_or_else(|| {
-        ApiError::BadRequest("action must be accept, decline, arrived or completed".into())
-    })?;
-    for (field, v) in [("reason", &body.reason), ("outcome", &body.outcome)] {
-        if v.as_ref()
-            .is_some_and(|t| t.len() > 500 || t.contains('\0'))
-        {
-            return Err(ApiError::BadRequest(format!(
-                "{field} must be at most 500 bytes of text"
-            )));
-        }
-    }
+    let action = body.action.answer();
+    let reason = body
+        .reason
+        .as_deref()
+        .map(|t| clean_text("reason", t, 500))
+        .transpose()?;
+    let outcome = body
+        .outcome
+        .as_deref()
+        .map(|t| clean_text("outcome", t, 500))
+        .transpose()?;
     s.stage
-        .answer(
-            carer,
-            dispatch,
-            action,
-            body.reason.clone(),
-            body.outcome.clone(),
-        )
+        .answer(carer, dispatch, action, reason.clone(), outcome.clone())
         .await
         .map_err(command_error)?;
     s.db.audit(AuditEntry {
         actor: &caller.actor(),
-        action: &format!("dispatch_{}", body.action),
+        action: &format!("dispatch_{}", action.verb()),
         subject: &format!("dispatch:{dispatch}"),
-        detail: body
-            .reason
-            .as_deref()
-            .or(body.outcome.as_deref())
-            .unwrap_or(""),
+        detail: reason.as_deref().or(outcome.as_deref()).unwrap_or(""),
     })
     .await?;
     s.feed.changed.notify_one();

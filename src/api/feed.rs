@@ -93,6 +93,7 @@ impl Feed {
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FeedQuery {
     /// Resume after this timeline id (overrides `Last-Event-ID`); without
     /// either, the feed starts with what happens next.

@@ -18,13 +18,34 @@ use crate::store::{
 };
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only incidents still needing someone (default true).
     open: Option<bool>,
-    /// `life_safety` or `technical`.
-    lane: Option<String>,
-    /// At most this many (1–1000, default 200).
+    /// Only this lane.
+    #[param(inline)]
+    lane: Option<LaneParam>,
+    /// At most this many (default 200).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LaneParam {
+    LifeSafety,
+    Technical,
+    Informational,
+}
+
+impl LaneParam {
+    fn as_str(self) -> &'static str {
+        match self {
+            LaneParam::LifeSafety => "life_safety",
+            LaneParam::Technical => "technical",
+            LaneParam::Informational => "informational",
+        }
+    }
 }
 
 /// The queue: life-safety first, then technical; oldest first within each.
@@ -44,18 +65,17 @@ pub async fn list(
 ) -> Result<Json<Vec<QueueRow>>, ApiError> {
     caller.require(STAFF)?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if let Some(l) = &q.lane
-        && !matches!(l.as_str(), "life_safety" | "technical" | "informational")
-    {
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest(
-            "lane must be life_safety, technical or informational".into(),
+            "limit must be between 1 and 1000".into(),
         ));
     }
     let rows =
         s.db.queue(&QueueFilter {
             open_only: q.open.unwrap_or(true),
-            lane: q.lane.as_deref(),
-            limit: q.limit.unwrap_or(200),
+            lane: q.lane.map(LaneParam::as_str),
+            limit,
         })
         .await?;
     Ok(Json(rows))
@@ -206,10 +226,24 @@ pub async fn detail(
 pub struct StepBody {
     /// Reason or note for the timeline.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub detail: Option<String>,
-    /// Outcome code, required to close (e.g. `help_given`, `false_alarm`, `hospital`).
+    /// Outcome code (e.g. `help_given`, `false_alarm`, `hospital`).
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub outcome: Option<String>,
+}
+
+/// Closing says how it ended.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseBody {
+    /// Outcome code (e.g. `help_given`, `false_alarm`, `hospital`, `no_action_needed`).
+    #[schema(min_length = 1, max_length = 2000, pattern = "\\S")]
+    pub outcome: String,
+    #[serde(default)]
+    #[schema(max_length = 2000)]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -219,17 +253,22 @@ pub struct StepDone {
     pub state: String,
 }
 
-/// Longest free text accepted in a note, a reason or an outcome.
+/// Longest free text accepted in a note, a reason or an outcome, in characters.
 const TEXT_MAX: usize = 2000;
 
-fn text(field: &str, v: Option<&str>) -> Result<String, ApiError> {
-    let v = v.unwrap_or("").trim();
-    if v.len() > TEXT_MAX || v.contains('\0') {
+/// Free text as stored: trimmed, at most [`TEXT_MAX`] characters, NUL (which
+/// PostgreSQL text cannot hold) shown as U+FFFD rather than refused.
+pub(super) fn text(field: &str, v: Option<&str>) -> Result<String, ApiError> {
+    clean_text(field, v.unwrap_or(""), TEXT_MAX)
+}
+
+pub(super) fn clean_text(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
+    if v.chars().count() > max {
         return Err(ApiError::BadRequest(format!(
-            "{field} must be at most {TEXT_MAX} bytes of text"
+            "{field} must be at most {max} characters"
         )));
     }
-    Ok(v.to_owned())
+    Ok(v.trim().replace('\0', "\u{fffd}"))
 }
 
 async fn step(
@@ -283,9 +322,10 @@ fn transition_error(e: TransitionError) -> ApiError {
     }
 }
 
-/// A step's body is optional: none (or empty) is no detail and no outcome.
+/// A step's body is optional: none, empty or `null` is no detail and no outcome.
 fn body_or_default(body: &[u8]) -> Result<StepBody, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() || trimmed == b"null" {
         return Ok(StepBody::default());
     }
     serde_json::from_slice(body).map_err(|e| ApiError::Rejected {
@@ -341,12 +381,34 @@ step_handler!(
     "/api/v1/incidents/{id}/resolve",
     "Help was given."
 );
-step_handler!(
-    close,
-    Action::Close,
-    "/api/v1/incidents/{id}/close",
-    "Close a resolved incident with an outcome code."
-);
+/// Close a resolved incident with an outcome code.
+#[utoipa::path(
+    post, path = "/api/v1/incidents/{id}/close", tag = "incidents",
+    params(("id" = i64, Path)),
+    request_body = CloseBody,
+    responses(
+        (status = 200, body = StepDone),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "not allowed from the incident's state"),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn close(
+    State(s): State<ApiState>,
+    caller: Caller,
+    id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    body: Result<Json<CloseBody>, JsonRejection>,
+) -> Result<Json<StepDone>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(body) = body?;
+    let step_body = StepBody {
+        detail: body.detail,
+        outcome: Some(body.outcome),
+    };
+    step(&s, &caller, id, Action::Close, &step_body).await
+}
 step_handler!(
     cancel,
     Action::Cancel,
@@ -357,6 +419,7 @@ step_handler!(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoteBody {
+    #[schema(min_length = 1, max_length = 2000, pattern = "\\S")]
     pub text: String,
 }
 
@@ -472,7 +535,22 @@ pub async fn carers(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchBody {
+    #[serde(deserialize_with = "whole_number")]
     pub carer_id: i64,
+}
+
+/// An integer, written as JSON allows it (`7` or `7.0`).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not a whole number"
+        ))),
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -534,11 +612,32 @@ pub(super) fn command_error(e: CommandError) -> ApiError {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandoffBody {
-    /// `120` (ambulance), `110` (police) or `119` (fire).
-    pub service: String,
+    pub service: Service,
     /// The reference the service gave.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub reference: String,
+}
+
+/// `120` (ambulance), `110` (police) or `119` (fire).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+pub enum Service {
+    #[serde(rename = "120")]
+    Ambulance,
+    #[serde(rename = "110")]
+    Police,
+    #[serde(rename = "119")]
+    Fire,
+}
+
+impl Service {
+    fn code(self) -> &'static str {
+        match self {
+            Service::Ambulance => "120",
+            Service::Police => "110",
+            Service::Fire => "119",
+        }
+    }
 }
 
 /// Record a call to an emergency service, with the resident's medical summary.
@@ -567,7 +666,7 @@ pub async fn handoff(
     let reference = text("reference", Some(&body.reference))?;
     let operator = format!("operator:{}", caller.username);
     let h =
-        s.db.record_handoff(id, &body.service, &reference, &operator)
+        s.db.record_handoff(id, body.service.code(), &reference, &operator)
             .await
             .map_err(|e| match e {
                 HandoffError::Service(_) => ApiError::BadRequest(e.to_string()),

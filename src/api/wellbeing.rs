@@ -12,10 +12,13 @@ use super::{ACTORS, ApiError, ApiState, Caller, ErrorBody, STAFF};
 use crate::store::{AuditEntry, WELLBEING_OUTCOMES, WellbeingRow, now_ms};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Unused for at least this many hours (1–720, default 24).
+    /// Unused for at least this many hours (default 24).
+    #[param(minimum = 1, maximum = 720)]
     hours: Option<i64>,
     /// At most this many (default 500).
+    #[param(minimum = 1, maximum = 5000)]
     limit: Option<i64>,
 }
 
@@ -43,9 +46,15 @@ pub async fn list(
             "hours must be between 1 and 720".into(),
         ));
     }
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=5000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 5000".into(),
+        ));
+    }
     let now = now_ms();
     let rows =
-        s.db.wellbeing_list(now - hours * 3_600_000, now, q.limit.unwrap_or(500))
+        s.db.wellbeing_list(now - hours * 3_600_000, now, limit)
             .await?;
     Ok(Json(rows))
 }
@@ -53,10 +62,33 @@ pub async fn list(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
-    /// `well`, `needs_help`, `no_answer`, `visited` or `away`.
-    pub outcome: String,
+    pub outcome: CheckOutcome,
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub note: String,
+}
+
+/// How the call went.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckOutcome {
+    Well,
+    NeedsHelp,
+    NoAnswer,
+    Visited,
+    Away,
+}
+
+impl CheckOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            CheckOutcome::Well => "well",
+            CheckOutcome::NeedsHelp => "needs_help",
+            CheckOutcome::NoAnswer => "no_answer",
+            CheckOutcome::Visited => "visited",
+            CheckOutcome::Away => "away",
+        }
+    }
 }
 
 /// Record a wellbeing call and how it went.
@@ -81,28 +113,20 @@ pub async fn check(
     caller.require(ACTORS)?;
     let Path(client) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let Json(body) = body?;
-    if !WELLBEING_OUTCOMES.contains(&body.outcome.as_str()) {
-        return Err(ApiError::BadRequest(format!(
-            "outcome must be one of {}",
-            WELLBEING_OUTCOMES.join(", ")
-        )));
-    }
-    if body.note.len() > 2000 || body.note.contains('\0') {
-        return Err(ApiError::BadRequest(
-            "note must be at most 2000 bytes of text".into(),
-        ));
-    }
+    let outcome = body.outcome.as_str();
+    debug_assert!(WELLBEING_OUTCOMES.contains(&outcome));
+    let note = super::incidents::clean_text("note", &body.note, 2000)?;
     let recorded =
         s.db.record_wellbeing_check(
             client,
             &format!("operator:{}", caller.username),
-            &body.outcome,
-            &body.note,
+            outcome,
+            &note,
             &AuditEntry {
                 actor: &caller.actor(),
                 action: "wellbeing_check",
                 subject: &format!("client:{client}"),
-                detail: &body.outcome,
+                detail: outcome,
             },
         )
         .await?;

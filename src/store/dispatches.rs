@@ -25,6 +25,16 @@ impl CarerAnswer {
         })
     }
 
+    /// As a carer says it (`accept`, `decline`, `arrived`, `completed`).
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Decline => "decline",
+            Self::Arrived => "arrived",
+            Self::Completed => "completed",
+        }
+    }
+
     /// The dispatch state this answer leads to.
     pub fn state(self) -> &'static str {
         match self {

@@ -232,8 +232,14 @@ async fn operator_takes_an_sos_to_closed_while_a_carer_answers(backend: Backend)
     let (status, body) = api.post(&close, &op, json!({})).await;
     assert_eq!(
         status,
-        StatusCode::BAD_REQUEST,
+        StatusCode::UNPROCESSABLE_ENTITY,
         "an outcome is needed: {body}"
+    );
+    let (status, body) = api.post(&close, &op, json!({"outcome": "  "})).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a blank outcome is none: {body}"
     );
     let (status, body) = api
         .post(
@@ -355,7 +361,7 @@ async fn bad_requests_get_clear_4xx_answers() {
         (
             format!("/api/v1/incidents/{incident}/handoff"),
             json!({"service": "999"}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
             format!("/api/v1/incidents/{incident}/dispatch"),
