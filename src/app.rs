@@ -387,7 +387,26 @@ impl Application {
             s.instance_id.clone(),
         ));
         let d = self.devices;
-        let feed = crate::api::Feed::new(self.db.clone(), Arc::clone(&timeline_changed));
+        let feed = match crate::api::Feed::new(
+            self.db.clone(),
+            Arc::clone(&timeline_changed),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(feed) => feed,
+            // The database went away between start-up and here: nothing works
+            // without it, and the listeners are not serving yet.
+            Err(e) => {
+                crate::telemetry::events::StageFailed {
+                    stage: "feed",
+                    error: &e,
+                }
+                .emit();
+                inner.cancel();
+                return;
+            }
+        };
         let feed_task = feed.spawn(inner.clone());
         let http = tokio::spawn(crate::api::serve(
             d.http,

@@ -34,31 +34,34 @@ pub struct Feed {
     pub changed: Arc<Notify>,
     /// Highest id fanned out so far.
     last: AtomicI64,
+    /// Ends every open stream: the HTTP server's graceful shutdown waits for
+    /// them, and a console left open must not keep the server up.
+    stop: CancellationToken,
 }
 
 impl Feed {
-    pub fn new(db: Db, changed: Arc<Notify>) -> Arc<Self> {
+    /// A feed starting after the newest row now on any timeline (a client
+    /// without a last id gets what happens next, not the whole history).
+    pub async fn new(
+        db: Db,
+        changed: Arc<Notify>,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, StoreError> {
         let (live, _) = broadcast::channel(4096);
-        Arc::new(Self {
+        let last = db.last_timeline_id().await?;
+        Ok(Arc::new(Self {
             db,
             live,
             changed,
-            last: AtomicI64::new(0),
-        })
+            last: AtomicI64::new(last),
+            stop,
+        }))
     }
 
     /// Fan out new timeline rows until `shutdown`.
     pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let feed = Arc::clone(self);
         tokio::spawn(async move {
-            match feed.db.last_timeline_id().await {
-                Ok(id) => feed.last.store(id, Ordering::Relaxed),
-                Err(e) => events::StageFailed {
-                    stage: "feed",
-                    error: &e,
-                }
-                .emit(),
-            }
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -139,6 +142,7 @@ pub async fn feed(
         None => s.feed.last.load(Ordering::Relaxed),
     };
     let db = s.db.clone();
+    let stop = s.feed.stop.clone();
     let stream = async_stream::stream! {
         let mut sent = start;
         // Backlog from the database, page by page.
@@ -155,7 +159,11 @@ pub async fn feed(
             }
         }
         loop {
-            match live.recv().await {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = live.recv() => next,
+            };
+            match next {
                 Ok(row) if row.id > sent => {
                     sent = row.id;
                     yield Ok(event(&row));

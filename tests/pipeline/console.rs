@@ -494,3 +494,20 @@ async fn the_openapi_document_matches_the_routes() {
     assert!(body["error"].is_string());
     app.stop().await;
 }
+
+/// A console left open does not keep a stopping server up: its feed ends.
+#[tokio::test]
+async fn an_open_feed_ends_when_the_server_stops() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    add_user(&app.db, "op.li", Role::Operator).await;
+    let api = Api::of(&app);
+    let op = api.token("op.li").await;
+    let (_seen, feed) = follow(&api, &op, None).await;
+    // Without the feed ending, the server's graceful shutdown would wait for
+    // it and `stop` would give up.
+    app.stop().await;
+    tokio::time::timeout(Duration::from_secs(5), feed)
+        .await
+        .expect("the feed's stream ended with the server")
+        .unwrap();
+}
