@@ -10,6 +10,22 @@ bash ops/services.sh
 pg="psql -h 127.0.0.1 -U postgres -d test -q"
 $pg -Atc "SELECT format('DROP SCHEMA %I CASCADE;', nspname) FROM pg_namespace
           WHERE nspname ~ '^(t|crash)_[0-9a-f]{16}\$'" 2>/dev/null | $pg >/dev/null 2>&1 || true
+
+# The browser test (tests/pipeline/browser.rs) drives Debian's Chromium with
+# Playwright from npm (node 20 and npm come with the machine); a CJK font makes
+# its screenshots legible. Installed when missing, quietly.
+pkgs=()
+command -v chromium >/dev/null || pkgs+=(chromium)
+dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || pkgs+=(fonts-wqy-microhei)
+if [ "${#pkgs[@]}" -gt 0 ]; then
+    echo "installing ${pkgs[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ] ||
+   [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 mkdir -p target
 log=target/test-output.log
@@ -25,7 +41,8 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          mqtt::mqtt_event_to_carer_and_back_sqlite_embedded mqtt::two_servers_with_a_shared_subscription_split_the_stream \
          mqtt::a_broker_restart_in_the_middle_of_a_stream_loses_nothing \
          mqtt::events_published_while_the_server_is_down_are_delivered_when_it_returns \
-         notify::a_busy_webhook_is_retried_postgres; do
+         notify::a_busy_webhook_is_retried_postgres \
+         browser::operator_takes_an_sos_to_closed_in_headless_chromium browser::the_console_files_are_served; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1
@@ -36,8 +53,25 @@ done
 echo "== API fuzz (schemathesis)"
 bash ops/api-fuzz.sh 20
 
-# The README's first command, short: the whole path on embedded defaults, nothing lost.
+# The README's first command, short: the whole path on embedded defaults, nothing
+# lost, and the console it prints answering while it runs.
 echo "== demo smoke run"
-target/debug/pingantong demo --duration 3 --clients 50 --alarm-rate 5 --json | tee target/demo-smoke.json
+target/debug/pingantong demo --duration 4 --clients 50 --alarm-rate 5 --json \
+    >target/demo-smoke.json 2>target/demo-smoke.err &
+demo=$!
+console=""
+for _ in $(seq 1 100); do
+    console=$(grep -o 'console: http://[0-9.:]*/' target/demo-smoke.err | cut -d' ' -f2 || true)
+    [ -n "$console" ] && break
+    sleep 0.1
+done
+page=$(curl -fsS --max-time 5 "$console" || true)
+wait "$demo"
+cat target/demo-smoke.json
 grep -q '"alarms_lost":0' target/demo-smoke.json
+if ! grep -q '<meta charset="utf-8">' <<<"$page"; then
+    echo "ops/test.sh: the demo's console (${console:-no address printed}) did not answer" >&2
+    cat target/demo-smoke.err >&2
+    exit 1
+fi
 echo "demo: 1 passed, 0 failed"

@@ -4,6 +4,7 @@
 mod audit;
 pub mod auth;
 mod carers;
+mod console;
 mod error;
 mod feed;
 mod incidents;
@@ -168,6 +169,7 @@ pub fn router(ctx: ApiContext) -> Router {
     let (router, doc) = routes(ctx);
     let doc = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
     router
+        .merge(console::router())
         .route(
             "/openapi.json",
             axum::routing::get(move || {

@@ -14,8 +14,16 @@ use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::hash_password;
+use crate::domain::Role;
+use crate::store::{Db, NewUser};
 use crate::{Application, Settings};
 use seed::{CitySpec, seed_city};
+
+/// The demo's console accounts: an operator, a supervisor and one carer.
+pub const DEMO_OPERATOR: &str = "demo";
+pub const DEMO_SUPERVISOR: &str = "demo.supervisor";
+pub const DEMO_CARER: &str = "demo.carer";
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -88,6 +96,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         protocol: "native".into(),
     };
     let city = seed_city(&db, &spec).await?;
+    let console = format!("http://{}/", app.addrs().http);
+    let password = demo_password();
+    add_demo_accounts(&db, &password, city.carer_ids.first().copied()).await?;
 
     let carer_stats = Arc::new(CarerStats::default());
     let carers = carer::spawn(
@@ -112,6 +123,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // First, so it is seen: where to watch the run from a browser.
+    let login = format!(
+        "  console: {console}  login: {DEMO_OPERATOR} / {password}   \
+         (also {DEMO_SUPERVISOR} and {DEMO_CARER}, same password)"
+    );
+    if opts.json {
+        // Standard output carries only the JSON summary.
+        eprintln!("{login}");
+    } else {
+        println!("{login}");
+    }
     if !opts.json {
         println!(
             "Ping An Tong demo — {} clients in 6 Guangzhou districts, {} providers, {} carers",
@@ -239,6 +261,43 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     shutdown.cancel();
     let _ = server.await;
     Ok(summary)
+}
+
+/// A fresh password for the demo's accounts: 12 letters and digits, none
+/// that look alike.
+fn demo_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzACDEFGHJKLMNPQRTUVWXY346789";
+    let mut rng = rand::rng();
+    (0..12)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The operator, supervisor and carer accounts the printed log-in opens.
+async fn add_demo_accounts(db: &Db, password: &str, carer: Option<i64>) -> anyhow::Result<()> {
+    let hash = hash_password(password)?;
+    let mut accounts = vec![
+        (DEMO_OPERATOR, Role::Operator, None),
+        (DEMO_SUPERVISOR, Role::Supervisor, None),
+    ];
+    if let Some(id) = carer {
+        accounts.push((DEMO_CARER, Role::Carer, Some(id)));
+    }
+    for (username, role, carer_id) in accounts {
+        db.add_user(
+            &NewUser {
+                username,
+                password_hash: &hash,
+                role,
+                carer_id,
+                provider_id: None,
+            },
+            "demo",
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The summary as people read it.

@@ -88,6 +88,9 @@ pub struct SeededCity {
     pub devices: Vec<String>,
     pub providers: usize,
     pub carers: usize,
+    /// Every carer, in the order seeded; the first is on duty.
+    #[serde(skip)]
+    pub carer_ids: Vec<i64>,
 }
 
 fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
@@ -200,29 +203,31 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
         })
         .await?;
     let fallback_centre = DISTRICTS[0].2;
-    let mut carers = 0;
+    let mut carer_ids = Vec::new();
     for &(provider_id, (lat0, lon0)) in providers
         .iter()
         .chain(std::iter::once(&(fallback, fallback_centre)))
     {
         for k in 0..spec.carers_per_provider {
-            db.insert_carer(&NewCarer {
-                provider_id,
-                name: format!("{}{}", pick(&mut rng, SURNAMES), pick(&mut rng, GIVEN)),
-                phone: format!("139{:08}", rng.random_range(0..100_000_000u32)),
-                lat: lat0 + rng.random_range(-0.02..0.02),
-                lon: lon0 + rng.random_range(-0.02..0.02),
-                // Most are on duty; a few are off, as on any shift.
-                on_duty: k % 5 != 4,
-            })
-            .await?;
-            carers += 1;
+            let id = db
+                .insert_carer(&NewCarer {
+                    provider_id,
+                    name: format!("{}{}", pick(&mut rng, SURNAMES), pick(&mut rng, GIVEN)),
+                    phone: format!("139{:08}", rng.random_range(0..100_000_000u32)),
+                    lat: lat0 + rng.random_range(-0.02..0.02),
+                    lon: lon0 + rng.random_range(-0.02..0.02),
+                    // Most are on duty; a few are off, as on any shift.
+                    on_duty: k % 5 != 4,
+                })
+                .await?;
+            carer_ids.push(id);
         }
     }
     Ok(SeededCity {
         clients: spec.clients,
         devices,
         providers: providers.len() + 1,
-        carers,
+        carers: carer_ids.len(),
+        carer_ids,
     })
 }

@@ -2,6 +2,7 @@
 //! SQLite or PostgreSQL underneath, the embedded broker or Mosquitto out.
 
 mod auth;
+mod browser;
 mod console;
 mod crash;
 mod devices;

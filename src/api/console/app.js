@@ -1,0 +1,339 @@
+// The console's shell: log-in, the top bar (who, live feed, sound, language,
+// log-out), the alarm banner, messages, and the view for the account's role.
+
+import { api, login, logout, now, session } from './api.js';
+import { Alarm } from './alert.js';
+import { CarerView } from './carer.js';
+import { clock, fill, h } from './dom.js';
+import { Feed } from './feed.js';
+import { other, setLang, t } from './i18n.js';
+import { IncidentView, problem } from './incident.js';
+import { QueueView } from './queue.js';
+
+const root = document.getElementById('app');
+const banner = document.getElementById('alarm-banner');
+const message = document.getElementById('message');
+
+let screen = null; // the running view: { el, start(), stop(), relabel(), waiting() }
+let feedState = 'connecting';
+
+const alarm = new Alarm(() => showAlarm());
+
+// ---- messages ------------------------------------------------------------
+
+let messageTimer = null;
+
+/** Tell the user how an action went; errors stay until dismissed or replaced. */
+function notify(kind, text) {
+  clearTimeout(messageTimer);
+  message.className = `message ${kind}`;
+  message.setAttribute('role', kind === 'error' ? 'alert' : 'status');
+  fill(message, h('span', { class: 'text' }, text), ' ',
+    h('button', { type: 'button', class: 'subtle', 'aria-label': t('msg.dismiss'), onclick: () => clearMessage() }, '✕'));
+  message.hidden = false;
+  if (kind !== 'error') messageTimer = setTimeout(clearMessage, 5000);
+}
+
+function clearMessage() {
+  message.hidden = true;
+  message.replaceChildren();
+}
+
+// ---- the alarm -----------------------------------------------------------
+
+function showAlarm() {
+  const waiting = screen && screen.waiting ? screen.waiting() : [];
+  document.body.dataset.alarm = waiting.length ? 'on' : 'off';
+  document.body.dataset.sound = alarm.sound;
+  const button = document.getElementById('sound-toggle');
+  if (button) {
+    button.textContent = t(`sound.${alarm.sound}`);
+    button.setAttribute('aria-pressed', String(alarm.sound === 'on'));
+    button.classList.toggle('attention', alarm.sound === 'blocked' || (alarm.sound === 'muted' && waiting.length > 0));
+  }
+  if (!waiting.length) {
+    banner.hidden = true;
+    banner.replaceChildren();
+    return;
+  }
+  const oldest = waiting[0];
+  fill(banner,
+    h('strong', {}, t('alarm.banner', { n: waiting.length })), ' ',
+    h('span', {}, t('alarm.oldest', { name: oldest.client_name || oldest.device_id, age: clock(now() - oldest.opened_at) })), ' ',
+    h('button', { type: 'button', onclick: () => screen.select(oldest.id) }, t('alarm.open')));
+  banner.hidden = false;
+}
+
+// ---- log-in --------------------------------------------------------------
+
+function renderLogin(note) {
+  stopScreen();
+  fill(document.getElementById('topbar'), h('span', { class: 'brand' }, t('app.brand')), h('span', { class: 'spacer' }), langButton());
+  const user = h('input', { id: 'login-username', name: 'username', autocomplete: 'username', required: true, autofocus: true });
+  const pass = h('input', { id: 'login-password', name: 'password', type: 'password', autocomplete: 'current-password', required: true });
+  const submit = h('button', { id: 'login-submit', type: 'submit', class: 'primary' }, t('login.submit'));
+  const status = h('p', { id: 'login-status', role: 'alert' }, note || '');
+  const form = h('form', {
+    class: 'login panel',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      // This click is the user gesture that lets the alarm make sound.
+      alarm.unlock();
+      submit.disabled = true;
+      submit.textContent = t('login.busy');
+      try {
+        await login(user.value.trim(), pass.value);
+        start();
+      } catch (err) {
+        status.textContent = t('login.failed', { message: problem(err) });
+        submit.disabled = false;
+        submit.textContent = t('login.submit');
+        pass.select();
+      }
+    },
+  },
+  h('h1', {}, t('login.title')),
+  h('label', { for: 'login-username' }, t('login.username')), user,
+  h('label', { for: 'login-password' }, t('login.password')), pass,
+  submit, status,
+  h('p', { class: 'muted small' }, t('login.sound')));
+  fill(root, form);
+  document.title = t('app.title');
+  user.focus();
+}
+
+// ---- the top bar -----------------------------------------------------------
+
+function langButton() {
+  return h('button', {
+    id: 'lang-toggle',
+    type: 'button',
+    lang: other() === 'zh' ? 'zh-CN' : 'en',
+    'aria-label': t('lang.switch'),
+    onclick: () => {
+      setLang(other());
+      relabel();
+    },
+  }, t('lang.other'));
+}
+
+function renderTopbar() {
+  const s = session();
+  const bar = document.getElementById('topbar');
+  const canSound = s && (s.role === 'operator' || s.role === 'supervisor');
+  fill(bar,
+    h('span', { class: 'brand' }, t('app.brand')),
+    h('span', { class: 'who' }, `${s.username} · ${t(`role.${s.role}`)}`),
+    s.role === 'carer' || s.role === 'regulator'
+      ? null
+      : h('span', { id: 'feed-state', class: `feed feed-${feedState}`, role: 'status' }, t(`feed.${feedState}`)),
+    h('span', { class: 'spacer' }),
+    canSound ? h('button', { id: 'sound-toggle', type: 'button', onclick: () => alarm.toggle() }) : null,
+    langButton(),
+    h('button', { id: 'logout', type: 'button', onclick: () => doLogout() }, t('logout')));
+  showAlarm();
+}
+
+function setFeedState(state) {
+  feedState = state;
+  document.body.dataset.feed = state;
+  const el = document.getElementById('feed-state');
+  if (el) {
+    el.className = `feed feed-${state}`;
+    el.textContent = t(`feed.${state}`);
+  }
+}
+
+function relabel() {
+  document.title = t('app.title');
+  if (!session()) {
+    renderLogin();
+    return;
+  }
+  renderTopbar();
+  if (screen) screen.relabel();
+  showAlarm();
+}
+
+async function doLogout() {
+  stopScreen();
+  alarm.stop();
+  await logout();
+  renderLogin();
+}
+
+// ---- the views by role ---------------------------------------------------------
+
+/** Operators, supervisors (with breaches) and admins (read-only): queue and screen-pop. */
+class StaffScreen {
+  constructor(role) {
+    this.canAct = role === 'operator' || role === 'supervisor';
+    this.rows = [];
+    this.loading = false;
+    this.again = false;
+    this.queue = new QueueView({ onSelect: (id) => this.select(id), supervisor: role === 'supervisor' });
+    this.incident = new IncidentView({ canAct: this.canAct, notify, onChanged: () => this.reload() });
+    this.feed = new Feed({
+      token: () => (session() ? session().token : null),
+      onEvent: (ev) => this.onEvent(ev),
+      onOpen: () => this.reload(),
+      onState: setFeedState,
+      onUnauthorized: () => window.dispatchEvent(new CustomEvent('pat:unauthorized')),
+    });
+    this.note = role === 'admin' ? h('p', { class: 'note' }) : null;
+    this.el = h('div', { class: 'staff' }, this.note, h('div', { class: 'split' }, this.queue.el, this.incident.el));
+    this.relabel();
+  }
+
+  start() {
+    this.reload();
+    this.feed.start();
+    this.ticker = setInterval(() => {
+      this.queue.tick();
+      showAlarm();
+    }, 1000);
+    // The feed says when to reload; this is the safety net.
+    this.poller = setInterval(() => this.reload(), 30000);
+  }
+
+  stop() {
+    this.feed.stop();
+    clearInterval(this.ticker);
+    clearInterval(this.poller);
+    clearTimeout(this.soon);
+    clearTimeout(this.detailSoon);
+  }
+
+  relabel() {
+    if (this.note) this.note.textContent = t('admin.note');
+    this.queue.render();
+    this.incident.relabel();
+  }
+
+  select(id) {
+    this.queue.select(id);
+    this.incident.open(id);
+  }
+
+  /** Life-safety incidents nobody has claimed, oldest first. */
+  waiting() {
+    return this.rows.filter((r) => r.lane === 'life_safety' && !r.claimed_by);
+  }
+
+  onEvent(ev) {
+    // Bursts of events make one reload.
+    clearTimeout(this.soon);
+    this.soon = setTimeout(() => this.reload(), 200);
+    if (ev.incident_id === this.incident.id) {
+      clearTimeout(this.detailSoon);
+      this.detailSoon = setTimeout(() => this.incident.refresh(), 200);
+    }
+  }
+
+  async reload() {
+    if (this.loading) {
+      this.again = true;
+      return;
+    }
+    this.loading = true;
+    try {
+      do {
+        this.again = false;
+        try {
+          this.rows = await api('GET', '/api/v1/incidents');
+          this.queue.set(this.rows);
+          alarm.set(this.canAct && this.waiting().length > 0);
+          showAlarm();
+        } catch (e) {
+          if (session()) notify('error', t('error.load', { message: problem(e) }));
+        }
+      } while (this.again);
+    } finally {
+      this.loading = false;
+    }
+  }
+}
+
+/** Regulators: what they can use, and the report endpoints this server has. */
+class RegulatorScreen {
+  constructor() {
+    this.el = h('section', { class: 'panel regulator' });
+    this.paths = null;
+  }
+
+  async start() {
+    try {
+      const res = await fetch('/openapi.json', { cache: 'no-store' });
+      const doc = await res.json();
+      this.paths = Object.keys(doc.paths || {}).filter((p) => p.startsWith('/api/v1/reports'));
+    } catch {
+      this.paths = [];
+    }
+    this.relabel();
+  }
+
+  stop() {}
+
+  relabel() {
+    const paths = this.paths || [];
+    fill(this.el,
+      h('h2', {}, t('regulator.title')),
+      h('p', {}, t('regulator.text')),
+      paths.length
+        ? [h('p', {}, t('regulator.list')), h('ul', {}, paths.map((p) => h('li', {}, h('code', {}, p))))]
+        : h('p', { class: 'muted' }, t('regulator.none')));
+  }
+}
+
+class CarerScreen {
+  constructor() {
+    this.view = new CarerView(notify);
+    this.el = this.view.el;
+  }
+
+  start() {
+    this.view.start();
+  }
+
+  stop() {
+    this.view.stop();
+  }
+
+  relabel() {
+    this.view.relabel();
+  }
+}
+
+function stopScreen() {
+  if (screen) screen.stop();
+  screen = null;
+  banner.hidden = true;
+  clearMessage();
+  document.body.dataset.alarm = 'off';
+}
+
+function start() {
+  const s = session();
+  if (!s) {
+    renderLogin();
+    return;
+  }
+  stopScreen();
+  document.body.dataset.role = s.role;
+  document.body.dataset.feed = 'none';
+  if (s.role === 'carer') screen = new CarerScreen();
+  else if (s.role === 'regulator') screen = new RegulatorScreen();
+  else screen = new StaffScreen(s.role);
+  document.title = t('app.title');
+  renderTopbar();
+  fill(root, screen.el);
+  screen.start();
+}
+
+window.addEventListener('pat:unauthorized', () => {
+  if (!screen) return;
+  alarm.stop();
+  renderLogin(t('login.expired'));
+});
+
+start();

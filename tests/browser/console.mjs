@@ -1,0 +1,271 @@
+// The operator console in real headless Chromium: log in, wait for an SOS to
+// appear in the live queue, open it, claim it, dispatch the suggested carer,
+// record a 120 hand-off, resolve and close it, and see it leave the queue.
+// Given a carer's account too, that carer accepts and arrives in a second tab
+// and the operator's screen-pop follows through the live feed.
+//
+//   node tests/browser/console.mjs <http-url> <username> <password> <screenshot.png> [carer-username]
+//
+// Prints READY once logged in with the queue loaded and the live feed
+// connected (the caller then presses the SOS); exits 0 when every step
+// passed, 1 with a message saying which did not. Started by
+// tests/pipeline/browser.rs.
+
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+
+const [url, username, password, screenshot, carer] = process.argv.slice(2);
+if (!url || !username || !password || !screenshot) {
+  console.error('usage: node console.mjs <http-url> <username> <password> <screenshot.png> [carer-username]');
+  process.exit(2);
+}
+
+const RESIDENT = '陈秀英';
+const STEP_MS = 20000; // any one wait
+const TOTAL_MS = 120000; // the whole run
+const CHROMIUM = process.env.PAT_CHROMIUM || '/usr/bin/chromium';
+
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch {
+  console.error('FAIL: playwright-core is not installed: run `npm ci --prefix tests/browser`');
+  process.exit(1);
+}
+
+const started = Date.now();
+const log = (msg) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}`);
+const pageErrors = [];
+const consoleErrors = [];
+let context = null;
+let page = null;
+const profile = mkdtempSync(join(tmpdir(), 'pat-chromium-'));
+
+async function finish(code, message) {
+  if (message) console.error(`FAIL: ${message}`);
+  if (code !== 0 && page) {
+    try {
+      await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '.failure.png', fullPage: true, timeout: 5000 });
+      console.error(`page at failure: ${screenshot.replace(/\.png$/, '')}.failure.png`);
+      const text = await page.evaluate(() => document.body.innerText.slice(0, 1500));
+      console.error(`page text:\n${text}`);
+    } catch {
+      // The browser is gone; nothing more to show.
+    }
+  }
+  if (code !== 0 && consoleErrors.length) console.error(`browser console errors:\n  ${consoleErrors.join('\n  ')}`);
+  try {
+    if (context) await Promise.race([context.close(), new Promise((r) => setTimeout(r, 5000))]);
+  } catch {
+    // Closing a crashed browser can throw; the process exits anyway.
+  }
+  rmSync(profile, { recursive: true, force: true });
+  process.exit(code);
+}
+
+const deadline = setTimeout(() => finish(1, `the whole run took over ${TOTAL_MS / 1000} s`), TOTAL_MS);
+
+function check(ok, message) {
+  if (!ok) throw new Error(message);
+}
+
+/** Click an action button of the screen-pop and wait until it is done; fail on an error message. */
+async function act(name) {
+  log(`action: ${name}`);
+  const actions = page.locator('[data-test=actions]');
+  await actions.locator(`button[data-action=${name}]`).click({ timeout: STEP_MS });
+  await page.waitForSelector('[data-test=actions][aria-busy=false]', { timeout: STEP_MS });
+  const error = page.locator('#message.error');
+  if (await error.isVisible()) {
+    throw new Error(`${name}: the console says: ${(await error.innerText()).replace('✕', '').trim()}`);
+  }
+}
+
+/** Log in on a page; the password is the operator's (the test gives every account the same). */
+async function logIn(p, user) {
+  await p.fill('#login-username', user);
+  await p.fill('#login-password', password);
+  await p.click('#login-submit');
+}
+
+/** The carer, in a tab of their own: the job is there with what they need; accept, then arrive. */
+async function carerAnswers() {
+  log(`carer ${carer} logs in in a second tab`);
+  const tab = await context.newPage();
+  tab.setDefaultTimeout(STEP_MS);
+  tab.on('pageerror', (e) => pageErrors.push(`carer tab: ${e.message}`));
+  await tab.goto(url);
+  await logIn(tab, carer);
+  await tab.waitForSelector('[data-test=jobs][data-loaded=true]');
+  const job = tab.locator('li.job', { hasText: RESIDENT }).first();
+  await job.waitFor();
+  const text = await job.innerText();
+  for (const want of ['广州市越秀区北京街', '华法林 3mg', '青霉素']) check(text.includes(want), `the carer's job shows ${want}`);
+  await job.locator('button[data-action=accept]').click();
+  const dispatch = await job.getAttribute('data-dispatch');
+  const mine = tab.locator(`li.job[data-dispatch="${dispatch}"]`);
+  await tab.waitForSelector(`li.job-accepted[data-dispatch="${dispatch}"]`);
+  await tab.screenshot({ path: screenshot.replace(/\.png$/, '') + '-carer.png', fullPage: true });
+  await mine.locator('button[data-action=arrived]').click();
+  await tab.waitForSelector(`li.job-arrived[data-dispatch="${dispatch}"]`);
+  check(!(await tab.locator('#message.error').isVisible()), 'no error in the carer tab');
+  log(`carer accepted and arrived (dispatch ${dispatch})`);
+  await tab.close();
+  await page.bringToFront();
+  // The operator's screen-pop follows the carer through the feed.
+  await page.waitForSelector('[data-test=incident][data-state=on_scene]');
+  await page.waitForSelector(`[data-test=dispatches] tr[data-dispatch="${dispatch}"]`);
+}
+
+async function run() {
+  log(`launching ${CHROMIUM}`);
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+    viewport: { width: 1600, height: 1200 },
+    locale: 'en-US',
+    timeout: 60000, // a first start on a busy machine
+  });
+  page = context.pages()[0] || (await context.newPage());
+  page.setDefaultTimeout(STEP_MS);
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  page.on('console', (m) => {
+    if (m.type() === 'error') consoleErrors.push(m.text());
+  });
+  page.on('response', (r) => {
+    if (r.status() >= 500) pageErrors.push(`HTTP ${r.status()} from ${r.url()}`);
+  });
+
+  log(`opening ${url}`);
+  const res = await page.goto(url, { timeout: STEP_MS });
+  check(res && res.ok(), `GET ${url} answered ${res && res.status()}`);
+  await page.waitForSelector('#login-username');
+  check((await page.title()).includes('Ping An Tong'), `title: ${await page.title()}`);
+
+  // Every string in both languages.
+  const missing = await page.evaluate(async () => (await import('/console/i18n.js')).missing());
+  check(missing.length === 0, `strings missing from one language: ${missing.join(', ')}`);
+
+  log(`logging in as ${username}`);
+  await page.fill('#login-username', 'nobody.here');
+  await page.fill('#login-password', 'not the password');
+  await page.click('#login-submit');
+  await page.waitForFunction(() => document.querySelector('#login-status').textContent.length > 0);
+  const refused = await page.textContent('#login-status');
+  check(/wrong username or password/.test(refused), `a bad log-in shows the server's reason, got: ${refused}`);
+  await logIn(page, username);
+  await page.waitForSelector('[data-test=queue][data-loaded=true]');
+  await page.waitForSelector('body[data-feed=live]');
+  const stored = await page.evaluate(() => JSON.parse(sessionStorage.getItem('pat.session')));
+  check(stored && stored.token && stored.role === 'operator', 'the session is kept in sessionStorage');
+
+  // The language toggle: English (the browser's) to Chinese, kept in localStorage.
+  check((await page.textContent('#queue-title')).includes('Open alarms'), 'English by default for an en-US browser');
+  await page.click('#lang-toggle');
+  await page.waitForFunction(() => document.documentElement.lang === 'zh-CN');
+  check((await page.textContent('#queue-title')).includes('待处理警报'), 'the queue title in Chinese');
+  check((await page.evaluate(() => localStorage.getItem('pat.lang'))) === 'zh', 'the choice is kept');
+
+  console.log('READY');
+  log(`waiting for ${RESIDENT}'s SOS in the queue`);
+  const row = page.locator('tr[data-incident]', { hasText: RESIDENT });
+  await row.first().waitFor({ timeout: 30000 });
+  const id = Number(await row.first().getAttribute('data-incident'));
+  log(`incident ${id} is in the queue`);
+  check(/^\d\d:\d\d$/.test((await row.locator('.elapsed').innerText()).trim()), 'the time since the press, mm:ss');
+  check((await row.locator('.limit-text').innerText()).length > 0, 'the claim limit is shown');
+  await page.waitForSelector('body[data-alarm=on]');
+  check(await page.isVisible('#alarm-banner'), 'the alarm banner shows for an unclaimed SOS');
+  try {
+    await page.waitForSelector('body[data-sound=on]', { timeout: 5000 });
+  } catch {
+    const sound = await page.evaluate(() => document.body.dataset.sound);
+    throw new Error(`the log-in click should have turned the alarm sound on (sound: ${sound})`);
+  }
+
+  log('opening the screen-pop');
+  await row.locator('button[data-open]').click();
+  await page.waitForSelector(`[data-test=incident][data-incident="${id}"] #resident-name`);
+  const name = (await page.textContent('#resident-name')).trim();
+  check(name === RESIDENT, `the resident's name: got ${name}`);
+  const pop = await page.innerText('[data-test=incident]');
+  for (const want of ['华法林 3mg', '青霉素', '高血压', '1938', '广州市越秀区北京街', 'openstreetmap']) {
+    if (want === 'openstreetmap') {
+      const href = await page.getAttribute('[data-test=incident] a[href*="openstreetmap.org"]', 'href');
+      check(href && href.includes('mlat=23.129'), `a map link to her position, got ${href}`);
+    } else {
+      check(pop.includes(want), `the screen-pop shows ${want}`);
+    }
+  }
+
+  const alarmShot = screenshot.replace(/\.png$/, '') + '-alarm.png';
+  mkdirSync(dirname(screenshot), { recursive: true });
+  await page.screenshot({ path: alarmShot, fullPage: true });
+  log(`screenshot before the claim: ${alarmShot}`);
+
+  await act('claim');
+  await page.waitForFunction((u) => document.querySelector('.incident-head').innerText.includes(u), username);
+  await page.waitForSelector('body[data-alarm=off]');
+  check(await page.isHidden('#alarm-banner'), 'the banner goes once the SOS is claimed');
+
+  log('dispatching the suggested carer');
+  await page.waitForSelector('[data-test=actions]:not([data-carers="0"])[data-carers]');
+  const selected = await page.$eval('#dispatch-carer', (s) => s.selectedIndex);
+  check(selected === 0, 'the suggested carer is pre-selected');
+  const before = await page.locator('[data-test=dispatches] tr[data-dispatch]').count();
+  await act('dispatch');
+  await page.waitForFunction(
+    (n) => document.querySelectorAll('[data-test=dispatches] tr[data-dispatch]').length > n,
+    before,
+  );
+
+  log('recording the 120 hand-off');
+  await page.selectOption('#handoff-service', '120');
+  await page.fill('#handoff-reference', 'GZ120-BROWSER-1');
+  await act('handoff');
+  await page.waitForSelector('[data-test=handoffs] [data-handoff]:has-text("GZ120-BROWSER-1")');
+
+  await page.fill('#note-text', '女儿已在路上');
+  await act('note');
+  await page.waitForSelector('.timeline li:has-text("女儿已在路上")');
+
+  await page.screenshot({ path: screenshot, fullPage: true });
+  log(`screenshot: ${screenshot}`);
+
+  if (carer) await carerAnswers();
+
+  await act('resolve');
+  await page.waitForSelector(`[data-test=incident][data-state=resolved]`);
+  await page.selectOption('#close-outcome', 'help_given');
+  await page.fill('#close-detail', '护理员到场，长者无受伤');
+  await act('close');
+  await page.waitForSelector(`[data-test=incident][data-state=closed]`);
+  log('closed; waiting for the row to leave the open queue');
+  await page.waitForFunction((i) => !document.querySelector(`tr[data-incident="${i}"]`), id);
+
+  check(pageErrors.length === 0, `errors in the page: ${pageErrors.join('; ')}`);
+  await page.click('#logout');
+  await page.waitForSelector('#login-username');
+  check((await page.evaluate(() => sessionStorage.getItem('pat.session'))) === null, 'log-out forgets the token');
+  log('PASS');
+}
+
+try {
+  await run();
+  clearTimeout(deadline);
+  await finish(0);
+} catch (e) {
+  clearTimeout(deadline);
+  await finish(1, e && e.message ? e.message.split('\n').slice(0, 4).join('\n') : String(e));
+}
