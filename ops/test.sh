@@ -25,7 +25,8 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          mqtt::mqtt_event_to_carer_and_back_sqlite_embedded mqtt::two_servers_with_a_shared_subscription_split_the_stream \
          mqtt::a_broker_restart_in_the_middle_of_a_stream_loses_nothing \
          mqtt::events_published_while_the_server_is_down_are_delivered_when_it_returns \
-         notify::a_busy_webhook_is_retried_postgres; do
+         notify::a_busy_webhook_is_retried_postgres \
+         reports::history_against_an_independent_count_postgres reports::endpoints_by_role_postgres; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1
