@@ -501,6 +501,22 @@ async fn endpoints_by_role(backend: Backend) {
         assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
     }
 
+    // Both are in the OpenAPI document.
+    let (status, _, body) = api.get("/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    for path in ["/api/v1/reports/monthly", "/api/v1/sla/breaches"] {
+        let op = &doc["paths"][path]["get"];
+        assert_eq!(op["tags"][0], "reports", "{path}: {op}");
+        let params: Vec<_> = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(params, ["month", "by", "format"], "{path}");
+    }
+
     // Who read what is in the audit log.
     const READS: &str =
         "SELECT actor, subject FROM audit_log WHERE action = 'report_read' ORDER BY id";
