@@ -416,6 +416,7 @@ impl Application {
                 auth: s.auth(),
                 stage: stage_handle,
                 feed,
+                sla: s.sla,
             },
             shutdown.clone(),
         ));

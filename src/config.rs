@@ -106,6 +106,8 @@ pub struct Settings {
     pub supervision_tick_ms: u64,
     /// How long a console log-in lasts: one call-centre shift.
     pub session_ttl_secs: u64,
+    /// Service-level targets the city's reports measure against (`[sla]` table).
+    pub sla: crate::sla::SlaTargets,
 }
 
 impl Default for Settings {
@@ -156,6 +158,7 @@ impl Default for Settings {
             heartbeat_grace_secs: 30,
             supervision_tick_ms: 1_000,
             session_ttl_secs: 12 * 3600,
+            sla: crate::sla::SlaTargets::default(),
         }
     }
 }
@@ -248,6 +251,9 @@ impl Settings {
         }
         if self.session_ttl_secs == 0 || self.session_ttl_secs > 7 * 24 * 3600 {
             return invalid("session_ttl_secs", "must be between 1 and 604800 (a week)");
+        }
+        if let Err(why) = self.sla.check() {
+            return invalid("sla", &why);
         }
         if self.idle_timeout_secs == 0 || self.frame_timeout_secs == 0 {
             return invalid("idle_timeout_secs/frame_timeout_secs", "must be at least 1");
@@ -387,6 +393,26 @@ mod tests {
         std::fs::write(&path, "nativ_addr = \"127.0.0.1:9000\"\n").unwrap();
         let err = Settings::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("nativ_addr"), "{err}");
+    }
+
+    #[test]
+    fn sla_targets_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pat.toml");
+        std::fs::write(&path, "[sla]\nanswer_secs = 30\nattend_pct = 95.0\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.sla.answer_secs, 30);
+        assert_eq!(s.sla.attend_pct, 95.0);
+        assert_eq!(s.sla.answer_max_secs, 180, "the rest keep their defaults");
+        assert!(s.validate().is_ok());
+        std::fs::write(&path, "[sla]\nanswer_secs = 300\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert!(s.validate().unwrap_err().to_string().contains("sla"));
+        std::fs::write(&path, "[sla]\nanswer_sec = 30\n").unwrap();
+        assert!(
+            Settings::load(Some(&path)).is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

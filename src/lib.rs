@@ -4,7 +4,8 @@
 //! [`store`] (group commit, then the device's ACK) → [`incident`] (match the
 //! person, open or fold an incident) → [`routing`] (choose a carer) →
 //! [`dispatch`] (offer over MQTT), with [`notify`] telling the family. [`rules`] say what each
-//! kind of event gets; [`directory`] caches who is who for them.
+//! kind of event gets; [`directory`] caches who is who for them. [`sla`] measures
+//! the service against the city's targets and builds its monthly reports.
 
 pub mod api;
 pub mod app;
@@ -20,6 +21,7 @@ pub mod mqtt;
 pub mod notify;
 pub mod routing;
 pub mod rules;
+pub mod sla;
 pub mod store;
 pub mod supervision;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! The `pingantong` command: serve, demo, seed, audit, user.
+//! The `pingantong` command: serve, demo, seed, audit, user, report.
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use pingantong::api::auth::hash_password;
 use pingantong::demo::{self, DemoOptions, seed};
 use pingantong::domain::Role;
+use pingantong::sla::{self, Format, Grouping, Month, output};
 use pingantong::store::{Db, NewUser, StoreConfig};
 use pingantong::{Application, Settings};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,23 @@ enum Command {
     /// Operator console accounts.
     #[command(subcommand)]
     User(UserCommand),
+    /// The city's monthly service report (China Standard Time months), or its breach list.
+    Report {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// YYYY-MM.
+        #[arg(long)]
+        month: String,
+        #[arg(long, default_value = "json", value_parser = ["json", "csv"])]
+        format: String,
+        /// How the rows are cut.
+        #[arg(long, default_value = "provider",
+              value_parser = ["provider", "district", "street", "category"])]
+        by: String,
+        /// Every incident over a limit instead of the figures (`--by` does not apply).
+        #[arg(long)]
+        breaches: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -400,6 +418,32 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             db.close().await;
             let id = added?;
             println!("added user {username:?} (role {role}) with id {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            server,
+            month,
+            format,
+            by,
+            breaches,
+        } => {
+            let month: Month = month.parse()?;
+            let format: Format = format.parse()?;
+            let by: Grouping = by.parse()?;
+            let targets = server.settings()?.sla;
+            let db = server.connect().await?;
+            let now = pingantong::store::now_ms();
+            let text = if breaches {
+                sla::breach_list(&db, month, &targets, now)
+                    .await
+                    .map(|l| output::render_breaches(&l, format))
+            } else {
+                sla::monthly_report(&db, month, by, &targets, now)
+                    .await
+                    .map(|r| output::render_report(&r, format))
+            };
+            db.close().await;
+            print!("{}", text?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules { server } => {

@@ -1,5 +1,5 @@
-//! HTTP: health, readiness and metrics; console log-in and the audit log (the
-//! operator console and its API grow here). Every error body is JSON.
+//! HTTP: health, readiness and metrics; console log-in, the audit log, the
+//! city's reports (the operator console and its API grow here). Every error body is JSON.
 
 mod audit;
 pub mod auth;
@@ -8,6 +8,7 @@ mod console;
 mod error;
 mod feed;
 mod incidents;
+mod reports;
 mod wellbeing;
 
 use std::sync::{Arc, OnceLock};
@@ -31,6 +32,7 @@ pub use feed::Feed;
 use crate::dispatch::MqttStatus;
 use crate::domain::Role;
 use crate::incident::StageHandle;
+use crate::sla::SlaTargets;
 use crate::store::Db;
 
 /// Who reads the incident queue and the residents behind it.
@@ -52,6 +54,8 @@ pub struct ApiContext {
     pub auth: AuthConfig,
     pub stage: StageHandle,
     pub feed: Arc<Feed>,
+    /// The targets the city's reports measure against.
+    pub sla: SlaTargets,
 }
 
 #[derive(Clone)]
@@ -88,6 +92,7 @@ struct HealthState {
         (name = "incidents", description = "The operator queue and what operators do"),
         (name = "carers", description = "A carer's own jobs and answers"),
         (name = "wellbeing", description = "Residents to call because their devices go unused"),
+        (name = "reports", description = "The city's monthly service figures and SLA breaches"),
         (name = "session", description = "Log-in and log-out"),
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "health", description = "Liveness, readiness, metrics"),
@@ -160,7 +165,8 @@ pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health)
         .merge(auth::router(ctx.db.clone(), ctx.auth))
-        .merge(audit::router(ctx.db))
+        .merge(audit::router(ctx.db.clone()))
+        .merge(reports::router(ctx.db, ctx.sla))
         .merge(console)
         .split_for_parts()
 }

@@ -126,12 +126,20 @@ impl Db {
             }
             let fresh = state != answer.state();
             if fresh {
-                sqlx::query("UPDATE dispatches SET state = $1, updated_at = $2 WHERE id = $3")
-                    .bind(answer.state())
-                    .bind(now)
-                    .bind(dispatch_id)
-                    .execute(&mut *tx)
-                    .await?;
+                // The first accept and the first arrival keep their time: the
+                // city's attendance figures are measured from them.
+                sqlx::query(
+                    "UPDATE dispatches SET state = $1, updated_at = $2, \
+                     accepted_at = COALESCE(accepted_at, $3), arrived_at = COALESCE(arrived_at, $4) \
+                     WHERE id = $5",
+                )
+                .bind(answer.state())
+                .bind(now)
+                .bind((answer == CarerAnswer::Accept).then_some(now))
+                .bind((answer == CarerAnswer::Arrived).then_some(now))
+                .bind(dispatch_id)
+                .execute(&mut *tx)
+                .await?;
                 // Busy from accepting until done; a decline leaves them free.
                 let busy = matches!(answer, CarerAnswer::Accept | CarerAnswer::Arrived);
                 sqlx::query("UPDATE carers SET busy = $1, updated_at = $2 WHERE id = $3")

@@ -12,6 +12,7 @@ mod handoffs;
 mod incidents;
 mod notifications;
 mod registry;
+mod sla;
 mod timers;
 mod transitions;
 mod users;
@@ -39,6 +40,10 @@ pub use notifications::{Cascade, GaveUp, NotificationJob, NotificationRow};
 pub use registry::{
     CarerRow, ClientProfile, ContactRow, DeviceRow, NewCarer, NewClient, NewContact, NewDevice,
     NewProvider,
+};
+pub use sla::{
+    CoverageRow, ImportError, ImportedDispatch, ImportedEvent, ImportedIncident, OfflineSpell,
+    SlaData, SlaDeviceRow, SlaDispatchRow, SlaIncidentRow,
 };
 pub use timers::{ClaimCheck, OfferCheck, TimerRow};
 pub use transitions::{Transition, TransitionError};

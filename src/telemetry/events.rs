@@ -369,3 +369,31 @@ impl RequestFailed<'_> {
         error!(error = %self.error, "HTTP request failed");
     }
 }
+
+/// A service-level report was computed (for the city, the CLI or the API).
+pub struct ReportBuilt<'a> {
+    /// `monthly` or `breaches`.
+    pub report: &'static str,
+    /// The grouping: `provider`, `district`, `street`, `category`, `incident`.
+    pub by: &'static str,
+    /// `YYYY-MM`: logged, never a metric label.
+    pub month: &'a str,
+    pub incidents: usize,
+    pub elapsed: Duration,
+}
+
+impl ReportBuilt<'_> {
+    pub fn emit(self) {
+        counter!("pat_reports_built_total", "report" => self.report, "by" => self.by).increment(1);
+        histogram!("pat_report_seconds", "report" => self.report)
+            .record(self.elapsed.as_secs_f64());
+        info!(
+            report = self.report,
+            by = self.by,
+            month = self.month,
+            incidents = self.incidents,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "report built"
+        );
+    }
+}

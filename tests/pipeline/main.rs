@@ -13,4 +13,5 @@ mod incidents;
 mod mqtt;
 mod native;
 mod notify;
+mod reports;
 mod supervision;

@@ -339,7 +339,10 @@ async fn unused_devices_are_called(backend: Backend) {
     let check = format!("/api/v1/clients/{}/wellbeing-checks", silent.client_id);
     let (status, body) = api.post(&check, &op, json!({"outcome": "fine"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("needs_help"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("needs_help"),
+        "{body}"
+    );
     let (status, _) = api
         .post(
             "/api/v1/clients/999999/wellbeing-checks",
