@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# End-to-end press -> ACK benchmark: the release server on SQLite and on
-# PostgreSQL, PENDANTS pendants from pendant-sim, and this disk's fsync floor
-# measured in the same run. Prints a Markdown table for benches/RESULTS.md.
+# End-to-end benchmark: the release server on SQLite and on PostgreSQL,
+# PENDANTS pendants from pendant-sim, and this disk's fsync floor measured in
+# the same run. While the fleet runs, console-probe presses PROBES more
+# pendants one at a time and times press -> ACK, press -> the incident on the
+# operators' live feed, press -> the offer on the carers' MQTT topic.
+# Prints a Markdown table for benches/RESULTS.md.
 #
-#   benches/e2e.sh [PENDANTS] [SECONDS] [ALARMS_PER_SECOND] [FLOOD_PER_SECOND]
+#   benches/e2e.sh [PENDANTS] [SECONDS] [ALARMS_PER_SECOND] [FLOOD_PER_SECOND] [PROBES]
 #
 # The flood run adds FLOOD_PER_SECOND technical events (low battery) to the
 # SQLite run, to time the presses through them.
@@ -15,7 +18,9 @@ pendants=${1:-1000}
 seconds=${2:-30}
 rate=${3:-50}
 flood=${4:-5000}
+probes=${5:-200}
 heartbeat=30
+password="bench-$$-console"
 seed="bench-$$"
 
 bash ops/services.sh >/dev/null
@@ -34,19 +39,28 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 run_backend() { # name, technical events/s, extra server args...
     local name=$1; shift
     local flood=$1; shift
-    local port; port=$(free_port)
-    "$bin/pingantong" seed --clients "$pendants" --secret-seed "$seed" "$@" >/dev/null
+    local port http mqtt
+    port=$(free_port); http=$(free_port); mqtt=$(free_port)
+    "$bin/pingantong" seed --clients "$((pendants + probes))" --secret-seed "$seed" "$@" >/dev/null
+    PAT_NEW_PASSWORD="$password" "$bin/pingantong" user add --username "probe-$name" --role operator "$@" >/dev/null
     RUST_LOG=warn "$bin/pingantong" serve --native-addr "127.0.0.1:$port" \
-        --embedded-mqtt-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --gt06-addr 127.0.0.1:0 --watch-addr 127.0.0.1:0 \
+        --embedded-mqtt-addr "127.0.0.1:$mqtt" --http-addr "127.0.0.1:$http" --gt06-addr 127.0.0.1:0 --watch-addr 127.0.0.1:0 \
         --h02-addr 127.0.0.1:0 --eview-addr 127.0.0.1:0 --dc09-addr 127.0.0.1:0 "$@" >"$work/$name.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 100); do grep -q "serving" "$work/$name.log" && break; sleep 0.1; done
     "$bin/pendant-sim" --addr "127.0.0.1:$port" --pendants "$pendants" --secret-seed "$seed" \
         --alarm-rate "$rate" --heartbeat-secs "$heartbeat" --duration-secs "$seconds" \
         --technical-rate "$flood" --json \
-        2>/dev/null >"$work/$name.json"
+        2>/dev/null >"$work/$name.json" &
+    local fleet=$!
+    sleep 2 # the fleet connected and pressing
+    PAT_PROBE_PASSWORD="$password" timeout "$((seconds + 60))" "$bin/console-probe" \
+        --native "127.0.0.1:$port" --http "http://127.0.0.1:$http" --mqtt "127.0.0.1:$mqtt" \
+        --user "probe-$name" --secret-seed "$seed" --first "$((pendants + 1))" --presses "$probes" \
+        --pause-ms 20 --json >"$work/$name.probe.json" || echo '{}' >"$work/$name.probe.json"
+    wait "$fleet"
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
-    cat "$work/$name.json" >&2
+    cat "$work/$name.json" "$work/$name.probe.json" >&2
 }
 
 fsync=$("$bin/fsync-probe" --dir "$work" --count 2000 --json)
@@ -56,12 +70,13 @@ run_backend postgres 0 --database-url postgres://postgres@127.0.0.1:5432/test --
 psql -h 127.0.0.1 -U postgres -d test -qc "DROP SCHEMA bench_$$ CASCADE" >/dev/null 2>&1 || true
 fsync_after=$("$bin/fsync-probe" --dir "$work" --count 2000 --json)
 
-python3 - "$work" "$fsync" "$fsync_after" "$pendants" "$seconds" "$rate" "$heartbeat" "$flood" <<'PY'
+python3 - "$work" "$fsync" "$fsync_after" "$pendants" "$seconds" "$rate" "$heartbeat" "$flood" "$probes" <<'PY'
 import json, sys
-work, f1, f2, pendants, seconds, rate, hb, flood = sys.argv[1:]
+work, f1, f2, pendants, seconds, rate, hb, flood, probes = sys.argv[1:]
 f1, f2 = json.loads(f1), json.loads(f2)
 print(f"{pendants} pendants, {rate} presses/s, heartbeat {hb} s, {seconds} s per run; "
-      f"sqlite_flood adds {flood} technical events/s\n")
+      f"sqlite_flood adds {flood} technical events/s; {probes} probe presses each, one at a time, "
+      f"timed to the ACK, the operators' live feed and the carers' MQTT offer\n")
 print("| measured | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | alarms sent / acked / lost | other events acked |")
 print("|---|---|---|---|---|---|---|---|")
 print(f"| fsync floor (512 B + fdatasync), before | {f1['p50_ms']:.3f} | | {f1['p99_ms']:.3f} | | {f1['max_ms']:.3f} | | |")
@@ -70,5 +85,16 @@ for name in ("sqlite", "sqlite_flood", "postgres"):
     a = r["ack_ms"]
     print(f"| press → ACK, {name} | {a['p50']:.3f} | {a['p90']:.3f} | {a['p99']:.3f} | {a['p999']:.3f} | {a['max']:.3f} "
           f"| {r['alarms_sent']} / {r['alarms_acked']} / {r['alarms_lost']} | {r['heartbeats_acked']} |")
+for name in ("sqlite", "sqlite_flood", "postgres"):
+    p = json.load(open(f"{work}/{name}.probe.json"))
+    for key, what in (("ack_ms", "probe press → ACK"), ("console_ms", "press → operators' live feed"),
+                      ("offer_ms", "press → carer's offer (MQTT)")):
+        if key not in p:
+            print(f"| {what}, {name} | probe failed | | | | | | |")
+            continue
+        h = p[key]
+        missed = p.get("missed_console" if key == "console_ms" else "missed_offer", 0) if key != "ack_ms" else 0
+        print(f"| {what}, {name} | {h['p50']:.3f} | {h['p90']:.3f} | {h['p99']:.3f} | | {h['max']:.3f} "
+              f"| {h['n']} seen, {missed} missed | |")
 print(f"| fsync floor, after | {f2['p50_ms']:.3f} | | {f2['p99_ms']:.3f} | | {f2['max_ms']:.3f} | | |")
 PY

@@ -348,6 +348,8 @@ impl IncidentStage {
                     verified,
                 }
                 .emit();
+                // The operators see it before the carer is chosen.
+                self.config.timeline.notify_one();
                 if notify.is_some() {
                     self.config.notices.notify_one();
                 }

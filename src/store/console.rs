@@ -47,6 +47,11 @@ pub struct TimelineEntry {
     pub from_state: Option<String>,
     pub to_state: Option<String>,
     pub detail: String,
+    /// The incident's kind, lane and device: a feed reader knows whose alarm
+    /// it is without asking.
+    pub kind: String,
+    pub lane: String,
+    pub device_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
@@ -122,8 +127,10 @@ impl Db {
 
     pub async fn timeline(&self, incident_id: i64) -> Result<Vec<TimelineEntry>, StoreError> {
         Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
-             FROM incident_events WHERE incident_id = $1 ORDER BY id"
+            "SELECT e.id, e.incident_id, e.at, e.actor, e.action, e.from_state, e.to_state, \
+             e.detail, i.kind, i.lane, i.device_id \
+             FROM incident_events e JOIN incidents i ON i.id = e.incident_id \
+             WHERE e.incident_id = $1 ORDER BY e.id"
         )
         .bind(incident_id)
         .fetch_all(p)
@@ -137,8 +144,10 @@ impl Db {
         limit: i64,
     ) -> Result<Vec<TimelineEntry>, StoreError> {
         Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
-             FROM incident_events WHERE id > $1 ORDER BY id LIMIT $2"
+            "SELECT e.id, e.incident_id, e.at, e.actor, e.action, e.from_state, e.to_state, \
+             e.detail, i.kind, i.lane, i.device_id \
+             FROM incident_events e JOIN incidents i ON i.id = e.incident_id \
+             WHERE e.id > $1 ORDER BY e.id LIMIT $2"
         )
         .bind(after_id)
         .bind(limit)
