@@ -265,6 +265,21 @@ impl Rules {
             .map_or_else(|| kind.lane(), |r| r.priority)
     }
 
+    /// The names of every kind handled in the life-safety lane (cancels and
+    /// life-safety codes newer than this server included).
+    pub fn life_safety_kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = KINDS
+            .iter()
+            .copied()
+            .chain([EventKind::Cancel])
+            .chain((0..0x10).map(EventKind::Other))
+            .filter(|k| self.priority(*k) == Lane::LifeSafety)
+            .map(|k| k.name())
+            .collect();
+        kinds.sort();
+        kinds
+    }
+
     /// Whether an event of this kind needs the incident stage after its commit.
     pub fn needs_incident_stage(&self, kind: EventKind) -> bool {
         kind == EventKind::Cancel
@@ -407,6 +422,11 @@ mod tests {
         assert!(r.needs_incident_stage(EventKind::PowerRestored));
         assert_eq!(clears(EventKind::BackOnline), Some(EventKind::Offline));
         assert_eq!(r.priority(EventKind::Offline), Lane::Technical);
+        let ls = r.life_safety_kinds();
+        for k in ["sos", "fall", "medical", "cancel", "other_05"] {
+            assert!(ls.contains(&k.to_owned()), "{k} in {ls:?}");
+        }
+        assert!(!ls.contains(&"low_battery".to_owned()));
         // A code newer than the server keeps a safe lane.
         assert_eq!(r.priority(EventKind::Other(0x05)), Lane::LifeSafety);
         assert!(r.for_kind(EventKind::Other(0x05)).has(Action::Operator));

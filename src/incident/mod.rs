@@ -51,6 +51,15 @@ impl From<CommittedAlarm> for Owed {
     }
 }
 
+fn owed_of(a: crate::store::UnprocessedAlarm) -> Option<Owed> {
+    Some(Owed {
+        kind: EventKind::from_name(&a.kind)?,
+        id: a.id,
+        device_id: a.device_id,
+        auth: AuthStatus::parse(&a.auth),
+    })
+}
+
 /// Milliseconds since the Unix epoch, from whichever clock the stage runs on
 /// (the system's; a test's own to move deadlines without waiting for them).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -94,10 +103,15 @@ pub struct IncidentStage {
     dispatcher: Dispatcher,
     config: StageConfig,
     clock: Clock,
+    /// Technical alarms the sweep found owed, handled one at a time at the
+    /// lowest priority of the loop (never inside the sweep itself).
+    deferred: mpsc::Sender<Owed>,
+    deferred_rx: std::sync::Mutex<Option<mpsc::Receiver<Owed>>>,
+    life_safety_kinds: Vec<String>,
 }
 
-/// How many deferred technical alarms one sweep takes on: the rest wait for
-/// the next sweep, so the loop is soon back to the life-safety queue.
+/// How many owed technical alarms one sweep hands to the loop: the rest wait
+/// for a sweep after these are done.
 const TECHNICAL_PER_SWEEP: usize = 256;
 
 impl IncidentStage {
@@ -108,12 +122,17 @@ impl IncidentStage {
         config: StageConfig,
         clock: Clock,
     ) -> Self {
+        let (deferred, deferred_rx) = mpsc::channel(TECHNICAL_PER_SWEEP);
+        let life_safety_kinds = config.rules.life_safety_kinds();
         Self {
             db,
             directory,
             dispatcher,
             config,
             clock,
+            deferred,
+            deferred_rx: std::sync::Mutex::new(Some(deferred_rx)),
+            life_safety_kinds,
         }
     }
 
@@ -150,6 +169,12 @@ impl IncidentStage {
         sweep: Duration,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        let mut deferred = self
+            .deferred_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("spawned once");
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(sweep);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,6 +191,7 @@ impl IncidentStage {
                     }
                     _ = shutdown.cancelled() => break,
                     Some(alarm) = other.recv() => self.handle_logged(alarm.into()).await,
+                    Some(owed) = deferred.recv() => self.handle_logged(owed).await,
                 }
                 // Whatever the step was, the live feed looks now rather than
                 // at its next poll.
@@ -179,27 +205,36 @@ impl IncidentStage {
 
     /// Hand over whatever the database says is still owed.
     pub async fn sweep(&self) -> Result<(), StoreError> {
+        // Every life-safety alarm owed, found by kind in however large a
+        // backlog of technical events, and handled here and now.
         let mut after = 0;
-        let mut technical = Vec::new();
         loop {
-            let batch = self.db.unprocessed_alarms(after, 256).await?;
+            let batch = self
+                .db
+                .unprocessed_alarms(after, 256, Some(&self.life_safety_kinds))
+                .await?;
             let Some(last) = batch.last() else { break };
             after = last.id;
             for a in batch {
-                let Some(kind) = EventKind::from_name(&a.kind) else {
-                    continue;
-                };
-                let owed = Owed {
-                    id: a.id,
-                    device_id: a.device_id,
-                    kind,
-                    auth: AuthStatus::parse(&a.auth),
-                };
-                // Every life-safety alarm owed, before any technical one.
-                if self.config.rules.priority(kind) == pingantong_protocol::Lane::LifeSafety {
+                if let Some(owed) = owed_of(a) {
                     self.handle_logged(owed).await;
-                } else if technical.len() < TECHNICAL_PER_SWEEP {
-                    technical.push(owed);
+                }
+            }
+        }
+        // The oldest technical ones go to the loop's lowest-priority queue,
+        // once the previous handful is done.
+        if self.deferred.capacity() == self.deferred.max_capacity() {
+            for a in self
+                .db
+                .unprocessed_alarms(0, TECHNICAL_PER_SWEEP as i64, None)
+                .await?
+            {
+                if let Some(owed) = owed_of(a)
+                    && self.config.rules.priority(owed.kind)
+                        != pingantong_protocol::Lane::LifeSafety
+                    && self.deferred.try_send(owed).is_err()
+                {
+                    break;
                 }
             }
         }
@@ -212,11 +247,7 @@ impl IncidentStage {
                 break;
             }
         }
-        self.fire_due_timers().await?;
-        for owed in technical {
-            self.handle_logged(owed).await;
-        }
-        Ok(())
+        self.fire_due_timers().await
     }
 
     /// Deadlines that passed: unclaimed incidents alert the supervisors (and

@@ -153,19 +153,32 @@ impl Db {
     }
 
     /// Alarms committed but not handled by the incident stage, oldest first.
+    /// Only of these kinds, when given: the life-safety ones are found in a
+    /// backlog of technical events without reading the backlog out.
     pub async fn unprocessed_alarms(
         &self,
         after_id: i64,
         limit: i64,
+        kinds: Option<&[String]>,
     ) -> Result<Vec<UnprocessedAlarm>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, received_at, device_id, kind, auth, lat, lon FROM alarms \
-             WHERE processed_at IS NULL AND id > $1 ORDER BY id LIMIT $2"
-        )
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(p)
-        .await)?)
+        Ok(on_pool!(self, |p| {
+            let mut qb = QueryBuilder::new(
+                "SELECT id, received_at, device_id, kind, auth, lat, lon FROM alarms \
+                 WHERE processed_at IS NULL AND id > ",
+            );
+            qb.push_bind(after_id);
+            if let Some(kinds) = kinds {
+                qb.push(" AND kind IN (");
+                let mut list = qb.separated(", ");
+                for k in kinds {
+                    list.push_bind(k.clone());
+                }
+                list.push_unseparated(")");
+            }
+            qb.push(" ORDER BY id LIMIT ");
+            qb.push_bind(limit);
+            qb.build_query_as().fetch_all(p).await
+        })?)
     }
 
     /// How many alarms with this kind are stored (used by reports and tests).

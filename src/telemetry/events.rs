@@ -130,7 +130,8 @@ pub struct HandOverDeferred {
 impl HandOverDeferred {
     pub fn emit(self) {
         counter!("pat_handover_deferred_total").increment(1);
-        warn!(
+        // A flood defers thousands a second: the counter tells, the log would drown.
+        debug!(
             alarm = self.alarm_id,
             "incident queue full; the recovery sweep will hand this alarm over"
         );

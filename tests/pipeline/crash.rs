@@ -155,7 +155,7 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
     // After recovery every stored press is accounted for exactly once: opened
     // an incident or folded into one — never two incidents for one frame.
     let presses = eventually("every alarm handled after the restart", || async {
-        let owed = db.unprocessed_alarms(0, 1).await.unwrap();
+        let owed = db.unprocessed_alarms(0, 1, None).await.unwrap();
         let incidents = db.incidents_overview().await.unwrap();
         let presses: i64 = incidents.iter().map(|i| i.2).sum();
         (owed.is_empty() && presses == alarms).then_some(presses)
