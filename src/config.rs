@@ -104,6 +104,9 @@ pub struct Settings {
     pub heartbeat_grace_secs: u64,
     /// How often the deadlines are checked.
     pub supervision_tick_ms: u64,
+    /// A device that sends periodic tests and then misses one by this many
+    /// hours raises "missed test"; 0 turns it off.
+    pub periodic_test_hours: u64,
     /// How long a console log-in lasts: one call-centre shift.
     pub session_ttl_secs: u64,
     /// Service-level targets the city's reports measure against (`[sla]` table).
@@ -157,6 +160,7 @@ impl Default for Settings {
             heartbeat_missed: 2,
             heartbeat_grace_secs: 30,
             supervision_tick_ms: 1_000,
+            periodic_test_hours: 25,
             session_ttl_secs: 12 * 3600,
             sla: crate::sla::SlaTargets::default(),
         }
@@ -353,6 +357,7 @@ impl Settings {
             default_secs: self.heartbeat_default_secs,
             missed: self.heartbeat_missed,
             grace_secs: self.heartbeat_grace_secs,
+            periodic_test_hours: self.periodic_test_hours,
         }
     }
 

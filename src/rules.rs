@@ -151,7 +151,8 @@ impl Rule {
             | EventKind::PowerCut
             | EventKind::RemovedFromWrist
             | EventKind::Tamper
-            | EventKind::Offline => rule(Lane::Technical, &[Operator], Some(1800)),
+            | EventKind::Offline
+            | EventKind::MissedTest => rule(Lane::Technical, &[Operator], Some(1800)),
             other => match other.lane() {
                 // Codes newer than this server keep the lane their range gives them.
                 Lane::LifeSafety => rule(Lane::LifeSafety, &[Operator, OfferCarer], None),
@@ -163,7 +164,7 @@ impl Rule {
 }
 
 /// Every kind a rules file may name (`other_xx` codes follow their range).
-pub const KINDS: [EventKind; 12] = [
+pub const KINDS: [EventKind; 13] = [
     EventKind::Sos,
     EventKind::Fall,
     EventKind::Medical,
@@ -172,6 +173,7 @@ pub const KINDS: [EventKind; 12] = [
     EventKind::RemovedFromWrist,
     EventKind::Tamper,
     EventKind::Offline,
+    EventKind::MissedTest,
     EventKind::PeriodicTest,
     EventKind::PowerRestored,
     EventKind::Heartbeat,
@@ -328,6 +330,7 @@ pub fn clears(kind: EventKind) -> Option<EventKind> {
     match kind {
         EventKind::BackOnline => Some(EventKind::Offline),
         EventKind::PowerRestored => Some(EventKind::PowerCut),
+        EventKind::PeriodicTest => Some(EventKind::MissedTest),
         _ => None,
     }
 }

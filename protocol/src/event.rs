@@ -91,6 +91,8 @@ pub enum EventKind {
     Offline,
     /// The server's verdict: an offline device was heard from again.
     BackOnline,
+    /// The server's verdict: a device that sends periodic tests missed one.
+    MissedTest,
     /// A native event code this server does not know yet. Codes in the
     /// life-safety range are still treated as life-safety (see NATIVE.md).
     Other(u8),
@@ -108,7 +110,8 @@ impl EventKind {
             | EventKind::PowerCut
             | EventKind::RemovedFromWrist
             | EventKind::Tamper
-            | EventKind::Offline => Lane::Technical,
+            | EventKind::Offline
+            | EventKind::MissedTest => Lane::Technical,
             EventKind::Heartbeat
             | EventKind::PeriodicTest
             | EventKind::PowerRestored
@@ -127,7 +130,10 @@ impl EventKind {
 
     /// A verdict of the server's own supervision, which no device may report.
     pub fn is_server_verdict(self) -> bool {
-        matches!(self, EventKind::Offline | EventKind::BackOnline)
+        matches!(
+            self,
+            EventKind::Offline | EventKind::BackOnline | EventKind::MissedTest
+        )
     }
 
     /// Stable lower-case name used in the database and in JSON.
@@ -147,6 +153,7 @@ impl EventKind {
             EventKind::Position => "position".into(),
             EventKind::Offline => "offline".into(),
             EventKind::BackOnline => "back_online".into(),
+            EventKind::MissedTest => "missed_test".into(),
             EventKind::Other(code) => format!("other_{code:02x}"),
         }
     }
@@ -168,6 +175,7 @@ impl EventKind {
             "position" => EventKind::Position,
             "offline" => EventKind::Offline,
             "back_online" => EventKind::BackOnline,
+            "missed_test" => EventKind::MissedTest,
             other => {
                 let hex = other.strip_prefix("other_")?;
                 EventKind::Other(u8::from_str_radix(hex, 16).ok()?)

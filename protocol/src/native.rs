@@ -356,6 +356,7 @@ pub fn kind_code(kind: EventKind) -> u8 {
         // codes is heard as an unknown code of the same range, never as a verdict.
         EventKind::Offline => 0x3f,
         EventKind::BackOnline => 0xff,
+        EventKind::MissedTest => 0x3e,
         EventKind::Other(code) => code,
     }
 }

@@ -33,6 +33,9 @@ pub struct Heartbeats {
     pub missed: u32,
     /// …plus this much, for a late network.
     pub grace_secs: u64,
+    /// A device that sends periodic tests and misses one by this many hours
+    /// (plus the grace) raises "missed test"; 0: not watched.
+    pub periodic_test_hours: u64,
 }
 
 impl Default for Heartbeats {
@@ -42,6 +45,7 @@ impl Default for Heartbeats {
             default_secs: 300,
             missed: 2,
             grace_secs: 30,
+            periodic_test_hours: 25,
         }
     }
 }
@@ -86,8 +90,21 @@ impl Allowance for Policy {
     }
 }
 
+/// The allowance between two periodic tests: the same for every device.
+struct TestAllowance(i64);
+
+impl Allowance for TestAllowance {
+    fn silence_ms(&self, _: &str, _: &str) -> i64 {
+        self.0
+    }
+}
+
 pub struct Supervision {
     watch: Mutex<Watchlist>,
+    /// Devices that send periodic tests, against their test deadline. Kept
+    /// in memory only: after a restart a device is watched from its next test.
+    tests: Mutex<Watchlist>,
+    test_allowance: Option<TestAllowance>,
     /// Devices someone used (a press, a cancel, a test) since the last round.
     used: Mutex<Vec<(String, i64)>>,
     policy: Policy,
@@ -96,8 +113,17 @@ pub struct Supervision {
 
 impl Supervision {
     pub fn new(heartbeats: Heartbeats, directory: Arc<Directory>, clock: Clock) -> Arc<Self> {
+        let test_allowance = (heartbeats.periodic_test_hours > 0).then(|| {
+            let secs = heartbeats
+                .periodic_test_hours
+                .saturating_mul(3600)
+                .saturating_add(heartbeats.grace_secs);
+            TestAllowance(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
+        });
         Arc::new(Self {
             watch: Mutex::new(Watchlist::default()),
+            tests: Mutex::new(Watchlist::default()),
+            test_allowance,
             used: Mutex::new(Vec::new()),
             policy: Policy {
                 heartbeats,
@@ -117,6 +143,7 @@ impl Supervision {
     pub fn seen<'a>(&self, reports: impl Iterator<Item = &'a AlarmRecord>) {
         let now = (self.clock)();
         let mut used = Vec::new();
+        let mut tested = Vec::new();
         {
             let mut watch = self.watch();
             for r in reports {
@@ -125,7 +152,16 @@ impl Supervision {
                     if is_use(r.kind) {
                         used.push((r.device_id.clone(), now));
                     }
+                    if r.kind == EventKind::PeriodicTest {
+                        tested.push(r);
+                    }
                 }
+            }
+        }
+        if let (Some(allowance), false) = (&self.test_allowance, tested.is_empty()) {
+            let mut tests = self.tests.lock().unwrap_or_else(|e| e.into_inner());
+            for r in tested {
+                tests.seen(&r.device_id, r.protocol, now, allowance);
             }
         }
         if !used.is_empty() {
@@ -189,6 +225,14 @@ impl Supervision {
                 watch.take_back_online(),
             )
         };
+        let untested = {
+            let mut tests = self.tests.lock().unwrap_or_else(|e| e.into_inner());
+            // A test after a miss closes the job through the incident stage
+            // (the test itself clears it); nothing to announce here.
+            tests.take_new();
+            tests.take_back_online();
+            tests.overdue(now)
+        };
         db.mark_heard(&new, now).await?;
         let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()));
         db.mark_used(&used).await?;
@@ -200,6 +244,17 @@ impl Supervision {
             }
             events::DeviceOffline { device: &device }.emit();
             verdicts.push(verdict(&device, &protocol, EventKind::Offline, deadline));
+        }
+        for (device, protocol, deadline) in untested {
+            if let Some(until) = self.away_until(&device, now).await? {
+                self.tests
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .defer(&device, until);
+                continue;
+            }
+            events::TestMissed { device: &device }.emit();
+            verdicts.push(verdict(&device, &protocol, EventKind::MissedTest, deadline));
         }
         for (device, protocol) in back {
             events::DeviceBackOnline { device: &device }.emit();

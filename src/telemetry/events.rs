@@ -398,3 +398,14 @@ impl ReportBuilt<'_> {
         );
     }
 }
+
+pub struct TestMissed<'a> {
+    pub device: &'a str,
+}
+
+impl TestMissed<'_> {
+    pub fn emit(self) {
+        counter!("pat_periodic_tests_missed_total").increment(1);
+        warn!(device = self.device, "periodic test missed");
+    }
+}

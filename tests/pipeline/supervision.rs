@@ -370,3 +370,55 @@ async fn unused_devices_are_called(backend: Backend) {
     assert_eq!(trail[0].detail, "well");
     app.stop().await;
 }
+
+/// A device that sends periodic tests and misses one raises "missed test";
+/// its next test closes the job.
+#[tokio::test]
+async fn a_missed_periodic_test_is_a_technical_job_until_the_next_test() {
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let s = pingantong::Settings {
+        periodic_test_hours: 1,
+        ..supervised(Backend::Sqlite, dir.path())
+    };
+    let app = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
+    let city = seed_small_city(&app.db).await;
+    let job = || async {
+        let key = format!("technical:{}:missed_test", city.device);
+        for (id, fold_key, _, _) in app.db.incidents_overview().await.unwrap() {
+            if fold_key == key {
+                return Some(app.db.incident_summary(id).await.unwrap().unwrap());
+            }
+        }
+        None
+    };
+    let mut dev = Device::connect(app.native).await;
+    dev.send(
+        &event(&city.device, 1, EventKind::PeriodicTest),
+        &city.secret,
+    )
+    .await;
+    watched(&app.db, &city.device).await;
+    // Heartbeats alone do not count as a test.
+    clock.advance(Duration::from_secs(1800));
+    heartbeat(&app, &city, 2).await;
+    clock.advance(Duration::from_secs(1800 + 29));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(job().await.is_none(), "not before 1 h + 30 s");
+    clock.advance(Duration::from_secs(3));
+    let missed = eventually("the missed-test job", || async { job().await }).await;
+    assert_eq!(missed.lane, "technical");
+    assert_eq!(missed.state, "queued");
+    let mut dev = Device::connect(app.native).await;
+    dev.send(
+        &event(&city.device, 3, EventKind::PeriodicTest),
+        &city.secret,
+    )
+    .await;
+    let cleared = eventually("the job cleared by the test", || async {
+        job().await.filter(|j| j.state == "cancelled")
+    })
+    .await;
+    assert_eq!(cleared.outcome.as_deref(), Some("cleared"));
+    app.stop().await;
+}
