@@ -11,6 +11,7 @@
 # The flood run adds FLOOD_PER_SECOND technical events (low battery) to the
 # SQLite run, to time the presses through them.
 #
+# BACKENDS="sqlite postgres" (environment) picks the runs (default: sqlite sqlite_flood postgres).
 # Loopback only; every run is bounded by SECONDS plus a grace period.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ rate=${3:-50}
 flood=${4:-5000}
 probes=${5:-200}
 heartbeat=30
+backends=${BACKENDS:-sqlite sqlite_flood postgres}
+# Each pendant holds a connection, at both ends of the loopback.
+ulimit -n "$(( (pendants + probes) * 2 + 1024 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 password="bench-$$-console"
 seed="bench-$$"
 
@@ -64,15 +68,22 @@ run_backend() { # name, technical events/s, extra server args...
 }
 
 fsync=$("$bin/fsync-probe" --dir "$work" --count 2000 --json)
-run_backend sqlite 0 --data-dir "$work/sqlite"
-run_backend sqlite_flood "$flood" --data-dir "$work/sqlite_flood"
-run_backend postgres 0 --database-url postgres://postgres@127.0.0.1:5432/test --database-schema "bench_$$"
-psql -h 127.0.0.1 -U postgres -d test -qc "DROP SCHEMA bench_$$ CASCADE" >/dev/null 2>&1 || true
+for b in $backends; do
+    case $b in
+        sqlite) run_backend sqlite 0 --data-dir "$work/sqlite" ;;
+        sqlite_flood) run_backend sqlite_flood "$flood" --data-dir "$work/sqlite_flood" ;;
+        postgres)
+            run_backend postgres 0 --database-url postgres://postgres@127.0.0.1:5432/test --database-schema "bench_$$"
+            psql -h 127.0.0.1 -U postgres -d test -qc "DROP SCHEMA bench_$$ CASCADE" >/dev/null 2>&1 || true ;;
+        *) echo "unknown backend $b" >&2; exit 2 ;;
+    esac
+done
 fsync_after=$("$bin/fsync-probe" --dir "$work" --count 2000 --json)
 
-python3 - "$work" "$fsync" "$fsync_after" "$pendants" "$seconds" "$rate" "$heartbeat" "$flood" "$probes" <<'PY'
+python3 - "$work" "$fsync" "$fsync_after" "$pendants" "$seconds" "$rate" "$heartbeat" "$flood" "$probes" "$backends" <<'PY'
 import json, sys
-work, f1, f2, pendants, seconds, rate, hb, flood, probes = sys.argv[1:]
+work, f1, f2, pendants, seconds, rate, hb, flood, probes, backends = sys.argv[1:]
+backends = backends.split()
 f1, f2 = json.loads(f1), json.loads(f2)
 print(f"{pendants} pendants, {rate} presses/s, heartbeat {hb} s, {seconds} s per run; "
       f"sqlite_flood adds {flood} technical events/s; {probes} probe presses each, one at a time, "
@@ -80,12 +91,12 @@ print(f"{pendants} pendants, {rate} presses/s, heartbeat {hb} s, {seconds} s per
 print("| measured | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | alarms sent / acked / lost | other events acked |")
 print("|---|---|---|---|---|---|---|---|")
 print(f"| fsync floor (512 B + fdatasync), before | {f1['p50_ms']:.3f} | | {f1['p99_ms']:.3f} | | {f1['max_ms']:.3f} | | |")
-for name in ("sqlite", "sqlite_flood", "postgres"):
+for name in backends:
     r = json.load(open(f"{work}/{name}.json"))
     a = r["ack_ms"]
     print(f"| press → ACK, {name} | {a['p50']:.3f} | {a['p90']:.3f} | {a['p99']:.3f} | {a['p999']:.3f} | {a['max']:.3f} "
           f"| {r['alarms_sent']} / {r['alarms_acked']} / {r['alarms_lost']} | {r['heartbeats_acked']} |")
-for name in ("sqlite", "sqlite_flood", "postgres"):
+for name in backends:
     p = json.load(open(f"{work}/{name}.probe.json"))
     for key, what in (("ack_ms", "probe press → ACK"), ("console_ms", "press → operators' live feed"),
                       ("offer_ms", "press → carer's offer (MQTT)")):
