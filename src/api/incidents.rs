@@ -122,6 +122,20 @@ pub struct HandoffView {
     pub outcome: Option<String>,
 }
 
+impl From<crate::store::Handoff> for HandoffView {
+    fn from(h: crate::store::Handoff) -> Self {
+        Self {
+            id: h.id,
+            service: h.service,
+            reference: h.reference,
+            operator: h.operator,
+            at: h.at,
+            summary: h.summary,
+            outcome: h.outcome,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IncidentDetail {
     pub incident: IncidentSummary,
@@ -174,15 +188,7 @@ pub async fn detail(
         s.db.handoffs_of(id)
             .await?
             .into_iter()
-            .map(|h| HandoffView {
-                id: h.id,
-                service: h.service,
-                reference: h.reference,
-                operator: h.operator,
-                at: h.at,
-                summary: h.summary,
-                outcome: h.outcome,
-            })
+            .map(HandoffView::from)
             .collect();
     Ok(Json(IncidentDetail {
         client: client.map(|c| ClientView {
@@ -683,16 +689,5 @@ pub async fn handoff(
     })
     .await?;
     s.feed.changed.notify_one();
-    Ok((
-        StatusCode::CREATED,
-        Json(HandoffView {
-            id: h.id,
-            service: h.service,
-            reference: h.reference,
-            operator: h.operator,
-            at: h.at,
-            summary: h.summary,
-            outcome: h.outcome,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(HandoffView::from(h))))
 }

@@ -226,30 +226,38 @@ impl Db {
     }
 
     pub async fn set_carer_duty(&self, carer_id: i64, on_duty: bool) -> Result<(), StoreError> {
-        on_write_pool!(self, |p| sqlx::query(
-            "UPDATE carers SET on_duty = $1, updated_at = $2 WHERE id = $3"
+        self.set_carer_flag(
+            "UPDATE carers SET on_duty = $1, updated_at = $2 WHERE id = $3",
+            carer_id,
+            on_duty,
         )
-        .bind(on_duty)
-        .bind(now_ms())
-        .bind(carer_id)
-        .execute(p)
         .await
-        .map(|r| r.rows_affected()))?;
-        Ok(())
     }
 
     /// A carer's own "busy" (on a job the service does not know of, a break):
     /// nobody offers them anything until they are free.
     pub async fn set_carer_busy(&self, carer_id: i64, busy: bool) -> Result<(), StoreError> {
-        on_write_pool!(self, |p| sqlx::query(
-            "UPDATE carers SET busy = $1, updated_at = $2 WHERE id = $3"
+        self.set_carer_flag(
+            "UPDATE carers SET busy = $1, updated_at = $2 WHERE id = $3",
+            carer_id,
+            busy,
         )
-        .bind(busy)
-        .bind(now_ms())
-        .bind(carer_id)
-        .execute(p)
         .await
-        .map(|r| r.rows_affected()))?;
+    }
+
+    async fn set_carer_flag(
+        &self,
+        sql: &'static str,
+        carer_id: i64,
+        value: bool,
+    ) -> Result<(), StoreError> {
+        on_write_pool!(self, |p| sqlx::query(sql)
+            .bind(value)
+            .bind(now_ms())
+            .bind(carer_id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 

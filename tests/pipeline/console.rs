@@ -333,15 +333,7 @@ async fn bad_requests_get_clear_4xx_answers() {
     let mut dev = Device::connect(app.native).await;
     dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
         .await;
-    let incident = eventually("the incident", || async {
-        app.db
-            .incidents_overview()
-            .await
-            .unwrap()
-            .first()
-            .map(|i| i.0)
-    })
-    .await;
+    let incident = newest_incident(&app.db).await;
     let cases: Vec<(String, Value, StatusCode)> = vec![
         (
             format!("/api/v1/incidents/{incident}/claim"),

@@ -16,15 +16,7 @@ async fn sos(app: &TestApp, city: &City, seq: u32) -> i64 {
     let mut dev = Device::connect(app.native).await;
     dev.send(&event(&city.device, seq, EventKind::Sos), &city.secret)
         .await;
-    eventually("the incident", || async {
-        app.db
-            .incidents_overview()
-            .await
-            .unwrap()
-            .last()
-            .map(|i| i.0)
-    })
-    .await
+    newest_incident(&app.db).await
 }
 
 /// A server on a hand-driven clock, the small city, and a supervisor listening.

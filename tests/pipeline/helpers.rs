@@ -317,6 +317,14 @@ impl Device {
 }
 
 /// Poll `f` until it returns `Some`, for up to 10 s.
+/// The newest incident's id, once there is one.
+pub async fn newest_incident(db: &Db) -> i64 {
+    eventually("the incident", || async {
+        db.incidents_overview().await.unwrap().last().map(|i| i.0)
+    })
+    .await
+}
+
 pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,

@@ -26,15 +26,7 @@ async fn lifecycle(backend: Backend) {
         .send(&event(&city.device, 1, EventKind::Sos), &city.secret)
         .await;
     assert!(matches!(r, Reply::Ack { .. }));
-    let id = eventually("the incident", || async {
-        app.db
-            .incidents_overview()
-            .await
-            .unwrap()
-            .first()
-            .map(|i| i.0)
-    })
-    .await;
+    let id = newest_incident(&app.db).await;
     assert_eq!(
         app.db.incident_state(id).await.unwrap(),
         Some(State::Queued)
@@ -149,15 +141,7 @@ async fn emergency_handoff(backend: Backend) {
     let mut dev = Device::connect(app.native).await;
     dev.send(&event(&city.device, 1, EventKind::Fall), &city.secret)
         .await;
-    let id = eventually("the incident", || async {
-        app.db
-            .incidents_overview()
-            .await
-            .unwrap()
-            .first()
-            .map(|i| i.0)
-    })
-    .await;
+    let id = newest_incident(&app.db).await;
     app.db
         .transition(&step(id, Action::Claim, "operator:wang"))
         .await

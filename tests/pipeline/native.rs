@@ -560,15 +560,7 @@ async fn nobody_to_send(backend: Backend, why: Nobody) {
         .send(&event(&device, 1, EventKind::Fall), &city.secret)
         .await;
     assert!(matches!(r, Reply::Ack { .. }));
-    let incident = eventually("the incident", || async {
-        app.db
-            .incidents_overview()
-            .await
-            .unwrap()
-            .first()
-            .map(|i| i.0)
-    })
-    .await;
+    let incident = newest_incident(&app.db).await;
     let actions = eventually("the routing decision", || async {
         let a = app.db.incident_actions(incident).await.unwrap();
         (a.len() == 2).then_some(a)

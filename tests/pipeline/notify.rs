@@ -188,16 +188,7 @@ async fn press(f: &Family, kind: EventKind) -> i64 {
     let mut dev = Device::connect(f.app.native).await;
     dev.send(&event(&f.city.device, 1, kind), &f.city.secret)
         .await;
-    eventually("the incident", || async {
-        f.app
-            .db
-            .incidents_overview()
-            .await
-            .unwrap()
-            .last()
-            .map(|i| i.0)
-    })
-    .await
+    newest_incident(&f.app.db).await
 }
 
 async fn notices_until<F>(db: &Db, incident: i64, what: &str, done: F) -> Vec<NotificationRow>
@@ -449,15 +440,7 @@ async fn notices_owed_are_sent_after_a_restart() {
     let mut dev = Device::connect(app.native).await;
     dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
         .await;
-    let incident = eventually("the incident", || async {
-        app.db
-            .incidents_overview()
-            .await
-            .unwrap()
-            .first()
-            .map(|i| i.0)
-    })
-    .await;
+    let incident = newest_incident(&app.db).await;
     notices_until(&app.db, incident, "the first attempt failed", |r| {
         r[0].attempts == 1 && r[0].last_error.is_some()
     })
