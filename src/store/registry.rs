@@ -2,6 +2,9 @@
 
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
 
+/// Rows per transaction when marking many devices at once.
+pub(crate) const MARK_CHUNK: usize = 128;
+
 #[derive(Debug, Clone)]
 pub struct NewClient {
     pub name: String,
@@ -377,23 +380,28 @@ impl Db {
         .await)?)
     }
 
-    /// Record the first report of these devices (the rest keep theirs).
+    /// Record the first report of these devices (the rest keep theirs), a
+    /// few at a time: a whole city's first reports must not hold the one
+    /// SQLite writer away from the alarms' commits for seconds.
     pub async fn mark_heard(&self, ids: &[String], at: i64) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            for id in ids {
-                sqlx::query("UPDATE devices SET heard_at = $1 WHERE id = $2 AND heard_at IS NULL")
+        for chunk in ids.chunks(MARK_CHUNK) {
+            on_write_pool!(self, |p| {
+                let mut tx = p.begin().await?;
+                for id in chunk {
+                    sqlx::query(
+                        "UPDATE devices SET heard_at = $1 WHERE id = $2 AND heard_at IS NULL",
+                    )
                     .bind(at)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, StoreError>(())
-        })
+                }
+                tx.commit().await?;
+                Ok::<_, StoreError>(())
+            })?;
+            tokio::task::yield_now().await;
+        }
+        Ok(())
     }
 
     /// Devices with an open offline job: still offline after a restart.

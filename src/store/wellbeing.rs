@@ -24,26 +24,28 @@ pub struct WellbeingRow {
 pub const OUTCOMES: [&str; 5] = ["well", "needs_help", "no_answer", "visited", "away"];
 
 impl Db {
-    /// Record that these devices were used (pressed, cancelled, tested) at these times.
+    /// Record that these devices were used (pressed, cancelled, tested) at
+    /// these times, a few per transaction (see `mark_heard`).
     pub async fn mark_used(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
-        if used.is_empty() {
-            return Ok(());
+        for chunk in used.chunks(super::registry::MARK_CHUNK) {
+            on_write_pool!(self, |p| {
+                let mut tx = p.begin().await?;
+                for (id, at) in chunk {
+                    sqlx::query(
+                        "UPDATE devices SET used_at = $1 WHERE id = $2 \
+                         AND (used_at IS NULL OR used_at < $1)",
+                    )
+                    .bind(at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok::<_, StoreError>(())
+            })?;
+            tokio::task::yield_now().await;
         }
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            for (id, at) in used {
-                sqlx::query(
-                    "UPDATE devices SET used_at = $1 WHERE id = $2 \
-                     AND (used_at IS NULL OR used_at < $1)",
-                )
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, StoreError>(())
-        })
+        Ok(())
     }
 
     /// Residents with a device whose devices were all unused since `cutoff`,
