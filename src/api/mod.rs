@@ -7,6 +7,7 @@ mod carers;
 mod console;
 mod error;
 mod feed;
+mod import;
 mod incidents;
 mod registry;
 mod reports;
@@ -176,6 +177,8 @@ pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(registry::providers::duty))
         .routes(routes!(registry::alarms::list))
+        .routes(routes!(import::clients))
+        .routes(routes!(import::devices))
         .with_state(ApiState {
             db: ctx.db.clone(),
             stage: ctx.stage,
