@@ -334,6 +334,29 @@ async fn registry_by_role(backend: Backend) {
     let notices = app.db.notifications_of(incident).await.unwrap();
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(notices[0].contact_id, son);
+    // The son taken off the list after a notice went to him: his row stays
+    // for that notice, the list and the screen-pop no longer have him. Put
+    // back, he is a new contact.
+    let neighbour_only = json!({"id": neighbour, "name": "邻居王阿姨", "relation": "邻居", "phone": "020-8888 1234"});
+    let (status, list) = h
+        .put(&contacts, &op, json!({"contacts": [neighbour_only]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let notices = app.db.notifications_of(incident).await.unwrap();
+    assert_eq!(notices[0].contact_id, son, "the notice keeps its contact");
+    let screen_pop = app.db.client_profile(client_id).await.unwrap().unwrap();
+    assert_eq!(screen_pop.contacts.len(), 1);
+    let (status, list) = h
+        .put(
+            &contacts,
+            &op,
+            json!({"contacts": [neighbour_only, {"name": "陈小明", "relation": "儿子",
+                   "phone": "13800138000", "notify": {"channel": "webhook", "address": hook_url}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_ne!(list[1]["id"], son);
 
     let (status, alarms) = h
         .get(&format!("/api/v1/alarms?device_id={device}&limit=5"), &op)

@@ -439,11 +439,17 @@ impl Db {
         let begin = self.begin_write();
         on_write_pool!(self, |p| {
             let mut tx = p.begin_with(begin).await?;
-            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM clients WHERE id = $1")
+            // First, and on the client's row: two lists replaced at once take
+            // turns (PostgreSQL locks the row; SQLite's write lock is already
+            // held). A deleted contact leaves no row behind to be noticed by,
+            // so the client's own time tells the directory cache to re-read them.
+            let found = sqlx::query("UPDATE clients SET updated_at = $1 WHERE id = $2")
+                .bind(now)
                 .bind(client_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_none() {
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if found == 0 {
                 return Err(EditError::NotFound("client"));
             }
             let current: Vec<(i64,)> = sqlx::query_as(
@@ -525,13 +531,6 @@ impl Db {
                 }
                 removed += 1;
             }
-            // A deleted contact leaves no row behind to be noticed by: the
-            // client's own time tells the directory cache to re-read them.
-            sqlx::query("UPDATE clients SET updated_at = $1 WHERE id = $2")
-                .bind(now)
-                .bind(client_id)
-                .execute(&mut *tx)
-                .await?;
             let subject = format!("client:{client_id}");
             let detail = format!(
                 "{} contacts: {} kept, {added} added, {removed} removed",
