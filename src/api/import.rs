@@ -269,8 +269,12 @@ fn number<T: std::str::FromStr>(
     what: &str,
 ) -> Result<Option<T>, String> {
     v.map(|s| {
-        s.parse::<T>()
-            .map_err(|_| format!("{column}: {what}, not {s:?}"))
+        s.parse::<T>().map_err(|_| {
+            // Say what was there, but not a whole misplaced paragraph.
+            let shown: String = s.chars().take(24).collect();
+            let more = if shown.len() < s.len() { "…" } else { "" };
+            format!("{column}: {what}, not {shown:?}{more}")
+        })
     })
     .transpose()
 }
