@@ -7,7 +7,9 @@ mod carers;
 mod console;
 mod error;
 mod feed;
+mod import;
 mod incidents;
+mod registry;
 mod reports;
 mod wellbeing;
 
@@ -92,6 +94,7 @@ struct HealthState {
         (name = "incidents", description = "The operator queue and what operators do"),
         (name = "carers", description = "A carer's own jobs and answers"),
         (name = "wellbeing", description = "Residents to call because their devices go unused"),
+        (name = "registry", description = "Clients, contacts, devices, providers, carers, the alarm log, and CSV import"),
         (name = "reports", description = "The city's monthly service figures and SLA breaches"),
         (name = "session", description = "Log-in and log-out"),
         (name = "audit", description = "The tamper-evident audit log"),
@@ -157,6 +160,25 @@ pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(feed::feed))
         .routes(routes!(wellbeing::list))
         .routes(routes!(wellbeing::check))
+        .routes(routes!(registry::clients::list, registry::clients::create))
+        .routes(routes!(registry::clients::get, registry::clients::update))
+        .routes(routes!(registry::clients::away))
+        .routes(routes!(registry::clients::contacts))
+        .routes(routes!(registry::devices::list, registry::devices::create))
+        .routes(routes!(registry::devices::get, registry::devices::update))
+        .routes(routes!(registry::devices::retire))
+        .routes(routes!(
+            registry::providers::list_providers,
+            registry::providers::create_provider
+        ))
+        .routes(routes!(
+            registry::providers::list_carers,
+            registry::providers::create_carer
+        ))
+        .routes(routes!(registry::providers::duty))
+        .routes(routes!(registry::alarms::list))
+        .routes(routes!(import::clients))
+        .routes(routes!(import::devices))
         .with_state(ApiState {
             db: ctx.db.clone(),
             stage: ctx.stage,

@@ -4,6 +4,7 @@
 //! chosen by URL. Every query is written once and runs on either pool through
 //! [`on_pool!`]; all times are stored as milliseconds since the Unix epoch.
 
+mod alarm_log;
 mod alarms;
 pub mod audit;
 mod console;
@@ -12,6 +13,7 @@ mod handoffs;
 mod incidents;
 mod notifications;
 mod registry;
+mod registry_edit;
 mod sla;
 mod timers;
 mod transitions;
@@ -27,6 +29,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use alarm_log::{AlarmLogQuery, AlarmLogRow};
 pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
 pub use audit::{AuditEntry, AuditRecord, AuditReport, ChainBreak, ChainFault};
 pub use console::{CarerJob, DeviceStatus, DispatchRow, QueueFilter, QueueRow, TimelineEntry};
@@ -40,6 +43,11 @@ pub use notifications::{Cascade, GaveUp, NotificationJob, NotificationRow};
 pub use registry::{
     CarerRow, ClientProfile, ContactRow, DeviceRow, NewCarer, NewClient, NewContact, NewDevice,
     NewProvider,
+};
+pub use registry_edit::{
+    CarerListRow, ClientEntry, ClientImportRow, ClientListRow, ClientQuery, ClientRecord,
+    ClientRef, ContactEntry, ContactRecord, DeviceEntry, DeviceListRow, DeviceQuery, DeviceUpdate,
+    EditError, IMPORT_CHUNK, ProviderArea, ProviderRecord, RowOutcome,
 };
 pub use sla::{
     CoverageRow, ImportError, ImportedDispatch, ImportedEvent, ImportedIncident, OfflineSpell,

@@ -326,7 +326,7 @@ impl Db {
         };
         client.contacts = on_pool!(self, |p| sqlx::query_as(
             "SELECT position, name, relation, phone FROM contacts WHERE client_id = $1 \
-             ORDER BY position"
+             AND removed_at IS NULL ORDER BY position"
         )
         .bind(id)
         .fetch_all(p)

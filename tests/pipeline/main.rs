@@ -13,5 +13,6 @@ mod incidents;
 mod mqtt;
 mod native;
 mod notify;
+mod registry;
 mod reports;
 mod supervision;

@@ -1,0 +1,52 @@
+//! The alarm log as staff read it: what devices sent, newest first, decoded,
+//! with the bytes as received.
+
+use super::{Db, StoreError, on_pool};
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AlarmLogRow {
+    pub id: i64,
+    pub received_at: i64,
+    pub protocol: String,
+    pub peer: String,
+    pub device_id: String,
+    pub seq: i64,
+    pub kind: String,
+    pub device_time: Option<i64>,
+    pub battery: Option<i64>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub accuracy_m: Option<i64>,
+    pub auth: String,
+    pub raw: Vec<u8>,
+    pub decoded: String,
+    pub incident_id: Option<i64>,
+    pub processed_at: Option<i64>,
+}
+
+/// Which events to list, newest first, before `before` (an id) when given.
+#[derive(Debug, Clone, Default)]
+pub struct AlarmLogQuery<'a> {
+    pub device_id: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+impl Db {
+    pub async fn alarm_log(&self, q: &AlarmLogQuery<'_>) -> Result<Vec<AlarmLogRow>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, received_at, protocol, peer, device_id, seq, kind, device_time, battery, \
+             lat, lon, accuracy_m, auth, raw, decoded, incident_id, processed_at FROM alarms \
+             WHERE ($1 IS NULL OR device_id = $1) AND ($2 IS NULL OR kind = $2) \
+             AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+        )
+        .bind(q.device_id)
+        .bind(q.kind)
+        .bind(q.before)
+        .bind(q.limit.clamp(1, 1000))
+        .fetch_all(p)
+        .await)?)
+    }
+}

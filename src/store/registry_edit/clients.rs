@@ -1,0 +1,574 @@
+//! Clients and their ordered contact lists: list, read, create, change, away.
+
+use serde::Serialize;
+
+use super::{EditError, unique_or};
+use crate::store::audit::append_audit;
+use crate::store::{AuditEntry, Db, NewClient, StoreError, now_ms, on_pool, on_write_pool};
+
+/// A client as the registry keeps them: the profile and the reference in
+/// the city's (or a provider's) own register.
+#[derive(Debug, Clone)]
+pub struct ClientEntry {
+    pub client: NewClient,
+    pub external_ref: Option<String>,
+}
+
+/// One contact of a new list. `id`: an existing contact of the same client
+/// kept (its id is the address of a family app's MQTT topic); `None`: a new one.
+#[derive(Debug, Clone)]
+pub struct ContactEntry {
+    pub id: Option<i64>,
+    pub name: String,
+    pub relation: String,
+    pub phone: String,
+    /// Channel (`mqtt`, `webhook`, `email`) and its address; `None`: telephoned.
+    pub notify: Option<(String, String)>,
+}
+
+/// One line of the client list: no health data.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct ClientListRow {
+    pub id: i64,
+    pub external_ref: Option<String>,
+    pub name: String,
+    pub address: String,
+    pub district: String,
+    pub street: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub language: String,
+    pub birth_year: Option<i64>,
+    pub subsidy_category: Option<String>,
+    pub away_until: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// Which clients to list, in id order after `after`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientQuery<'a> {
+    pub district: Option<&'a str>,
+    pub street: Option<&'a str>,
+    /// Part of the name, address, reference or a contact's phone.
+    pub text: Option<&'a str>,
+    pub after: i64,
+    pub limit: i64,
+}
+
+/// A contact as stored, with its id.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct ContactRecord {
+    pub id: i64,
+    pub position: i64,
+    pub name: String,
+    pub relation: String,
+    pub phone: String,
+    pub notify_channel: Option<String>,
+    pub notify_address: String,
+}
+
+/// Everything the registry holds about one client.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ClientRecord {
+    pub id: i64,
+    pub external_ref: Option<String>,
+    pub name: String,
+    pub address: String,
+    pub district: String,
+    pub street: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub language: String,
+    pub medical_notes: String,
+    pub medications: String,
+    pub allergies: String,
+    pub birth_year: Option<i64>,
+    pub subsidy_category: Option<String>,
+    pub away_until: Option<i64>,
+    pub updated_at: i64,
+    #[sqlx(skip)]
+    pub contacts: Vec<ContactRecord>,
+}
+
+const CONTACT_COLUMNS: &str = "id, position, name, relation, phone, notify_channel, notify_address";
+
+/// `LIKE` pattern for "contains `text`" (ASCII letters folded; `%`, `_` and `\` literal).
+pub(super) fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.to_ascii_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// Inside a transaction `$tx` on `$db`: the client whose register reference is
+/// `$reference`, if any.
+macro_rules! client_by_ref {
+    ($tx:expr, $reference:expr) => {{
+        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM clients WHERE external_ref = $1")
+            .bind($reference)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        row.map(|r| r.0)
+    }};
+}
+pub(super) use client_by_ref;
+
+/// Inside a transaction `$tx` on `$db`: a new client (`&ClientEntry`) with its
+/// contacts (`&[ContactEntry]`, in order) and the audit entry; evaluates to
+/// `Result<i64, EditError>`.
+macro_rules! insert_client_in {
+    ($db:expr, $tx:expr, $entry:expr, $contacts:expr, $actor:expr, $detail:expr, $now:expr) => {
+        async {
+            let e: &$crate::store::ClientEntry = $entry;
+            if let Some(r) = &e.external_ref
+                && let Some(other) = client_by_ref!($tx, r)
+            {
+                return Err(EditError::Conflict(format!(
+                    "external_ref: {r:?} is already client {other}"
+                )));
+            }
+            let c = &e.client;
+            let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
+                "INSERT INTO clients (name, address, district, street, lat, lon, language, \
+                 medical_notes, medications, allergies, birth_year, subsidy_category, \
+                 external_ref, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+            )
+            .bind(&c.name)
+            .bind(&c.address)
+            .bind(&c.district)
+            .bind(&c.street)
+            .bind(c.lat)
+            .bind(c.lon)
+            .bind(&c.language)
+            .bind(&c.medical_notes)
+            .bind(&c.medications)
+            .bind(&c.allergies)
+            .bind(c.birth_year)
+            .bind(&c.subsidy_category)
+            .bind(&e.external_ref)
+            .bind($now)
+            .fetch_one(&mut *$tx)
+            .await;
+            let (id,) = inserted.map_err(|err| {
+                unique_or(err, || {
+                    format!("external_ref: {:?} is already taken", e.external_ref)
+                })
+            })?;
+            for (i, k) in $contacts.iter().enumerate() {
+                insert_contact_in!($tx, id, i as i64 + 1, k, $now);
+            }
+            let subject = format!("client:{id}");
+            append_audit!(
+                $db,
+                $tx,
+                AuditEntry {
+                    actor: $actor,
+                    action: "client_created",
+                    subject: &subject,
+                    detail: $detail,
+                },
+                $now
+            );
+            Ok::<i64, EditError>(id)
+        }
+        .await
+    };
+}
+pub(super) use insert_client_in;
+
+/// Inside a transaction `$tx`: one contact row at `$position`.
+macro_rules! insert_contact_in {
+    ($tx:expr, $client:expr, $position:expr, $k:expr, $now:expr) => {{
+        let k: &$crate::store::ContactEntry = $k;
+        sqlx::query(
+            "INSERT INTO contacts (client_id, position, name, relation, phone, notify_channel, \
+             notify_address, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind($client)
+        .bind($position)
+        .bind(&k.name)
+        .bind(&k.relation)
+        .bind(&k.phone)
+        .bind(k.notify.as_ref().map(|n| n.0.as_str()))
+        .bind(k.notify.as_ref().map_or("", |n| n.1.as_str()))
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+pub(super) use insert_contact_in;
+
+impl Db {
+    /// Clients in id order after `q.after`, filtered; without health data.
+    pub async fn clients_page(
+        &self,
+        q: &ClientQuery<'_>,
+    ) -> Result<Vec<ClientListRow>, StoreError> {
+        let pattern = q.text.map(contains_pattern);
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, external_ref, name, address, district, street, lat, lon, language, \
+             birth_year, subsidy_category, away_until, updated_at FROM clients c \
+             WHERE ($1 IS NULL OR district = $1) AND ($2 IS NULL OR street = $2) \
+             AND ($3 IS NULL OR LOWER(name) LIKE $3 ESCAPE '\\' \
+                  OR LOWER(address) LIKE $3 ESCAPE '\\' \
+                  OR LOWER(external_ref) LIKE $3 ESCAPE '\\' \
+                  OR EXISTS (SELECT 1 FROM contacts k WHERE k.client_id = c.id \
+                             AND k.removed_at IS NULL AND k.phone LIKE $3 ESCAPE '\\')) \
+             AND id > $4 ORDER BY id LIMIT $5"
+        )
+        .bind(q.district)
+        .bind(q.street)
+        .bind(pattern.as_deref())
+        .bind(q.after)
+        .bind(q.limit.clamp(1, 1000))
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// One client with their contacts in order.
+    pub async fn client_record(&self, id: i64) -> Result<Option<ClientRecord>, StoreError> {
+        let client: Option<ClientRecord> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, external_ref, name, address, district, street, lat, lon, language, \
+             medical_notes, medications, allergies, birth_year, subsidy_category, away_until, \
+             updated_at FROM clients WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(p)
+        .await)?;
+        let Some(mut client) = client else {
+            return Ok(None);
+        };
+        client.contacts = self.contacts_of(id).await?;
+        Ok(Some(client))
+    }
+
+    /// A client's contacts in order (not those taken off the list).
+    pub async fn contacts_of(&self, client_id: i64) -> Result<Vec<ContactRecord>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(
+            format!(
+                "SELECT {CONTACT_COLUMNS} FROM contacts \
+                 WHERE client_id = $1 AND removed_at IS NULL ORDER BY position"
+            )
+        ))
+        .bind(client_id)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// A new client with their contacts, audited as done by `actor`. Returns the id.
+    pub async fn create_client(
+        &self,
+        entry: &ClientEntry,
+        contacts: &[ContactEntry],
+        actor: &str,
+    ) -> Result<i64, EditError> {
+        let now = now_ms();
+        let begin = self.begin_write();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let id = insert_client_in!(self, tx, entry, contacts, actor, "", now)?;
+            tx.commit().await?;
+            Ok(id)
+        })
+    }
+
+    /// Replace a client's profile (not their contacts, not `away_until`).
+    /// The audit entry names the fields that changed, never their values.
+    pub async fn update_client(
+        &self,
+        id: i64,
+        entry: &ClientEntry,
+        actor: &str,
+    ) -> Result<(), EditError> {
+        let now = now_ms();
+        let begin = self.begin_write();
+        let c = &entry.client;
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let before: Option<ClientRecord> = sqlx::query_as(
+                "SELECT id, external_ref, name, address, district, street, lat, lon, language, \
+                 medical_notes, medications, allergies, birth_year, subsidy_category, \
+                 away_until, updated_at FROM clients WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(before) = before else {
+                return Err(EditError::NotFound("client"));
+            };
+            if let Some(r) = &entry.external_ref
+                && let Some(other) = client_by_ref!(tx, r).filter(|o| *o != id)
+            {
+                return Err(EditError::Conflict(format!(
+                    "external_ref: {r:?} is already client {other}"
+                )));
+            }
+            let changed: Vec<&str> = [
+                ("external_ref", before.external_ref != entry.external_ref),
+                ("name", before.name != c.name),
+                ("address", before.address != c.address),
+                ("district", before.district != c.district),
+                ("street", before.street != c.street),
+                ("location", before.lat != c.lat || before.lon != c.lon),
+                ("language", before.language != c.language),
+                ("medical_notes", before.medical_notes != c.medical_notes),
+                ("medications", before.medications != c.medications),
+                ("allergies", before.allergies != c.allergies),
+                ("birth_year", before.birth_year != c.birth_year),
+                (
+                    "subsidy_category",
+                    before.subsidy_category != c.subsidy_category,
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(name, differs)| differs.then_some(name))
+            .collect();
+            sqlx::query(
+                "UPDATE clients SET name = $1, address = $2, district = $3, street = $4, \
+                 lat = $5, lon = $6, language = $7, medical_notes = $8, medications = $9, \
+                 allergies = $10, birth_year = $11, subsidy_category = $12, \
+                 external_ref = $13, updated_at = $14 WHERE id = $15",
+            )
+            .bind(&c.name)
+            .bind(&c.address)
+            .bind(&c.district)
+            .bind(&c.street)
+            .bind(c.lat)
+            .bind(c.lon)
+            .bind(&c.language)
+            .bind(&c.medical_notes)
+            .bind(&c.medications)
+            .bind(&c.allergies)
+            .bind(c.birth_year)
+            .bind(&c.subsidy_category)
+            .bind(&entry.external_ref)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                unique_or(e, || {
+                    format!("external_ref: {:?} is already taken", entry.external_ref)
+                })
+            })?;
+            let detail = if changed.is_empty() {
+                "nothing changed".to_owned()
+            } else {
+                format!("changed {}", changed.join(", "))
+            };
+            let subject = format!("client:{id}");
+            append_audit!(
+                self,
+                tx,
+                AuditEntry {
+                    actor,
+                    action: "client_updated",
+                    subject: &subject,
+                    detail: &detail,
+                },
+                now
+            );
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Mark a client away until `until` (or back home with `None`), audited.
+    pub async fn set_client_away_audited(
+        &self,
+        id: i64,
+        until: Option<i64>,
+        actor: &str,
+    ) -> Result<(), EditError> {
+        let now = now_ms();
+        let begin = self.begin_write();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let n =
+                sqlx::query("UPDATE clients SET away_until = $1, updated_at = $2 WHERE id = $3")
+                    .bind(until)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            if n == 0 {
+                return Err(EditError::NotFound("client"));
+            }
+            let subject = format!("client:{id}");
+            let detail = match until {
+                Some(t) => format!("away until {t}"),
+                None => "at home".to_owned(),
+            };
+            append_audit!(
+                self,
+                tx,
+                AuditEntry {
+                    actor,
+                    action: "client_away",
+                    subject: &subject,
+                    detail: &detail,
+                },
+                now
+            );
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Replace a client's contact list with `contacts`, in that order.
+    ///
+    /// A contact given with its `id` keeps its row (and so its MQTT topic);
+    /// one without is new; one left out is deleted, or, when notices were
+    /// sent to it, kept for that history with no channel, a position of
+    /// `-id` and `removed_at` set. Returns the new list.
+    pub async fn replace_contacts(
+        &self,
+        client_id: i64,
+        contacts: &[ContactEntry],
+        actor: &str,
+    ) -> Result<Vec<ContactRecord>, EditError> {
+        let now = now_ms();
+        let begin = self.begin_write();
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            // First, and on the client's row: two lists replaced at once take
+            // turns (PostgreSQL locks the row; SQLite's write lock is already
+            // held). A deleted contact leaves no row behind to be noticed by,
+            // so the client's own time tells the directory cache to re-read them.
+            let found = sqlx::query("UPDATE clients SET updated_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if found == 0 {
+                return Err(EditError::NotFound("client"));
+            }
+            let current: Vec<(i64,)> = sqlx::query_as(
+                "SELECT id FROM contacts WHERE client_id = $1 AND removed_at IS NULL",
+            )
+            .bind(client_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let current: Vec<i64> = current.into_iter().map(|r| r.0).collect();
+            let mut kept = Vec::new();
+            for id in contacts.iter().filter_map(|k| k.id) {
+                if !current.contains(&id) {
+                    return Err(EditError::Conflict(format!(
+                        "contacts: {id} is not a contact of client {client_id}"
+                    )));
+                }
+                if kept.contains(&id) {
+                    return Err(EditError::Conflict(format!(
+                        "contacts: {id} is listed twice"
+                    )));
+                }
+                kept.push(id);
+            }
+            // Free every position first: (client, position) is unique at each row.
+            sqlx::query(
+                "UPDATE contacts SET position = -id WHERE client_id = $1 AND removed_at IS NULL",
+            )
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+            let mut added = 0;
+            for (i, k) in contacts.iter().enumerate() {
+                let position = i as i64 + 1;
+                match k.id {
+                    Some(id) => {
+                        sqlx::query(
+                            "UPDATE contacts SET position = $1, name = $2, relation = $3, \
+                             phone = $4, notify_channel = $5, notify_address = $6, \
+                             updated_at = $7 WHERE id = $8",
+                        )
+                        .bind(position)
+                        .bind(&k.name)
+                        .bind(&k.relation)
+                        .bind(&k.phone)
+                        .bind(k.notify.as_ref().map(|n| n.0.as_str()))
+                        .bind(k.notify.as_ref().map_or("", |n| n.1.as_str()))
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    None => {
+                        insert_contact_in!(tx, client_id, position, k, now);
+                        added += 1;
+                    }
+                }
+            }
+            let mut removed = 0;
+            for id in current.iter().filter(|id| !kept.contains(id)) {
+                let (notices,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM notifications WHERE contact_id = $1")
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if notices == 0 {
+                    sqlx::query("DELETE FROM contacts WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    sqlx::query(
+                        "UPDATE contacts SET removed_at = $1, notify_channel = NULL, \
+                         updated_at = $1 WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                removed += 1;
+            }
+            let subject = format!("client:{client_id}");
+            let detail = format!(
+                "{} contacts: {} kept, {added} added, {removed} removed",
+                contacts.len(),
+                kept.len()
+            );
+            append_audit!(
+                self,
+                tx,
+                AuditEntry {
+                    actor,
+                    action: "contacts_replaced",
+                    subject: &subject,
+                    detail: &detail,
+                },
+                now
+            );
+            let list: Vec<ContactRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {CONTACT_COLUMNS} FROM contacts \
+                 WHERE client_id = $1 AND removed_at IS NULL ORDER BY position"
+            )))
+            .bind(client_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(list)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_pattern;
+
+    #[test]
+    fn search_text_is_literal() {
+        assert_eq!(contains_pattern("Chen"), "%chen%");
+        assert_eq!(contains_pattern("50%_a\\"), "%50\\%\\_a\\\\%");
+        assert_eq!(contains_pattern("陈秀英"), "%陈秀英%");
+    }
+}
