@@ -238,6 +238,11 @@ impl Supervision {
         db.mark_used(&used).await?;
         let mut verdicts = Vec::with_capacity(overdue.len() + back.len());
         for (device, protocol, deadline) in overdue {
+            // Retired (or no longer provisioned) since it was last heard:
+            // its silence is expected, nobody is to be sent.
+            if self.policy.directory.device(&device).await?.is_none() {
+                continue;
+            }
             if let Some(until) = self.away_until(&device, now).await? {
                 self.watch().defer(&device, until);
                 continue;

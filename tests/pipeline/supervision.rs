@@ -422,3 +422,29 @@ async fn a_missed_periodic_test_is_a_technical_job_until_the_next_test() {
     assert_eq!(cleared.outcome.as_deref(), Some("cleared"));
     app.stop().await;
 }
+
+/// A device retired after it was heard from is not chased for its silence.
+#[tokio::test]
+async fn a_retired_device_is_not_chased() {
+    let clock = ManualClock::starting_now();
+    let dir = tempfile::tempdir().unwrap();
+    let app =
+        TestApp::spawn_with_clock(supervised(Backend::Sqlite, dir.path()), Some(dir), &clock).await;
+    let kept = seed_small_city(&app.db).await;
+    let retired = seed_small_city(&app.db).await;
+    for city in [&kept, &retired] {
+        heartbeat(&app, city, 1).await;
+        watched(&app.db, &city.device).await;
+    }
+    assert!(app.db.retire_device(&retired.device, "test").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await; // the directory's sweep
+    clock.advance(Duration::from_secs(200));
+    // The one still in service goes offline; by then the retired one would have too.
+    eventually("the kept device offline", || async {
+        offline_job(&app.db, &kept.device).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(offline_job(&app.db, &retired.device).await.is_none());
+    app.stop().await;
+}
