@@ -114,6 +114,7 @@ fn figure_columns(t: &SlaTargets) -> Vec<String> {
             "devices_online",
             "devices_online_pct",
             "device_uptime_pct",
+            "wellbeing_checks",
         ]
         .map(str::to_owned),
     );
@@ -147,6 +148,7 @@ fn figure_values(f: &Figures) -> Vec<String> {
         d.online.to_string(),
         pct(d.online_pct),
         pct(d.uptime_pct),
+        f.wellbeing_checks.to_string(),
     ]);
     v
 }

@@ -145,6 +145,8 @@ pub struct Figures {
     pub answer: SlaFigures,
     pub attend: SlaFigures,
     pub devices: DeviceFigures,
+    /// Wellbeing calls made in the period to residents of the group.
+    pub wellbeing_checks: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -443,6 +445,21 @@ pub fn build_report(
         }
     }
 
+    // Wellbeing calls, counted where their resident lives.
+    for w in &data.wellbeing {
+        let place = Place {
+            district: Some(&w.district),
+            street: Some(&w.street),
+            category: w.subsidy_category.as_deref(),
+            known: true,
+            provider_id: contracted_provider(&data.coverage, &w.district, &w.street),
+        };
+        rows.entry(key_of(by, &place, &names))
+            .or_default()
+            .wellbeing_checks += 1;
+        total.wellbeing_checks += 1;
+    }
+
     finish(&mut total, targets);
     MonthlyReport {
         period: period(month, targets, now),
@@ -509,7 +526,7 @@ pub fn build_breaches(data: &SlaData, month: Month, targets: &SlaTargets, now: i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{CoverageRow, SlaDeviceRow, SlaIncidentRow};
+    use crate::store::{CoverageRow, SlaDeviceRow, SlaIncidentRow, SlaWellbeingRow};
 
     const NOV: &str = "2026-11";
 
@@ -546,6 +563,18 @@ mod tests {
         technical.lane = "technical".into();
         technical.state = "queued".into();
         SlaData {
+            wellbeing: vec![
+                SlaWellbeingRow {
+                    district: "越秀区".into(),
+                    street: "一街".into(),
+                    subsidy_category: Some("living_alone".into()),
+                },
+                SlaWellbeingRow {
+                    district: "越秀区".into(),
+                    street: "二街".into(),
+                    subsidy_category: Some("advanced_age".into()),
+                },
+            ],
             incidents: vec![
                 incident(1, "越秀区", "living_alone", Some(30)),
                 incident(2, "越秀区", "living_alone", Some(90)),
@@ -648,6 +677,10 @@ mod tests {
         assert_eq!(total.answer.within_pct, Some(50.0));
         assert_eq!(total.devices.watched, 2);
         assert_eq!(total.devices.online, 1);
+        // Both wellbeing calls were to residents of 越秀区, contracted to provider 10.
+        assert_eq!(contracted.wellbeing_checks, 2);
+        assert_eq!(went.wellbeing_checks, 0);
+        assert_eq!(total.wellbeing_checks, 2);
     }
 
     #[test]
@@ -701,7 +734,10 @@ mod tests {
             "the header is not repeated"
         );
         let r = build_report(&data(), month(), Grouping::Street, &t, month().end_ms());
-        assert_eq!(r.rows.len(), 2);
+        // 天河区一街, 越秀区一街, and 越秀区二街 where only a wellbeing call was made.
+        assert_eq!(r.rows.len(), 3);
+        assert_eq!(r.rows[2].figures.wellbeing_checks, 1);
+        assert_eq!(r.rows[2].figures.incidents_life_safety, 0);
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["month"], NOV);
         assert_eq!(j["by"], "street");

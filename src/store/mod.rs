@@ -51,7 +51,7 @@ pub use registry_edit::{
 };
 pub use sla::{
     CoverageRow, ImportError, ImportedDispatch, ImportedEvent, ImportedIncident, OfflineSpell,
-    SlaData, SlaDeviceRow, SlaDispatchRow, SlaIncidentRow,
+    SlaData, SlaDeviceRow, SlaDispatchRow, SlaIncidentRow, SlaWellbeingRow,
 };
 pub use timers::{ClaimCheck, OfferCheck, TimerRow};
 pub use transitions::{Transition, TransitionError};

@@ -69,9 +69,19 @@ pub struct OfflineSpell {
     pub ended_at: Option<i64>,
 }
 
+/// A wellbeing call made in the period, and where its client lives.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct SlaWellbeingRow {
+    pub district: String,
+    pub street: String,
+    pub subsidy_category: Option<String>,
+}
+
 /// Everything one report needs, read in a few queries.
 #[derive(Debug, Clone, Default)]
 pub struct SlaData {
+    /// Wellbeing calls made in the period.
+    pub wellbeing: Vec<SlaWellbeingRow>,
     pub incidents: Vec<SlaIncidentRow>,
     pub dispatches: Vec<SlaDispatchRow>,
     /// (id, name) of every provider.
@@ -155,7 +165,16 @@ impl Db {
             .bind(to_ms)
             .fetch_all(p)
             .await)?;
+        let wellbeing: Vec<SlaWellbeingRow> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT c.district, c.street, c.subsidy_category FROM wellbeing_checks w \
+             JOIN clients c ON c.id = w.client_id WHERE w.at >= $1 AND w.at < $2"
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(p)
+        .await)?;
         Ok(SlaData {
+            wellbeing,
             incidents,
             dispatches,
             providers,
