@@ -24,6 +24,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("queue.js", JS, include_str!("console/queue.js")),
     ("incident.js", JS, include_str!("console/incident.js")),
     ("carer.js", JS, include_str!("console/carer.js")),
+    ("closing.js", JS, include_str!("console/closing.js")),
     ("style.css", CSS, include_str!("console/style.css")),
 ];
 

@@ -4,6 +4,7 @@
 import { api, login, logout, now, session } from './api.js';
 import { Alarm } from './alert.js';
 import { CarerView } from './carer.js';
+import { ClosingView } from './closing.js';
 import { clock, fill, h } from './dom.js';
 import { Feed } from './feed.js';
 import { other, setLang, t } from './i18n.js';
@@ -164,7 +165,10 @@ async function doLogout() {
 
 // ---- the views by role ---------------------------------------------------------
 
-/** Operators, supervisors (with breaches) and admins (read-only): queue and screen-pop. */
+/**
+ * Operators, supervisors (with breaches) and admins (read-only): the open
+ * queue, the incidents waiting to be closed, and the screen-pop.
+ */
 class StaffScreen {
   constructor(role) {
     this.canAct = role === 'operator' || role === 'supervisor';
@@ -172,6 +176,7 @@ class StaffScreen {
     this.loading = false;
     this.again = false;
     this.queue = new QueueView({ onSelect: (id) => this.select(id), supervisor: role === 'supervisor' });
+    this.closing = new ClosingView({ onSelect: (id) => this.select(id) });
     this.incident = new IncidentView({ canAct: this.canAct, notify, onChanged: () => this.reload() });
     this.feed = new Feed({
       token: () => (session() ? session().token : null),
@@ -181,7 +186,8 @@ class StaffScreen {
       onUnauthorized: () => window.dispatchEvent(new CustomEvent('pat:unauthorized')),
     });
     this.note = role === 'admin' ? h('p', { class: 'note' }) : null;
-    this.el = h('div', { class: 'staff' }, this.note, h('div', { class: 'split' }, this.queue.el, this.incident.el));
+    this.el = h('div', { class: 'staff' }, this.note,
+      h('div', { class: 'split' }, h('div', { class: 'col' }, this.queue.el, this.closing.el), this.incident.el));
     this.relabel();
   }
 
@@ -207,11 +213,13 @@ class StaffScreen {
   relabel() {
     if (this.note) this.note.textContent = t('admin.note');
     this.queue.render();
+    this.closing.render();
     this.incident.relabel();
   }
 
   select(id) {
     this.queue.select(id);
+    this.closing.select(id);
     this.incident.open(id);
   }
 
@@ -230,6 +238,7 @@ class StaffScreen {
     }
   }
 
+  /** The open queue and the incidents waiting to be closed. */
   async reload() {
     if (this.loading) {
       this.again = true;
@@ -239,14 +248,20 @@ class StaffScreen {
     try {
       do {
         this.again = false;
-        try {
-          this.rows = await api('GET', '/api/v1/incidents');
-          this.queue.set(this.rows);
+        // Each list on its own: a failure of the second never holds up the alarms.
+        const [open, resolved] = await Promise.allSettled([
+          api('GET', '/api/v1/incidents'),
+          api('GET', '/api/v1/incidents?state=resolved'),
+        ]);
+        if (open.status === 'fulfilled') {
+          this.rows = open.value;
+          this.queue.set(open.value);
           alarm.set(this.canAct && this.waiting().length > 0);
           showAlarm();
-        } catch (e) {
-          if (session()) notify('error', t('error.load', { message: problem(e) }));
         }
+        if (resolved.status === 'fulfilled') this.closing.set(resolved.value);
+        const failed = [open, resolved].find((r) => r.status === 'rejected');
+        if (failed && session()) notify('error', t('error.load', { message: problem(failed.reason) }));
       } while (this.again);
     } finally {
       this.loading = false;
