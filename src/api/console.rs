@@ -25,6 +25,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("incident.js", JS, include_str!("console/incident.js")),
     ("carer.js", JS, include_str!("console/carer.js")),
     ("closing.js", JS, include_str!("console/closing.js")),
+    ("wellbeing.js", JS, include_str!("console/wellbeing.js")),
     ("style.css", CSS, include_str!("console/style.css")),
 ];
 

@@ -1,5 +1,6 @@
 // The console's shell: log-in, the top bar (who, live feed, sound, language,
-// log-out), the alarm banner, messages, and the view for the account's role.
+// log-out), the alarm banner, messages, and the view for the account's role:
+// its pages (alarms, wellbeing calls) behind tabs.
 
 import { api, login, logout, now, session } from './api.js';
 import { Alarm } from './alert.js';
@@ -10,6 +11,7 @@ import { Feed } from './feed.js';
 import { other, setLang, t } from './i18n.js';
 import { IncidentView, problem } from './incident.js';
 import { QueueView } from './queue.js';
+import { WellbeingView } from './wellbeing.js';
 
 const root = document.getElementById('app');
 const banner = document.getElementById('alarm-banner');
@@ -165,9 +167,18 @@ async function doLogout() {
 
 // ---- the views by role ---------------------------------------------------------
 
+/** The pages of each staff role, in the order of their tabs (what the API lets the role read). */
+const PAGES = {
+  operator: ['alarms', 'wellbeing'],
+  supervisor: ['alarms', 'wellbeing'],
+  admin: ['alarms', 'wellbeing'],
+};
+
 /**
  * Operators, supervisors (with breaches) and admins (read-only): the open
- * queue, the incidents waiting to be closed, and the screen-pop.
+ * queue, the incidents waiting to be closed and the screen-pop; the
+ * wellbeing calls. The queue, its feed and the alarm keep running whichever
+ * page is in front.
  */
 class StaffScreen {
   constructor(role) {
@@ -175,6 +186,7 @@ class StaffScreen {
     this.rows = [];
     this.loading = false;
     this.again = false;
+    this.pages = PAGES[role];
     this.queue = new QueueView({ onSelect: (id) => this.select(id), supervisor: role === 'supervisor' });
     this.closing = new ClosingView({ onSelect: (id) => this.select(id) });
     this.incident = new IncidentView({ canAct: this.canAct, notify, onChanged: () => this.reload() });
@@ -185,15 +197,22 @@ class StaffScreen {
       onState: setFeedState,
       onUnauthorized: () => window.dispatchEvent(new CustomEvent('pat:unauthorized')),
     });
+    this.views = {
+      alarms: { el: h('div', { class: 'split' }, h('div', { class: 'col' }, this.queue.el, this.closing.el), this.incident.el) },
+      wellbeing: new WellbeingView({ canAct: this.canAct, notify }),
+    };
     this.note = role === 'admin' ? h('p', { class: 'note' }) : null;
-    this.el = h('div', { class: 'staff' }, this.note,
-      h('div', { class: 'split' }, h('div', { class: 'col' }, this.queue.el, this.closing.el), this.incident.el));
+    this.tabs = h('nav', { class: 'tabs', 'aria-label': t('nav.label') });
+    this.page = this.pages.includes(location.hash.slice(1)) ? location.hash.slice(1) : 'alarms';
+    this.el = h('div', { class: 'staff' }, this.note, this.tabs,
+      this.pages.map((p) => h('div', { class: 'page', 'data-page': p }, this.views[p].el)));
     this.relabel();
   }
 
   start() {
     this.reload();
     this.feed.start();
+    this.show(this.page);
     this.ticker = setInterval(() => {
       this.queue.tick();
       showAlarm();
@@ -210,14 +229,39 @@ class StaffScreen {
     clearTimeout(this.detailSoon);
   }
 
+  /** Bring a page to the front (kept in the address's #fragment across reloads). */
+  show(page) {
+    const changed = page !== this.page;
+    this.page = page;
+    for (const el of this.el.querySelectorAll('.page')) el.hidden = el.dataset.page !== page;
+    for (const b of this.tabs.querySelectorAll('button')) {
+      if (b.dataset.page === page) b.setAttribute('aria-current', 'page');
+      else b.removeAttribute('aria-current');
+    }
+    document.body.dataset.page = page;
+    if (location.hash !== `#${page}`) history.replaceState(null, '', `#${page}`);
+    const view = this.views[page];
+    if (view.show) view.show();
+    if (changed && page === 'alarms') this.reload();
+  }
+
   relabel() {
     if (this.note) this.note.textContent = t('admin.note');
+    fill(this.tabs, this.pages.map((p) => h('button', {
+      type: 'button',
+      'data-page': p,
+      'aria-current': p === this.page ? 'page' : null,
+      onclick: () => this.show(p),
+    }, t(`nav.${p}`))));
     this.queue.render();
     this.closing.render();
     this.incident.relabel();
+    for (const p of this.pages) if (p !== 'alarms') this.views[p].relabel();
   }
 
+  /** Open an incident's screen-pop, on the alarms page. */
   select(id) {
+    if (this.page !== 'alarms') this.show('alarms');
     this.queue.select(id);
     this.closing.select(id);
     this.incident.open(id);
@@ -325,6 +369,7 @@ function stopScreen() {
   banner.hidden = true;
   clearMessage();
   document.body.dataset.alarm = 'off';
+  delete document.body.dataset.page;
 }
 
 function start() {
