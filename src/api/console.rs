@@ -26,6 +26,8 @@ const FILES: &[(&str, &str, &str)] = &[
     ("carer.js", JS, include_str!("console/carer.js")),
     ("closing.js", JS, include_str!("console/closing.js")),
     ("wellbeing.js", JS, include_str!("console/wellbeing.js")),
+    ("reports.js", JS, include_str!("console/reports.js")),
+    ("chart.js", JS, include_str!("console/chart.js")),
     ("style.css", CSS, include_str!("console/style.css")),
 ];
 

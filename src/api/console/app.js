@@ -1,6 +1,6 @@
 // The console's shell: log-in, the top bar (who, live feed, sound, language,
 // log-out), the alarm banner, messages, and the view for the account's role:
-// its pages (alarms, wellbeing calls) behind tabs.
+// its pages (alarms, wellbeing calls, reports) behind tabs.
 
 import { api, login, logout, now, session } from './api.js';
 import { Alarm } from './alert.js';
@@ -11,6 +11,7 @@ import { Feed } from './feed.js';
 import { other, setLang, t } from './i18n.js';
 import { IncidentView, problem } from './incident.js';
 import { QueueView } from './queue.js';
+import { ReportsView } from './reports.js';
 import { WellbeingView } from './wellbeing.js';
 
 const root = document.getElementById('app');
@@ -170,15 +171,15 @@ async function doLogout() {
 /** The pages of each staff role, in the order of their tabs (what the API lets the role read). */
 const PAGES = {
   operator: ['alarms', 'wellbeing'],
-  supervisor: ['alarms', 'wellbeing'],
-  admin: ['alarms', 'wellbeing'],
+  supervisor: ['alarms', 'wellbeing', 'reports'],
+  admin: ['alarms', 'wellbeing', 'reports'],
 };
 
 /**
  * Operators, supervisors (with breaches) and admins (read-only): the open
  * queue, the incidents waiting to be closed and the screen-pop; the
- * wellbeing calls. The queue, its feed and the alarm keep running whichever
- * page is in front.
+ * wellbeing calls; reports for supervisors and admins. The queue, its feed
+ * and the alarm keep running whichever page is in front.
  */
 class StaffScreen {
   constructor(role) {
@@ -201,6 +202,7 @@ class StaffScreen {
       alarms: { el: h('div', { class: 'split' }, h('div', { class: 'col' }, this.queue.el, this.closing.el), this.incident.el) },
       wellbeing: new WellbeingView({ canAct: this.canAct, notify }),
     };
+    if (this.pages.includes('reports')) this.views.reports = new ReportsView({ notify, onOpen: (id) => this.select(id) });
     this.note = role === 'admin' ? h('p', { class: 'note' }) : null;
     this.tabs = h('nav', { class: 'tabs', 'aria-label': t('nav.label') });
     this.page = this.pages.includes(location.hash.slice(1)) ? location.hash.slice(1) : 'alarms';
@@ -313,34 +315,21 @@ class StaffScreen {
   }
 }
 
-/** Regulators: what they can use, and the report endpoints this server has. */
+/** Regulators: the city's reports, and nothing else (the API lets them read no queue and no resident). */
 class RegulatorScreen {
   constructor() {
-    this.el = h('section', { class: 'panel regulator' });
-    this.paths = null;
+    this.view = new ReportsView({ notify, onOpen: null });
+    this.el = this.view.el;
   }
 
-  async start() {
-    try {
-      const res = await fetch('/openapi.json', { cache: 'no-store' });
-      const doc = await res.json();
-      this.paths = Object.keys(doc.paths || {}).filter((p) => p.startsWith('/api/v1/reports'));
-    } catch {
-      this.paths = [];
-    }
-    this.relabel();
+  start() {
+    this.view.start();
   }
 
   stop() {}
 
   relabel() {
-    const paths = this.paths || [];
-    fill(this.el,
-      h('h2', {}, t('regulator.title')),
-      h('p', {}, t('regulator.text')),
-      paths.length
-        ? [h('p', {}, t('regulator.list')), h('ul', {}, paths.map((p) => h('li', {}, h('code', {}, p))))]
-        : h('p', { class: 'muted' }, t('regulator.none')));
+    this.view.relabel();
   }
 }
 
