@@ -252,7 +252,8 @@ export class ReportsView {
       return h('td', { class: `pct ${ok === null ? '' : ok ? 'pass' : 'fail'}` },
         h('span', { class: 'value' }, pct(value)),
         count != null ? h('div', { class: 'small' }, `${count} / ${base}`) : null,
-        ok === null ? null : h('div', { class: 'verdict' }, ok ? t('rep.pass', { target }) : t('rep.fail', { target })));
+        ok === null ? null : h('div', { class: 'verdict' }, ok ? t('rep.pass') : t('rep.fail'),
+          h('div', { class: 'target' }, t('rep.target', { target }))));
     };
     const d = f.devices;
     fill(tr, keys,
@@ -284,7 +285,7 @@ export class ReportsView {
       targetLabel: t('chart.target', { pct: tg.answer_pct }),
       valueText: (v) => (v == null
         ? t('chart.none')
-        : `${pct(v)} ${v >= tg.answer_pct ? t('rep.pass', { target: tg.answer_pct }) : t('rep.fail', { target: tg.answer_pct })}`),
+        : `${pct(v)} ${v >= tg.answer_pct ? t('rep.pass') : t('rep.fail')} (${t('rep.target', { target: tg.answer_pct })})`),
     });
   }
 
