@@ -24,6 +24,10 @@ const FILES: &[(&str, &str, &str)] = &[
     ("queue.js", JS, include_str!("console/queue.js")),
     ("incident.js", JS, include_str!("console/incident.js")),
     ("carer.js", JS, include_str!("console/carer.js")),
+    ("closing.js", JS, include_str!("console/closing.js")),
+    ("wellbeing.js", JS, include_str!("console/wellbeing.js")),
+    ("reports.js", JS, include_str!("console/reports.js")),
+    ("chart.js", JS, include_str!("console/chart.js")),
     ("style.css", CSS, include_str!("console/style.css")),
 ];
 

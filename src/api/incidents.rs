@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ACTORS, ApiError, ApiState, Caller, ErrorBody, STAFF};
-use crate::domain::Action;
+use crate::domain::{Action, State as IncidentState};
 use crate::incident::CommandError;
 use crate::store::{
     AuditEntry, DeviceStatus, DispatchRow, HandoffError, IncidentSummary, NotificationRow,
@@ -20,11 +20,15 @@ use crate::store::{
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only incidents still needing someone (default true).
+    /// Only incidents still needing someone (default true); ignored with `state`.
     open: Option<bool>,
     /// Only this lane.
     #[param(inline)]
     lane: Option<LaneParam>,
+    /// Only incidents in exactly this state, open or not (`resolved`: help
+    /// was given and an operator has still to close it). Overrides `open`.
+    #[param(inline)]
+    state: Option<StateParam>,
     /// At most this many (default 200).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
@@ -48,7 +52,44 @@ impl LaneParam {
     }
 }
 
+/// An incident state, as `GET /api/v1/incidents?state=` takes it: every
+/// [`IncidentState`], by the same name.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StateParam {
+    Received,
+    Queued,
+    Claimed,
+    InContact,
+    Dispatched,
+    CarerAccepted,
+    OnScene,
+    Resolved,
+    Closed,
+    Cancelled,
+    Merged,
+}
+
+impl StateParam {
+    fn state(self) -> IncidentState {
+        match self {
+            StateParam::Received => IncidentState::Received,
+            StateParam::Queued => IncidentState::Queued,
+            StateParam::Claimed => IncidentState::Claimed,
+            StateParam::InContact => IncidentState::InContact,
+            StateParam::Dispatched => IncidentState::Dispatched,
+            StateParam::CarerAccepted => IncidentState::CarerAccepted,
+            StateParam::OnScene => IncidentState::OnScene,
+            StateParam::Resolved => IncidentState::Resolved,
+            StateParam::Closed => IncidentState::Closed,
+            StateParam::Cancelled => IncidentState::Cancelled,
+            StateParam::Merged => IncidentState::Merged,
+        }
+    }
+}
+
 /// The queue: life-safety first, then technical; oldest first within each.
+/// With `state`, the incidents in that state instead (the same order).
 #[utoipa::path(
     get, path = "/api/v1/incidents", tag = "incidents",
     params(ListQuery),
@@ -75,6 +116,7 @@ pub async fn list(
         s.db.queue(&QueueFilter {
             open_only: q.open.unwrap_or(true),
             lane: q.lane.map(LaneParam::as_str),
+            state: q.state.map(|s| s.state().as_str()),
             limit,
         })
         .await?;
@@ -690,4 +732,22 @@ pub async fn handoff(
     .await?;
     s.feed.changed.notify_one();
     Ok((StatusCode::CREATED, Json(HandoffView::from(h))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `?state=` takes every state by its own name, and nothing else.
+    #[test]
+    fn the_state_parameter_names_every_state() {
+        for s in IncidentState::ALL {
+            let p: StateParam = serde_json::from_value(serde_json::json!(s.as_str()))
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(p.state(), s);
+        }
+        for bad in ["open", "Resolved", "", "resolved "] {
+            assert!(serde_json::from_value::<StateParam>(serde_json::json!(bad)).is_err());
+        }
+    }
 }

@@ -33,6 +33,9 @@ pub struct QueueFilter<'a> {
     /// Only those still needing someone.
     pub open_only: bool,
     pub lane: Option<&'a str>,
+    /// Only incidents in exactly this state (`resolved`: waiting to be
+    /// closed); overrides `open_only`.
+    pub state: Option<&'a str>,
     pub limit: i64,
 }
 
@@ -102,7 +105,7 @@ pub struct CarerJob {
 impl Db {
     /// The queue: life-safety before technical, then oldest first.
     pub async fn queue(&self, f: &QueueFilter<'_>) -> Result<Vec<QueueRow>, StoreError> {
-        let open = if f.open_only {
+        let open = if f.open_only && f.state.is_none() {
             "AND i.state NOT IN ('resolved', 'closed', 'cancelled', 'merged')"
         } else {
             ""
@@ -112,7 +115,7 @@ impl Db {
              i.press_count, i.device_id, i.claimed_by, i.advised_service, i.client_id, \
              c.name AS client_name, c.district, c.street \
              FROM incidents i LEFT JOIN clients c ON c.id = i.client_id \
-             WHERE ($1 IS NULL OR i.lane = $1) {open} \
+             WHERE ($1 IS NULL OR i.lane = $1) AND ($3 IS NULL OR i.state = $3) {open} \
              ORDER BY CASE i.lane WHEN 'life_safety' THEN 0 WHEN 'technical' THEN 1 ELSE 2 END, \
              i.opened_at, i.id LIMIT $2"
         );
@@ -121,6 +124,7 @@ impl Db {
         ))
         .bind(f.lane)
         .bind(f.limit.clamp(1, 1000))
+        .bind(f.state)
         .fetch_all(p)
         .await)?)
     }

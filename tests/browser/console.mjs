@@ -1,27 +1,32 @@
 // The operator console in real headless Chromium: log in, wait for an SOS to
 // appear in the live queue, open it, claim it, dispatch the suggested carer,
-// record a 120 hand-off, resolve and close it, and see it leave the queue.
-// Given a carer's account too, that carer accepts and arrives in a second tab
-// and the operator's screen-pop follows through the live feed.
+// record a 120 hand-off and resolve it; after a reload, find it under
+// "Waiting to be closed", close it and see it leave both lists; record a
+// wellbeing call. Given a carer's account too, that carer accepts and arrives
+// in a second tab and the operator's screen-pop follows through the live feed.
+// Given a regulator's account, the regulator sees the month's report, its
+// chart and breach list, downloads the CSV, and sees no queue and no resident.
 //
-//   node tests/browser/console.mjs <http-url> <username> <password> <screenshot.png> [carer-username]
+//   node tests/browser/console.mjs <http-url> <username> <password> <screenshot.png> [carer-username] [regulator-username]
 //
 // Prints READY once logged in with the queue loaded and the live feed
 // connected (the caller then presses the SOS); exits 0 when every step
 // passed, 1 with a message saying which did not. Started by
 // tests/pipeline/browser.rs.
 
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 
-const [url, username, password, screenshot, carer] = process.argv.slice(2);
+const [url, username, password, screenshot, carer, regulator] = process.argv.slice(2);
 if (!url || !username || !password || !screenshot) {
-  console.error('usage: node console.mjs <http-url> <username> <password> <screenshot.png> [carer-username]');
+  console.error('usage: node console.mjs <http-url> <username> <password> <screenshot.png> [carer-username] [regulator-username]');
   process.exit(2);
 }
 
 const RESIDENT = '陈秀英';
+/** A resident whose pendant nobody has used: on the wellbeing list (seeded by tests/pipeline/browser.rs). */
+const QUIET_RESIDENT = '王桂兰';
 const STEP_MS = 20000; // any one wait
 const TOTAL_MS = 120000; // the whole run
 const CHROMIUM = process.env.PAT_CHROMIUM || '/usr/bin/chromium';
@@ -118,6 +123,83 @@ async function carerAnswers() {
   await page.waitForSelector(`[data-test=dispatches] tr[data-dispatch="${dispatch}"]`);
 }
 
+/** The operator calls a resident nobody has heard from and records it; the resident leaves the list. */
+async function wellbeingCall() {
+  log('wellbeing calls');
+  await page.click('nav.tabs button[data-page=wellbeing]');
+  await page.waitForSelector('[data-test=wellbeing][data-loaded=true]');
+  check(await page.isHidden('[data-test=queue]'), 'the queue is behind its tab');
+  const row = page.locator('[data-test=wellbeing] tr[data-client]', { hasText: QUIET_RESIDENT });
+  await row.waitFor();
+  const client = await row.getAttribute('data-client');
+  check(await row.locator('.never').isVisible(), 'a pendant never used says so');
+  await page.screenshot({ path: join(dirname(screenshot), 'wellbeing.png'), fullPage: true });
+  // A refusal is shown in the server's words, on the row, and the row stays
+  // (this one answer is made up here, as the server words a resident removed
+  // meanwhile: the real server takes every valid call).
+  const refusal = 'no such resource';
+  await page.route('**/wellbeing-checks', (r) => r.fulfill({ status: 404, contentType: 'application/json', body: JSON.stringify({ error: refusal }) }), { times: 1 });
+  await row.locator('button[data-action=record]').click();
+  await row.locator('.problem', { hasText: refusal }).waitFor();
+  check((await page.innerText('#message.error')).includes(`${refusal} (HTTP 404)`), 'the refusal is in the message too');
+  await page.selectOption(`#wb-outcome-${client}`, 'well');
+  await page.fill(`#wb-note-${client}`, '电话接通，身体很好，手机放在床边');
+  await row.locator('button[data-action=record]').click();
+  await page.waitForFunction((c) => !document.querySelector(`[data-test=wellbeing] tr[data-client="${c}"]`), client);
+  await page.waitForSelector('#message.ok');
+  log(`call to client ${client} recorded`);
+  await page.click('nav.tabs button[data-page=alarms]');
+  await page.waitForSelector('[data-test=queue]:visible');
+}
+
+/** The regulator: this month's report, its chart, the breach list and the CSV; nothing else. */
+async function regulatorReads() {
+  log(`regulator ${regulator} logs in`);
+  const refused = [];
+  const watch = (r) => {
+    if (r.url().includes('/api/') && r.status() >= 400) refused.push(`${r.status()} ${r.url()}`);
+  };
+  page.on('response', watch);
+  await logIn(page, regulator);
+  await page.waitForSelector('[data-test=reports][data-loaded=true]');
+  const cst = new Date(Date.now() + 8 * 3600 * 1000);
+  const month = `${cst.getUTCFullYear()}-${String(cst.getUTCMonth() + 1).padStart(2, '0')}`;
+  check((await page.inputValue('#report-month')) === month, `this China Standard Time month by default (${month})`);
+  const rows = await page.locator('[data-test=report-table] tbody tr[data-row]').count();
+  check(rows >= 1, `the report has a row per provider, got ${rows}`);
+  check((await page.locator('[data-test=report-table] tfoot tr[data-row=total]').count()) === 1, 'the whole city');
+  const verdicts = await page.locator('[data-test=report-table] .verdict').allInnerTexts();
+  check(verdicts.some((v) => /97\.5/.test(v)), `the 97.5 % target beside the percentage, got ${verdicts.join(' | ')}`);
+  await page.waitForSelector('svg[data-test=chart] rect.bar');
+  await page.waitForSelector('svg[data-test=chart] line.target', { state: 'attached' });
+  // The SOS answered after 212 s earlier this month: a missed target, in words, and a breach.
+  check(verdicts.some((v) => v.includes('✗')), `a missed target says so, got ${verdicts.join(' | ')}`);
+  const breach = page.locator('[data-test=breach-list] tr[data-breach]');
+  await breach.first().waitFor();
+  const why = await breach.first().innerText();
+  check(why.includes('212') && why.includes('180'), `the breach says why: ${why}`);
+  for (const none of ['[data-test=queue]', '[data-test=incident]', '[data-test=wellbeing]', 'nav.tabs', '#feed-state', '#sound-toggle']) {
+    check((await page.locator(none).count()) === 0, `a regulator sees no ${none}`);
+  }
+  const shot = join(dirname(screenshot), 'reports.png');
+  await page.screenshot({ path: shot, fullPage: true });
+  log(`screenshot: ${shot}`);
+
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#report-csv')]);
+  const name = download.suggestedFilename();
+  check(name === `pingantong-${month}-provider.csv`, `the CSV's name, got ${name}`);
+  const csv = readFileSync(await download.path(), 'utf8');
+  check(csv.startsWith('month,provider_id,provider,') && csv.includes('answered_within_60s') && csv.includes('(all)'), `the CSV: ${csv.slice(0, 200)}`);
+  check(!(await page.evaluate(() => performance.getEntriesByType('resource').some((e) => /token=/.test(e.name)))), 'no token in a URL');
+
+  await page.selectOption('#report-by', 'district');
+  await page.waitForSelector('[data-test=report-table] tbody tr[data-row="越秀区"]');
+  check(refused.length === 0, `the regulator's page asked only for what a regulator may read: ${refused.join(', ')}`);
+  page.off('response', watch);
+  await page.click('#logout');
+  await page.waitForSelector('#login-username');
+}
+
 async function run() {
   log(`launching ${CHROMIUM}`);
   context = await chromium.launchPersistentContext(profile, {
@@ -179,7 +261,7 @@ async function run() {
 
   console.log('READY');
   log(`waiting for ${RESIDENT}'s SOS in the queue`);
-  const row = page.locator('tr[data-incident]', { hasText: RESIDENT });
+  const row = page.locator('[data-test=queue] tr[data-incident]', { hasText: RESIDENT });
   await row.first().waitFor({ timeout: 30000 });
   const id = Number(await row.first().getAttribute('data-incident'));
   log(`incident ${id} is in the queue`);
@@ -247,17 +329,34 @@ async function run() {
 
   await act('resolve');
   await page.waitForSelector(`[data-test=incident][data-state=resolved]`);
+  log('resolved: off the open queue, onto "Waiting to be closed"');
+  await page.waitForSelector(`[data-test=closing] tr[data-incident="${id}"]`);
+  await page.waitForFunction((i) => !document.querySelector(`[data-test=queue] tr[data-incident="${i}"]`), id);
+
+  // A fresh page knows nothing of it: the list is where the operator finds it.
+  await page.reload();
+  await page.waitForSelector('[data-test=closing][data-loaded=true]');
+  check(!(await page.isVisible('[data-test=incident] #resident-name')), 'no screen-pop open after a reload');
+  await page.screenshot({ path: join(dirname(screenshot), 'closing.png'), fullPage: true });
+  await page.click(`[data-test=closing] tr[data-incident="${id}"] button[data-open]`);
+  await page.waitForSelector(`[data-test=incident][data-incident="${id}"][data-state=resolved] #resident-name`);
+  check((await page.getAttribute(`[data-test=closing] tr[data-incident="${id}"]`, 'aria-selected')) === 'true', 'the row is selected');
   await page.selectOption('#close-outcome', 'help_given');
   await page.fill('#close-detail', '护理员到场，长者无受伤');
   await act('close');
   await page.waitForSelector(`[data-test=incident][data-state=closed]`);
-  log('closed; waiting for the row to leave the open queue');
+  log('closed; waiting for the row to leave both lists');
   await page.waitForFunction((i) => !document.querySelector(`tr[data-incident="${i}"]`), id);
+
+  await wellbeingCall();
 
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join('; ')}`);
   await page.click('#logout');
   await page.waitForSelector('#login-username');
   check((await page.evaluate(() => sessionStorage.getItem('pat.session'))) === null, 'log-out forgets the token');
+
+  if (regulator) await regulatorReads();
+  check(pageErrors.length === 0, `errors in the page: ${pageErrors.join('; ')}`);
   log('PASS');
 }
 

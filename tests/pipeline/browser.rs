@@ -1,7 +1,9 @@
 //! The web console in a real headless Chromium: an operator logs in, an SOS
 //! pressed over the native protocol appears in the live queue, and the
-//! operator takes it to closed through the page (tests/browser/console.mjs,
-//! driven by Playwright). Also: the console's files are served as they should be.
+//! operator takes it to closed through the page — closing it from "Waiting to
+//! be closed" after a reload — and records a wellbeing call; then a regulator
+//! reads the month's report (tests/browser/console.mjs, driven by Playwright).
+//! Also: the console's files are served as they should be.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use pingantong::api::auth::hash_password;
 use pingantong::domain::Role;
-use pingantong::store::NewUser;
+use pingantong::domain::State;
+use pingantong::sla::Month;
+use pingantong::store::{ImportedEvent, ImportedIncident, NewClient, NewDevice, NewUser, now_ms};
 use pingantong_protocol::EventKind;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -18,6 +22,9 @@ use crate::helpers::*;
 
 const OPERATOR: &str = "op.browser";
 const CARER: &str = "carer.browser";
+const REGULATOR: &str = "reg.browser";
+/// On the wellbeing list: her pendant was never pressed or tested (console.mjs looks for her).
+const QUIET_RESIDENT: &str = "王桂兰";
 /// How long the script may take before it is killed (it gives up by itself after 120 s).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
 const HOW_TO_INSTALL: &str = "install them as ops/test.sh does: `apt-get install -y chromium` \
@@ -94,9 +101,40 @@ async fn operator_takes_an_sos_to_closed_in_headless_chromium() {
         )
         .await
         .unwrap();
+    add_user(&app.db, REGULATOR, Role::Regulator).await;
+    let quiet = app
+        .db
+        .insert_client(&NewClient {
+            name: QUIET_RESIDENT.into(),
+            address: "广州市越秀区光塔街 3号 502室".into(),
+            district: "越秀区".into(),
+            street: "光塔街".into(),
+            lat: Some(23.1268),
+            lon: Some(113.2590),
+            language: "yue".into(),
+            medical_notes: String::new(),
+            medications: String::new(),
+            allergies: String::new(),
+            birth_year: Some(1941),
+            subsidy_category: Some("advanced_age".into()),
+        })
+        .await
+        .unwrap();
+    app.db
+        .upsert_device(&NewDevice {
+            id: unique("PQ").replace('_', "-"),
+            protocol: "native".into(),
+            secret: b"a pendant nobody has pressed yet".to_vec(),
+            client_id: Some(quiet),
+        })
+        .await
+        .unwrap();
+    let past = slow_answer_this_month(&app.db, &city).await;
     let url = format!("http://{}/", app.addrs.http);
     let png = root().join("target/browser/console.png");
+    let reports_png = root().join("target/browser/reports.png");
     let _ = std::fs::remove_file(&png);
+    let _ = std::fs::remove_file(&reports_png);
 
     let started = Instant::now();
     let mut child = tokio::process::Command::new("node")
@@ -106,6 +144,7 @@ async fn operator_takes_an_sos_to_closed_in_headless_chromium() {
         .arg(PASSWORD)
         .arg(&png)
         .arg(CARER)
+        .arg(REGULATOR)
         .current_dir(root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -185,8 +224,9 @@ async fn operator_takes_an_sos_to_closed_in_headless_chromium() {
 
     // What the page did is what the server holds.
     let incidents = app.db.incidents_overview().await.unwrap();
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    let id = incidents[0].0;
+    let live: Vec<_> = incidents.iter().filter(|i| i.0 != past).collect();
+    assert_eq!(live.len(), 1, "{incidents:?}");
+    let id = live[0].0;
     let s = app.db.incident_summary(id).await.unwrap().unwrap();
     assert_eq!(s.state, "closed");
     assert_eq!(s.outcome.as_deref(), Some("help_given"));
@@ -227,11 +267,105 @@ async fn operator_takes_an_sos_to_closed_in_headless_chromium() {
             "{action} by {CARER}: {carer_said:?}"
         );
     }
+    // The wellbeing call: on the audit chain, and she is off the list.
+    let called = app
+        .db
+        .audit_trail(Some(&format!("client:{quiet}")), 100)
+        .await
+        .unwrap();
+    assert!(
+        called
+            .iter()
+            .any(|e| e.action == "wellbeing_check" && e.actor == actor && e.detail == "well"),
+        "{called:?}"
+    );
+    let now = now_ms();
+    let still = app
+        .db
+        .wellbeing_list(now - 24 * 3_600_000, now, 100)
+        .await
+        .unwrap();
+    assert!(still.iter().all(|r| r.client_id != quiet), "{still:?}");
+    // The regulator read the report and the breach list, and nothing else.
+    let regulator = format!("user:{REGULATOR}");
+    let read: Vec<(String, String)> = app
+        .db
+        .audit_trail(None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.actor == regulator)
+        .map(|e| (e.action, e.subject))
+        .collect();
+    for subject in ["report:monthly:", "report:breaches:"] {
+        assert!(
+            read.iter()
+                .any(|(a, s)| a == "report_read" && s.starts_with(subject)),
+            "{subject} by {regulator}: {read:?}"
+        );
+    }
+    assert!(
+        read.iter()
+            .all(|(a, _)| ["login", "logout", "report_read"].contains(&a.as_str())),
+        "{read:?}"
+    );
     assert!(app.db.verify_audit_chain().await.unwrap().is_ok());
-    let shot = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
-    assert!(shot.len() > 10_000, "a screenshot of {} bytes", shot.len());
-    assert!(shot.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    for shot in [&png, &reports_png] {
+        let bytes = std::fs::read(shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
+        assert!(
+            bytes.len() > 10_000,
+            "a screenshot of {} bytes",
+            bytes.len()
+        );
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    }
     app.stop().await;
+}
+
+/// An SOS of hers earlier this month that an operator answered after 212 s and
+/// closed: the regulator's report has a missed target and a breach to show.
+/// Returns its incident id.
+async fn slow_answer_this_month(db: &pingantong::store::Db, city: &City) -> i64 {
+    let now = now_ms();
+    let opened = (now - 20 * 60_000).max(Month::containing(now).start_ms());
+    let step = |at: i64, action: &str, from: State, to: State| ImportedEvent {
+        at,
+        actor: "operator:op.earlier".into(),
+        action: action.into(),
+        from_state: Some(from.as_str().into()),
+        to_state: Some(to.as_str().into()),
+        detail: String::new(),
+    };
+    let claimed = opened + 212_000;
+    let incident = ImportedIncident {
+        source_ref: "browser-test-slow-answer".into(),
+        client_id: Some(city.client_id),
+        device_id: city.device.clone(),
+        kind: "sos".into(),
+        lane: "life_safety".into(),
+        state: State::Closed,
+        outcome: Some("no_action_needed".into()),
+        claimed_by: Some("operator:op.earlier".into()),
+        device_time: None,
+        received_at: opened,
+        opened_at: opened,
+        closed_at: Some(claimed + 120_000),
+        events: vec![
+            ImportedEvent {
+                at: opened,
+                actor: "system".into(),
+                action: "opened".into(),
+                from_state: None,
+                to_state: Some("queued".into()),
+                detail: String::new(),
+            },
+            step(claimed, "claim", State::Queued, State::Claimed),
+            step(claimed + 60_000, "resolve", State::Claimed, State::Resolved),
+            step(claimed + 120_000, "close", State::Resolved, State::Closed),
+        ],
+        dispatches: Vec::new(),
+    };
+    db.import_incident_history(&[incident]).await.unwrap()[0]
 }
 
 /// The page and its modules, with their types and no caching; the API's

@@ -409,6 +409,123 @@ async fn bad_requests_get_clear_4xx_answers() {
     app.stop().await;
 }
 
+/// `?state=` lists the incidents in exactly that state, open or not: carers'
+/// completed jobs (resolved) are found there to be closed.
+async fn incidents_by_state(backend: Backend) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    add_user(&app.db, "op.li", Role::Operator).await;
+    let api = Api::of(&app);
+    let op = api.token("op.li").await;
+    let mut dev = Device::connect(app.native).await;
+    dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
+        .await;
+    dev.send(&event(&city.device, 2, EventKind::LowBattery), &city.secret)
+        .await;
+    let both = eventually("the SOS and the low-battery job", || async {
+        let all = app.db.incidents_overview().await.unwrap();
+        (all.len() == 2).then_some(all)
+    })
+    .await;
+    let (mut sos, mut battery) = (both[0].0, both[1].0);
+    if app.db.incident_summary(sos).await.unwrap().unwrap().lane != "life_safety" {
+        std::mem::swap(&mut sos, &mut battery);
+    }
+    for step in ["claim", "resolve"] {
+        let (status, body) = api
+            .post(&format!("/api/v1/incidents/{sos}/{step}"), &op, json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{step}: {body}");
+    }
+    let list = |query: &'static str| {
+        let api = &api;
+        let op = &op;
+        async move {
+            let (status, rows) = api
+                .get(&format!("/api/v1/incidents{query}"), Some(op))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{query}: {rows}");
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["id"].as_i64().unwrap(),
+                        r["state"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let resolved = vec![(sos, "resolved".to_owned())];
+    assert_eq!(list("?state=resolved").await, resolved);
+    assert_eq!(
+        list("?state=resolved&open=true").await,
+        resolved,
+        "state overrides open"
+    );
+    assert_eq!(list("?state=resolved&open=false").await, resolved);
+    assert_eq!(list("?state=resolved&lane=life_safety").await, resolved);
+    assert_eq!(list("?state=resolved&lane=technical").await, vec![]);
+    assert_eq!(list("?state=closed").await, vec![]);
+    let queued = list("?state=queued").await;
+    assert_eq!(
+        queued.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![battery],
+        "{queued:?}"
+    );
+    // The open queue no longer has the resolved one.
+    let open = list("").await;
+    assert_eq!(
+        open.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![battery],
+        "{open:?}"
+    );
+
+    let (status, body) = api
+        .post(
+            &format!("/api/v1/incidents/{sos}/close"),
+            &op,
+            json!({"outcome": "help_given"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(list("?state=resolved").await, vec![]);
+    assert_eq!(
+        list("?state=closed").await,
+        vec![(sos, "closed".to_owned())]
+    );
+
+    for bad in [
+        "?state=open",
+        "?state=Resolved",
+        "?state=",
+        "?state=resolved,closed",
+        "?state=resolved&state=closed",
+    ] {
+        let (status, body) = api.get(&format!("/api/v1/incidents{bad}"), Some(&op)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
+    let (status, body) = api.get("/api/v1/incidents?state=open", Some(&op)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("resolved"),
+        "the error names the states: {body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn incidents_by_state_sqlite() {
+    incidents_by_state(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn incidents_by_state_postgres() {
+    incidents_by_state(Backend::Postgres).await;
+}
+
 /// The document served at /openapi.json is valid in shape and names exactly
 /// the routes the server answers.
 #[tokio::test]
@@ -441,6 +558,20 @@ async fn the_openapi_document_matches_the_routes() {
         "/metrics",
     ] {
         assert!(paths.contains_key(must), "{must} undocumented");
+    }
+    // `state` on the queue: an optional query parameter naming every state.
+    let params = doc["paths"]["/api/v1/incidents"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let state = params
+        .iter()
+        .find(|p| p["name"] == "state")
+        .expect("the state parameter is documented");
+    assert_eq!(state["in"], "query");
+    assert_ne!(state["required"], true);
+    let names = state.to_string();
+    for s in pingantong::domain::State::ALL {
+        assert!(names.contains(&format!("\"{s}\"")), "{s} missing: {state}");
     }
     // Every $ref points at a schema the document defines.
     let schemas = doc["components"]["schemas"].as_object().unwrap();

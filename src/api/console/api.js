@@ -25,13 +25,24 @@ function forget() {
   sessionStorage.removeItem(KEY);
 }
 
-async function call(method, path, body, token) {
-  const headers = { Accept: 'application/json' };
+/** The server's `{"error": "…"}` text, or the status when the body has none. */
+async function failure(res) {
+  let data = null;
+  try {
+    data = JSON.parse(await res.text());
+  } catch {
+    data = null;
+  }
+  const message = data && typeof data.error === 'string' ? data.error : `HTTP ${res.status}`;
+  return new ApiError(res.status, message);
+}
+
+async function send(method, path, body, token, accept) {
+  const headers = { Accept: accept };
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
-  let res;
   try {
-    res = await fetch(path, {
+    return await fetch(path, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -41,6 +52,11 @@ async function call(method, path, body, token) {
   } catch (e) {
     throw new ApiError(0, e && e.name === 'TimeoutError' ? 'timeout' : 'unreachable');
   }
+}
+
+async function call(method, path, body, token) {
+  const res = await send(method, path, body, token, 'application/json');
+  if (!res.ok) throw await failure(res);
   const text = await res.text();
   let data = null;
   if (text) {
@@ -49,10 +65,6 @@ async function call(method, path, body, token) {
     } catch {
       data = null;
     }
-  }
-  if (!res.ok) {
-    const message = data && typeof data.error === 'string' ? data.error : `HTTP ${res.status}`;
-    throw new ApiError(res.status, message);
   }
   return { data, date: res.headers.get('Date') };
 }
@@ -81,29 +93,58 @@ export async function logout() {
 /** Milliseconds to add to this browser's clock to get the server's (0 when within 2 s). */
 export let skew = 0;
 
-/**
- * A request with the session's token. A 401 ends the session and tells the
- * page (event `pat:unauthorized`); other errors are thrown as ApiError.
- */
-export async function api(method, path, body) {
+/** The session's token; without one the page is told (event `pat:unauthorized`). */
+function token() {
   const s = session();
   if (!s) {
     window.dispatchEvent(new CustomEvent('pat:unauthorized'));
     throw new ApiError(401, 'not logged in');
   }
+  return s.token;
+}
+
+/** A 401 ends the session and tells the page; every error is thrown on. */
+function rethrow(e) {
+  if (e instanceof ApiError && e.status === 401) {
+    forget();
+    window.dispatchEvent(new CustomEvent('pat:unauthorized'));
+  }
+  throw e;
+}
+
+/**
+ * A request with the session's token. A 401 ends the session and tells the
+ * page (event `pat:unauthorized`); other errors are thrown as ApiError.
+ */
+export async function api(method, path, body) {
+  const bearer = token();
   try {
-    const { data, date } = await call(method, path, body, s.token);
+    const { data, date } = await call(method, path, body, bearer);
     if (date) {
       const d = Date.parse(date) - Date.now();
       skew = Number.isFinite(d) && Math.abs(d) > 2000 ? d : 0;
     }
     return data;
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) {
-      forget();
-      window.dispatchEvent(new CustomEvent('pat:unauthorized'));
-    }
-    throw e;
+    return rethrow(e);
+  }
+}
+
+/**
+ * A file the API makes (a CSV report), fetched with the session's token — a
+ * plain link could not send it, and a token never goes in a URL. Returns the
+ * body as a Blob and the file name the server gives it.
+ */
+export async function apiFile(path, accept) {
+  const bearer = token();
+  try {
+    const res = await send('GET', path, undefined, bearer, accept);
+    if (!res.ok) throw await failure(res);
+    const disposition = res.headers.get('Content-Disposition') || '';
+    const m = /filename="([^"]+)"/.exec(disposition);
+    return { blob: await res.blob(), filename: m ? m[1] : null };
+  } catch (e) {
+    return rethrow(e);
   }
 }
 

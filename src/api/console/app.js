@@ -1,14 +1,18 @@
 // The console's shell: log-in, the top bar (who, live feed, sound, language,
-// log-out), the alarm banner, messages, and the view for the account's role.
+// log-out), the alarm banner, messages, and the view for the account's role:
+// its pages (alarms, wellbeing calls, reports) behind tabs.
 
 import { api, login, logout, now, session } from './api.js';
 import { Alarm } from './alert.js';
 import { CarerView } from './carer.js';
+import { ClosingView } from './closing.js';
 import { clock, fill, h } from './dom.js';
 import { Feed } from './feed.js';
 import { other, setLang, t } from './i18n.js';
 import { IncidentView, problem } from './incident.js';
 import { QueueView } from './queue.js';
+import { ReportsView } from './reports.js';
+import { WellbeingView } from './wellbeing.js';
 
 const root = document.getElementById('app');
 const banner = document.getElementById('alarm-banner');
@@ -164,14 +168,28 @@ async function doLogout() {
 
 // ---- the views by role ---------------------------------------------------------
 
-/** Operators, supervisors (with breaches) and admins (read-only): queue and screen-pop. */
+/** The pages of each staff role, in the order of their tabs (what the API lets the role read). */
+const PAGES = {
+  operator: ['alarms', 'wellbeing'],
+  supervisor: ['alarms', 'wellbeing', 'reports'],
+  admin: ['alarms', 'wellbeing', 'reports'],
+};
+
+/**
+ * Operators, supervisors (with breaches) and admins (read-only): the open
+ * queue, the incidents waiting to be closed and the screen-pop; the
+ * wellbeing calls; reports for supervisors and admins. The queue, its feed
+ * and the alarm keep running whichever page is in front.
+ */
 class StaffScreen {
   constructor(role) {
     this.canAct = role === 'operator' || role === 'supervisor';
     this.rows = [];
     this.loading = false;
     this.again = false;
+    this.pages = PAGES[role];
     this.queue = new QueueView({ onSelect: (id) => this.select(id), supervisor: role === 'supervisor' });
+    this.closing = new ClosingView({ onSelect: (id) => this.select(id) });
     this.incident = new IncidentView({ canAct: this.canAct, notify, onChanged: () => this.reload() });
     this.feed = new Feed({
       token: () => (session() ? session().token : null),
@@ -180,14 +198,23 @@ class StaffScreen {
       onState: setFeedState,
       onUnauthorized: () => window.dispatchEvent(new CustomEvent('pat:unauthorized')),
     });
+    this.views = {
+      alarms: { el: h('div', { class: 'split' }, h('div', { class: 'col' }, this.queue.el, this.closing.el), this.incident.el) },
+      wellbeing: new WellbeingView({ canAct: this.canAct, notify }),
+    };
+    if (this.pages.includes('reports')) this.views.reports = new ReportsView({ notify, onOpen: (id) => this.select(id) });
     this.note = role === 'admin' ? h('p', { class: 'note' }) : null;
-    this.el = h('div', { class: 'staff' }, this.note, h('div', { class: 'split' }, this.queue.el, this.incident.el));
+    this.tabs = h('nav', { class: 'tabs', 'aria-label': t('nav.label') });
+    this.page = this.pages.includes(location.hash.slice(1)) ? location.hash.slice(1) : 'alarms';
+    this.el = h('div', { class: 'staff' }, this.note, this.tabs,
+      this.pages.map((p) => h('div', { class: 'page', 'data-page': p }, this.views[p].el)));
     this.relabel();
   }
 
   start() {
     this.reload();
     this.feed.start();
+    this.show(this.page);
     this.ticker = setInterval(() => {
       this.queue.tick();
       showAlarm();
@@ -204,14 +231,41 @@ class StaffScreen {
     clearTimeout(this.detailSoon);
   }
 
-  relabel() {
-    if (this.note) this.note.textContent = t('admin.note');
-    this.queue.render();
-    this.incident.relabel();
+  /** Bring a page to the front (kept in the address's #fragment across reloads). */
+  show(page) {
+    const changed = page !== this.page;
+    this.page = page;
+    for (const el of this.el.querySelectorAll('.page')) el.hidden = el.dataset.page !== page;
+    for (const b of this.tabs.querySelectorAll('button')) {
+      if (b.dataset.page === page) b.setAttribute('aria-current', 'page');
+      else b.removeAttribute('aria-current');
+    }
+    document.body.dataset.page = page;
+    if (location.hash !== `#${page}`) history.replaceState(null, '', `#${page}`);
+    const view = this.views[page];
+    if (view.show) view.show();
+    if (changed && page === 'alarms') this.reload();
   }
 
+  relabel() {
+    if (this.note) this.note.textContent = t('admin.note');
+    fill(this.tabs, this.pages.map((p) => h('button', {
+      type: 'button',
+      'data-page': p,
+      'aria-current': p === this.page ? 'page' : null,
+      onclick: () => this.show(p),
+    }, t(`nav.${p}`))));
+    this.queue.render();
+    this.closing.render();
+    this.incident.relabel();
+    for (const p of this.pages) if (p !== 'alarms') this.views[p].relabel();
+  }
+
+  /** Open an incident's screen-pop, on the alarms page. */
   select(id) {
+    if (this.page !== 'alarms') this.show('alarms');
     this.queue.select(id);
+    this.closing.select(id);
     this.incident.open(id);
   }
 
@@ -230,6 +284,7 @@ class StaffScreen {
     }
   }
 
+  /** The open queue and the incidents waiting to be closed. */
   async reload() {
     if (this.loading) {
       this.again = true;
@@ -239,14 +294,20 @@ class StaffScreen {
     try {
       do {
         this.again = false;
-        try {
-          this.rows = await api('GET', '/api/v1/incidents');
-          this.queue.set(this.rows);
+        // Each list on its own: a failure of the second never holds up the alarms.
+        const [open, resolved] = await Promise.allSettled([
+          api('GET', '/api/v1/incidents'),
+          api('GET', '/api/v1/incidents?state=resolved'),
+        ]);
+        if (open.status === 'fulfilled') {
+          this.rows = open.value;
+          this.queue.set(open.value);
           alarm.set(this.canAct && this.waiting().length > 0);
           showAlarm();
-        } catch (e) {
-          if (session()) notify('error', t('error.load', { message: problem(e) }));
         }
+        if (resolved.status === 'fulfilled') this.closing.set(resolved.value);
+        const failed = [open, resolved].find((r) => r.status === 'rejected');
+        if (failed && session()) notify('error', t('error.load', { message: problem(failed.reason) }));
       } while (this.again);
     } finally {
       this.loading = false;
@@ -254,34 +315,21 @@ class StaffScreen {
   }
 }
 
-/** Regulators: what they can use, and the report endpoints this server has. */
+/** Regulators: the city's reports, and nothing else (the API lets them read no queue and no resident). */
 class RegulatorScreen {
   constructor() {
-    this.el = h('section', { class: 'panel regulator' });
-    this.paths = null;
+    this.view = new ReportsView({ notify, onOpen: null });
+    this.el = this.view.el;
   }
 
-  async start() {
-    try {
-      const res = await fetch('/openapi.json', { cache: 'no-store' });
-      const doc = await res.json();
-      this.paths = Object.keys(doc.paths || {}).filter((p) => p.startsWith('/api/v1/reports'));
-    } catch {
-      this.paths = [];
-    }
-    this.relabel();
+  start() {
+    this.view.start();
   }
 
   stop() {}
 
   relabel() {
-    const paths = this.paths || [];
-    fill(this.el,
-      h('h2', {}, t('regulator.title')),
-      h('p', {}, t('regulator.text')),
-      paths.length
-        ? [h('p', {}, t('regulator.list')), h('ul', {}, paths.map((p) => h('li', {}, h('code', {}, p))))]
-        : h('p', { class: 'muted' }, t('regulator.none')));
+    this.view.relabel();
   }
 }
 
@@ -310,6 +358,7 @@ function stopScreen() {
   banner.hidden = true;
   clearMessage();
   document.body.dataset.alarm = 'off';
+  delete document.body.dataset.page;
 }
 
 function start() {
