@@ -113,10 +113,13 @@ impl Connection {
         loop {
             loop {
                 let slot = match native::split_frame(&mut buf) {
-                    Ok(Some(raw)) => self.handle(raw).await,
+                    // Boxed: the handling future (a directory miss reads the
+                    // database) is large, and inline it would make every idle
+                    // connection's task that large too.
+                    Ok(Some(raw)) => Box::pin(self.handle(raw)).await,
                     Ok(None) => break,
                     Err(e) => {
-                        self.reject("framing", &e, &buf).await;
+                        Box::pin(self.reject("framing", &e, &buf)).await;
                         let _ = slots
                             .send(Slot::Ready(nak(0, NakReason::Malformed), None))
                             .await;
@@ -131,7 +134,7 @@ impl Connection {
                 Read::More => {}
                 Read::Closed(reason) => return reason,
                 Read::Incomplete { reason, detail } => {
-                    self.reject("incomplete", &detail, &buf).await;
+                    Box::pin(self.reject("incomplete", &detail, &buf)).await;
                     return reason;
                 }
             }
