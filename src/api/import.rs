@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::registry::REGISTRARS;
 use super::registry::fields::{self, ClientInput, ContactInput};
 use super::{ApiError, ApiState, Caller, ErrorBody};
-use crate::store::{AuditEntry, ClientImportRow, ClientRef, DeviceEntry, EditError};
+use crate::store::{AuditEntry, ClientImportRow, ClientRef, DeviceEntry, EditError, RowOutcome};
 
 /// Largest file taken, bytes.
 pub const MAX_BYTES: usize = 5 * 1024 * 1024;
@@ -90,6 +90,53 @@ pub struct DeviceRowReport {
     /// Why the row was not imported, starting with the column's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Fold the store's outcomes (one per row that passed the checks, in order)
+/// into the reports of those rows.
+fn settle<'a, Id: 'a>(
+    rows: impl Iterator<Item = (&'a mut bool, &'a mut Option<Id>, &'a mut Option<String>)>,
+    outcomes: Vec<RowOutcome<Id>>,
+) {
+    let mut outcomes = outcomes.into_iter();
+    for (ok, id, error) in rows.filter(|r| *r.0) {
+        match outcomes.next() {
+            Some(Ok(v)) => *id = Some(v),
+            Some(Err(e)) => {
+                *ok = false;
+                *error = Some(e);
+            }
+            None => {
+                *ok = false;
+                *error = Some("not imported".into());
+            }
+        }
+    }
+}
+
+/// Count a file's rows and write the file's audit entry: (imported, failed).
+async fn audit_import(
+    s: &ApiState,
+    actor: &str,
+    what: &str,
+    oks: impl Iterator<Item = bool>,
+) -> Result<(u64, u64), ApiError> {
+    let (mut imported, mut failed) = (0u64, 0u64);
+    for ok in oks {
+        if ok {
+            imported += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    s.db.audit(AuditEntry {
+        actor,
+        action: &format!("{what}_imported"),
+        subject: &format!("import:{what}"),
+        detail: &format!("{imported} imported, {failed} failed"),
+    })
+    .await?;
+    Ok((imported, failed))
 }
 
 fn too_large(message: String) -> ApiError {
@@ -439,29 +486,14 @@ pub async fn clients(
     let actor = caller.actor();
     let (outcomes, failure) = s.db.import_clients(&good, &actor).await;
     log_failure(failure);
-    let mut outcomes = outcomes.into_iter();
-    for r in reports.iter_mut().filter(|r| r.ok) {
-        match outcomes.next() {
-            Some(Ok(id)) => r.id = Some(id),
-            Some(Err(e)) => {
-                r.ok = false;
-                r.error = Some(e);
-            }
-            None => {
-                r.ok = false;
-                r.error = Some("not imported".into());
-            }
-        }
-    }
-    let imported = reports.iter().filter(|r| r.ok).count() as u64;
-    let failed = reports.len() as u64 - imported;
-    s.db.audit(AuditEntry {
-        actor: &actor,
-        action: "clients_imported",
-        subject: "import:clients",
-        detail: &format!("{imported} imported, {failed} failed"),
-    })
-    .await?;
+    settle(
+        reports
+            .iter_mut()
+            .map(|r| (&mut r.ok, &mut r.id, &mut r.error)),
+        outcomes,
+    );
+    let (imported, failed) =
+        audit_import(&s, &actor, "clients", reports.iter().map(|r| r.ok)).await?;
     Ok(Json(ClientImportReport {
         imported,
         failed,
@@ -536,29 +568,14 @@ pub async fn devices(
     let actor = caller.actor();
     let (outcomes, failure) = s.db.import_devices(&good, &actor).await;
     log_failure(failure);
-    let mut outcomes = outcomes.into_iter();
-    for r in reports.iter_mut().filter(|r| r.ok) {
-        match outcomes.next() {
-            Some(Ok(id)) => r.id = Some(id),
-            Some(Err(e)) => {
-                r.ok = false;
-                r.error = Some(e);
-            }
-            None => {
-                r.ok = false;
-                r.error = Some("not imported".into());
-            }
-        }
-    }
-    let imported = reports.iter().filter(|r| r.ok).count() as u64;
-    let failed = reports.len() as u64 - imported;
-    s.db.audit(AuditEntry {
-        actor: &actor,
-        action: "devices_imported",
-        subject: "import:devices",
-        detail: &format!("{imported} imported, {failed} failed"),
-    })
-    .await?;
+    settle(
+        reports
+            .iter_mut()
+            .map(|r| (&mut r.ok, &mut r.id, &mut r.error)),
+        outcomes,
+    );
+    let (imported, failed) =
+        audit_import(&s, &actor, "devices", reports.iter().map(|r| r.ok)).await?;
     Ok(Json(DeviceImportReport {
         imported,
         failed,

@@ -21,6 +21,38 @@ pub struct NewClient {
     pub subsidy_category: Option<String>,
 }
 
+/// Inside a transaction `$tx`: a provider (`NewProvider`) and its coverage;
+/// evaluates to the provider's id.
+macro_rules! insert_provider_rows {
+    ($tx:expr, $pr:expr, $now:expr) => {{
+        let pr: &$crate::store::NewProvider = $pr;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO providers (name, service_types, capacity, updated_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(&pr.name)
+        .bind(&pr.service_types)
+        .bind(pr.capacity)
+        .bind($now)
+        .fetch_one(&mut *$tx)
+        .await?;
+        for (district, street) in &pr.coverage {
+            sqlx::query(
+                "INSERT INTO provider_coverage (provider_id, district, street, rank) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(district)
+            .bind(street)
+            .bind(pr.rank)
+            .execute(&mut *$tx)
+            .await?;
+        }
+        id
+    }};
+}
+pub(crate) use insert_provider_rows;
+
 #[derive(Debug, Clone)]
 pub struct NewContact {
     pub client_id: i64,
@@ -182,28 +214,7 @@ impl Db {
         let now = now_ms();
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO providers (name, service_types, capacity, updated_at) \
-                 VALUES ($1, $2, $3, $4) RETURNING id",
-            )
-            .bind(&pr.name)
-            .bind(&pr.service_types)
-            .bind(pr.capacity)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            for (district, street) in &pr.coverage {
-                sqlx::query(
-                    "INSERT INTO provider_coverage (provider_id, district, street, rank) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(id)
-                .bind(district)
-                .bind(street)
-                .bind(pr.rank)
-                .execute(&mut *tx)
-                .await?;
-            }
+            let id = insert_provider_rows!(tx, pr, now);
             tx.commit().await?;
             Ok(id)
         })

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use super::EditError;
 use crate::store::audit::append_audit;
+use crate::store::registry::insert_provider_rows;
 use crate::store::{
     AuditEntry, Db, NewCarer, NewProvider, StoreError, now_ms, on_pool, on_write_pool,
 };
@@ -97,28 +98,7 @@ impl Db {
         let begin = self.begin_write();
         on_write_pool!(self, |p| {
             let mut tx = p.begin_with(begin).await?;
-            let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO providers (name, service_types, capacity, updated_at) \
-                 VALUES ($1, $2, $3, $4) RETURNING id",
-            )
-            .bind(&pr.name)
-            .bind(&pr.service_types)
-            .bind(pr.capacity)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            for (district, street) in &pr.coverage {
-                sqlx::query(
-                    "INSERT INTO provider_coverage (provider_id, district, street, rank) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(id)
-                .bind(district)
-                .bind(street)
-                .bind(pr.rank)
-                .execute(&mut *tx)
-                .await?;
-            }
+            let id = insert_provider_rows!(tx, pr, now);
             let subject = format!("provider:{id}");
             let detail = format!("{} areas, rank {}", pr.coverage.len(), pr.rank);
             append_audit!(
