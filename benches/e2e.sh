@@ -38,6 +38,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# CPU seconds (user + system) and resident set (KiB, now and peak) of a process.
+proc_stats() {
+    python3 - "$1" <<'PY'
+import os, sys
+pid = sys.argv[1]
+f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+cpu = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+st = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status"))
+kib = lambda k: int(st[k].split()[0])
+print(f'{{"cpu_s": {cpu}, "rss_kib": {kib("VmRSS")}, "hwm_kib": {kib("VmHWM")}}}')
+PY
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 run_backend() { # name, technical events/s, extra server args...
@@ -57,12 +70,15 @@ run_backend() { # name, technical events/s, extra server args...
         --technical-rate "$flood" --json \
         2>/dev/null >"$work/$name.json" &
     local fleet=$!
+    local before
+    before=$(proc_stats "$server_pid")
     sleep 2 # the fleet connected and pressing
     PAT_PROBE_PASSWORD="$password" timeout "$((seconds + 60))" "$bin/console-probe" \
         --native "127.0.0.1:$port" --http "http://127.0.0.1:$http" --mqtt "127.0.0.1:$mqtt" \
         --user "probe-$name" --secret-seed "$seed" --first "$((pendants + 1))" --presses "$probes" \
         --pause-ms 20 --json >"$work/$name.probe.json" || echo '{}' >"$work/$name.probe.json"
     wait "$fleet"
+    printf '{"before": %s, "after": %s}\n' "$before" "$(proc_stats "$server_pid")" >"$work/$name.server.json"
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
     cat "$work/$name.json" "$work/$name.probe.json" >&2
 }
@@ -108,4 +124,15 @@ for name in backends:
         print(f"| {what}, {name} | {h['p50']:.3f} | {h['p90']:.3f} | {h['p99']:.3f} | | {h['max']:.3f} "
               f"| {h['n']} seen, {missed} missed | |")
 print(f"| fsync floor, after | {f2['p50_ms']:.3f} | | {f2['p99_ms']:.3f} | | {f2['max_ms']:.3f} | | |")
+# The server's own cost while the fleet ran: CPU time per frame it answered
+# (alarms, heartbeats, technical events) and its resident set.
+print("\n| run | frames answered | frames/s | server CPU s | CPU µs per frame | RSS MiB (peak) |")
+print("|---|---|---|---|---|---|")
+for name in backends:
+    r = json.load(open(f"{work}/{name}.json"))
+    s = json.load(open(f"{work}/{name}.server.json"))
+    frames = r["alarms_acked"] + r["heartbeats_acked"]
+    cpu = s["after"]["cpu_s"] - s["before"]["cpu_s"]
+    print(f"| {name} | {frames} | {frames / float(seconds):.0f} | {cpu:.2f} | {cpu / max(frames, 1) * 1e6:.1f} "
+          f"| {s['after']['rss_kib'] / 1024:.1f} ({s['after']['hwm_kib'] / 1024:.1f}) |")
 PY

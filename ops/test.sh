@@ -76,3 +76,9 @@ if ! grep -q '<meta charset="utf-8">' <<<"$page"; then
     exit 1
 fi
 echo "demo: 1 passed, 0 failed"
+
+# The end-to-end benchmark, small: 1,000 pendants for a few seconds on SQLite with
+# the embedded broker and on PostgreSQL through Mosquitto. It asserts that nothing
+# was lost and every alarm was acknowledged, never a timing.
+echo "== end-to-end smoke (benches/smoke.sh)"
+BIN=target/debug bash benches/smoke.sh 1000 5 100 20

@@ -46,6 +46,10 @@ struct Args {
     /// Pause between one press being seen everywhere and the next press.
     #[arg(long, default_value_t = 20)]
     pause_ms: u64,
+    /// How long to wait for a press to be seen on the feed and offered before
+    /// counting it missed.
+    #[arg(long, default_value_t = 5.0)]
+    wait_secs: f64,
     #[arg(long)]
     json: bool,
 }
@@ -200,7 +204,7 @@ async fn main() {
             assert!(n > 0, "closed before the ACK");
         }
         // Wait for both sightings of this press (other presses may interleave).
-        let deadline = pressed + Duration::from_secs(5);
+        let deadline = pressed + Duration::from_secs_f64(a.wait_secs);
         let mut incident = None;
         let (mut seen_console, mut seen_offer) = (false, false);
         let mut early_offers: Vec<(i64, Instant)> = Vec::new();
@@ -230,6 +234,12 @@ async fn main() {
                 Heard::Offer { incident: n } if incident.is_none() => early_offers.push((n, at)),
                 _ => {}
             }
+        }
+        if !(seen_console && seen_offer) {
+            eprintln!(
+                "console-probe: {id} pressed; within {} s: on the feed {seen_console} (incident {incident:?}), offered {seen_offer}",
+                a.wait_secs
+            );
         }
         missed_console += usize::from(!seen_console);
         missed_offer += usize::from(!seen_offer);
