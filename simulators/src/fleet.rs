@@ -192,3 +192,148 @@ pub async fn run_plan(
     (report.alarm_latency_us, report.heartbeat_latency_us) = recorder.histograms();
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use bytes::BytesMut;
+    use pingantong_protocol::EventKind;
+    use pingantong_protocol::native::{EventFrame, Reply, split_frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::scenario::ScenarioFile;
+
+    /// A server that ACKs every native frame and counts connections and power-restored reports.
+    async fn acking_server(
+        listener: TcpListener,
+        accepted: Arc<AtomicU64>,
+        restored: Arc<AtomicU64>,
+    ) {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            accepted.fetch_add(1, Ordering::Relaxed);
+            let restored = Arc::clone(&restored);
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                while matches!(s.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                    let mut out = BytesMut::new();
+                    while let Ok(Some(raw)) = split_frame(&mut buf) {
+                        let Ok(f) = EventFrame::parse(&raw) else {
+                            return;
+                        };
+                        if f.event.kind == EventKind::PowerRestored {
+                            restored.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let ack = Reply::Ack {
+                            seq: f.event.seq,
+                            status: 0,
+                            server_time_ms: 0,
+                        };
+                        ack.encode(None, &mut out);
+                    }
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mixed_fleet_rides_out_a_storm_with_nothing_lost() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, restored) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let server = tokio::spawn(acking_server(
+            listener,
+            Arc::clone(&accepted),
+            Arc::clone(&restored),
+        ));
+        let scenario = ScenarioFile::parse(
+            r#"
+            [[phase]]
+            name = "calm"
+            secs = 1
+            alarm_rate = 20
+            [[phase]]
+            name = "cut"
+            secs = 1.5
+            alarm_rate = 20
+            disconnect = true
+            reconnect_within_secs = 0.5
+            report_on_reconnect = "power_restored"
+            "#,
+        )
+        .unwrap();
+        let pendants: Vec<Pendant> = (1..=20)
+            .map(|n| Pendant {
+                id: crate::device_id("PA", n),
+                secret: vec![7; 32],
+            })
+            .collect();
+        let plan = Plan {
+            phases: scenario.phases().unwrap(),
+            persistent: 10,
+            source_spread: 2,
+            per_report_sockets: 4,
+        };
+        let recorder = Arc::new(Recorder::new(&plan, Instant::now()));
+        let cfg = FleetConfig {
+            addr,
+            speaker: Arc::new(crate::speaker::NativeSpeaker),
+            pendants,
+            heartbeat: Duration::from_millis(300),
+            alarm_rate: 0.0,
+            technical_rate: 0.0,
+            duration: Duration::ZERO,
+            retry_after: Duration::from_secs(1),
+            grace: Duration::from_secs(5),
+        };
+        let stats = Arc::new(FleetStats::default());
+        let r = run_plan(cfg, plan, Arc::clone(&stats), Arc::clone(&recorder)).await;
+        server.abort();
+        assert!(r.alarms_sent > 10, "presses were made: {}", r.alarms_sent);
+        assert_eq!(r.alarms_lost(), 0, "{:?}", r.unanswered);
+        assert_eq!(r.heartbeats_acked, r.heartbeats_sent);
+        assert_eq!(
+            stats.connected.load(Ordering::Relaxed),
+            0,
+            "every socket closed"
+        );
+        // Ten held connections, ten again after the storm, and one per report for the rest.
+        assert!(accepted.load(Ordering::Relaxed) > 20 + 10, "{accepted:?}");
+        assert_eq!(restored.load(Ordering::Relaxed), 10);
+        let s = recorder.summary(
+            r.alarms_acked + r.heartbeats_acked,
+            Duration::from_millis(2_500),
+        );
+        assert_eq!(s["connect"]["pendants"], 10);
+        assert_eq!(s["storm"]["disconnected"], 10);
+        assert_eq!(s["storm"]["reconnected"], 10);
+        assert_eq!(s["storm"]["reports_acked"], 10);
+        assert!(
+            s["storm"]["secs_to_all_reports_acked"].as_f64().unwrap() < 1.5,
+            "{}",
+            s["storm"]
+        );
+        let sent: u64 = s["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["alarms_sent"].as_u64().unwrap())
+            .sum();
+        assert_eq!(sent, r.alarms_sent);
+        let acked: u64 = s["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["alarms_acked"].as_u64().unwrap())
+            .sum();
+        assert_eq!(acked, r.alarms_acked);
+    }
+}
