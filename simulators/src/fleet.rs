@@ -1,21 +1,19 @@
 //! A fleet of native pendants: heartbeats, presses, retries until ACKed.
 
-use std::collections::BTreeMap;
+mod pendant;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::BytesMut;
 use hdrhistogram::Histogram;
-use pingantong_protocol::{EventKind, Location};
-use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::speaker::{Speaker, Verdict};
+use crate::record::{Recorder, histogram};
+use crate::scenario::Plan;
+use crate::speaker::Speaker;
 
 #[derive(Debug, Clone)]
 pub struct Pendant {
@@ -35,7 +33,7 @@ pub struct FleetConfig {
     /// Technical events (low battery) per second across the fleet: a flood to
     /// time the presses through. Counted with the heartbeats.
     pub technical_rate: f64,
-    /// How long pendants keep pressing and beating.
+    /// How long pendants keep pressing and beating (`run`; `run_plan` takes the plan's phases).
     pub duration: Duration,
     /// A frame unanswered this long is sent again (same bytes: a retry).
     pub retry_after: Duration,
@@ -64,6 +62,11 @@ impl FleetStats {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         self.stop_now.notify_waiters();
+    }
+
+    /// Every frame ACKed so far, alarms and the rest.
+    pub fn frames_acked(&self) -> u64 {
+        self.alarms_acked.load(Ordering::Relaxed) + self.heartbeats_acked.load(Ordering::Relaxed)
     }
 }
 
@@ -121,271 +124,216 @@ impl FleetReport {
     }
 }
 
-struct Outstanding {
-    bytes: BytesMut,
-    first_sent: Instant,
-    last_sent: Instant,
-    alarm: bool,
-}
-
-struct PendantResult {
-    acked: Vec<(String, u32)>,
-    unanswered: Vec<(String, u32)>,
-    alarm_latency: Histogram<u64>,
-    heartbeat_latency: Histogram<u64>,
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
-}
-
-/// Run the fleet to the end and report. `stats` may be read meanwhile.
+/// Run the fleet to the end and report: one phase at `cfg`'s rates, every pendant holding a
+/// connection. `stats` may be read meanwhile.
 pub async fn run(cfg: FleetConfig, stats: Arc<FleetStats>) -> FleetReport {
-    let cfg = Arc::new(cfg);
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(cfg.pendants.len());
-    for i in 0..cfg.pendants.len() {
-        let cfg = Arc::clone(&cfg);
-        let stats = Arc::clone(&stats);
-        tasks.push(tokio::spawn(
-            async move { pendant(cfg, i, stats, start).await },
-        ));
+    let plan = Plan::single(
+        cfg.duration,
+        cfg.alarm_rate,
+        cfg.technical_rate,
+        cfg.pendants.len(),
+    );
+    let recorder = Arc::new(Recorder::new(&plan, Instant::now()));
+    run_plan(cfg, plan, stats, recorder).await
+}
+
+/// Run the fleet through `plan`'s phases (which replace `cfg`'s rates and duration) and report;
+/// `recorder` holds the timeline, the phases and the storm afterwards. The run's clock starts at
+/// `recorder.start()`.
+pub async fn run_plan(
+    cfg: FleetConfig,
+    plan: Plan,
+    stats: Arc<FleetStats>,
+    recorder: Arc<Recorder>,
+) -> FleetReport {
+    let n = cfg.pendants.len();
+    let shared = Arc::new(pendant::Shared {
+        sockets: Arc::new(Semaphore::new(plan.per_report_sockets.max(1))),
+        cfg,
+        plan,
+        stats: Arc::clone(&stats),
+        recorder: Arc::clone(&recorder),
+    });
+    let sampler = {
+        let (stats, recorder) = (Arc::clone(&stats), Arc::clone(&recorder));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(
+                recorder.start() + Duration::from_secs(1),
+                Duration::from_secs(1),
+            );
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                recorder.tick(
+                    stats.connected.load(Ordering::Relaxed),
+                    stats.frames_acked(),
+                );
+            }
+        })
+    };
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let shared = Arc::clone(&shared);
+        tasks.push(tokio::spawn(pendant::run(shared, i)));
     }
-    let mut alarm_latency_us = histogram();
-    let mut heartbeat_latency_us = histogram();
-    let mut acked = Vec::new();
-    let mut unanswered = Vec::new();
+    let mut report = FleetReport::empty();
     for t in tasks {
         if let Ok(r) = t.await {
-            alarm_latency_us.add(&r.alarm_latency).expect("same bounds");
-            heartbeat_latency_us
-                .add(&r.heartbeat_latency)
-                .expect("same bounds");
-            acked.extend(r.acked);
-            unanswered.extend(r.unanswered);
+            report.acked.extend(r.acked);
+            report.unanswered.extend(r.unanswered);
         }
     }
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    FleetReport {
-        alarms_sent: get(&stats.alarms_sent),
-        alarms_acked: get(&stats.alarms_acked),
-        alarms_refused: get(&stats.alarms_refused),
-        heartbeats_sent: get(&stats.heartbeats_sent),
-        heartbeats_acked: get(&stats.heartbeats_acked),
-        retries: get(&stats.retries),
-        reconnects: get(&stats.reconnects),
-        acked,
-        unanswered,
-        alarm_latency_us,
-        heartbeat_latency_us,
-    }
+    sampler.abort();
+    recorder.finish(
+        stats.connected.load(Ordering::Relaxed),
+        stats.frames_acked(),
+    );
+    report.fill_counts(&stats);
+    (report.alarm_latency_us, report.heartbeat_latency_us) = recorder.histograms();
+    report
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-fn next_press(rate_per_pendant: f64) -> Duration {
-    if rate_per_pendant <= 0.0 {
-        return Duration::from_secs(365 * 24 * 3600);
-    }
-    let u: f64 = rand::rng().random_range(f64::EPSILON..1.0);
-    Duration::from_secs_f64(-u.ln() / rate_per_pendant)
-}
+    use bytes::BytesMut;
+    use pingantong_protocol::EventKind;
+    use pingantong_protocol::native::{EventFrame, Reply, split_frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
-async fn pendant(
-    cfg: Arc<FleetConfig>,
-    index: usize,
-    stats: Arc<FleetStats>,
-    start: Instant,
-) -> PendantResult {
-    let me = &cfg.pendants[index];
-    let speaker = Arc::clone(&cfg.speaker);
-    let rate = cfg.alarm_rate / cfg.pendants.len().max(1) as f64;
-    let technical_rate = cfg.technical_rate / cfg.pendants.len().max(1) as f64;
-    let mut stop_sending = start + cfg.duration;
-    let mut give_up = stop_sending + cfg.grace;
-    let mut result = PendantResult {
-        acked: Vec::new(),
-        unanswered: Vec::new(),
-        alarm_latency: histogram(),
-        heartbeat_latency: histogram(),
-    };
-    // Keyed by wire sequence number; the smallest `first_sent` is the oldest.
-    let mut outstanding: BTreeMap<u32, Outstanding> = BTreeMap::new();
-    let mut seq: u32 = 0;
-    let jitter = rand::rng().random_range(0.0..1.0);
-    let mut next_heartbeat = start + cfg.heartbeat.mul_f64(jitter);
-    let mut next_alarm = start + next_press(rate);
-    let mut next_technical = start + next_press(technical_rate);
-    let mut backoff = Duration::from_millis(50);
-    let mut first_connect = true;
+    use super::*;
+    use crate::scenario::ScenarioFile;
 
-    'connection: while Instant::now() < give_up {
-        let stream = match tokio::time::timeout(
-            Duration::from_secs(2),
-            TcpStream::connect(cfg.addr),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            _ => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(50);
-        if !first_connect {
-            stats.reconnects.fetch_add(1, Ordering::Relaxed);
-        }
-        first_connect = false;
-        let _ = stream.set_nodelay(true);
-        stats.connected.fetch_add(1, Ordering::Relaxed);
-        let (mut rd, mut wr) = stream.into_split();
-        // A login (if the protocol has one), then everything unanswered again.
-        let mut first = BytesMut::new();
-        let mut hello_replies = 0;
-        if let Some((hello, replies)) = speaker.hello(me) {
-            first.extend_from_slice(&hello);
-            hello_replies = replies;
-        }
-        let mut resent: Vec<_> = outstanding.iter_mut().collect();
-        resent.sort_by_key(|(_, o)| o.first_sent);
-        for (_, o) in resent {
-            first.extend_from_slice(&o.bytes);
-            o.last_sent = Instant::now();
-            stats.retries.fetch_add(1, Ordering::Relaxed);
-        }
-        let broken = !first.is_empty() && wr.write_all(&first).await.is_err();
-        let mut buf = BytesMut::with_capacity(256);
-        let mut retry_tick = tokio::time::interval(cfg.retry_after.min(Duration::from_millis(500)));
-        if broken {
-            stats.connected.fetch_sub(1, Ordering::Relaxed);
-            tokio::time::sleep(backoff).await;
-            continue;
-        }
+    /// A server that ACKs every native frame and counts connections and power-restored reports.
+    async fn acking_server(
+        listener: TcpListener,
+        accepted: Arc<AtomicU64>,
+        restored: Arc<AtomicU64>,
+    ) {
         loop {
-            let now = Instant::now();
-            if stats.stop.load(Ordering::Acquire) && now < stop_sending {
-                stop_sending = now;
-                give_up = now + cfg.grace;
-            }
-            if now >= stop_sending && outstanding.is_empty() {
-                stats.connected.fetch_sub(1, Ordering::Relaxed);
-                break 'connection;
-            }
-            if now >= give_up {
-                break;
-            }
-            let sending = now < stop_sending;
-            let wake = if sending {
-                next_heartbeat.min(next_alarm).min(next_technical)
-            } else {
-                give_up
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
             };
-            tokio::select! {
-                _ = stats.stop_now.notified(), if sending => continue,
-                _ = tokio::time::sleep_until(wake) => {
-                    if !sending { continue; }
-                    let now = Instant::now();
-                    let alarm = now >= next_alarm;
-                    let kind = if alarm {
-                        next_alarm += next_press(rate);
-                        if rand::rng().random_range(0..10) == 0 { EventKind::Fall } else { EventKind::Sos }
-                    } else if now >= next_technical {
-                        next_technical += next_press(technical_rate);
-                        EventKind::LowBattery
-                    } else {
-                        next_heartbeat += cfg.heartbeat;
-                        EventKind::Heartbeat
-                    };
-                    seq = seq.wrapping_add(1);
-                    let location = alarm.then_some(Location { lat: 23.13, lon: 113.26, accuracy_m: Some(20) });
-                    let bytes = speaker.encode(me, seq, kind, unix_ms(), location);
-                    let sent = Instant::now();
-                    if alarm {
-                        stats.alarms_sent.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let failed = wr.write_all(&bytes).await.is_err();
-                    if speaker.answered(kind) {
-                        outstanding.insert(
-                            speaker.wire_seq(seq),
-                            Outstanding { bytes, first_sent: sent, last_sent: sent, alarm },
-                        );
-                    } else if !alarm {
-                        // Nothing will come back: sent is all a device can know.
-                        stats.heartbeats_acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if failed { break; }
-                }
-                r = rd.read_buf(&mut buf) => {
-                    match r {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                    loop {
-                        let answer = match speaker.next_reply(me, &mut buf) {
-                            Ok(Some(a)) => a,
-                            Ok(None) => break,
-                            Err(_) => { buf.clear(); break; }
+            accepted.fetch_add(1, Ordering::Relaxed);
+            let restored = Arc::clone(&restored);
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                while matches!(s.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                    let mut out = BytesMut::new();
+                    while let Ok(Some(raw)) = split_frame(&mut buf) {
+                        let Ok(f) = EventFrame::parse(&raw) else {
+                            return;
                         };
-                        if answer.verdict == Verdict::Retry { continue; }
-                        let key = match answer.seq {
-                            Some(s) => Some(s),
-                            None if hello_replies > 0 => { hello_replies -= 1; None }
-                            // In-order protocols answer the oldest frame first.
-                            None => outstanding.iter().min_by_key(|(_, o)| o.first_sent).map(|(k, _)| *k),
+                        if f.event.kind == EventKind::PowerRestored {
+                            restored.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let ack = Reply::Ack {
+                            seq: f.event.seq,
+                            status: 0,
+                            server_time_ms: 0,
                         };
-                        let Some(o) = key.and_then(|k| outstanding.remove(&k)) else { continue };
-                        let us = o.first_sent.elapsed().as_micros().max(1) as u64;
-                        match (o.alarm, answer.verdict) {
-                            (true, Verdict::Ack) => {
-                                stats.alarms_acked.fetch_add(1, Ordering::Relaxed);
-                                let _ = result.alarm_latency.record(us);
-                                result.acked.push((me.id.clone(), key.unwrap_or(0)));
-                            }
-                            (true, _) => { stats.alarms_refused.fetch_add(1, Ordering::Relaxed); }
-                            (false, Verdict::Ack) => {
-                                stats.heartbeats_acked.fetch_add(1, Ordering::Relaxed);
-                                let _ = result.heartbeat_latency.record(us);
-                            }
-                            (false, _) => {}
-                        }
+                        ack.encode(None, &mut out);
+                    }
+                    if s.write_all(&out).await.is_err() {
+                        return;
                     }
                 }
-                _ = retry_tick.tick() => {
-                    let due = outstanding.values().any(|o| o.last_sent.elapsed() >= cfg.retry_after);
-                    if due && !speaker.echoes_seq() {
-                        // Replies without sequence numbers are matched in order; a
-                        // resend on this connection would shift them. Start afresh.
-                        break;
-                    }
-                    let mut again = BytesMut::new();
-                    for o in outstanding.values_mut() {
-                        if o.last_sent.elapsed() >= cfg.retry_after {
-                            again.extend_from_slice(&o.bytes);
-                            o.last_sent = Instant::now();
-                            stats.retries.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    if !again.is_empty() && wr.write_all(&again).await.is_err() { break; }
-                }
-            }
-        }
-        stats.connected.fetch_sub(1, Ordering::Relaxed);
-        // Connection lost: reconnect (after a short pause) and resend.
-        tokio::time::sleep(backoff).await;
-    }
-    for (s, o) in outstanding {
-        if o.alarm {
-            result.unanswered.push((me.id.clone(), s));
+            });
         }
     }
-    result
+
+    #[tokio::test]
+    async fn a_mixed_fleet_rides_out_a_storm_with_nothing_lost() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, restored) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let server = tokio::spawn(acking_server(
+            listener,
+            Arc::clone(&accepted),
+            Arc::clone(&restored),
+        ));
+        let scenario = ScenarioFile::parse(
+            r#"
+            [[phase]]
+            name = "calm"
+            secs = 1
+            alarm_rate = 20
+            [[phase]]
+            name = "cut"
+            secs = 1.5
+            alarm_rate = 20
+            disconnect = true
+            reconnect_within_secs = 0.5
+            report_on_reconnect = "power_restored"
+            "#,
+        )
+        .unwrap();
+        let pendants: Vec<Pendant> = (1..=20)
+            .map(|n| Pendant {
+                id: crate::device_id("PA", n),
+                secret: vec![7; 32],
+            })
+            .collect();
+        let plan = Plan {
+            phases: scenario.phases().unwrap(),
+            persistent: 10,
+            source_spread: 2,
+            per_report_sockets: 4,
+        };
+        let recorder = Arc::new(Recorder::new(&plan, Instant::now()));
+        let cfg = FleetConfig {
+            addr,
+            speaker: Arc::new(crate::speaker::NativeSpeaker),
+            pendants,
+            heartbeat: Duration::from_millis(300),
+            alarm_rate: 0.0,
+            technical_rate: 0.0,
+            duration: Duration::ZERO,
+            retry_after: Duration::from_secs(1),
+            grace: Duration::from_secs(5),
+        };
+        let stats = Arc::new(FleetStats::default());
+        let r = run_plan(cfg, plan, Arc::clone(&stats), Arc::clone(&recorder)).await;
+        server.abort();
+        assert!(r.alarms_sent > 10, "presses were made: {}", r.alarms_sent);
+        assert_eq!(r.alarms_lost(), 0, "{:?}", r.unanswered);
+        assert_eq!(r.heartbeats_acked, r.heartbeats_sent);
+        assert_eq!(
+            stats.connected.load(Ordering::Relaxed),
+            0,
+            "every socket closed"
+        );
+        // Ten held connections, ten again after the storm, and one per report for the rest.
+        assert!(accepted.load(Ordering::Relaxed) > 20 + 10, "{accepted:?}");
+        assert_eq!(restored.load(Ordering::Relaxed), 10);
+        let s = recorder.summary(
+            r.alarms_acked + r.heartbeats_acked,
+            Duration::from_millis(2_500),
+        );
+        assert_eq!(s["connect"]["pendants"], 10);
+        assert_eq!(s["storm"]["disconnected"], 10);
+        assert_eq!(s["storm"]["reconnected"], 10);
+        assert_eq!(s["storm"]["reports_acked"], 10);
+        assert!(
+            s["storm"]["secs_to_all_reports_acked"].as_f64().unwrap() < 1.5,
+            "{}",
+            s["storm"]
+        );
+        let sent: u64 = s["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["alarms_sent"].as_u64().unwrap())
+            .sum();
+        assert_eq!(sent, r.alarms_sent);
+        let acked: u64 = s["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["alarms_acked"].as_u64().unwrap())
+            .sum();
+        assert_eq!(acked, r.alarms_acked);
+    }
 }

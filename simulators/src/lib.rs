@@ -4,6 +4,9 @@
 pub mod carer;
 pub mod fleet;
 pub mod mqtt_fleet;
+pub mod record;
+pub mod scenario;
+pub mod source;
 pub mod speaker;
 
 use sha2::{Digest, Sha256};
