@@ -11,7 +11,8 @@
 # The flood run adds FLOOD_PER_SECOND technical events (low battery) to the
 # SQLite run, to time the presses through them.
 #
-# BACKENDS="sqlite postgres" (environment) picks the runs (default: sqlite sqlite_flood postgres).
+# BACKENDS="sqlite postgres" (environment) picks the runs (default: sqlite sqlite_flood postgres);
+# SCENARIO, SIM_ARGS, OUT_DIR and TAG: see below.
 # Loopback only; every run is bounded by SECONDS plus a grace period.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +21,17 @@ seconds=${2:-30}
 rate=${3:-50}
 flood=${4:-5000}
 probes=${5:-200}
-heartbeat=30
+heartbeat=${HEARTBEAT:-30}
 backends=${BACKENDS:-sqlite sqlite_flood postgres}
+# SCENARIO (a pendant-sim scenario file) replaces the rates; SIM_ARGS adds pendant-sim
+# options (e.g. "--persistent 15000"); OUT_DIR keeps each run's full JSON, named TAG-run.
+scenario=${SCENARIO:-}
+tag=${TAG:+$TAG-}
+[ -n "${OUT_DIR:-}" ] && mkdir -p "$OUT_DIR"
 # Each pendant holds a connection, at both ends of the loopback.
 ulimit -n "$(( (pendants + probes) * 2 + 1024 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 password="bench-$$-console"
-seed="bench-$$"
+seed=${SEED:-bench-$$}
 
 bash ops/services.sh >/dev/null
 cargo build --release --workspace -q
@@ -58,21 +64,34 @@ run_backend() { # name, technical events/s, extra server args...
     local flood=$1; shift
     local port http mqtt
     port=$(free_port); http=$(free_port); mqtt=$(free_port)
-    "$bin/pingantong" seed --clients "$((pendants + probes))" --secret-seed "$seed" "$@" >/dev/null
+    # SEED_CACHE keeps each SQLite city seeded once (by size and secret seed) and
+    # copies it for every run: seeding 100,000 clients row by row takes minutes.
+    local cached=
+    if [ -n "${SEED_CACHE:-}" ] && [ "$1" = --data-dir ]; then
+        cached="$SEED_CACHE/sqlite-$((pendants + probes))-$seed"
+    fi
+    if [ -n "$cached" ] && [ -d "$cached" ]; then
+        cp -a "$cached" "$2"
+    else
+        "$bin/pingantong" seed --clients "$((pendants + probes))" --secret-seed "$seed" "$@" >/dev/null
+        if [ -n "$cached" ]; then mkdir -p "$SEED_CACHE"; cp -a "$2" "$cached"; fi
+    fi
     PAT_NEW_PASSWORD="$password" "$bin/pingantong" user add --username "probe-$name" --role operator "$@" >/dev/null
     RUST_LOG=warn "$bin/pingantong" serve --native-addr "127.0.0.1:$port" \
         --embedded-mqtt-addr "127.0.0.1:$mqtt" --http-addr "127.0.0.1:$http" --gt06-addr 127.0.0.1:0 --watch-addr 127.0.0.1:0 \
         --h02-addr 127.0.0.1:0 --eview-addr 127.0.0.1:0 --dc09-addr 127.0.0.1:0 "$@" >"$work/$name.log" 2>&1 &
     server_pid=$!
-    for _ in $(seq 1 100); do grep -q "serving" "$work/$name.log" && break; sleep 0.1; done
+    for _ in $(seq 1 600); do grep -q "serving" "$work/$name.log" && break; sleep 0.1; done
+    local load=(--alarm-rate "$rate" --heartbeat-secs "$heartbeat" --duration-secs "$seconds" --technical-rate "$flood")
+    [ -n "$scenario" ] && load=(--scenario "$scenario")
+    # shellcheck disable=SC2086 # SIM_ARGS is a list of words
     "$bin/pendant-sim" --addr "127.0.0.1:$port" --pendants "$pendants" --secret-seed "$seed" \
-        --alarm-rate "$rate" --heartbeat-secs "$heartbeat" --duration-secs "$seconds" \
-        --technical-rate "$flood" --json \
+        "${load[@]}" ${SIM_ARGS:-} --json --out "$work/$name.full.json" \
         2>/dev/null >"$work/$name.json" &
     local fleet=$!
     local before
     before=$(proc_stats "$server_pid")
-    sleep 2 # the fleet connected and pressing
+    sleep 2 # the fleet connecting and pressing
     PAT_PROBE_PASSWORD="$password" timeout "$((seconds + 60))" "$bin/console-probe" \
         --native "127.0.0.1:$port" --http "http://127.0.0.1:$http" --mqtt "127.0.0.1:$mqtt" \
         --user "probe-$name" --secret-seed "$seed" --first "$((pendants + 1))" --presses "$probes" \
@@ -81,6 +100,9 @@ run_backend() { # name, technical events/s, extra server args...
     printf '{"before": %s, "after": %s}\n' "$before" "$(proc_stats "$server_pid")" >"$work/$name.server.json"
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
     cat "$work/$name.json" "$work/$name.probe.json" >&2
+    if [ -n "${OUT_DIR:-}" ]; then
+        for f in full.json probe.json server.json; do cp "$work/$name.$f" "$OUT_DIR/$tag$name.$f" 2>/dev/null || true; done
+    fi
 }
 
 fsync=$("$bin/fsync-probe" --dir "$work" --count 2000 --json)
