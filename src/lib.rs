@@ -19,6 +19,7 @@ pub mod incident;
 pub mod ingest;
 pub mod mqtt;
 pub mod notify;
+pub mod open_files;
 pub mod routing;
 pub mod rules;
 pub mod sla;

@@ -277,7 +277,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let settings = args.settings()?;
+            // Before anything opens a file: every device connection is one.
+            let open_files = pingantong::open_files::raise();
+            let max_connections = settings.max_connections;
             let app = Application::build(settings).await?;
+            // Now that the metrics recorder is installed.
+            pingantong::open_files::report(open_files, max_connections);
             let a = app.addrs();
             println!(
                 "pingantong serving: native={} gt06={} watch={} h02={} (tcp+udp) eview={} dc09={} (tcp+udp) http={} mqtt={}{} database={}",

@@ -1,20 +1,22 @@
 //! The native pendant protocol over TCP (protocol/NATIVE.md).
 
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use pingantong_protocol::AlarmEvent;
 use pingantong_protocol::native::{
     self, ACK_CLOCK_SKEW, ACK_DUPLICATE, EventFrame, NakReason, ParseError, RawFrame, Reply,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{IngestContext, Read};
+use super::IngestContext;
 use crate::store::writer::PendingCommit;
-use crate::store::{AlarmRecord, AuthStatus, CommitOutcome, DeviceRow, now_ms};
+use crate::store::{AlarmRecord, AuthStatus, CommitOutcome, DeviceRow, StoreError, now_ms};
 use crate::telemetry::events;
 
 pub const PROTOCOL: &str = "native";
@@ -71,6 +73,24 @@ struct Connection {
 /// connection stops reading until answers go out.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
 
+/// What a first read of a frame reserves; the buffer grows for longer frames.
+const READ_CHUNK: usize = 256;
+
+/// The frame being looked up and submitted. Boxed: the handling future (a
+/// directory miss reads the database) is large, and inline it would make
+/// every idle connection that large too.
+type Handling<'a> = Pin<Box<dyn Future<Output = Slot> + Send + 'a>>;
+
+/// What woke a connection up.
+enum Step {
+    Shutdown,
+    Handled(Slot),
+    Committed(Result<CommitOutcome, StoreError>),
+    Writable(std::io::Result<()>),
+    Readable(std::io::Result<()>),
+    TimedOut,
+}
+
 impl Connection {
     /// Returns why the connection ended.
     ///
@@ -79,63 +99,135 @@ impl Connection {
     /// are still being committed, and answers go out in arrival order as their
     /// commits complete. An SOS behind a burst of routine frames therefore
     /// joins the very next commit instead of waiting for the burst's answers.
+    ///
+    /// All of it happens in this one task, waiting on whichever of the
+    /// socket, the frame being handled and the oldest commit is ready. An idle
+    /// pendant is the common case by far (100,000 of them, mostly silent), so
+    /// an idle connection holds no buffer, no queue and no second task: each
+    /// is allocated when bytes arrive and released when they are answered.
     async fn run(self, stream: TcpStream, shutdown: CancellationToken) -> &'static str {
-        let (mut rd, mut wr) = stream.into_split();
-        let (slots, mut owed) = tokio::sync::mpsc::channel::<Slot>(IN_FLIGHT_PER_CONNECTION);
-        let answering = tokio::spawn(async move {
-            let mut out = BytesMut::with_capacity(64);
-            while let Some(slot) = owed.recv().await {
-                let (reply, device) = settle(slot).await;
-                reply.encode(device.as_deref().map(|d| d.secret.as_slice()), &mut out);
-                if wr.write_all(&out).await.is_err() {
-                    return false;
-                }
-                out.clear();
-            }
-            true
-        });
-        let reason = self.read_frames(&mut rd, &slots, &shutdown).await;
-        // Every frame read is answered before the connection closes.
-        drop(slots);
-        match answering.await {
-            Ok(true) => reason,
-            _ => "write_failed",
-        }
-    }
-
-    async fn read_frames(
-        &self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
-        slots: &tokio::sync::mpsc::Sender<Slot>,
-        shutdown: &CancellationToken,
-    ) -> &'static str {
-        let mut buf = BytesMut::with_capacity(256);
+        let limits = &self.ctx.limits;
+        let mut buf = BytesMut::new();
+        let mut out = BytesMut::new();
+        let mut owed: VecDeque<Slot> = VecDeque::new();
+        let mut handling: Option<Handling<'_>> = None;
+        let mut ended: Option<&'static str> = None;
+        // A frame begun must be finished within `frame_timeout`; a silent
+        // connection may stay so for `idle_timeout`. Armed afresh on every
+        // wait for bytes, as each read is its own wait.
+        let timer = tokio::time::sleep(limits.idle_timeout);
+        tokio::pin!(timer);
+        let mut armed = false;
         loop {
-            loop {
-                let slot = match native::split_frame(&mut buf) {
-                    // Boxed: the handling future (a directory miss reads the
-                    // database) is large, and inline it would make every idle
-                    // connection's task that large too.
-                    Ok(Some(raw)) => Box::pin(self.handle(raw)).await,
-                    Ok(None) => break,
+            // The next whole frame is taken up once the previous one is
+            // submitted, in arrival order, unless too many wait for answers.
+            if handling.is_none() && owed.len() < IN_FLIGHT_PER_CONNECTION {
+                match native::split_frame(&mut buf) {
+                    Ok(Some(raw)) => handling = Some(Box::pin(self.handle(raw))),
+                    Ok(None) => {}
                     Err(e) => {
                         Box::pin(self.reject("framing", &e, &buf)).await;
-                        let _ = slots
-                            .send(Slot::Ready(nak(0, NakReason::Malformed), None))
-                            .await;
-                        return "framing_error";
+                        owed.push_back(Slot::Ready(nak(0, NakReason::Malformed), None));
+                        buf = BytesMut::new();
+                        ended = Some("framing_error");
                     }
-                };
-                if slots.send(slot).await.is_err() {
-                    return "write_failed";
                 }
             }
-            match super::read_more(rd, &mut buf, &self.ctx.limits, shutdown).await {
-                Read::More => {}
-                Read::Closed(reason) => return reason,
-                Read::Incomplete { reason, detail } => {
-                    Box::pin(self.reject("incomplete", &detail, &buf)).await;
-                    return reason;
+            while let Some(Slot::Ready(..)) = owed.front() {
+                if let Some(Slot::Ready(reply, device)) = owed.pop_front() {
+                    // An unknown device's reply cannot be signed; a known one's always is.
+                    reply.encode(device.as_deref().map(|d| d.secret.as_slice()), &mut out);
+                }
+            }
+            if !out.is_empty() {
+                match stream.try_write(&out) {
+                    Ok(0) => return "write_failed",
+                    Ok(n) => out.advance(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return "write_failed",
+                }
+            }
+            release_if_empty(&mut buf);
+            release_if_empty(&mut out);
+            if owed.is_empty() && owed.capacity() > 0 {
+                owed = VecDeque::new();
+            }
+            // Every frame read is answered before the connection closes.
+            if let Some(reason) = ended
+                && handling.is_none()
+                && owed.is_empty()
+                && out.is_empty()
+            {
+                return reason;
+            }
+            // Only with no whole frame left in `buf`: so an empty buffer means
+            // "between frames" and a non-empty one "inside a frame".
+            let reading =
+                ended.is_none() && handling.is_none() && owed.len() < IN_FLIGHT_PER_CONNECTION;
+            if !reading {
+                armed = false;
+            } else if !armed {
+                let limit = if buf.is_empty() {
+                    limits.idle_timeout
+                } else {
+                    limits.frame_timeout
+                };
+                timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                armed = true;
+            }
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if ended.is_none() => Step::Shutdown,
+                slot = async { handling.as_mut().expect("checked").await }, if handling.is_some() => {
+                    Step::Handled(slot)
+                }
+                outcome = oldest_commit(&mut owed), if !owed.is_empty() => Step::Committed(outcome),
+                r = poll_fn(|cx| stream.poll_write_ready(cx)), if !out.is_empty() => Step::Writable(r),
+                r = poll_fn(|cx| stream.poll_read_ready(cx)), if reading => Step::Readable(r),
+                _ = &mut timer, if reading => Step::TimedOut,
+            };
+            match step {
+                Step::Shutdown => ended = Some("shutdown"),
+                Step::Handled(slot) => {
+                    handling = None;
+                    owed.push_back(slot);
+                }
+                Step::Committed(outcome) => {
+                    if let Some(slot) = owed.pop_front() {
+                        owed.push_front(settle(slot, outcome));
+                    }
+                }
+                // The next turn writes what is pending.
+                Step::Writable(Ok(())) => {}
+                Step::Writable(Err(_)) => return "write_failed",
+                Step::Readable(Ok(())) => {
+                    if buf.capacity() == 0 {
+                        buf.reserve(READ_CHUNK);
+                    }
+                    match stream.try_read_buf(&mut buf) {
+                        Ok(0) if buf.is_empty() => ended = Some("closed_by_peer"),
+                        Ok(0) => {
+                            let detail = "peer closed mid-frame";
+                            Box::pin(self.reject("incomplete", &detail, &buf)).await;
+                            buf = BytesMut::new();
+                            ended = Some("closed_mid_frame");
+                        }
+                        Ok(_) => armed = false,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => ended = Some("read_failed"),
+                    }
+                }
+                Step::Readable(Err(_)) => ended = Some("read_failed"),
+                Step::TimedOut => {
+                    armed = false;
+                    if buf.is_empty() {
+                        ended = Some("idle_timeout");
+                    } else {
+                        let detail = "frame not completed in time";
+                        Box::pin(self.reject("incomplete", &detail, &buf)).await;
+                        buf = BytesMut::new();
+                        ended = Some("frame_timeout");
+                    }
                 }
             }
         }
@@ -240,19 +332,27 @@ impl Connection {
     }
 }
 
-/// Wait for a slot's commit and decide the reply.
-async fn settle(slot: Slot) -> (Reply, Option<Arc<DeviceRow>>) {
-    let (seq, auth, skew, device, commit) = match slot {
-        Slot::Ready(reply, device) => return (reply, device),
-        Slot::Committing {
-            seq,
-            auth,
-            skew,
-            device,
-            commit,
-        } => (seq, auth, skew, device, commit),
+/// The oldest frame's commit; the answers after it wait their turn.
+async fn oldest_commit(owed: &mut VecDeque<Slot>) -> Result<CommitOutcome, StoreError> {
+    match owed.front_mut() {
+        Some(Slot::Committing { commit, .. }) => commit.await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Decide a committed slot's reply.
+fn settle(slot: Slot, outcome: Result<CommitOutcome, StoreError>) -> Slot {
+    let Slot::Committing {
+        seq,
+        auth,
+        skew,
+        device,
+        ..
+    } = slot
+    else {
+        return slot;
     };
-    let reply = match (commit.wait().await, auth) {
+    let reply = match (outcome, auth) {
         (Err(_), _) => nak(seq, NakReason::Unavailable),
         (Ok(_), AuthStatus::BadTag) => nak(seq, NakReason::BadTag),
         (Ok(_), AuthStatus::UnknownDevice) => nak(seq, NakReason::UnknownDevice),
@@ -271,8 +371,14 @@ async fn settle(slot: Slot) -> (Reply, Option<Arc<DeviceRow>>) {
             }
         }
     };
-    // An unknown device's reply cannot be signed; a known one's always is.
-    (reply, device)
+    Slot::Ready(reply, device)
+}
+
+/// Give an emptied buffer's memory back: most connections are idle most of the time.
+fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
+    }
 }
 
 fn nak(seq: u32, reason: NakReason) -> Reply {

@@ -6,8 +6,10 @@
 //! queue and go first into every batch, so a flood of heartbeats delays an SOS
 //! by one commit at most.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use pingantong_protocol::Lane;
@@ -56,12 +58,24 @@ pub struct WriterStats {
     pub events: AtomicU64,
 }
 
-/// A commit in flight; await it to learn the outcome.
+/// A commit in flight; await it to learn the outcome. It is also a future in
+/// its own right, so a connection can poll the oldest of its commits in place
+/// alongside its socket instead of handing it to a task of its own.
 pub struct PendingCommit(oneshot::Receiver<Result<CommitOutcome, StoreError>>);
 
 impl PendingCommit {
     pub async fn wait(self) -> Result<CommitOutcome, StoreError> {
-        self.0.await.unwrap_or(Err(StoreError::WriterGone))
+        self.await
+    }
+}
+
+impl Future for PendingCommit {
+    type Output = Result<CommitOutcome, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StoreError::WriterGone)))
     }
 }
 

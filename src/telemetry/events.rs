@@ -215,6 +215,42 @@ impl StageFailed<'_> {
     }
 }
 
+/// The open-file limit the server got at start, against what its
+/// `max_connections` needs (one descriptor per device connection).
+pub struct OpenFilesLimit {
+    pub soft: u64,
+    pub hard: u64,
+    pub wanted: u64,
+    /// Device connections the limit leaves room for.
+    pub room: u64,
+}
+
+impl OpenFilesLimit {
+    pub fn emit(self) {
+        gauge!("pingantong_open_files_limit").set(self.soft as f64);
+        info!(limit = self.soft, hard_limit = self.hard, "open-file limit");
+        if self.soft < self.wanted {
+            warn!(
+                limit = self.soft,
+                wanted = self.wanted,
+                "open-file limit too low for max_connections: past about {} device connections \
+                 new ones wait unaccepted until others close; raise LimitNOFILE (README, \"Open files\")",
+                self.room
+            );
+        }
+    }
+}
+
+pub struct OpenFilesLimitUnknown<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl OpenFilesLimitUnknown<'_> {
+    pub fn emit(self) {
+        warn!(error = %self.error, "open-file limit unknown; device connections may be refused early");
+    }
+}
+
 pub struct MqttConnection {
     pub up: bool,
     pub detail: String,
