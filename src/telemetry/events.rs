@@ -227,7 +227,7 @@ pub struct OpenFilesLimit {
 
 impl OpenFilesLimit {
     pub fn emit(self) {
-        gauge!("pingantong_open_files_limit").set(self.soft as f64);
+        gauge!("pat_open_files_limit").set(self.soft as f64);
         info!(limit = self.soft, hard_limit = self.hard, "open-file limit");
         if self.soft < self.wanted {
             warn!(
