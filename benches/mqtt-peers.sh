@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MQTT alarm -> carer offer through Mosquitto (127.0.0.1:1883): the release
+# MQTT alarm -> carer offer through Mosquitto (its own, with TCP_NODELAY; BROKER=system: 127.0.0.1:1883): the release
 # server (SQLite, commit before routing) against the peer a user could pick
 # instead, a Node-RED flow (MQTT in -> profile lookup -> MQTT out), as shipped
 # and tuned (TCP_NODELAY). mqtt-probe feeds each the same presses from the same
@@ -16,6 +16,10 @@ presses=${1:-300}
 rate=${2:-1000}
 seconds=${3:-5}
 warmup=20
+# BROKER=system uses the machine's Mosquitto (127.0.0.1:1883) as configured; by
+# default a Mosquitto of the run's own is started with set_tcp_nodelay, since
+# Mosquitto's default (Nagle on) adds a delayed-ACK wait to every hop for both
+# dispatchers alike and would measure the broker, not them.
 broker=127.0.0.1:1883
 run="bench-$$"
 
@@ -33,6 +37,16 @@ fi
 
 work=$(mktemp -d)
 pid=
+broker_pid=
+if [ "${BROKER:-own}" = own ]; then
+    bport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n' "$bport" \
+        >"$work/mosquitto.conf"
+    mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+    broker_pid=$!
+    broker=127.0.0.1:$bport
+    for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$bport") 2>/dev/null && break; sleep 0.1; done
+fi
 broker_clean=()
 stop() {
     if [ -n "$pid" ]; then
@@ -48,9 +62,10 @@ cleanup() {
     # Leave nothing of ours on the broker: the server's retained status and its
     # persistent session (a clean-session connect with its client id drops it).
     for c in "${broker_clean[@]}"; do
-        timeout 5 mosquitto_pub -h 127.0.0.1 -r -n -q 1 -t "$c/status" >/dev/null 2>&1 || true
-        timeout 5 mosquitto_sub -h 127.0.0.1 -i "${c##*/}" -t "$c/none" -E >/dev/null 2>&1 || true
+        timeout 5 mosquitto_pub -h 127.0.0.1 -p "${broker##*:}" -r -n -q 1 -t "$c/status" >/dev/null 2>&1 || true
+        timeout 5 mosquitto_sub -h 127.0.0.1 -p "${broker##*:}" -i "${c##*/}" -t "$c/none" -E >/dev/null 2>&1 || true
     done
+    [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -138,15 +153,16 @@ for variant in shipped tuned; do
     stop
 done
 
-python3 - "$work" "$presses" "$warmup" "$rate" "$seconds" <<'PY'
+python3 - "$work" "$presses" "$warmup" "$rate" "$seconds" "$broker" "${BROKER:-own}" <<'PY'
 import json, sys
-work, presses, warmup, rate, seconds = sys.argv[1:]
+work, presses, warmup, rate, seconds, broker, which = sys.argv[1:]
 runs = [("pingantong", "Ping An Tong (SQLite, commit, then route)"),
         ("node-red-shipped", "Node-RED 4, as shipped"),
         ("node-red-tuned", "Node-RED 4, TCP_NODELAY")]
 res = {n: (json.load(open(f"{work}/{n}.latency.json")), json.load(open(f"{work}/{n}.load.json")))
        for n, _ in runs}
-print(f"Press → carer's offer through Mosquitto 127.0.0.1:1883, QoS 1. Latency: {presses} presses one "
+how = "the run's own, set_tcp_nodelay true" if which == "own" else "the machine's, as configured"
+print(f"Press → carer's offer through Mosquitto {broker} ({how}), QoS 1. Latency: {presses} presses one "
       f"at a time after {warmup} warm-up presses. Load: {rate} presses/s open loop for {seconds} s, "
       f"each timed from when it was due.\n")
 print("| dispatcher | p50 ms | p90 ms | p99 ms | max ms | offers / missed "
