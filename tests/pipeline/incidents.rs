@@ -31,6 +31,23 @@ async fn lifecycle(backend: Backend) {
         app.db.incident_state(id).await.unwrap(),
         Some(State::Queued)
     );
+    // The stage offers a carer in a transaction of its own after opening the
+    // incident; the walk below starts once it has, so the timeline's order is known.
+    let offered = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !app
+        .db
+        .incident_actions(id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|a| a == "carer_offered")
+    {
+        assert!(
+            tokio::time::Instant::now() < offered,
+            "no carer offered within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // Closing an incident nobody took is refused, with the states named.
     let err = app
