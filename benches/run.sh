@@ -35,37 +35,39 @@ case $mode in
 esac
 
 step() { echo "== $*" >&2; }
+# A step that fails is noted and the run goes on: the report shows what is missing.
+failed() { echo "benches/run.sh: step failed: $1" >&2; echo "$1" >>"$out/failed-steps.txt"; }
 
 step floors, before
-bash benches/floors.sh "$floor_count" "$out/floors" --json >"$out/floors-before.json"
+bash benches/floors.sh "$floor_count" "$out/floors" --json >"$out/floors-before.json" || failed "floors before"
 
 step "fleet of $k1: SQLite, SQLite through a flood of technical events, PostgreSQL"
 OUT_DIR=$out TAG=size$k1 BACKENDS="sqlite sqlite_flood postgres" \
-    bash benches/e2e.sh "$k1" "$secs" 50 5000 "$probes" >"$out/e2e-$k1.md"
+    bash benches/e2e.sh "$k1" "$secs" 50 5000 "$probes" >"$out/e2e-$k1.md" || failed "e2e $k1"
 step "fleet of $k10"
 OUT_DIR=$out TAG=size$k10 BACKENDS="sqlite postgres" \
-    bash benches/e2e.sh "$k10" "$secs" 50 0 "$probes" >"$out/e2e-$k10.md"
+    bash benches/e2e.sh "$k10" "$secs" 50 0 "$probes" >"$out/e2e-$k10.md" || failed "e2e $k10"
 # This machine's hard limit on open files (20,000 per process, see README) keeps
 # the persistent connections at 15,000; the rest report over a connection each.
 step "fleet of $k100 ($persistent holding connections), 1,000 presses/s"
 OUT_DIR=$out TAG=size$k100 BACKENDS="sqlite postgres" SIM_ARGS="--persistent $persistent" \
-    bash benches/e2e.sh "$k100" "$big_secs" 1000 0 "$probes" >"$out/e2e-$k100.md"
+    bash benches/e2e.sh "$k100" "$big_secs" 1000 0 "$probes" >"$out/e2e-$k100.md" || failed "e2e $k100"
 
 step "storm: mass disconnect, reconnect and power-restored reports, SOS through it"
 OUT_DIR=$out TAG=storm BACKENDS=sqlite SCENARIO=benches/scenarios/storm.toml \
     SIM_ARGS="--persistent $persistent" \
-    bash benches/e2e.sh "$k100" 40 0 0 "$probes" >"$out/e2e-storm.md"
+    bash benches/e2e.sh "$k100" 40 0 0 "$probes" >"$out/e2e-storm.md" || failed "e2e storm"
 
 # The same seeded cities as above (same size with the probes' pendants), so no new seeding.
 step "frames/s: $k10 pendants beating every 0.2 s"
 OUT_DIR=$out TAG=frames BACKENDS=sqlite HEARTBEAT=0.2 \
-    bash benches/e2e.sh "$k10" 20 1 0 "$probes" >"$out/e2e-frames.md"
+    bash benches/e2e.sh "$k10" 20 1 0 "$probes" >"$out/e2e-frames.md" || failed "e2e frames"
 step "CPU per alarm: 1,000 presses/s, no heartbeats"
 OUT_DIR=$out TAG=alarms BACKENDS=sqlite HEARTBEAT=3600 \
-    bash benches/e2e.sh "$k1" 20 1000 0 "$probes" >"$out/e2e-alarms.md"
+    bash benches/e2e.sh "$k1" 20 1000 0 "$probes" >"$out/e2e-alarms.md" || failed "e2e alarms"
 
 step "memory per idle connection"
-bash benches/idle-rss.sh "$rss_pendants" >"$out/idle-rss.md"
+bash benches/idle-rss.sh "$rss_pendants" >"$out/idle-rss.md" || failed "idle RSS"
 
 step "peer: pysiaalarm (SIA DC-09)"
 bash benches/peers/pysiaalarm.sh >"$out/peer-pysiaalarm.md" || echo "pysiaalarm run failed" >"$out/peer-pysiaalarm.md"
@@ -73,7 +75,7 @@ step "peer: Node-RED (MQTT)"
 bash benches/mqtt-peers.sh >"$out/peer-node-red.md" || echo "Node-RED run failed" >"$out/peer-node-red.md"
 
 step floors, after
-bash benches/floors.sh "$floor_count" "$out/floors" --json >"$out/floors-after.json"
+bash benches/floors.sh "$floor_count" "$out/floors" --json >"$out/floors-after.json" || failed "floors after"
 
 step report
 python3 benches/report.py "$out" "$mode"
