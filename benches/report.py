@@ -221,16 +221,23 @@ if None not in (ack99, fsync_p99):
     out(f"| press → ACK p99 ≤ 2 × fsync p99 | {ack99:.3f} ms vs 2 × {fsync_p99:.3f} ms | "
         f"{verdict(ack99 <= 2 * fsync_p99)} ({ack99 / (2 * fsync_p99):.1f}× the target) |")
 for backend in ("sqlite", "postgres"):
-    c = get(big, backend, "probe", "console_ms", "p99")
-    if c is not None:
-        out(f"| press → console p99 ≤ 5 ms ({backend}, {sizes[-1]:,}) | {c:.3f} ms | {verdict(c <= 5)} ({c / 5:.1f}×) |")
-    o = get(big, backend, "probe", "offer_ms", "p99")
+    # The largest fleet whose probe presses were all seen (at 1,000 presses/s the
+    # incident stage falls behind and the probe gives up: see the fleet table).
+    seen = [n for n in sizes if get(f"size{n}", backend, "probe", "console_ms", "p99") is not None]
+    if not seen:
+        continue
+    n = seen[-1]
+    c = get(f"size{n}", backend, "probe", "console_ms", "p99")
+    out(f"| press → console p99 ≤ 5 ms ({backend}, {n:,} pendants) | {c:.3f} ms | {verdict(c <= 5)} ({c / 5:.1f}×) |")
+    o = get(f"size{n}", backend, "probe", "offer_ms", "p99")
     if o is not None:
-        out(f"| press → carer offer p99 ≤ 10 ms ({backend}, {sizes[-1]:,}) | {o:.3f} ms | {verdict(o <= 10)} ({o / 10:.1f}×) |")
+        out(f"| press → carer offer p99 ≤ 10 ms ({backend}, {n:,} pendants) | {o:.3f} ms | {verdict(o <= 10)} ({o / 10:.1f}×) |")
 fr = R.get(("frames", "sqlite"))
 if fr:
     rate = frames_per_sec(fr["fleet"])
-    out(f"| ≥ 50,000 frames/s sustained (heartbeats) | {rate:,.0f} frames/s answered | {verdict(rate >= 50000)} |")
+    lost = fr["fleet"].get("alarms_lost", 0)
+    out(f"| ≥ 50,000 frames/s sustained (heartbeats) | {rate:,.0f} frames/s answered; presses unanswered 15 s "
+        f"after the end: {lost} of {fr['fleet'].get('alarms_sent')} | {verdict(rate >= 50000)} |")
 al = R.get(("alarms", "sqlite"))
 if al and cpu_s(al) is not None:
     n = frames(al["fleet"])
