@@ -131,7 +131,7 @@ RUST_LOG=warn "$bin/pingantong" serve --config "$work/pat.toml" --data-dir "$wor
     --h02-addr 127.0.0.1:0 --eview-addr 127.0.0.1:0 --dc09-addr 127.0.0.1:0 >"$work/pat.log" 2>&1 &
 pid=$!
 wait_for "$work/pat.log" "serving" 30
-timeout 20 mosquitto_sub -h 127.0.0.1 -t "$prefix/v1/server/$instance/status" -C 1 \
+timeout 20 mosquitto_sub -h 127.0.0.1 -p "${broker##*:}" -t "$prefix/v1/server/$instance/status" -C 1 \
     | grep -q online || { echo "mqtt-peers.sh: the server never said online" >&2; exit 1; }
 probe pingantong "$prefix"
 stop
