@@ -98,7 +98,15 @@ run_backend() { # name, technical events/s, extra server args...
         --pause-ms 20 --json >"$work/$name.probe.json" || echo '{}' >"$work/$name.probe.json"
     wait "$fleet" || true # a run that lost alarms is reported, not aborted
     printf '{"before": %s, "after": %s}\n' "$before" "$(proc_stats "$server_pid")" >"$work/$name.server.json"
-    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+    # A server still working through a backlog of incidents may take minutes to
+    # stop; its alarms are committed, so after 30 s it is killed (and said so).
+    kill "$server_pid"
+    for _ in $(seq 1 300); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$server_pid" 2>/dev/null; then
+        echo "e2e.sh: $name: the server had not stopped 30 s after SIGTERM; killed" >&2
+        kill -9 "$server_pid"
+    fi
+    wait "$server_pid" 2>/dev/null || true; server_pid=
     cat "$work/$name.json" "$work/$name.probe.json" >&2
     if [ -n "${OUT_DIR:-}" ]; then
         for f in full.json probe.json server.json; do cp "$work/$name.$f" "$OUT_DIR/$tag$name.$f" 2>/dev/null || true; done
