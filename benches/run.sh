@@ -3,7 +3,7 @@
 # "Latest full run" section (tables, targets, ratios) and benches/plots/*.svg
 # written from what it measured:
 #
-#   benches/run.sh          # about 25 minutes
+#   benches/run.sh          # about 40 minutes
 #   benches/run.sh quick    # the same steps, small (a check of the runner)
 #
 # In order: the floors (fsync, loopback round trip, SQLite and PostgreSQL
