@@ -81,4 +81,6 @@ echo "demo: 1 passed, 0 failed"
 # the embedded broker and on PostgreSQL through Mosquitto. It asserts that nothing
 # was lost and every alarm was acknowledged, never a timing.
 echo "== end-to-end smoke (benches/smoke.sh)"
+# `cargo test` builds the simulators' binaries only as test harnesses: build them as programs.
+cargo build --workspace --bins -q
 BIN=target/debug bash benches/smoke.sh 1000 5 100 20
