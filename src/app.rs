@@ -343,6 +343,7 @@ impl Application {
                 cascade: s.notify_cascade,
                 notices: Arc::clone(&notices),
                 timeline: Arc::clone(&timeline_changed),
+                acks: writer.load(),
             },
             Arc::clone(&self.clock),
         );

@@ -86,6 +86,25 @@ impl Directory {
         Ok(Some(profile))
     }
 
+    /// Load, in one read, the clients behind these devices that are not in
+    /// memory yet: a batch of alarms from a city's worth of people would
+    /// otherwise miss one at a time.
+    pub async fn prefetch_clients_of<'a>(
+        &self,
+        devices: impl Iterator<Item = &'a str>,
+    ) -> Result<(), StoreError> {
+        let mut missing: Vec<i64> = devices
+            .filter_map(|id| self.devices.get(id).and_then(|d| d.client_id))
+            .filter(|c| !self.clients.contains_key(c))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        for profile in self.db.client_profiles(&missing).await? {
+            self.clients.insert(profile.id, Arc::new(profile));
+        }
+        Ok(())
+    }
+
     /// Re-read what changed since the last sweep. Returns how many entries changed.
     pub async fn refresh(&self) -> Result<usize, StoreError> {
         let started = now_ms();

@@ -2,7 +2,7 @@
 
 use rumqttc::{AsyncClient, Publish, QoS};
 
-use crate::store::{Db, StoreError};
+use crate::store::{Db, DispatchOffer, StoreError};
 use crate::telemetry::events;
 
 pub use crate::mqtt::{MqttEndpoint, MqttStatus};
@@ -100,7 +100,18 @@ impl Dispatcher {
             .dispatch_offer(dispatch_id)
             .await?
             .ok_or(DispatchError::NoOffer(dispatch_id))?;
-        let mut payload = serde_json::to_value(&offer).expect("offer serialises");
+        self.publish_offer(&offer).await?;
+        self.db.mark_dispatch_published(dispatch_id).await?;
+        Ok(())
+    }
+
+    /// Send an offer already read (or just written); the caller records it as
+    /// published.
+    pub async fn publish_offer(&self, offer: &DispatchOffer) -> Result<(), DispatchError> {
+        if !self.status.is_up() {
+            return Err(DispatchError::MqttDown);
+        }
+        let mut payload = serde_json::to_value(offer).expect("offer serialises");
         payload["v"] = serde_json::json!(1);
         self.client
             .publish(
@@ -110,9 +121,8 @@ impl Dispatcher {
                 payload.to_string(),
             )
             .await?;
-        self.db.mark_dispatch_published(dispatch_id).await?;
         events::DispatchPublished {
-            dispatch: dispatch_id,
+            dispatch: offer.dispatch_id,
             carer: offer.carer_id,
         }
         .emit();

@@ -24,10 +24,10 @@ use crate::directory::Directory;
 use crate::dispatch::Dispatcher;
 use crate::routing;
 use crate::rules::{Action, Rules, lane_name};
-use crate::store::writer::CommittedAlarm;
+use crate::store::writer::{CommittedAlarm, WriterStats};
 use crate::store::{
     AuthStatus, Cascade, ClaimCheck, ClientProfile, Db, IncidentOutcome, NewIncident, OfferCheck,
-    StoreError,
+    RouteDone, RouteRequest, StageDone, StageWork, StoreError,
 };
 use crate::telemetry::events;
 
@@ -95,6 +95,8 @@ pub struct StageConfig {
     pub notices: Arc<tokio::sync::Notify>,
     /// Woken after anything goes on a timeline (the live feed reads it).
     pub timeline: Arc<tokio::sync::Notify>,
+    /// The devices' commits, which the stage's transactions let go first.
+    pub acks: Arc<WriterStats>,
 }
 
 pub struct IncidentStage {
@@ -113,6 +115,113 @@ pub struct IncidentStage {
 /// How many owed technical alarms one sweep hands to the loop: the rest wait
 /// for a sweep after these are done.
 const TECHNICAL_PER_SWEEP: usize = 256;
+
+/// At most this many queued alarms go into one of the stage's transactions:
+/// enough to share a commit among a burst, few enough that an SOS arriving
+/// meanwhile waits for one modest transaction, not a backlog.
+const STAGE_BATCH: usize = 64;
+
+/// How long the stage lets the devices' commits go first before a
+/// transaction of its own: a short wait on a busy writer, during which more
+/// alarms gather for the same transaction.
+const ACK_PRIORITY: Duration = Duration::from_millis(2);
+
+/// After shutdown, how long the stage goes on with queued life-safety alarms.
+/// What is left is committed and marked owed: the sweep at the next start
+/// takes it up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Take `first` and whatever else is queued behind it, up to a batch.
+fn gather<T: Into<Owed>>(first: T, queue: &mut mpsc::Receiver<T>) -> Vec<Owed> {
+    let mut batch = vec![first.into()];
+    while batch.len() < STAGE_BATCH {
+        match queue.try_recv() {
+            Ok(next) => batch.push(next.into()),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// One alarm's work, decided from the rules and the directory before the
+/// transaction.
+struct Plan {
+    owed: Owed,
+    kind: String,
+    /// The incident's (or the job's) fold key.
+    fold_key: String,
+    what: PlanKind,
+}
+
+enum PlanKind {
+    Processed,
+    Cancel,
+    Clear {
+        detail: String,
+    },
+    Incident {
+        verified: bool,
+        client_id: Option<i64>,
+        lane: &'static str,
+        offer: bool,
+        advise: Option<String>,
+        notify: Option<Cascade>,
+        now: i64,
+        claim_due_at: i64,
+        /// The client and the offer's deadline, when the incident is to be
+        /// offered to a carer as it opens.
+        route: Option<(Arc<ClientProfile>, i64)>,
+    },
+}
+
+impl Plan {
+    fn work(&self) -> StageWork<'_> {
+        let alarm_id = self.owed.id;
+        match &self.what {
+            PlanKind::Processed => StageWork::Processed { alarm_id },
+            PlanKind::Cancel => StageWork::Cancel {
+                alarm_id,
+                fold_key: &self.fold_key,
+            },
+            PlanKind::Clear { detail } => StageWork::Clear {
+                alarm_id,
+                fold_key: &self.fold_key,
+                detail,
+            },
+            PlanKind::Incident {
+                verified,
+                client_id,
+                lane,
+                offer,
+                advise,
+                notify,
+                now,
+                claim_due_at,
+                route,
+            } => StageWork::Incident {
+                incident: NewIncident {
+                    alarm_id,
+                    fold_key: &self.fold_key,
+                    client_id: *client_id,
+                    device_id: &self.owed.device_id,
+                    kind: &self.kind,
+                    lane,
+                    verified: *verified,
+                    offer: *offer,
+                    advise: advise.as_deref(),
+                    notify: *notify,
+                    notify_at: *now,
+                    claim_due_at: *claim_due_at,
+                },
+                route: route.as_ref().map(|(client, due)| RouteRequest {
+                    client,
+                    offer_due_at: *due,
+                    choose: routing::choose,
+                }),
+            },
+        }
+    }
+}
 
 impl IncidentStage {
     pub fn new(
@@ -181,30 +290,44 @@ impl IncidentStage {
             loop {
                 tokio::select! {
                     biased;
-                    Some(alarm) = urgent.recv() => self.handle_logged(alarm.into()).await,
+                    Some(alarm) = urgent.recv() => {
+                        self.config.acks.yield_to_acks(ACK_PRIORITY).await;
+                        self.handle_batch(gather(alarm, &mut urgent)).await
+                    }
                     Some(reply) = replies.recv() => self.carer_reply_logged(reply).await,
                     Some(command) = commands.recv() => self.command(command).await,
                     _ = tick.tick() => {
-                        if let Err(e) = self.sweep().await {
+                        if let Err(e) = self.sweep(&shutdown).await {
                             events::StageFailed { stage: "incident_sweep", error: &e }.emit();
                         }
                     }
                     _ = shutdown.cancelled() => break,
-                    Some(alarm) = other.recv() => self.handle_logged(alarm.into()).await,
-                    Some(owed) = deferred.recv() => self.handle_logged(owed).await,
+                    Some(alarm) = other.recv() => {
+                        self.config.acks.yield_to_acks(ACK_PRIORITY).await;
+                        self.handle_batch(gather(alarm, &mut other)).await
+                    }
+                    Some(owed) = deferred.recv() => {
+                        self.config.acks.yield_to_acks(ACK_PRIORITY).await;
+                        self.handle_batch(gather(owed, &mut deferred)).await
+                    }
                 }
                 // Whatever the step was, the live feed looks now rather than
                 // at its next poll.
                 self.config.timeline.notify_one();
             }
-            while let Ok(alarm) = urgent.try_recv() {
-                self.handle_logged(alarm.into()).await;
+            let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+            while tokio::time::Instant::now() < deadline
+                && let Ok(alarm) = urgent.try_recv()
+            {
+                self.handle_batch(gather(alarm, &mut urgent)).await;
             }
         })
     }
 
-    /// Hand over whatever the database says is still owed.
-    pub async fn sweep(&self) -> Result<(), StoreError> {
+    /// Hand over whatever the database says is still owed. A backlog of
+    /// owed alarms is worked through in batches until `shutdown`; what is left
+    /// then stays owed for the next start.
+    pub async fn sweep(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
         // Every life-safety alarm owed, found by kind in however large a
         // backlog of technical events, and handled here and now.
         let mut after = 0;
@@ -215,10 +338,12 @@ impl IncidentStage {
                 .await?;
             let Some(last) = batch.last() else { break };
             after = last.id;
-            for a in batch {
-                if let Some(owed) = owed_of(a) {
-                    self.handle_logged(owed).await;
+            let owed: Vec<Owed> = batch.into_iter().filter_map(owed_of).collect();
+            for chunk in owed.chunks(STAGE_BATCH) {
+                if shutdown.is_cancelled() {
+                    return Ok(());
                 }
+                self.handle_batch(chunk.to_vec()).await;
             }
         }
         // The oldest technical ones go to the loop's lowest-priority queue,
@@ -294,17 +419,8 @@ impl IncidentStage {
         Ok(())
     }
 
-    async fn handle_logged(&self, owed: Owed) {
-        if let Err(e) = self.handle(&owed).await {
-            events::StageFailed {
-                stage: "incident",
-                error: &e,
-            }
-            .emit();
-        }
-    }
-
-    async fn handle(&self, owed: &Owed) -> Result<(), StoreError> {
+    /// Decide what an alarm needs, from the rules and the directory.
+    async fn plan(&self, owed: Owed) -> Result<Plan, StoreError> {
         let verified = owed.auth == AuthStatus::Verified;
         let device = if verified {
             self.directory.device(&owed.device_id).await?
@@ -316,6 +432,12 @@ impl IncidentStage {
         let rule = self.config.rules.for_kind(owed.kind);
         let life_safety = owed.kind == EventKind::Cancel
             || rule.priority == pingantong_protocol::Lane::LifeSafety;
+        let plan = |fold_key: String, what| Plan {
+            kind: kind.to_string(),
+            fold_key,
+            what,
+            owed: owed.clone(),
+        };
         // Unverified senders get their own key: a forged press must never fold
         // into, and so hide behind, a resident's real incident. Technical jobs
         // are one per device and kind: a pendant reporting its low battery
@@ -327,73 +449,184 @@ impl IncidentStage {
             (false, true, _) => format!("technical:{}:{kind}", owed.device_id),
             // A technical report from a sender we cannot verify is stored
             // (for forensics and the rejected-device list), nobody's job.
-            (false, false, _) => return self.db.mark_processed(owed.id).await,
+            (false, false, _) => return Ok(plan(String::new(), PlanKind::Processed)),
         };
         if let Some(trouble) = crate::rules::clears(owed.kind) {
             let job = format!("technical:{}:{}", owed.device_id, trouble.name());
             let detail = format!("{kind} reported by the device (alarm {})", owed.id);
-            if let Some(incident) = self.db.clear_job(owed.id, &job, &detail).await? {
-                events::JobCleared {
-                    incident,
-                    kind: &kind,
-                }
-                .emit();
-            }
-            return Ok(());
+            return Ok(plan(job, PlanKind::Clear { detail }));
         }
         if owed.kind == EventKind::Cancel {
-            self.db.record_cancel(owed.id, &fold_key).await?;
-            return Ok(());
+            return Ok(plan(fold_key, PlanKind::Cancel));
         }
         if !rule.has(Action::Operator) {
             // Rules changed since this alarm was stored: it has no work now.
-            return self.db.mark_processed(owed.id).await;
+            return Ok(plan(fold_key, PlanKind::Processed));
         }
         let escalation = rule.escalation(self.config.escalation);
-        let notify = rule
-            .has(Action::NotifyFamily)
-            .then_some(self.config.cascade);
-        let outcome = self
-            .db
-            .open_or_fold_incident(&NewIncident {
-                alarm_id: owed.id,
-                fold_key: &fold_key,
-                client_id,
-                device_id: &owed.device_id,
-                kind: &kind,
-                lane: lane_name(rule.priority),
+        let offer = rule.has(Action::OfferCarer);
+        let now = self.now();
+        let route = match (offer, verified, client_id) {
+            (true, true, Some(c)) => self
+                .directory
+                .client(c)
+                .await?
+                .map(|client| (client, now + escalation.offer_after_ms)),
+            _ => None,
+        };
+        Ok(plan(
+            fold_key,
+            PlanKind::Incident {
                 verified,
-                offer: rule.has(Action::OfferCarer),
-                advise: rule.advised_handoff(),
-                notify,
-                notify_at: self.now(),
-                claim_due_at: self.now() + escalation.claim_after_ms,
-            })
-            .await?;
-        match outcome {
-            IncidentOutcome::Opened(incident) => {
-                events::IncidentOpened {
-                    incident,
-                    device: &owed.device_id,
-                    kind: &kind,
-                    verified,
+                client_id,
+                lane: lane_name(rule.priority),
+                offer,
+                advise: rule.advised_handoff().map(str::to_owned),
+                notify: rule
+                    .has(Action::NotifyFamily)
+                    .then_some(self.config.cascade),
+                now,
+                claim_due_at: now + escalation.claim_after_ms,
+                route,
+            },
+        ))
+    }
+
+    /// Handle queued alarms in one transaction, then tell who must know:
+    /// the log, the live feed, the family's notifier, the carers.
+    async fn handle_batch(&self, batch: Vec<Owed>) {
+        if batch.len() > 1
+            && let Err(e) = self
+                .directory
+                .prefetch_clients_of(
+                    batch
+                        .iter()
+                        .filter(|o| o.auth == AuthStatus::Verified)
+                        .map(|o| o.device_id.as_str()),
+                )
+                .await
+        {
+            // Each plan reads what it misses on its own.
+            events::StageFailed {
+                stage: "directory_prefetch",
+                error: &e,
+            }
+            .emit();
+        }
+        let mut plans = Vec::with_capacity(batch.len());
+        for owed in batch {
+            match self.plan(owed).await {
+                Ok(p) => plans.push(p),
+                // Still owed in the database: the sweep tries it again.
+                Err(e) => events::StageFailed {
+                    stage: "incident",
+                    error: &e,
+                }
+                .emit(),
+            }
+        }
+        if plans.is_empty() {
+            return;
+        }
+        let work: Vec<StageWork<'_>> = plans.iter().map(Plan::work).collect();
+        let started = std::time::Instant::now();
+        let done: Vec<Option<StageDone>> = match self.db.apply_stage_work(&work).await {
+            Ok(done) => {
+                events::StageBatch {
+                    size: work.len(),
+                    elapsed: started.elapsed(),
                 }
                 .emit();
-                // The operators see it before the carer is chosen.
-                self.config.timeline.notify_one();
-                if notify.is_some() {
-                    self.config.notices.notify_one();
-                }
-                if let (true, true, Some(c)) = (rule.has(Action::OfferCarer), verified, client_id)
-                    && let Some(client) = self.directory.client(c).await?
-                {
-                    self.route(incident, &kind, &client).await?;
-                }
+                done.into_iter().map(Some).collect()
             }
-            IncidentOutcome::Folded(incident) => events::IncidentFolded { incident }.emit(),
-            _ => {}
+            Err(e) => {
+                events::StageFailed {
+                    stage: "incident",
+                    error: &e,
+                }
+                .emit();
+                // One alarm's trouble must not hold the others back.
+                let mut done = Vec::with_capacity(work.len());
+                for w in &work {
+                    if work.len() == 1 {
+                        done.push(None);
+                        continue;
+                    }
+                    match self.db.apply_stage_work(std::slice::from_ref(w)).await {
+                        Ok(mut d) => done.push(d.pop()),
+                        Err(e) => {
+                            events::StageFailed {
+                                stage: "incident",
+                                error: &e,
+                            }
+                            .emit();
+                            done.push(None);
+                        }
+                    }
+                }
+                done
+            }
+        };
+        let mut published = Vec::new();
+        for (plan, done) in plans.iter().zip(done) {
+            match done {
+                Some(StageDone::Incident {
+                    outcome: IncidentOutcome::Opened(incident),
+                    route,
+                }) => {
+                    let PlanKind::Incident {
+                        verified, notify, ..
+                    } = &plan.what
+                    else {
+                        continue;
+                    };
+                    events::IncidentOpened {
+                        incident,
+                        device: &plan.owed.device_id,
+                        kind: &plan.kind,
+                        verified: *verified,
+                    }
+                    .emit();
+                    // The operators see it before the carer's phone rings.
+                    self.config.timeline.notify_one();
+                    if notify.is_some() {
+                        self.config.notices.notify_one();
+                    }
+                    match route {
+                        Some(RouteDone::Offered(offer)) => {
+                            match self.dispatcher.publish_offer(&offer).await {
+                                Ok(()) => published.push(offer.dispatch_id),
+                                // Unpublished in the database: the sweep sends it.
+                                Err(e) => events::StageFailed {
+                                    stage: "dispatch_publish",
+                                    error: &e,
+                                }
+                                .emit(),
+                            }
+                        }
+                        Some(RouteDone::NoCarer) => events::NoCarerAvailable { incident }.emit(),
+                        None => {}
+                    }
+                }
+                Some(StageDone::Incident {
+                    outcome: IncidentOutcome::Folded(incident),
+                    ..
+                }) => events::IncidentFolded { incident }.emit(),
+                Some(StageDone::Cleared(Some(incident))) => events::JobCleared {
+                    incident,
+                    kind: &plan.kind,
+                }
+                .emit(),
+                _ => {}
+            }
         }
-        Ok(())
+        if let Err(e) = self.db.mark_dispatches_published(&published).await {
+            events::StageFailed {
+                stage: "dispatch_publish",
+                error: &e,
+            }
+            .emit();
+        }
     }
 
     async fn route(

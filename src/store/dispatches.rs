@@ -254,18 +254,6 @@ impl Db {
     }
 
     /// Mark an alarm handled with nothing more to do (its rule gives it no work).
-    pub async fn mark_processed(&self, alarm_id: i64) -> Result<(), StoreError> {
-        on_write_pool!(self, |p| sqlx::query(
-            "UPDATE alarms SET processed_at = $1 WHERE id = $2 AND processed_at IS NULL"
-        )
-        .bind(now_ms())
-        .bind(alarm_id)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(())
-    }
-
     /// One carer, on duty or not.
     pub async fn carer(&self, carer_id: i64) -> Result<Option<CarerRow>, StoreError> {
         Ok(on_pool!(self, |p| sqlx::query_as(

@@ -19,18 +19,97 @@ macro_rules! insert_event {
 }
 pub(crate) use insert_event;
 
-use super::notifications::{Cascade, insert_notifications};
+/// Inside a transaction `$tx`: record the routing decision for an incident
+/// not yet routed — the offer (`Option<&NewDispatch>`) with its deadline, or
+/// that nobody is available — on its timeline. Evaluates to `None` when the
+/// incident was routed already, else to the new dispatch's id, if any.
+macro_rules! route_in_tx {
+    ($tx:expr, $incident:expr, $choice:expr, $due:expr, $now:expr) => {{
+        let incident_id: i64 = $incident;
+        let now: i64 = $now;
+        let routed = sqlx::query(
+            "UPDATE incidents SET routed_at = $1, updated_at = $1 \
+             WHERE id = $2 AND routed_at IS NULL",
+        )
+        .bind(now)
+        .bind(incident_id)
+        .execute(&mut *$tx)
+        .await?
+        .rows_affected();
+        if routed == 0 {
+            None
+        } else {
+            let choice: Option<&NewDispatch> = $choice;
+            Some(match choice {
+                Some(d) => {
+                    let id = insert_dispatch!($tx, incident_id, d, now);
+                    insert_timer!($tx, incident_id, Some(id), "offer", 0i64, $due);
+                    let detail = super::stage::offer_detail(id, d);
+                    insert_event!(
+                        $tx,
+                        incident_id,
+                        now,
+                        "system",
+                        "carer_offered",
+                        None::<&str>,
+                        &detail
+                    )?;
+                    Some(id)
+                }
+                None => {
+                    insert_event!(
+                        $tx,
+                        incident_id,
+                        now,
+                        "system",
+                        "no_carer_available",
+                        None::<&str>,
+                        super::stage::NO_CARER
+                    )?;
+                    None
+                }
+            })
+        }
+    }};
+}
+
+/// The columns and joins of a carer candidate ([`CarerCandidate`]).
+macro_rules! candidates_from {
+    () => {
+        "pc.provider_id, c.id AS carer_id, c.lat, c.lon, pc.street, pc.rank, p.capacity, \
+         (SELECT COUNT(*) FROM dispatches d WHERE d.provider_id = pc.provider_id \
+         AND d.state IN ('accepted', 'arrived')) AS active_jobs \
+         FROM provider_coverage pc JOIN providers p ON p.id = pc.provider_id \
+         LEFT JOIN carers c ON c.provider_id = pc.provider_id \
+         AND c.on_duty = TRUE AND c.busy = FALSE"
+    };
+}
+
+/// Providers contracted for an address (`$1` district, `$2` street), each
+/// with its available carers: one row per carer, or one row with no carer
+/// when nobody is available.
+const CANDIDATES: &str = concat!(
+    "SELECT ",
+    candidates_from!(),
+    " WHERE pc.district = $1 AND (pc.street IS NULL OR pc.street = $2)"
+);
+
+/// The same for every street of some districts, each row with its district;
+/// the list of districts and its closing parenthesis follow.
+pub(super) const CANDIDATES_IN_DISTRICTS: &str = concat!(
+    "SELECT pc.district, ",
+    candidates_from!(),
+    " WHERE pc.district IN ("
+);
+
+use super::notifications::Cascade;
 use super::{
-    ClientProfile, Db, StoreError, claim_alarm, insert_dispatch, insert_timer, now_ms, on_pool,
-    on_write_pool,
+    ClientProfile, Db, StoreError, insert_dispatch, insert_timer, now_ms, on_pool, on_write_pool,
 };
 
 /// States in which an incident still needs someone; the partial unique index
 /// `incidents_one_open` uses the same list.
-const OPEN: &str = "state NOT IN ('resolved', 'closed', 'cancelled', 'merged')";
-const OPEN_BY_FOLD_KEY: &str = "SELECT id FROM incidents WHERE fold_key = $1 \
-     AND state NOT IN ('resolved', 'closed', 'cancelled', 'merged')";
-
+pub(super) const OPEN: &str = "state NOT IN ('resolved', 'closed', 'cancelled', 'merged')";
 /// What the incident stage did with one alarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IncidentOutcome {
@@ -123,7 +202,7 @@ pub struct NewDispatch {
 }
 
 /// Everything a carer's phone needs to act on an offer.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct DispatchOffer {
     pub dispatch_id: i64,
     pub incident_id: i64,
@@ -140,237 +219,6 @@ pub struct DispatchOffer {
 }
 
 impl Db {
-    /// Open an incident for this alarm, or fold it into the person's open one.
-    /// Idempotent: an alarm already handled is reported and nothing changes.
-    pub async fn open_or_fold_incident(
-        &self,
-        n: &NewIncident<'_>,
-    ) -> Result<IncidentOutcome, StoreError> {
-        let NewIncident {
-            alarm_id,
-            fold_key,
-            client_id,
-            device_id,
-            kind,
-            lane,
-            verified,
-            offer,
-            advise,
-            notify,
-            notify_at,
-            claim_due_at,
-        } = *n;
-        let now = now_ms();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            if !claim_alarm!(tx, alarm_id, now) {
-                return Ok(IncidentOutcome::AlreadyProcessed);
-            }
-            let open: Option<(i64,)> = sqlx::query_as(OPEN_BY_FOLD_KEY)
-                .bind(fold_key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let outcome = match open {
-                Some((id,)) => {
-                    sqlx::query(
-                        "UPDATE incidents SET press_count = press_count + 1, last_press_at = $1, \
-                         updated_at = $1 WHERE id = $2",
-                    )
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    IncidentOutcome::Folded(id)
-                }
-                None => {
-                    // Unverified senders are never routed to a carer: an operator decides.
-                    let routed_at = (!offer || !verified || client_id.is_none()).then_some(now);
-                    let (id,): (i64,) = sqlx::query_as(
-                        "INSERT INTO incidents (opened_at, opening_alarm_id, fold_key, client_id, \
-                         device_id, kind, lane, state, verified, press_count, last_press_at, \
-                         routed_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $9, 'queued', $7, 1, $1, $8, $1) \
-                         RETURNING id",
-                    )
-                    .bind(now)
-                    .bind(alarm_id)
-                    .bind(fold_key)
-                    .bind(client_id)
-                    .bind(device_id)
-                    .bind(kind)
-                    .bind(verified)
-                    .bind(routed_at)
-                    .bind(lane)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    // Every incident, verified or not, must be taken by an operator in time.
-                    insert_timer!(tx, id, None::<i64>, "claim", 0i64, claim_due_at);
-                    if let Some(service) = advise {
-                        sqlx::query("UPDATE incidents SET advised_service = $1 WHERE id = $2")
-                            .bind(service)
-                            .bind(id)
-                            .execute(&mut *tx)
-                            .await?;
-                        let detail = format!("the rule for {kind} advises a {service} hand-off");
-                        insert_event!(
-                            tx,
-                            id,
-                            now,
-                            "rules",
-                            "handoff_advised",
-                            None::<&str>,
-                            &detail
-                        )?;
-                    }
-                    // In the same transaction as the incident: a crash cannot
-                    // leave an alarm whose family was never going to hear of it.
-                    if let (Some(cascade), Some(client), true) = (notify, client_id, verified) {
-                        insert_notifications!(tx, id, client, cascade, notify_at);
-                    }
-                    IncidentOutcome::Opened(id)
-                }
-            };
-            let (id, action, to_state) = match outcome {
-                IncidentOutcome::Opened(id) => (id, "opened", Some("queued")),
-                IncidentOutcome::Folded(id) => (id, "press_folded", None),
-                _ => unreachable!("only opened or folded here"),
-            };
-            let detail = if verified {
-                format!("alarm {alarm_id}")
-            } else {
-                format!("alarm {alarm_id} from an unverified device")
-            };
-            insert_event!(tx, id, now, "system", action, to_state, &detail)?;
-            sqlx::query("UPDATE alarms SET incident_id = $1 WHERE id = $2")
-                .bind(id)
-                .bind(alarm_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(outcome)
-        })
-    }
-
-    /// Attach a resident's cancel to their open incident. The incident stays
-    /// open: an operator confirms a cancel, a device never closes an alarm.
-    pub async fn record_cancel(
-        &self,
-        alarm_id: i64,
-        fold_key: &str,
-    ) -> Result<IncidentOutcome, StoreError> {
-        let now = now_ms();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            if !claim_alarm!(tx, alarm_id, now) {
-                return Ok(IncidentOutcome::AlreadyProcessed);
-            }
-            let open: Option<(i64,)> = sqlx::query_as(OPEN_BY_FOLD_KEY)
-                .bind(fold_key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let outcome = match open {
-                Some((id,)) => {
-                    sqlx::query(
-                        "UPDATE incidents SET cancel_requested_at = $1, updated_at = $1 WHERE id = $2",
-                    )
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    let detail = format!("alarm {alarm_id}");
-                    insert_event!(
-                        tx,
-                        id,
-                        now,
-                        "resident",
-                        "cancel_requested",
-                        None::<&str>,
-                        &detail
-                    )?;
-                    sqlx::query("UPDATE alarms SET incident_id = $1 WHERE id = $2")
-                        .bind(id)
-                        .bind(alarm_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    IncidentOutcome::CancelRecorded(id)
-                }
-                None => IncidentOutcome::NothingToCancel,
-            };
-            tx.commit().await?;
-            Ok(outcome)
-        })
-    }
-
-    /// A device reports its trouble is over (back online, power restored):
-    /// the open job for that trouble is closed as cleared, or — when someone
-    /// already stands in the home — the news goes on its timeline.
-    pub async fn clear_job(
-        &self,
-        alarm_id: i64,
-        fold_key: &str,
-        detail: &str,
-    ) -> Result<Option<i64>, StoreError> {
-        let now = now_ms();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            if !claim_alarm!(tx, alarm_id, now) {
-                return Ok(None);
-            }
-            let open: Option<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id, state FROM incidents WHERE fold_key = $1 AND {OPEN}"
-            )))
-            .bind(fold_key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((id, state)) = open else {
-                tx.commit().await?;
-                return Ok(None);
-            };
-            let next = crate::domain::State::parse(&state)
-                .and_then(|s| s.apply(crate::domain::Action::Cancel).ok());
-            match next {
-                Some(next) => {
-                    sqlx::query(
-                        "UPDATE incidents SET state = $1, outcome = 'cleared', updated_at = $2 \
-                         WHERE id = $3",
-                    )
-                    .bind(next.as_str())
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    insert_event!(
-                        tx,
-                        id,
-                        now,
-                        "device",
-                        "cleared",
-                        Some(next.as_str()),
-                        detail
-                    )?;
-                }
-                None => {
-                    insert_event!(
-                        tx,
-                        id,
-                        now,
-                        "device",
-                        "condition_cleared",
-                        None::<&str>,
-                        detail
-                    )?;
-                }
-            }
-            sqlx::query("UPDATE alarms SET incident_id = $1 WHERE id = $2")
-                .bind(id)
-                .bind(alarm_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(Some(id))
-        })
-    }
-
     /// Providers contracted for this address, each with its available carers
     /// (one row per carer, or one row with no carer when nobody is available).
     pub async fn carer_candidates(
@@ -378,19 +226,11 @@ impl Db {
         district: &str,
         street: &str,
     ) -> Result<Vec<CarerCandidate>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT pc.provider_id, c.id AS carer_id, c.lat, c.lon, pc.street, pc.rank, \
-             p.capacity, (SELECT COUNT(*) FROM dispatches d WHERE d.provider_id = pc.provider_id \
-             AND d.state IN ('accepted', 'arrived')) AS active_jobs \
-             FROM provider_coverage pc JOIN providers p ON p.id = pc.provider_id \
-             LEFT JOIN carers c ON c.provider_id = pc.provider_id \
-             AND c.on_duty = TRUE AND c.busy = FALSE \
-             WHERE pc.district = $1 AND (pc.street IS NULL OR pc.street = $2)"
-        )
-        .bind(district)
-        .bind(street)
-        .fetch_all(p)
-        .await)?)
+        Ok(on_pool!(self, |p| sqlx::query_as(CANDIDATES)
+            .bind(district)
+            .bind(street)
+            .fetch_all(p)
+            .await)?)
     }
 
     /// Record the routing decision: the offer (if any) and the timeline entry.
@@ -404,60 +244,9 @@ impl Db {
         let now = now_ms();
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            let routed = sqlx::query(
-                "UPDATE incidents SET routed_at = $1, updated_at = $1 \
-                 WHERE id = $2 AND routed_at IS NULL",
-            )
-            .bind(now)
-            .bind(incident_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if routed == 0 {
-                return Ok(None);
-            }
-            let dispatch_id = match choice {
-                Some(d) => {
-                    let id = insert_dispatch!(tx, incident_id, d, now);
-                    insert_timer!(tx, incident_id, Some(id), "offer", 0i64, offer_due_at);
-                    let detail = format!(
-                        "dispatch {id}: carer {} of provider {}{}, {} away",
-                        d.carer_id,
-                        d.provider_id,
-                        if d.fallback {
-                            " (fallback provider)"
-                        } else {
-                            ""
-                        },
-                        d.distance_m
-                            .map_or("unknown distance".to_owned(), |m| format!("{m:.0} m"))
-                    );
-                    insert_event!(
-                        tx,
-                        incident_id,
-                        now,
-                        "system",
-                        "carer_offered",
-                        None::<&str>,
-                        &detail
-                    )?;
-                    Some(id)
-                }
-                None => {
-                    insert_event!(
-                        tx,
-                        incident_id,
-                        now,
-                        "system",
-                        "no_carer_available",
-                        None::<&str>,
-                        "no on-duty carer of any provider covering this address"
-                    )?;
-                    None
-                }
-            };
+            let routed = route_in_tx!(tx, incident_id, choice, offer_due_at, now);
             tx.commit().await?;
-            Ok(dispatch_id)
+            Ok(routed.flatten())
         })
     }
 
@@ -591,10 +380,8 @@ mod tests {
     #[test]
     fn the_sql_notion_of_open_matches_the_state_machine() {
         for s in State::ALL {
-            for sql in [super::OPEN, super::OPEN_BY_FOLD_KEY] {
-                let listed = sql.contains(&format!("'{}'", s.as_str()));
-                assert_eq!(listed, !s.is_open(), "{s}");
-            }
+            let listed = super::OPEN.contains(&format!("'{}'", s.as_str()));
+            assert_eq!(listed, !s.is_open(), "{s}");
         }
     }
 }

@@ -15,6 +15,7 @@ mod notifications;
 mod registry;
 mod registry_edit;
 mod sla;
+mod stage;
 mod timers;
 mod transitions;
 mod users;
@@ -53,6 +54,7 @@ pub use sla::{
     CoverageRow, ImportError, ImportedDispatch, ImportedEvent, ImportedIncident, OfflineSpell,
     SlaData, SlaDeviceRow, SlaDispatchRow, SlaIncidentRow, SlaWellbeingRow,
 };
+pub use stage::{Chooser, RouteDone, RouteRequest, StageDone, StageWork};
 pub use timers::{ClaimCheck, OfferCheck, TimerRow};
 pub use transitions::{Transition, TransitionError};
 pub use users::{LoginUser, NewUser, SessionUser, USERNAME_MAX, UserError, valid_username};
@@ -83,22 +85,6 @@ macro_rules! on_write_pool {
     };
 }
 pub(crate) use on_write_pool;
-
-/// Inside a transaction `$tx`: mark the alarm handled, unless another pass
-/// already did. Written first so the transaction takes the write lock at once.
-/// Evaluates to `true` when this pass owns the alarm.
-macro_rules! claim_alarm {
-    ($tx:expr, $alarm:expr, $now:expr) => {
-        sqlx::query("UPDATE alarms SET processed_at = $1 WHERE id = $2 AND processed_at IS NULL")
-            .bind($now)
-            .bind($alarm)
-            .execute(&mut *$tx)
-            .await?
-            .rows_affected()
-            == 1
-    };
-}
-pub(crate) use claim_alarm;
 
 /// Inside a transaction `$tx`: insert an offer (`NewDispatch`) and evaluate to its id.
 macro_rules! insert_dispatch {
@@ -178,6 +164,11 @@ pub enum Db {
     Postgres(PgPool),
 }
 
+/// Page cache of SQLite's one writer and of each reader, in KiB (a negative
+/// `cache_size` is KiB, a positive one pages).
+const WRITER_CACHE_KIB: &str = "-65536";
+const READER_CACHE_KIB: &str = "-16384";
+
 impl Db {
     /// Connect and apply this backend's migrations.
     pub async fn connect(cfg: &StoreConfig) -> Result<Self, StoreError> {
@@ -189,14 +180,16 @@ impl Db {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
+            // SQLite's default page cache is 2 MiB a connection: a city's
+            // indexes do not fit, and every miss is a read from the OS.
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(opts.clone())
+                .connect_with(opts.clone().pragma("cache_size", WRITER_CACHE_KIB))
                 .await?;
             SQLITE_MIGRATIONS.run(&write).await?;
             let read = SqlitePoolOptions::new()
                 .max_connections(cfg.max_connections.max(2))
-                .connect_with(opts.read_only(true))
+                .connect_with(opts.read_only(true).pragma("cache_size", READER_CACHE_KIB))
                 .await?;
             Db::Sqlite { read, write }
         } else if cfg.url.starts_with("postgres:") || cfg.url.starts_with("postgresql:") {

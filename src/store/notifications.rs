@@ -18,30 +18,23 @@ pub enum Cascade {
     Everyone,
 }
 
-/// Inside a transaction `$tx`: one notification per contact of `$client` who
-/// has a channel, the first (or everyone, per `$cascade`) due at once.
-macro_rules! insert_notifications {
-    ($tx:expr, $incident:expr, $client:expr, $cascade:expr, $now:expr) => {
-        sqlx::query(
-            "INSERT INTO notifications (incident_id, contact_id, position, channel, address, \
-             status, next_attempt_at, created_at, updated_at) \
-             SELECT $1, c.id, c.position, c.notify_channel, c.notify_address, \
-             CASE WHEN $3 OR c.position = (SELECT MIN(position) FROM contacts \
-                  WHERE client_id = $2 AND notify_channel IS NOT NULL) \
-                  THEN 'pending' ELSE 'waiting' END, \
-             $4, $4, $4 \
-             FROM contacts c WHERE c.client_id = $2 AND c.notify_channel IS NOT NULL \
-             ON CONFLICT (incident_id, contact_id) DO NOTHING",
-        )
-        .bind($incident)
-        .bind($client)
-        .bind($cascade == $crate::store::Cascade::Everyone)
-        .bind($now)
-        .execute(&mut *$tx)
-        .await?
-    };
-}
-pub(crate) use insert_notifications;
+/// Start the family notification cascades of new incidents, in one
+/// statement for several: this, then rows `(incident, client, everyone (0 or
+/// 1), at)` each value cast to BIGINT, then [`NOTIFY_WHERE`]. The first
+/// contact (or, for `everyone`, all of them) is due at `at`; the others wait
+/// for the cascade to reach them.
+pub(super) const NOTIFY_FROM_VALUES: &str = "INSERT INTO notifications (incident_id, contact_id, \
+     position, channel, address, status, next_attempt_at, created_at, updated_at) \
+     SELECT v.column1, c.id, c.position, c.notify_channel, c.notify_address, \
+     CASE WHEN v.column3 = 1 OR c.position = (SELECT MIN(position) FROM contacts \
+          WHERE client_id = c.client_id AND notify_channel IS NOT NULL) \
+          THEN 'pending' ELSE 'waiting' END, \
+     v.column4, v.column4, v.column4 FROM (VALUES ";
+
+/// The end of [`NOTIFY_FROM_VALUES`].
+pub(super) const NOTIFY_WHERE: &str = ") AS v, contacts c \
+     WHERE c.client_id = v.column2 AND c.notify_channel IS NOT NULL \
+     ON CONFLICT (incident_id, contact_id) DO NOTHING";
 
 /// One notice to deliver, with what it must say.
 #[derive(Debug, Clone, sqlx::FromRow)]

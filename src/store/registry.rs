@@ -345,6 +345,45 @@ impl Db {
         Ok(Some(client))
     }
 
+    /// Several clients' profiles at once (for a batch of alarms), in no
+    /// particular order; ids with no client are left out.
+    pub async fn client_profiles(&self, ids: &[i64]) -> Result<Vec<ClientProfile>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Integers only: listed inline.
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let mut clients: Vec<ClientProfile> =
+            on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id, name, address, district, street, lat, lon, language, medical_notes, \
+                 medications, allergies, birth_year, subsidy_category, away_until FROM clients \
+                 WHERE id IN ({list})"
+            )))
+            .fetch_all(p)
+            .await)?;
+        let contacts: Vec<(i64, i64, String, String, String)> =
+            on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT client_id, position, name, relation, phone FROM contacts \
+                 WHERE client_id IN ({list}) AND removed_at IS NULL ORDER BY client_id, position"
+            )))
+            .fetch_all(p)
+            .await)?;
+        let mut of: std::collections::HashMap<i64, Vec<ContactRow>> =
+            std::collections::HashMap::new();
+        for (client, position, name, relation, phone) in contacts {
+            of.entry(client).or_default().push(ContactRow {
+                position,
+                name,
+                relation,
+                phone,
+            });
+        }
+        for c in &mut clients {
+            c.contacts = of.remove(&c.id).unwrap_or_default();
+        }
+        Ok(clients)
+    }
+
     /// Mark a client away (or back, with `None`): their devices' silence raises nothing meanwhile.
     pub async fn set_client_away(
         &self,

@@ -8,7 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -56,6 +56,37 @@ pub struct HandOver {
 pub struct WriterStats {
     pub commits: AtomicU64,
     pub events: AtomicU64,
+    /// Whether devices' events are queued or being committed.
+    busy: AtomicBool,
+    idle: tokio::sync::Notify,
+}
+
+impl WriterStats {
+    fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Release);
+        if !busy {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Wait, at most `max`, until no device's event is waiting for its
+    /// commit. The database has one writer (SQLite) or a few cores: work that
+    /// no device is waiting on goes after the ACKs, and gathers into fewer,
+    /// larger transactions meanwhile.
+    pub async fn yield_to_acks(&self, max: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if !self.busy.load(Ordering::Acquire) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// A commit in flight; await it to learn the outcome. It is also a future in
@@ -101,6 +132,11 @@ impl WriterHandle {
 
     pub fn stats(&self) -> &WriterStats {
         &self.stats
+    }
+
+    /// The writer's load, for work that should wait for the devices' commits.
+    pub fn load(&self) -> Arc<WriterStats> {
+        Arc::clone(&self.stats)
     }
 }
 
@@ -153,6 +189,7 @@ async fn run(
             Some(job) = normal.recv() => job,
             else => break,
         };
+        stats.set_busy(true);
         batch.push(first);
         while batch.len() < max_batch {
             match urgent.try_recv() {
@@ -208,7 +245,11 @@ async fn run(
                 }
             }
         }
+        if urgent.is_empty() && normal.is_empty() {
+            stats.set_busy(false);
+        }
     }
+    stats.set_busy(false);
 }
 
 #[cfg(test)]

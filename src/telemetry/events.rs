@@ -111,6 +111,24 @@ impl BatchCommitted {
     }
 }
 
+/// The incident stage applied a batch of alarms in one transaction.
+pub struct StageBatch {
+    pub size: usize,
+    pub elapsed: Duration,
+}
+
+impl StageBatch {
+    pub fn emit(self) {
+        histogram!("pat_stage_batch_size").record(self.size as f64);
+        histogram!("pat_stage_batch_seconds").record(self.elapsed.as_secs_f64());
+        debug!(
+            size = self.size,
+            ms = self.elapsed.as_secs_f64() * 1e3,
+            "stage batch applied"
+        );
+    }
+}
+
 pub struct CommitFailed<'a> {
     pub size: usize,
     pub error: &'a dyn std::fmt::Display,

@@ -230,3 +230,257 @@ async fn emergency_handoff_sqlite() {
 async fn emergency_handoff_postgres() {
     emergency_handoff(Backend::Postgres).await;
 }
+
+/// The stage's batch: many alarms' work in one transaction, in order, and the
+/// same batch again changes nothing.
+async fn stage_batch(backend: Backend) {
+    use pingantong::rules::Rules;
+    use pingantong::store::{
+        AlarmRecord, AuthStatus, Cascade, CommitOutcome, Db, IncidentOutcome, NewContact,
+        NewIncident, RouteDone, RouteRequest, StageDone, StageWork, StoreConfig,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let (url, schema) = match backend {
+        Backend::Sqlite => (format!("sqlite://{}/batch.db", dir.path().display()), None),
+        Backend::Postgres => (POSTGRES_URL.to_owned(), Some(unique("batch"))),
+    };
+    let db = Db::connect(&StoreConfig {
+        url,
+        schema,
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    let city = seed_small_city(&db).await;
+    for (position, notify) in [
+        (1, Some(("mqtt", "son"))),
+        (2, None),
+        (3, Some(("mqtt", "x"))),
+    ] {
+        db.insert_contact(&NewContact {
+            client_id: city.client_id,
+            position,
+            name: format!("contact {position}"),
+            relation: "family".into(),
+            phone: String::new(),
+            notify: notify.map(|(c, a)| (c.to_owned(), a.to_owned())),
+        })
+        .await
+        .unwrap();
+    }
+    let client = db.client_profile(city.client_id).await.unwrap().unwrap();
+    let kinds = [
+        EventKind::Sos,
+        EventKind::Sos,
+        EventKind::Cancel,
+        EventKind::Sos,
+        EventKind::PowerCut,
+        EventKind::PowerRestored,
+        EventKind::PowerCut,
+        EventKind::LowBattery,
+    ];
+    let records: Vec<AlarmRecord> = kinds
+        .iter()
+        .enumerate()
+        .map(|(n, &kind)| AlarmRecord {
+            received_at: 1,
+            protocol: "native",
+            peer: "127.0.0.1:1".into(),
+            device_id: city.device.clone(),
+            seq: n as i64,
+            kind,
+            device_time: None,
+            battery: None,
+            location: None,
+            auth: AuthStatus::Verified,
+            raw: vec![n as u8],
+            decoded: "{}".into(),
+            dedup_key: unique("batch"),
+        })
+        .collect();
+    let ids: Vec<i64> = db
+        .insert_alarms(&records, &Rules::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| match o {
+            CommitOutcome::Stored(id) => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let person = format!("client:{}", city.client_id);
+    let technical = format!("technical:{}:power_cut", city.device);
+    let incident = |alarm_id: i64, fold_key, kind, lane, verified: bool| NewIncident {
+        alarm_id,
+        fold_key,
+        client_id: verified.then_some(city.client_id),
+        device_id: &city.device,
+        kind,
+        lane,
+        verified,
+        offer: verified,
+        advise: None,
+        notify: verified.then_some(Cascade::UntilReached),
+        notify_at: 5,
+        claim_due_at: 1_000,
+    };
+    let route = Some(RouteRequest {
+        client: &client,
+        offer_due_at: 2_000,
+        choose: pingantong::routing::choose,
+    });
+    let work = [
+        StageWork::Incident {
+            incident: incident(ids[0], &person, "sos", "life_safety", true),
+            route,
+        },
+        StageWork::Incident {
+            incident: incident(ids[1], &person, "sos", "life_safety", true),
+            route,
+        },
+        StageWork::Cancel {
+            alarm_id: ids[2],
+            fold_key: &person,
+        },
+        StageWork::Incident {
+            incident: incident(ids[3], "unverified:X", "sos", "life_safety", false),
+            route: None,
+        },
+        StageWork::Incident {
+            incident: incident(ids[4], &technical, "power_cut", "technical", false),
+            route: None,
+        },
+        StageWork::Clear {
+            alarm_id: ids[5],
+            fold_key: &technical,
+            detail: "power restored",
+        },
+        StageWork::Incident {
+            incident: incident(ids[6], &technical, "power_cut", "technical", false),
+            route: None,
+        },
+        StageWork::Processed { alarm_id: ids[7] },
+    ];
+    let done = db.apply_stage_work(&work).await.unwrap();
+    let opened = |d: &StageDone| match d {
+        StageDone::Incident {
+            outcome: IncidentOutcome::Opened(id),
+            ..
+        } => *id,
+        other => panic!("not opened: {other:?}"),
+    };
+    let sos = opened(&done[0]);
+    let StageDone::Incident {
+        route: Some(RouteDone::Offered(offer)),
+        ..
+    } = &done[0]
+    else {
+        panic!("the SOS was not offered: {:?}", done[0]);
+    };
+    assert_eq!(offer.incident_id, sos);
+    assert_eq!(offer.carer_id, city.near_carer);
+    assert_eq!(offer.client_name, client.name);
+    assert_eq!(
+        done[1],
+        StageDone::Incident {
+            outcome: IncidentOutcome::Folded(sos),
+            route: None
+        }
+    );
+    assert_eq!(
+        done[2],
+        StageDone::Cancel(IncidentOutcome::CancelRecorded(sos))
+    );
+    let unverified = opened(&done[3]);
+    let cut = opened(&done[4]);
+    assert_eq!(done[5], StageDone::Cleared(Some(cut)));
+    // The clear closed the first job: a later cut is a new one.
+    let cut_again = opened(&done[6]);
+    assert_ne!(cut_again, cut);
+    assert_eq!(done[7], StageDone::Processed);
+    assert_eq!(
+        db.incident_actions(sos).await.unwrap(),
+        [
+            "opened",
+            "carer_offered",
+            "press_folded",
+            "cancel_requested"
+        ]
+    );
+    assert_eq!(
+        db.incident_actions(cut).await.unwrap(),
+        ["opened", "cleared"]
+    );
+    let overview = db.incidents_overview().await.unwrap();
+    let presses = |id| overview.iter().find(|o| o.0 == id).unwrap().2;
+    assert_eq!(presses(sos), 2);
+    assert_eq!(presses(unverified), 1);
+    assert_eq!(
+        db.incident_summary(cut)
+            .await
+            .unwrap()
+            .unwrap()
+            .outcome
+            .as_deref(),
+        Some("cleared")
+    );
+    let dispatches = db.dispatches_overview().await.unwrap();
+    assert_eq!(dispatches.len(), 1);
+    assert_eq!((dispatches[0].0, dispatches[0].1), (offer.dispatch_id, sos));
+    // Claim deadlines for the four incidents, the offer's own.
+    let timers = db.due_timers(i64::MAX, 100).await.unwrap();
+    assert_eq!(timers.iter().filter(|t| t.kind == "claim").count(), 4);
+    assert_eq!(
+        timers
+            .iter()
+            .filter(|t| t.kind == "offer")
+            .map(|t| (t.incident_id, t.dispatch_id))
+            .collect::<Vec<_>>(),
+        [(sos, Some(offer.dispatch_id))]
+    );
+    // The family: the first contact with a channel due now, the next waiting;
+    // the contact without a channel is the operator's to phone.
+    let notices = db.notifications_of(sos).await.unwrap();
+    assert_eq!(
+        notices
+            .iter()
+            .map(|n| (n.position, n.status.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "pending"), (3, "waiting")]
+    );
+    assert!(db.notifications_of(unverified).await.unwrap().is_empty());
+    assert_eq!(db.unprocessed_alarms(0, 100, None).await.unwrap().len(), 0);
+
+    // Again (a sweep finding what the queue already handled): nothing changes.
+    let again = db.apply_stage_work(&work).await.unwrap();
+    assert!(
+        again.iter().all(|d| matches!(
+            d,
+            StageDone::Incident {
+                outcome: IncidentOutcome::AlreadyProcessed,
+                ..
+            } | StageDone::Cancel(IncidentOutcome::AlreadyProcessed)
+                | StageDone::Cleared(None)
+                | StageDone::Processed
+        )),
+        "{again:?}"
+    );
+    assert_eq!(db.incidents_overview().await.unwrap(), overview);
+    assert_eq!(db.dispatches_overview().await.unwrap(), dispatches);
+    assert_eq!(
+        db.incident_actions(sos).await.unwrap().len(),
+        4,
+        "no line written twice"
+    );
+}
+
+#[tokio::test]
+async fn stage_batch_sqlite() {
+    stage_batch(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn stage_batch_postgres() {
+    stage_batch(Backend::Postgres).await;
+}
