@@ -34,8 +34,10 @@ password="bench-$$-console"
 seed=${SEED:-bench-$$}
 
 bash ops/services.sh >/dev/null
-cargo build --release --workspace -q
-bin=target/release
+# BIN_DIR runs a build already made (say, to compare two versions of the server);
+# SERVER_LOG sets the server's RUST_LOG (default warn; the log is kept in OUT_DIR).
+bin=${BIN_DIR:-target/release}
+[ -n "${BIN_DIR:-}" ] || cargo build --release --workspace -q
 work=$(mktemp -d)
 server_pid=
 cleanup() {
@@ -77,7 +79,7 @@ run_backend() { # name, technical events/s, extra server args...
         if [ -n "$cached" ]; then mkdir -p "$SEED_CACHE"; cp -a "$2" "$cached"; fi
     fi
     PAT_NEW_PASSWORD="$password" "$bin/pingantong" user add --username "probe-$name" --role operator "$@" >/dev/null
-    RUST_LOG=warn "$bin/pingantong" serve --native-addr "127.0.0.1:$port" \
+    RUST_LOG=${SERVER_LOG:-warn} "$bin/pingantong" serve --native-addr "127.0.0.1:$port" \
         --embedded-mqtt-addr "127.0.0.1:$mqtt" --http-addr "127.0.0.1:$http" --gt06-addr 127.0.0.1:0 --watch-addr 127.0.0.1:0 \
         --h02-addr 127.0.0.1:0 --eview-addr 127.0.0.1:0 --dc09-addr 127.0.0.1:0 "$@" >"$work/$name.log" 2>&1 &
     server_pid=$!
@@ -109,7 +111,7 @@ run_backend() { # name, technical events/s, extra server args...
     wait "$server_pid" 2>/dev/null || true; server_pid=
     cat "$work/$name.json" "$work/$name.probe.json" >&2
     if [ -n "${OUT_DIR:-}" ]; then
-        for f in full.json probe.json server.json; do cp "$work/$name.$f" "$OUT_DIR/$tag$name.$f" 2>/dev/null || true; done
+        for f in full.json probe.json server.json log; do cp "$work/$name.$f" "$OUT_DIR/$tag$name.$f" 2>/dev/null || true; done
     fi
 }
 
