@@ -653,25 +653,6 @@ impl Db {
         })
     }
 
-    /// Open an incident for this alarm, or fold it into the person's open one.
-    /// Idempotent: an alarm already handled is reported and nothing changes.
-    pub async fn open_or_fold_incident(
-        &self,
-        n: &NewIncident<'_>,
-    ) -> Result<IncidentOutcome, StoreError> {
-        match self
-            .apply_stage_work(&[StageWork::Incident {
-                incident: *n,
-                route: None,
-            }])
-            .await?
-            .pop()
-        {
-            Some(StageDone::Incident { outcome, .. }) => Ok(outcome),
-            other => unreachable!("one incident in, {other:?} out"),
-        }
-    }
-
     /// Offers handed to the broker: the recovery sweep need not send them again.
     pub async fn mark_dispatches_published(&self, ids: &[i64]) -> Result<(), StoreError> {
         if ids.is_empty() {
