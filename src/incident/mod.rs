@@ -495,6 +495,7 @@ impl IncidentStage {
     /// Handle queued alarms in one transaction, then tell who must know:
     /// the log, the live feed, the family's notifier, the carers.
     async fn handle_batch(&self, batch: Vec<Owed>) {
+        let began = std::time::Instant::now();
         if batch.len() > 1
             && let Err(e) = self
                 .directory
@@ -529,14 +530,12 @@ impl IncidentStage {
             return;
         }
         let work: Vec<StageWork<'_>> = plans.iter().map(Plan::work).collect();
+        let prepare = began.elapsed();
         let started = std::time::Instant::now();
+        let mut applied = None;
         let done: Vec<Option<StageDone>> = match self.db.apply_stage_work(&work).await {
             Ok(done) => {
-                events::StageBatch {
-                    size: work.len(),
-                    elapsed: started.elapsed(),
-                }
-                .emit();
+                applied = Some(started.elapsed());
                 done.into_iter().map(Some).collect()
             }
             Err(e) => {
@@ -624,6 +623,15 @@ impl IncidentStage {
             events::StageFailed {
                 stage: "dispatch_publish",
                 error: &e,
+            }
+            .emit();
+        }
+        if let Some(transaction) = applied {
+            events::StageBatch {
+                size: work.len(),
+                prepare,
+                transaction,
+                after: started.elapsed() - transaction,
             }
             .emit();
         }

@@ -114,16 +114,26 @@ impl BatchCommitted {
 /// The incident stage applied a batch of alarms in one transaction.
 pub struct StageBatch {
     pub size: usize,
-    pub elapsed: Duration,
+    /// Rules and directory: deciding what each alarm needs.
+    pub prepare: Duration,
+    pub transaction: Duration,
+    /// Telling who must know: offers published and marked, the feed, the notifier.
+    pub after: Duration,
 }
 
 impl StageBatch {
     pub fn emit(self) {
         histogram!("pat_stage_batch_size").record(self.size as f64);
-        histogram!("pat_stage_batch_seconds").record(self.elapsed.as_secs_f64());
+        histogram!("pat_stage_batch_seconds", "phase" => "prepare")
+            .record(self.prepare.as_secs_f64());
+        histogram!("pat_stage_batch_seconds", "phase" => "transaction")
+            .record(self.transaction.as_secs_f64());
+        histogram!("pat_stage_batch_seconds", "phase" => "after").record(self.after.as_secs_f64());
         debug!(
             size = self.size,
-            ms = self.elapsed.as_secs_f64() * 1e3,
+            prepare_ms = self.prepare.as_secs_f64() * 1e3,
+            ms = self.transaction.as_secs_f64() * 1e3,
+            after_ms = self.after.as_secs_f64() * 1e3,
             "stage batch applied"
         );
     }
