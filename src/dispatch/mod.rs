@@ -101,7 +101,7 @@ impl Dispatcher {
             .await?
             .ok_or(DispatchError::NoOffer(dispatch_id))?;
         self.publish_offer(&offer).await?;
-        self.db.mark_dispatch_published(dispatch_id).await?;
+        self.db.mark_dispatches_published(&[dispatch_id]).await?;
         Ok(())
     }
 

@@ -288,18 +288,6 @@ impl Db {
         .await)?)
     }
 
-    pub async fn mark_dispatch_published(&self, dispatch_id: i64) -> Result<(), StoreError> {
-        on_write_pool!(self, |p| sqlx::query(
-            "UPDATE dispatches SET published_at = $1 WHERE id = $2 AND published_at IS NULL"
-        )
-        .bind(now_ms())
-        .bind(dispatch_id)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(())
-    }
-
     pub async fn unpublished_dispatches(&self) -> Result<Vec<i64>, StoreError> {
         let rows: Vec<(i64,)> = on_pool!(self, |p| sqlx::query_as(
             "SELECT id FROM dispatches WHERE published_at IS NULL ORDER BY id"
