@@ -12,7 +12,8 @@
 # SQLite run, to time the presses through them.
 #
 # BACKENDS="sqlite postgres" (environment) picks the runs (default: sqlite sqlite_flood postgres);
-# SCENARIO, SIM_ARGS, OUT_DIR and TAG: see below.
+# SCENARIO, SIM_ARGS, OUT_DIR and TAG: see below. PROTOCOL (default native) is what the fleet
+# speaks, one protocol or a mix such as "native:3,gt06:1,mqtt:1" (the probes stay native).
 # Loopback only; every run is bounded by SECONDS plus a grace period.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,7 @@ backends=${BACKENDS:-sqlite sqlite_flood postgres}
 # SCENARIO (a pendant-sim scenario file) replaces the rates; SIM_ARGS adds pendant-sim
 # options (e.g. "--persistent 15000"); OUT_DIR keeps each run's full JSON, named TAG-run.
 scenario=${SCENARIO:-}
+protocol=${PROTOCOL:-native}
 tag=${TAG:+$TAG-}
 [ -n "${OUT_DIR:-}" ] && mkdir -p "$OUT_DIR"
 # Each pendant holds a connection, at both ends of the loopback.
@@ -71,23 +73,35 @@ run_backend() { # name, technical events/s, extra server args...
     local cached=
     if [ -n "${SEED_CACHE:-}" ] && [ "$1" = --data-dir ]; then
         cached="$SEED_CACHE/sqlite-$((pendants + probes))-$seed"
+        [ "$protocol" = native ] || cached="$cached-${protocol//[:,]/_}"
     fi
     if [ -n "$cached" ] && [ -d "$cached" ]; then
         cp -a "$cached" "$2"
     else
-        "$bin/pingantong" seed --clients "$((pendants + probes))" --secret-seed "$seed" "$@" >/dev/null
+        "$bin/pingantong" seed --clients "$((pendants + probes))" --secret-seed "$seed" \
+            --protocol "$protocol" --native-from "$((pendants + 1))" "$@" >/dev/null
         if [ -n "$cached" ]; then mkdir -p "$SEED_CACHE"; cp -a "$2" "$cached"; fi
     fi
     PAT_NEW_PASSWORD="$password" "$bin/pingantong" user add --username "probe-$name" --role operator "$@" >/dev/null
+    # Every device listener on a port of its own; the fleet is told those of its protocols.
+    local listeners=() to=(--addr "native=127.0.0.1:$port") p a
+    for p in gt06 watch h02 eview dc09; do
+        a=127.0.0.1:$(free_port)
+        listeners+=("--$p-addr" "$a")
+        case ",$protocol" in *",$p:"* | *",$p,"* | *",$p") to+=(--addr "$p=$a") ;; esac
+        if [ "$p" = dc09 ]; then case ",$protocol" in *,dc09-plain*) to+=(--addr "dc09-plain=$a") ;; esac; fi
+    done
+    case ",$protocol" in *,native*) ;; *) to=("${to[@]:2}") ;; esac
     RUST_LOG=${SERVER_LOG:-warn} "$bin/pingantong" serve --native-addr "127.0.0.1:$port" \
-        --embedded-mqtt-addr "127.0.0.1:$mqtt" --http-addr "127.0.0.1:$http" --gt06-addr 127.0.0.1:0 --watch-addr 127.0.0.1:0 \
-        --h02-addr 127.0.0.1:0 --eview-addr 127.0.0.1:0 --dc09-addr 127.0.0.1:0 "$@" >"$work/$name.log" 2>&1 &
+        --embedded-mqtt-addr "127.0.0.1:$mqtt" --http-addr "127.0.0.1:$http" "${listeners[@]}" \
+        "$@" >"$work/$name.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 600); do grep -q "serving" "$work/$name.log" && break; sleep 0.1; done
     local load=(--alarm-rate "$rate" --heartbeat-secs "$heartbeat" --duration-secs "$seconds" --technical-rate "$flood")
     [ -n "$scenario" ] && load=(--scenario "$scenario")
     # shellcheck disable=SC2086 # SIM_ARGS is a list of words
-    "$bin/pendant-sim" --addr "127.0.0.1:$port" --pendants "$pendants" --secret-seed "$seed" \
+    "$bin/pendant-sim" "${to[@]}" --protocol "$protocol" --mqtt-url "mqtt://127.0.0.1:$mqtt" \
+        --pendants "$pendants" --secret-seed "$seed" \
         "${load[@]}" ${SIM_ARGS:-} --json --out "$work/$name.full.json" \
         2>/dev/null >"$work/$name.json" &
     local fleet=$!

@@ -56,9 +56,15 @@ enum Command {
         clients: usize,
         #[arg(long, env = "PAT_SECRET_SEED", default_value = "demo")]
         secret_seed: String,
-        /// What the pendants speak: native, gt06, watch, h02, eview, dc09, mqtt.
+        /// What the pendants speak: native, gt06, watch, h02, eview, dc09, mqtt, or a mix
+        /// shared out by pendant number, e.g. `native:3,gt06:1,mqtt:1` (as `pendant-sim
+        /// --protocol` takes it).
         #[arg(long, default_value = "native")]
         protocol: String,
+        /// Pendants numbered from N on are native whatever --protocol says (for console-probe
+        /// beside a mixed fleet).
+        #[arg(long, value_name = "N")]
+        native_from: Option<usize>,
     },
     /// Check the routing rules (built-in, or the rules file) and print them.
     Rules {
@@ -349,11 +355,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             clients,
             secret_seed,
             protocol,
+            native_from,
         } => {
-            anyhow::ensure!(
-                protocol == "mqtt" || pingantong_sim::speaker::by_name(&protocol).is_some(),
-                "unknown --protocol {protocol:?} (native, gt06, watch, h02, eview, dc09, mqtt)"
-            );
+            let mix = pingantong_sim::speaker::Mix::parse(&protocol)
+                .map_err(|e| anyhow::anyhow!("--protocol: {e}"))?;
             let db = server.connect().await?;
             let city = seed::seed_city(
                 &db,
@@ -361,12 +366,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     clients,
                     carers_per_provider: 8,
                     secret_seed,
-                    protocol: protocol.clone(),
+                    protocol: mix.clone(),
+                    native_from,
                 },
             )
             .await?;
             println!(
-                "seeded {} clients with {protocol} pendants {}..{}, {} providers, {} carers into {}",
+                "seeded {} clients with {mix} pendants {}..{}, {} providers, {} carers into {}",
                 city.clients,
                 city.devices.first().map_or("-", |d| d.as_str()),
                 city.devices.last().map_or("-", |d| d.as_str()),

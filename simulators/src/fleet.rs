@@ -1,6 +1,9 @@
-//! A fleet of native pendants: heartbeats, presses, retries until ACKed.
+//! A fleet of pendants speaking one or several TCP protocols: heartbeats, presses, retries
+//! until ACKed.
 
 mod pendant;
+
+pub use pendant::PendantResult;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +14,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::mqtt_fleet::MqttFleetConfig;
 use crate::record::{Recorder, histogram};
 use crate::scenario::Plan;
 use crate::speaker::Speaker;
@@ -19,13 +23,38 @@ use crate::speaker::Speaker;
 pub struct Pendant {
     pub id: String,
     pub secret: Vec<u8>,
+    /// Which of the fleet's [`Line`]s it speaks and connects to.
+    pub line: usize,
+}
+
+impl Pendant {
+    /// A pendant on the fleet's first line.
+    pub fn new(id: String, secret: Vec<u8>) -> Self {
+        Self {
+            id,
+            secret,
+            line: 0,
+        }
+    }
+}
+
+/// A protocol and the server's listener for it.
+#[derive(Clone)]
+pub struct Line {
+    pub speaker: Arc<dyn Speaker>,
+    pub addr: SocketAddr,
+}
+
+impl Line {
+    pub fn new(speaker: Arc<dyn Speaker>, addr: SocketAddr) -> Self {
+        Self { speaker, addr }
+    }
 }
 
 #[derive(Clone)]
 pub struct FleetConfig {
-    pub addr: SocketAddr,
-    /// The protocol the pendants speak.
-    pub speaker: Arc<dyn Speaker>,
+    /// What the pendants speak, and where to; each pendant names its line.
+    pub lines: Vec<Line>,
     pub pendants: Vec<Pendant>,
     pub heartbeat: Duration,
     /// Presses per second across the whole fleet (Poisson).
@@ -62,6 +91,16 @@ impl FleetStats {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         self.stop_now.notify_waiters();
+    }
+
+    /// Whether [`FleetStats::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Resolves at the next [`FleetStats::stop`].
+    pub fn stop_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.stop_now.notified()
     }
 
     /// Every frame ACKed so far, alarms and the rest.
@@ -146,14 +185,22 @@ pub async fn run_plan(
     stats: Arc<FleetStats>,
     recorder: Arc<Recorder>,
 ) -> FleetReport {
-    let n = cfg.pendants.len();
-    let shared = Arc::new(pendant::Shared {
-        sockets: Arc::new(Semaphore::new(plan.per_report_sockets.max(1))),
-        cfg,
-        plan,
-        stats: Arc::clone(&stats),
-        recorder: Arc::clone(&recorder),
-    });
+    run_mixed(Some(cfg), None, plan, stats, recorder).await
+}
+
+/// Run TCP pendants and MQTT pendants side by side through one plan, its rates shared out by
+/// head count, into one report and one `recorder`. The plan's `persistent` counts TCP pendants;
+/// MQTT pendants all hold a connection.
+pub async fn run_mixed(
+    tcp: Option<FleetConfig>,
+    mqtt: Option<MqttFleetConfig>,
+    plan: Plan,
+    stats: Arc<FleetStats>,
+    recorder: Arc<Recorder>,
+) -> FleetReport {
+    let tcp_n = tcp.as_ref().map_or(0, |c| c.pendants.len());
+    let mqtt_n = mqtt.as_ref().map_or(0, |c| c.pendants.len());
+    let share = |n: usize| n as f64 / (tcp_n + mqtt_n).max(1) as f64;
     let sampler = {
         let (stats, recorder) = (Arc::clone(&stats), Arc::clone(&recorder));
         tokio::spawn(async move {
@@ -171,10 +218,22 @@ pub async fn run_plan(
             }
         })
     };
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let shared = Arc::clone(&shared);
-        tasks.push(tokio::spawn(pendant::run(shared, i)));
+    let mut tasks: Vec<tokio::task::JoinHandle<PendantResult>> = Vec::with_capacity(tcp_n + mqtt_n);
+    if let Some(cfg) = tcp {
+        let shared = Arc::new(pendant::Shared {
+            sockets: Arc::new(Semaphore::new(plan.per_report_sockets.max(1))),
+            cfg,
+            plan: plan.scaled(share(tcp_n)),
+            stats: Arc::clone(&stats),
+            recorder: Arc::clone(&recorder),
+        });
+        for i in 0..tcp_n {
+            tasks.push(tokio::spawn(pendant::run(Arc::clone(&shared), i)));
+        }
+    }
+    if let Some(cfg) = mqtt {
+        let plan = plan.scaled(share(mqtt_n));
+        tasks.extend(crate::mqtt_fleet::spawn(cfg, plan, &stats, &recorder));
     }
     let mut report = FleetReport::empty();
     for t in tasks {
@@ -246,14 +305,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_mixed_fleet_rides_out_a_storm_with_nothing_lost() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        // Two lines (two listeners); the pendants alternate between them.
         let (accepted, restored) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let server = tokio::spawn(acking_server(
-            listener,
-            Arc::clone(&accepted),
-            Arc::clone(&restored),
-        ));
+        let mut addrs = Vec::new();
+        let mut servers = Vec::new();
+        let on_b = Arc::new(AtomicU64::new(0));
+        for counter in [Arc::clone(&accepted), Arc::clone(&on_b)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            servers.push(tokio::spawn(acking_server(
+                listener,
+                counter,
+                Arc::clone(&restored),
+            )));
+        }
         let scenario = ScenarioFile::parse(
             r#"
             [[phase]]
@@ -274,6 +339,7 @@ mod tests {
             .map(|n| Pendant {
                 id: crate::device_id("PA", n),
                 secret: vec![7; 32],
+                line: n % 2,
             })
             .collect();
         let plan = Plan {
@@ -282,10 +348,11 @@ mod tests {
             source_spread: 2,
             per_report_sockets: 4,
         };
-        let recorder = Arc::new(Recorder::new(&plan, Instant::now()));
+        let recorder =
+            Arc::new(Recorder::new(&plan, Instant::now()).with_lines(["a".into(), "b".into()]));
+        let native = || Arc::new(crate::speaker::NativeSpeaker);
         let cfg = FleetConfig {
-            addr,
-            speaker: Arc::new(crate::speaker::NativeSpeaker),
+            lines: vec![Line::new(native(), addrs[0]), Line::new(native(), addrs[1])],
             pendants,
             heartbeat: Duration::from_millis(300),
             alarm_rate: 0.0,
@@ -296,7 +363,7 @@ mod tests {
         };
         let stats = Arc::new(FleetStats::default());
         let r = run_plan(cfg, plan, Arc::clone(&stats), Arc::clone(&recorder)).await;
-        server.abort();
+        servers.iter().for_each(|s| s.abort());
         assert!(r.alarms_sent > 10, "presses were made: {}", r.alarms_sent);
         assert_eq!(r.alarms_lost(), 0, "{:?}", r.unanswered);
         assert_eq!(r.heartbeats_acked, r.heartbeats_sent);
@@ -306,7 +373,12 @@ mod tests {
             "every socket closed"
         );
         // Ten held connections, ten again after the storm, and one per report for the rest.
-        assert!(accepted.load(Ordering::Relaxed) > 20 + 10, "{accepted:?}");
+        let (a, b) = (
+            accepted.load(Ordering::Relaxed),
+            on_b.load(Ordering::Relaxed),
+        );
+        assert!(a > 0 && b > 0, "both lines used: {a} {b}");
+        assert!(a + b > 20 + 10, "{a} + {b}");
         assert_eq!(restored.load(Ordering::Relaxed), 10);
         let s = recorder.summary(
             r.alarms_acked + r.heartbeats_acked,
@@ -335,5 +407,8 @@ mod tests {
             .map(|t| t["alarms_acked"].as_u64().unwrap())
             .sum();
         assert_eq!(acked, r.alarms_acked);
+        let by_line = |l: &str| s["by_protocol"][l]["alarms_acked"].as_u64().unwrap();
+        assert!(by_line("a") > 0 && by_line("b") > 0, "{}", s["by_protocol"]);
+        assert_eq!(by_line("a") + by_line("b"), r.alarms_acked);
     }
 }

@@ -1,16 +1,21 @@
-//! A fleet of devices publishing through an MQTT broker (protocol/MQTT.md):
-//! press → application ACK latency, retries until acknowledged.
+//! A fleet of devices publishing through an MQTT broker (protocol/MQTT.md): press → application
+//! ACK latency, every event published again until answered, through a scenario's phases and its
+//! mass disconnect like the TCP fleet.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use pingantong_protocol::EventKind;
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::fleet::{FleetReport, FleetStats, Pendant};
+use crate::fleet::{FleetReport, FleetStats, Pendant, PendantResult};
+use crate::record::{Press, Recorder};
+use crate::scenario::Plan;
 
 #[derive(Debug, Clone)]
 pub struct MqttFleetConfig {
@@ -19,38 +24,61 @@ pub struct MqttFleetConfig {
     pub prefix: String,
     pub pendants: Vec<Pendant>,
     pub heartbeat: Duration,
-    /// Presses per second across the fleet.
+    /// Presses per second across the fleet (`run`; `run_plan` takes the plan's phases).
     pub alarm_rate: f64,
     pub duration: Duration,
     pub retry_after: Duration,
     pub grace: Duration,
+    /// The protocol line the pendants' presses are tallied under ([`Press::line`]).
+    pub line: usize,
+}
+
+/// Run every pendant as its own MQTT client at `cfg`'s rate until the end, then report.
+pub async fn run(cfg: MqttFleetConfig, stats: Arc<FleetStats>) -> FleetReport {
+    let plan = Plan::single(cfg.duration, cfg.alarm_rate, 0.0, 0);
+    let recorder =
+        Arc::new(Recorder::new(&plan, Instant::now()).expecting_ready(cfg.pendants.len() as u64));
+    crate::fleet::run_mixed(None, Some(cfg), plan, stats, recorder).await
+}
+
+/// One task per pendant, following `plan` (its rates are this fleet's share).
+pub(crate) fn spawn(
+    cfg: MqttFleetConfig,
+    plan: Plan,
+    stats: &Arc<FleetStats>,
+    recorder: &Arc<Recorder>,
+) -> Vec<JoinHandle<PendantResult>> {
+    let shared = Arc::new(Shared {
+        cfg,
+        plan,
+        stats: Arc::clone(stats),
+        recorder: Arc::clone(recorder),
+    });
+    (0..shared.cfg.pendants.len())
+        .map(|i| tokio::spawn(pendant(Arc::clone(&shared), i)))
+        .collect()
+}
+
+struct Shared {
+    cfg: MqttFleetConfig,
+    plan: Plan,
+    stats: Arc<FleetStats>,
+    recorder: Arc<Recorder>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Frame {
+    Alarm(Press),
+    StormReport,
+    Other,
 }
 
 struct Sent {
     first: Instant,
-    last: Instant,
+    /// `None` until published once (made while cut off or still subscribing).
+    last: Option<Instant>,
     body: String,
-    alarm: bool,
-}
-
-/// Run every pendant as its own MQTT client until the end, then report.
-pub async fn run(cfg: MqttFleetConfig, stats: Arc<FleetStats>) -> FleetReport {
-    let cfg = Arc::new(cfg);
-    let mut tasks = Vec::new();
-    for i in 0..cfg.pendants.len() {
-        let (cfg, stats) = (Arc::clone(&cfg), Arc::clone(&stats));
-        tasks.push(tokio::spawn(async move { pendant(cfg, i, stats).await }));
-    }
-    let mut report = FleetReport::empty();
-    for t in tasks {
-        if let Ok((acked, unanswered, lat)) = t.await {
-            report.acked.extend(acked);
-            report.unanswered.extend(unanswered);
-            report.alarm_latency_us.add(&lat).expect("same bounds");
-        }
-    }
-    report.fill_counts(&stats);
-    report
+    frame: Frame,
 }
 
 fn unix_ms() -> u64 {
@@ -60,18 +88,17 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-type PendantOutcome = (
-    Vec<(String, u32)>,
-    Vec<(String, u32)>,
-    hdrhistogram::Histogram<u64>,
-);
+/// The wait until the next event of a Poisson process of `rate` per second.
+fn next_after(rate: f64) -> Duration {
+    if rate <= 0.0 {
+        return Duration::from_secs(365 * 24 * 3600);
+    }
+    let u: f64 = rand::rng().random_range(f64::EPSILON..1.0);
+    Duration::from_secs_f64(-u.ln() / rate)
+}
 
-async fn pendant(
-    cfg: Arc<MqttFleetConfig>,
-    index: usize,
-    stats: Arc<FleetStats>,
-) -> PendantOutcome {
-    let me = &cfg.pendants[index];
+/// A client and its event loop; the connection opens on the first poll.
+fn session(cfg: &MqttFleetConfig, me: &Pendant) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(
         format!("sim-{}-{}", me.id, std::process::id()),
         cfg.host.clone(),
@@ -82,90 +109,224 @@ async fn pendant(
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
+    (client, eventloop)
+}
+
+async fn pendant(sh: Arc<Shared>, index: usize) -> PendantResult {
+    let (cfg, plan, stats, rec) = (&sh.cfg, &sh.plan, &sh.stats, &sh.recorder);
+    let me = &cfg.pendants[index];
     let events = format!("{}/v1/devices/{}/events", cfg.prefix, me.id);
     let acks = format!("{}/v1/devices/{}/ack", cfg.prefix, me.id);
-    let rate = cfg.alarm_rate / cfg.pendants.len().max(1) as f64;
-    let press_gap = || {
-        if rate <= 0.0 {
-            return Duration::from_secs(365 * 24 * 3600);
-        }
-        let u: f64 = rand::rng().random_range(f64::EPSILON..1.0);
-        Duration::from_secs_f64(-u.ln() / rate)
+    let n = cfg.pendants.len().max(1) as f64;
+    let rates = |p: usize| {
+        (
+            plan.phases[p].alarm_rate / n,
+            plan.phases[p].technical_rate / n,
+        )
     };
-    let start = Instant::now();
-    let stop = start + cfg.duration;
-    let give_up = stop + cfg.grace;
+    let start = rec.start();
+    let mut stop_sending = start + plan.total();
+    let mut give_up = stop_sending + cfg.grace;
+    let mut phase = 0;
+    let (mut alarm_rate, mut technical_rate) = rates(0);
     let mut next_beat = start + cfg.heartbeat.mul_f64(rand::rng().random_range(0.0..1.0));
-    let mut next_press = start + press_gap();
+    let mut next_press = start + next_after(alarm_rate);
+    let mut next_technical = start + next_after(technical_rate);
+    let mut offline_until: Option<Instant> = None;
+    let mut report_due: Option<EventKind> = None;
+    let mut storm_return = false;
+
     let mut seq = 0u32;
     let mut sent: HashMap<u32, Sent> = HashMap::new();
-    let mut acked = Vec::new();
-    let mut latency =
-        hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut result = PendantResult {
+        acked: Vec::new(),
+        unanswered: Vec::new(),
+    };
+    let mut conn: Option<(AsyncClient, EventLoop)> = None;
     let mut subscribed = false;
+    let mut ready_told = false;
     let mut retry = tokio::time::interval(Duration::from_millis(500));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
     loop {
         let now = Instant::now();
-        if (now >= stop && sent.is_empty()) || now >= give_up {
+        if stats.stopping() && now < stop_sending {
+            stop_sending = now;
+            give_up = now + cfg.grace;
+        }
+        let sending = now < stop_sending;
+        if (!sending && sent.is_empty() && report_due.is_none()) || now >= give_up {
             break;
         }
-        let wake = if subscribed && now < stop {
-            next_beat.min(next_press)
-        } else {
-            give_up
-        };
-        tokio::select! {
-            polled = eventloop.poll() => match polled {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.subscribe(acks.clone(), QoS::AtLeastOnce).await;
+        while sending && phase + 1 < plan.phases.len() && now >= start + plan.phases[phase].end() {
+            phase += 1;
+            let at = start + plan.phases[phase].start;
+            (alarm_rate, technical_rate) = rates(phase);
+            next_press = at + next_after(alarm_rate);
+            next_technical = at + next_after(technical_rate);
+            if let Some(storm) = &plan.phases[phase].storm {
+                // The power goes: the connection drops without a DISCONNECT.
+                conn = None;
+                if std::mem::take(&mut subscribed) {
+                    stats.connected.fetch_sub(1, Ordering::Relaxed);
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    subscribed = true;
-                    stats.connected.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
-                    let Some(s) = v["seq"].as_u64().map(|s| s as u32) else { continue };
-                    let status = v["status"].as_str().unwrap_or("");
-                    if status == "unavailable" { continue; }
-                    let Some(o) = sent.remove(&s) else { continue };
-                    let us = o.first.elapsed().as_micros().max(1) as u64;
-                    match (o.alarm, status) {
-                        (true, "stored" | "duplicate") => {
-                            stats.alarms_acked.fetch_add(1, Ordering::Relaxed);
-                            let _ = latency.record(us);
-                            acked.push((me.id.clone(), s));
-                        }
-                        (true, _) => { stats.alarms_refused.fetch_add(1, Ordering::Relaxed); }
-                        (false, _) => { stats.heartbeats_acked.fetch_add(1, Ordering::Relaxed); }
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    if subscribed {
-                        subscribed = false;
-                        stats.connected.fetch_sub(1, Ordering::Relaxed);
-                        stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            },
-            _ = tokio::time::sleep_until(wake), if subscribed && now < stop => {
-                let alarm = Instant::now() >= next_press;
-                let kind = if alarm { next_press += press_gap(); "sos" } else { next_beat += cfg.heartbeat; "heartbeat" };
-                seq += 1;
-                let body = serde_json::json!({
-                    "v": 1, "seq": seq, "kind": kind, "time": unix_ms(), "battery": 80,
-                }).to_string();
-                if alarm { stats.alarms_sent.fetch_add(1, Ordering::Relaxed); } else { stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed); }
-                let t = Instant::now();
-                let _ = client.publish(events.clone(), QoS::AtLeastOnce, false, body.clone()).await;
-                sent.insert(seq, Sent { first: t, last: t, body, alarm });
+                let delay = storm
+                    .reconnect_within
+                    .mul_f64(rand::rng().random_range(0.0..1.0));
+                offline_until = Some(at + delay);
+                report_due = storm.report;
+                storm_return = true;
+                rec.storm_disconnected.fetch_add(1, Ordering::Relaxed);
             }
-            _ = retry.tick() => {
+        }
+        let offline = offline_until.is_some_and(|t| now < t);
+        if !offline && conn.is_none() && (sending || !sent.is_empty() || report_due.is_some()) {
+            offline_until = None;
+            conn = Some(session(cfg, me));
+        }
+
+        let mut wake = give_up;
+        if sending {
+            wake = wake
+                .min(stop_sending)
+                .min(next_beat)
+                .min(next_press)
+                .min(next_technical);
+            if phase + 1 < plan.phases.len() {
+                wake = wake.min(start + plan.phases[phase].end());
+            }
+        }
+        if let (Some(t), true) = (offline_until, offline) {
+            wake = wake.min(t);
+        }
+
+        tokio::select! {
+            _ = stats.stop_notified(), if sending => continue,
+            polled = async {
+                match conn.as_mut() {
+                    Some((_, eventloop)) => eventloop.poll().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some((client, _)) = conn.as_ref() else { continue };
+                match polled {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.subscribe(acks.clone(), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subscribed = true;
+                        stats.connected.fetch_add(1, Ordering::Relaxed);
+                        if !ready_told {
+                            ready_told = true;
+                            rec.pendant_ready();
+                        }
+                        if std::mem::take(&mut storm_return) {
+                            rec.storm_reconnect();
+                        }
+                        if let Some(kind) = report_due.take() {
+                            seq = seq.wrapping_add(1);
+                            stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                            rec.storm_reports_sent.fetch_add(1, Ordering::Relaxed);
+                            let body = event_body(seq, kind);
+                            let t = Instant::now();
+                            sent.insert(seq, Sent { first: t, last: None, body, frame: Frame::StormReport });
+                        }
+                        // Whatever was made while cut off, and whatever the last session had in
+                        // flight, oldest first.
+                        let mut owed: Vec<_> = sent.values_mut().collect();
+                        owed.sort_by_key(|o| o.first);
+                        for o in owed {
+                            if o.last.is_some() {
+                                stats.retries.fetch_add(1, Ordering::Relaxed);
+                            }
+                            o.last = Some(Instant::now());
+                            let _ = client.publish(events.clone(), QoS::AtLeastOnce, false, o.body.clone()).await;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        let Some(s) = v["seq"].as_u64().map(|s| s as u32) else { continue };
+                        let status = v["status"].as_str().unwrap_or("");
+                        if status == "unavailable" { continue; }
+                        let Some(o) = sent.remove(&s) else { continue };
+                        let us = o.first.elapsed().as_micros().max(1) as u64;
+                        let stored = matches!(status, "stored" | "duplicate");
+                        match (o.frame, stored) {
+                            (Frame::Alarm(press), true) => {
+                                stats.alarms_acked.fetch_add(1, Ordering::Relaxed);
+                                rec.alarm_acked(press, us);
+                                result.acked.push((me.id.clone(), s));
+                            }
+                            (Frame::Alarm(_), false) => {
+                                stats.alarms_refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                            (f, _) => {
+                                stats.heartbeats_acked.fetch_add(1, Ordering::Relaxed);
+                                rec.frame_acked(us);
+                                if f == Frame::StormReport {
+                                    rec.storm_report_acked();
+                                }
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        if std::mem::take(&mut subscribed) {
+                            stats.connected.fetch_sub(1, Ordering::Relaxed);
+                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // The event loop dials again on the next poll.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                let sending = now < stop_sending && !stats.stopping();
+                if !sending || now < next_beat.min(next_press).min(next_technical) {
+                    continue;
+                }
+                let alarm = now >= next_press;
+                let kind = if alarm {
+                    next_press += next_after(alarm_rate);
+                    if rand::rng().random_range(0..10) == 0 { EventKind::Fall } else { EventKind::Sos }
+                } else if now >= next_technical {
+                    next_technical += next_after(technical_rate);
+                    EventKind::LowBattery
+                } else {
+                    next_beat += cfg.heartbeat;
+                    EventKind::Heartbeat
+                };
+                // Cut off, a device keeps a press for later but neither beats nor reports.
+                if offline && !alarm {
+                    continue;
+                }
+                seq = seq.wrapping_add(1);
+                let press = Press { line: cfg.line, phase, offline };
+                let frame = if alarm {
+                    stats.alarms_sent.fetch_add(1, Ordering::Relaxed);
+                    rec.alarm_sent(press);
+                    Frame::Alarm(press)
+                } else {
+                    stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                    Frame::Other
+                };
+                let body = event_body(seq, kind);
+                let t = Instant::now();
+                let last = match conn.as_ref() {
+                    Some((client, _)) if subscribed => {
+                        let _ = client.publish(events.clone(), QoS::AtLeastOnce, false, body.clone()).await;
+                        Some(t)
+                    }
+                    _ => None,
+                };
+                sent.insert(seq, Sent { first: t, last, body, frame });
+            }
+            _ = retry.tick(), if !sent.is_empty() => {
+                let Some((client, _)) = conn.as_ref().filter(|_| subscribed) else { continue };
                 for o in sent.values_mut() {
-                    if o.last.elapsed() >= cfg.retry_after {
-                        o.last = Instant::now();
+                    if o.last.is_some_and(|t| t.elapsed() >= cfg.retry_after) {
+                        o.last = Some(Instant::now());
                         stats.retries.fetch_add(1, Ordering::Relaxed);
                         let _ = client.try_publish(events.clone(), QoS::AtLeastOnce, false, o.body.clone());
                     }
@@ -176,10 +337,20 @@ async fn pendant(
     if subscribed {
         stats.connected.fetch_sub(1, Ordering::Relaxed);
     }
-    let unanswered = sent
+    result.unanswered = sent
         .iter()
-        .filter(|(_, o)| o.alarm)
+        .filter(|(_, o)| matches!(o.frame, Frame::Alarm(_)))
         .map(|(s, _)| (me.id.clone(), *s))
         .collect();
-    (acked, unanswered, latency)
+    result
+}
+
+fn event_body(seq: u32, kind: EventKind) -> String {
+    let mut v = serde_json::json!({
+        "v": 1, "seq": seq, "kind": kind.name(), "time": unix_ms(), "battery": 80,
+    });
+    if matches!(kind, EventKind::Sos | EventKind::Fall) {
+        v["location"] = serde_json::json!({"lat": 23.13, "lon": 113.26, "accuracy_m": 20});
+    }
+    v.to_string()
 }

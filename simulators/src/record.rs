@@ -35,6 +35,23 @@ pub struct Second {
     pub ack_max_ms: Option<f64>,
 }
 
+/// Where a press belongs: the protocol line it was sent on, the phase it was made in, and whether
+/// the pendant was cut off by a mass disconnect then (it is sent on reconnecting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Press {
+    pub line: usize,
+    pub phase: usize,
+    pub offline: bool,
+}
+
+/// A protocol line's presses.
+struct LineTally {
+    name: String,
+    sent: u64,
+    acked: u64,
+    latency: Histogram<u64>,
+}
+
 struct PhaseTally {
     sent: u64,
     acked: u64,
@@ -53,6 +70,8 @@ struct Inner {
     timeline: Vec<Second>,
     frames_at_last_close: u64,
     phases: Vec<PhaseTally>,
+    /// Empty unless the fleet named its lines ([`Recorder::with_lines`]).
+    lines: Vec<LineTally>,
 }
 
 /// Shared by every pendant of a run.
@@ -110,6 +129,7 @@ impl Recorder {
                         latency_online: histogram(),
                     })
                     .collect(),
+                lines: Vec::new(),
             }),
             ready: AtomicU64::new(0),
             ready_target: plan.persistent as u64,
@@ -121,6 +141,27 @@ impl Recorder {
             last_reconnect_us: AtomicU64::new(0),
             last_report_ack_us: AtomicU64::new(0),
         }
+    }
+
+    /// Tally presses per protocol line too (the summary's `by_protocol`), lines named in order.
+    pub fn with_lines(self, names: impl IntoIterator<Item = String>) -> Self {
+        self.lock().lines = names
+            .into_iter()
+            .map(|name| LineTally {
+                name,
+                sent: 0,
+                acked: 0,
+                latency: histogram(),
+            })
+            .collect();
+        self
+    }
+
+    /// Pendants expected to connect and hold their connection (the connect time waits for all).
+    /// (A mixed fleet's MQTT pendants hold theirs beside the plan's persistent TCP ones.)
+    pub fn expecting_ready(mut self, pendants: u64) -> Self {
+        self.ready_target = pendants;
+        self
     }
 
     pub fn start(&self) -> Instant {
@@ -135,30 +176,38 @@ impl Recorder {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A press made during phase `phase` (`offline`: while cut off by a mass disconnect).
-    pub fn alarm_sent(&self, phase: usize, offline: bool) {
-        if let Some(p) = self.lock().phases.get_mut(phase) {
+    /// A press made.
+    pub fn alarm_sent(&self, press: Press) {
+        let mut g = self.lock();
+        if let Some(p) = g.phases.get_mut(press.phase) {
             p.sent += 1;
-            p.sent_offline += u64::from(offline);
+            p.sent_offline += u64::from(press.offline);
+        }
+        if let Some(l) = g.lines.get_mut(press.line) {
+            l.sent += 1;
         }
     }
 
-    /// An ACK for a press made during phase `phase`, `us` after the press.
-    pub fn alarm_acked(&self, phase: usize, offline: bool, us: u64) {
+    /// An ACK for a press, `us` after the press.
+    pub fn alarm_acked(&self, press: Press, us: u64) {
         let mut g = self.lock();
         // The second is read under the lock, so no ACK lands in a second already closed.
         let t = self.now().as_secs();
-        Self::alarm_acked_in(&mut g, t, phase, offline, us);
+        Self::alarm_acked_in(&mut g, t, press, us);
     }
 
-    fn alarm_acked_in(g: &mut Inner, t: u64, phase: usize, offline: bool, us: u64) {
+    fn alarm_acked_in(g: &mut Inner, t: u64, press: Press, us: u64) {
         g.alarms.saturating_record(us);
-        if let Some(p) = g.phases.get_mut(phase) {
+        if let Some(p) = g.phases.get_mut(press.phase) {
             p.acked += 1;
             p.latency.saturating_record(us);
-            if !offline {
+            if !press.offline {
                 p.latency_online.saturating_record(us);
             }
+        }
+        if let Some(l) = g.lines.get_mut(press.line) {
+            l.acked += 1;
+            l.latency.saturating_record(us);
         }
         match g.open.iter_mut().find(|(s, _)| *s == t) {
             Some((_, h)) => h.saturating_record(us),
@@ -298,6 +347,21 @@ impl Recorder {
             "timeline": g.timeline,
             "phases": phases,
         });
+        if !g.lines.is_empty() {
+            let by: serde_json::Map<String, Value> = g
+                .lines
+                .iter()
+                .map(|l| {
+                    let v = json!({
+                        "alarms_sent": l.sent,
+                        "alarms_acked": l.acked,
+                        "ack_ms": quantiles(&l.latency),
+                    });
+                    (l.name.clone(), v)
+                })
+                .collect();
+            out["by_protocol"] = Value::Object(by);
+        }
         if let Some(at) = self.storm_at {
             let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
             let since = |us: u64| (us as f64 / 1e6 - at.as_secs_f64()).max(0.0);
@@ -325,6 +389,14 @@ impl Recorder {
 mod tests {
     use super::*;
 
+    fn at(offline: bool) -> Press {
+        Press {
+            line: 0,
+            phase: 0,
+            offline,
+        }
+    }
+
     fn recorder() -> Recorder {
         let plan = Plan::single(Duration::from_secs(10), 1.0, 0.0, 3);
         Recorder::new(&plan, Instant::now())
@@ -335,9 +407,9 @@ mod tests {
         let r = recorder();
         {
             let mut g = r.lock();
-            Recorder::alarm_acked_in(&mut g, 0, 0, false, 1_000);
-            Recorder::alarm_acked_in(&mut g, 0, 0, false, 2_000);
-            Recorder::alarm_acked_in(&mut g, 2, 0, true, 1_500);
+            Recorder::alarm_acked_in(&mut g, 0, at(false), 1_000);
+            Recorder::alarm_acked_in(&mut g, 0, at(false), 2_000);
+            Recorder::alarm_acked_in(&mut g, 2, at(true), 1_500);
             assert_eq!(g.open.len(), 2, "seconds close on the tick, not on an ACK");
             Recorder::close_seconds(&mut g, 3, 7, 120);
             Recorder::close_seconds(&mut g, 4, 7, 150);
@@ -362,9 +434,9 @@ mod tests {
     #[test]
     fn the_summary_attributes_to_phases_and_tells_the_connect_time() {
         let r = recorder();
-        r.alarm_sent(0, false);
-        r.alarm_sent(0, true);
-        r.alarm_acked(0, false, 2_000);
+        r.alarm_sent(at(false));
+        r.alarm_sent(at(true));
+        r.alarm_acked(at(false), 2_000);
         for _ in 0..3 {
             r.pendant_ready();
         }
@@ -380,5 +452,28 @@ mod tests {
         assert_eq!(s["frames_acked_per_sec"], 1.0);
         assert_eq!(s["timeline"][0]["alarms_acked"], 1);
         assert!(s.get("storm").is_none());
+        assert!(s.get("by_protocol").is_none(), "no lines named");
+    }
+
+    #[test]
+    fn presses_are_told_per_protocol_line() {
+        let r = recorder().with_lines(["native".to_string(), "gt06".to_string()]);
+        let on = |line| Press {
+            line,
+            phase: 0,
+            offline: false,
+        };
+        r.alarm_sent(on(0));
+        r.alarm_sent(on(1));
+        r.alarm_sent(on(1));
+        r.alarm_acked(on(1), 1_500);
+        r.finish(0, 0);
+        let s = r.summary(0, Duration::from_secs(1));
+        assert_eq!(s["by_protocol"]["native"]["alarms_sent"], 1);
+        assert_eq!(s["by_protocol"]["native"]["alarms_acked"], 0);
+        assert_eq!(s["by_protocol"]["gt06"]["alarms_sent"], 2);
+        assert_eq!(s["by_protocol"]["gt06"]["alarms_acked"], 1);
+        assert_eq!(s["by_protocol"]["gt06"]["ack_ms"]["max"], 1.5);
+        assert_eq!(s["phases"][0]["alarms_sent"], 3);
     }
 }

@@ -110,6 +110,16 @@ impl Plan {
         }
     }
 
+    /// The same plan with every rate times `share` (a part of the fleet's load).
+    pub fn scaled(&self, share: f64) -> Self {
+        let mut out = self.clone();
+        for p in &mut out.phases {
+            p.alarm_rate *= share;
+            p.technical_rate *= share;
+        }
+        out
+    }
+
     /// How long pendants press and report.
     pub fn total(&self) -> Duration {
         self.phases.last().map(Phase::end).unwrap_or_default()

@@ -423,3 +423,122 @@ pub fn provisioned_protocol(name: &str) -> &'static str {
         _ => "native",
     }
 }
+
+/// The protocols of a fleet and their shares, as `native:3,gt06:1,mqtt:1` (a bare name weighs 1).
+///
+/// Pendant `n` (from 1) speaks the protocol whose share holds `(n - 1) mod total`, so
+/// `pingantong seed --protocol` and `pendant-sim --protocol` agree on every device without
+/// exchanging a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mix {
+    parts: Vec<(String, u32)>,
+    total: u32,
+}
+
+/// Every protocol a simulated device may speak (`mqtt` publishes through the broker).
+pub const PROTOCOLS: &str = "native, gt06, watch, h02, eview, dc09, dc09-plain, mqtt";
+
+impl Mix {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts: Vec<(String, u32)> = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let (name, weight) = match part.split_once(':') {
+                Some((n, w)) => (
+                    n.trim(),
+                    w.trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|w| (1..=1_000).contains(w))
+                        .ok_or_else(|| format!("{part:?}: a share is a whole number 1..1000"))?,
+                ),
+                None => (part, 1),
+            };
+            if name != "mqtt" && by_name(name).is_none() {
+                return Err(format!("unknown protocol {name:?} ({PROTOCOLS})"));
+            }
+            if parts.iter().any(|(n, _)| n == name) {
+                return Err(format!("{name:?} is named twice"));
+            }
+            parts.push((name.to_owned(), weight));
+        }
+        let total = parts.iter().map(|(_, w)| w).sum();
+        Ok(Self { parts, total })
+    }
+
+    /// One protocol for every pendant.
+    pub fn single(name: &str) -> Result<Self, String> {
+        Self::parse(name)
+    }
+
+    /// Every pendant native.
+    pub fn native() -> Self {
+        Self {
+            parts: vec![("native".into(), 1)],
+            total: 1,
+        }
+    }
+
+    /// The protocol pendant `n` (from 1) speaks.
+    pub fn protocol_of(&self, n: usize) -> &str {
+        let mut slot = ((n.max(1) - 1) % self.total as usize) as u32;
+        for (name, w) in &self.parts {
+            if slot < *w {
+                return name;
+            }
+            slot -= w;
+        }
+        unreachable!("slot < total")
+    }
+
+    /// Pendant `n`'s device id, in its protocol's form.
+    pub fn device_id(&self, n: usize) -> String {
+        device_id(self.protocol_of(n), n)
+    }
+
+    /// The protocols named, in order.
+    pub fn protocols(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn is_single(&self) -> bool {
+        self.parts.len() == 1
+    }
+}
+
+impl std::fmt::Display for Mix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let [(name, _)] = self.parts.as_slice() {
+            return f.write_str(name);
+        }
+        let parts: Vec<String> = self.parts.iter().map(|(n, w)| format!("{n}:{w}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mix_deals_protocols_by_share_and_names_its_mistakes() {
+        let mix = Mix::parse("native:3, gt06, mqtt:2").unwrap();
+        let first: Vec<&str> = (1..=7).map(|n| mix.protocol_of(n)).collect();
+        assert_eq!(
+            first,
+            [
+                "native", "native", "native", "gt06", "mqtt", "mqtt", "native"
+            ]
+        );
+        assert_eq!(mix.device_id(4), "860000000000004");
+        assert_eq!(mix.device_id(5), "GW000005");
+        assert_eq!(mix.to_string(), "native:3,gt06:1,mqtt:2");
+        assert!(!mix.is_single());
+        let one = Mix::single("watch").unwrap();
+        assert!(one.is_single());
+        assert_eq!(one.to_string(), "watch");
+        assert_eq!(one.protocol_of(99), "watch");
+        assert!(Mix::parse("native,telex").unwrap_err().contains("telex"));
+        assert!(Mix::parse("native:0").unwrap_err().contains("share"));
+        assert!(Mix::parse("gt06,gt06:2").unwrap_err().contains("twice"));
+    }
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pingantong_protocol::EventKind;
 use pingantong_sim::carer::{self, CarerStats};
-use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
+use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -93,7 +93,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         clients: opts.clients,
         carers_per_provider: 8,
         secret_seed: format!("demo-{}", std::process::id()),
-        protocol: "native".into(),
+        protocol: pingantong_sim::speaker::Mix::native(),
+        native_from: None,
     };
     let city = seed_city(&db, &spec).await?;
     let console = format!("http://{}/", app.addrs().http);
@@ -152,17 +153,21 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let pendants: Vec<Pendant> = city
         .devices
         .iter()
-        .map(|id| Pendant {
-            id: id.clone(),
-            secret: pingantong_sim::derive_secret(&spec.secret_seed, id),
+        .map(|id| {
+            Pendant::new(
+                id.clone(),
+                pingantong_sim::derive_secret(&spec.secret_seed, id),
+            )
         })
         .collect();
     let fleet_stats = Arc::new(FleetStats::default());
     let started = Instant::now();
     let mut fleet = tokio::spawn(fleet::run(
         FleetConfig {
-            addr: native,
-            speaker: Arc::new(pingantong_sim::speaker::NativeSpeaker),
+            lines: vec![Line::new(
+                Arc::new(pingantong_sim::speaker::NativeSpeaker),
+                native,
+            )],
             pendants,
             heartbeat: opts.heartbeat,
             alarm_rate: opts.alarm_rate,

@@ -77,9 +77,13 @@ pub struct CitySpec {
     pub carers_per_provider: usize,
     /// Pendant secrets derive from this seed (see `pingantong_sim::derive_secret`).
     pub secret_seed: String,
-    /// What the pendants speak, as `pendant-sim --protocol` names it (`native`,
-    /// `gt06`, `watch`, `h02`, `eview`, `dc09`); device ids take that protocol's form.
-    pub protocol: String,
+    /// What the pendants speak, as `pendant-sim --protocol` names it (`native`, `gt06`,
+    /// `watch`, `h02`, `eview`, `dc09`, `mqtt`, or a mix such as `native:3,gt06:1`); device ids
+    /// take their protocol's form.
+    pub protocol: speaker::Mix,
+    /// Pendants numbered from this one on are native whatever `protocol` says (console-probe
+    /// presses native pendants beside a mixed fleet).
+    pub native_from: Option<usize>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -150,11 +154,15 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
             })
             .await?;
         }
-        let id = speaker::device_id(&spec.protocol, n);
+        let protocol = match spec.native_from {
+            Some(from) if n >= from => "native",
+            _ => spec.protocol.protocol_of(n),
+        };
+        let id = speaker::device_id(protocol, n);
         db.upsert_device(&NewDevice {
             secret: pingantong_sim::derive_secret(&spec.secret_seed, &id),
             id: id.clone(),
-            protocol: speaker::provisioned_protocol(&spec.protocol).into(),
+            protocol: speaker::provisioned_protocol(protocol).into(),
             client_id: Some(client_id),
         })
         .await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use pingantong::demo::seed::{CitySpec, seed_city};
 use pingantong::store::{Db, StoreConfig};
 use pingantong_protocol::EventKind;
-use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
+use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -59,7 +59,8 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
             clients: 20,
             carers_per_provider: 2,
             secret_seed: SEED.into(),
-            protocol: "native".into(),
+            protocol: pingantong_sim::speaker::Mix::native(),
+            native_from: None,
         },
     )
     .await
@@ -96,16 +97,15 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
     let pendants = city
         .devices
         .iter()
-        .map(|id| Pendant {
-            id: id.clone(),
-            secret: pingantong_sim::derive_secret(SEED, id),
-        })
+        .map(|id| Pendant::new(id.clone(), pingantong_sim::derive_secret(SEED, id)))
         .collect();
     let stats = Arc::new(FleetStats::default());
     let fleet = tokio::spawn(fleet::run(
         FleetConfig {
-            addr: native.parse().unwrap(),
-            speaker: Arc::new(pingantong_sim::speaker::NativeSpeaker),
+            lines: vec![Line::new(
+                Arc::new(pingantong_sim::speaker::NativeSpeaker),
+                native.parse().unwrap(),
+            )],
             pendants,
             heartbeat: Duration::from_millis(200),
             alarm_rate: 150.0,

@@ -365,7 +365,7 @@ async fn an_sos_with_a_bad_checksum_reaches_an_operator_but_no_carer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_fleets_of_every_protocol_lose_nothing() {
     use pingantong::demo::seed::{CitySpec, seed_city};
-    use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
+    use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
     use pingantong_sim::speaker;
     use std::sync::Arc;
 
@@ -386,7 +386,8 @@ async fn simulated_fleets_of_every_protocol_lose_nothing() {
                 clients: 8,
                 carers_per_provider: 1,
                 secret_seed: seed.clone(),
-                protocol: protocol.into(),
+                protocol: pingantong_sim::speaker::Mix::parse(protocol).unwrap(),
+                native_from: None,
             },
         )
         .await
@@ -396,15 +397,11 @@ async fn simulated_fleets_of_every_protocol_lose_nothing() {
         let pendants = city
             .devices
             .iter()
-            .map(|id| Pendant {
-                id: id.clone(),
-                secret: pingantong_sim::derive_secret(&seed, id),
-            })
+            .map(|id| Pendant::new(id.clone(), pingantong_sim::derive_secret(&seed, id)))
             .collect();
         let report = fleet::run(
             FleetConfig {
-                addr,
-                speaker: speaker::by_name(protocol).unwrap(),
+                lines: vec![Line::new(speaker::by_name(protocol).unwrap(), addr)],
                 pendants,
                 heartbeat: Duration::from_millis(300),
                 alarm_rate: 8.0,
@@ -428,6 +425,136 @@ async fn simulated_fleets_of_every_protocol_lose_nothing() {
             report.heartbeats_acked > 0,
             "{protocol}: no heartbeat answered"
         );
+    }
+    app.stop().await;
+}
+
+/// One fleet of native, GT06 and MQTT pendants through a power cut: every protocol's presses
+/// answered, every pendant back and its "power restored" report stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_fleet_of_tcp_and_mqtt_pendants_rides_out_a_power_cut() {
+    use pingantong::demo::seed::{CitySpec, seed_city};
+    use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
+    use pingantong_sim::mqtt_fleet::MqttFleetConfig;
+    use pingantong_sim::record::Recorder;
+    use pingantong_sim::scenario::{Plan, ScenarioFile};
+    use pingantong_sim::speaker::{self, Mix};
+    use std::sync::Arc;
+
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let seed = "mixed-fleet";
+    let mix = Mix::parse("native:2,gt06:1,mqtt:1").unwrap();
+    let city = seed_city(
+        &app.db,
+        &CitySpec {
+            clients: 12,
+            carers_per_provider: 1,
+            secret_seed: seed.into(),
+            protocol: mix.clone(),
+            native_from: None,
+        },
+    )
+    .await
+    .unwrap();
+    let tcp = ["native", "gt06"];
+    let (mut tcp_fleet, mut mqtt_fleet) = (Vec::new(), Vec::new());
+    for (i, id) in city.devices.iter().enumerate() {
+        let secret = pingantong_sim::derive_secret(seed, id);
+        match tcp.iter().position(|p| *p == mix.protocol_of(i + 1)) {
+            Some(line) => tcp_fleet.push(Pendant {
+                id: id.clone(),
+                secret,
+                line,
+            }),
+            None => mqtt_fleet.push(Pendant::new(id.clone(), secret)),
+        }
+    }
+    assert_eq!((tcp_fleet.len(), mqtt_fleet.len()), (9, 3));
+    let scenario = ScenarioFile::parse(
+        r#"
+        [[phase]]
+        name = "calm"
+        secs = 1
+        alarm_rate = 12
+        [[phase]]
+        name = "power cut"
+        secs = 1.5
+        alarm_rate = 12
+        disconnect = true
+        reconnect_within_secs = 0.5
+        report_on_reconnect = "power_restored"
+        "#,
+    )
+    .unwrap();
+    let plan = Plan {
+        phases: scenario.phases().unwrap(),
+        persistent: tcp_fleet.len(),
+        source_spread: 0,
+        per_report_sockets: 16,
+    };
+    let recorder = Arc::new(
+        Recorder::new(&plan, tokio::time::Instant::now())
+            .expecting_ready(12)
+            .with_lines(["native".into(), "gt06".into(), "mqtt".into()]),
+    );
+    let (host, port) = broker_of(&app);
+    let report = fleet::run_mixed(
+        Some(FleetConfig {
+            lines: vec![
+                Line::new(speaker::by_name("native").unwrap(), app.native),
+                Line::new(speaker::by_name("gt06").unwrap(), app.addrs.gt06),
+            ],
+            pendants: tcp_fleet,
+            heartbeat: Duration::from_millis(300),
+            alarm_rate: 0.0,
+            technical_rate: 0.0,
+            duration: Duration::ZERO,
+            retry_after: Duration::from_secs(2),
+            grace: Duration::from_secs(10),
+        }),
+        Some(MqttFleetConfig {
+            host,
+            port,
+            prefix: app.settings.mqtt_topic_prefix.clone(),
+            pendants: mqtt_fleet,
+            heartbeat: Duration::from_millis(300),
+            alarm_rate: 0.0,
+            duration: Duration::ZERO,
+            retry_after: Duration::from_secs(2),
+            grace: Duration::from_secs(10),
+            line: 2,
+        }),
+        plan,
+        Arc::new(FleetStats::default()),
+        Arc::clone(&recorder),
+    )
+    .await;
+    assert_eq!(report.alarms_lost(), 0, "{:?}", report.unanswered);
+    assert_eq!(report.alarms_acked, report.alarms_sent);
+    let s = recorder.summary(0, Duration::from_millis(2_500));
+    for p in ["native", "gt06", "mqtt"] {
+        let line = &s["by_protocol"][p];
+        assert!(line["alarms_sent"].as_u64().unwrap() > 0, "{p}: {line}");
+        assert_eq!(line["alarms_acked"], line["alarms_sent"], "{p}");
+    }
+    assert_eq!(s["connect"]["pendants"], 12, "{}", s["connect"]);
+    assert_eq!(s["storm"]["disconnected"], 12, "{}", s["storm"]);
+    assert_eq!(s["storm"]["reconnected"], 12, "{}", s["storm"]);
+    assert_eq!(s["storm"]["reports_acked"], 12, "{}", s["storm"]);
+    // The MQTT pendants' reports are stored as theirs, verified.
+    for id in city.devices.iter().filter(|d| d.starts_with("GW")) {
+        let restored = app
+            .db
+            .alarm_log(&pingantong::store::AlarmLogQuery {
+                device_id: Some(id),
+                kind: Some("power_restored"),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(restored.len(), 1, "{id}");
+        assert_eq!(restored[0].auth, "verified", "{id}");
     }
     app.stop().await;
 }

@@ -457,7 +457,8 @@ async fn a_simulated_mqtt_fleet_loses_nothing() {
             clients: 10,
             carers_per_provider: 1,
             secret_seed: "mqtt-fleet".into(),
-            protocol: "mqtt".into(),
+            protocol: pingantong_sim::speaker::Mix::single("mqtt").unwrap(),
+            native_from: None,
         },
     )
     .await
@@ -471,16 +472,14 @@ async fn a_simulated_mqtt_fleet_loses_nothing() {
             pendants: city
                 .devices
                 .iter()
-                .map(|id| Pendant {
-                    id: id.clone(),
-                    secret: Vec::new(),
-                })
+                .map(|id| Pendant::new(id.clone(), Vec::new()))
                 .collect(),
             heartbeat: Duration::from_millis(300),
             alarm_rate: 10.0,
             duration: Duration::from_secs(2),
             retry_after: Duration::from_secs(2),
             grace: Duration::from_secs(10),
+            line: 0,
         },
         Arc::new(FleetStats::default()),
     )

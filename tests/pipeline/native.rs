@@ -685,7 +685,7 @@ async fn silent_connections_are_closed_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sos_is_answered_through_a_flood_of_technical_events() {
     use pingantong::demo::seed::{CitySpec, seed_city};
-    use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
+    use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
     use std::sync::Arc;
 
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
@@ -695,7 +695,8 @@ async fn an_sos_is_answered_through_a_flood_of_technical_events() {
             clients: 40,
             carers_per_provider: 1,
             secret_seed: "flood".into(),
-            protocol: "native".into(),
+            protocol: pingantong_sim::speaker::Mix::native(),
+            native_from: None,
         },
     )
     .await
@@ -703,15 +704,14 @@ async fn an_sos_is_answered_through_a_flood_of_technical_events() {
     let pendants: Vec<Pendant> = city
         .devices
         .iter()
-        .map(|id| Pendant {
-            id: id.clone(),
-            secret: pingantong_sim::derive_secret("flood", id),
-        })
+        .map(|id| Pendant::new(id.clone(), pingantong_sim::derive_secret("flood", id)))
         .collect();
     let report = fleet::run(
         FleetConfig {
-            addr: app.native,
-            speaker: Arc::new(pingantong_sim::speaker::NativeSpeaker),
+            lines: vec![Line::new(
+                Arc::new(pingantong_sim::speaker::NativeSpeaker),
+                app.native,
+            )],
             pendants,
             heartbeat: Duration::from_secs(5),
             alarm_rate: 10.0,

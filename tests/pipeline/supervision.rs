@@ -8,7 +8,7 @@ use std::time::Duration;
 use pingantong::demo::seed::{CitySpec, seed_city};
 use pingantong::store::Db;
 use pingantong_protocol::EventKind;
-use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
+use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
 use pingantong_sim::speaker;
 
 use crate::helpers::*;
@@ -214,7 +214,8 @@ async fn every_protocols_heartbeats_are_supervised() {
                 clients: 2,
                 carers_per_provider: 1,
                 secret_seed: seed.clone(),
-                protocol: protocol.into(),
+                protocol: pingantong_sim::speaker::Mix::parse(protocol).unwrap(),
+                native_from: None,
             },
         )
         .await
@@ -222,10 +223,7 @@ async fn every_protocols_heartbeats_are_supervised() {
         let pendants: Vec<Pendant> = city
             .devices
             .iter()
-            .map(|id| Pendant {
-                id: id.clone(),
-                secret: pingantong_sim::derive_secret(&seed, id),
-            })
+            .map(|id| Pendant::new(id.clone(), pingantong_sim::derive_secret(&seed, id)))
             .collect();
         fleets.push((protocol, addr, pendants));
     }
@@ -234,8 +232,7 @@ async fn every_protocols_heartbeats_are_supervised() {
     let beat = |addr, protocol: &str, pendants: &Vec<Pendant>| {
         fleet::run(
             FleetConfig {
-                addr,
-                speaker: speaker::by_name(protocol).unwrap(),
+                lines: vec![Line::new(speaker::by_name(protocol).unwrap(), addr)],
                 pendants: pendants.clone(),
                 heartbeat: Duration::from_millis(200),
                 alarm_rate: 0.0,

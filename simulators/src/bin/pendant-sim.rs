@@ -10,10 +10,12 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use pingantong_sim::derive_secret;
-use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Pendant};
+use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
+use pingantong_sim::mqtt_fleet::MqttFleetConfig;
 use pingantong_sim::record::Recorder;
 use pingantong_sim::scenario::{ConnectionMode, Plan, ScenarioFile};
 use pingantong_sim::source;
+use pingantong_sim::speaker::Mix;
 use tokio::time::Instant;
 
 /// Simulate N pendants and report press → ACK latency. Exits with status 1 if any alarm went
@@ -21,9 +23,10 @@ use tokio::time::Instant;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Server's listener for the protocol (loopback only).
-    #[arg(long, default_value = "127.0.0.1:7700")]
-    addr: SocketAddr,
+    /// The server's listener, `HOST:PORT` or `PROTOCOL=HOST:PORT` for one protocol of a mix;
+    /// repeat for several (loopback only) [default: each protocol's default port on 127.0.0.1].
+    #[arg(long)]
+    addr: Vec<String>,
     /// Pendants in the fleet [default: the scenario's, else 100].
     #[arg(long)]
     pendants: Option<usize>,
@@ -31,15 +34,14 @@ struct Args {
     /// can share one provisioned fleet without overlapping.
     #[arg(long, default_value_t = 1)]
     first: usize,
-    /// What the pendants speak: native, gt06, watch, h02, eview, dc09 (encrypted), dc09-plain.
-    /// Device ids take that protocol's form, as `pingantong seed --protocol` provisions them
+    /// What the pendants speak: native, gt06, watch, h02, eview, dc09 (encrypted), dc09-plain,
+    /// or mqtt (each publishes through the broker, protocol/MQTT.md); a mix shares the fleet out,
+    /// e.g. `native:3,gt06:1,mqtt:1`. Device ids take their protocol's form, as
+    /// `pingantong seed --protocol` (the same mix) provisions them
     /// [default: the scenario's, else native].
     #[arg(long)]
     protocol: Option<String>,
-    /// `tcp`: each pendant connects to --addr; `mqtt`: each publishes through the broker
-    /// (protocol/MQTT.md) as a device provisioned by `pingantong seed --protocol mqtt`.
-    #[arg(long, default_value = "tcp")]
-    transport: String,
+    /// The broker the mqtt pendants publish through.
     #[arg(long, default_value = "mqtt://127.0.0.1:11883")]
     mqtt_url: String,
     #[arg(long, default_value = "pingantong")]
@@ -71,7 +73,7 @@ struct Args {
     #[arg(long)]
     duration_secs: Option<f64>,
     /// Technical events (low battery) per second across the fleet, sent as a flood while the
-    /// presses are timed (TCP transport), without a scenario [default: 0].
+    /// presses are timed, without a scenario [default: 0].
     #[arg(long)]
     technical_rate: Option<f64>,
     /// Print the result as one JSON object.
@@ -90,9 +92,6 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 #[tokio::main]
 async fn main() {
     let a = Args::parse();
-    if !a.addr.ip().is_loopback() {
-        fail("only targets loopback addresses (127.0.0.0/8, ::1)");
-    }
     let file = match &a.scenario {
         Some(path) => {
             if a.alarm_rate.is_some() || a.duration_secs.is_some() || a.technical_rate.is_some() {
@@ -105,23 +104,18 @@ async fn main() {
         None => ScenarioFile::default(),
     };
     let pendants = a.pendants.or(file.pendants).unwrap_or(100);
-    let protocol = a
+    let mix = a
         .protocol
         .clone()
         .or(file.protocol.clone())
         .unwrap_or_else(|| "native".into());
+    let mix = Mix::parse(&mix).unwrap_or_else(|e| fail(format!("--protocol: {e}")));
     let heartbeat = a.heartbeat_secs.or(file.heartbeat_secs).unwrap_or(30.0);
     if !(heartbeat.is_finite() && heartbeat > 0.0) {
         fail("the heartbeat must be a positive number of seconds");
     }
     if a.first == 0 {
         fail("--first counts from 1");
-    }
-    if a.transport == "mqtt" {
-        if a.scenario.is_some() || a.out.is_some() {
-            fail("--scenario and --out work over TCP only");
-        }
-        return run_mqtt(&a, pendants, heartbeat).await;
     }
     let phases = if a.scenario.is_some() {
         file.phases().unwrap_or_else(|e| fail(e))
@@ -138,18 +132,42 @@ async fn main() {
         )
         .phases
     };
+
+    // One line per TCP protocol of the mix, in its order; the mqtt pendants' presses are told
+    // under the line after them.
+    let tcp_protocols: Vec<&str> = mix.protocols().filter(|p| *p != "mqtt").collect();
+    let addrs = Addrs::parse(&a.addr, &tcp_protocols).unwrap_or_else(|e| fail(e));
+    let lines: Vec<Line> = tcp_protocols
+        .iter()
+        .map(|p| {
+            let speaker = pingantong_sim::speaker::by_name(p).expect("the mix checked its names");
+            Line::new(speaker, addrs.for_protocol(p))
+        })
+        .collect();
+    let mut tcp_fleet = Vec::new();
+    let mut mqtt_fleet = Vec::new();
+    for n in a.first..a.first + pendants {
+        let id = mix.device_id(n);
+        let secret = derive_secret(&a.secret_seed, &id);
+        match tcp_protocols.iter().position(|p| *p == mix.protocol_of(n)) {
+            Some(line) => tcp_fleet.push(Pendant { id, secret, line }),
+            None => mqtt_fleet.push(Pendant::new(id, secret)),
+        }
+    }
+
     let mode = a
         .connections
         .or(file.connections)
         .unwrap_or(ConnectionMode::Persistent);
     let persistent = match (a.persistent.or(file.persistent), mode) {
-        (Some(n), _) => n.min(pendants),
-        (None, ConnectionMode::Persistent) => pendants,
+        (Some(n), _) => n.min(tcp_fleet.len()),
+        (None, ConnectionMode::Persistent) => tcp_fleet.len(),
         (None, ConnectionMode::PerReport) => 0,
     };
+    let holding = persistent + mqtt_fleet.len();
     let limit = source::raise_file_limit()
         .unwrap_or_else(|e| fail(format!("reading the open-file limit: {e}")));
-    if let Err(msg) = source::check_file_limit(persistent, limit) {
+    if let Err(msg) = source::check_file_limit(holding, limit) {
         fail(msg);
     }
     let plan = Plan {
@@ -157,38 +175,44 @@ async fn main() {
         persistent,
         source_spread: a.source_spread.unwrap_or(source::default_spread(pendants)),
         // Whatever the held connections leave, up to 4,096 at once.
-        per_report_sockets: (limit - source::SPARE_FILES - persistent as u64).clamp(1, 4096)
-            as usize,
+        per_report_sockets: (limit - source::SPARE_FILES - holding as u64).clamp(1, 4096) as usize,
     };
-
-    let Some(speaker) = pingantong_sim::speaker::by_name(&protocol) else {
-        fail(format!(
-            "unknown protocol {protocol:?} (native, gt06, watch, h02, eview, dc09, dc09-plain)"
-        ));
-    };
-    let fleet: Vec<Pendant> = (a.first..a.first + pendants)
-        .map(|n| {
-            let id = pingantong_sim::speaker::device_id(&protocol, n);
-            Pendant {
-                secret: derive_secret(&a.secret_seed, &id),
-                id,
-            }
-        })
-        .collect();
     let total = plan.total();
-    let cfg = FleetConfig {
-        addr: a.addr,
-        speaker,
-        pendants: fleet,
+    let tcp = (!tcp_fleet.is_empty()).then(|| FleetConfig {
+        lines,
+        pendants: tcp_fleet,
         heartbeat: Duration::from_secs_f64(heartbeat),
         alarm_rate: 0.0,
         technical_rate: 0.0,
         duration: total,
         retry_after: Duration::from_secs(3),
         grace: Duration::from_secs(15),
-    };
+    });
+    let mqtt = (!mqtt_fleet.is_empty()).then(|| {
+        let (host, port) = broker(&a.mqtt_url);
+        MqttFleetConfig {
+            host,
+            port,
+            prefix: a.mqtt_prefix.clone(),
+            pendants: mqtt_fleet,
+            heartbeat: Duration::from_secs_f64(heartbeat),
+            alarm_rate: 0.0,
+            duration: total,
+            retry_after: Duration::from_secs(3),
+            grace: Duration::from_secs(15),
+            line: tcp_protocols.len(),
+        }
+    });
+    let names = tcp_protocols
+        .iter()
+        .map(|p| p.to_string())
+        .chain(mqtt.as_ref().map(|_| "mqtt".to_string()));
     let stats = Arc::new(FleetStats::default());
-    let recorder = Arc::new(Recorder::new(&plan, Instant::now()));
+    let recorder = Arc::new(
+        Recorder::new(&plan, Instant::now())
+            .expecting_ready(holding as u64)
+            .with_lines(names),
+    );
     let progress = tokio::spawn(progress(
         Arc::clone(&stats),
         Arc::clone(&recorder),
@@ -202,7 +226,7 @@ async fn main() {
             }
         })
     };
-    let r = fleet::run_plan(cfg, plan, Arc::clone(&stats), Arc::clone(&recorder)).await;
+    let r = fleet::run_mixed(tcp, mqtt, plan, Arc::clone(&stats), Arc::clone(&recorder)).await;
     progress.abort();
     let _ = progress.await;
     stop.abort();
@@ -214,7 +238,7 @@ async fn main() {
             s.extend(e.clone());
             s.insert("persistent".into(), persistent.into());
             s.insert("first".into(), a.first.into());
-            s.insert("protocol".into(), protocol.clone().into());
+            s.insert("protocol".into(), mix.to_string().into());
         }
         let text = serde_json::to_string_pretty(&summary).expect("JSON values serialise");
         if let Err(e) = std::fs::write(path, text + "\n") {
@@ -225,6 +249,89 @@ async fn main() {
     if r.alarms_lost() > 0 {
         std::process::exit(1);
     }
+}
+
+/// Where each TCP protocol's listener is.
+struct Addrs {
+    named: Vec<(String, SocketAddr)>,
+    bare: Option<SocketAddr>,
+}
+
+impl Addrs {
+    fn parse(given: &[String], protocols: &[&str]) -> Result<Self, String> {
+        let mut out = Addrs {
+            named: Vec::new(),
+            bare: None,
+        };
+        for g in given {
+            let (name, addr) = match g.split_once('=') {
+                Some((n, a)) => (Some(n.trim()), a),
+                None => (None, g.as_str()),
+            };
+            let addr: SocketAddr = addr
+                .trim()
+                .parse()
+                .map_err(|e| format!("--addr {g:?}: {e}"))?;
+            if !addr.ip().is_loopback() {
+                return Err("only targets loopback addresses (127.0.0.0/8, ::1)".into());
+            }
+            match name {
+                Some(n) if protocols.contains(&n) => out.named.push((n.to_owned(), addr)),
+                Some(n) => {
+                    return Err(format!(
+                        "--addr {g:?}: {n:?} is not a TCP protocol of the fleet"
+                    ));
+                }
+                None if protocols.len() > 1 => {
+                    return Err(format!(
+                        "--addr {g:?}: the fleet speaks {}; name the protocol (gt06=HOST:PORT)",
+                        protocols.join(", ")
+                    ));
+                }
+                None => out.bare = Some(addr),
+            }
+        }
+        Ok(out)
+    }
+
+    fn for_protocol(&self, protocol: &str) -> SocketAddr {
+        self.named
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, a)| *a)
+            .or(self.bare)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port(protocol))))
+    }
+}
+
+/// The server's default listener port for a protocol (`pingantong serve`).
+fn default_port(protocol: &str) -> u16 {
+    match protocol {
+        "gt06" => 5023,
+        "watch" => 5093,
+        "h02" => 5013,
+        "eview" => 5250,
+        "dc09" | "dc09-plain" | "sia_dc09" => 5070,
+        _ => 7700,
+    }
+}
+
+fn broker(url: &str) -> (String, u16) {
+    let Some((host, port)) = url
+        .strip_prefix("mqtt://")
+        .and_then(|r| r.rsplit_once(':'))
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+    else {
+        fail("--mqtt-url must look like mqtt://127.0.0.1:1883");
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        fail("only targets loopback brokers (127.0.0.0/8, ::1, localhost)");
+    }
+    (host, port)
 }
 
 /// A bar on a terminal; a plain line every ten seconds otherwise.
@@ -269,42 +376,6 @@ async fn progress(stats: Arc<FleetStats>, rec: Arc<Recorder>, plan: Plan) {
         } else if n % 20 == 0 {
             eprintln!("{:>5}s/{total}s {phase}: {msg}", t.as_secs());
         }
-    }
-}
-
-async fn run_mqtt(a: &Args, pendants: usize, heartbeat: f64) {
-    let Some((host, port)) = a
-        .mqtt_url
-        .strip_prefix("mqtt://")
-        .and_then(|r| r.rsplit_once(':'))
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-    else {
-        fail("--mqtt-url must look like mqtt://127.0.0.1:1883");
-    };
-    let fleet = (a.first..a.first + pendants)
-        .map(|n| {
-            let id = pingantong_sim::speaker::device_id("mqtt", n);
-            Pendant {
-                secret: derive_secret(&a.secret_seed, &id),
-                id,
-            }
-        })
-        .collect();
-    let cfg = pingantong_sim::mqtt_fleet::MqttFleetConfig {
-        host,
-        port,
-        prefix: a.mqtt_prefix.clone(),
-        pendants: fleet,
-        heartbeat: Duration::from_secs_f64(heartbeat),
-        alarm_rate: a.alarm_rate.unwrap_or(5.0),
-        duration: Duration::from_secs_f64(a.duration_secs.unwrap_or(10.0)),
-        retry_after: Duration::from_secs(3),
-        grace: Duration::from_secs(15),
-    };
-    let r = pingantong_sim::mqtt_fleet::run(cfg, Arc::new(FleetStats::default())).await;
-    summarise(a, pendants, &r);
-    if r.alarms_lost() > 0 {
-        std::process::exit(1);
     }
 }
 

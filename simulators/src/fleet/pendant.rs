@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::{FleetConfig, FleetStats};
-use crate::record::Recorder;
+use crate::record::{Press, Recorder};
 use crate::scenario::Plan;
 use crate::source;
 use crate::speaker::Verdict;
@@ -31,7 +31,8 @@ pub(super) struct Shared {
     pub sockets: Arc<Semaphore>,
 }
 
-pub(super) struct PendantResult {
+/// One pendant's alarms, by (device, seq), at the end.
+pub struct PendantResult {
     pub acked: Vec<(String, u32)>,
     pub unanswered: Vec<(String, u32)>,
 }
@@ -39,10 +40,7 @@ pub(super) struct PendantResult {
 #[derive(Clone, Copy, PartialEq)]
 enum Frame {
     /// A press made during this phase; `offline`: while cut off by a mass disconnect.
-    Alarm {
-        phase: usize,
-        offline: bool,
-    },
+    Alarm(Press),
     /// The report sent on reconnecting after a mass disconnect.
     StormReport,
     Other,
@@ -94,10 +92,11 @@ const MAX_BACKOFF: Duration = Duration::from_millis(500);
 pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
     let (cfg, plan, stats, rec) = (&sh.cfg, &sh.plan, &sh.stats, &sh.recorder);
     let me = &cfg.pendants[index];
-    let speaker = Arc::clone(&cfg.speaker);
+    let line = &cfg.lines[me.line];
+    let speaker = Arc::clone(&line.speaker);
     let n = cfg.pendants.len().max(1) as f64;
     let persistent = index < plan.persistent;
-    let from = match cfg.addr.ip() {
+    let from = match line.addr.ip() {
         IpAddr::V4(_) if plan.source_spread > 0 => {
             Some(source::source_addr(index % plan.source_spread))
         }
@@ -182,7 +181,7 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
                     Err(_) => break,
                 }
             };
-            let stream = match source::connect(cfg.addr, from, Duration::from_secs(2)).await {
+            let stream = match source::connect(line.addr, from, Duration::from_secs(2)).await {
                 Ok(s) => s,
                 Err(_) => {
                     next_connect = Instant::now() + backoff;
@@ -322,12 +321,12 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
                     let Some(o) = key.and_then(|k| outstanding.remove(&k)) else { continue };
                     let us = o.first_sent.elapsed().as_micros().max(1) as u64;
                     match (o.frame, answer.verdict) {
-                        (Frame::Alarm { phase, offline }, Verdict::Ack) => {
+                        (Frame::Alarm(press), Verdict::Ack) => {
                             stats.alarms_acked.fetch_add(1, Ordering::Relaxed);
-                            rec.alarm_acked(phase, offline, us);
+                            rec.alarm_acked(press, us);
                             result.acked.push((me.id.clone(), key.unwrap_or(0)));
                         }
-                        (Frame::Alarm { .. }, _) => {
+                        (Frame::Alarm(_), _) => {
                             stats.alarms_refused.fetch_add(1, Ordering::Relaxed);
                         }
                         (f, Verdict::Ack) => {
@@ -365,9 +364,10 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
                     seq = seq.wrapping_add(1);
                     let location = alarm.then_some(Location { lat: 23.13, lon: 113.26, accuracy_m: Some(20) });
                     let bytes = speaker.encode(me, seq, kind, unix_ms(), location);
+                    let press = Press { line: me.line, phase, offline };
                     if alarm {
                         stats.alarms_sent.fetch_add(1, Ordering::Relaxed);
-                        rec.alarm_sent(phase, offline);
+                        rec.alarm_sent(press);
                     } else {
                         stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
                     }
@@ -381,7 +381,7 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
                         }
                     };
                     if speaker.answered(kind) {
-                        let frame = if alarm { Frame::Alarm { phase, offline } } else { Frame::Other };
+                        let frame = if alarm { Frame::Alarm(press) } else { Frame::Other };
                         let last_sent = conn.is_some().then_some(sent);
                         outstanding.insert(speaker.wire_seq(seq), Outstanding { bytes, first_sent: sent, last_sent, frame });
                     } else if !alarm {

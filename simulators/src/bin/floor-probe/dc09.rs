@@ -15,10 +15,7 @@ use crate::Meter;
 
 pub async fn ack_round_trip(addr: &str, account: &str, mut m: Meter) -> Result<Meter, String> {
     let speaker = Dc09Speaker { encrypted: false };
-    let me = Pendant {
-        id: account.to_owned(),
-        secret: Vec::new(),
-    };
+    let me = Pendant::new(account.to_owned(), Vec::new());
     let mut s = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
