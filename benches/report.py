@@ -192,6 +192,23 @@ if storm:
     out(chart("storm-connections", "connections and frames through the storm", conn, "seconds", "count"))
     out("")
 
+# Mixed fleet.
+mixed = [(b, R[("mixed", b)]) for b in ("sqlite", "postgres") if ("mixed", b) in R]
+if mixed:
+    out("### A mixed fleet: every device protocol and MQTT\n")
+    out(f"One fleet of {mixed[0][1]['fleet'].get('pendants')} pendants speaking "
+        f"`{mixed[0][1]['fleet'].get('protocol')}` (pendant-sim `--protocol`, shares by pendant number), "
+        "each protocol to its own listener, the MQTT pendants through the embedded broker; press → ACK "
+        "per protocol.\n")
+    out("| protocol | backend | presses sent / acked | ACK p50 ms | p90 | p99 | max |")
+    out("|---|---|---|---|---|---|---|")
+    for backend, r in mixed:
+        for name, p in sorted((r["fleet"].get("by_protocol") or {}).items()):
+            a = p.get("ack_ms") or {}
+            out(f"| {name} | {backend} | {p.get('alarms_sent')} / {p.get('alarms_acked')} | {f3(a.get('p50'))} "
+                f"| {f3(a.get('p90'))} | {f3(a.get('p99'))} | {f3(a.get('max'))} |")
+    out("")
+
 # Targets.
 def get(tag, backend, *path):
     v = R.get((tag, backend))

@@ -66,6 +66,10 @@ step "CPU per alarm: 1,000 presses/s, no heartbeats"
 OUT_DIR=$out TAG=alarms BACKENDS=sqlite HEARTBEAT=3600 \
     bash benches/e2e.sh "$k1" 20 1000 0 "$probes" >"$out/e2e-alarms.md" || failed "e2e alarms"
 
+step "mixed fleet: every device protocol and MQTT pendants side by side"
+OUT_DIR=$out TAG=mixed BACKENDS="sqlite postgres" PROTOCOL="native:2,gt06:1,watch:1,h02:1,eview:1,dc09:1,mqtt:1" \
+    bash benches/e2e.sh "$k1" "$secs" 50 0 "$probes" >"$out/e2e-mixed.md" || failed "e2e mixed"
+
 step "memory per idle connection"
 bash benches/idle-rss.sh "$rss_pendants" >"$out/idle-rss.md" || failed "idle RSS"
 
