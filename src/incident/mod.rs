@@ -110,7 +110,15 @@ pub struct IncidentStage {
     deferred: mpsc::Sender<Owed>,
     deferred_rx: std::sync::Mutex<Option<mpsc::Receiver<Owed>>>,
     life_safety_kinds: Vec<String>,
+    /// Offers handed to the broker whose "published" mark rides in the next
+    /// batch's transaction rather than a write of its own (flushed when the
+    /// stage idles, before a sweep, and at shutdown).
+    unmarked: std::sync::Mutex<Vec<i64>>,
 }
+
+/// With offers waiting for their mark and nothing else to do for this long,
+/// the stage writes the marks on their own.
+const MARK_IDLE: Duration = Duration::from_millis(20);
 
 /// How many owed technical alarms one sweep hands to the loop: the rest wait
 /// for a sweep after these are done.
@@ -242,6 +250,7 @@ impl IncidentStage {
             deferred,
             deferred_rx: std::sync::Mutex::new(Some(deferred_rx)),
             life_safety_kinds,
+            unmarked: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -310,6 +319,10 @@ impl IncidentStage {
                         self.config.acks.yield_to_acks(ACK_PRIORITY).await;
                         self.handle_batch(gather(owed, &mut deferred)).await
                     }
+                    _ = tokio::time::sleep(MARK_IDLE), if self.has_unmarked() => {
+                        self.flush_marks().await;
+                        continue;
+                    }
                 }
                 // Whatever the step was, the live feed looks now rather than
                 // at its next poll.
@@ -321,13 +334,38 @@ impl IncidentStage {
             {
                 self.handle_batch(gather(alarm, &mut urgent)).await;
             }
+            self.flush_marks().await;
         })
+    }
+
+    fn unmarked(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.unmarked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn has_unmarked(&self) -> bool {
+        !self.unmarked().is_empty()
+    }
+
+    /// Write the "published" marks still waiting; on failure they wait on
+    /// (the worst case is the sweep sending an offer twice, same dispatch id).
+    async fn flush_marks(&self) {
+        let marks = std::mem::take(&mut *self.unmarked());
+        if let Err(e) = self.db.mark_dispatches_published(&marks).await {
+            self.unmarked().extend(marks);
+            events::StageFailed {
+                stage: "dispatch_publish",
+                error: &e,
+            }
+            .emit();
+        }
     }
 
     /// Hand over whatever the database says is still owed. A backlog of
     /// owed alarms is worked through in batches until `shutdown`; what is left
     /// then stays owed for the next start.
     pub async fn sweep(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        // Offers already with the broker are not "unpublished".
+        self.flush_marks().await;
         // Every life-safety alarm owed, found by kind in however large a
         // backlog of technical events, and handled here and now.
         let mut after = 0;
@@ -533,12 +571,14 @@ impl IncidentStage {
         let prepare = began.elapsed();
         let started = std::time::Instant::now();
         let mut applied = None;
-        let done: Vec<Option<StageDone>> = match self.db.apply_stage_work(&work).await {
+        let marks = std::mem::take(&mut *self.unmarked());
+        let done: Vec<Option<StageDone>> = match self.db.apply_stage_work(&work, &marks).await {
             Ok(done) => {
                 applied = Some(started.elapsed());
                 done.into_iter().map(Some).collect()
             }
             Err(e) => {
+                self.unmarked().extend(&marks);
                 events::StageFailed {
                     stage: "incident",
                     error: &e,
@@ -551,7 +591,7 @@ impl IncidentStage {
                         done.push(None);
                         continue;
                     }
-                    match self.db.apply_stage_work(std::slice::from_ref(w)).await {
+                    match self.db.apply_stage_work(std::slice::from_ref(w), &[]).await {
                         Ok(mut d) => done.push(d.pop()),
                         Err(e) => {
                             events::StageFailed {
@@ -619,13 +659,7 @@ impl IncidentStage {
                 _ => {}
             }
         }
-        if let Err(e) = self.db.mark_dispatches_published(&published).await {
-            events::StageFailed {
-                stage: "dispatch_publish",
-                error: &e,
-            }
-            .emit();
-        }
+        self.unmarked().extend(published);
         if let Some(transaction) = applied {
             events::StageBatch {
                 size: work.len(),

@@ -157,12 +157,15 @@ fn resolve(t: Target, slots: &[Slot<'_, '_>]) -> Result<i64, sqlx::Error> {
 impl Db {
     /// Apply the work of several alarms in one transaction, in order: a
     /// second press in the same batch folds into the incident the first one
-    /// opened. On error nothing is applied.
+    /// opened. `published`: offers handed to the broker since, marked in the
+    /// same transaction. On error nothing is applied.
     pub async fn apply_stage_work(
         &self,
         work: &[StageWork<'_>],
+        published: &[i64],
     ) -> Result<Vec<StageDone>, StoreError> {
         if work.is_empty() {
+            self.mark_dispatches_published(published).await?;
             return Ok(Vec::new());
         }
         let now = now_ms();
@@ -196,6 +199,12 @@ impl Db {
             .fetch_all(&mut *tx)
             .await?;
             let claimed: HashSet<i64> = claimed.into_iter().map(|(id,)| id).collect();
+            if !published.is_empty() {
+                sqlx::query(sqlx::AssertSqlSafe(mark_published_sql(published)))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             // The open incident (and its state) of every key in the batch.
             let mut open: HashMap<&str, (Target, String)> = HashMap::new();
             let mut found: Vec<(String, i64, String)> = Vec::new();
@@ -658,16 +667,23 @@ impl Db {
         if ids.is_empty() {
             return Ok(());
         }
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        on_write_pool!(self, |p| sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE dispatches SET published_at = $1 WHERE id IN ({list}) AND published_at IS NULL"
-        )))
+        on_write_pool!(self, |p| sqlx::query(sqlx::AssertSqlSafe(
+            mark_published_sql(ids)
+        ))
         .bind(now_ms())
         .execute(p)
         .await
         .map(|r| r.rows_affected()))?;
         Ok(())
     }
+}
+
+/// Mark offers published at `$1` (ids the stage got back from the database).
+fn mark_published_sql(ids: &[i64]) -> String {
+    format!(
+        "UPDATE dispatches SET published_at = $1 WHERE id IN ({}) AND published_at IS NULL",
+        id_list(ids.iter().copied())
+    )
 }
 
 pub(super) const NO_CARER: &str = "no on-duty carer of any provider covering this address";

@@ -362,7 +362,7 @@ async fn stage_batch(backend: Backend) {
         },
         StageWork::Processed { alarm_id: ids[7] },
     ];
-    let done = db.apply_stage_work(&work).await.unwrap();
+    let done = db.apply_stage_work(&work, &[]).await.unwrap();
     let opened = |d: &StageDone| match d {
         StageDone::Incident {
             outcome: IncidentOutcome::Opened(id),
@@ -453,7 +453,7 @@ async fn stage_batch(backend: Backend) {
     assert_eq!(db.unprocessed_alarms(0, 100, None).await.unwrap().len(), 0);
 
     // Again (a sweep finding what the queue already handled): nothing changes.
-    let again = db.apply_stage_work(&work).await.unwrap();
+    let again = db.apply_stage_work(&work, &[]).await.unwrap();
     assert!(
         again.iter().all(|d| matches!(
             d,
@@ -472,6 +472,16 @@ async fn stage_batch(backend: Backend) {
         db.incident_actions(sos).await.unwrap().len(),
         4,
         "no line written twice"
+    );
+
+    // The offer handed to the broker is marked in the next batch's transaction; the sweep
+    // then leaves it alone.
+    let unpublished = db.unpublished_dispatches().await.unwrap();
+    assert!(!unpublished.is_empty(), "the batch's offer awaits its mark");
+    db.apply_stage_work(&work, &unpublished).await.unwrap();
+    assert_eq!(
+        db.unpublished_dispatches().await.unwrap(),
+        Vec::<i64>::new()
     );
 }
 
