@@ -30,11 +30,81 @@ pub fn start_embedded(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if speaks_mqtt(addr) {
+            match no_delay_on_listener(addr) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%addr, "embedded broker's listener not found: Nagle stays on")
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "embedded broker's listener: Nagle stays on")
+                }
+            }
             return Ok(addr);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(BrokerError::NotListening(addr))
+}
+
+/// rumqttd leaves Nagle's algorithm on for its clients, so a device's ACK — written to the device
+/// right after the broker's PUBACK for the same event — waits for the device's delayed ACK of the
+/// PUBACK (40 ms on Linux; measured: MQTT press → ACK p50 41 ms with it, about 4 ms without).
+/// Linux hands a listener's TCP_NODELAY down to every socket it accepts, so it is set once on the
+/// broker's listener, found among this process's descriptors by its port.
+#[cfg(target_os = "linux")]
+fn no_delay_on_listener(addr: SocketAddr) -> std::io::Result<bool> {
+    use std::os::fd::BorrowedFd;
+
+    let table = if addr.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let inodes: Vec<String> = std::fs::read_to_string(table)?
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+            // 0A: listening
+            (port == addr.port() && *f.get(3)? == "0A").then(|| f.get(9).map(|i| i.to_string()))?
+        })
+        .collect();
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let Some(inode) = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+        else {
+            continue;
+        };
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !inodes.iter().any(|i| i == inode) {
+            continue;
+        }
+        // SAFETY: the descriptor was open a moment ago and rumqttd keeps its listener for the
+        // life of the process; were it closed and reused meanwhile, the option would land on
+        // another socket (harmless) or fail with ENOTSOCK.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        socket2::SockRef::from(&fd).set_tcp_nodelay(true)?;
+        found = true;
+    }
+    Ok(found)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_delay_on_listener(_addr: SocketAddr) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 /// A full CONNECT / CONNACK / DISCONNECT exchange: the broker is not only
@@ -108,4 +178,28 @@ fn spawn(addr: SocketAddr) -> Result<(), BrokerError> {
 #[cfg(not(feature = "embedded-broker"))]
 fn spawn(_addr: SocketAddr) -> Result<(), BrokerError> {
     Err(BrokerError::NotBuilt)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_found_by_its_port_hands_no_delay_to_what_it_accepts() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _before = TcpStream::connect(addr).unwrap();
+        let (old, _) = listener.accept().unwrap();
+        assert!(!old.nodelay().unwrap(), "Nagle is on by default");
+        assert!(no_delay_on_listener(addr).unwrap(), "found");
+        let _client = TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+        // No listener on a port: nothing found, nothing touched.
+        let free = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(!no_delay_on_listener(free).unwrap());
+    }
 }
