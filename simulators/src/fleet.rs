@@ -2,6 +2,7 @@
 //! until ACKed.
 
 mod pendant;
+pub(crate) mod schedule;
 
 pub use pendant::PendantResult;
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use pingantong_protocol::EventKind;
 use rand::Rng;
@@ -13,6 +13,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::fleet::schedule::{self, Schedule, unix_ms};
 use crate::fleet::{FleetReport, FleetStats, Pendant, PendantResult};
 use crate::record::{Press, Recorder};
 use crate::scenario::Plan;
@@ -81,22 +82,6 @@ struct Sent {
     frame: Frame,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The wait until the next event of a Poisson process of `rate` per second.
-fn next_after(rate: f64) -> Duration {
-    if rate <= 0.0 {
-        return Duration::from_secs(365 * 24 * 3600);
-    }
-    let u: f64 = rand::rng().random_range(f64::EPSILON..1.0);
-    Duration::from_secs_f64(-u.ln() / rate)
-}
-
 /// A client and its event loop; the connection opens on the first poll.
 fn session(cfg: &MqttFleetConfig, me: &Pendant) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(
@@ -117,21 +102,12 @@ async fn pendant(sh: Arc<Shared>, index: usize) -> PendantResult {
     let me = &cfg.pendants[index];
     let events = format!("{}/v1/devices/{}/events", cfg.prefix, me.id);
     let acks = format!("{}/v1/devices/{}/ack", cfg.prefix, me.id);
-    let n = cfg.pendants.len().max(1) as f64;
-    let rates = |p: usize| {
-        (
-            plan.phases[p].alarm_rate / n,
-            plan.phases[p].technical_rate / n,
-        )
-    };
+    let rates = |p: usize| schedule::rates(plan, p, cfg.pendants.len());
     let start = rec.start();
     let mut stop_sending = start + plan.total();
     let mut give_up = stop_sending + cfg.grace;
     let mut phase = 0;
-    let (mut alarm_rate, mut technical_rate) = rates(0);
-    let mut next_beat = start + cfg.heartbeat.mul_f64(rand::rng().random_range(0.0..1.0));
-    let mut next_press = start + next_after(alarm_rate);
-    let mut next_technical = start + next_after(technical_rate);
+    let mut due = Schedule::new(start, cfg.heartbeat, rates(0));
     let mut offline_until: Option<Instant> = None;
     let mut report_due: Option<EventKind> = None;
     let mut storm_return = false;
@@ -161,9 +137,7 @@ async fn pendant(sh: Arc<Shared>, index: usize) -> PendantResult {
         while sending && phase + 1 < plan.phases.len() && now >= start + plan.phases[phase].end() {
             phase += 1;
             let at = start + plan.phases[phase].start;
-            (alarm_rate, technical_rate) = rates(phase);
-            next_press = at + next_after(alarm_rate);
-            next_technical = at + next_after(technical_rate);
+            due.phase(at, rates(phase));
             if let Some(storm) = &plan.phases[phase].storm {
                 // The power goes: the connection drops without a DISCONNECT.
                 conn = None;
@@ -187,11 +161,7 @@ async fn pendant(sh: Arc<Shared>, index: usize) -> PendantResult {
 
         let mut wake = give_up;
         if sending {
-            wake = wake
-                .min(stop_sending)
-                .min(next_beat)
-                .min(next_press)
-                .min(next_technical);
+            wake = wake.min(stop_sending).min(due.next());
             if phase + 1 < plan.phases.len() {
                 wake = wake.min(start + plan.phases[phase].end());
             }
@@ -283,20 +253,9 @@ async fn pendant(sh: Arc<Shared>, index: usize) -> PendantResult {
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 let sending = now < stop_sending && !stats.stopping();
-                if !sending || now < next_beat.min(next_press).min(next_technical) {
-                    continue;
-                }
-                let alarm = now >= next_press;
-                let kind = if alarm {
-                    next_press += next_after(alarm_rate);
-                    if rand::rng().random_range(0..10) == 0 { EventKind::Fall } else { EventKind::Sos }
-                } else if now >= next_technical {
-                    next_technical += next_after(technical_rate);
-                    EventKind::LowBattery
-                } else {
-                    next_beat += cfg.heartbeat;
-                    EventKind::Heartbeat
-                };
+                if !sending { continue; }
+                let Some(kind) = due.take(now) else { continue };
+                let alarm = matches!(kind, EventKind::Sos | EventKind::Fall);
                 // Cut off, a device keeps a press for later but neither beats nor reports.
                 if offline && !alarm {
                     continue;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use pingantong_protocol::{EventKind, Location};
@@ -15,6 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::schedule::{self, Schedule, unix_ms};
 use super::{FleetConfig, FleetStats};
 use crate::record::{Press, Recorder};
 use crate::scenario::Plan;
@@ -70,22 +71,6 @@ impl Drop for Conn {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The wait until the next event of a Poisson process of `rate` per second.
-fn next_after(rate: f64) -> Duration {
-    if rate <= 0.0 {
-        return Duration::from_secs(365 * 24 * 3600);
-    }
-    let u: f64 = rand::rng().random_range(f64::EPSILON..1.0);
-    Duration::from_secs_f64(-u.ln() / rate)
-}
-
 /// Waits up to 2 s for a connection, then at most this long between attempts.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -94,7 +79,6 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
     let me = &cfg.pendants[index];
     let line = &cfg.lines[me.line];
     let speaker = Arc::clone(&line.speaker);
-    let n = cfg.pendants.len().max(1) as f64;
     let persistent = index < plan.persistent;
     let from = match line.addr.ip() {
         IpAddr::V4(_) if plan.source_spread > 0 => {
@@ -116,17 +100,8 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
     let mut seq: u32 = 0;
 
     let mut phase = 0;
-    let rates = |p: usize| {
-        (
-            plan.phases[p].alarm_rate / n,
-            plan.phases[p].technical_rate / n,
-        )
-    };
-    let (mut alarm_rate, mut technical_rate) = rates(0);
-    let jitter = rand::rng().random_range(0.0..1.0);
-    let mut next_heartbeat = start + cfg.heartbeat.mul_f64(jitter);
-    let mut next_alarm = start + next_after(alarm_rate);
-    let mut next_technical = start + next_after(technical_rate);
+    let rates = |p: usize| schedule::rates(plan, p, cfg.pendants.len());
+    let mut due = Schedule::new(start, cfg.heartbeat, rates(0));
     // A mass disconnect drops this pendant until `offline_until` and it reports on its return.
     let mut offline_until: Option<Instant> = None;
     let mut report_due: Option<EventKind> = None;
@@ -151,9 +126,7 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
         while sending && phase + 1 < plan.phases.len() && now >= start + plan.phases[phase].end() {
             phase += 1;
             let at = start + plan.phases[phase].start;
-            (alarm_rate, technical_rate) = rates(phase);
-            next_alarm = at + next_after(alarm_rate);
-            next_technical = at + next_after(technical_rate);
+            due.phase(at, rates(phase));
             if let (Some(storm), true) = (&plan.phases[phase].storm, persistent) {
                 conn = None;
                 let delay = storm
@@ -263,11 +236,7 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
 
         let mut wake = give_up;
         if sending {
-            wake = wake
-                .min(stop_sending)
-                .min(next_heartbeat)
-                .min(next_alarm)
-                .min(next_technical);
+            wake = wake.min(stop_sending).min(due.next());
             if phase + 1 < plan.phases.len() {
                 wake = wake.min(start + plan.phases[phase].end());
             }
@@ -344,18 +313,8 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
                 let now = Instant::now();
                 // Whatever falls due after the end is not sent.
                 let sending = now < stop_sending && !stats.stop.load(Ordering::Acquire);
-                if sending && now >= next_heartbeat.min(next_alarm).min(next_technical) {
-                    let alarm = now >= next_alarm;
-                    let kind = if alarm {
-                        next_alarm += next_after(alarm_rate);
-                        if rand::rng().random_range(0..10) == 0 { EventKind::Fall } else { EventKind::Sos }
-                    } else if now >= next_technical {
-                        next_technical += next_after(technical_rate);
-                        EventKind::LowBattery
-                    } else {
-                        next_heartbeat += cfg.heartbeat;
-                        EventKind::Heartbeat
-                    };
+                if sending && let Some(kind) = due.take(now) {
+                    let alarm = matches!(kind, EventKind::Sos | EventKind::Fall);
                     // Without power a pendant still takes a press (sent on reconnecting), but
                     // neither beats nor reports.
                     if offline && !alarm {
