@@ -4,8 +4,8 @@
 # broker, then on PostgreSQL through Mosquitto, with console-probe pressing
 # PROBES more one at a time. Fails unless every alarm was acknowledged, none
 # was lost, every probe press reached the operators' live feed and a carer's
-# offer, and the server counted at least as many committed events as the
-# pendants saw acknowledged. It asserts no timing: the figures are printed only.
+# offer, and the server counted at least as many committed alarms (and noted
+# heartbeats) as the pendants saw acknowledged. It asserts no timing: the figures are printed only.
 #
 #   benches/smoke.sh [PENDANTS=1000] [SECONDS=5] [PRESSES_PER_SECOND=100] [PROBES=20]
 #
@@ -82,8 +82,11 @@ try:
     p = json.load(open(probe))
 except ValueError:
     p = {}
-committed = sum(float(v) for v in re.findall(r"^pat_events_committed_total(?:\{[^}]*\})? (\S+)$",
-                                           open(metrics).read(), re.M))
+text = open(metrics).read()
+def total(name):
+    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
+committed = total("pat_events_committed_total")
+noted = total("pat_heartbeats_noted_total")
 if f["alarms_sent"] == 0:
     bad.append("no alarm was pressed")
 if f["alarms_acked"] != f["alarms_sent"] or f["alarms_lost"] != 0 or f["alarms_refused"] != 0:
@@ -94,12 +97,16 @@ for key, missed in (("ack_ms", None), ("console_ms", "missed_console"), ("offer_
     seen = p.get(key, {}).get("n", 0)
     if seen != probes or (missed and p.get(missed, 0) != 0):
         bad.append(f"probe {key}: {seen} of {probes} seen, {p.get(missed, 0) if missed else 0} missed")
-# Every acknowledged alarm and heartbeat was committed first.
+# Every acknowledged alarm was committed first; every acknowledged heartbeat
+# was at least noted as its device's latest report.
 if committed < f["alarms_acked"] + probes:
     bad.append(f"server counted {committed:.0f} committed events, pendants saw {f['alarms_acked']} alarms acked")
+if noted + committed < f["alarms_acked"] + f["heartbeats_acked"] + probes:
+    bad.append(f"server noted {noted:.0f} heartbeats and committed {committed:.0f} events, "
+               f"pendants saw {f['alarms_acked'] + f['heartbeats_acked']} answers")
 a = f["ack_ms"]
 print(f"smoke {name}: {f['alarms_acked']}/{f['alarms_sent']} alarms acked, {f['heartbeats_acked']} heartbeats acked, "
-      f"{committed:.0f} events committed; probe {p.get('console_ms', {}).get('n', 0)}/{probes} on the feed, "
+      f"{committed:.0f} events committed, {noted:.0f} heartbeats noted; probe {p.get('console_ms', {}).get('n', 0)}/{probes} on the feed, "
       f"{p.get('offer_ms', {}).get('n', 0)}/{probes} offered "
       f"(press→ACK p50 {a['p50']:.1f} ms, p99 {a['p99']:.1f} ms; not asserted)")
 if bad:

@@ -373,7 +373,8 @@ async fn answer(mut owed: mpsc::Receiver<Owed>, ctx: Arc<IngestContext>, client:
                     }
                 };
                 match outcome {
-                    Some(CommitOutcome::Stored(_)) => ("stored", None),
+                    // A heartbeat is kept as the device's latest report.
+                    Some(CommitOutcome::Stored(_) | CommitOutcome::Noted) => ("stored", None),
                     Some(CommitOutcome::Duplicate) => ("duplicate", None),
                     // Stopping: the broker keeps the message for our session.
                     None => continue,

@@ -61,6 +61,9 @@ pub enum CommitOutcome {
     Stored(i64),
     /// Stored before (a retry): nothing new was written.
     Duplicate,
+    /// A verified heartbeat: noted as the device's latest report, written
+    /// with the others within a second (see `store::presence`), no row.
+    Noted,
 }
 
 /// An alarm committed but not yet handled by the incident stage.

@@ -181,18 +181,25 @@ impl Db {
         .await)?)
     }
 
-    /// A client's devices, each with its last report (time, battery, position).
+    /// A client's devices, each with its last report (time, battery, position):
+    /// the stored presence, unless an alarm committed since (not yet in the
+    /// presence, which is written once a second) is newer — a screen-pop shows
+    /// the press's own battery and position.
     pub async fn client_devices(&self, client_id: i64) -> Result<Vec<DeviceStatus>, StoreError> {
         Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT d.id, d.protocol, a.received_at AS last_seen_at, \
-             (SELECT b.battery FROM alarms b WHERE b.device_id = d.id AND b.battery IS NOT NULL \
-              ORDER BY b.id DESC LIMIT 1) AS battery, \
-             (SELECT g.lat FROM alarms g WHERE g.device_id = d.id AND g.lat IS NOT NULL \
-              ORDER BY g.id DESC LIMIT 1) AS lat, \
-             (SELECT g.lon FROM alarms g WHERE g.device_id = d.id AND g.lon IS NOT NULL \
-              ORDER BY g.id DESC LIMIT 1) AS lon \
-             FROM devices d LEFT JOIN alarms a ON a.id = \
-               (SELECT MAX(x.id) FROM alarms x WHERE x.device_id = d.id) \
+            "SELECT d.id, d.protocol, \
+             CASE WHEN a.received_at > COALESCE(r.heard_at, 0) THEN a.received_at \
+                  ELSE r.heard_at END AS last_seen_at, \
+             CASE WHEN a.received_at > COALESCE(r.heard_at, 0) AND a.battery IS NOT NULL \
+                  THEN a.battery ELSE r.battery END AS battery, \
+             CASE WHEN a.received_at > COALESCE(r.heard_at, 0) AND a.lat IS NOT NULL \
+                  THEN a.lat ELSE r.lat END AS lat, \
+             CASE WHEN a.received_at > COALESCE(r.heard_at, 0) AND a.lat IS NOT NULL \
+                  THEN a.lon ELSE r.lon END AS lon \
+             FROM devices d LEFT JOIN device_presence r ON r.device_id = d.id \
+             LEFT JOIN alarms a ON a.id = (SELECT MAX(x.id) FROM alarms x \
+                 WHERE x.device_id = d.id AND x.auth = 'verified' \
+                 AND x.kind NOT IN ('offline', 'back_online', 'missed_test')) \
              WHERE d.client_id = $1 AND d.retired = FALSE ORDER BY d.id"
         )
         .bind(client_id)

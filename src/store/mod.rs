@@ -12,6 +12,7 @@ mod dispatches;
 mod handoffs;
 mod incidents;
 mod notifications;
+pub mod presence;
 mod registry;
 mod registry_edit;
 mod sla;

@@ -5,6 +5,10 @@
 //! once — there is no timer to wait for. Life-safety events have their own
 //! queue and go first into every batch, so a flood of heartbeats delays an SOS
 //! by one commit at most.
+//!
+//! A verified device's heartbeat is the exception: it is noted in memory and
+//! answered at once, and the writer stores each device's latest report about
+//! once a second (`store::presence`), between batches.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use std::time::Instant;
 use pingantong_protocol::Lane;
 use tokio::sync::{mpsc, oneshot};
 
+use super::presence::Presence;
 use super::{AlarmRecord, CommitOutcome, Db, StoreError};
 use crate::rules::Rules;
 use crate::telemetry::events;
@@ -39,7 +44,12 @@ pub struct WriterHandle {
     normal: mpsc::Sender<Job>,
     rules: Arc<Rules>,
     stats: Arc<WriterStats>,
+    presence: Arc<Presence>,
+    supervision: Option<Arc<crate::supervision::Supervision>>,
 }
+
+/// How often devices' latest reports are written.
+pub const PRESENCE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where committed alarms go for the incident stage: life-safety ones on
 /// their own queue, so that a backlog of technical jobs never sits in front
@@ -95,6 +105,12 @@ impl WriterStats {
 pub struct PendingCommit(oneshot::Receiver<Result<CommitOutcome, StoreError>>);
 
 impl PendingCommit {
+    fn settled(outcome: Result<CommitOutcome, StoreError>) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(outcome);
+        Self(rx)
+    }
+
     pub async fn wait(self) -> Result<CommitOutcome, StoreError> {
         self.await
     }
@@ -113,6 +129,19 @@ impl Future for PendingCommit {
 impl WriterHandle {
     /// Queue a record for the next commit.
     pub async fn submit(&self, record: AlarmRecord) -> Result<PendingCommit, StoreError> {
+        if Presence::stands_for(&record) {
+            // The writer is gone: nothing would write the note either.
+            if self.normal.is_closed() {
+                return Err(StoreError::WriterGone);
+            }
+            let once = std::iter::once(&record);
+            self.presence.note(once.clone());
+            if let Some(s) = &self.supervision {
+                s.seen(once);
+            }
+            events::HeartbeatNoted.emit();
+            return Ok(PendingCommit::settled(Ok(CommitOutcome::Noted)));
+        }
         let (tx, rx) = oneshot::channel();
         let queue = if self.rules.priority(record.kind) == Lane::LifeSafety {
             &self.urgent
@@ -152,14 +181,16 @@ pub fn spawn(
     let (urgent_tx, urgent_rx) = mpsc::channel(4096);
     let (normal_tx, normal_rx) = mpsc::channel(65536);
     let stats = Arc::new(WriterStats::default());
+    let presence = Arc::new(Presence::default());
+    let supervision = committed.supervision.clone();
     let task = tokio::spawn(run(
         db,
         max_batch.max(1),
-        urgent_rx,
-        normal_rx,
+        (urgent_rx, normal_rx),
         Arc::clone(&rules),
         committed,
         Arc::clone(&stats),
+        Arc::clone(&presence),
     ));
     (
         WriterHandle {
@@ -167,6 +198,8 @@ pub fn spawn(
             normal: normal_tx,
             rules,
             stats,
+            presence,
+            supervision,
         },
         task,
     )
@@ -175,18 +208,39 @@ pub fn spawn(
 async fn run(
     db: Db,
     max_batch: usize,
-    mut urgent: mpsc::Receiver<Job>,
-    mut normal: mpsc::Receiver<Job>,
+    (mut urgent, mut normal): (mpsc::Receiver<Job>, mpsc::Receiver<Job>),
     rules: Arc<Rules>,
     committed: HandOver,
     stats: Arc<WriterStats>,
+    presence: Arc<Presence>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut presence_due = tokio::time::interval(PRESENCE_EVERY);
+    presence_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut urgent_open, mut normal_open) = (true, true);
     loop {
         let first = tokio::select! {
             biased;
-            Some(job) = urgent.recv() => job,
-            Some(job) = normal.recv() => job,
+            job = urgent.recv(), if urgent_open => match job {
+                Some(job) => job,
+                None => {
+                    urgent_open = false;
+                    continue;
+                }
+            },
+            // Once a second at most, so a steady stream of events cannot
+            // hold it off, nor it the events for longer than one statement.
+            _ = presence_due.tick(), if urgent_open || normal_open => {
+                write_presence(&db, &presence).await;
+                continue;
+            }
+            job = normal.recv(), if normal_open => match job {
+                Some(job) => job,
+                None => {
+                    normal_open = false;
+                    continue;
+                }
+            },
             else => break,
         };
         stats.set_busy(true);
@@ -217,6 +271,7 @@ async fn run(
                 if let Some(s) = &committed.supervision {
                     s.seen(records.iter());
                 }
+                presence.note(records.iter());
                 for ((record, reply), outcome) in records.into_iter().zip(replies).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                     if let CommitOutcome::Stored(id) = outcome
@@ -250,6 +305,26 @@ async fn run(
         }
     }
     stats.set_busy(false);
+    // Every handle is gone: what was noted since the last write goes now.
+    write_presence(&db, &presence).await;
+}
+
+async fn write_presence(db: &Db, presence: &Presence) {
+    let started = Instant::now();
+    match presence.write(db).await {
+        Ok(0) => {}
+        Ok(devices) => events::PresenceWritten {
+            devices,
+            elapsed: started.elapsed(),
+        }
+        .emit(),
+        // Kept for the next write.
+        Err(e) => events::StageFailed {
+            stage: "presence_write",
+            error: &e,
+        }
+        .emit(),
+    }
 }
 
 #[cfg(test)]
@@ -312,12 +387,12 @@ mod tests {
             } else if n % 50 == 1 {
                 EventKind::LowBattery
             } else {
-                EventKind::Heartbeat
+                EventKind::Position
             };
             pending.push(w.submit(record(n, kind)).await.unwrap());
         }
         // A retry of event 7 while the original may still be in the same batch.
-        pending.push(w.submit(record(7, EventKind::Heartbeat)).await.unwrap());
+        pending.push(w.submit(record(7, EventKind::Position)).await.unwrap());
         let mut outcomes = Vec::new();
         for p in pending {
             outcomes.push(p.wait().await.unwrap());
@@ -336,7 +411,7 @@ mod tests {
         assert_eq!(w.stats().events.load(Ordering::Relaxed), 201);
         assert_eq!(db.count_alarms(None).await.unwrap(), 200);
         // SOS events go on to the incident stage first, low batteries on the
-        // other queue; heartbeats are complete once stored.
+        // other queue; positions are complete once stored.
         let mut urgent_kinds = Vec::new();
         while let Ok(a) = urgent_rx.try_recv() {
             urgent_kinds.push(a.record.kind);
@@ -375,5 +450,43 @@ mod tests {
         .unwrap();
         assert!(matches!(outcome, CommitOutcome::Stored(_)));
         assert_eq!(w.stats().commits.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_verified_heartbeat_is_answered_at_once_and_kept_as_presence() {
+        let (db, _dir) = sqlite().await;
+        let (urgent, _urgent_rx) = mpsc::channel(10);
+        let (other, _other_rx) = mpsc::channel(10);
+        let (w, task) = spawn(
+            db.clone(),
+            512,
+            Arc::new(Rules::default()),
+            HandOver {
+                urgent,
+                other,
+                supervision: None,
+            },
+        );
+        let mut beat = record(1, EventKind::Heartbeat);
+        beat.battery = Some(64);
+        assert_eq!(w.commit(beat).await.unwrap(), CommitOutcome::Noted);
+        // A stranger's heartbeat is a row: someone must see who is talking.
+        let mut stranger = record(2, EventKind::Heartbeat);
+        stranger.device_id = "PA999999".into();
+        stranger.auth = AuthStatus::UnknownDevice;
+        assert!(matches!(
+            w.commit(stranger).await.unwrap(),
+            CommitOutcome::Stored(_)
+        ));
+        assert_eq!(
+            db.count_alarms(Some(EventKind::Heartbeat)).await.unwrap(),
+            1
+        );
+        // Written at the latest when the writer stops.
+        drop(w);
+        task.await.unwrap();
+        let heard = db.presence_of("PA000001").await.unwrap().unwrap();
+        assert_eq!((heard.heard_at, heard.battery), (1, Some(64)));
+        assert!(db.presence_of("PA999999").await.unwrap().is_none());
     }
 }

@@ -111,6 +111,33 @@ impl BatchCommitted {
     }
 }
 
+/// A verified device's heartbeat, answered once noted (no row of its own).
+pub struct HeartbeatNoted;
+
+impl HeartbeatNoted {
+    pub fn emit(self) {
+        counter!("pat_heartbeats_noted_total").increment(1);
+    }
+}
+
+/// Devices' latest reports written (one row per device).
+pub struct PresenceWritten {
+    pub devices: usize,
+    pub elapsed: Duration,
+}
+
+impl PresenceWritten {
+    pub fn emit(self) {
+        counter!("pat_presence_rows_written_total").increment(self.devices as u64);
+        histogram!("pat_presence_write_seconds").record(self.elapsed.as_secs_f64());
+        debug!(
+            devices = self.devices,
+            elapsed_ms = self.elapsed.as_secs_f64() * 1e3,
+            "device presence written"
+        );
+    }
+}
+
 /// The incident stage applied a batch of alarms in one transaction.
 pub struct StageBatch {
     pub size: usize,

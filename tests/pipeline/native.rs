@@ -358,15 +358,24 @@ async fn heartbeats_open_nothing_and_low_batteries_are_one_technical_job() {
         .send(&event(&city.device, 4, EventKind::LowBattery), &city.secret)
         .await;
     assert!(matches!(r, Reply::Ack { .. }), "{r:?}");
+    // A verified heartbeat is no row of its own: it is the device's latest
+    // report, written within a second of the answer.
     assert_eq!(
         app.db
             .count_alarms(Some(EventKind::Heartbeat))
             .await
             .unwrap(),
-        3
+        0
     );
-    // Stored and complete: nothing owed to the incident stage.
-    assert!(app.db.alarm_states(&city.device, 1).await.unwrap()[0].1);
+    let heard = eventually(
+        "the heartbeats written as the device's presence",
+        || async { app.db.presence_of(&city.device).await.unwrap() },
+    )
+    .await;
+    assert_eq!(heard.protocol, "native");
+    assert!(heard.heard_at > 0);
+    // The low battery is a row, and owed to the incident stage.
+    assert_eq!(app.db.alarm_states(&city.device, 4).await.unwrap().len(), 1);
     // A low battery is a job for the operator's technical queue; reported
     // again, it is the same job.
     let (r, _) = dev
@@ -612,8 +621,8 @@ async fn fallback_provider_when_the_contracted_one_has_nobody() {
 
 #[tokio::test]
 async fn many_pendants_at_once_are_all_acknowledged() {
-    // Concurrent connections make the writer batch; every press must still be
-    // answered and stored exactly once.
+    // Concurrent connections make the writer batch; every event must still be
+    // answered and stored exactly once (positions: heartbeats are no rows).
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
     let mut tasks = Vec::new();
@@ -624,7 +633,7 @@ async fn many_pendants_at_once_are_all_acknowledged() {
             let mut burst = bytes::BytesMut::new();
             for k in 0..10u32 {
                 burst.extend_from_slice(&frame(
-                    &event(&device, c * 100 + k, EventKind::Heartbeat),
+                    &event(&device, c * 100 + k, EventKind::Position),
                     &secret,
                 ));
             }
@@ -645,7 +654,7 @@ async fn many_pendants_at_once_are_all_acknowledged() {
     assert_eq!(total, 200);
     assert_eq!(
         app.db
-            .count_alarms(Some(EventKind::Heartbeat))
+            .count_alarms(Some(EventKind::Position))
             .await
             .unwrap(),
         200
