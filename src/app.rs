@@ -290,6 +290,16 @@ impl Application {
         );
         let mqtt_task = link.task;
         let directory = Directory::new(self.db.clone());
+        // Before any listener: a city reconnecting after a restart finds
+        // every device in memory.
+        match directory.preload().await {
+            Ok(devices) => tracing::info!(devices, "directory loaded"),
+            Err(e) => crate::telemetry::events::StageFailed {
+                stage: "directory_preload",
+                error: &e,
+            }
+            .emit(),
+        }
         let refresher =
             directory.spawn_refresher(Duration::from_millis(s.cache_refresh_ms), inner.clone());
         let supervision = Supervision::new(
@@ -462,14 +472,7 @@ impl Application {
             )),
         ];
         // DC-09 codecs decrypt with the account's key without waiting: every
-        // DC-09 account is kept in memory (and new ones join at the next sweep).
-        if let Err(e) = ctx.directory.preload(SIA_DC09).await {
-            crate::telemetry::events::StageFailed {
-                stage: "directory_preload",
-                error: &e,
-            }
-            .emit();
-        }
+        // account is in memory (preloaded above; new ones join at the next sweep).
         let dir = Arc::clone(&ctx.directory);
         let keys: KeyLookup = Arc::new(move |account: &str| {
             dir.cached_device(account)

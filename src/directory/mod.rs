@@ -1,13 +1,16 @@
 //! Device and client profiles cached in memory, refreshed when the database changes.
 //!
 //! Ingest asks it for a device's secret before the commit, the incident stage
-//! for the person behind the device after it. A miss reads the database, so a
-//! device provisioned a moment ago works on its first frame; a periodic sweep
-//! of rows changed since the last sweep keeps cached entries current when
-//! another process (the console, an import, a second server) edits them.
+//! for the person behind the device after it. Every device is loaded at
+//! start: after a restart or a power cut a whole city reconnects at once, and
+//! each first frame missing the cache would be a database read in front of
+//! the alarms. A miss still reads the database, so a device provisioned a
+//! moment ago works on its first frame; a periodic sweep of rows changed since
+//! the last sweep keeps entries current when another process (the console, an
+//! import, a second server) edits them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -23,9 +26,9 @@ const SWEEP_OVERLAP_MS: i64 = 5_000;
 pub struct Directory {
     db: Db,
     devices: DashMap<String, Arc<DeviceRow>>,
-    /// Protocols whose devices are all kept in memory, for codecs that must
-    /// look a device up without waiting (a DC-09 account's AES key).
-    preloaded: DashMap<String, ()>,
+    /// Every device is kept in memory (and new ones as they appear): codecs
+    /// that cannot wait find theirs (a DC-09 account's AES key).
+    preloaded: AtomicBool,
     clients: DashMap<i64, Arc<ClientProfile>>,
     watermark: AtomicI64,
 }
@@ -35,7 +38,7 @@ impl Directory {
         Arc::new(Self {
             db,
             devices: DashMap::new(),
-            preloaded: DashMap::new(),
+            preloaded: AtomicBool::new(false),
             clients: DashMap::new(),
             watermark: AtomicI64::new(now_ms()),
         })
@@ -54,10 +57,12 @@ impl Directory {
         Ok((!row.retired).then_some(row))
     }
 
-    /// Load every device of `protocol` now and keep new ones as they appear.
-    pub async fn preload(&self, protocol: &str) -> Result<usize, StoreError> {
-        self.preloaded.insert(protocol.to_owned(), ());
-        let rows = self.db.devices_of_protocol(protocol).await?;
+    /// Load every device now and keep new ones as they appear.
+    pub async fn preload(&self) -> Result<usize, StoreError> {
+        // First, so that a device changed while the rows are read is taken
+        // by the next sweep.
+        self.preloaded.store(true, Ordering::Relaxed);
+        let rows = self.db.all_devices().await?;
         let n = rows.len();
         for row in rows {
             self.devices.insert(row.id.clone(), Arc::new(row));
@@ -65,8 +70,8 @@ impl Directory {
         Ok(n)
     }
 
-    /// A device from memory only (for codecs that cannot wait): preloaded
-    /// protocols are complete here, others hold what was asked for before.
+    /// A device from memory only (for codecs that cannot wait): complete once
+    /// preloaded, else what was asked for before.
     pub fn cached_device(&self, id: &str) -> Option<Arc<DeviceRow>> {
         self.devices
             .get(id)
@@ -111,9 +116,9 @@ impl Directory {
         let since = self.watermark.load(Ordering::Relaxed) - SWEEP_OVERLAP_MS;
         let mut changed = 0;
         for row in self.db.devices_changed_since(since).await? {
-            // Only entries someone asked for (or of a preloaded protocol) are
-            // kept; others load on first use.
-            if self.devices.contains_key(&row.id) || self.preloaded.contains_key(&row.protocol) {
+            // Before the preload, only entries someone asked for are kept;
+            // others load on first use.
+            if self.preloaded.load(Ordering::Relaxed) || self.devices.contains_key(&row.id) {
                 self.devices.insert(row.id.clone(), Arc::new(row));
                 changed += 1;
             }
@@ -152,5 +157,49 @@ impl Directory {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewDevice, StoreConfig};
+
+    fn device(id: &str, protocol: &str) -> NewDevice {
+        NewDevice {
+            id: id.into(),
+            protocol: protocol.into(),
+            secret: vec![7; 16],
+            client_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn preloaded_every_device_is_in_memory_and_new_ones_join_at_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&StoreConfig {
+            url: format!("sqlite://{}/d.db", dir.path().display()),
+            schema: None,
+            max_connections: 2,
+        })
+        .await
+        .unwrap();
+        for (id, protocol) in [("PA000001", "native"), ("868120300000001", "gt06")] {
+            db.upsert_device(&device(id, protocol)).await.unwrap();
+        }
+        let directory = Directory::new(db.clone());
+        assert!(directory.cached_device("PA000001").is_none());
+        assert_eq!(directory.preload().await.unwrap(), 2);
+        // Never asked for, yet in memory: no database read on a first frame.
+        assert_eq!(
+            directory.cached_device("868120300000001").unwrap().protocol,
+            "gt06"
+        );
+        db.upsert_device(&device("PA000002", "native"))
+            .await
+            .unwrap();
+        assert!(directory.cached_device("PA000002").is_none());
+        directory.refresh().await.unwrap();
+        assert!(directory.cached_device("PA000002").is_some());
     }
 }

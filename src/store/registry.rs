@@ -286,13 +286,11 @@ impl Db {
         })?)
     }
 
-    pub async fn devices_of_protocol(&self, protocol: &str) -> Result<Vec<DeviceRow>, StoreError> {
+    pub async fn all_devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
         Ok(on_pool!(self, |p| {
             sqlx::query_as(
-            "SELECT id, protocol, secret, client_id, retired, updated_at, heartbeat_secs FROM devices \
-             WHERE protocol = $1"
+            "SELECT id, protocol, secret, client_id, retired, updated_at, heartbeat_secs FROM devices"
         )
-        .bind(protocol)
         .fetch_all(p)
         .await
         })?)
