@@ -217,7 +217,14 @@ pub fn router(ctx: ApiContext) -> Router {
 
 /// Serve on an already-bound listener until `shutdown`.
 pub async fn serve(listener: TcpListener, ctx: ApiContext, shutdown: CancellationToken) {
+    use axum::serve::ListenerExt;
     let app = router(ctx);
+    // The live feed writes one small event at a time: with Nagle's algorithm
+    // an event written while the previous one is unacknowledged waits for
+    // the operator's machine's delayed ACK, up to 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
