@@ -59,8 +59,9 @@ OUT_DIR=$out TAG=storm BACKENDS=sqlite SCENARIO=benches/scenarios/storm.toml \
     bash benches/e2e.sh "$k100" 40 0 0 "$probes" >"$out/e2e-storm.md" || failed "e2e storm"
 
 # The same seeded cities as above (same size with the probes' pendants), so no new seeding.
-step "frames/s: $k10 pendants beating every 0.2 s"
-OUT_DIR=$out TAG=frames BACKENDS=sqlite HEARTBEAT=0.2 \
+# Every 0.15 s: 66,700 frames/s offered, past the 50,000/s target.
+step "frames/s: $k10 pendants beating every 0.15 s"
+OUT_DIR=$out TAG=frames BACKENDS=sqlite HEARTBEAT=0.15 \
     bash benches/e2e.sh "$k10" 20 1 0 "$probes" >"$out/e2e-frames.md" || failed "e2e frames"
 step "CPU per alarm: 1,000 presses/s, no heartbeats"
 OUT_DIR=$out TAG=alarms BACKENDS=sqlite HEARTBEAT=3600 \
