@@ -129,10 +129,12 @@ pub struct PresenceRow {
 }
 
 impl Db {
-    /// Upsert devices' latest reports; a row already newer is left alone.
+    /// Upsert devices' latest reports, in one transaction (one fsync); a row
+    /// already newer is left alone.
     pub async fn write_presence(&self, heard: &[(String, Heard)]) -> Result<(), StoreError> {
-        for chunk in heard.chunks(ROWS_PER_STATEMENT) {
-            on_write_pool!(self, |p| {
+        on_write_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            for chunk in heard.chunks(ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO device_presence \
                      (device_id, protocol, heard_at, battery, lat, lon, accuracy_m) ",
@@ -158,10 +160,11 @@ impl Db {
                            ELSE excluded.accuracy_m END \
                      WHERE excluded.heard_at >= device_presence.heard_at",
                 );
-                qb.build().execute(p).await.map(|_| ())
-            })?;
-        }
-        Ok(())
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        })
     }
 
     /// A device's latest report as stored, if it was ever heard.
@@ -251,6 +254,28 @@ mod tests {
             (row.heard_at, row.battery, row.lat),
             (30, Some(79), Some(23.1))
         );
+    }
+
+    #[tokio::test]
+    async fn a_city_of_reports_is_written_in_one_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&StoreConfig {
+            url: format!("sqlite://{}/p.db", dir.path().display()),
+            schema: None,
+            max_connections: 2,
+        })
+        .await
+        .unwrap();
+        let presence = Presence::default();
+        let reports: Vec<_> = (0..2_500)
+            .map(|n| report(&format!("PA{n:06}"), 5, EventKind::Heartbeat, Some(50)))
+            .collect();
+        presence.note(reports.iter());
+        // More devices than one statement takes.
+        assert_eq!(presence.write(&db).await.unwrap(), 2_500);
+        for id in ["PA000000", "PA001000", "PA002499"] {
+            assert_eq!(db.presence_of(id).await.unwrap().unwrap().battery, Some(50));
+        }
     }
 
     #[test]
