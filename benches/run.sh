@@ -24,6 +24,14 @@ mkdir -p "$out"
 echo "benches/run.sh: raw results in $out" >&2
 
 bash ops/services.sh >/dev/null
+# The accept queue as ops/sysctl-pingantong.conf sets it for a deployment (the
+# kernel's 4,096 drops handshakes when 15,000 pendants connect at once).
+for key in net.core.somaxconn net.ipv4.tcp_max_syn_backlog; do
+    if [ "$(sysctl -n "$key" 2>/dev/null || echo 0)" -lt 65535 ]; then
+        sysctl -qw "$key=65535" 2>/dev/null && echo "benches/run.sh: $key raised to 65535 (ops/sysctl-pingantong.conf)" >&2 ||
+            echo "benches/run.sh: $key is $(sysctl -n "$key" 2>/dev/null) and cannot be raised here: the accept rate will show it" >&2
+    fi
+done
 # One secret seed for the whole run, so a seeded SQLite city is reused between runs.
 export SEED=bench SEED_CACHE=target/bench-seed
 cargo build --release --workspace -q

@@ -128,12 +128,7 @@ impl Application {
             max_connections: settings.database_max_connections,
         })
         .await?;
-        let native = TcpListener::bind(settings.native_addr)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: settings.native_addr,
-                source,
-            })?;
+        let native = bind_tcp(settings.native_addr).await?;
         let native_addr = native.local_addr().map_err(|source| AppError::Bind {
             addr: settings.native_addr,
             source,
@@ -532,10 +527,26 @@ impl Application {
     }
 }
 
+/// Connections waiting to be accepted, per listener (the kernel caps it at
+/// `net.core.somaxconn`, 4096 on current Linux). A city reconnecting at once
+/// after a power cut sends thousands of SYNs in a second: past a full queue
+/// the kernel drops them, and each of those devices waits out a SYN
+/// retransmission (1 s, then 3 s) before it can even try again.
+const ACCEPT_BACKLOG: u32 = 65_535;
+
 async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind { addr, source })
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted server rebinds at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(ACCEPT_BACKLOG)
+    };
+    bind().map_err(|source| AppError::Bind { addr, source })
 }
 
 fn local(l: &TcpListener, wanted: SocketAddr) -> Result<SocketAddr, AppError> {
@@ -543,4 +554,52 @@ fn local(l: &TcpListener, wanted: SocketAddr) -> Result<SocketAddr, AppError> {
         addr: wanted,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections the kernel completes while the server is busy elsewhere
+    /// (here: never accepting) are only as many as the accept queue holds.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_accept_queue_instead_of_being_dropped() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        // tokio's own listeners queue 1024: the burst must be larger.
+        let burst = somaxconn.min(2_000);
+        assert!(
+            burst > 1_100,
+            "net.core.somaxconn is {somaxconn}: raise it (sysctl) to queue a reconnecting city"
+        );
+        let _ = crate::open_files::raise();
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..burst {
+            connects.spawn(async move {
+                // A dropped SYN is retried after 1 s and 3 s, and finds the
+                // queue still full: 5 s tells queued from dropped.
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+            });
+        }
+        let mut open = Vec::new();
+        while let Some(c) = connects.join_next().await {
+            open.extend(c.unwrap());
+        }
+        assert_eq!(
+            open.len(),
+            burst,
+            "connections dropped at a full accept queue"
+        );
+        drop(listener);
+    }
 }
