@@ -10,8 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pendants=${1:-10000}
 seed="rss-$$"
-cargo build --release --workspace -q
-bin=target/release
+# BIN_DIR runs a build already made (to compare two versions of the server).
+bin=${BIN_DIR:-target/release}
+[ -n "${BIN_DIR:-}" ] || cargo build --release --workspace -q
 work=$(mktemp -d)
 server_pid=
 cleanup() {

@@ -5,7 +5,7 @@
 //! own they would hold the database's one writer for most of its time, and an
 //! SOS would wait behind them. So a verified device's heartbeat is answered
 //! once it is noted here, and the writer stores every device's latest report
-//! about once a second, one row per device. Every other event still gets a row
+//! once a second (sooner when 2,000 devices are waiting), one row per device. Every other event still gets a row
 //! of its own, committed before its answer: a heartbeat lost in a crash is
 //! replaced by the next one, an alarm is not.
 
@@ -53,7 +53,13 @@ impl Heard {
 #[derive(Debug, Default)]
 pub struct Presence {
     unwritten: Mutex<HashMap<String, Heard>>,
+    /// Told when `unwritten` holds a batch's worth: a city reconnecting at
+    /// once is written a batch at a time, not held in memory for a second.
+    full: tokio::sync::Notify,
 }
+
+/// Devices noted before a write is due without waiting for the second.
+pub const WRITE_AT: usize = 2_000;
 
 /// Devices per statement: 7 parameters each stays under every backend's limit.
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -82,6 +88,14 @@ impl Presence {
                 }
             }
         }
+        if map.is_some_and(|m| m.len() >= WRITE_AT) {
+            self.full.notify_one();
+        }
+    }
+
+    /// Wait until a batch's worth is noted.
+    pub async fn filled(&self) {
+        self.full.notified().await
     }
 
     /// Whether a report is one this table stands for (and so needs no row).
@@ -276,6 +290,23 @@ mod tests {
         for id in ["PA000000", "PA001000", "PA002499"] {
             assert_eq!(db.presence_of(id).await.unwrap().unwrap().battery, Some(50));
         }
+    }
+
+    #[test]
+    fn a_batchs_worth_of_devices_asks_for_a_write_before_the_second_is_up() {
+        let presence = Presence::default();
+        let mut filled = std::pin::pin!(presence.filled());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let reports: Vec<_> = (0..WRITE_AT)
+            .map(|n| report(&format!("PA{n:06}"), 5, EventKind::Heartbeat, None))
+            .collect();
+        presence.note(reports[..WRITE_AT - 1].iter());
+        assert!(filled.as_mut().poll(&mut cx).is_pending());
+        // The same device again is no new entry.
+        presence.note(reports[..1].iter());
+        assert!(filled.as_mut().poll(&mut cx).is_pending());
+        presence.note(reports[WRITE_AT - 1..].iter());
+        assert!(filled.as_mut().poll(&mut cx).is_ready());
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub struct NewCarer {
     pub on_duty: bool,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeviceRow {
     pub id: String,
     pub protocol: String,

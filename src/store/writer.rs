@@ -7,8 +7,8 @@
 //! by one commit at most.
 //!
 //! A verified device's heartbeat is the exception: it is noted in memory and
-//! answered at once, and the writer stores each device's latest report about
-//! once a second (`store::presence`), between batches.
+//! answered at once, and the writer stores each device's latest report once a
+//! second or per 2,000 devices (`store::presence`), between batches.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -231,6 +231,10 @@ async fn run(
             // Once a second at most, so a steady stream of events cannot
             // hold it off, nor it the events for longer than one statement.
             _ = presence_due.tick(), if urgent_open || normal_open => {
+                write_presence(&db, &presence).await;
+                continue;
+            }
+            _ = presence.filled(), if urgent_open || normal_open => {
                 write_presence(&db, &presence).await;
                 continue;
             }
