@@ -228,8 +228,9 @@ async fn run(
                     continue;
                 }
             },
-            // Once a second at most, so a steady stream of events cannot
-            // hold it off, nor it the events for longer than one statement.
+            // Each second, or per 2,000 devices, ahead of routine events so
+            // a steady stream of them cannot hold it off; it holds them for
+            // one transaction. An SOS still goes first.
             _ = presence_due.tick(), if urgent_open || normal_open => {
                 write_presence(&db, &presence).await;
                 continue;
