@@ -168,7 +168,7 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewDevice, StoreConfig};
+    use crate::store::NewDevice;
 
     fn device(id: &str, protocol: &str) -> NewDevice {
         NewDevice {
@@ -181,14 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn preloaded_every_device_is_in_memory_and_new_ones_join_at_the_sweep() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&StoreConfig {
-            url: format!("sqlite://{}/d.db", dir.path().display()),
-            schema: None,
-            max_connections: 2,
-        })
-        .await
-        .unwrap();
+        let (db, _dir) = crate::store::scratch_sqlite().await;
         for (id, protocol) in [("PA000001", "native"), ("868120300000001", "gt06")] {
             db.upsert_device(&device(id, protocol)).await.unwrap();
         }

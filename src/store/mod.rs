@@ -170,6 +170,21 @@ pub enum Db {
 const WRITER_CACHE_KIB: &str = "-65536";
 const READER_CACHE_KIB: &str = "-16384";
 
+/// A fresh SQLite database in a temporary directory, for unit tests; the
+/// directory lives as long as the returned guard.
+#[cfg(test)]
+pub(crate) async fn scratch_sqlite() -> (Db, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(&StoreConfig {
+        url: format!("sqlite://{}/test.db", dir.path().display()),
+        schema: None,
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    (db, dir)
+}
+
 impl Db {
     /// Connect and apply this backend's migrations.
     pub async fn connect(cfg: &StoreConfig) -> Result<Self, StoreError> {

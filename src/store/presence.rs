@@ -198,7 +198,6 @@ mod tests {
     use pingantong_protocol::EventKind;
 
     use super::*;
-    use crate::store::StoreConfig;
 
     fn report(device: &str, at: i64, kind: EventKind, battery: Option<i64>) -> AlarmRecord {
         AlarmRecord {
@@ -220,14 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_latest_report_wins_and_gaps_keep_what_was_known() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&StoreConfig {
-            url: format!("sqlite://{}/p.db", dir.path().display()),
-            schema: None,
-            max_connections: 2,
-        })
-        .await
-        .unwrap();
+        let (db, _dir) = crate::store::scratch_sqlite().await;
         let presence = Presence::default();
         let mut sos = report("PA1", 20, EventKind::Sos, None);
         sos.location = Some(Location {
@@ -272,14 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_city_of_reports_is_written_in_one_go() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&StoreConfig {
-            url: format!("sqlite://{}/p.db", dir.path().display()),
-            schema: None,
-            max_connections: 2,
-        })
-        .await
-        .unwrap();
+        let (db, _dir) = crate::store::scratch_sqlite().await;
         let presence = Presence::default();
         let reports: Vec<_> = (0..2_500)
             .map(|n| report(&format!("PA{n:06}"), 5, EventKind::Heartbeat, Some(50)))

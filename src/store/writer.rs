@@ -337,7 +337,7 @@ mod tests {
     use pingantong_protocol::EventKind;
 
     use super::*;
-    use crate::store::{AuthStatus, StoreConfig};
+    use crate::store::AuthStatus;
 
     fn record(n: u32, kind: EventKind) -> AlarmRecord {
         AlarmRecord {
@@ -357,21 +357,9 @@ mod tests {
         }
     }
 
-    async fn sqlite() -> (Db, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&StoreConfig {
-            url: format!("sqlite://{}/w.db", dir.path().display()),
-            schema: None,
-            max_connections: 2,
-        })
-        .await
-        .unwrap();
-        (db, dir)
-    }
-
     #[tokio::test]
     async fn concurrent_events_share_commits_and_duplicates_are_recognised() {
-        let (db, _dir) = sqlite().await;
+        let (db, _dir) = crate::store::scratch_sqlite().await;
         let (urgent, mut urgent_rx) = mpsc::channel(1000);
         let (other, mut other_rx) = mpsc::channel(1000);
         let rules = Arc::new(Rules::default());
@@ -433,7 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_event_is_committed_without_waiting_for_company() {
-        let (db, _dir) = sqlite().await;
+        let (db, _dir) = crate::store::scratch_sqlite().await;
         let (urgent, _urgent_rx) = mpsc::channel(10);
         let (other, _other_rx) = mpsc::channel(10);
         let (w, _task) = spawn(
@@ -459,7 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_verified_heartbeat_is_answered_at_once_and_kept_as_presence() {
-        let (db, _dir) = sqlite().await;
+        let (db, _dir) = crate::store::scratch_sqlite().await;
         let (urgent, _urgent_rx) = mpsc::channel(10);
         let (other, _other_rx) = mpsc::channel(10);
         let (w, task) = spawn(
