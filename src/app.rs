@@ -377,7 +377,9 @@ impl Application {
             directory,
             db: self.db.clone(),
             limits: s.limits(),
+            core: tokio::runtime::Handle::current(),
         });
+        let device_threads = DeviceThreads::start(s.device_threads);
         let mqtt_ingest = tokio::spawn(ingest::mqtt::run(
             link.device_events,
             Arc::clone(&ctx),
@@ -429,42 +431,25 @@ impl Application {
         let codecs = |f: fn() -> Box<dyn Codec>| -> CodecFactory { Arc::new(f) };
         let gt06 = codecs(|| Box::new(Gt06Codec::with_system_clock()));
         let h02 = codecs(|| Box::new(H02Codec::new()));
+        let on = device_threads.handle();
+        let tcp = |listener: TcpListener, protocol: &'static str, codecs: CodecFactory| {
+            let (ctx, stop) = (Arc::clone(&ctx), shutdown.clone());
+            on_devices(&on, listener, protocol, move |l: TcpListener| {
+                device::serve_tcp(l, protocol, codecs, ctx, stop)
+            })
+        };
+        let udp = |socket: UdpSocket, protocol: &'static str, codecs: CodecFactory| {
+            let (ctx, stop) = (Arc::clone(&ctx), shutdown.clone());
+            on_devices(&on, socket, protocol, move |s: UdpSocket| {
+                device::serve_udp(s, protocol, codecs, ctx, stop)
+            })
+        };
         let mut listeners = vec![
-            tokio::spawn(device::serve_tcp(
-                d.gt06,
-                "gt06",
-                gt06,
-                Arc::clone(&ctx),
-                shutdown.clone(),
-            )),
-            tokio::spawn(device::serve_tcp(
-                d.watch,
-                "watch",
-                codecs(|| Box::new(WatchCodec::new())),
-                Arc::clone(&ctx),
-                shutdown.clone(),
-            )),
-            tokio::spawn(device::serve_tcp(
-                d.h02,
-                "h02",
-                Arc::clone(&h02),
-                Arc::clone(&ctx),
-                shutdown.clone(),
-            )),
-            tokio::spawn(device::serve_udp(
-                d.h02_udp,
-                "h02",
-                h02,
-                Arc::clone(&ctx),
-                shutdown.clone(),
-            )),
-            tokio::spawn(device::serve_tcp(
-                d.eview,
-                "eview",
-                codecs(|| Box::new(EviewCodec::new())),
-                Arc::clone(&ctx),
-                shutdown.clone(),
-            )),
+            tcp(d.gt06, "gt06", gt06),
+            tcp(d.watch, "watch", codecs(|| Box::new(WatchCodec::new()))),
+            tcp(d.h02, "h02", Arc::clone(&h02)),
+            udp(d.h02_udp, "h02", h02),
+            tcp(d.eview, "eview", codecs(|| Box::new(EviewCodec::new()))),
         ];
         // DC-09 codecs decrypt with the account's key without waiting: every
         // account is in memory (preloaded above; new ones join at the next sweep).
@@ -477,25 +462,15 @@ impl Application {
         let clock: sia_dc09::Clock = Arc::new(crate::store::now_ms);
         let dc09: CodecFactory =
             Arc::new(move || Box::new(SiaDc09Codec::new(Arc::clone(&keys), Arc::clone(&clock))));
-        listeners.push(tokio::spawn(device::serve_tcp(
-            d.dc09,
-            SIA_DC09,
-            Arc::clone(&dc09),
-            Arc::clone(&ctx),
-            shutdown.clone(),
-        )));
-        listeners.push(tokio::spawn(device::serve_udp(
-            d.dc09_udp,
-            SIA_DC09,
-            dc09,
-            Arc::clone(&ctx),
-            shutdown.clone(),
-        )));
-        listeners.push(tokio::spawn(ingest::native::serve(
+        listeners.push(tcp(d.dc09, SIA_DC09, Arc::clone(&dc09)));
+        listeners.push(udp(d.dc09_udp, SIA_DC09, dc09));
+        let stop = shutdown.clone();
+        listeners.push(on_devices(
+            &on,
             self.native,
-            ctx,
-            shutdown.clone(),
-        )));
+            ingest::native::PROTOCOL,
+            move |l: TcpListener| ingest::native::serve(l, ctx, stop),
+        ));
         let native = async move {
             for l in listeners {
                 let _ = l.await;
@@ -524,7 +499,112 @@ impl Application {
         let _ = refresher.await;
         let _ = mqtt_task.await;
         self.db.close().await;
+        // Last: connection tasks still running past the drain deadline end
+        // here, once what they submitted has been committed.
+        drop(device_threads);
     }
+}
+
+/// The runtime device connections are served on: threads of their own, so
+/// that a flood of frames queues behind itself and not in front of the
+/// writer, the incident stage and the live feed that an SOS needs next.
+/// Stopped in the background when dropped (a runtime may not be dropped
+/// from async code).
+struct DeviceThreads(Option<tokio::runtime::Runtime>);
+
+impl DeviceThreads {
+    /// `threads` workers; 0, or threads the system will not give: the
+    /// current runtime.
+    fn start(threads: usize) -> Self {
+        if threads == 0 {
+            return Self(None);
+        }
+        match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("pat-devices")
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => Self(Some(rt)),
+            Err(e) => {
+                crate::telemetry::events::StageFailed {
+                    stage: "device_threads",
+                    error: &e,
+                }
+                .emit();
+                Self(None)
+            }
+        }
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone())
+    }
+}
+
+impl Drop for DeviceThreads {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A socket bound on one runtime, moved to another: its readiness is then
+/// watched by that runtime's I/O loop.
+trait Rehome: Sized + Send + 'static {
+    type Std: Send + 'static;
+    fn leave(self) -> std::io::Result<Self::Std>;
+    fn arrive(std: Self::Std) -> std::io::Result<Self>;
+}
+
+impl Rehome for TcpListener {
+    type Std = std::net::TcpListener;
+    fn leave(self) -> std::io::Result<Self::Std> {
+        self.into_std()
+    }
+    fn arrive(std: Self::Std) -> std::io::Result<Self> {
+        TcpListener::from_std(std)
+    }
+}
+
+impl Rehome for UdpSocket {
+    type Std = std::net::UdpSocket;
+    fn leave(self) -> std::io::Result<Self::Std> {
+        self.into_std()
+    }
+    fn arrive(std: Self::Std) -> std::io::Result<Self> {
+        UdpSocket::from_std(std)
+    }
+}
+
+/// Serve `socket` on the device runtime.
+fn on_devices<S, F, Fut>(
+    on: &tokio::runtime::Handle,
+    socket: S,
+    protocol: &'static str,
+    serve: F,
+) -> tokio::task::JoinHandle<()>
+where
+    S: Rehome,
+    F: FnOnce(S) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let moved = socket.leave();
+    on.spawn(async move {
+        match moved.and_then(S::arrive) {
+            Ok(socket) => serve(socket).await,
+            Err(e) => {
+                crate::telemetry::events::StageFailed {
+                    stage: protocol,
+                    error: &e,
+                }
+                .emit();
+            }
+        }
+    })
 }
 
 /// Connections waiting to be accepted, per listener (the kernel caps it at

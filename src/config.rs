@@ -66,6 +66,10 @@ pub struct Settings {
     /// Names this server instance (MQTT client id); unique per instance.
     pub instance_id: String,
     pub max_connections: usize,
+    /// Worker threads of the runtime that serves device connections, apart
+    /// from the store writer, the incident stage, the feed and the API; 0: one
+    /// runtime for everything. Default: one per CPU.
+    pub device_threads: usize,
     pub idle_timeout_secs: u64,
     pub frame_timeout_secs: u64,
     pub clock_window_secs: u64,
@@ -138,6 +142,7 @@ impl Default for Settings {
             mqtt_adapters: Vec::new(),
             instance_id: "pingantong-1".into(),
             max_connections: limits.max_connections,
+            device_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             idle_timeout_secs: limits.idle_timeout.as_secs(),
             frame_timeout_secs: limits.frame_timeout.as_secs(),
             clock_window_secs: limits.clock_window.as_secs(),
@@ -213,6 +218,9 @@ impl Settings {
         };
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
+        }
+        if self.device_threads > 1_024 {
+            return invalid("device_threads", "must be at most 1024");
         }
         if self.commit_batch_max == 0 || self.commit_batch_max > 2_000 {
             return invalid("commit_batch_max", "must be between 1 and 2000");

@@ -46,8 +46,8 @@ impl Directory {
 
     /// The provisioned, not retired device with this id.
     pub async fn device(&self, id: &str) -> Result<Option<Arc<DeviceRow>>, StoreError> {
-        if let Some(hit) = self.devices.get(id).map(|r| Arc::clone(r.value())) {
-            return Ok((!hit.retired).then_some(hit));
+        if let Some(held) = self.held(id) {
+            return Ok(held);
         }
         let Some(row) = self.db.device(id).await? else {
             return Ok(None);
@@ -55,6 +55,13 @@ impl Directory {
         let row = Arc::new(row);
         self.devices.insert(row.id.clone(), Arc::clone(&row));
         Ok((!row.retired).then_some(row))
+    }
+
+    /// What memory says of this device without asking the database: `None`
+    /// if it is not held, `Some(None)` if it is retired.
+    pub fn held(&self, id: &str) -> Option<Option<Arc<DeviceRow>>> {
+        let hit = self.devices.get(id).map(|r| Arc::clone(r.value()))?;
+        Some((!hit.retired).then_some(hit))
     }
 
     /// Load every device now and keep new ones as they appear.

@@ -302,7 +302,7 @@ async fn records(
         // A frame whose own check failed may name the wrong device: its alarms
         // reach an operator, never a carer by themselves.
         Some(_) if frame.integrity == Integrity::BadChecksum => AuthStatus::BadTag,
-        Some(d) => match ctx.directory.device(d.as_str()).await {
+        Some(d) => match ctx.device(d.as_str()).await {
             Ok(Some(row)) if row.protocol == protocol => AuthStatus::Verified,
             _ => AuthStatus::UnknownDevice,
         },
@@ -381,11 +381,10 @@ async fn reject(
         detail,
     }
     .emit();
-    let kept = &raw[..raw.len().min(64 * 1024)];
+    let kept = raw[..raw.len().min(64 * 1024)].to_vec();
     let why = format!("{reason}: {detail}");
     if let Err(e) = ctx
-        .db
-        .insert_rejected_frame(protocol, &peer.to_string(), &why, kept)
+        .store_rejected(protocol, peer.to_string(), why, kept)
         .await
     {
         events::StageFailed {

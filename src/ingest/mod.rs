@@ -8,18 +8,20 @@ pub mod mqtt;
 pub mod native;
 
 use std::future::Future;
+
+use futures_util::FutureExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::directory::Directory;
-use crate::store::Db;
 use crate::store::writer::WriterHandle;
+use crate::store::{Db, DeviceRow, StoreError};
 use crate::telemetry::events;
 
 pub use crate::store::AlarmRecord;
@@ -99,6 +101,50 @@ pub struct IngestContext {
     pub directory: Arc<Directory>,
     pub db: Db,
     pub limits: ConnectionLimits,
+    /// The runtime of the store, the stages and the API. Device connections
+    /// may run on threads of their own; their database reads are sent here.
+    pub core: tokio::runtime::Handle,
+}
+
+impl IngestContext {
+    /// The provisioned, not retired device with this id: from memory, or on
+    /// a miss read on the core runtime.
+    pub async fn device(&self, id: &str) -> Result<Option<Arc<DeviceRow>>, StoreError> {
+        if let Some(held) = self.directory.held(id) {
+            return Ok(held);
+        }
+        let (directory, id) = (Arc::clone(&self.directory), id.to_owned());
+        self.on_core(async move { directory.device(&id).await })
+            .await
+    }
+
+    /// Keep a frame that could not be taken, for whoever looks into it.
+    pub async fn store_rejected(
+        &self,
+        protocol: &'static str,
+        peer: String,
+        why: String,
+        raw: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        self.on_core(async move { db.insert_rejected_frame(protocol, &peer, &why, &raw).await })
+            .await
+    }
+
+    /// Database work for a device connection, run on the core runtime. A
+    /// PostgreSQL connection is driven by the I/O loop of the runtime that
+    /// opened it: opened from a device thread, the writer's commits on it
+    /// would wait for that loop — busiest exactly when an alarm flood is on —
+    /// and it would break when that runtime stops before the store does.
+    async fn on_core<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.core
+            .spawn(work)
+            .await
+            .map_err(|_| StoreError::CoreGone)?
+    }
 }
 
 /// Accept connections on an already-bound listener until `shutdown`, one task
@@ -149,12 +195,19 @@ pub async fn serve<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         events::ConnectionOpened { protocol }.emit();
-        let conn = handler(stream, peer, shutdown.clone());
-        tracker.spawn(async move {
-            conn.await;
-            drop(permit);
-        });
+        tracker.spawn(holding(handler(stream, peer, shutdown.clone()), permit));
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// A connection's task, which holds its place under the connection cap until
+/// it ends. A combinator, not `async move { conn.await; drop(permit) }`: an
+/// async block keeps both the future it captured and the one it awaits,
+/// doubling the memory of every idle connection.
+pub(crate) fn holding<F: Future<Output = ()>>(
+    conn: F,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> {
+    conn.map(move |()| drop(permit))
 }

@@ -141,6 +141,8 @@ pub enum StoreError {
     BadSchema(String),
     #[error("the store writer has stopped")]
     WriterGone,
+    #[error("the server is stopping")]
+    CoreGone,
     #[error("commit failed: {0}")]
     CommitFailed(String),
 }

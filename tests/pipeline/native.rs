@@ -11,8 +11,14 @@ use crate::helpers::*;
 async fn sos_is_committed_acked_and_offered_to_the_nearest_contracted_carer(
     backend: Backend,
     broker: Broker,
+    device_threads: Option<usize>,
 ) {
-    let app = TestApp::spawn(backend, broker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(backend, broker, dir.path());
+    if let Some(n) = device_threads {
+        settings.device_threads = n;
+    }
+    let app = TestApp::spawn_with(settings, Some(dir)).await;
     let city = seed_small_city(&app.db).await;
     let mut dev = Device::connect(app.native).await;
 
@@ -66,6 +72,18 @@ async fn sos_path_sqlite_embedded_broker() {
     sos_is_committed_acked_and_offered_to_the_nearest_contracted_carer(
         Backend::Sqlite,
         Broker::Embedded,
+        None,
+    )
+    .await;
+}
+
+/// `device_threads = 0`: device connections share the server's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sos_path_with_one_runtime_for_everything() {
+    sos_is_committed_acked_and_offered_to_the_nearest_contracted_carer(
+        Backend::Sqlite,
+        Broker::Embedded,
+        Some(0),
     )
     .await;
 }
@@ -75,6 +93,7 @@ async fn sos_path_postgres_mosquitto() {
     sos_is_committed_acked_and_offered_to_the_nearest_contracted_carer(
         Backend::Postgres,
         Broker::Mosquitto,
+        None,
     )
     .await;
 }
