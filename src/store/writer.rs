@@ -19,7 +19,7 @@ use std::time::Instant;
 use pingantong_protocol::Lane;
 use tokio::sync::{mpsc, oneshot};
 
-use super::presence::Presence;
+use super::presence::{Presence, ROWS_PER_WRITE};
 use super::{AlarmRecord, CommitOutcome, Db, StoreError};
 use crate::rules::Rules;
 use crate::telemetry::events;
@@ -218,6 +218,7 @@ async fn run(
     let mut presence_due = tokio::time::interval(PRESENCE_EVERY);
     presence_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut urgent_open, mut normal_open) = (true, true);
+    let mut presence_owed = false;
     loop {
         let first = tokio::select! {
             biased;
@@ -229,14 +230,18 @@ async fn run(
                 }
             },
             // Each second, or per 2,000 devices, ahead of routine events so
-            // a steady stream of them cannot hold it off; it holds them for
-            // one transaction. An SOS still goes first.
+            // a steady stream of them cannot hold it off; a slice per
+            // transaction, so an SOS waits for one slice at most.
+            _ = std::future::ready(()), if presence_owed => {
+                presence_owed = write_presence(&db, &presence).await;
+                continue;
+            }
             _ = presence_due.tick(), if urgent_open || normal_open => {
-                write_presence(&db, &presence).await;
+                presence_owed = write_presence(&db, &presence).await;
                 continue;
             }
             _ = presence.filled(), if urgent_open || normal_open => {
-                write_presence(&db, &presence).await;
+                presence_owed = write_presence(&db, &presence).await;
                 continue;
             }
             job = normal.recv(), if normal_open => match job {
@@ -311,24 +316,31 @@ async fn run(
     }
     stats.set_busy(false);
     // Every handle is gone: what was noted since the last write goes now.
-    write_presence(&db, &presence).await;
+    while write_presence(&db, &presence).await {}
 }
 
-async fn write_presence(db: &Db, presence: &Presence) {
+/// Write one slice of the devices heard; whether more are owed now.
+async fn write_presence(db: &Db, presence: &Presence) -> bool {
     let started = Instant::now();
-    match presence.write(db).await {
-        Ok(0) => {}
-        Ok(devices) => events::PresenceWritten {
-            devices,
-            elapsed: started.elapsed(),
+    match presence.write(db, ROWS_PER_WRITE).await {
+        Ok(0) => false,
+        Ok(devices) => {
+            events::PresenceWritten {
+                devices,
+                elapsed: started.elapsed(),
+            }
+            .emit();
+            presence.pending() > 0
         }
-        .emit(),
-        // Kept for the next write.
-        Err(e) => events::StageFailed {
-            stage: "presence_write",
-            error: &e,
+        // Kept for the next tick: no retry at once against a failing store.
+        Err(e) => {
+            events::StageFailed {
+                stage: "presence_write",
+                error: &e,
+            }
+            .emit();
+            false
         }
-        .emit(),
     }
 }
 
@@ -443,6 +455,59 @@ mod tests {
         .unwrap();
         assert!(matches!(outcome, CommitOutcome::Stored(_)));
         assert_eq!(w.stats().commits.load(Ordering::Relaxed), 1);
+    }
+
+    /// A city's heartbeats are written a slice per transaction: an SOS
+    /// that comes while they are being written is committed after the slice
+    /// in progress, not after all of them.
+    #[tokio::test]
+    async fn an_sos_waits_for_one_slice_of_presence_not_for_the_city() {
+        let (db, _dir) = crate::store::scratch_sqlite().await;
+        let (urgent, _urgent_rx) = mpsc::channel(10);
+        let (other, _other_rx) = mpsc::channel(10);
+        let (w, task) = spawn(
+            db.clone(),
+            512,
+            Arc::new(Rules::default()),
+            HandOver {
+                urgent,
+                other,
+                supervision: None,
+            },
+        );
+        let city = 20 * ROWS_PER_WRITE;
+        let beats: Vec<_> = (0..city)
+            .map(|n| {
+                let mut beat = record(n as u32, EventKind::Heartbeat);
+                beat.device_id = format!("PA{n:06}");
+                beat.received_at = 7;
+                beat
+            })
+            .collect();
+        // More than a batch's worth: the writer starts on them at once.
+        w.presence.note(beats.iter());
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while w.presence.pending() == city {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the writer starts writing presence");
+        let outcome = w.commit(record(1, EventKind::Sos)).await.unwrap();
+        assert!(matches!(outcome, CommitOutcome::Stored(_)));
+        let left = w.presence.pending();
+        assert!(
+            left >= city - 3 * ROWS_PER_WRITE,
+            "the SOS waited for {} devices' presence",
+            city - left
+        );
+        drop(w);
+        task.await.unwrap();
+        // Every device written by the time the writer stops.
+        for n in [0, city / 2, city - 1] {
+            let id = format!("PA{n:06}");
+            assert_eq!(db.presence_of(&id).await.unwrap().unwrap().heard_at, 7);
+        }
     }
 
     #[tokio::test]
