@@ -29,6 +29,9 @@ use crate::supervision::Supervision;
 
 const SIA_DC09: &str = "sia_dc09";
 
+/// How often SQLite's write-ahead log is copied into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
 /// How long connections get to finish their frames once shutdown begins.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -310,6 +313,23 @@ impl Application {
             }
             .emit();
         }
+        // Before the first commit: no alarm's commit copies the log.
+        let checkpointer = match self
+            .db
+            .spawn_checkpointer(CHECKPOINT_EVERY, inner.clone())
+            .await
+        {
+            Ok(task) => task,
+            Err(e) => {
+                // The writer keeps checkpointing in its commits.
+                crate::telemetry::events::StageFailed {
+                    stage: "wal_checkpointer",
+                    error: &e,
+                }
+                .emit();
+                None
+            }
+        };
         let (urgent_tx, urgent_rx) = mpsc::channel(10_000);
         let (other_tx, other_rx) = mpsc::channel(10_000);
         let (writer, writer_task) = writer::spawn(
@@ -498,6 +518,9 @@ impl Application {
         let _ = feed_task.await;
         let _ = refresher.await;
         let _ = mqtt_task.await;
+        if let Some(task) = checkpointer {
+            let _ = task.await;
+        }
         self.db.close().await;
         // Last: connection tasks still running past the drain deadline end
         // here, once what they submitted has been committed.

@@ -7,6 +7,7 @@
 mod alarm_log;
 mod alarms;
 pub mod audit;
+mod checkpoint;
 mod console;
 mod dispatches;
 mod handoffs;

@@ -111,6 +111,28 @@ impl BatchCommitted {
     }
 }
 
+/// The SQLite write-ahead log copied into the database file, by the
+/// checkpointer rather than inside a commit.
+pub struct WalCheckpointed {
+    /// Frames in the log, and how many of them are in the database now.
+    pub logged: i64,
+    pub copied: i64,
+    pub elapsed: Duration,
+}
+
+impl WalCheckpointed {
+    pub fn emit(self) {
+        histogram!("pat_wal_checkpoint_seconds").record(self.elapsed.as_secs_f64());
+        gauge!("pat_wal_frames").set(self.logged as f64);
+        debug!(
+            logged = self.logged,
+            copied = self.copied,
+            elapsed_ms = self.elapsed.as_secs_f64() * 1e3,
+            "write-ahead log checkpointed"
+        );
+    }
+}
+
 /// A verified device's heartbeat, answered once noted (no row of its own).
 pub struct HeartbeatNoted;
 
