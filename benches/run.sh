@@ -64,7 +64,7 @@ OUT_DIR=$out TAG=size$k100 BACKENDS="sqlite postgres" SIM_ARGS="--persistent $pe
 step "storm: mass disconnect, reconnect and power-restored reports, SOS through it"
 OUT_DIR=$out TAG=storm BACKENDS=sqlite SCENARIO=benches/scenarios/storm.toml \
     SIM_ARGS="--persistent $persistent" \
-    bash benches/e2e.sh "$k100" 40 0 0 "$probes" >"$out/e2e-storm.md" || failed "e2e storm"
+    bash benches/e2e.sh "$k100" 70 0 0 "$probes" >"$out/e2e-storm.md" || failed "e2e storm"
 
 # The same seeded cities as above (same size with the probes' pendants), so no new seeding.
 # Every 0.15 s: 66,700 frames/s offered, past the 50,000/s target.
