@@ -141,6 +141,16 @@ async fn pendant(sh: Arc<Shared>, index: usize) -> PendantResult {
             if let Some(storm) = &plan.phases[phase].storm {
                 // The power goes: the connection drops without a DISCONNECT.
                 conn = None;
+                // Presses in flight are answered only after the reconnect:
+                // they count with those made while cut off.
+                for o in sent.values_mut() {
+                    if let Frame::Alarm(press) = &mut o.frame
+                        && !press.offline
+                    {
+                        rec.alarm_cut_off(*press);
+                        press.offline = true;
+                    }
+                }
                 if std::mem::take(&mut subscribed) {
                     stats.connected.fetch_sub(1, Ordering::Relaxed);
                 }

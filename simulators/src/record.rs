@@ -56,7 +56,9 @@ struct PhaseTally {
     sent: u64,
     acked: u64,
     latency: Histogram<u64>,
-    /// Presses made while the pendant was cut off by a mass disconnect (sent on reconnecting).
+    /// Presses made while the pendant was cut off by a mass disconnect, or
+    /// whose connection the disconnect took before their answer (both sent
+    /// again on reconnecting: their wait is the device's, not the server's).
     sent_offline: u64,
     /// Press → ACK of the presses made while connected (or free to connect).
     latency_online: Histogram<u64>,
@@ -185,6 +187,15 @@ impl Recorder {
         }
         if let Some(l) = g.lines.get_mut(press.line) {
             l.sent += 1;
+        }
+    }
+
+    /// A press made while connected whose connection a mass disconnect took
+    /// before its answer: from now on it counts as cut off (`press.offline`
+    /// is still false here; its ACK is reported with it set).
+    pub fn alarm_cut_off(&self, press: Press) {
+        if let Some(p) = self.lock().phases.get_mut(press.phase) {
+            p.sent_offline += 1;
         }
     }
 
@@ -429,6 +440,24 @@ mod tests {
         assert_eq!(g.phases[0].acked, 3);
         assert_eq!(g.alarms.len(), 3);
         assert_eq!(g.phases[0].latency_online.len(), 2);
+    }
+
+    #[test]
+    fn a_press_cut_off_before_its_answer_is_not_an_online_press() {
+        let r = recorder();
+        r.alarm_sent(at(false));
+        r.alarm_sent(at(false));
+        r.alarm_acked(at(false), 2_000);
+        // The second one's connection is dropped by the storm; answered after the reconnect.
+        r.alarm_cut_off(at(false));
+        r.alarm_acked(at(true), 1_600_000);
+        r.finish(1, 10);
+        let s = r.summary(10, Duration::from_secs(10));
+        assert_eq!(s["phases"][0]["alarms_acked"], 2);
+        assert_eq!(s["phases"][0]["alarms_pressed_offline"], 1);
+        assert_eq!(s["phases"][0]["ack_ms_pressed_online"]["max"], 2.0);
+        let max = s["phases"][0]["ack_ms"]["max"].as_f64().unwrap();
+        assert!((1_600.0..1_602.0).contains(&max), "all presses' max: {max}");
     }
 
     #[test]

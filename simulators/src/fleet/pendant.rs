@@ -129,6 +129,7 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
             due.phase(at, rates(phase));
             if let (Some(storm), true) = (&plan.phases[phase].storm, persistent) {
                 conn = None;
+                cut_off(outstanding.values_mut(), rec);
                 let delay = storm
                     .reconnect_within
                     .mul_f64(rand::rng().random_range(0.0..1.0));
@@ -384,4 +385,17 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
         }
     }
     result
+}
+
+/// Presses in flight when a mass disconnect takes the connection are answered
+/// only after the reconnect: they count with those made while cut off.
+fn cut_off<'a>(outstanding: impl Iterator<Item = &'a mut Outstanding>, rec: &Recorder) {
+    for o in outstanding {
+        if let Frame::Alarm(press) = &mut o.frame
+            && !press.offline
+        {
+            rec.alarm_cut_off(*press);
+            press.offline = true;
+        }
+    }
 }
