@@ -219,7 +219,11 @@ async fn run(
     presence_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut urgent_open, mut normal_open) = (true, true);
     let mut presence_owed = false;
+    // Presence and routine events take turns when both wait: neither a city
+    // of heartbeats nor a flood of routine events holds the other off.
+    let mut presence_turn = true;
     loop {
+        let presence_may = presence_turn || normal.is_empty();
         let first = tokio::select! {
             biased;
             job = urgent.recv(), if urgent_open => match job {
@@ -229,19 +233,22 @@ async fn run(
                     continue;
                 }
             },
-            // Each second, or per 2,000 devices, ahead of routine events so
-            // a steady stream of them cannot hold it off; a slice per
-            // transaction, so an SOS waits for one slice at most.
-            _ = std::future::ready(()), if presence_owed => {
+            // Each second, or per 2,000 devices; a slice per transaction, so
+            // an SOS waits for one slice at most, and a routine batch goes
+            // between two slices.
+            _ = std::future::ready(()), if presence_owed && presence_may => {
                 presence_owed = write_presence(&db, &presence).await;
+                presence_turn = false;
                 continue;
             }
-            _ = presence_due.tick(), if urgent_open || normal_open => {
+            _ = presence_due.tick(), if (urgent_open || normal_open) && presence_may => {
                 presence_owed = write_presence(&db, &presence).await;
+                presence_turn = false;
                 continue;
             }
-            _ = presence.filled(), if urgent_open || normal_open => {
+            _ = presence.filled(), if (urgent_open || normal_open) && presence_may => {
                 presence_owed = write_presence(&db, &presence).await;
+                presence_turn = false;
                 continue;
             }
             job = normal.recv(), if normal_open => match job {
@@ -254,6 +261,7 @@ async fn run(
             else => break,
         };
         stats.set_busy(true);
+        presence_turn = true;
         batch.push(first);
         while batch.len() < max_batch {
             match urgent.try_recv() {
@@ -508,6 +516,51 @@ mod tests {
             let id = format!("PA{n:06}");
             assert_eq!(db.presence_of(&id).await.unwrap().unwrap().heard_at, 7);
         }
+    }
+
+    /// Nor does a routine event wait for the whole city: presence and
+    /// routine batches take turns.
+    #[tokio::test]
+    async fn routine_events_take_turns_with_presence() {
+        let (db, _dir) = crate::store::scratch_sqlite().await;
+        let (urgent, _urgent_rx) = mpsc::channel(10);
+        let (other, _other_rx) = mpsc::channel(10);
+        let (w, task) = spawn(
+            db.clone(),
+            512,
+            Arc::new(Rules::default()),
+            HandOver {
+                urgent,
+                other,
+                supervision: None,
+            },
+        );
+        let city = 20 * ROWS_PER_WRITE;
+        let beats: Vec<_> = (0..city)
+            .map(|n| {
+                let mut beat = record(n as u32, EventKind::Heartbeat);
+                beat.device_id = format!("PA{n:06}");
+                beat
+            })
+            .collect();
+        w.presence.note(beats.iter());
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while w.presence.pending() == city {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the writer starts writing presence");
+        let outcome = w.commit(record(1, EventKind::LowBattery)).await.unwrap();
+        assert!(matches!(outcome, CommitOutcome::Stored(_)));
+        let left = w.presence.pending();
+        assert!(
+            left >= city - 3 * ROWS_PER_WRITE,
+            "the routine event waited for {} devices' presence",
+            city - left
+        );
+        drop(w);
+        task.await.unwrap();
     }
 
     #[tokio::test]
