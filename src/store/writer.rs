@@ -465,12 +465,14 @@ mod tests {
         assert_eq!(w.stats().commits.load(Ordering::Relaxed), 1);
     }
 
-    /// A city's heartbeats are written a slice per transaction: an SOS
-    /// that comes while they are being written is committed after the slice
-    /// in progress, not after all of them.
-    #[tokio::test]
-    async fn an_sos_waits_for_one_slice_of_presence_not_for_the_city() {
-        let (db, _dir) = crate::store::scratch_sqlite().await;
+    /// Devices in the presence write the tests below commit into.
+    const CITY: usize = 20 * ROWS_PER_WRITE;
+
+    /// Note `CITY` devices' heartbeats (heard at 7), wait until the writer has
+    /// begun writing them, commit one event of `kind`, stop the writer; say
+    /// how many devices' presence went before that event.
+    async fn presence_written_before(kind: EventKind) -> (usize, Db, tempfile::TempDir) {
+        let (db, dir) = crate::store::scratch_sqlite().await;
         let (urgent, _urgent_rx) = mpsc::channel(10);
         let (other, _other_rx) = mpsc::channel(10);
         let (w, task) = spawn(
@@ -483,8 +485,7 @@ mod tests {
                 supervision: None,
             },
         );
-        let city = 20 * ROWS_PER_WRITE;
-        let beats: Vec<_> = (0..city)
+        let beats: Vec<_> = (0..CITY)
             .map(|n| {
                 let mut beat = record(n as u32, EventKind::Heartbeat);
                 beat.device_id = format!("PA{n:06}");
@@ -495,24 +496,32 @@ mod tests {
         // More than a batch's worth: the writer starts on them at once.
         w.presence.note(beats.iter());
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while w.presence.pending() == city {
+            while w.presence.pending() == CITY {
                 tokio::task::yield_now().await;
             }
         })
         .await
         .expect("the writer starts writing presence");
-        let outcome = w.commit(record(1, EventKind::Sos)).await.unwrap();
+        let outcome = w.commit(record(1, kind)).await.unwrap();
         assert!(matches!(outcome, CommitOutcome::Stored(_)));
-        let left = w.presence.pending();
-        assert!(
-            left >= city - 3 * ROWS_PER_WRITE,
-            "the SOS waited for {} devices' presence",
-            city - left
-        );
+        let before = CITY - w.presence.pending();
         drop(w);
         task.await.unwrap();
+        (before, db, dir)
+    }
+
+    /// A city's heartbeats are written a slice per transaction: an SOS
+    /// that comes while they are being written is committed after the slice
+    /// in progress, not after all of them.
+    #[tokio::test]
+    async fn an_sos_waits_for_one_slice_of_presence_not_for_the_city() {
+        let (before, db, _dir) = presence_written_before(EventKind::Sos).await;
+        assert!(
+            before <= 3 * ROWS_PER_WRITE,
+            "the SOS waited for {before} devices' presence"
+        );
         // Every device written by the time the writer stops.
-        for n in [0, city / 2, city - 1] {
+        for n in [0, CITY / 2, CITY - 1] {
             let id = format!("PA{n:06}");
             assert_eq!(db.presence_of(&id).await.unwrap().unwrap().heard_at, 7);
         }
@@ -522,45 +531,11 @@ mod tests {
     /// routine batches take turns.
     #[tokio::test]
     async fn routine_events_take_turns_with_presence() {
-        let (db, _dir) = crate::store::scratch_sqlite().await;
-        let (urgent, _urgent_rx) = mpsc::channel(10);
-        let (other, _other_rx) = mpsc::channel(10);
-        let (w, task) = spawn(
-            db.clone(),
-            512,
-            Arc::new(Rules::default()),
-            HandOver {
-                urgent,
-                other,
-                supervision: None,
-            },
-        );
-        let city = 20 * ROWS_PER_WRITE;
-        let beats: Vec<_> = (0..city)
-            .map(|n| {
-                let mut beat = record(n as u32, EventKind::Heartbeat);
-                beat.device_id = format!("PA{n:06}");
-                beat
-            })
-            .collect();
-        w.presence.note(beats.iter());
-        tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while w.presence.pending() == city {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the writer starts writing presence");
-        let outcome = w.commit(record(1, EventKind::LowBattery)).await.unwrap();
-        assert!(matches!(outcome, CommitOutcome::Stored(_)));
-        let left = w.presence.pending();
+        let (before, _db, _dir) = presence_written_before(EventKind::LowBattery).await;
         assert!(
-            left >= city - 3 * ROWS_PER_WRITE,
-            "the routine event waited for {} devices' presence",
-            city - left
+            before <= 3 * ROWS_PER_WRITE,
+            "the routine event waited for {before} devices' presence"
         );
-        drop(w);
-        task.await.unwrap();
     }
 
     #[tokio::test]
