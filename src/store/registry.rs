@@ -106,7 +106,7 @@ pub struct DeviceRow {
     pub heartbeat_secs: Option<i64>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ContactRow {
     pub position: i64,
     pub name: String,
@@ -114,7 +114,7 @@ pub struct ContactRow {
     pub phone: String,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ClientProfile {
     pub id: i64,
     pub name: String,
@@ -429,23 +429,19 @@ impl Db {
     }
 
     /// Record the first report of these devices (the rest keep theirs), a
-    /// few at a time: a whole city's first reports must not hold the one
+    /// chunk per statement: a whole city's first reports must not hold the one
     /// SQLite writer away from the alarms' commits for seconds.
     pub async fn mark_heard(&self, ids: &[String], at: i64) -> Result<(), StoreError> {
         for chunk in ids.chunks(MARK_CHUNK) {
             on_write_pool!(self, |p| {
-                let mut tx = p.begin().await?;
+                let mut q = sqlx::QueryBuilder::new("UPDATE devices SET heard_at = ");
+                q.push_bind(at).push(" WHERE heard_at IS NULL AND id IN (");
+                let mut list = q.separated(", ");
                 for id in chunk {
-                    sqlx::query(
-                        "UPDATE devices SET heard_at = $1 WHERE id = $2 AND heard_at IS NULL",
-                    )
-                    .bind(at)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                    list.push_bind(id.as_str());
                 }
-                tx.commit().await?;
-                Ok::<_, StoreError>(())
+                q.push(")");
+                q.build().execute(p).await.map(|r| r.rows_affected())
             })?;
             tokio::task::yield_now().await;
         }

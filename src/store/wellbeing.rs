@@ -25,23 +25,33 @@ pub const OUTCOMES: [&str; 5] = ["well", "needs_help", "no_answer", "visited", "
 
 impl Db {
     /// Record that these devices were used (pressed, cancelled, tested) at
-    /// these times, a few per transaction (see `mark_heard`).
+    /// these times, one statement per chunk (see `mark_heard`). A device
+    /// keeps its latest use: an older mark (a delayed frame) changes nothing.
     pub async fn mark_used(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
         for chunk in used.chunks(super::registry::MARK_CHUNK) {
-            on_write_pool!(self, |p| {
-                let mut tx = p.begin().await?;
-                for (id, at) in chunk {
-                    sqlx::query(
-                        "UPDATE devices SET used_at = $1 WHERE id = $2 \
-                         AND (used_at IS NULL OR used_at < $1)",
-                    )
-                    .bind(at)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+            // A device named twice in a chunk: its latest time (one row of
+            // the join per device, or the update would pick either).
+            let mut latest: Vec<(&str, i64)> = Vec::with_capacity(chunk.len());
+            for (id, at) in chunk {
+                match latest.iter_mut().find(|(d, _)| d == id) {
+                    Some(l) => l.1 = l.1.max(*at),
+                    None => latest.push((id, *at)),
                 }
-                tx.commit().await?;
-                Ok::<_, StoreError>(())
+            }
+            on_write_pool!(self, |p| {
+                let mut q = sqlx::QueryBuilder::new("WITH v (id, at) AS (VALUES ");
+                for (row, (id, at)) in latest.iter().enumerate() {
+                    q.push(if row == 0 { "(" } else { ", (" })
+                        .push_bind(*id)
+                        .push(", CAST(")
+                        .push_bind(*at)
+                        .push(" AS BIGINT))");
+                }
+                q.push(
+                    ") UPDATE devices SET used_at = v.at FROM v WHERE devices.id = v.id \
+                     AND (devices.used_at IS NULL OR devices.used_at < v.at)",
+                );
+                q.build().execute(p).await.map(|r| r.rows_affected())
             })?;
             tokio::task::yield_now().await;
         }

@@ -273,6 +273,65 @@ async fn every_protocols_heartbeats_are_supervised() {
     app.stop().await;
 }
 
+/// Supervision writes a city's first reports and uses a chunk of devices at
+/// a time: each device keeps its first report and its latest use, however
+/// the marks are ordered, repeated or split over chunks.
+#[tokio::test]
+async fn marks_of_many_devices_keep_first_reports_and_latest_uses() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = TestApp::spawn(backend, Broker::Embedded).await;
+        // More than one chunk's worth.
+        let ids: Vec<String> = (0..150).map(|_| unique("MK").replace('_', "-")).collect();
+        for id in &ids {
+            app.db
+                .upsert_device(&pingantong::store::NewDevice {
+                    id: id.clone(),
+                    protocol: "native".into(),
+                    secret: Vec::new(),
+                    client_id: None,
+                })
+                .await
+                .unwrap();
+        }
+        let used: Vec<(String, i64)> = ids[..140]
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (id.clone(), 1_000 + n as i64))
+            .collect();
+        app.db.mark_used(&used).await.unwrap();
+        // Later marks: a newer use, an older one (a delayed frame), and one
+        // device twice in a chunk, the newer first.
+        app.db
+            .mark_used(&[
+                (ids[0].clone(), 5_000),
+                (ids[1].clone(), 10),
+                (ids[2].clone(), 7_000),
+                (ids[2].clone(), 6_000),
+            ])
+            .await
+            .unwrap();
+        app.db.mark_heard(&ids[..130], 50).await.unwrap();
+        app.db.mark_heard(&ids[120..], 60).await.unwrap();
+        for (n, id) in ids.iter().enumerate() {
+            let row = app.db.device_listing(id).await.unwrap().unwrap();
+            let used = match n {
+                0 => Some(5_000),
+                2 => Some(7_000),
+                n if n < 140 => Some(1_000 + n as i64),
+                _ => None,
+            };
+            assert_eq!(row.used_at, used, "{backend:?}: device {n}'s last use");
+            let heard = if n < 130 { 50 } else { 60 };
+            assert_eq!(
+                row.heard_at,
+                Some(heard),
+                "{backend:?}: device {n}'s first report"
+            );
+        }
+        app.stop().await;
+    }
+}
+
 /// The wellbeing work list: a resident whose pendant is only ever heard
 /// beating, never pressed or tested, is on it until someone calls.
 #[tokio::test]
