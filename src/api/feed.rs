@@ -83,6 +83,9 @@ impl Feed {
         loop {
             let after = self.last.load(Ordering::Relaxed);
             let rows = self.db.timeline_since(after, PAGE).await?;
+            // A short page is the end: no second read to find nothing (a
+            // row committed meanwhile comes with the wake-up its writer sends).
+            let more = rows.len() as i64 == PAGE;
             let Some(last) = rows.last().map(|r| r.id) else {
                 return Ok(());
             };
@@ -91,6 +94,9 @@ impl Feed {
                 let _ = self.live.send(Arc::new(row));
             }
             self.last.store(last, Ordering::Relaxed);
+            if !more {
+                return Ok(());
+            }
         }
     }
 }
