@@ -135,12 +135,31 @@ impl Directory {
                 changed += 1;
             }
         }
-        for id in self.db.clients_changed_since(since).await? {
-            if self.clients.contains_key(&id) {
-                match self.db.client_profile(id).await? {
-                    Some(p) => self.clients.insert(id, Arc::new(p)),
-                    None => self.clients.remove(&id).map(|(_, v)| v),
-                };
+        // Only the clients held are re-read, all in one read: a bulk import
+        // changes thousands at once.
+        let held: Vec<i64> = self
+            .db
+            .clients_changed_since(since)
+            .await?
+            .into_iter()
+            .filter(|id| self.clients.contains_key(id))
+            .collect();
+        if !held.is_empty() {
+            let mut gone: std::collections::HashSet<i64> = held.iter().copied().collect();
+            for profile in self.db.client_profiles(&held).await? {
+                gone.remove(&profile.id);
+                if self
+                    .clients
+                    .get(&profile.id)
+                    .is_some_and(|c| **c == profile)
+                {
+                    continue;
+                }
+                self.clients.insert(profile.id, Arc::new(profile));
+                changed += 1;
+            }
+            for id in gone {
+                self.clients.remove(&id);
                 changed += 1;
             }
         }
@@ -208,5 +227,48 @@ mod tests {
         assert!(directory.cached_device("PA000002").is_some());
         // Read again within the sweeps' overlap, unchanged: no change.
         assert_eq!(directory.refresh().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_rereads_the_clients_held_that_changed_and_only_those() {
+        let (db, _dir) = crate::store::scratch_sqlite().await;
+        let client = |name: &str| crate::store::NewClient {
+            name: name.into(),
+            address: "北京街 1号".into(),
+            district: "越秀区".into(),
+            street: "北京街".into(),
+            lat: None,
+            lon: None,
+            language: "yue".into(),
+            medical_notes: String::new(),
+            medications: String::new(),
+            allergies: String::new(),
+            birth_year: None,
+            subsidy_category: None,
+        };
+        let mut ids = Vec::new();
+        for name in ["甲", "乙", "丙", "丁"] {
+            ids.push(db.insert_client(&client(name)).await.unwrap());
+        }
+        let directory = Directory::new(db.clone());
+        for id in &ids[..3] {
+            assert!(directory.client(*id).await.unwrap().is_some());
+        }
+        // Within the overlap every client reads as changed; none differs.
+        assert_eq!(directory.refresh().await.unwrap(), 0);
+        db.set_client_away(ids[0], Some(123)).await.unwrap();
+        db.set_client_away(ids[2], Some(456)).await.unwrap();
+        // Not held: left for its first use.
+        db.set_client_away(ids[3], Some(789)).await.unwrap();
+        assert_eq!(directory.refresh().await.unwrap(), 2);
+        let away = |id: i64| directory.clients.get(&id).map(|c| c.away_until);
+        assert_eq!(away(ids[0]), Some(Some(123)));
+        assert_eq!(away(ids[1]), Some(None));
+        assert_eq!(away(ids[2]), Some(Some(456)));
+        assert_eq!(
+            away(ids[3]),
+            None,
+            "a client nobody asked for is not loaded"
+        );
     }
 }
