@@ -90,8 +90,8 @@ fn kind_zh(kind: &str) -> &'static str {
 }
 
 impl Notice {
-    fn new(job: &NotificationJob, position: Option<(f64, f64)>) -> Self {
-        let location = match position {
+    fn new(job: &NotificationJob) -> Self {
+        let location = match job.device_lat.zip(job.device_lon) {
             Some((lat, lon)) => Some(NoticeLocation {
                 lat,
                 lon,
@@ -231,38 +231,61 @@ impl Notifier {
         })
     }
 
-    /// One pass over the due notices, a bounded number in flight.
+    /// One pass over the due notices, a bounded number in flight. They are
+    /// taken together and their deliveries written together, as many as
+    /// have finished at each write: a notice costs its send, not two
+    /// transactions of its own on the database's one writer.
     pub async fn deliver_due(self: Arc<Self>) -> Result<(), StoreError> {
         let now = (self.clock)();
-        let due = self.db.due_notifications(now, 256).await?;
+        // The lease outlives the attempt's own timeout: only a crash lets it lapse.
+        let lease = now + 2 * self.policy.attempt_timeout.as_millis() as i64;
+        let jobs = self.db.begin_notification_attempts(now, lease, 256).await?;
         let mut flight = JoinSet::new();
-        for id in due {
-            if flight.len() >= IN_FLIGHT {
-                flight.join_next().await;
+        let mut delivered = Vec::new();
+        let mut jobs = jobs.into_iter();
+        loop {
+            while flight.len() < IN_FLIGHT {
+                let Some(job) = jobs.next() else { break };
+                let me = Arc::clone(&self);
+                flight.spawn(async move { me.attempt(job, now).await });
             }
-            let me = Arc::clone(&self);
-            flight.spawn(async move { me.attempt(id, now).await });
-        }
-        while let Some(done) = flight.join_next().await {
-            if let Ok(Err(e)) = done {
-                events::StageFailed {
-                    stage: "notify",
-                    error: &e,
+            let Some(done) = flight.join_next().await else {
+                break;
+            };
+            let mut done = vec![done];
+            while let Some(more) = flight.try_join_next() {
+                done.push(more);
+            }
+            for d in done {
+                match d {
+                    Ok(Ok(Some(job))) => delivered.push(job),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => events::StageFailed {
+                        stage: "notify",
+                        error: &e,
+                    }
+                    .emit(),
+                    // A panicked send: its lease runs out and it is tried again.
+                    Err(_) => {}
                 }
-                .emit();
+            }
+            if !delivered.is_empty() {
+                self.db
+                    .notifications_delivered(&std::mem::take(&mut delivered))
+                    .await?;
             }
         }
         Ok(())
     }
 
-    async fn attempt(&self, id: i64, now: i64) -> Result<(), StoreError> {
-        // The lease outlives the attempt's own timeout: only a crash lets it lapse.
-        let lease = now + 2 * self.policy.attempt_timeout.as_millis() as i64;
-        let Some(job) = self.db.begin_notification_attempt(id, now, lease).await? else {
-            return Ok(());
-        };
-        let position = self.db.incident_position(job.incident_id).await?;
-        let notice = Notice::new(&job, position);
+    /// One attempt: the job back when it was delivered (its mark is written
+    /// with the others'), `None` when the failure is recorded.
+    async fn attempt(
+        &self,
+        job: NotificationJob,
+        now: i64,
+    ) -> Result<Option<NotificationJob>, StoreError> {
+        let notice = Notice::new(&job);
         let sent = match self.channels.get(job.channel.as_str()) {
             Some(channel) => {
                 match tokio::time::timeout(
@@ -291,9 +314,9 @@ impl Notifier {
                     attempts: job.attempts,
                 }
                 .emit();
-                self.db.notification_delivered(&job).await
+                Ok(Some(job))
             }
-            Err(e) => self.failed(&job, &e, now).await,
+            Err(e) => self.failed(&job, &e, now).await.map(|()| None),
         }
     }
 

@@ -54,6 +54,9 @@ pub struct NotificationJob {
     pub opened_at: i64,
     pub home_lat: Option<f64>,
     pub home_lon: Option<f64>,
+    /// The last position a device of the incident reported, if any.
+    pub device_lat: Option<f64>,
+    pub device_lon: Option<f64>,
 }
 
 /// A notification as the console and the tests see it.
@@ -81,107 +84,116 @@ pub enum GaveUp {
 }
 
 impl Db {
-    /// Notifications due at `now` (new, retries, and attempts whose lease ran out).
-    pub async fn due_notifications(&self, now: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<(i64,)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id FROM notifications WHERE status = 'pending' AND next_attempt_at <= $1 \
-             ORDER BY next_attempt_at LIMIT $2"
+    /// Take up to `limit` due notifications (new, retries, and attempts whose
+    /// lease ran out) for an attempt each, in one statement: counts the
+    /// attempt and holds each until `lease_until`, so a crash mid-send means
+    /// a retry, not silence. Then reads, in one more, what each must say.
+    pub async fn begin_notification_attempts(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<NotificationJob>, StoreError> {
+        // The outer conditions repeat the inner ones: a row another server
+        // took meanwhile is re-checked against them (PostgreSQL) and skipped.
+        let taken: Vec<(i64,)> = on_write_pool!(self, |p| sqlx::query_as(
+            "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = $1, \
+             updated_at = $2 WHERE status = 'pending' AND next_attempt_at <= $3 AND id IN \
+             (SELECT id FROM notifications WHERE status = 'pending' AND next_attempt_at <= $3 \
+              ORDER BY next_attempt_at LIMIT $4) RETURNING id"
         )
+        .bind(lease_until)
+        .bind(now_ms())
         .bind(now)
         .bind(limit)
         .fetch_all(p)
         .await)?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
-    }
-
-    /// Take one due notification for an attempt: counts the attempt and holds
-    /// it until `lease_until`, so a crash mid-send means a retry, not silence.
-    /// `None` when it is not due (another pass took it, or it is settled).
-    pub async fn begin_notification_attempt(
-        &self,
-        id: i64,
-        now: i64,
-        lease_until: i64,
-    ) -> Result<Option<NotificationJob>, StoreError> {
-        let taken = on_write_pool!(self, |p| sqlx::query(
-            "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = $1, \
-             updated_at = $2 WHERE id = $3 AND status = 'pending' AND next_attempt_at <= $4"
-        )
-        .bind(lease_until)
-        .bind(now_ms())
-        .bind(id)
-        .bind(now)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        if taken == 0 {
-            return Ok(None);
+        if taken.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT n.id, n.incident_id, n.contact_id, n.channel, n.address, n.attempts, \
-             ct.name AS contact_name, ct.relation, c.name AS client_name, \
-             c.address AS client_address, i.kind, i.opened_at, c.lat AS home_lat, \
-             c.lon AS home_lon \
-             FROM notifications n JOIN contacts ct ON ct.id = n.contact_id \
-             JOIN incidents i ON i.id = n.incident_id JOIN clients c ON c.id = i.client_id \
-             WHERE n.id = $1"
-        )
-        .bind(id)
-        .fetch_optional(p)
-        .await)?)
+        // Integers the database just returned: listed inline.
+        let list = taken
+            .iter()
+            .map(|(id,)| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut jobs: Vec<NotificationJob> =
+            on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT n.id, n.incident_id, n.contact_id, n.channel, n.address, n.attempts, \
+                 ct.name AS contact_name, ct.relation, c.name AS client_name, \
+                 c.address AS client_address, i.kind, i.opened_at, c.lat AS home_lat, \
+                 c.lon AS home_lon, p.lat AS device_lat, p.lon AS device_lon \
+                 FROM notifications n JOIN contacts ct ON ct.id = n.contact_id \
+                 JOIN incidents i ON i.id = n.incident_id JOIN clients c ON c.id = i.client_id \
+                 LEFT JOIN alarms p ON p.id = (SELECT MAX(a.id) FROM alarms a \
+                   WHERE a.incident_id = i.id AND a.lat IS NOT NULL AND a.lon IS NOT NULL) \
+                 WHERE n.id IN ({list})"
+            )))
+            .fetch_all(p)
+            .await)?;
+        // Due order, as taken.
+        jobs.sort_by_key(|j| taken.iter().position(|(id,)| *id == j.id));
+        Ok(jobs)
     }
 
-    /// The last position a device of the incident reported, if any.
-    pub async fn incident_position(
+    /// Delivered: each on its incident's timeline, and each cascade stops
+    /// (later contacts are skipped); all in one transaction. A job settled
+    /// meanwhile (by another server) is left as it is.
+    pub async fn notifications_delivered(
         &self,
-        incident_id: i64,
-    ) -> Result<Option<(f64, f64)>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT lat, lon FROM alarms WHERE incident_id = $1 AND lat IS NOT NULL \
-             AND lon IS NOT NULL ORDER BY id DESC LIMIT 1"
-        )
-        .bind(incident_id)
-        .fetch_optional(p)
-        .await)?)
-    }
-
-    /// Delivered: on the timeline, and the cascade stops (later contacts are skipped).
-    pub async fn notification_delivered(&self, job: &NotificationJob) -> Result<(), StoreError> {
+        jobs: &[NotificationJob],
+    ) -> Result<(), StoreError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
-        let detail = format!(
-            "{} ({}) told by {}",
-            job.contact_name, job.relation, job.channel
-        );
+        let list = jobs
+            .iter()
+            .map(|j| j.id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            let updated = sqlx::query(
+            let updated: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE notifications SET status = 'delivered', delivered_at = $1, \
                  next_attempt_at = NULL, last_error = NULL, updated_at = $1 \
-                 WHERE id = $2 AND status = 'pending'",
-            )
+                 WHERE id IN ({list}) AND status = 'pending' RETURNING id"
+            )))
             .bind(now)
-            .bind(job.id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated == 1 {
-                sqlx::query(
+            .fetch_all(&mut *tx)
+            .await?;
+            let told: Vec<&NotificationJob> = jobs
+                .iter()
+                .filter(|j| updated.iter().any(|(id,)| *id == j.id))
+                .collect();
+            if !told.is_empty() {
+                let incidents = told
+                    .iter()
+                    .map(|j| j.incident_id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE notifications SET status = 'skipped', updated_at = $1 \
-                     WHERE incident_id = $2 AND status = 'waiting'",
-                )
+                     WHERE incident_id IN ({incidents}) AND status = 'waiting'"
+                )))
                 .bind(now)
-                .bind(job.incident_id)
                 .execute(&mut *tx)
                 .await?;
-                insert_event!(
-                    tx,
-                    job.incident_id,
-                    now,
-                    "system",
-                    "family_notified",
-                    None::<&str>,
-                    &detail
-                )?;
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO incident_events (incident_id, at, actor, action, to_state, detail) ",
+                );
+                q.push_values(&told, |mut b, j| {
+                    b.push_bind(j.incident_id)
+                        .push_bind(now)
+                        .push_bind("system")
+                        .push_bind("family_notified")
+                        .push_bind(None::<&str>)
+                        .push_bind(format!(
+                            "{} ({}) told by {}",
+                            j.contact_name, j.relation, j.channel
+                        ));
+                });
+                q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())

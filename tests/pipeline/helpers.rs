@@ -159,6 +159,7 @@ impl TestApp {
 }
 
 /// A resident with a pendant, and two providers' carers at known distances.
+#[derive(Clone)]
 pub struct City {
     pub client_id: i64,
     pub device: String,

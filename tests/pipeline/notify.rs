@@ -405,6 +405,82 @@ async fn everyone_hears_at_once_and_nobody_reached_is_an_alert() {
     f.app.stop().await;
 }
 
+/// Many families at once: the notices are taken and settled a batch at a
+/// time; each is sent once, each cascade stops at its first contact, each
+/// incident's timeline says who was told, and nothing settled is taken again.
+#[tokio::test]
+async fn a_street_of_presses_tells_each_family_once() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let f = family(backend, Cascade::UntilReached, 3, None).await;
+        let mut cities = vec![f.city.clone()];
+        for _ in 0..5 {
+            cities.push(seed_small_city(&f.app.db).await);
+        }
+        for c in &cities {
+            add_contacts(&f.app.db, c.client_id, &[("mqtt", ""), ("mqtt", "")]).await;
+        }
+        for c in &cities {
+            let mut dev = Device::connect(f.app.native).await;
+            dev.send(&event(&c.device, 1, EventKind::Sos), &c.secret)
+                .await;
+        }
+        let incidents: Vec<i64> = eventually("an incident per resident", || async {
+            let ids: Vec<i64> = f
+                .app
+                .db
+                .incidents_overview()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(id, ..)| id)
+                .collect();
+            (ids.len() == cities.len()).then_some(ids)
+        })
+        .await;
+        let mut told = Vec::new();
+        for &incident in &incidents {
+            let rows = notices_until(&f.app.db, incident, "the first contact told", |r| {
+                r.len() == 2 && r[0].status == "delivered" && r[1].status == "skipped"
+            })
+            .await;
+            assert_eq!(statuses(&rows), vec![("delivered", 1), ("skipped", 0)]);
+            let timeline = f.app.db.incident_actions(incident).await.unwrap();
+            assert_eq!(
+                timeline.iter().filter(|a| *a == "family_notified").count(),
+                1,
+                "{backend:?}: {timeline:?}"
+            );
+            told.push(rows[0].contact_id);
+        }
+        // One notice on each first contact's topic, none on the second's.
+        let notices = eventually("every notice on the broker", || async {
+            let n: Vec<usize> = told
+                .iter()
+                .map(|c| {
+                    f.probe
+                        .on(&format!("{}/v1/contacts/{c}/notices", f.prefix))
+                        .len()
+                })
+                .collect();
+            n.iter().all(|&k| k >= 1).then_some(n)
+        })
+        .await;
+        assert!(notices.iter().all(|&k| k == 1), "{backend:?}: {notices:?}");
+        let all = f.probe.received.lock().unwrap().len();
+        assert_eq!(all, cities.len(), "{backend:?}: nobody else was told");
+        // Settled: a later pass, however late, takes none of them again.
+        let later = f.clock.now() + 3_600_000;
+        let again = f
+            .app
+            .db
+            .begin_notification_attempts(later, later + 30_000, 256)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{backend:?}: {again:?}");
+        f.app.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn technical_jobs_do_not_notify_the_family() {
     let (hook, url) = Hook::start(0, 200).await;
