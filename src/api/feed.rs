@@ -7,11 +7,19 @@
 //! `Last-Event-ID` header browsers send by themselves, or `?after=`) and is
 //! first given everything after it from the database, then the live rows:
 //! nothing is missed, nothing is sent twice.
+//!
+//! PostgreSQL hands a row its id when it is inserted, not when it commits, so
+//! a row can become visible after rows with higher ids were read. The ids
+//! such a read skipped are kept for a while and looked for again; one found
+//! late is sent to every open stream then, out of order (its id says where it
+//! belongs). SQLite's single writer commits in id order: it leaves no such
+//! gaps.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -27,13 +35,31 @@ use crate::telemetry::events;
 /// Rows read per database page.
 const PAGE: i64 = 500;
 
+/// How long an id skipped by a read is looked for: far longer than any of
+/// this server's transactions; an id whose transaction rolled back (or a
+/// sequence that skipped it) is never filled.
+const HOLE_WAIT: Duration = Duration::from_secs(30);
+
+/// Most ids looked for at once; a larger jump (a restored database) is not
+/// tracked id by id.
+const MOST_HOLES: usize = 1_000;
+
+/// A row as fanned out: `late` when it fills an id skipped earlier.
+#[derive(Clone)]
+struct Live {
+    row: Arc<TimelineEntry>,
+    late: bool,
+}
+
 pub struct Feed {
     db: Db,
-    live: broadcast::Sender<Arc<TimelineEntry>>,
+    live: broadcast::Sender<Live>,
     /// Poke after writing to the timeline.
     pub changed: Arc<Notify>,
     /// Highest id fanned out so far.
     last: AtomicI64,
+    /// Ids below `last` not seen yet, with when they were first missed.
+    holes: Mutex<Vec<(i64, Instant)>>,
     /// Ends every open stream: the HTTP server's graceful shutdown waits for
     /// them, and a console left open must not keep the server up.
     stop: CancellationToken,
@@ -54,6 +80,7 @@ impl Feed {
             live,
             changed,
             last: AtomicI64::new(last),
+            holes: Mutex::new(Vec::new()),
             stop,
         }))
     }
@@ -80,6 +107,7 @@ impl Feed {
     }
 
     async fn pump(&self) -> Result<(), StoreError> {
+        self.fill_holes().await?;
         loop {
             let after = self.last.load(Ordering::Relaxed);
             let rows = self.db.timeline_since(after, PAGE).await?;
@@ -89,15 +117,58 @@ impl Feed {
             let Some(last) = rows.last().map(|r| r.id) else {
                 return Ok(());
             };
+            self.note_holes(after, rows.iter().map(|r| r.id));
             for row in rows {
                 // Nobody listening is fine.
-                let _ = self.live.send(Arc::new(row));
+                let _ = self.live.send(Live {
+                    row: Arc::new(row),
+                    late: false,
+                });
             }
             self.last.store(last, Ordering::Relaxed);
             if !more {
                 return Ok(());
             }
         }
+    }
+
+    /// Remember the ids a read of the rows after `after` skipped.
+    fn note_holes(&self, after: i64, ids: impl Iterator<Item = i64>) {
+        let now = Instant::now();
+        let mut holes = self.holes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut expect = after + 1;
+        for id in ids {
+            let room = MOST_HOLES.saturating_sub(holes.len()) as i64;
+            holes.extend((expect..id.min(expect + room)).map(|h| (h, now)));
+            expect = id + 1;
+        }
+    }
+
+    /// Send the rows of skipped ids that have committed since.
+    async fn fill_holes(&self) -> Result<(), StoreError> {
+        let ids: Vec<i64> = {
+            let mut holes = self.holes.lock().unwrap_or_else(|e| e.into_inner());
+            holes.retain(|(_, at)| at.elapsed() < HOLE_WAIT);
+            holes.iter().map(|(id, _)| *id).collect()
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let found = self.db.timeline_rows(&ids).await?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        self.holes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(id, _)| !found.iter().any(|r| r.id == *id));
+        for row in found {
+            let _ = self.live.send(Live {
+                row: Arc::new(row),
+                late: true,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -170,8 +241,13 @@ pub async fn feed(
                 next = live.recv() => next,
             };
             match next {
-                Ok(row) if row.id > sent => {
+                Ok(Live { row, late: false }) if row.id > sent => {
                     sent = row.id;
+                    yield Ok(event(&row));
+                }
+                // Skipped by the feed's read, committed since: everyone
+                // following from before its id is owed it.
+                Ok(Live { row, late: true }) if row.id > start => {
                     yield Ok(event(&row));
                 }
                 Ok(_) => {}

@@ -142,6 +142,25 @@ impl Db {
     }
 
     /// Timeline entries of every incident after `after_id`, oldest first: the live feed.
+    /// The timeline rows with these ids that are there now.
+    pub async fn timeline_rows(&self, ids: &[i64]) -> Result<Vec<TimelineEntry>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Integers the feed computed: listed inline.
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        Ok(on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(
+            format!(
+                "SELECT e.id, e.incident_id, e.at, e.actor, e.action, e.from_state, e.to_state, \
+             e.detail, i.kind, i.lane, i.device_id \
+             FROM incident_events e JOIN incidents i ON i.id = e.incident_id \
+             WHERE e.id IN ({list}) ORDER BY e.id"
+            )
+        ))
+        .fetch_all(p)
+        .await)?)
+    }
+
     pub async fn timeline_since(
         &self,
         after_id: i64,

@@ -634,3 +634,71 @@ async fn an_open_feed_ends_when_the_server_stops() {
         .expect("the feed's stream ended with the server")
         .unwrap();
 }
+
+/// PostgreSQL gives a row its id at insert: a line whose transaction commits
+/// after a later line's is still on the feed (the feed looks again for the
+/// ids its reads skipped), and a follower that resumes sees it once.
+#[tokio::test]
+async fn a_line_committed_after_a_later_one_still_reaches_the_feed() {
+    let app = TestApp::spawn(Backend::Postgres, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    add_user(&app.db, "op.li", Role::Operator).await;
+    let api = Api::of(&app);
+    let op = api.token("op.li").await;
+    let mut dev = Device::connect(app.native).await;
+    dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
+        .await;
+    let incident = newest_incident(&app.db).await;
+    let (seen, feed) = follow(&api, &op, None).await;
+    let Db::Postgres(pool) = &app.db else {
+        unreachable!("a PostgreSQL server")
+    };
+    let line = |action: &'static str| {
+        sqlx::query(
+            "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
+             VALUES ($1, 0, 'test', $2, '') RETURNING id",
+        )
+        .bind(incident)
+        .bind(action)
+    };
+    // The slow transaction takes its id first, and commits last.
+    let mut slow = pool.begin().await.unwrap();
+    let late_id: i64 = sqlx::Row::get(&line("late").fetch_one(&mut *slow).await.unwrap(), 0);
+    let early_id: i64 = sqlx::Row::get(&line("early").fetch_one(pool).await.unwrap(), 0);
+    assert!(late_id < early_id);
+    let has = |action: &str| {
+        let seen = Arc::clone(&seen);
+        let action = action.to_owned();
+        move || {
+            let seen = Arc::clone(&seen);
+            let action = action.clone();
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(_, _, a)| *a == action)
+                    .then_some(())
+            }
+        }
+    };
+    eventually("the later line on the feed", has("early")).await;
+    slow.commit().await.unwrap();
+    eventually("the line committed late on the feed", has("late")).await;
+    let ids: Vec<i64> = seen.lock().unwrap().iter().map(|(id, ..)| *id).collect();
+    assert_eq!(
+        ids.iter().filter(|&&id| id == late_id).count(),
+        1,
+        "{ids:?}"
+    );
+    // A follower resuming from before both gets both from the database.
+    let (again, task) = follow(&api, &op, Some(late_id - 1)).await;
+    eventually("both lines on the resumed feed", || async {
+        let a = again.lock().unwrap();
+        let got: Vec<i64> = a.iter().map(|(id, ..)| *id).collect();
+        (got.contains(&late_id) && got.contains(&early_id)).then_some(())
+    })
+    .await;
+    feed.abort();
+    task.abort();
+    app.stop().await;
+}
