@@ -7,6 +7,10 @@ use sqlx::QueryBuilder;
 
 use super::{Db, StoreError, on_pool, on_write_pool};
 
+/// Batches of up to this many alarms keep their insert prepared (a
+/// statement per size): the sizes a writer sees most.
+const CACHED_BATCH: usize = 8;
+
 /// Whether the sender of an event proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthStatus {
@@ -116,7 +120,12 @@ impl Db {
             });
             qb.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key");
             // A single statement is its own transaction: one commit, one fsync.
-            qb.build_query_as().fetch_all(p).await
+            // The usual batches' statements stay prepared; a large batch's
+            // is one of a kind and would only push them out of the cache.
+            qb.build_query_as()
+                .persistent(batch.len() <= CACHED_BATCH)
+                .fetch_all(p)
+                .await
         })?;
         // A key inserted now is returned once; the first record carrying it is
         // the stored one, any later copy in the same batch is a duplicate.

@@ -157,6 +157,7 @@ impl Db {
              WHERE e.id IN ({list}) ORDER BY e.id"
             )
         ))
+        .persistent(false)
         .fetch_all(p)
         .await)?)
     }

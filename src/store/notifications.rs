@@ -129,6 +129,7 @@ impl Db {
                    WHERE a.incident_id = i.id AND a.lat IS NOT NULL AND a.lon IS NOT NULL) \
                  WHERE n.id IN ({list})"
             )))
+            .persistent(false)
             .fetch_all(p)
             .await)?;
         // Due order, as taken.
@@ -159,6 +160,7 @@ impl Db {
                  next_attempt_at = NULL, last_error = NULL, updated_at = $1 \
                  WHERE id IN ({list}) AND status = 'pending' RETURNING id"
             )))
+            .persistent(false)
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
@@ -176,6 +178,7 @@ impl Db {
                     "UPDATE notifications SET status = 'skipped', updated_at = $1 \
                      WHERE incident_id IN ({incidents}) AND status = 'waiting'"
                 )))
+                .persistent(false)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
@@ -193,7 +196,7 @@ impl Db {
                             j.contact_name, j.relation, j.channel
                         ));
                 });
-                q.build().execute(&mut *tx).await?;
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())

@@ -190,7 +190,7 @@ impl Db {
                            ELSE excluded.accuracy_m END \
                      WHERE excluded.heard_at >= device_presence.heard_at",
                 );
-                qb.build().execute(&mut *tx).await?;
+                qb.build().persistent(false).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok::<_, StoreError>(())

@@ -357,6 +357,7 @@ impl Db {
                  medications, allergies, birth_year, subsidy_category, away_until FROM clients \
                  WHERE id IN ({list})"
             )))
+            .persistent(false)
             .fetch_all(p)
             .await)?;
         let contacts: Vec<(i64, i64, String, String, String)> =
@@ -364,6 +365,7 @@ impl Db {
                 "SELECT client_id, position, name, relation, phone FROM contacts \
                  WHERE client_id IN ({list}) AND removed_at IS NULL ORDER BY client_id, position"
             )))
+            .persistent(false)
             .fetch_all(p)
             .await)?;
         let mut of: std::collections::HashMap<i64, Vec<ContactRow>> =
@@ -441,7 +443,11 @@ impl Db {
                     list.push_bind(id.as_str());
                 }
                 q.push(")");
-                q.build().execute(p).await.map(|r| r.rows_affected())
+                q.build()
+                    .persistent(false)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected())
             })?;
             tokio::task::yield_now().await;
         }

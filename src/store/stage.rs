@@ -195,12 +195,14 @@ impl Db {
                 "UPDATE alarms SET processed_at = $1 \
                  WHERE id IN ({alarms}) AND processed_at IS NULL RETURNING id"
             )))
+            .persistent(false)
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
             let claimed: HashSet<i64> = claimed.into_iter().map(|(id,)| id).collect();
             if !published.is_empty() {
                 sqlx::query(sqlx::AssertSqlSafe(mark_published_sql(published)))
+                    .persistent(false)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
@@ -216,7 +218,11 @@ impl Db {
                     list.push_bind(*k);
                 }
                 q.push(")");
-                found = q.build_query_as().fetch_all(&mut *tx).await?;
+                found = q
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
+                    .await?;
             }
             for (key, id, state) in found {
                 if let Some(k) = keys.iter().find(|k| **k == key) {
@@ -325,7 +331,11 @@ impl Db {
                             list.push_bind(*d);
                         }
                         q.push(")");
-                        near = q.build_query_as().fetch_all(&mut *tx).await?;
+                        near = q
+                            .build_query_as()
+                            .persistent(false)
+                            .fetch_all(&mut *tx)
+                            .await?;
                     }
                     let mut choices: Vec<Option<NewDispatch>> = Vec::with_capacity(new.len());
                     for s in &slots[new.clone()] {
@@ -373,7 +383,11 @@ impl Db {
                             .push_bind(n.advise);
                     });
                     q.push(" RETURNING id, fold_key");
-                    let ids: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                    let ids: Vec<(i64, String)> = q
+                        .build_query_as()
+                        .persistent(false)
+                        .fetch_all(&mut *tx)
+                        .await?;
                     let ids: HashMap<String, i64> =
                         ids.into_iter().map(|(id, k)| (k, id)).collect();
                     for s in &mut slots[new.clone()] {
@@ -408,7 +422,7 @@ impl Db {
                                 .push(" AS BIGINT))");
                         }
                         q.push(NOTIFY_WHERE);
-                        q.build().execute(&mut *tx).await?;
+                        q.build().persistent(false).execute(&mut *tx).await?;
                     }
                     let offers: Vec<(i64, &NewDispatch)> = slots[new.clone()]
                         .iter()
@@ -432,7 +446,11 @@ impl Db {
                                 .push_bind(now);
                         });
                         q.push(" RETURNING id, incident_id");
-                        let rows: Vec<(i64, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                        let rows: Vec<(i64, i64)> = q
+                            .build_query_as()
+                            .persistent(false)
+                            .fetch_all(&mut *tx)
+                            .await?;
                         dispatch_of = rows.into_iter().map(|(d, i)| (i, d)).collect();
                     }
                     for (s, choice) in slots[new.clone()].iter_mut().zip(choices) {
@@ -586,7 +604,7 @@ impl Db {
                         " WHERE id IN ({})",
                         id_list(presses.keys().copied())
                     ));
-                q.build().execute(&mut *tx).await?;
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
             if !timers.is_empty() {
                 let timers = timers
@@ -603,7 +621,7 @@ impl Db {
                         .push_bind(0i64)
                         .push_bind(due);
                 });
-                q.build().execute(&mut *tx).await?;
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
             // In the order pushed: an incident's lines keep the order of events.
             let lines = lines
@@ -623,7 +641,7 @@ impl Db {
                         .push_bind(l.to_state)
                         .push_bind(l.detail.as_str());
                 });
-                q.build().execute(&mut *tx).await?;
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
             if !links.is_empty() {
                 let links = links
@@ -641,7 +659,7 @@ impl Db {
                     " END WHERE id IN ({})",
                     id_list(links.iter().map(|l| l.0))
                 ));
-                q.build().execute(&mut *tx).await?;
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             let mut done = Vec::with_capacity(drafts.len());
@@ -670,6 +688,7 @@ impl Db {
         on_write_pool!(self, |p| sqlx::query(sqlx::AssertSqlSafe(
             mark_published_sql(ids)
         ))
+        .persistent(false)
         .bind(now_ms())
         .execute(p)
         .await
@@ -702,4 +721,35 @@ pub(super) fn offer_detail(dispatch_id: i64, d: &NewDispatch) -> String {
         d.distance_m
             .map_or("unknown distance".to_owned(), |m| format!("{m:.0} m"))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection;
+
+    /// Statements whose text changes with every batch (ids listed inline, a
+    /// row per item) are not kept in the connection's statement cache: a
+    /// hundred of them would push out the ones every alarm reuses, and on
+    /// PostgreSQL each one pushed out costs a round trip to close it.
+    #[tokio::test]
+    async fn one_off_statements_are_not_cached() {
+        let (db, _dir) = crate::store::scratch_sqlite().await;
+        let Db::Sqlite { write, .. } = &db else {
+            unreachable!("a SQLite scratch database")
+        };
+        let cached = || async { write.acquire().await.unwrap().cached_statements_size() };
+        let before = cached().await;
+        for batch in 0..50i64 {
+            let work: Vec<StageWork<'_>> = (0..3)
+                .map(|k| StageWork::Processed {
+                    alarm_id: batch * 10 + k,
+                })
+                .collect();
+            db.apply_stage_work(&work, &[batch + 1_000]).await.unwrap();
+        }
+        db.mark_dispatches_published(&[5_000, 5_001]).await.unwrap();
+        let after = cached().await;
+        assert!(after < before + 5, "{before} → {after} statements cached");
+    }
 }

@@ -51,7 +51,11 @@ impl Db {
                     ") UPDATE devices SET used_at = v.at FROM v WHERE devices.id = v.id \
                      AND (devices.used_at IS NULL OR devices.used_at < v.at)",
                 );
-                q.build().execute(p).await.map(|r| r.rows_affected())
+                q.build()
+                    .persistent(false)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected())
             })?;
             tokio::task::yield_now().await;
         }
