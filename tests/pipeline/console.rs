@@ -323,9 +323,9 @@ async fn operator_and_carer_over_http_postgres() {
     operator_takes_an_sos_to_closed_while_a_carer_answers(Backend::Postgres).await;
 }
 
-#[tokio::test]
-async fn bad_requests_get_clear_4xx_answers() {
-    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+/// A server with an operator signed in (`op.li`) and one SOS in the queue.
+async fn operator_and_an_sos(backend: Backend) -> (TestApp, Api, String, i64) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
     add_user(&app.db, "op.li", Role::Operator).await;
     let api = Api::of(&app);
@@ -334,6 +334,12 @@ async fn bad_requests_get_clear_4xx_answers() {
     dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
         .await;
     let incident = newest_incident(&app.db).await;
+    (app, api, op, incident)
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_4xx_answers() {
+    let (app, api, op, incident) = operator_and_an_sos(Backend::Sqlite).await;
     let cases: Vec<(String, Value, StatusCode)> = vec![
         (
             format!("/api/v1/incidents/{incident}/claim"),
@@ -637,18 +643,11 @@ async fn an_open_feed_ends_when_the_server_stops() {
 
 /// PostgreSQL gives a row its id at insert: a line whose transaction commits
 /// after a later line's is still on the feed (the feed looks again for the
-/// ids its reads skipped), and a follower that resumes sees it once.
+/// ids its reads skipped) once, and a follower that resumes from before it
+/// gets it from the database.
 #[tokio::test]
 async fn a_line_committed_after_a_later_one_still_reaches_the_feed() {
-    let app = TestApp::spawn(Backend::Postgres, Broker::Embedded).await;
-    let city = seed_small_city(&app.db).await;
-    add_user(&app.db, "op.li", Role::Operator).await;
-    let api = Api::of(&app);
-    let op = api.token("op.li").await;
-    let mut dev = Device::connect(app.native).await;
-    dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
-        .await;
-    let incident = newest_incident(&app.db).await;
+    let (app, api, op, incident) = operator_and_an_sos(Backend::Postgres).await;
     let (seen, feed) = follow(&api, &op, None).await;
     let Db::Postgres(pool) = &app.db else {
         unreachable!("a PostgreSQL server")
