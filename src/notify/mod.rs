@@ -178,8 +178,8 @@ impl RetryPolicy {
     }
 }
 
-/// How many notices go out at once.
-const IN_FLIGHT: usize = 16;
+/// How many notices go out at once (from one server).
+pub const IN_FLIGHT: usize = 16;
 
 pub struct Notifier {
     db: Db,
@@ -206,76 +206,116 @@ impl Notifier {
         })
     }
 
-    /// Deliver what is due whenever woken, and every `tick` for retries.
+    /// Deliver notices as they fall due, at most [`IN_FLIGHT`] at a time:
+    /// a slot that frees takes the next due notice at once, so one slow
+    /// contact holds one slot, never the other families' notices. Woken by
+    /// the incident stage, and every `tick` for retries.
     pub fn spawn(
         self: Arc<Self>,
         wake: Arc<Notify>,
         tick: Duration,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = Arc::clone(&self).deliver_due().await {
-                    events::StageFailed {
-                        stage: "notify",
-                        error: &e,
-                    }
-                    .emit();
-                }
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(tick) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        })
+        tokio::spawn(self.pump(wake, tick, shutdown))
     }
 
-    /// One pass over the due notices, a bounded number in flight. They are
-    /// taken together and their deliveries written together, as many as
-    /// have finished at each write: a notice costs its send, not two
-    /// transactions of its own on the database's one writer.
-    pub async fn deliver_due(self: Arc<Self>) -> Result<(), StoreError> {
+    async fn pump(self: Arc<Self>, wake: Arc<Notify>, tick: Duration, shutdown: CancellationToken) {
+        let mut flight = JoinSet::new();
+        let mut ticks = tokio::time::interval(tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether notices may be due that no lease has looked for yet: after
+        // a wake or a tick, or when the last lease filled every free slot.
+        let mut look = true;
+        loop {
+            if look && flight.len() < IN_FLIGHT {
+                look = match self.start_due(&mut flight).await {
+                    Ok(filled) => filled,
+                    Err(e) => {
+                        events::StageFailed {
+                            stage: "notify",
+                            error: &e,
+                        }
+                        .emit();
+                        false
+                    }
+                };
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(done) = flight.join_next(), if !flight.is_empty() => {
+                    self.settle(done, &mut flight).await;
+                }
+                _ = wake.notified() => look = true,
+                _ = ticks.tick() => look = true,
+            }
+        }
+        // Sends under way finish (each within its timeout) and are written,
+        // so a restart does not send them again.
+        while let Some(done) = flight.join_next().await {
+            self.settle(done, &mut flight).await;
+        }
+    }
+
+    /// Lease as many due notices as there are free slots and start them.
+    /// Each is leased only as it starts: a notice waiting for a slot stays
+    /// due, free for another server to take. True when every free slot was
+    /// filled (more may be due).
+    async fn start_due(
+        self: &Arc<Self>,
+        flight: &mut JoinSet<Result<Option<NotificationJob>, StoreError>>,
+    ) -> Result<bool, StoreError> {
+        let free = IN_FLIGHT - flight.len();
         let now = (self.clock)();
         // The lease outlives the attempt's own timeout: only a crash lets it lapse.
         let lease = now + 2 * self.policy.attempt_timeout.as_millis() as i64;
-        let jobs = self.db.begin_notification_attempts(now, lease, 256).await?;
-        let mut flight = JoinSet::new();
+        let jobs = self
+            .db
+            .begin_notification_attempts(now, lease, free as i64)
+            .await?;
+        let filled = jobs.len() == free;
+        for job in jobs {
+            let me = Arc::clone(self);
+            flight.spawn(async move { me.attempt(job, now).await });
+        }
+        Ok(filled)
+    }
+
+    /// Write the deliveries of `first` and of every other send finished by
+    /// now, together: a notice costs its send, not a transaction of its own
+    /// on the database's one writer. A write that fails leaves them leased;
+    /// they are sent again when the lease runs out (at least once, never
+    /// lost).
+    async fn settle(
+        &self,
+        first: Result<Result<Option<NotificationJob>, StoreError>, tokio::task::JoinError>,
+        flight: &mut JoinSet<Result<Option<NotificationJob>, StoreError>>,
+    ) {
+        let mut done = vec![first];
+        while let Some(more) = flight.try_join_next() {
+            done.push(more);
+        }
         let mut delivered = Vec::new();
-        let mut jobs = jobs.into_iter();
-        loop {
-            while flight.len() < IN_FLIGHT {
-                let Some(job) = jobs.next() else { break };
-                let me = Arc::clone(&self);
-                flight.spawn(async move { me.attempt(job, now).await });
-            }
-            let Some(done) = flight.join_next().await else {
-                break;
-            };
-            let mut done = vec![done];
-            while let Some(more) = flight.try_join_next() {
-                done.push(more);
-            }
-            for d in done {
-                match d {
-                    Ok(Ok(Some(job))) => delivered.push(job),
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => events::StageFailed {
-                        stage: "notify",
-                        error: &e,
-                    }
-                    .emit(),
-                    // A panicked send: its lease runs out and it is tried again.
-                    Err(_) => {}
+        for d in done {
+            match d {
+                Ok(Ok(Some(job))) => delivered.push(job),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => events::StageFailed {
+                    stage: "notify",
+                    error: &e,
                 }
-            }
-            if !delivered.is_empty() {
-                self.db
-                    .notifications_delivered(&std::mem::take(&mut delivered))
-                    .await?;
+                .emit(),
+                // A panicked send: its lease runs out and it is tried again.
+                Err(_) => {}
             }
         }
-        Ok(())
+        if let Err(e) = self.db.notifications_delivered(&delivered).await {
+            events::StageFailed {
+                stage: "notify",
+                error: &e,
+            }
+            .emit();
+        }
     }
 
     /// One attempt: the job back when it was delivered (its mark is written

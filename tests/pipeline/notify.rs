@@ -16,20 +16,36 @@ use pingantong_protocol::EventKind;
 use crate::helpers::*;
 
 /// A family's web service: fails its first `failures` calls with `status`.
+/// With a gate, each call is recorded as it arrives and answered only once
+/// the gate lets it through.
 #[derive(Clone, Default)]
 struct Hook {
     failures: usize,
     status: u16,
     calls: Arc<Mutex<Vec<(HeaderMap, axum::body::Bytes)>>>,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Hook {
     async fn start(failures: usize, status: u16) -> (Self, String) {
-        let hook = Hook {
+        Self::serve(Hook {
             failures,
             status,
             ..Default::default()
-        };
+        })
+        .await
+    }
+
+    /// A hook that holds every call until `gate` has a permit for it.
+    async fn gated(gate: Arc<tokio::sync::Semaphore>) -> (Self, String) {
+        Self::serve(Hook {
+            gate: Some(gate),
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn serve(hook: Hook) -> (Self, String) {
         let app = axum::Router::new()
             .route("/family", post(receive))
             .with_state(hook.clone());
@@ -64,9 +80,15 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> StatusCode {
-    let mut calls = hook.calls.lock().unwrap();
-    calls.push((headers, body));
-    if calls.len() <= hook.failures {
+    let n = {
+        let mut calls = hook.calls.lock().unwrap();
+        calls.push((headers, body));
+        calls.len()
+    };
+    if let Some(gate) = &hook.gate {
+        gate.acquire().await.unwrap().forget();
+    }
+    if n <= hook.failures {
         StatusCode::from_u16(hook.status).unwrap()
     } else {
         StatusCode::NO_CONTENT
@@ -477,6 +499,94 @@ async fn a_street_of_presses_tells_each_family_once() {
             .await
             .unwrap();
         assert!(again.is_empty(), "{backend:?}: {again:?}");
+        f.app.stop().await;
+    }
+}
+
+/// Two servers share the notices: one holds only those it is sending. With
+/// every family's web service slow to answer, the first server sends as many
+/// as it sends at once and leaves the rest due, so the second takes them
+/// (rather than waiting for leases on notices nobody has started).
+#[tokio::test]
+async fn a_notice_waiting_for_a_slot_is_left_to_another_server() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (hook, url) = Hook::gated(Arc::clone(&gate)).await;
+        let f = family(backend, Cascade::UntilReached, 3, None).await;
+        let extra = pingantong::notify::IN_FLIGHT + 4;
+        let mut cities = vec![f.city.clone()];
+        for _ in 1..extra {
+            cities.push(seed_small_city(&f.app.db).await);
+        }
+        for c in &cities {
+            add_contacts(&f.app.db, c.client_id, &[("webhook", &url)]).await;
+            let mut dev = Device::connect(f.app.native).await;
+            dev.send(&event(&c.device, 1, EventKind::Sos), &c.secret)
+                .await;
+        }
+        let incidents: Vec<i64> = eventually("an incident per resident", || async {
+            let ids: Vec<i64> = f
+                .app
+                .db
+                .incidents_overview()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(id, ..)| id)
+                .collect();
+            (ids.len() == cities.len()).then_some(ids)
+        })
+        .await;
+        eventually("as many calls held as go out at once", || async {
+            (hook.calls().len() == pingantong::notify::IN_FLIGHT).then_some(())
+        })
+        .await;
+        // Every notice is owed by now; none beyond the slots is sent meanwhile.
+        for &incident in &incidents {
+            notices_until(&f.app.db, incident, "the notice owed", |r| r.len() == 1).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            hook.calls().len(),
+            pingantong::notify::IN_FLIGHT,
+            "{backend:?}"
+        );
+
+        // The other server finds the notices not started, and only those.
+        let now = f.clock.now();
+        let theirs = f
+            .app
+            .db
+            .begin_notification_attempts(now, now + 30_000, 256)
+            .await
+            .unwrap();
+        assert_eq!(
+            theirs.len(),
+            extra - pingantong::notify::IN_FLIGHT,
+            "{backend:?}: {theirs:?}"
+        );
+        f.app.db.notifications_delivered(&theirs).await.unwrap();
+        gate.add_permits(extra);
+        for &incident in &incidents {
+            let rows = notices_until(&f.app.db, incident, "delivered", |r| {
+                r[0].status == "delivered"
+            })
+            .await;
+            assert_eq!(statuses(&rows), vec![("delivered", 1)], "{backend:?}");
+            let timeline = f.app.db.incident_actions(incident).await.unwrap();
+            assert_eq!(
+                timeline.iter().filter(|a| *a == "family_notified").count(),
+                1,
+                "{backend:?}: {timeline:?}"
+            );
+        }
+        // Nobody was called twice: the first server never took the others' notices.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            hook.calls().len(),
+            pingantong::notify::IN_FLIGHT,
+            "{backend:?}"
+        );
         f.app.stop().await;
     }
 }
