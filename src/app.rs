@@ -287,6 +287,15 @@ impl Application {
             inner.clone(),
         );
         let mqtt_task = link.task;
+        // Before any alarm is planned: a city just loaded and never analyzed
+        // would be read by full scans (see store::statistics).
+        if let Err(e) = self.db.refresh_statistics().await {
+            crate::telemetry::events::StageFailed {
+                stage: "planner_statistics",
+                error: &e,
+            }
+            .emit();
+        }
         let directory = Directory::new(self.db.clone());
         // Before any listener: a city reconnecting after a restart finds
         // every device in memory.

@@ -371,6 +371,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
             )
             .await?;
+            // A bulk load: the server must not plan its first alarms blind.
+            db.refresh_statistics().await?;
             println!(
                 "seeded {} clients with {mix} pendants {}..{}, {} providers, {} carers into {}",
                 city.clients,

@@ -413,6 +413,18 @@ fn log_failure(failure: Option<EditError>) {
     }
 }
 
+/// After a bulk load the planner must know the tables' new contents before
+/// the next alarm is planned (see store::statistics). The import stands
+/// either way.
+async fn refresh_statistics(db: &crate::store::Db) {
+    if let Err(e) = db.refresh_statistics().await {
+        crate::telemetry::events::RequestFailed {
+            error: &format_args!("import: planner statistics: {e:#}"),
+        }
+        .emit();
+    }
+}
+
 /// Import clients from a CSV file (UTF-8, a header row, an optional byte
 /// order mark; at most 5 MB and 20,000 rows).
 ///
@@ -486,6 +498,7 @@ pub async fn clients(
     let actor = caller.actor();
     let (outcomes, failure) = s.db.import_clients(&good, &actor).await;
     log_failure(failure);
+    refresh_statistics(&s.db).await;
     settle(
         reports
             .iter_mut()
@@ -568,6 +581,7 @@ pub async fn devices(
     let actor = caller.actor();
     let (outcomes, failure) = s.db.import_devices(&good, &actor).await;
     log_failure(failure);
+    refresh_statistics(&s.db).await;
     settle(
         reports
             .iter_mut()

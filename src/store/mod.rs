@@ -18,6 +18,7 @@ mod registry;
 mod registry_edit;
 mod sla;
 mod stage;
+mod statistics;
 mod timers;
 mod transitions;
 mod users;
@@ -212,7 +213,10 @@ impl Db {
                 .await?;
             Db::Sqlite { read, write }
         } else if cfg.url.starts_with("postgres:") || cfg.url.starts_with("postgresql:") {
-            let mut opts = PgConnectOptions::from_str(&cfg.url)?;
+            // Just-in-time compilation pays off for long analytic queries;
+            // ours are short, and one the planner misjudges as costly would
+            // spend tens of milliseconds compiling in an alarm's path.
+            let mut opts = PgConnectOptions::from_str(&cfg.url)?.options([("jit", "off")]);
             if let Some(schema) = &cfg.schema {
                 if schema.is_empty()
                     || !schema

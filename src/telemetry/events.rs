@@ -133,6 +133,24 @@ impl WalCheckpointed {
     }
 }
 
+/// PostgreSQL's planner statistics refreshed for tables that had none or
+/// stale ones.
+pub struct StatisticsRefreshed<'a> {
+    pub tables: &'a [String],
+    pub elapsed: Duration,
+}
+
+impl StatisticsRefreshed<'_> {
+    pub fn emit(self) {
+        counter!("pat_statistics_refreshed_total").increment(self.tables.len() as u64);
+        info!(
+            tables = %self.tables.join(", "),
+            elapsed_ms = self.elapsed.as_secs_f64() * 1e3,
+            "planner statistics refreshed"
+        );
+    }
+}
+
 /// A verified device's heartbeat, answered once noted (no row of its own).
 pub struct HeartbeatNoted;
 

@@ -145,3 +145,75 @@ async fn a_tls_broker_with_the_right_authority() {
     assert_eq!(http_get(refused.addrs.http, "/readyz").await.0, 503);
     refused.stop().await;
 }
+
+/// The planner's statistics of a PostgreSQL table: the columns it has them for.
+async fn planner_knows(db: &pingantong::store::Db, table: &str) -> Vec<String> {
+    let pingantong::store::Db::Postgres(pool) = db else {
+        panic!("a PostgreSQL database");
+    };
+    sqlx::query_scalar(
+        "SELECT attname::TEXT FROM pg_stats WHERE schemaname = current_schema() \
+         AND tablename = $1 ORDER BY attname",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// A city loaded into PostgreSQL and never analyzed (a fresh seed or import,
+/// a database without autovacuum): the server analyzes its tables as it
+/// starts, so its first alarms are planned on what they hold, and a second
+/// look finds nothing stale. Tables still (nearly) empty are left alone: an
+/// empty table analyzed would be taken for empty as alarms fill it.
+#[tokio::test]
+async fn a_city_loaded_blind_is_analyzed_as_the_server_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = test_settings(Backend::Postgres, Broker::Embedded, dir.path());
+    let db = pingantong::store::Db::connect(&pingantong::store::StoreConfig {
+        url: s.database_url(),
+        schema: s.database_schema.clone(),
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    pingantong::demo::seed::seed_city(
+        &db,
+        &pingantong::demo::seed::CitySpec {
+            clients: 1_000,
+            carers_per_provider: 2,
+            secret_seed: "blind".into(),
+            protocol: pingantong_sim::speaker::Mix::native(),
+            native_from: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(planner_knows(&db, "devices").await, Vec::<String>::new());
+    db.close().await;
+
+    let app = TestApp::spawn_with(s, Some(dir)).await;
+    // The listeners are bound before the server starts its work.
+    let known = eventually("the planner knows the devices", || async {
+        let known = planner_knows(&app.db, "devices").await;
+        (!known.is_empty()).then_some(known)
+    })
+    .await;
+    assert!(known.contains(&"client_id".to_owned()), "{known:?}");
+    let known = planner_knows(&app.db, "contacts").await;
+    assert!(known.contains(&"client_id".to_owned()), "{known:?}");
+    assert_eq!(planner_knows(&app.db, "alarms").await, Vec::<String>::new());
+    assert_eq!(
+        app.db.refresh_statistics().await.unwrap(),
+        Vec::<String>::new()
+    );
+    // SQLite plans by its indexes: nothing to do there.
+    let sqlite = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    seed_small_city(&sqlite.db).await;
+    assert_eq!(
+        sqlite.db.refresh_statistics().await.unwrap(),
+        Vec::<String>::new()
+    );
+    sqlite.stop().await;
+    app.stop().await;
+}
