@@ -181,6 +181,10 @@ impl RetryPolicy {
 /// How many notices go out at once (from one server).
 pub const IN_FLIGHT: usize = 16;
 
+/// The sends under way: each ends with its job when delivered, `None` when
+/// its failure is recorded.
+type Flight = JoinSet<Result<Option<NotificationJob>, StoreError>>;
+
 pub struct Notifier {
     db: Db,
     channels: HashMap<&'static str, Arc<dyn Channel>>,
@@ -220,7 +224,7 @@ impl Notifier {
     }
 
     async fn pump(self: Arc<Self>, wake: Arc<Notify>, tick: Duration, shutdown: CancellationToken) {
-        let mut flight = JoinSet::new();
+        let mut flight = Flight::new();
         let mut ticks = tokio::time::interval(tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Whether notices may be due that no lease has looked for yet: after
@@ -261,10 +265,7 @@ impl Notifier {
     /// Each is leased only as it starts: a notice waiting for a slot stays
     /// due, free for another server to take. True when every free slot was
     /// filled (more may be due).
-    async fn start_due(
-        self: &Arc<Self>,
-        flight: &mut JoinSet<Result<Option<NotificationJob>, StoreError>>,
-    ) -> Result<bool, StoreError> {
+    async fn start_due(self: &Arc<Self>, flight: &mut Flight) -> Result<bool, StoreError> {
         let free = IN_FLIGHT - flight.len();
         let now = (self.clock)();
         // The lease outlives the attempt's own timeout: only a crash lets it lapse.
@@ -289,7 +290,7 @@ impl Notifier {
     async fn settle(
         &self,
         first: Result<Result<Option<NotificationJob>, StoreError>, tokio::task::JoinError>,
-        flight: &mut JoinSet<Result<Option<NotificationJob>, StoreError>>,
+        flight: &mut Flight,
     ) {
         let mut done = vec![first];
         while let Some(more) = flight.try_join_next() {
