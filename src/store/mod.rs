@@ -213,10 +213,7 @@ impl Db {
                 .await?;
             Db::Sqlite { read, write }
         } else if cfg.url.starts_with("postgres:") || cfg.url.starts_with("postgresql:") {
-            // Just-in-time compilation pays off for long analytic queries;
-            // ours are short, and one the planner misjudges as costly would
-            // spend tens of milliseconds compiling in an alarm's path.
-            let mut opts = PgConnectOptions::from_str(&cfg.url)?.options([("jit", "off")]);
+            let mut opts = PgConnectOptions::from_str(&cfg.url)?;
             if let Some(schema) = &cfg.schema {
                 if schema.is_empty()
                     || !schema
@@ -238,6 +235,17 @@ impl Db {
             }
             let pool = PgPoolOptions::new()
                 .max_connections(cfg.max_connections.max(2))
+                // Just-in-time compilation pays off for long analytic
+                // queries; ours are short, and one the planner misjudges as
+                // costly would spend tens of milliseconds compiling in an
+                // alarm's path. Set per session rather than as a startup
+                // option, which connection poolers such as PgBouncer refuse.
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(conn, "SET jit = off").await?;
+                        Ok(())
+                    })
+                })
                 .connect_with(opts)
                 .await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;

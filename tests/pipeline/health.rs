@@ -165,7 +165,8 @@ async fn planner_knows(db: &pingantong::store::Db, table: &str) -> Vec<String> {
 /// a database without autovacuum): the server analyzes its tables as it
 /// starts, so its first alarms are planned on what they hold, and a second
 /// look finds nothing stale. Tables still (nearly) empty are left alone: an
-/// empty table analyzed would be taken for empty as alarms fill it.
+/// empty table analyzed would be taken for empty as alarms fill it. Its
+/// sessions run without just-in-time compilation.
 #[tokio::test]
 async fn a_city_loaded_blind_is_analyzed_as_the_server_starts() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,6 +204,15 @@ async fn a_city_loaded_blind_is_analyzed_as_the_server_starts() {
     let known = planner_knows(&app.db, "contacts").await;
     assert!(known.contains(&"client_id".to_owned()), "{known:?}");
     assert_eq!(planner_knows(&app.db, "alarms").await, Vec::<String>::new());
+    // Nor does it compile its short queries just in time.
+    let pingantong::store::Db::Postgres(pool) = &app.db else {
+        unreachable!()
+    };
+    let jit: String = sqlx::query_scalar("SHOW jit")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(jit, "off");
     assert_eq!(
         app.db.refresh_statistics().await.unwrap(),
         Vec::<String>::new()
