@@ -12,7 +12,10 @@
 //! a row can become visible after rows with higher ids were read. The ids
 //! such a read skipped are kept for a while and looked for again; one found
 //! late is sent to every open stream then, out of order (its id says where it
-//! belongs). SQLite's single writer commits in id order: it leaves no such
+//! belongs). A stream's own reads (its backlog, a catch-up after falling
+//! behind) can skip such a row too, and may run ahead of the feed's: each
+//! stream keeps the ids it skipped and sends one when it turns up, from
+//! either. SQLite's single writer commits in id order: it leaves no such
 //! gaps.
 
 use std::convert::Infallible;
@@ -44,11 +47,48 @@ const HOLE_WAIT: Duration = Duration::from_secs(30);
 /// tracked id by id.
 const MOST_HOLES: usize = 1_000;
 
-/// A row as fanned out: `late` when it fills an id skipped earlier.
-#[derive(Clone)]
-struct Live {
-    row: Arc<TimelineEntry>,
-    late: bool,
+/// A row as fanned out, in id order or late (filling an id skipped earlier).
+type Live = Arc<TimelineEntry>;
+
+/// What one stream has sent: everything after its start up to `sent`,
+/// except the ids its reads skipped (`gaps`, with when they were skipped),
+/// which it sends if they turn up within [`HOLE_WAIT`]. A row reaches a
+/// stream from its own reads of the database (the backlog, a catch-up) or
+/// from the feed's, in either order, so each stream keeps its own account:
+/// nothing missed, nothing sent twice.
+#[derive(Debug)]
+struct Cursor {
+    sent: i64,
+    gaps: std::collections::BTreeMap<i64, Instant>,
+}
+
+impl Cursor {
+    fn after(start: i64) -> Self {
+        Self {
+            sent: start,
+            gaps: Default::default(),
+        }
+    }
+
+    /// Whether the row `id` is to be sent now (if so, it counts as sent).
+    fn admit(&mut self, id: i64) -> bool {
+        if id <= self.sent {
+            return self.gaps.remove(&id).is_some();
+        }
+        if id > self.sent + 1 {
+            let now = Instant::now();
+            let skipped = (id - self.sent - 1) as usize;
+            if self.gaps.len().saturating_add(skipped) > MOST_HOLES {
+                // Ids never filled (a transaction rolled back) age out.
+                self.gaps.retain(|_, at| at.elapsed() < HOLE_WAIT);
+            }
+            let room = MOST_HOLES.saturating_sub(self.gaps.len()) as i64;
+            let skipped = self.sent + 1..id.min(self.sent + 1 + room);
+            self.gaps.extend(skipped.map(|g| (g, now)));
+        }
+        self.sent = id;
+        true
+    }
 }
 
 pub struct Feed {
@@ -120,10 +160,7 @@ impl Feed {
             self.note_holes(after, rows.iter().map(|r| r.id));
             for row in rows {
                 // Nobody listening is fine.
-                let _ = self.live.send(Live {
-                    row: Arc::new(row),
-                    late: false,
-                });
+                let _ = self.live.send(Arc::new(row));
             }
             self.last.store(last, Ordering::Relaxed);
             if !more {
@@ -163,10 +200,7 @@ impl Feed {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(id, _)| !found.iter().any(|r| r.id == *id));
         for row in found {
-            let _ = self.live.send(Live {
-                row: Arc::new(row),
-                late: true,
-            });
+            let _ = self.live.send(Arc::new(row));
         }
         Ok(())
     }
@@ -221,14 +255,15 @@ pub async fn feed(
     let db = s.db.clone();
     let stop = s.feed.stop.clone();
     let stream = async_stream::stream! {
-        let mut sent = start;
+        let mut cursor = Cursor::after(start);
         // Backlog from the database, page by page.
         loop {
-            match db.timeline_since(sent, PAGE).await {
+            match db.timeline_since(cursor.sent, PAGE).await {
                 Ok(rows) if !rows.is_empty() => {
                     for row in &rows {
-                        sent = row.id;
-                        yield Ok(event(row));
+                        if cursor.admit(row.id) {
+                            yield Ok(event(row));
+                        }
                     }
                 }
                 Ok(_) => break,
@@ -241,25 +276,30 @@ pub async fn feed(
                 next = live.recv() => next,
             };
             match next {
-                Ok(Live { row, late: false }) if row.id > sent => {
-                    sent = row.id;
-                    yield Ok(event(&row));
+                Ok(row) => {
+                    if cursor.admit(row.id) {
+                        yield Ok(event(&row));
+                    }
                 }
-                // Skipped by the feed's read, committed since: everyone
-                // following from before its id is owed it.
-                Ok(Live { row, late: true }) if row.id > start => {
-                    yield Ok(event(&row));
-                }
-                Ok(_) => {}
-                // Too slow for the live channel: catch up from the database.
+                // Too slow for the live channel: catch up from the database,
+                // the rows after the last sent and those of the gaps.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    while let Ok(rows) = db.timeline_since(sent, PAGE).await {
+                    while let Ok(rows) = db.timeline_since(cursor.sent, PAGE).await {
                         if rows.is_empty() {
                             break;
                         }
                         for row in &rows {
-                            sent = row.id;
-                            yield Ok(event(row));
+                            if cursor.admit(row.id) {
+                                yield Ok(event(row));
+                            }
+                        }
+                    }
+                    let gaps: Vec<i64> = cursor.gaps.keys().copied().collect();
+                    if let Ok(rows) = db.timeline_rows(&gaps).await {
+                        for row in &rows {
+                            if cursor.admit(row.id) {
+                                yield Ok(event(row));
+                            }
                         }
                     }
                 }
@@ -268,4 +308,58 @@ pub async fn feed(
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race the cursor closes: a stream's own backlog read passes a row
+    /// still uncommitted, and the feed, which had not read that far, later
+    /// fans the row out in order, not as late.
+    #[test]
+    fn a_row_skipped_by_the_streams_own_read_is_sent_when_it_comes() {
+        let mut c = Cursor::after(10);
+        // Backlog: 11 uncommitted, 12 read.
+        assert!(c.admit(12));
+        // The feed's read, after 11 committed: 11 then 12, in order.
+        assert!(c.admit(11), "the skipped row is sent");
+        assert!(!c.admit(12), "and the other not twice");
+        assert!(!c.admit(11));
+        assert!(c.gaps.is_empty());
+    }
+
+    #[test]
+    fn rows_in_order_leave_no_gaps_and_old_rows_are_not_sent() {
+        let mut c = Cursor::after(100);
+        assert!(!c.admit(99), "before the start");
+        assert!(!c.admit(100));
+        for id in 101..=110 {
+            assert!(c.admit(id));
+        }
+        assert_eq!(c.sent, 110);
+        assert!(c.gaps.is_empty());
+    }
+
+    #[test]
+    fn gaps_are_bounded_and_never_filled_ones_age_out() {
+        let mut c = Cursor::after(0);
+        assert!(c.admit(5_000));
+        assert_eq!(
+            c.gaps.len(),
+            MOST_HOLES,
+            "a jump is tracked up to the bound"
+        );
+        assert!(c.admit(1), "the first skipped ids are tracked");
+        // Every gap is old: the next jump makes room by dropping them.
+        let old = Instant::now() - HOLE_WAIT - Duration::from_secs(1);
+        for at in c.gaps.values_mut() {
+            *at = old;
+        }
+        assert!(c.admit(5_003));
+        assert_eq!(
+            c.gaps.keys().copied().collect::<Vec<_>>(),
+            vec![5_001, 5_002]
+        );
+    }
 }
