@@ -213,6 +213,28 @@ async fn press(f: &Family, kind: EventKind) -> i64 {
     newest_incident(&f.app.db).await
 }
 
+/// An SOS from each city's resident; their incidents, once all are open.
+async fn sos_from_each(f: &Family, cities: &[City]) -> Vec<i64> {
+    for c in cities {
+        let mut dev = Device::connect(f.app.native).await;
+        dev.send(&event(&c.device, 1, EventKind::Sos), &c.secret)
+            .await;
+    }
+    eventually("an incident per resident", || async {
+        let ids: Vec<i64> = f
+            .app
+            .db
+            .incidents_overview()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, ..)| id)
+            .collect();
+        (ids.len() == cities.len()).then_some(ids)
+    })
+    .await
+}
+
 async fn notices_until<F>(db: &Db, incident: i64, what: &str, done: F) -> Vec<NotificationRow>
 where
     F: Fn(&[NotificationRow]) -> bool,
@@ -441,24 +463,7 @@ async fn a_street_of_presses_tells_each_family_once() {
         for c in &cities {
             add_contacts(&f.app.db, c.client_id, &[("mqtt", ""), ("mqtt", "")]).await;
         }
-        for c in &cities {
-            let mut dev = Device::connect(f.app.native).await;
-            dev.send(&event(&c.device, 1, EventKind::Sos), &c.secret)
-                .await;
-        }
-        let incidents: Vec<i64> = eventually("an incident per resident", || async {
-            let ids: Vec<i64> = f
-                .app
-                .db
-                .incidents_overview()
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|(id, ..)| id)
-                .collect();
-            (ids.len() == cities.len()).then_some(ids)
-        })
-        .await;
+        let incidents = sos_from_each(&f, &cities).await;
         let mut told = Vec::new();
         for &incident in &incidents {
             let rows = notices_until(&f.app.db, incident, "the first contact told", |r| {
@@ -520,23 +525,8 @@ async fn a_notice_waiting_for_a_slot_is_left_to_another_server() {
         }
         for c in &cities {
             add_contacts(&f.app.db, c.client_id, &[("webhook", &url)]).await;
-            let mut dev = Device::connect(f.app.native).await;
-            dev.send(&event(&c.device, 1, EventKind::Sos), &c.secret)
-                .await;
         }
-        let incidents: Vec<i64> = eventually("an incident per resident", || async {
-            let ids: Vec<i64> = f
-                .app
-                .db
-                .incidents_overview()
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|(id, ..)| id)
-                .collect();
-            (ids.len() == cities.len()).then_some(ids)
-        })
-        .await;
+        let incidents = sos_from_each(&f, &cities).await;
         eventually("as many calls held as go out at once", || async {
             (hook.calls().len() == pingantong::notify::IN_FLIGHT).then_some(())
         })
