@@ -76,6 +76,12 @@ pub struct Frame {
     /// understood; the server keeps the raw bytes with this reason.
     pub parse_error: Option<String>,
     pub reply: ReplyPlan,
+    /// What stays the same when a device sends this event again, where its
+    /// bytes do not: DC-09 repeats a message with a new send time and, when
+    /// encrypted, a new pad, so its token, sequence number, data and extended
+    /// data are the event. `None`: a retransmission repeats the raw bytes
+    /// exactly, and they are the event. The server keys duplicates on this.
+    pub event_key: Option<Bytes>,
 }
 
 /// The stream cannot be resynchronised (no frame start, a frame over the size

@@ -173,6 +173,7 @@ fn empty_frame(raw: Bytes) -> Frame {
         summary: String::new(),
         parse_error: None,
         reply: ReplyPlan::None,
+        event_key: None,
     }
 }
 

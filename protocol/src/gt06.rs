@@ -156,6 +156,7 @@ impl Gt06Codec {
             observations: Vec::new(),
             parse_error: Some(format!("{reason}: {detail}")),
             reply: ReplyPlan::None,
+            event_key: None,
         }))
     }
 
@@ -192,6 +193,7 @@ impl Gt06Codec {
                 Some(ok) => ReplyPlan::AfterCommit { ok, failed: None },
                 None => ReplyPlan::None,
             },
+            event_key: None,
         }
     }
 

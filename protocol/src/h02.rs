@@ -244,6 +244,7 @@ fn empty_frame(raw: Bytes, summary: &str) -> Frame {
         summary: summary.into(),
         parse_error: None,
         reply: ReplyPlan::None,
+        event_key: None,
     }
 }
 

@@ -69,7 +69,7 @@ pub enum SiaDc09Error {
     BadKeyLength(usize),
     #[error("encrypted data is not whole 16-byte blocks of hex")]
     BadCiphertext,
-    #[error("decrypted data is not text: wrong key?")]
+    #[error("decrypted data is not pad|data]…_timestamp: wrong key?")]
     DecryptFailed,
     #[error("an encrypted message must carry a timestamp")]
     TimestampRequired,
@@ -209,6 +209,7 @@ impl SiaDc09Codec {
             summary: "unreadable".into(),
             parse_error: None,
             reply: ReplyPlan::None,
+            event_key: None,
         };
         let header = match parse_header(body) {
             Ok(h) => h,
@@ -268,6 +269,15 @@ impl SiaDc09Codec {
                 return frame;
             }
         };
+        // A retransmission repeats these and changes only the send time (and,
+        // encrypted, the pad): they are the event. The account is the device.
+        frame.event_key = Some(Bytes::from(format!(
+            "{}\n{}\n{}\n{}",
+            header.token,
+            header.seq_text,
+            content.data,
+            content.xdata.join("\n")
+        )));
         if frame.device.is_none() {
             let named = content
                 .data
@@ -463,6 +473,7 @@ fn garbage(raw: Bytes) -> Option<Frame> {
         observations: Vec::new(),
         summary: "garbage".into(),
         reply: ReplyPlan::None,
+        event_key: None,
     })
 }
 
@@ -618,9 +629,14 @@ fn parse_content(rest: &[u8]) -> Result<Content, SiaDc09Error> {
     })
 }
 
-/// Decrypt the hex after `[` and read `pad|data][xdata]_timestamp`. The pad ends
-/// at the first `|` before the first `]`; with no `|` there (a NULL, an ACK) all
-/// of it is pad and the data is empty.
+/// Decrypt the hex after `[` and read `pad|data][xdata]_timestamp`.
+///
+/// The pad may be any bytes but `[`, `]` and `|` (ANSI/SIA DC-09-2026
+/// §5.4.4.3): transmitters use letters, control characters or binary. It ends at
+/// the first `|`, or, with no data (a NULL, an ACK), at the `]`. What follows the
+/// pad is printable text (data, extended data, timestamp); a wrong key turns
+/// it into noise — 20 random bytes are all printable less than once in 10⁸ — which is how
+/// a wrong key is told from a good one: by what follows the pad, never by the pad.
 fn decrypt_content(rest: &[u8], key: &[u8]) -> Result<Content, SiaDc09Error> {
     if rest.is_empty() || !rest.len().is_multiple_of(32) || !rest.iter().all(u8::is_ascii_hexdigit)
     {
@@ -631,18 +647,20 @@ fn decrypt_content(rest: &[u8], key: &[u8]) -> Result<Content, SiaDc09Error> {
         .map(|p| (hex_val(p[0]) << 4) | hex_val(p[1]))
         .collect();
     cbc_decrypt(key, &mut buf)?;
-    if !buf.iter().all(|c| (0x20..0x7f).contains(c)) {
+    let end = buf
+        .iter()
+        .position(|c| matches!(c, b'|' | b']' | b'['))
+        .ok_or(SiaDc09Error::DecryptFailed)?;
+    let start = match buf[end] {
+        b'|' => end + 1,
+        b']' => end,
+        _ => return Err(SiaDc09Error::DecryptFailed),
+    };
+    let text = &buf[start..];
+    if !text.iter().all(|c| (0x20..0x7f).contains(c)) {
         return Err(SiaDc09Error::DecryptFailed);
     }
-    let close = buf
-        .iter()
-        .position(|c| *c == b']')
-        .ok_or(SiaDc09Error::DecryptFailed)?;
-    let start = buf[..close]
-        .iter()
-        .position(|c| *c == b'|')
-        .map_or(close, |p| p + 1);
-    parse_content(&buf[start..])
+    parse_content(text)
 }
 
 fn hex_val(c: u8) -> u8 {

@@ -197,6 +197,7 @@ fn garbage_frame(raw: Bytes) -> Frame {
         summary: "garbage".into(),
         parse_error: Some(WatchError::Garbage(raw.len()).to_string()),
         reply: ReplyPlan::None,
+        event_key: None,
         raw,
     }
 }
@@ -287,6 +288,7 @@ fn decode_frame(raw: Bytes, ending: Ending) -> Frame {
         summary: String::new(),
         parse_error: None,
         reply: ReplyPlan::None,
+        event_key: None,
     };
     let mut problems: Vec<String> = Vec::new();
     match ending {

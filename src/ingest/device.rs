@@ -20,10 +20,6 @@ use crate::store::writer::PendingCommit;
 use crate::store::{AlarmRecord, AuthStatus, now_ms};
 use crate::telemetry::events;
 
-/// How long identical bytes from a device without frame counters are taken
-/// for a retry of the same frame.
-const RETRY_WINDOW_MS: i64 = 120_000;
-
 /// Makes one codec per connection (or per datagram).
 pub type CodecFactory = Arc<dyn Fn() -> Box<dyn Codec> + Send + Sync>;
 
@@ -317,21 +313,8 @@ async fn records(
         }
         .emit();
     }
-    // A retried frame has the same bytes: the digest makes its records
-    // duplicates of the first copy's. Frames with no counter of their own (a
-    // watch's LK) repeat their bytes legitimately, so for them only a copy
-    // within the same two minutes counts as a retry.
-    let digest = hex(&Sha256::digest(&frame.raw)[..12]);
+    let (key, window) = dedup_of(protocol, &device_id, frame);
     let now = now_ms();
-    let bucket = now / RETRY_WINDOW_MS;
-    let identity = match frame.serial {
-        // A DC-09 transmitter repeats a message with a fresh timestamp (and,
-        // encrypted, fresh padding): the account's sequence number within the
-        // window is what makes it the same message, not its bytes.
-        Some(serial) if protocol == "sia_dc09" => format!("s{serial}:t{bucket}"),
-        Some(serial) => format!("s{serial}:{digest}"),
-        None => format!("t{bucket}:{digest}"),
-    };
     frame
         .observations
         .iter()
@@ -361,9 +344,32 @@ async fn records(
                 })),
             })
             .to_string(),
-            dedup_key: format!("{protocol}:{device_id}:{identity}:{i}"),
+            dedup_key: format!("{key}:{i}"),
+            retry_window_ms: Some(window),
         })
         .collect()
+}
+
+/// What makes two frames from one device the same event (protocol/DEDUP.md):
+/// the same counter and the same content — the codec's event key where a
+/// retransmission's bytes change (DC-09), else the raw bytes — within a
+/// window that is long when the content carries the device's own time of
+/// the event. A counter that restarted or wrapped with other content is a
+/// new event; so is the same content under the next counter.
+pub fn dedup_of(protocol: &str, device_id: &str, frame: &Frame) -> (String, i64) {
+    let timed = frame.event_key.is_none()
+        && !frame.observations.is_empty()
+        && frame
+            .observations
+            .iter()
+            .all(|o| o.device_time_ms.is_some());
+    let content = frame.event_key.as_deref().unwrap_or(&frame.raw);
+    let digest = hex(&Sha256::digest(content)[..12]);
+    let serial = frame
+        .serial
+        .map_or_else(|| "-".to_owned(), |s| s.to_string());
+    let window = super::retry_window(timed);
+    (format!("{protocol}:{device_id}:s{serial}:{digest}"), window)
 }
 
 async fn reject(

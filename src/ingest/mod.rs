@@ -48,6 +48,26 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// How long a copy of an event that carries no time of its own is taken for a
+/// retry of it: a watch's `LK`, a DC-09 message (its timestamp says when it
+/// was sent, not when the event happened). Later, the same content is a new event.
+const RETRY_WINDOW_MS: i64 = 120_000;
+/// An event stamped by the device's own clock stays the same event for as
+/// long as a device may hold it and send it again (after a day without a
+/// network, say); a copy later than that is taken for a new one, so a clock
+/// stuck at one value can never swallow a press for ever.
+const TIMED_WINDOW_MS: i64 = 86_400_000;
+
+/// The retry window for an event's dedup key (protocol/DEDUP.md): long when
+/// the event carries the device's own time of it, short otherwise.
+pub(crate) fn retry_window(timed: bool) -> i64 {
+    if timed {
+        TIMED_WINDOW_MS
+    } else {
+        RETRY_WINDOW_MS
+    }
+}
+
 /// What waiting for more bytes on a device connection brought.
 pub(crate) enum Read {
     More,

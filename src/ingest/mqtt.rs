@@ -255,6 +255,7 @@ async fn take_adapter(
             row.device,
             publish.pkid
         ),
+        retry_window_ms: None,
     };
     Owed {
         fate: submit(ctx, record).await,
@@ -341,6 +342,7 @@ async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publis
         decoded: String::from_utf8_lossy(&publish.payload).into_owned(),
         // The same event published again (a retry) has the same payload.
         dedup_key: format!("mqtt:{device}:{}:{digest}", event.seq),
+        retry_window_ms: Some(super::retry_window(event.time.is_some())),
     };
     Owed {
         ack_topic: Some(format!("{prefix}/v1/devices/{device}/ack")),

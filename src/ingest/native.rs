@@ -300,6 +300,7 @@ impl Connection {
             // The tag differs whenever the content does, so a device that
             // reuses a sequence number after a reset is not taken for a retry.
             dedup_key: format!("native:{}:{}:{}", event.device, seq, hex(frame.tag())),
+            retry_window_ms: Some(super::retry_window(event.device_time_ms.is_some())),
         };
         match self.ctx.writer.submit(record).await {
             Ok(commit) => Slot::Committing {

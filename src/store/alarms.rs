@@ -57,6 +57,52 @@ pub struct AlarmRecord {
     pub decoded: String,
     /// Identifies one event across retries: a retried frame has the same key.
     pub dedup_key: String,
+    /// `Some(w)`: a copy with the same key is a retry only if it arrives within
+    /// `w` milliseconds of the stored one; later, it is a new event (a counter
+    /// that restarted or wrapped and happened to say the same thing). `None`:
+    /// the key is unique for ever (the server's own verdicts).
+    pub retry_window_ms: Option<i64>,
+}
+
+/// The key a record is stored under: a windowed key carries its slot of
+/// `window` milliseconds, so the unique index holds only within a slot and
+/// the slot before is looked up (see [`retransmissions`]).
+fn stored_key(a: &AlarmRecord) -> String {
+    match a.retry_window_ms {
+        Some(w) => format!("{}@{}", a.dedup_key, a.received_at.div_euclid(w)),
+        None => a.dedup_key.clone(),
+    }
+}
+
+/// The key a copy received within the window but in the previous slot has.
+fn previous_key(a: &AlarmRecord) -> Option<String> {
+    let w = a.retry_window_ms?;
+    Some(format!(
+        "{}@{}",
+        a.dedup_key,
+        a.received_at.div_euclid(w) - 1
+    ))
+}
+
+/// Which records of a batch repeat an event stored less than their window
+/// ago in the previous slot (`earlier`: stored key → its `received_at`), or
+/// an earlier record of the same batch. Copies within one slot meet in the
+/// unique index instead. Together: a retry within the window is found
+/// wherever the slot edges fall, and a copy after it is a new event.
+fn retransmissions(batch: &[AlarmRecord], earlier: &HashMap<String, i64>) -> Vec<bool> {
+    let mut seen: HashMap<String, i64> = HashMap::new();
+    batch
+        .iter()
+        .map(|a| {
+            let within = |at: &i64| a.retry_window_ms.is_some_and(|w| a.received_at - at < w);
+            let repeat = previous_key(a)
+                .is_some_and(|k| earlier.get(&k).or_else(|| seen.get(&k)).is_some_and(within));
+            if !repeat {
+                seen.entry(stored_key(a)).or_insert(a.received_at);
+            }
+            repeat
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,50 +140,92 @@ impl Db {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<(i64, String)> = on_write_pool!(self, |p| {
-            let mut qb = QueryBuilder::new(
-                "INSERT INTO alarms (received_at, protocol, peer, device_id, seq, kind, \
-                 device_time, battery, lat, lon, accuracy_m, auth, raw, decoded, dedup_key, \
-                 processed_at) ",
-            );
-            qb.push_values(batch, |mut b, a| {
-                b.push_bind(a.received_at)
-                    .push_bind(a.protocol)
-                    .push_bind(a.peer.clone())
-                    .push_bind(a.device_id.clone())
-                    .push_bind(a.seq)
-                    .push_bind(a.kind.name())
-                    .push_bind(a.device_time)
-                    .push_bind(a.battery)
-                    .push_bind(a.location.map(|l| l.lat))
-                    .push_bind(a.location.map(|l| l.lon))
-                    .push_bind(a.location.and_then(|l| l.accuracy_m).map(i64::from))
-                    .push_bind(a.auth.as_str())
-                    .push_bind(a.raw.clone())
-                    .push_bind(a.decoded.clone())
-                    .push_bind(a.dedup_key.clone())
-                    .push_bind((!rules.needs_incident_stage(a.kind)).then_some(a.received_at));
-            });
-            qb.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key");
-            // A single statement is its own transaction: one commit, one fsync.
-            // The usual batches' statements stay prepared; a large batch's
-            // is one of a kind and would only push them out of the cache.
-            qb.build_query_as()
-                .persistent(batch.len() <= CACHED_BATCH)
-                .fetch_all(p)
-                .await
-        })?;
+        let earlier = self.stored_before(batch).await?;
+        let repeats = retransmissions(batch, &earlier);
+        let fresh_records: Vec<(&AlarmRecord, String)> = batch
+            .iter()
+            .zip(&repeats)
+            .filter(|(_, repeat)| !**repeat)
+            .map(|(a, _)| (a, stored_key(a)))
+            .collect();
+        let rows: Vec<(i64, String)> = if fresh_records.is_empty() {
+            Vec::new()
+        } else {
+            on_write_pool!(self, |p| {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO alarms (received_at, protocol, peer, device_id, seq, kind, \
+                     device_time, battery, lat, lon, accuracy_m, auth, raw, decoded, dedup_key, \
+                     processed_at) ",
+                );
+                qb.push_values(&fresh_records, |mut b, (a, key)| {
+                    b.push_bind(a.received_at)
+                        .push_bind(a.protocol)
+                        .push_bind(a.peer.clone())
+                        .push_bind(a.device_id.clone())
+                        .push_bind(a.seq)
+                        .push_bind(a.kind.name())
+                        .push_bind(a.device_time)
+                        .push_bind(a.battery)
+                        .push_bind(a.location.map(|l| l.lat))
+                        .push_bind(a.location.map(|l| l.lon))
+                        .push_bind(a.location.and_then(|l| l.accuracy_m).map(i64::from))
+                        .push_bind(a.auth.as_str())
+                        .push_bind(a.raw.clone())
+                        .push_bind(a.decoded.clone())
+                        .push_bind(key.clone())
+                        .push_bind((!rules.needs_incident_stage(a.kind)).then_some(a.received_at));
+                });
+                qb.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key");
+                // A single statement is its own transaction: one commit, one fsync.
+                // The usual batches' statements stay prepared; a large batch's
+                // is one of a kind and would only push them out of the cache.
+                qb.build_query_as()
+                    .persistent(fresh_records.len() <= CACHED_BATCH)
+                    .fetch_all(p)
+                    .await
+            })?
+        };
         // A key inserted now is returned once; the first record carrying it is
         // the stored one, any later copy in the same batch is a duplicate.
         let mut fresh: HashMap<String, i64> = rows.into_iter().map(|(id, k)| (k, id)).collect();
         let outcomes = batch
             .iter()
-            .map(|a| match fresh.remove(&a.dedup_key) {
-                Some(id) => CommitOutcome::Stored(id),
-                None => CommitOutcome::Duplicate,
-            })
+            .zip(&repeats)
+            .map(
+                |(a, repeat)| match (*repeat, fresh.remove(&stored_key(a))) {
+                    (false, Some(id)) => CommitOutcome::Stored(id),
+                    _ => CommitOutcome::Duplicate,
+                },
+            )
             .collect();
         Ok(outcomes)
+    }
+
+    /// The previous slot's keys of a batch's windowed records that are stored,
+    /// with when each was received. Read on the write connection, after every
+    /// earlier batch of this server committed.
+    async fn stored_before(
+        &self,
+        batch: &[AlarmRecord],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let keys: Vec<String> = batch.iter().filter_map(previous_key).collect();
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, i64)> = on_write_pool!(self, |p| {
+            let mut qb =
+                QueryBuilder::new("SELECT dedup_key, received_at FROM alarms WHERE dedup_key IN (");
+            let mut list = qb.separated(", ");
+            for k in &keys {
+                list.push_bind(k.clone());
+            }
+            list.push_unseparated(")");
+            qb.build_query_as()
+                .persistent(keys.len() <= CACHED_BATCH)
+                .fetch_all(p)
+                .await
+        })?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Keep bytes that could not be parsed, with the reason.

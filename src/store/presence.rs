@@ -230,6 +230,7 @@ mod tests {
             raw: vec![],
             decoded: "{}".into(),
             dedup_key: format!("{device}:{at}"),
+            retry_window_ms: None,
         }
     }
 

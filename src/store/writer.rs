@@ -374,6 +374,7 @@ mod tests {
             raw: vec![n as u8],
             decoded: "{}".into(),
             dedup_key: format!("k{n}"),
+            retry_window_ms: None,
         }
     }
 

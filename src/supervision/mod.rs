@@ -323,5 +323,6 @@ fn verdict(device: &str, protocol: &str, kind: EventKind, at: i64) -> AlarmRecor
         raw: Vec::new(),
         decoded: serde_json::json!({ "kind": name, "protocol": protocol, "at": at }).to_string(),
         dedup_key: format!("supervision:{name}:{device}:{at}"),
+        retry_window_ms: None,
     }
 }

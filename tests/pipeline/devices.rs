@@ -558,3 +558,147 @@ async fn a_mixed_fleet_of_tcp_and_mqtt_pendants_rides_out_a_power_cut() {
     }
     app.stop().await;
 }
+
+/// The Python interpreter with the independent DC-09 transmitters installed
+/// (`ops/test.sh` makes it: tests/peers/dc09/requirements.txt).
+fn dc09_peers_python() -> std::path::PathBuf {
+    let venv =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/peers/dc09/bin/python");
+    let python = std::env::var_os("PAT_DC09_PEERS_PYTHON").map_or(venv, Into::into);
+    assert!(
+        python.exists(),
+        "{} is missing: the DC-09 transmitters from PyPI are installed by ops/test.sh \
+         (python3 -m venv target/peers/dc09 && target/peers/dc09/bin/pip install -r \
+         tests/peers/dc09/requirements.txt)",
+        python.display()
+    );
+    python
+}
+
+async fn dc09_from_independent_transmitters(backend: Backend) {
+    use pingantong_protocol::sia_dc09::{self, Payload};
+    let python = dc09_peers_python();
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let key = b"Kq7#pL2!xZ9$mN4w".to_vec();
+    let (enc, plain) = ("A1B2C3", "5E6F");
+    for (id, secret) in [(enc, key.clone()), (plain, Vec::new())] {
+        app.db
+            .upsert_device(&NewDevice {
+                id: id.into(),
+                protocol: "sia_dc09".into(),
+                secret,
+                client_id: Some(city.client_id),
+            })
+            .await
+            .unwrap();
+    }
+    // Wait until the directory's sweep has brought the key into memory.
+    let probe = sia_dc09::encode_message(
+        enc,
+        1,
+        None,
+        Some("0"),
+        Payload::Null,
+        Some(&key),
+        Some(now_ms() as i64),
+    )
+    .unwrap();
+    eventually("the account's key known", || {
+        let (probe, addr) = (probe.clone(), app.addrs.dc09);
+        async move {
+            let mut s = TcpStream::connect(addr).await.ok()?;
+            s.write_all(&probe).await.ok()?;
+            let mut buf = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            (n > 0).then_some(())
+        }
+    })
+    .await;
+
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/dc09/transmit.py");
+    let hex_key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args([
+            "127.0.0.1".to_owned(),
+            app.addrs.dc09.port().to_string(),
+            app.addrs.dc09_udp.port().to_string(),
+            hex_key,
+            enc.into(),
+            plain.into(),
+        ])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), out)
+        .await
+        .expect("the transmitters finish within 3 minutes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "transmit.py failed: {stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 38, "every message reported: {lines:#?}");
+    // Every answer, as each library itself reads it, is what the standard
+    // says: ACK, NAK for a clock an hour off, DUH for a type we do not process.
+    for l in &lines {
+        assert_eq!(l["answer"], l["expect"], "{l}\n{stderr}");
+        assert!(l.get("error").is_none(), "{l}");
+        if l["rcvr"].is_number() {
+            assert_eq!(
+                (&l["answer_rcvr"], &l["answer_pref"]),
+                (&l["rcvr"], &l["pref"]),
+                "{l}"
+            );
+        }
+    }
+    let answers = |a: &str| lines.iter().filter(|l| l["answer"] == a).count();
+    assert_eq!((answers("ACK"), answers("NAK"), answers("DUH")), (36, 1, 1));
+    // Pads the standard allows and the old receiver refused were among them.
+    for lib in ["siadc09", "my-dc09-spt"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["impl"] == lib && l["binary_pad"] == true),
+            "{lib} sent no pad outside printable ASCII: the test proves nothing"
+        );
+    }
+    // Each alarm stored once, in an incident; a reused sequence number with
+    // another event stored as that event; a retransmission stored once.
+    for l in &lines {
+        let data = l["data"].as_str().unwrap_or("");
+        let seq = l["seq"].as_i64().unwrap();
+        let account = l["account"].as_str().unwrap();
+        if l["token"] == "NULL" || l["expect"] != "ACK" || seq == 3010 || seq == 3020 {
+            continue;
+        }
+        let rows = eventually("the alarm in an incident", || async {
+            let rows = app.db.alarm_states(account, seq).await.unwrap();
+            rows.iter().all(|r| r.2.is_some()).then_some(rows)
+        })
+        .await;
+        assert_eq!(rows.len(), 1, "{account} seq {seq} {data}: {rows:?}");
+        assert_eq!(rows[0].0, "verified", "{l}");
+    }
+    assert_eq!(app.db.alarm_states(enc, 3010).await.unwrap().len(), 2);
+    assert_eq!(app.db.alarm_states(enc, 3020).await.unwrap().len(), 1);
+    // A NAKed alarm is still kept (its panel will send it again, corrected).
+    assert_eq!(app.db.alarm_states(enc, 3040).await.unwrap().len(), 1);
+    sos_reached_the_carer(&app, &city, enc).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dc09_from_independent_transmitters_sqlite() {
+    dc09_from_independent_transmitters(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn dc09_from_independent_transmitters_postgres() {
+    dc09_from_independent_transmitters(Backend::Postgres).await;
+}

@@ -297,6 +297,7 @@ async fn stage_batch(backend: Backend) {
             raw: vec![n as u8],
             decoded: "{}".into(),
             dedup_key: unique("batch"),
+            retry_window_ms: None,
         })
         .collect();
     let ids: Vec<i64> = db

@@ -5,6 +5,7 @@ mod auth;
 mod browser;
 mod console;
 mod crash;
+mod dedup;
 mod devices;
 mod escalation;
 mod health;

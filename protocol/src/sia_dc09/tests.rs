@@ -265,6 +265,117 @@ fn encrypted_without_key_is_kept_and_not_answered() {
     assert!(f.parse_error.is_some());
 }
 
+/// Encrypt `pad` + `rest` as a transmitter would (the pad chosen by the test).
+fn encrypted_with_pad(pad: &[u8], rest: &str, account: &str, seq: &str, token: &str) -> Bytes {
+    let mut clear = pad.to_vec();
+    clear.extend_from_slice(rest.as_bytes());
+    assert_eq!(
+        clear.len() % 16,
+        0,
+        "whole blocks: pad {} + {}",
+        pad.len(),
+        rest.len()
+    );
+    cbc_encrypt(KEY, &mut clear).unwrap();
+    let hex: String = clear.iter().map(|b| format!("{b:02X}")).collect();
+    frame(&format!("\"*{token}\"{seq}L0#{account}[{hex}"))
+}
+
+#[test]
+fn any_pad_the_standard_allows_is_read() {
+    // DC-09-2026 §5.4.4.3: pad bytes are anything but `[`, `]` and `|`. One
+    // transmitter pads with binary (0–255), another with control characters.
+    let t = parse_timestamp("_10:00:00,01-02-2026").unwrap();
+    let rest = "|#K1|1101 01 001]_10:00:00,01-02-2026"; // 37 bytes
+    let pads: [Vec<u8>; 4] = [
+        (0u8..=26)
+            .map(|i| i.wrapping_mul(97).wrapping_add(128))
+            .collect(), // binary, high bytes
+        vec![
+            0x14, 0x1b, 0x00, 0x7f, 0x0a, 0x0d, 0x1f, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x01,
+            0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0b, 0x0c, 0x0e, 0x0f, 0x10,
+        ],
+        b"QWERTYUIOPASDFGHJKLZXCVBNMQ".to_vec(),
+        vec![0xff; 27],
+    ];
+    for pad in &pads {
+        assert!(!pad.iter().any(|b| matches!(b, b'[' | b']' | b'|')));
+        let wire = encrypted_with_pad(pad, rest, "K1", "0042", "ADM-CID");
+        let (f, _) = one(&mut codec_at(t), &wire);
+        assert_eq!(f.parse_error, None, "pad {pad:02x?}");
+        assert_eq!(f.observations.len(), 1);
+        assert_eq!(f.observations[0].kind, EventKind::Sos);
+        let ack = parse_message(reply_ok(&f), Some(KEY)).unwrap();
+        assert_eq!((ack.token.as_str(), ack.seq_text.as_str()), ("ACK", "0042"));
+    }
+    // A NULL has no data and no separator: the pad ends at the `]`.
+    let null_rest = "]_10:00:00,01-02-2026"; // 21 bytes
+    let wire = encrypted_with_pad(
+        &[
+            0x80, 0x00, 0x7b, 0xfe, 0x01, 0x1b, 0x90, 0xa0, 0xb0, 0xc0, 0x0d,
+        ],
+        null_rest,
+        "K1",
+        "0043",
+        "NULL",
+    );
+    let (f, _) = one(&mut codec_at(t), &wire);
+    assert_eq!(f.parse_error, None);
+    assert_eq!(f.observations[0].kind, EventKind::Heartbeat);
+    assert!(matches!(f.reply, ReplyPlan::AfterCommit { .. }));
+}
+
+#[test]
+fn a_wrong_key_is_told_by_the_structure_after_the_pad() {
+    let t = parse_timestamp("_10:00:00,01-02-2026").unwrap();
+    let wire = encrypted_with_pad(
+        &[0x80; 27],
+        "|#K1|1101 01 001]_10:00:00,01-02-2026",
+        "K1",
+        "0044",
+        "ADM-CID",
+    );
+    for other in [b"BBBBBBBBBBBBBBBB", b"AAAAAAAAAAAAAAAB"] {
+        let keys: KeyLookup = Arc::new(move |_: &str| Some(other.to_vec()));
+        let (f, _) = one(&mut SiaDc09Codec::new(keys, Arc::new(move || t)), &wire);
+        assert!(f.observations.is_empty());
+        assert_eq!(f.reply, ReplyPlan::None, "a wrong key is never answered");
+        assert!(f.parse_error.unwrap().contains("wrong key"));
+    }
+}
+
+#[test]
+fn a_retransmission_has_the_same_event_key_and_a_new_event_another() {
+    let t = parse_timestamp("_10:00:00,01-02-2026").unwrap();
+    let send = |seq: u16, data: &'static str, at: i64, key: Option<&[u8]>| {
+        let wire = encode_message(
+            "K1",
+            seq,
+            None,
+            Some("0"),
+            Payload::AdmCid(data),
+            key,
+            Some(at),
+        )
+        .unwrap();
+        let (f, _) = one(&mut codec_at(at), &wire);
+        (wire, f.event_key.expect("DC-09 names its event"))
+    };
+    let (w1, first) = send(3010, "#K1|1602 00 000", t, Some(KEY));
+    let (w2, resent) = send(3010, "#K1|1602 00 000", t + 7_000, Some(KEY));
+    assert_ne!(w1, w2, "a new send time (and pad): other bytes");
+    assert_eq!(first, resent, "the same event");
+    let (_, sos) = send(3010, "#K1|1101 01 001", t + 9_000, Some(KEY));
+    assert_ne!(first, sos, "a reused sequence number with another event");
+    let (_, next) = send(3011, "#K1|1602 00 000", t + 9_000, Some(KEY));
+    assert_ne!(first, next, "the same event under the next sequence number");
+    let (_, plain) = send(3010, "#K1|1602 00 000", t + 60_000, None);
+    assert_eq!(
+        first, plain,
+        "plain or encrypted, the event is what it says"
+    );
+}
+
 #[test]
 fn encrypted_without_timestamp_gets_nak() {
     // Hand-built: pad | data ] and no timestamp.
