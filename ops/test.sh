@@ -52,7 +52,8 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          browser::operator_takes_an_sos_to_closed_in_headless_chromium browser::the_console_files_are_served \
          reports::history_against_an_independent_count_postgres reports::endpoints_by_role_postgres \
          devices::dc09_from_independent_transmitters_sqlite devices::dc09_from_independent_transmitters_postgres \
-         dedup::every_distinct_event_once_sqlite dedup::every_distinct_event_once_postgres; do
+         dedup::every_distinct_event_once_sqlite dedup::every_distinct_event_once_postgres \
+         dedup::over_the_wire::every_answer_follows_its_commit_sqlite dedup::over_the_wire::every_answer_follows_its_commit_postgres; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1
