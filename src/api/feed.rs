@@ -32,7 +32,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, ApiState, Caller, STAFF};
-use crate::store::{Db, StoreError, TimelineEntry};
+use crate::store::{Db, StoreError, TimelineEntry, now_ms};
 use crate::telemetry::events;
 
 /// Rows read per database page.
@@ -254,7 +254,18 @@ pub async fn feed(
     };
     let db = s.db.clone();
     let stop = s.feed.stop.clone();
+    let session = caller.clone();
     let stream = async_stream::stream! {
+        // The stream lives only as long as the session that opened it: it ends
+        // when the session expires, is logged out, or its account is disabled
+        // or changes role (read back every SESSION_CHECK, on any server).
+        let expiry = tokio::time::Instant::now()
+            + Duration::from_millis(u64::try_from(session.expires_at - now_ms()).unwrap_or(0));
+        let expired = tokio::time::sleep_until(expiry);
+        tokio::pin!(expired);
+        let mut check = tokio::time::interval(SESSION_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
         let mut cursor = Cursor::after(start);
         // Backlog from the database, page by page.
         loop {
@@ -273,6 +284,19 @@ pub async fn feed(
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => break,
+                () = &mut expired => {
+                    events::FeedClosed { user: &session.username, reason: "session_expired" }.emit();
+                    break;
+                }
+                _ = check.tick() => {
+                    match session_ended(&db, &session).await {
+                        Some(reason) => {
+                            events::FeedClosed { user: &session.username, reason }.emit();
+                            break;
+                        }
+                        None => continue,
+                    }
+                }
                 next = live.recv() => next,
             };
             match next {
@@ -308,6 +332,23 @@ pub async fn feed(
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// How often an open feed reads its session back.
+const SESSION_CHECK: Duration = Duration::from_secs(2);
+
+/// Why the session behind a feed no longer entitles it to the timeline, if it
+/// does not. A database that cannot be read keeps the feed open: the next
+/// check, or the next request of the console, decides.
+async fn session_ended(db: &Db, caller: &Caller) -> Option<&'static str> {
+    match db.session_user(&caller.token_hash).await {
+        Ok(Some(s)) if s.disabled => Some("account_disabled"),
+        Ok(Some(s)) if s.revoked_at.is_some() => Some("logged_out"),
+        Ok(Some(s)) if !s.is_live(now_ms()) => Some("session_expired"),
+        Ok(Some(s)) if s.role != caller.role => Some("role_changed"),
+        Ok(Some(_)) | Err(_) => None,
+        Ok(None) => Some("logged_out"),
+    }
 }
 
 #[cfg(test)]

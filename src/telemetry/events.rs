@@ -540,3 +540,21 @@ impl TestMissed<'_> {
         warn!(device = self.device, "periodic test missed");
     }
 }
+
+/// A live feed ended because its session no longer entitles it (logged out,
+/// expired, account disabled or given another role).
+pub struct FeedClosed<'a> {
+    pub user: &'a str,
+    pub reason: &'static str,
+}
+
+impl FeedClosed<'_> {
+    pub fn emit(self) {
+        counter!("pat_feed_closed_total", "reason" => self.reason).increment(1);
+        info!(
+            user = self.user,
+            reason = self.reason,
+            "live feed closed: its session ended"
+        );
+    }
+}

@@ -641,6 +641,47 @@ async fn an_open_feed_ends_when_the_server_stops() {
         .unwrap();
 }
 
+/// A live feed is worth no more than the session that opened it: it ends at
+/// log-out, and when the account is disabled, while the server runs on.
+#[tokio::test]
+async fn an_open_feed_ends_at_log_out_and_when_the_account_is_disabled() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    add_user(&app.db, "op.li", Role::Operator).await;
+    add_user(&app.db, "op.wu", Role::Operator).await;
+    let api = Api::of(&app);
+    let li = api.token("op.li").await;
+    let (_seen, feed) = follow(&api, &li, None).await;
+    // Still open a while later: the session is live.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!feed.is_finished(), "a live session's feed stays open");
+    assert_eq!(api.logout(&li).await, StatusCode::NO_CONTENT);
+    tokio::time::timeout(Duration::from_secs(5), feed)
+        .await
+        .expect("the feed ended within 5 s of the log-out")
+        .unwrap();
+    // A new feed with the old token is refused.
+    let r = api
+        .http
+        .get(api.url("/api/v1/feed"))
+        .bearer_auth(&li)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    let wu = api.token("op.wu").await;
+    let (_seen, feed) = follow(&api, &wu, None).await;
+    app.db
+        .set_user_disabled("op.wu", true, "user:admin")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), feed)
+        .await
+        .expect("the feed ended within 5 s of the account being disabled")
+        .unwrap();
+    app.stop().await;
+}
+
 /// PostgreSQL gives a row its id at insert: a line whose transaction commits
 /// after a later line's is still on the feed (the feed looks again for the
 /// ids its reads skipped) once, and a follower that resumes from before it
