@@ -40,7 +40,34 @@ macro_rules! route_in_tx {
             None
         } else {
             let choice: Option<&NewDispatch> = $choice;
+            // An operator may have offered the job to this very carer while
+            // the routing was owed: they hold it, and no second offer is made.
+            let held: Option<(i64,)> = match choice {
+                Some(d) => {
+                    sqlx::query_as(
+                        "SELECT id FROM dispatches WHERE incident_id = $1 AND carer_id = $2 \
+                     AND state IN ('offered', 'accepted', 'arrived')",
+                    )
+                    .bind(incident_id)
+                    .bind(d.carer_id)
+                    .fetch_optional(&mut *$tx)
+                    .await?
+                }
+                None => None,
+            };
             Some(match choice {
+                Some(d) if held.is_some() => {
+                    insert_event!(
+                        $tx,
+                        incident_id,
+                        now,
+                        "system",
+                        "carer_already_offered",
+                        None::<&str>,
+                        &format!("carer {} holds the operator's offer already", d.carer_id)
+                    )?;
+                    None
+                }
                 Some(d) => {
                     let id = insert_dispatch!($tx, incident_id, d, now);
                     insert_timer!($tx, incident_id, Some(id), "offer", 0i64, $due);
@@ -288,12 +315,32 @@ impl Db {
         .await)?)
     }
 
+    /// Where the incident's person was last reported: the newest position
+    /// among its alarms (a wanderer's watch, a fall outdoors), if any.
+    pub async fn incident_position(
+        &self,
+        incident_id: i64,
+    ) -> Result<Option<(f64, f64)>, StoreError> {
+        let row: Option<(f64, f64)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT lat, lon FROM alarms WHERE incident_id = $1 \
+             AND lat IS NOT NULL AND lon IS NOT NULL ORDER BY id DESC LIMIT 1"
+        )
+        .bind(incident_id)
+        .fetch_optional(p)
+        .await)?;
+        Ok(row)
+    }
+
+    /// Offers not yet handed to the broker that are still offers (one
+    /// answered, expired or withdrawn meanwhile is not sent).
     pub async fn unpublished_dispatches(&self) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<(i64,)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id FROM dispatches WHERE published_at IS NULL ORDER BY id"
+        let rows: Vec<(i64,)> = on_pool!(self, |p| {
+            sqlx::query_as(
+            "SELECT id FROM dispatches WHERE published_at IS NULL AND state = 'offered' ORDER BY id"
         )
         .fetch_all(p)
-        .await)?;
+        .await
+        })?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 

@@ -21,6 +21,7 @@ use sqlx::QueryBuilder;
 
 use super::incidents::{CANDIDATES_IN_DISTRICTS, OPEN};
 use super::notifications::{NOTIFY_FROM_VALUES, NOTIFY_WHERE};
+use super::withdrawals::withdraw_in_tx;
 use super::{
     CarerCandidate, Cascade, ClientProfile, Db, DispatchOffer, IncidentOutcome, NewDispatch,
     NewIncident, StoreError, now_ms, on_write_pool,
@@ -34,6 +35,9 @@ pub type Chooser = fn(Option<(f64, f64)>, &[CarerCandidate]) -> Option<NewDispat
 #[derive(Clone, Copy)]
 pub struct RouteRequest<'a> {
     pub client: &'a ClientProfile,
+    /// Where the alarm says the person is (a wanderer's watch, a fall
+    /// outdoors): carers are ranked from here rather than from the home.
+    pub at: Option<(f64, f64)>,
     pub offer_due_at: i64,
     pub choose: Chooser,
 }
@@ -352,7 +356,7 @@ impl Db {
                                 })
                                 .map(|d| d.candidate.clone())
                                 .collect();
-                            (r.choose)(c.lat.zip(c.lon), &here)
+                            (r.choose)(r.at.or(c.lat.zip(c.lon)), &here)
                         }));
                     }
                     let mut q = QueryBuilder::new(
@@ -562,6 +566,8 @@ impl Db {
                                 } else {
                                     open.remove(fold_key);
                                 }
+                                // A job offered to a carer ends with it.
+                                withdraw_in_tx!(tx, id, next, now);
                             }
                             pending.lines.push(Some(Line {
                                 incident: target,

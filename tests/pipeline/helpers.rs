@@ -704,6 +704,23 @@ pub async fn add_user(db: &Db, username: &str, role: Role) {
     .unwrap();
 }
 
+/// A console account for a carer (role carer, naming the carer).
+pub async fn add_carer_user(db: &Db, username: &str, carer_id: i64) {
+    let hash = hash_password(PASSWORD).unwrap();
+    db.add_user(
+        &NewUser {
+            username,
+            password_hash: &hash,
+            role: Role::Carer,
+            carer_id: Some(carer_id),
+            provider_id: None,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+}
+
 /// The HTTP side of a test server.
 pub struct Api {
     pub base: String,
