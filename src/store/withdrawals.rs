@@ -35,6 +35,19 @@ macro_rules! withdraw_in_tx {
         let states = $crate::domain::State::withdraws($to);
         let mut withdrawn: Vec<(i64, i64, Option<i64>)> = Vec::new();
         if !states.is_empty() {
+            // The offers' deadlines first: a deadline firing meanwhile (which
+            // holds its timer's row, then wants the offer's) is waited for,
+            // not deadlocked with; the offer it expired is then not withdrawn,
+            // and its next offer is refused on this incident's lock.
+            // Fired or cancelled: either way nothing is left to do at them.
+            sqlx::query(
+                "UPDATE timers SET fired_at = $1 WHERE incident_id = $2 \
+                 AND kind = 'offer' AND fired_at IS NULL",
+            )
+            .bind(now)
+            .bind(incident_id)
+            .execute(&mut *$tx)
+            .await?;
             let list = states
                 .iter()
                 .map(|s| format!("'{s}'"))
@@ -48,17 +61,6 @@ macro_rules! withdraw_in_tx {
             .bind(now)
             .bind(incident_id)
             .fetch_all(&mut *$tx)
-            .await?;
-        }
-        if !withdrawn.is_empty() {
-            // Fired or cancelled: either way nothing is left to do at the deadline.
-            sqlx::query(
-                "UPDATE timers SET fired_at = $1 WHERE incident_id = $2 \
-                 AND kind = 'offer' AND fired_at IS NULL",
-            )
-            .bind(now)
-            .bind(incident_id)
-            .execute(&mut *$tx)
             .await?;
         }
         for &(dispatch, carer, accepted) in &withdrawn {

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use pingantong::domain::{Action, Role, State};
-use pingantong::store::{Db, NewDispatch, OfferError, Transition, TransitionError};
+use pingantong::store::{
+    CarerAnswer, Db, NewDispatch, OfferCheck, OfferError, ReplyError, Transition, TransitionError,
+};
 use pingantong_protocol::{EventKind, Location};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -579,4 +581,68 @@ async fn carers_are_ranked_from_the_reported_position_sqlite() {
 #[tokio::test]
 async fn carers_are_ranked_from_the_reported_position_postgres() {
     carers_are_ranked_from_the_reported_position(Backend::Postgres).await;
+}
+
+/// What an older server may have left: an offer still pending on an incident
+/// that ended. Its deadline does nothing, the incident takes no further
+/// offer, and the offer cannot be accepted.
+async fn an_ended_incident_is_offered_to_nobody(backend: Backend) {
+    let sc = scene(backend).await;
+    let (incident, dispatch) = sc.sos().await;
+    let closed = "UPDATE incidents SET state = 'closed' WHERE id = $1";
+    let rows = match &sc.app.db {
+        Db::Sqlite { write, .. } => sqlx::query(closed)
+            .bind(incident)
+            .execute(write)
+            .await
+            .map(|r| r.rows_affected()),
+        Db::Postgres(p) => sqlx::query(closed)
+            .bind(incident)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+    };
+    assert_eq!(rows.unwrap(), 1);
+    let db = &sc.app.db;
+    let timer = db
+        .due_timers(i64::MAX, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.kind == "offer" && t.dispatch_id == Some(dispatch))
+        .expect("the offer's deadline");
+    assert_eq!(
+        db.fire_offer_timer(&timer).await.unwrap(),
+        OfferCheck::Settled
+    );
+    assert_eq!(sc.dispatches(incident).await[0].2, "offered");
+    let far = db.carer(sc.city.far_carer).await.unwrap().unwrap();
+    let next = NewDispatch {
+        carer_id: far.id,
+        provider_id: far.provider_id,
+        distance_m: None,
+        fallback: false,
+    };
+    let err = db
+        .add_offer(incident, &next, i64::MAX, "system", "test")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OfferError::Ended { .. }), "{err}");
+    let err = db
+        .apply_carer_answer(dispatch, sc.city.near_carer, CarerAnswer::Accept, "")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReplyError::IncidentEnded { .. }), "{err}");
+    assert_eq!(sc.dispatches(incident).await.len(), 1);
+    sc.app.stop().await;
+}
+
+#[tokio::test]
+async fn an_ended_incident_is_offered_to_nobody_sqlite() {
+    an_ended_incident_is_offered_to_nobody(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_ended_incident_is_offered_to_nobody_postgres() {
+    an_ended_incident_is_offered_to_nobody(Backend::Postgres).await;
 }
