@@ -243,6 +243,10 @@ pub struct DispatchOffer {
     pub lon: Option<f64>,
     pub medical_notes: String,
     pub medications: String,
+    /// Where the alarm said the person was (a watch's position, a fall
+    /// outdoors), when it said so: the carer goes there, not to the address.
+    pub reported_lat: Option<f64>,
+    pub reported_lon: Option<f64>,
 }
 
 impl Db {
@@ -306,9 +310,12 @@ impl Db {
         Ok(on_pool!(self, |p| sqlx::query_as(
             "SELECT d.id AS dispatch_id, d.incident_id, d.carer_id, i.kind, d.offered_at, \
              d.distance_m, c.name AS client_name, c.address, c.lat, c.lon, c.medical_notes, \
-             c.medications \
+             c.medications, p.lat AS reported_lat, p.lon AS reported_lon \
              FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
-             JOIN clients c ON c.id = i.client_id WHERE d.id = $1"
+             JOIN clients c ON c.id = i.client_id \
+             LEFT JOIN alarms p ON p.id = (SELECT MAX(a.id) FROM alarms a \
+                 WHERE a.incident_id = d.incident_id AND a.lat IS NOT NULL AND a.lon IS NOT NULL) \
+             WHERE d.id = $1"
         )
         .bind(dispatch_id)
         .fetch_optional(p)

@@ -69,8 +69,9 @@ pub enum StageWork<'a> {
 /// What the routing of a just-opened incident did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteDone {
-    /// The offer to send, as the carer's phone will read it.
-    Offered(DispatchOffer),
+    /// The offer to send, as the carer's phone will read it (boxed: it is
+    /// large beside the other answers, and rare among a batch's items).
+    Offered(Box<DispatchOffer>),
     NoCarer,
 }
 
@@ -472,7 +473,7 @@ impl Db {
                                 ));
                                 (
                                     ("carer_offered", offer_detail(dispatch_id, &d)),
-                                    RouteDone::Offered(DispatchOffer {
+                                    RouteDone::Offered(Box::new(DispatchOffer {
                                         dispatch_id,
                                         incident_id: id,
                                         carer_id: d.carer_id,
@@ -485,7 +486,9 @@ impl Db {
                                         lon: c.lon,
                                         medical_notes: c.medical_notes.clone(),
                                         medications: c.medications.clone(),
-                                    }),
+                                        reported_lat: r.at.map(|p| p.0),
+                                        reported_lon: r.at.map(|p| p.1),
+                                    })),
                                 )
                             }
                             _ => (

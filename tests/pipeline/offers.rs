@@ -558,6 +558,11 @@ async fn carers_are_ranked_from_the_reported_position(backend: Backend) {
     // Beside the far carer (23.20, 113.30), some 8 km from home.
     let (incident, carer, _) = sc.press(EventKind::Fall, (23.2001, 113.3001)).await;
     assert_eq!(carer, sc.city.far_carer);
+    // The phone is told where: the fall, besides the home's address.
+    let offer = &sc.messages(carer, "offer")[0];
+    assert_eq!(offer["reported_lat"], 23.2001, "{offer}");
+    assert_eq!(offer["reported_lon"], 113.3001, "{offer}");
+    assert_eq!(offer["lat"], HOME.0, "{offer}");
     let (status, carers) = sc
         .api
         .get(
@@ -570,6 +575,24 @@ async fn carers_are_ranked_from_the_reported_position(backend: Backend) {
     assert_eq!(carers[0]["carer_id"], sc.city.near_carer, "{carers}");
     let m = carers[0]["distance_m"].as_f64().unwrap();
     assert!(m > 5_000.0, "measured from the fall, not from home: {m}");
+    // An operator's offer says where, too, and measures from there.
+    let (status, body) = sc.step(&sc.li, incident, "claim", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = sc
+        .step(
+            &sc.li,
+            incident,
+            "dispatch",
+            json!({"carer_id": sc.city.near_carer}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let offer = eventually("the operator's offer on the phone", || async {
+        sc.messages(sc.city.near_carer, "offer").into_iter().next()
+    })
+    .await;
+    assert_eq!(offer["reported_lat"], 23.2001, "{offer}");
+    assert!(offer["distance_m"].as_f64().unwrap() > 5_000.0, "{offer}");
     sc.app.stop().await;
 }
 
