@@ -552,11 +552,14 @@ async fn another_operators_incident_is_taken_over_explicitly_postgres() {
 }
 
 /// An alarm that says where the person is (a fall outdoors, a wanderer's
-/// watch) is offered to the carer nearest to that place, not to home.
-async fn carers_are_ranked_from_the_reported_position(backend: Backend) {
+/// watch leaving its geofence: `other_05`) is offered to the carer nearest to
+/// that place, not to home.
+async fn carers_are_ranked_from_the_reported_position(backend: Backend, kind: EventKind) {
     let sc = scene(backend).await;
     // Beside the far carer (23.20, 113.30), some 8 km from home.
-    let (incident, carer, _) = sc.press(EventKind::Fall, (23.2001, 113.3001)).await;
+    let (incident, carer, _) = sc.press(kind, (23.2001, 113.3001)).await;
+    let summary = sc.app.db.incident_summary(incident).await.unwrap().unwrap();
+    assert_eq!(summary.kind, kind.name());
     assert_eq!(carer, sc.city.far_carer);
     // The phone is told where: the fall, besides the home's address.
     let offer = &sc.messages(carer, "offer")[0];
@@ -597,13 +600,23 @@ async fn carers_are_ranked_from_the_reported_position(backend: Backend) {
 }
 
 #[tokio::test]
-async fn carers_are_ranked_from_the_reported_position_sqlite() {
-    carers_are_ranked_from_the_reported_position(Backend::Sqlite).await;
+async fn carers_are_ranked_from_where_a_fall_was_sqlite() {
+    carers_are_ranked_from_the_reported_position(Backend::Sqlite, EventKind::Fall).await;
 }
 
 #[tokio::test]
-async fn carers_are_ranked_from_the_reported_position_postgres() {
-    carers_are_ranked_from_the_reported_position(Backend::Postgres).await;
+async fn carers_are_ranked_from_where_a_fall_was_postgres() {
+    carers_are_ranked_from_the_reported_position(Backend::Postgres, EventKind::Fall).await;
+}
+
+#[tokio::test]
+async fn carers_are_ranked_from_where_a_wanderer_is_sqlite() {
+    carers_are_ranked_from_the_reported_position(Backend::Sqlite, EventKind::Other(0x05)).await;
+}
+
+#[tokio::test]
+async fn carers_are_ranked_from_where_a_wanderer_is_postgres() {
+    carers_are_ranked_from_the_reported_position(Backend::Postgres, EventKind::Other(0x05)).await;
 }
 
 /// What an older server may have left: an offer still pending on an incident
