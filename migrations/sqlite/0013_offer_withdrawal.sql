@@ -30,6 +30,9 @@ SELECT incident_id, withdrawn_at, 'system', 'offer_withdrawn',
        'dispatch ' || id || ' to carer ' || carer_id
        || ': withdrawn on upgrade (its incident had ended, or the carer held another offer for it)'
 FROM dispatches WHERE state = 'withdrawn';
+-- A phone holds no offer a day old: only the recent ones are told.
+UPDATE dispatches SET withdrawal_sent_at = withdrawn_at
+WHERE state = 'withdrawn' AND offered_at < CAST(strftime('%s', 'now') AS INTEGER) * 1000 - 86400000;
 UPDATE timers SET fired_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000
 WHERE fired_at IS NULL AND dispatch_id IN (SELECT id FROM dispatches WHERE state = 'withdrawn');
 -- A carer whose only job was withdrawn is free again.
