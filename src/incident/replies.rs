@@ -176,8 +176,16 @@ impl IncidentStage {
             Ok(to) => {
                 // A job completed resolves the incident: offers still out to
                 // other carers are taken back.
-                if !to.is_open() {
-                    self.send_withdrawals().await?;
+                // The answer stands either way: what is not sent now, the
+                // sweep sends.
+                if !to.is_open()
+                    && let Err(e) = self.send_withdrawals().await
+                {
+                    events::StageFailed {
+                        stage: "withdrawal_publish",
+                        error: &e,
+                    }
+                    .emit();
                 }
                 Ok(())
             }
