@@ -682,3 +682,81 @@ async fn an_ended_incident_is_offered_to_nobody_sqlite() {
 async fn an_ended_incident_is_offered_to_nobody_postgres() {
     an_ended_incident_is_offered_to_nobody(Backend::Postgres).await;
 }
+
+/// A job the device itself reports over (power back after a cut) takes its
+/// offer back too, where the rules offer such a job to a carer.
+async fn a_cleared_job_takes_its_offer_back(backend: Backend) {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[kinds.power_cut]\npriority = \"technical\"\nactions = [\"operator\", \"offer_carer\"]\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = pingantong::Settings {
+        rules_file: Some(rules),
+        ..test_settings(backend, Broker::Embedded, dir.path())
+    };
+    let prefix = s.mqtt_topic_prefix.clone();
+    let app = TestApp::spawn_with(s, Some(dir)).await;
+    let city = seed_small_city(&app.db).await;
+    let (host, port) = broker_of(&app);
+    let probe = MqttProbe::connect(&host, port, &[format!("{prefix}/v1/carers/+/dispatch")]).await;
+    let mut dev = Device::connect(app.native).await;
+    dev.send(&event(&city.device, 1, EventKind::PowerCut), &city.secret)
+        .await;
+    let offer = eventually("the job offered", || async {
+        probe
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, m)| m["type"] == "offer")
+            .map(|(_, m)| m.clone())
+    })
+    .await;
+    assert_eq!(offer["kind"], "power_cut");
+    let dispatch = offer["dispatch_id"].as_i64().unwrap();
+    let incident = offer["incident_id"].as_i64().unwrap();
+    dev.send(
+        &event(&city.device, 2, EventKind::PowerRestored),
+        &city.secret,
+    )
+    .await;
+    let w = eventually("the withdrawal", || async {
+        probe
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, m)| m["type"] == "withdrawn" && m["dispatch_id"] == dispatch)
+            .map(|(_, m)| m.clone())
+    })
+    .await;
+    assert_eq!(w["reason"], "incident_cancelled");
+    assert_eq!(
+        app.db.incident_state(incident).await.unwrap(),
+        Some(State::Cancelled)
+    );
+    assert_eq!(
+        app.db.dispatch_states(incident).await.unwrap()[0].2,
+        "withdrawn"
+    );
+    let actions = app.db.incident_actions(incident).await.unwrap();
+    assert!(
+        actions.iter().any(|a| a == "offer_withdrawn"),
+        "{actions:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cleared_job_takes_its_offer_back_sqlite() {
+    a_cleared_job_takes_its_offer_back(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_cleared_job_takes_its_offer_back_postgres() {
+    a_cleared_job_takes_its_offer_back(Backend::Postgres).await;
+}
