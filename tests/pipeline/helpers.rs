@@ -637,6 +637,12 @@ impl OwnMosquitto {
 
     /// Stop as an operator would (SIGTERM: Mosquitto saves its sessions), then start again.
     pub fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    /// Stop as an operator would (SIGTERM: Mosquitto saves its sessions).
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = std::process::Command::new("kill")
                 .arg("-TERM")
@@ -644,6 +650,10 @@ impl OwnMosquitto {
                 .status();
             let _ = c.wait();
         }
+    }
+
+    /// Start again after [`OwnMosquitto::stop`], on the same port and sessions.
+    pub fn start_again(&mut self) {
         self.run();
     }
 }

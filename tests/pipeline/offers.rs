@@ -760,3 +760,82 @@ async fn a_cleared_job_takes_its_offer_back_sqlite() {
 async fn a_cleared_job_takes_its_offer_back_postgres() {
     a_cleared_job_takes_its_offer_back(Backend::Postgres).await;
 }
+
+/// A withdrawal made while the broker is down is owed in the database and
+/// reaches the carer's phone once the broker is back.
+#[tokio::test]
+async fn a_withdrawal_waits_for_the_broker() {
+    let mut broker = OwnMosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
+    s.mqtt_url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
+    let prefix = s.mqtt_topic_prefix.clone();
+    let app = TestApp::spawn_with(s, Some(dir)).await;
+    let city = seed_small_city(&app.db).await;
+    let phone = format!("{prefix}/v1/carers/{}/dispatch", city.near_carer);
+    let probe = MqttProbe::connect("127.0.0.1", broker.port, std::slice::from_ref(&phone)).await;
+    let mut dev = Device::connect(app.native).await;
+    dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
+        .await;
+    let offer = eventually("the offer on the phone", || async {
+        probe.on(&phone).into_iter().find(|m| m["type"] == "offer")
+    })
+    .await;
+    let (incident, dispatch) = (
+        offer["incident_id"].as_i64().unwrap(),
+        offer["dispatch_id"].as_i64().unwrap(),
+    );
+
+    broker.stop();
+    eventually("the server sees the broker gone", || async {
+        (http_get(app.addrs.http, "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    for action in [Action::Claim, Action::Resolve] {
+        app.db
+            .transition(&Transition {
+                incident_id: incident,
+                action,
+                actor: "operator:op.li",
+                detail: "",
+                outcome: None,
+                merged_into: None,
+                take_over: false,
+            })
+            .await
+            .unwrap();
+    }
+    // A sweep tries, fails (counted), and it stays owed.
+    eventually("a sweep tried to send it", || async {
+        let (_, metrics) = http_get(app.addrs.http, "/metrics").await;
+        metrics
+            .contains("pat_stage_failures_total{stage=\"withdrawal_publish\"}")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(app.db.owed_withdrawals(10).await.unwrap().len(), 1);
+
+    broker.start_again();
+    let w = eventually_for(
+        "the withdrawal after the broker's return",
+        Duration::from_secs(30),
+        || async {
+            probe
+                .on(&phone)
+                .into_iter()
+                .find(|m| m["type"] == "withdrawn")
+        },
+    )
+    .await;
+    assert_eq!(w["dispatch_id"], dispatch);
+    eventually("marked sent", || async {
+        app.db
+            .owed_withdrawals(10)
+            .await
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    app.stop().await;
+}
