@@ -17,6 +17,8 @@ pub struct CarerStats {
     pub declined: AtomicU64,
     pub arrived: AtomicU64,
     pub completed: AtomicU64,
+    /// Offers taken back because their incident ended.
+    pub withdrawn: AtomicU64,
     received: Mutex<Vec<Offer>>,
 }
 
@@ -58,6 +60,12 @@ pub struct Offer {
     pub address: String,
 }
 
+/// What a message on a carer's dispatch topic is: `offer` or `withdrawn`.
+#[derive(Deserialize)]
+struct MessageType {
+    r#type: Option<String>,
+}
+
 /// Subscribe to `{prefix}/v1/carers/+/dispatch` on the broker and count offers
 /// until the returned task is aborted.
 pub fn spawn(
@@ -87,6 +95,15 @@ pub fn spawn(
                     stats.subscribed.store(true, Ordering::Release);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    // The same topic carries withdrawals (`"type": "withdrawn"`);
+                    // a message without a type is an offer (older servers).
+                    let kind = serde_json::from_slice::<MessageType>(&p.payload)
+                        .ok()
+                        .and_then(|m| m.r#type);
+                    if kind.as_deref() == Some("withdrawn") {
+                        stats.withdrawn.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     if let Ok(offer) = serde_json::from_slice::<Offer>(&p.payload) {
                         let n = stats.offers.fetch_add(1, Ordering::Relaxed) + 1;
                         if let Some(b) = &behaviour {

@@ -21,7 +21,9 @@ fn my_carer_id(caller: &Caller) -> Result<i64, ApiError> {
     caller.carer_id.ok_or(ApiError::Forbidden(CARERS))
 }
 
-/// My offers and jobs not yet finished, newest first, with what I need at the door.
+/// My offers and jobs not yet finished, newest first, with what I need at the
+/// door; an offer withdrawn in the last hour (its incident ended) is listed
+/// with state `withdrawn` and without the resident's medical details.
 #[utoipa::path(
     get, path = "/api/v1/carer/jobs", tag = "carers",
     responses(
@@ -36,7 +38,7 @@ pub async fn jobs(
 ) -> Result<Json<Vec<CarerJob>>, ApiError> {
     let carer = my_carer_id(&caller)?;
     let jobs = s.db.carer_jobs(carer).await?;
-    for j in &jobs {
+    for j in jobs.iter().filter(|j| j.state != "withdrawn") {
         s.db.audit(AuditEntry {
             actor: &caller.actor(),
             action: "profile_read",

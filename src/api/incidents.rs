@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ACTORS, ApiError, ApiState, Caller, ErrorBody, STAFF};
-use crate::domain::{Action, State as IncidentState};
+use crate::domain::{Action, CancelReason, State as IncidentState};
 use crate::incident::CommandError;
 use crate::store::{
     AuditEntry, DeviceStatus, DispatchRow, HandoffError, IncidentSummary, NotificationRow,
@@ -280,6 +280,10 @@ pub struct StepBody {
     #[serde(default)]
     #[schema(max_length = 2000)]
     pub outcome: Option<String>,
+    /// Resolve an incident another operator holds, taking it over (recorded
+    /// on the timeline and the audit log). Without it that is refused (409).
+    #[serde(default)]
+    pub take_over: bool,
 }
 
 /// Closing says how it ended.
@@ -292,6 +296,29 @@ pub struct CloseBody {
     #[serde(default)]
     #[schema(max_length = 2000)]
     pub detail: Option<String>,
+    /// Close an incident another operator holds, taking it over.
+    #[serde(default)]
+    pub take_over: bool,
+}
+
+/// Cancelling a call for help (a life-safety incident) says why, from a fixed
+/// list, and confirms it; a technical job may be cancelled with neither.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    /// Why: `resident_false_alarm`, `duplicate`, `test`, `device_fault`, `operator_error`.
+    #[serde(default)]
+    pub reason: Option<CancelReason>,
+    /// `true`: the operator confirmed the cancel (the console asks).
+    #[serde(default)]
+    pub confirm: bool,
+    /// A note for the timeline.
+    #[serde(default)]
+    #[schema(max_length = 2000)]
+    pub detail: Option<String>,
+    /// Cancel an incident another operator holds, taking it over.
+    #[serde(default)]
+    pub take_over: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -342,6 +369,7 @@ async fn step(
                 detail: &detail,
                 outcome: (!outcome.is_empty()).then_some(outcome.as_str()),
                 merged_into: None,
+                take_over: body.take_over,
             },
             &AuditEntry {
                 actor: &caller.actor(),
@@ -352,6 +380,10 @@ async fn step(
         )
         .await
         .map_err(transition_error)?;
+    if !state.is_open() {
+        // Offers the end took back are owed to the carers' phones: sent now.
+        s.stage.send_withdrawals();
+    }
     s.feed.changed.notify_one();
     Ok(Json(StepDone {
         id,
@@ -362,9 +394,10 @@ async fn step(
 fn transition_error(e: TransitionError) -> ApiError {
     match e {
         TransitionError::NotFound(_) => ApiError::NotFound,
-        TransitionError::Illegal(_) | TransitionError::AlreadyClaimed(..) => {
-            ApiError::Conflict(e.to_string())
-        }
+        TransitionError::Illegal(_)
+        | TransitionError::AlreadyClaimed(..)
+        | TransitionError::ClaimedByOther { .. } => ApiError::Conflict(e.to_string()),
+        TransitionError::CancelReasonNeeded { .. } => ApiError::BadRequest(e.to_string()),
         TransitionError::UnknownState { .. } => ApiError::Conflict(e.to_string()),
         TransitionError::Store(e) => e.into(),
     }
@@ -454,15 +487,67 @@ pub async fn close(
     let step_body = StepBody {
         detail: body.detail,
         outcome: Some(body.outcome),
+        take_over: body.take_over,
     };
     step(&s, &caller, id, Action::Close, &step_body).await
 }
-step_handler!(
-    cancel,
-    Action::Cancel,
-    "/api/v1/incidents/{id}/cancel",
-    "Cancel: the resident is fine, or it was a false alarm."
-);
+
+/// Cancel: the resident is fine, or it was a false alarm. A life-safety
+/// incident needs a `reason` from the list and `confirm: true`.
+#[utoipa::path(
+    post, path = "/api/v1/incidents/{id}/cancel", tag = "incidents",
+    params(("id" = i64, Path)),
+    request_body(content = Option<CancelBody>, content_type = "application/json"),
+    responses(
+        (status = 200, body = StepDone),
+        (status = 400, body = ErrorBody, description = "a call for help without a reason or confirmation"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "not allowed from the incident's state, or another operator holds it"),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel(
+    State(s): State<ApiState>,
+    caller: Caller,
+    id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Json<StepDone>, ApiError> {
+    caller.require(ACTORS)?;
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let trimmed = body.trim_ascii();
+    let body: CancelBody = if trimmed.is_empty() || trimmed == b"null" {
+        CancelBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::Rejected {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!("not a cancel body: {e}"),
+        })?
+    };
+    let incident = s.db.incident_summary(id).await?.ok_or(ApiError::NotFound)?;
+    if incident.lane == "life_safety" {
+        // The store refuses a cancel without a reason too; the confirmation
+        // is the console's question, asked here of every client.
+        if body.reason.is_none() {
+            return Err(ApiError::BadRequest(format!(
+                "cancelling a call for help needs a reason, one of: {}",
+                CancelReason::list()
+            )));
+        }
+        if !body.confirm {
+            return Err(ApiError::BadRequest(
+                "cancelling a call for help needs confirm: true".into(),
+            ));
+        }
+    }
+    let step_body = StepBody {
+        detail: body.detail,
+        outcome: body.reason.map(|r| r.as_str().to_owned()),
+        take_over: body.take_over,
+    };
+    step(&s, &caller, id, Action::Cancel, &step_body).await
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -559,11 +644,31 @@ pub async fn carers(
     let Some(client) = s.db.client_profile(client).await? else {
         return Ok(Json(Vec::new()));
     };
-    let candidates =
+    let mut candidates =
         s.db.carer_candidates(&client.district, &client.street)
             .await?;
+    // A carer who holds a live offer for this incident already is not
+    // suggested (the console pre-selects the first): a second offer to them
+    // would be refused. They are in the incident's dispatches.
+    let holding: Vec<i64> =
+        s.db.dispatches_of(id)
+            .await?
+            .into_iter()
+            .filter(|d| matches!(d.state.as_str(), "offered" | "accepted" | "arrived"))
+            .map(|d| d.carer_id)
+            .collect();
+    for c in &mut candidates {
+        if c.carer_id.is_some_and(|id| holding.contains(&id)) {
+            c.carer_id = None;
+        }
+    }
+    // Ranked from where the alarm says the person is, else from home.
+    let from =
+        s.db.incident_position(id)
+            .await?
+            .or(client.lat.zip(client.lon));
     let mut out = Vec::new();
-    for d in crate::routing::ranked(client.lat.zip(client.lon), &candidates) {
+    for d in crate::routing::ranked(from, &candidates) {
         let name =
             s.db.carer(d.carer_id)
                 .await?

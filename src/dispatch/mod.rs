@@ -2,7 +2,7 @@
 
 use rumqttc::{AsyncClient, Publish, QoS};
 
-use crate::store::{Db, DispatchOffer, StoreError};
+use crate::store::{Db, DispatchOffer, StoreError, Withdrawal};
 use crate::telemetry::events;
 
 pub use crate::mqtt::{MqttEndpoint, MqttStatus};
@@ -113,6 +113,7 @@ impl Dispatcher {
         }
         let mut payload = serde_json::to_value(offer).expect("offer serialises");
         payload["v"] = serde_json::json!(1);
+        payload["type"] = serde_json::json!("offer");
         self.client
             .publish(
                 offer_topic(&self.prefix, offer.carer_id),
@@ -124,6 +125,40 @@ impl Dispatcher {
         events::DispatchPublished {
             dispatch: offer.dispatch_id,
             carer: offer.carer_id,
+        }
+        .emit();
+        Ok(())
+    }
+
+    /// Tell a carer an offer is taken back, on the topic the offer came by
+    /// (protocol/MQTT.md): their phone drops the job.
+    pub async fn publish_withdrawal(&self, w: &Withdrawal) -> Result<(), DispatchError> {
+        if !self.status.is_up() {
+            return Err(DispatchError::MqttDown);
+        }
+        let reason = w.reason();
+        let payload = serde_json::json!({
+            "v": 1,
+            "type": "withdrawn",
+            "dispatch_id": w.dispatch_id,
+            "incident_id": w.incident_id,
+            "carer_id": w.carer_id,
+            "reason": reason,
+            "withdrawn_at": w.withdrawn_at,
+        });
+        self.client
+            .publish(
+                offer_topic(&self.prefix, w.carer_id),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_string(),
+            )
+            .await?;
+        events::OfferWithdrawn {
+            dispatch: w.dispatch_id,
+            carer: w.carer_id,
+            incident: w.incident_id,
+            reason: &reason,
         }
         .emit();
         Ok(())

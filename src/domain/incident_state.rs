@@ -72,6 +72,20 @@ impl State {
         )
     }
 
+    /// The dispatch states of the offers an incident entering this state takes
+    /// back from their carers (`withdrawn`): none while it is open; an offer
+    /// nobody answered as soon as it ends; a carer on the way (accepted, not
+    /// arrived) only when it is closed, cancelled or merged, since after
+    /// "resolved" the operator may still want the visit, and a carer who has
+    /// arrived is in the room and finishes with `completed`.
+    pub fn withdraws(self) -> &'static [&'static str] {
+        match self {
+            State::Resolved => &["offered"],
+            State::Closed | State::Cancelled | State::Merged => &["offered", "accepted"],
+            _ => &[],
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Received => "received",
@@ -259,6 +273,20 @@ mod tests {
     fn terminal_states_accept_nothing() {
         for s in [State::Closed, State::Cancelled, State::Merged] {
             assert!(Action::ALL.iter().all(|a| s.apply(*a).is_err()), "{s}");
+        }
+    }
+
+    #[test]
+    fn only_an_ending_withdraws_offers_and_an_arrived_carer_is_never_withdrawn() {
+        for s in State::ALL {
+            let w = s.withdraws();
+            assert_eq!(w.is_empty(), s.is_open(), "{s}");
+            assert!(!w.contains(&"arrived"), "{s}");
+            assert_eq!(
+                w.contains(&"accepted"),
+                !s.is_open() && s != State::Resolved,
+                "{s}"
+            );
         }
     }
 

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::IncidentStage;
 use super::replies::ReplyProblem;
-use crate::store::{CarerAnswer, NewDispatch, StoreError};
+use crate::store::{CarerAnswer, NewDispatch, OfferError, StoreError};
 use crate::telemetry::events;
 
 pub enum Command {
@@ -26,6 +26,9 @@ pub enum Command {
         by: String,
         done: oneshot::Sender<Result<i64, CommandError>>,
     },
+    /// An incident ended elsewhere (the console): tell the carers whose
+    /// offers it took back now rather than at the next sweep.
+    SendWithdrawals,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,12 @@ impl StageHandle {
             .await
             .map_err(|_| CommandError::Stopped)?;
         rx.await.map_err(|_| CommandError::Stopped)?
+    }
+
+    /// Withdrawals are owed in the database: send them soon. A full queue
+    /// leaves them to the sweep.
+    pub fn send_withdrawals(&self) {
+        let _ = self.0.try_send(Command::SendWithdrawals);
     }
 
     /// Offer `incident` to `carer`; the new dispatch's id.
@@ -120,6 +129,15 @@ impl IncidentStage {
             } => {
                 let _ = done.send(self.offer_to(incident, carer, &by).await);
             }
+            Command::SendWithdrawals => {
+                if let Err(e) = self.send_withdrawals().await {
+                    events::StageFailed {
+                        stage: "withdrawal_publish",
+                        error: &e,
+                    }
+                    .emit();
+                }
+            }
         }
     }
 
@@ -151,17 +169,25 @@ impl IncidentStage {
                 .and_then(|p| p.lat.zip(p.lon)),
             None => None,
         };
+        let from = self.db.incident_position(incident).await?.or(home);
         let choice = NewDispatch {
             carer_id: c.id,
             provider_id: c.provider_id,
-            distance_m: home.map(|h| crate::routing::distance_m(h, (c.lat, c.lon))),
+            distance_m: from.map(|h| crate::routing::distance_m(h, (c.lat, c.lon))),
             fallback: false,
         };
         let due = self.now() + self.escalation(&summary.kind).offer_after_ms;
+        // A carer who holds a live offer for the incident is refused rather
+        // than sent it again: the operator learns that nothing new was sent
+        // and to whom the job already went.
         let dispatch = self
             .db
             .add_offer(incident, &choice, due, by, "chosen by the operator")
-            .await?;
+            .await
+            .map_err(|e| match e {
+                OfferError::Store(e) => CommandError::Store(e),
+                refused => CommandError::Refused(refused.to_string()),
+            })?;
         if let Err(e) = self.dispatcher.publish(dispatch).await {
             // Stored: the recovery sweep sends it when the broker is back.
             events::StageFailed {

@@ -38,6 +38,8 @@ struct Owed {
     device_id: String,
     kind: EventKind,
     auth: AuthStatus,
+    /// Where the device says it is, if it says: carers are ranked from here.
+    at: Option<(f64, f64)>,
 }
 
 impl From<CommittedAlarm> for Owed {
@@ -47,6 +49,7 @@ impl From<CommittedAlarm> for Owed {
             device_id: a.record.device_id,
             kind: a.record.kind,
             auth: a.record.auth,
+            at: a.record.location.map(|l| (l.lat, l.lon)),
         }
     }
 }
@@ -57,6 +60,7 @@ fn owed_of(a: crate::store::UnprocessedAlarm) -> Option<Owed> {
         id: a.id,
         device_id: a.device_id,
         auth: AuthStatus::parse(&a.auth),
+        at: a.lat.zip(a.lon),
     })
 }
 
@@ -223,6 +227,7 @@ impl Plan {
                 },
                 route: route.as_ref().map(|(client, due)| RouteRequest {
                     client,
+                    at: self.owed.at,
                     offer_due_at: *due,
                     choose: routing::choose,
                 }),
@@ -410,7 +415,31 @@ impl IncidentStage {
                 break;
             }
         }
+        self.send_withdrawals().await?;
         self.fire_due_timers().await
+    }
+
+    /// Tell carers of the offers their incidents' end took back. Owed in the
+    /// database until handed to the broker, so a withdrawal made while the
+    /// broker was down (or by another server's console) is sent by a sweep.
+    pub(crate) async fn send_withdrawals(&self) -> Result<(), StoreError> {
+        let owed = self.db.owed_withdrawals(256).await?;
+        let mut sent = Vec::with_capacity(owed.len());
+        for w in &owed {
+            match self.dispatcher.publish_withdrawal(w).await {
+                Ok(()) => sent.push(w.dispatch_id),
+                // The broker is down: the rest wait for the next sweep.
+                Err(e) => {
+                    events::StageFailed {
+                        stage: "withdrawal_publish",
+                        error: &e,
+                    }
+                    .emit();
+                    break;
+                }
+            }
+        }
+        self.db.mark_withdrawals_sent(&sent).await
     }
 
     /// Deadlines that passed: unclaimed incidents alert the supervisors (and
@@ -607,6 +636,7 @@ impl IncidentStage {
             }
         };
         let mut published = Vec::new();
+        let mut cleared = false;
         for (plan, done) in plans.iter().zip(done) {
             match done {
                 Some(StageDone::Incident {
@@ -651,15 +681,27 @@ impl IncidentStage {
                     outcome: IncidentOutcome::Folded(incident),
                     ..
                 }) => events::IncidentFolded { incident }.emit(),
-                Some(StageDone::Cleared(Some(incident))) => events::JobCleared {
-                    incident,
-                    kind: &plan.kind,
+                Some(StageDone::Cleared(Some(incident))) => {
+                    events::JobCleared {
+                        incident,
+                        kind: &plan.kind,
+                    }
+                    .emit();
+                    cleared = true;
                 }
-                .emit(),
                 _ => {}
             }
         }
         self.unmarked().extend(published);
+        // A cleared job may have had an offer out (rare: only where the rules
+        // offer a technical kind to a carer).
+        if cleared && let Err(e) = self.send_withdrawals().await {
+            events::StageFailed {
+                stage: "withdrawal_publish",
+                error: &e,
+            }
+            .emit();
+        }
         if let Some(transaction) = applied {
             events::StageBatch {
                 size: work.len(),
@@ -681,8 +723,13 @@ impl IncidentStage {
             .db
             .carer_candidates(&client.district, &client.street)
             .await?;
-        let home = client.lat.zip(client.lon);
-        let choice = routing::choose(home, &candidates);
+        // Ranked from where the alarm says the person is, else from home.
+        let from = self
+            .db
+            .incident_position(incident)
+            .await?
+            .or(client.lat.zip(client.lon));
+        let choice = routing::choose(from, &candidates);
         let due = self.now() + self.escalation(kind).offer_after_ms;
         match self.db.record_route(incident, choice.as_ref(), due).await? {
             Some(dispatch) => {

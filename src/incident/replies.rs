@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::IncidentStage;
 use crate::domain::Action;
 use crate::routing;
-use crate::store::{CarerAnswer, ReplyError, StoreError, Transition, TransitionError};
+use crate::store::{CarerAnswer, OfferError, ReplyError, StoreError, Transition, TransitionError};
 use crate::telemetry::events;
 
 /// Largest reply payload accepted.
@@ -48,6 +48,19 @@ impl ReplyProblem {
     pub fn is_transient(&self) -> bool {
         matches!(self, ReplyProblem::Store(_))
     }
+
+    /// Why, in one word, for the log and the refusals metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReplyProblem::Topic(_) => "topic",
+            ReplyProblem::TooLarge(_) => "too_large",
+            ReplyProblem::Json(_) => "malformed",
+            ReplyProblem::Version(_) => "version",
+            ReplyProblem::Action(_) => "unknown_action",
+            ReplyProblem::Refused(r) => r.kind(),
+            ReplyProblem::Store(_) => "store",
+        }
+    }
 }
 
 impl From<ReplyError> for ReplyProblem {
@@ -84,7 +97,11 @@ impl IncidentStage {
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 }
                 Err(e) => {
-                    events::ReplyRefused { error: &e }.emit();
+                    events::ReplyRefused {
+                        reason: e.kind(),
+                        error: &e,
+                    }
+                    .emit();
                     break;
                 }
             }
@@ -153,9 +170,25 @@ impl IncidentStage {
             detail,
             outcome,
             merged_into: None,
+            take_over: false,
         };
         match self.db.transition(&step).await {
-            Ok(_) => Ok(()),
+            Ok(to) => {
+                // A job completed resolves the incident: offers still out to
+                // other carers are taken back.
+                // The answer stands either way: what is not sent now, the
+                // sweep sends.
+                if !to.is_open()
+                    && let Err(e) = self.send_withdrawals().await
+                {
+                    events::StageFailed {
+                        stage: "withdrawal_publish",
+                        error: &e,
+                    }
+                    .emit();
+                }
+                Ok(())
+            }
             // The incident moved on meanwhile (an operator resolved or
             // cancelled it): the carer's news is on the timeline already.
             Err(TransitionError::Illegal(_)) => Ok(()),
@@ -167,6 +200,16 @@ impl IncidentStage {
     /// After a decline or a timeout: the next nearest available carer who has
     /// not been asked yet; the supervisors hear of it when there is nobody left.
     pub(super) async fn offer_next(&self, incident: i64, why: &str) -> Result<(), StoreError> {
+        // An incident that ended meanwhile is offered to nobody (the store
+        // refuses the offer too, under the incident's lock).
+        let open = self
+            .db
+            .incident_state(incident)
+            .await?
+            .is_some_and(|s| s.is_open());
+        if !open {
+            return Ok(());
+        }
         let Some(client_id) = self.db.incident_client(incident).await? else {
             return Ok(());
         };
@@ -184,13 +227,26 @@ impl IncidentStage {
                 c.carer_id = None;
             }
         }
-        match routing::choose(client.lat.zip(client.lon), &candidates) {
+        // Ranked from where the person was last reported, else from home.
+        let from = self
+            .db
+            .incident_position(incident)
+            .await?
+            .or(client.lat.zip(client.lon));
+        match routing::choose(from, &candidates) {
             Some(choice) => {
                 let due = self.now() + self.escalation_of(incident).await?.offer_after_ms;
-                let dispatch = self
+                let dispatch = match self
                     .db
                     .add_offer(incident, &choice, due, "system", why)
-                    .await?;
+                    .await
+                {
+                    Ok(id) => id,
+                    Err(OfferError::Store(e)) => return Err(e),
+                    // Ended meanwhile, or the carer holds an offer already:
+                    // nothing more to ask.
+                    Err(_) => return Ok(()),
+                };
                 if let Err(e) = self.dispatcher.publish(dispatch).await {
                     events::StageFailed {
                         stage: "dispatch_publish",

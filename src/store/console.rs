@@ -83,11 +83,17 @@ pub struct DeviceStatus {
     pub lon: Option<f64>,
 }
 
+/// How long a withdrawn offer stays in the carer's job list.
+pub const WITHDRAWN_SHOWN_MS: i64 = 60 * 60 * 1000;
+
 /// A carer's own offer or job, with what they need at the door.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct CarerJob {
     pub dispatch_id: i64,
     pub incident_id: i64,
+    /// `offered`, `accepted`, `arrived`, or `withdrawn`: the incident ended
+    /// and the job was taken back (the carer's phone was told on MQTT too);
+    /// answers to it are refused.
     pub state: String,
     pub kind: String,
     pub offered_at: i64,
@@ -227,18 +233,25 @@ impl Db {
         .await)?)
     }
 
-    /// A carer's dispatches that are not finished, newest first.
+    /// A carer's dispatches that are not finished, newest first, and those
+    /// withdrawn in the last [`WITHDRAWN_SHOWN_MS`] (state `withdrawn`, the
+    /// resident's medical details left out): a phone that missed the MQTT
+    /// message learns the job was taken back rather than seeing it vanish.
     pub async fn carer_jobs(&self, carer_id: i64) -> Result<Vec<CarerJob>, StoreError> {
         Ok(on_pool!(self, |p| sqlx::query_as(
             "SELECT d.id AS dispatch_id, d.incident_id, d.state, i.kind, d.offered_at, \
              d.distance_m, c.id AS client_id, c.name AS client_name, c.address, c.lat, c.lon, \
-             c.medical_notes, c.medications, c.allergies \
+             CASE WHEN d.state = 'withdrawn' THEN '' ELSE c.medical_notes END AS medical_notes, \
+             CASE WHEN d.state = 'withdrawn' THEN '' ELSE c.medications END AS medications, \
+             CASE WHEN d.state = 'withdrawn' THEN '' ELSE c.allergies END AS allergies \
              FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
              JOIN clients c ON c.id = i.client_id \
-             WHERE d.carer_id = $1 AND d.state IN ('offered', 'accepted', 'arrived') \
+             WHERE d.carer_id = $1 AND (d.state IN ('offered', 'accepted', 'arrived') \
+             OR (d.state = 'withdrawn' AND d.withdrawn_at > $2)) \
              ORDER BY d.id DESC"
         )
         .bind(carer_id)
+        .bind(now_ms() - WITHDRAWN_SHOWN_MS)
         .fetch_all(p)
         .await)?)
     }

@@ -46,16 +46,37 @@ impl CarerAnswer {
     }
 
     /// Dispatch states the answer may follow; the state it leads to is
-    /// accepted again, so a repeated reply is harmless.
+    /// accepted again, so a repeated reply is harmless. A job goes accepted →
+    /// arrived → completed: "completed" from a carer who never said they
+    /// arrived would resolve an incident nobody attended.
     fn allowed_from(self) -> &'static [&'static str] {
         match self {
             Self::Accept => &["offered", "accepted"],
             Self::Decline => &["offered", "declined"],
             Self::Arrived => &["accepted", "arrived"],
-            Self::Completed => &["accepted", "arrived", "completed"],
+            Self::Completed => &["arrived", "completed"],
+        }
+    }
+
+    /// The state the answer follows, as a refusal explains it.
+    fn follows(self) -> &'static str {
+        match self {
+            Self::Accept | Self::Decline => "an offer",
+            Self::Arrived => "accept",
+            Self::Completed => "arrived",
         }
     }
 }
+
+impl std::fmt::Display for CarerAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.verb())
+    }
+}
+
+/// Dispatch states in which the carer still has the job (the partial unique
+/// index `dispatches_one_live_per_carer` uses the same list).
+pub(super) const LIVE: &str = "('offered', 'accepted', 'arrived')";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
@@ -67,10 +88,24 @@ pub enum ReplyError {
         carer: i64,
         owner: i64,
     },
-    #[error("dispatch {dispatch} is {state}; {answer:?} does not follow it")]
+    #[error("dispatch {dispatch} is {state}; {answer} only follows {}", answer.follows())]
     OutOfOrder {
         dispatch: i64,
         state: String,
+        answer: CarerAnswer,
+    },
+    /// The incident ended and took the offer back.
+    #[error("dispatch {dispatch} was withdrawn: incident {incident} is {incident_state}")]
+    Withdrawn {
+        dispatch: i64,
+        incident: i64,
+        incident_state: String,
+    },
+    #[error("incident {incident} is {incident_state}; dispatch {dispatch} cannot be {answer}ed")]
+    IncidentEnded {
+        dispatch: i64,
+        incident: i64,
+        incident_state: String,
         answer: CarerAnswer,
     },
     #[error(transparent)]
@@ -80,6 +115,48 @@ pub enum ReplyError {
 impl From<sqlx::Error> for ReplyError {
     fn from(e: sqlx::Error) -> Self {
         ReplyError::Store(e.into())
+    }
+}
+
+impl ReplyError {
+    /// Why, in one word, for the log and the refusals metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReplyError::NotFound(_) => "unknown_dispatch",
+            ReplyError::NotYours { .. } => "not_yours",
+            ReplyError::OutOfOrder { .. } => "out_of_order",
+            ReplyError::Withdrawn { .. } => "withdrawn",
+            ReplyError::IncidentEnded { .. } => "incident_ended",
+            ReplyError::Store(_) => "store",
+        }
+    }
+}
+
+/// Why a further offer was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum OfferError {
+    #[error("incident {0} does not exist")]
+    NotFound(i64),
+    #[error("incident {incident} is {state}: it takes no more offers")]
+    Ended { incident: i64, state: String },
+    /// At most one live offer per carer per incident.
+    #[error(
+        "carer {carer} already holds dispatch {dispatch} ({state}) for incident {incident}; \
+         no second offer is made"
+    )]
+    AlreadyHeld {
+        carer: i64,
+        incident: i64,
+        dispatch: i64,
+        state: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for OfferError {
+    fn from(e: sqlx::Error) -> Self {
+        OfferError::Store(e.into())
     }
 }
 
@@ -98,16 +175,29 @@ impl Db {
         } else {
             ""
         };
+        // The incident's row first, then the dispatch's: the order a step
+        // that ends the incident (and withdraws its offers) takes them in.
+        let incident_select = format!(
+            "SELECT i.id, i.state FROM incidents i WHERE i.id = \
+             (SELECT d.incident_id FROM dispatches d WHERE d.id = $1){lock}"
+        );
         let select =
             format!("SELECT incident_id, carer_id, state FROM dispatches WHERE id = $1{lock}");
         let now = now_ms();
+        let begin = self.begin_write();
         on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(begin).await?;
+            let incident_row: Option<(i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(incident_select))
+                    .bind(dispatch_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             let row: Option<(i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
                 .bind(dispatch_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-            let Some((incident, owner, state)) = row else {
+            let (Some((incident, owner, state)), Some((_, incident_state))) = (row, incident_row)
+            else {
                 return Err(ReplyError::NotFound(dispatch_id));
             };
             if owner != carer_id {
@@ -115,6 +205,26 @@ impl Db {
                     dispatch: dispatch_id,
                     carer: carer_id,
                     owner,
+                });
+            }
+            if state == "withdrawn" {
+                return Err(ReplyError::Withdrawn {
+                    dispatch: dispatch_id,
+                    incident,
+                    incident_state,
+                });
+            }
+            // Offers are withdrawn as their incident ends; this guards rows
+            // written by an older server all the same.
+            if answer == CarerAnswer::Accept
+                && state == "offered"
+                && !crate::domain::State::parse(&incident_state).is_some_and(|s| s.is_open())
+            {
+                return Err(ReplyError::IncidentEnded {
+                    dispatch: dispatch_id,
+                    incident,
+                    incident_state,
+                    answer,
                 });
             }
             if !answer.allowed_from().contains(&state.as_str()) {
@@ -168,11 +278,12 @@ impl Db {
         })
     }
 
-    /// Carers who declined this incident or let its offer expire (not to be asked again).
+    /// Carers asked already about this incident, whatever they answered:
+    /// those who declined or let the offer expire are not asked again, and
+    /// those who hold an offer have it.
     pub async fn carers_passed_over(&self, incident_id: i64) -> Result<Vec<i64>, StoreError> {
         let rows: Vec<(i64,)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT carer_id FROM dispatches WHERE incident_id = $1 \
-             AND state IN ('declined', 'expired')"
+            "SELECT DISTINCT carer_id FROM dispatches WHERE incident_id = $1"
         )
         .bind(incident_id)
         .fetch_all(p)
@@ -180,7 +291,9 @@ impl Db {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// A further offer on an incident already routed (after a decline or a timeout).
+    /// A further offer on an incident already routed (after a decline or a
+    /// timeout, or an operator's choice). Refused when the incident has ended
+    /// or the carer holds a live offer for it already.
     pub async fn add_offer(
         &self,
         incident_id: i64,
@@ -188,10 +301,48 @@ impl Db {
         offer_due_at: i64,
         actor: &str,
         why: &str,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<i64, OfferError> {
         let now = now_ms();
+        // The incident's row is locked against a step that ends it meanwhile
+        // (PostgreSQL; SQLite's write transaction is alone).
+        let lock = if matches!(self, Db::Postgres(_)) {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let select = format!("SELECT state FROM incidents WHERE id = $1{lock}");
+        let begin = self.begin_write();
         on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_with(begin).await?;
+            let state: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                .bind(incident_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((state,)) = state else {
+                return Err(OfferError::NotFound(incident_id));
+            };
+            if !crate::domain::State::parse(&state).is_some_and(|s| s.is_open()) {
+                return Err(OfferError::Ended {
+                    incident: incident_id,
+                    state,
+                });
+            }
+            let held: Option<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id, state FROM dispatches WHERE incident_id = $1 AND carer_id = $2 \
+                 AND state IN {LIVE}"
+            )))
+            .bind(incident_id)
+            .bind(d.carer_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((dispatch, state)) = held {
+                return Err(OfferError::AlreadyHeld {
+                    carer: d.carer_id,
+                    incident: incident_id,
+                    dispatch,
+                    state,
+                });
+            }
             let id = insert_dispatch!(tx, incident_id, d, now);
             insert_timer!(tx, incident_id, Some(id), "offer", 0i64, offer_due_at);
             sqlx::query(

@@ -100,6 +100,7 @@ impl Db {
             detail: &detail,
             outcome: None,
             merged_into: None,
+            take_over: false,
         })
         .await?;
         let now = now_ms();

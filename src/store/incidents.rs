@@ -40,7 +40,34 @@ macro_rules! route_in_tx {
             None
         } else {
             let choice: Option<&NewDispatch> = $choice;
+            // An operator may have offered the job to this very carer while
+            // the routing was owed: they hold it, and no second offer is made.
+            let held: Option<(i64,)> = match choice {
+                Some(d) => {
+                    sqlx::query_as(
+                        "SELECT id FROM dispatches WHERE incident_id = $1 AND carer_id = $2 \
+                     AND state IN ('offered', 'accepted', 'arrived')",
+                    )
+                    .bind(incident_id)
+                    .bind(d.carer_id)
+                    .fetch_optional(&mut *$tx)
+                    .await?
+                }
+                None => None,
+            };
             Some(match choice {
+                Some(d) if held.is_some() => {
+                    insert_event!(
+                        $tx,
+                        incident_id,
+                        now,
+                        "system",
+                        "carer_already_offered",
+                        None::<&str>,
+                        &format!("carer {} holds the operator's offer already", d.carer_id)
+                    )?;
+                    None
+                }
                 Some(d) => {
                     let id = insert_dispatch!($tx, incident_id, d, now);
                     insert_timer!($tx, incident_id, Some(id), "offer", 0i64, $due);
@@ -216,6 +243,10 @@ pub struct DispatchOffer {
     pub lon: Option<f64>,
     pub medical_notes: String,
     pub medications: String,
+    /// Where the alarm said the person was (a watch's position, a fall
+    /// outdoors), when it said so: the carer goes there, not to the address.
+    pub reported_lat: Option<f64>,
+    pub reported_lon: Option<f64>,
 }
 
 impl Db {
@@ -279,21 +310,44 @@ impl Db {
         Ok(on_pool!(self, |p| sqlx::query_as(
             "SELECT d.id AS dispatch_id, d.incident_id, d.carer_id, i.kind, d.offered_at, \
              d.distance_m, c.name AS client_name, c.address, c.lat, c.lon, c.medical_notes, \
-             c.medications \
+             c.medications, p.lat AS reported_lat, p.lon AS reported_lon \
              FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
-             JOIN clients c ON c.id = i.client_id WHERE d.id = $1"
+             JOIN clients c ON c.id = i.client_id \
+             LEFT JOIN alarms p ON p.id = (SELECT MAX(a.id) FROM alarms a \
+                 WHERE a.incident_id = d.incident_id AND a.lat IS NOT NULL AND a.lon IS NOT NULL) \
+             WHERE d.id = $1"
         )
         .bind(dispatch_id)
         .fetch_optional(p)
         .await)?)
     }
 
+    /// Where the incident's person was last reported: the newest position
+    /// among its alarms (a wanderer's watch, a fall outdoors), if any.
+    pub async fn incident_position(
+        &self,
+        incident_id: i64,
+    ) -> Result<Option<(f64, f64)>, StoreError> {
+        let row: Option<(f64, f64)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT lat, lon FROM alarms WHERE incident_id = $1 \
+             AND lat IS NOT NULL AND lon IS NOT NULL ORDER BY id DESC LIMIT 1"
+        )
+        .bind(incident_id)
+        .fetch_optional(p)
+        .await)?;
+        Ok(row)
+    }
+
+    /// Offers not yet handed to the broker that are still offers (one
+    /// answered, expired or withdrawn meanwhile is not sent).
     pub async fn unpublished_dispatches(&self) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<(i64,)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id FROM dispatches WHERE published_at IS NULL ORDER BY id"
+        let rows: Vec<(i64,)> = on_pool!(self, |p| {
+            sqlx::query_as(
+            "SELECT id FROM dispatches WHERE published_at IS NULL AND state = 'offered' ORDER BY id"
         )
         .fetch_all(p)
-        .await)?;
+        .await
+        })?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 

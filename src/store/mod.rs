@@ -23,6 +23,7 @@ mod timers;
 mod transitions;
 mod users;
 mod wellbeing;
+mod withdrawals;
 pub mod writer;
 
 use std::str::FromStr;
@@ -37,7 +38,7 @@ pub use alarm_log::{AlarmLogQuery, AlarmLogRow};
 pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
 pub use audit::{AuditEntry, AuditRecord, AuditReport, ChainBreak, ChainFault};
 pub use console::{CarerJob, DeviceStatus, DispatchRow, QueueFilter, QueueRow, TimelineEntry};
-pub use dispatches::{CarerAnswer, ReplyError};
+pub use dispatches::{CarerAnswer, OfferError, ReplyError};
 pub use handoffs::{Handoff, HandoffError};
 pub use incidents::{
     CarerCandidate, DispatchOffer, IncidentOutcome, IncidentSummary, NewDispatch, NewIncident,
@@ -62,6 +63,7 @@ pub use timers::{ClaimCheck, OfferCheck, TimerRow};
 pub use transitions::{Transition, TransitionError};
 pub use users::{LoginUser, NewUser, SessionUser, USERNAME_MAX, UserError, valid_username};
 pub use wellbeing::{OUTCOMES as WELLBEING_OUTCOMES, WellbeingRow};
+pub use withdrawals::Withdrawal;
 
 /// Run `$body` with `$p` bound to the pool for reads of whichever backend
 /// `$db` holds. The body is compiled once per backend, so it must only use SQL

@@ -225,7 +225,7 @@ pub struct ImportedEvent {
 pub struct ImportedDispatch {
     pub carer_id: i64,
     pub provider_id: i64,
-    /// offered, accepted, declined, expired, arrived or completed.
+    /// offered, accepted, declined, expired, arrived, completed or withdrawn.
     pub state: String,
     pub fallback: bool,
     pub offered_at: i64,
@@ -247,13 +247,14 @@ impl From<sqlx::Error> for ImportError {
     }
 }
 
-const DISPATCH_STATES: [&str; 6] = [
+const DISPATCH_STATES: [&str; 7] = [
     "offered",
     "accepted",
     "declined",
     "expired",
     "arrived",
     "completed",
+    "withdrawn",
 ];
 
 fn check(i: &ImportedIncident) -> Result<(), ImportError> {

@@ -21,6 +21,7 @@ use sqlx::QueryBuilder;
 
 use super::incidents::{CANDIDATES_IN_DISTRICTS, OPEN};
 use super::notifications::{NOTIFY_FROM_VALUES, NOTIFY_WHERE};
+use super::withdrawals::withdraw_in_tx;
 use super::{
     CarerCandidate, Cascade, ClientProfile, Db, DispatchOffer, IncidentOutcome, NewDispatch,
     NewIncident, StoreError, now_ms, on_write_pool,
@@ -34,6 +35,9 @@ pub type Chooser = fn(Option<(f64, f64)>, &[CarerCandidate]) -> Option<NewDispat
 #[derive(Clone, Copy)]
 pub struct RouteRequest<'a> {
     pub client: &'a ClientProfile,
+    /// Where the alarm says the person is (a wanderer's watch, a fall
+    /// outdoors): carers are ranked from here rather than from the home.
+    pub at: Option<(f64, f64)>,
     pub offer_due_at: i64,
     pub choose: Chooser,
 }
@@ -65,8 +69,9 @@ pub enum StageWork<'a> {
 /// What the routing of a just-opened incident did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteDone {
-    /// The offer to send, as the carer's phone will read it.
-    Offered(DispatchOffer),
+    /// The offer to send, as the carer's phone will read it (boxed: it is
+    /// large beside the other answers, and rare among a batch's items).
+    Offered(Box<DispatchOffer>),
     NoCarer,
 }
 
@@ -352,7 +357,7 @@ impl Db {
                                 })
                                 .map(|d| d.candidate.clone())
                                 .collect();
-                            (r.choose)(c.lat.zip(c.lon), &here)
+                            (r.choose)(r.at.or(c.lat.zip(c.lon)), &here)
                         }));
                     }
                     let mut q = QueryBuilder::new(
@@ -468,7 +473,7 @@ impl Db {
                                 ));
                                 (
                                     ("carer_offered", offer_detail(dispatch_id, &d)),
-                                    RouteDone::Offered(DispatchOffer {
+                                    RouteDone::Offered(Box::new(DispatchOffer {
                                         dispatch_id,
                                         incident_id: id,
                                         carer_id: d.carer_id,
@@ -481,7 +486,9 @@ impl Db {
                                         lon: c.lon,
                                         medical_notes: c.medical_notes.clone(),
                                         medications: c.medications.clone(),
-                                    }),
+                                        reported_lat: r.at.map(|p| p.0),
+                                        reported_lon: r.at.map(|p| p.1),
+                                    })),
                                 )
                             }
                             _ => (
@@ -562,6 +569,8 @@ impl Db {
                                 } else {
                                     open.remove(fold_key);
                                 }
+                                // A job offered to a carer ends with it.
+                                withdraw_in_tx!(tx, id, next, now);
                             }
                             pending.lines.push(Some(Line {
                                 incident: target,

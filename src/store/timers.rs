@@ -1,5 +1,6 @@
 //! Deadlines kept in the database: claim and offer timers, fired once each.
 
+use super::incidents::OPEN;
 use super::{Db, StoreError, insert_timer, now_ms, on_pool, on_write_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -105,10 +106,14 @@ impl Db {
             if !fire_once!(tx, t.id, now) {
                 return Ok(OfferCheck::Settled);
             }
-            let expired = sqlx::query(
+            // Only an offer still pending on an incident still open expires
+            // (and so passes to the next carer): an ended incident's offers
+            // are withdrawn with it, and this guards older rows all the same.
+            let expired = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE dispatches SET state = 'expired', updated_at = $1 \
-                 WHERE id = $2 AND state = 'offered'",
-            )
+                 WHERE id = $2 AND state = 'offered' AND EXISTS (SELECT 1 FROM incidents i \
+                 WHERE i.id = dispatches.incident_id AND i.{OPEN})"
+            )))
             .bind(now)
             .bind(t.dispatch_id)
             .execute(&mut *tx)

@@ -2,8 +2,9 @@
 //! each step written to the incident's timeline.
 
 use super::audit::append_audit;
+use super::withdrawals::withdraw_in_tx;
 use super::{AuditEntry, Db, StoreError, now_ms, on_write_pool};
-use crate::domain::{Action, IllegalTransition, State};
+use crate::domain::{Action, CancelReason, IllegalTransition, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransitionError {
@@ -13,6 +14,19 @@ pub enum TransitionError {
     Illegal(#[from] IllegalTransition),
     #[error("incident {0} is already claimed by {1}")]
     AlreadyClaimed(i64, String),
+    /// Ending another operator's incident needs an explicit take-over.
+    #[error("incident {id} is claimed by {owner}; to {action} it, take it over (take_over: true)")]
+    ClaimedByOther {
+        id: i64,
+        owner: String,
+        action: Action,
+    },
+    /// A call for help is cancelled only with a reason from the fixed list.
+    #[error(
+        "cancelling life-safety incident {id} needs a reason, one of: {}",
+        CancelReason::list()
+    )]
+    CancelReasonNeeded { id: i64 },
     #[error("incident {id} has state {state:?}, which this server does not know")]
     UnknownState { id: i64, state: String },
     #[error(transparent)]
@@ -38,6 +52,16 @@ pub struct Transition<'a> {
     pub outcome: Option<&'a str>,
     /// The incident this one folds into, with [`Action::Merge`].
     pub merged_into: Option<i64>,
+    /// An operator resolving, closing or cancelling an incident another
+    /// operator holds takes it over: written on the timeline (and the audit),
+    /// and refused without this.
+    pub take_over: bool,
+}
+
+/// Actions that end an incident on its holder's behalf: another operator
+/// needs to take it over first.
+fn ends_for_the_holder(action: Action) -> bool {
+    matches!(action, Action::Resolve | Action::Close | Action::Cancel)
 }
 
 impl Db {
@@ -69,16 +93,17 @@ impl Db {
         } else {
             ""
         };
-        let select = format!("SELECT state, claimed_by FROM incidents WHERE id = $1{lock}");
+        let select = format!("SELECT state, claimed_by, lane FROM incidents WHERE id = $1{lock}");
         let now = now_ms();
         let begin = self.begin_write();
         on_write_pool!(self, |p| {
             let mut tx = p.begin_with(begin).await?;
-            let row: Option<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
-                .bind(t.incident_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some((state, claimed_by)) = row else {
+            let row: Option<(String, Option<String>, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(select))
+                    .bind(t.incident_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((state, claimed_by, lane)) = row else {
                 return Err(TransitionError::NotFound(t.incident_id));
             };
             let from = State::parse(&state).ok_or(TransitionError::UnknownState {
@@ -86,11 +111,70 @@ impl Db {
                 state: state.clone(),
             })?;
             if t.action == Action::Claim
-                && let Some(owner) = claimed_by
+                && let Some(owner) = &claimed_by
             {
-                return Err(TransitionError::AlreadyClaimed(t.incident_id, owner));
+                return Err(TransitionError::AlreadyClaimed(
+                    t.incident_id,
+                    owner.clone(),
+                ));
             }
             let to = from.apply(t.action)?;
+            // Carers and the system act on any incident; an operator ends
+            // only their own or one nobody holds, unless taking it over.
+            let taken_from = match claimed_by {
+                Some(owner)
+                    if t.actor.starts_with("operator:")
+                        && owner != t.actor
+                        && ends_for_the_holder(t.action) =>
+                {
+                    if !t.take_over {
+                        return Err(TransitionError::ClaimedByOther {
+                            id: t.incident_id,
+                            owner,
+                            action: t.action,
+                        });
+                    }
+                    Some(owner)
+                }
+                _ => None,
+            };
+            if t.action == Action::Cancel
+                && lane == "life_safety"
+                && t.outcome.and_then(CancelReason::parse).is_none()
+            {
+                return Err(TransitionError::CancelReasonNeeded { id: t.incident_id });
+            }
+            if let Some(owner) = &taken_from {
+                sqlx::query("UPDATE incidents SET claimed_by = $1 WHERE id = $2")
+                    .bind(t.actor)
+                    .bind(t.incident_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO incident_events (incident_id, at, actor, action, from_state, \
+                     to_state, detail) VALUES ($1, $2, $3, 'take_over', $4, $4, $5)",
+                )
+                .bind(t.incident_id)
+                .bind(now)
+                .bind(t.actor)
+                .bind(from.as_str())
+                .bind(format!("from {owner}, to {}", t.action))
+                .execute(&mut *tx)
+                .await?;
+                if let Some(entry) = audit {
+                    let detail = format!("from {owner}");
+                    append_audit!(
+                        self,
+                        tx,
+                        AuditEntry {
+                            action: "incident_take_over",
+                            detail: &detail,
+                            ..*entry
+                        },
+                        now
+                    );
+                }
+            }
             sqlx::query(
                 "UPDATE incidents SET state = $1, updated_at = $2, \
                  claimed_by = CASE WHEN $3 THEN $4 ELSE claimed_by END, \
@@ -121,6 +205,9 @@ impl Db {
             .bind(t.detail)
             .execute(&mut *tx)
             .await?;
+            // The offers end with the incident, in the same transaction: no
+            // carer can take a job on an incident that is over.
+            withdraw_in_tx!(tx, t.incident_id, to, now);
             if let Some(entry) = audit {
                 append_audit!(self, tx, *entry, now);
             }

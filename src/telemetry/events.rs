@@ -364,13 +364,36 @@ impl MqttConnection {
 }
 
 pub struct ReplyRefused<'a> {
+    /// Low-cardinality: `withdrawn`, `out_of_order`, `not_yours`, `malformed` …
+    pub reason: &'static str,
     pub error: &'a dyn std::fmt::Display,
 }
 
 impl ReplyRefused<'_> {
     pub fn emit(self) {
-        counter!("pat_carer_replies_refused_total").increment(1);
-        warn!(error = %self.error, "carer reply refused");
+        counter!("pat_carer_replies_refused_total", "reason" => self.reason).increment(1);
+        warn!(reason = self.reason, error = %self.error, "carer reply refused");
+    }
+}
+
+/// A carer was told that an offer was taken back (its incident ended).
+pub struct OfferWithdrawn<'a> {
+    pub dispatch: i64,
+    pub carer: i64,
+    pub incident: i64,
+    pub reason: &'a str,
+}
+
+impl OfferWithdrawn<'_> {
+    pub fn emit(self) {
+        counter!("pat_offers_withdrawn_total").increment(1);
+        info!(
+            dispatch = self.dispatch,
+            carer = self.carer,
+            incident = self.incident,
+            reason = self.reason,
+            "offer withdrawn"
+        );
     }
 }
 

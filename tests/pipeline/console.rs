@@ -5,30 +5,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pingantong::api::auth::hash_password;
 use pingantong::domain::Role;
-use pingantong::store::{Db, NewUser};
+use pingantong::store::Db;
 use pingantong_protocol::EventKind;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-
-async fn add_carer_user(db: &Db, username: &str, carer_id: i64) {
-    let hash = hash_password(PASSWORD).unwrap();
-    db.add_user(
-        &NewUser {
-            username,
-            password_hash: &hash,
-            role: Role::Carer,
-            carer_id: Some(carer_id),
-            provider_id: None,
-        },
-        "test",
-    )
-    .await
-    .unwrap();
-}
 
 /// Timeline events read from the live feed: (id, incident id, action).
 type Seen = Arc<Mutex<Vec<(i64, i64, String)>>>;

@@ -68,6 +68,7 @@ async fn an_unclaimed_incident_alerts_supervisors_until_someone_claims_it() {
             detail: "",
             outcome: None,
             merged_into: None,
+            take_over: false,
         })
         .await
         .unwrap();

@@ -637,6 +637,12 @@ impl OwnMosquitto {
 
     /// Stop as an operator would (SIGTERM: Mosquitto saves its sessions), then start again.
     pub fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    /// Stop as an operator would (SIGTERM: Mosquitto saves its sessions).
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = std::process::Command::new("kill")
                 .arg("-TERM")
@@ -644,6 +650,10 @@ impl OwnMosquitto {
                 .status();
             let _ = c.wait();
         }
+    }
+
+    /// Start again after [`OwnMosquitto::stop`], on the same port and sessions.
+    pub fn start_again(&mut self) {
         self.run();
     }
 }
@@ -696,6 +706,23 @@ pub async fn add_user(db: &Db, username: &str, role: Role) {
             password_hash: &hash,
             role,
             carer_id: None,
+            provider_id: None,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+}
+
+/// A console account for a carer (role carer, naming the carer).
+pub async fn add_carer_user(db: &Db, username: &str, carer_id: i64) {
+    let hash = hash_password(PASSWORD).unwrap();
+    db.add_user(
+        &NewUser {
+            username,
+            password_hash: &hash,
+            role: Role::Carer,
+            carer_id: Some(carer_id),
             provider_id: None,
         },
         "test",

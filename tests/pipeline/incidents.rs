@@ -15,6 +15,7 @@ fn step(incident_id: i64, action: Action, actor: &str) -> Transition<'_> {
         detail: "",
         outcome: None,
         merged_into: None,
+        take_over: false,
     }
 }
 
@@ -121,6 +122,8 @@ async fn lifecycle(backend: Backend) {
             "dispatch",
             "carer_arrive",
             "resolve",
+            // The automatic offer, never answered, ends with the incident.
+            "offer_withdrawn",
             "close"
         ]
     );
@@ -328,6 +331,7 @@ async fn stage_batch(backend: Backend) {
     };
     let route = Some(RouteRequest {
         client: &client,
+        at: None,
         offer_due_at: 2_000,
         choose: pingantong::routing::choose,
     });

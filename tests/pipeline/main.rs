@@ -14,6 +14,7 @@ mod incidents;
 mod mqtt;
 mod native;
 mod notify;
+mod offers;
 mod registry;
 mod reports;
 mod supervision;

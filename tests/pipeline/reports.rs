@@ -608,6 +608,7 @@ async fn live_carer_times(backend: Backend) {
         detail: "",
         outcome: None,
         merged_into: None,
+        take_over: false,
     };
     app.db.transition(&claim).await.unwrap();
     let r = sla::monthly_report(&app.db, month, Grouping::Provider, &targets, now_ms())

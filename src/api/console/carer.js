@@ -80,7 +80,8 @@ export class CarerView {
         answer('decline', () => ({ reason: reason.value.trim() || undefined })));
     }
     if (j.state === 'accepted') buttons.push(answer('arrived'));
-    if (j.state === 'accepted' || j.state === 'arrived') {
+    // A job is completed once the carer has arrived.
+    if (j.state === 'arrived') {
       buttons.push(h('label', { for: outcome.id }, t('close.outcome')), outcome,
         answer('completed', () => ({ outcome: outcome.value })));
     }
@@ -96,6 +97,7 @@ export class CarerView {
         h('div', { class: 'field' }, h('dt', {}, t('f.notes')), h('dd', {}, j.medical_notes || '—')),
         h('div', { class: 'field' }, h('dt', {}, t('f.medications')), h('dd', {}, j.medications || '—')),
         h('div', { class: `field ${j.allergies ? 'allergy' : ''}` }, h('dt', {}, t('f.allergies')), h('dd', {}, j.allergies ? `⚠ ${j.allergies}` : '—'))),
+      j.state === 'withdrawn' ? h('p', { class: 'withdrawn', role: 'status' }, t('job.withdrawn')) : null,
       h('div', { class: 'buttons' }, buttons));
   }
 

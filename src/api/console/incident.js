@@ -3,13 +3,15 @@
 // actions on it. The actions panel is built once per incident so typing and
 // keyboard focus survive the live refreshes of everything around it.
 
-import { ApiError, api, now } from './api.js';
+import { ApiError, api, now, session } from './api.js';
 import { clock, distance, fill, h, osm, when } from './dom.js';
 import { kindLabel, label, stateLabel, t } from './i18n.js';
 
 const OPEN = ['received', 'queued', 'claimed', 'in_contact', 'dispatched', 'carer_accepted', 'on_scene'];
 const OUTCOMES = ['help_given', 'false_alarm', 'hospital', 'no_action_needed', 'other'];
 const SERVICES = ['120', '110', '119'];
+// Why a call for help may be cancelled: the server's fixed list.
+const CANCEL_REASONS = ['resident_false_alarm', 'duplicate', 'test', 'device_fault', 'operator_error'];
 
 /** What a failed request says to a person. */
 export function problem(e) {
@@ -280,16 +282,26 @@ export class IncidentView {
     a.reference = h('input', { id: 'handoff-reference', type: 'text', maxlength: 100, autocomplete: 'off' });
     a.outcome = select('close-outcome', OUTCOMES.map((o) => [o, label('outcome', o)]), 'help_given');
     a.closeDetail = h('input', { id: 'close-detail', type: 'text', maxlength: 2000 });
-    a.cancelReason = h('input', { id: 'cancel-reason', type: 'text', maxlength: 2000 });
+    a.cancelReason = h('select', { id: 'cancel-reason' },
+      h('option', { value: '' }, t('cancel.choose')),
+      CANCEL_REASONS.map((r) => h('option', { value: r }, label('outcome', r))));
+    a.cancelDetail = h('input', { id: 'cancel-detail', type: 'text', maxlength: 2000 });
+    a.cancelConfirm = h('input', { id: 'cancel-confirm', type: 'checkbox' });
+    // Ending another operator's incident is an explicit take-over.
+    a.takeOver = h('input', { id: 'take-over', type: 'checkbox' });
+    a.takeOverLabel = h('label', { for: 'take-over' });
+    a.takeOverRow = h('p', { class: 'take-over', hidden: true }, a.takeOver, ' ', a.takeOverLabel);
     const id = () => this.id;
     const post = (path, body) => api('POST', `/api/v1/incidents/${id()}/${path}`, body);
+    const takeOver = () => (a.takeOverRow.hidden ? {} : { take_over: a.takeOver.checked });
 
     a.el = h('div', { class: 'card actions', 'data-test': 'actions' },
       h('h3', {}, t('actions')),
+      a.takeOverRow,
       h('div', { class: 'buttons' },
         button('claim', 'primary', () => post('claim', {})),
         button('contact', '', () => post('contact', {})),
-        button('resolve', '', () => post('resolve', {}))),
+        button('resolve', '', () => post('resolve', takeOver()))),
       h('fieldset', {}, h('legend', {}, t('act.dispatch')),
         h('label', { for: 'dispatch-carer' }, t('dispatch.carer')), a.carer, ' ',
         button('dispatch', '', async () => {
@@ -318,14 +330,27 @@ export class IncidentView {
         h('label', { for: 'close-outcome' }, t('close.outcome')), a.outcome, ' ',
         h('label', { for: 'close-detail' }, t('close.detail')), a.closeDetail, ' ',
         button('close', '', async () => {
-          await post('close', { outcome: a.outcome.value, detail: a.closeDetail.value.trim() || undefined });
+          await post('close', { outcome: a.outcome.value, detail: a.closeDetail.value.trim() || undefined, ...takeOver() });
           a.closeDetail.value = '';
         })),
       h('fieldset', {}, h('legend', {}, t('act.cancel')),
         h('label', { for: 'cancel-reason' }, t('cancel.reason')), a.cancelReason, ' ',
+        h('label', { for: 'cancel-detail' }, t('close.detail')), a.cancelDetail, ' ',
+        h('label', { class: 'check' }, a.cancelConfirm, ' ', t('cancel.confirm')), ' ',
         button('cancel', 'danger', async () => {
-          await post('cancel', { detail: a.cancelReason.value.trim() || undefined });
+          const reason = a.cancelReason.value;
+          const lifeSafety = this.detail && this.detail.incident.lane === 'life_safety';
+          if (lifeSafety && !reason) throw new Error(t('cancel.need_reason'));
+          if (lifeSafety && !a.cancelConfirm.checked) throw new Error(t('cancel.need_confirm'));
+          await post('cancel', {
+            reason: reason || undefined,
+            confirm: a.cancelConfirm.checked,
+            detail: a.cancelDetail.value.trim() || undefined,
+            ...takeOver(),
+          });
           a.cancelReason.value = '';
+          a.cancelDetail.value = '';
+          a.cancelConfirm.checked = false;
         })));
     return a;
   }
@@ -360,6 +385,12 @@ export class IncidentView {
       cancel: open && s !== 'on_scene',
     };
     for (const [name, enabled] of Object.entries(on)) a[name].disabled = this.busy || !enabled;
+    const me = session() ? `operator:${session().username}` : null;
+    const holder = d.incident.claimed_by;
+    const others = Boolean(open || s === 'resolved') && Boolean(holder) && holder !== me;
+    a.takeOverRow.hidden = !others;
+    if (others) a.takeOverLabel.textContent = t('take_over', { who: holder.replace(/^operator:/, '') });
+    else a.takeOver.checked = false;
     a.el.setAttribute('aria-busy', String(this.busy));
   }
 
