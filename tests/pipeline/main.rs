@@ -13,6 +13,7 @@ mod incidents;
 mod mqtt;
 mod native;
 mod notify;
+mod outage;
 mod registry;
 mod reports;
 mod supervision;
