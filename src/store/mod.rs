@@ -160,9 +160,10 @@ impl StoreError {
             return false;
         };
         match e {
+            // Not `Protocol`: data the driver cannot make sense of may come
+            // again on every attempt, and would hold every alarm behind it.
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::BeginFailed => true,
