@@ -469,7 +469,15 @@ async fn commit_holding(
                 "the database is away and the server is stopping".into(),
             ));
         }
-        let error = match watched(db.insert_alarms(records, rules), stats).await {
+        let waiting = records.len() + urgent.len() + normal.len();
+        let attempt = watched(db.insert_alarms(records, rules), stats, waiting);
+        let result = tokio::select! {
+            r = attempt => r,
+            // Stopping with the database away: the attempt under way (a
+            // busy time-out, a pool wait) is not waited out either.
+            _ = stopped_while_down(stats) => continue,
+        };
+        let error = match result {
             Ok(outcomes) => {
                 stats.came_back();
                 stats.hold(0);
@@ -501,12 +509,20 @@ async fn commit_holding(
     }
 }
 
+/// Resolves once the server stops holding while the database is away.
+async fn stopped_while_down(stats: &WriterStats) {
+    stats.give_up.cancelled().await;
+    let mut state = stats.database_state();
+    let _ = state.wait_for(|up| !*up).await;
+}
+
 /// A commit, watched: one still waiting after `STALLED_AFTER` marks the
 /// database away at once (a lock held elsewhere, a connection that neither
-/// answers nor fails) and is waited for still.
+/// answers nor fails), with `waiting` records held, and is waited for still.
 async fn watched<T>(
     commit: impl Future<Output = Result<T, StoreError>>,
     stats: &WriterStats,
+    waiting: usize,
 ) -> Result<T, StoreError> {
     tokio::pin!(commit);
     tokio::select! {
@@ -518,17 +534,16 @@ async fn watched<T>(
         "a commit has waited over {} ms",
         STALLED_AFTER.as_millis()
     ));
+    stats.hold(waiting);
     commit.await
 }
 
 /// Write one slice of the devices heard; whether more are owed now.
 async fn write_presence(db: &Db, presence: &Presence, stats: &WriterStats) -> bool {
     let started = Instant::now();
-    match watched(presence.write(db, ROWS_PER_WRITE), stats).await {
-        Ok(0) => {
-            stats.came_back();
-            false
-        }
+    match watched(presence.write(db, ROWS_PER_WRITE), stats, 0).await {
+        // Nothing was written: nothing learned of the database.
+        Ok(0) => false,
         Ok(devices) => {
             stats.came_back();
             events::PresenceWritten {
