@@ -1,5 +1,5 @@
-//! The database away for a while, pendants of every protocol pressing SOS once
-//! and never resending: nothing read is dropped.
+//! The database away for a while, pendants of every protocol (and a gateway
+//! over MQTT) pressing SOS once and never resending: nothing read is dropped.
 //!
 //! PostgreSQL is taken away by a proxy of the test's own between the server
 //! and the shared PostgreSQL, which cuts every connection and closes new ones
@@ -197,27 +197,53 @@ async fn readiness(app: &TestApp) -> (Duration, u16, String) {
     (started.elapsed(), code, body)
 }
 
-async fn pendants_of_every_protocol_outlast_the_database(backend: Backend) {
+/// A server's settings, its database seen past the outage, the outage
+/// ready to begin, and the small city provisioned before the server starts
+/// (as a city is: every device is in the directory's memory).
+struct Rig {
+    settings: pingantong::Settings,
+    dir: tempfile::TempDir,
+    outage: Outage,
+    /// Reads past the proxy: what is stored can be read during the outage.
+    check: Db,
+    city: City,
+}
+
+async fn rig(backend: Backend) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = test_settings(backend, Broker::Embedded, dir.path());
+    let mut settings = test_settings(backend, Broker::Embedded, dir.path());
     let direct = StoreConfig {
-        url: s.database_url(),
-        schema: s.database_schema.clone(),
+        url: settings.database_url(),
+        schema: settings.database_schema.clone(),
         max_connections: 2,
     };
-    let mut outage = match backend {
+    let outage = match backend {
         Backend::Postgres => {
             let proxy = DbProxy::start("127.0.0.1:5432").await;
-            s.database_url = Some(format!("postgres://postgres@{}/test", proxy.addr));
+            settings.database_url = Some(format!("postgres://postgres@{}/test", proxy.addr));
             Outage::Proxy(proxy)
         }
         Backend::Sqlite => Outage::Lock(direct.url.clone(), None),
     };
-    // The city is provisioned before the server starts, as a city is: every
-    // device is in the directory's memory. What is stored is read past the
-    // proxy, so it can be read while the server's database is away.
     let check = Db::connect(&direct).await.unwrap();
     let city = seed_small_city(&check).await;
+    Rig {
+        settings,
+        dir,
+        outage,
+        check,
+        city,
+    }
+}
+
+async fn pendants_of_every_protocol_outlast_the_database(backend: Backend) {
+    let Rig {
+        settings: s,
+        dir,
+        mut outage,
+        check,
+        city,
+    } = rig(backend).await;
     let c = city.client_id;
     let (imei, watch_id, h02_id, h02_udp_id) =
         ("864717003283581", "9059011020", "4970105243", "4970105244");
@@ -229,6 +255,8 @@ async fn pendants_of_every_protocol_outlast_the_database(backend: Backend) {
     provision(&check, c, "eview", eview_id).await;
     provision(&check, c, "sia_dc09", "4F21").await;
     provision(&check, c, "sia_dc09", "4F22").await;
+    let gateway = unique("GW").replace('_', "-");
+    provision(&check, c, "mqtt", &gateway).await;
     let app = TestApp::spawn_with(s, Some(dir)).await;
     // A stranger's pendant: the directory must be read, and it is away too.
     let stranger = unique("PX").replace('_', "-");
@@ -249,6 +277,16 @@ async fn pendants_of_every_protocol_outlast_the_database(backend: Backend) {
     let mut dc09 = TcpStream::connect(app.addrs.dc09).await.unwrap();
     let h02_udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let dc09_udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let (host, port) = broker_of(&app);
+    let acks = format!("{prefix}/v1/devices/{gateway}/ack");
+    let status = format!("{prefix}/v1/server/{}/status", app.settings.instance_id);
+    let mqtt = MqttProbe::connect(&host, port, &[acks.clone(), status.clone()]).await;
+    eventually("the server's retained status", || async {
+        let online = mqtt.on(&status).iter().any(|s| s["status"] == "online");
+        online.then_some(())
+    })
+    .await;
     let (_, code, _) = readiness(&app).await;
     assert_eq!(code, 200, "ready before the outage");
 
@@ -307,6 +345,9 @@ async fn pendants_of_every_protocol_outlast_the_database(backend: Backend) {
         .unwrap()
     };
     dc09.write_all(&cid("4F21")).await.unwrap();
+    let sos = serde_json::json!({"v": 1, "seq": 43, "kind": "sos", "time": now_ms()});
+    mqtt.publish(&format!("{prefix}/v1/devices/{gateway}/events"), sos)
+        .await;
     dc09_udp
         .send_to(&cid("4F22"), app.addrs.dc09_udp)
         .await
@@ -356,6 +397,7 @@ async fn pendants_of_every_protocol_outlast_the_database(backend: Backend) {
             "{name} answered during the outage: {early:?}"
         );
     }
+    assert!(mqtt.on(&acks).is_empty(), "MQTT answered during the outage");
     let (_, code, body) = readiness(&app).await;
     assert_eq!(code, 503, "still down: {body}");
     tokio::time::sleep(Duration::from_millis(450)).await;
@@ -393,6 +435,15 @@ async fn pendants_of_every_protocol_outlast_the_database(backend: Backend) {
     let ack = eview::ack(0x1e);
     assert_eq!(read_within(&mut eview, ack.len(), wait).await, ack.to_vec());
 
+    let ack = eventually_for("the MQTT ACK", wait, || async {
+        mqtt.on(&acks).into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["status"].as_str()),
+        (Some(43), Some("stored"))
+    );
+
     // Each stored once, the DUHed DC-09 messages included.
     for device in [
         city.device.as_str(),
@@ -404,6 +455,7 @@ async fn pendants_of_every_protocol_outlast_the_database(backend: Backend) {
         eview_id,
         "4F21",
         "4F22",
+        gateway.as_str(),
     ] {
         let n = eventually_for("stored", wait, || async {
             let n = sos_stored(&check, device).await;
@@ -434,4 +486,68 @@ async fn sqlite_locked_away_nothing_read_is_dropped() {
 #[tokio::test]
 async fn postgres_away_nothing_read_is_dropped() {
     pendants_of_every_protocol_outlast_the_database(Backend::Postgres).await;
+}
+
+/// A stop while the database is away ends (within the drain and a commit
+/// attempt), and what was held is given up honestly: the pendant is told to
+/// send again, and nothing was stored behind its back.
+async fn a_stop_during_an_outage_ends_and_the_pendant_is_told_to_resend(backend: Backend) {
+    let mut rig = rig(backend).await;
+    let app = TestApp::spawn_with(rig.settings, Some(rig.dir)).await;
+    let mut native = Device::connect(app.native).await;
+    // Started: a server whose database is away while it starts gives up.
+    eventually("ready", || async {
+        (readiness(&app).await.1 == 200).then_some(())
+    })
+    .await;
+    rig.outage.begin().await;
+    let sos = frame(
+        &event(&rig.city.device, 51, EventKind::Sos),
+        &rig.city.secret,
+    );
+    native.send_raw(&sos).await;
+    eventually("/readyz says the database is down", || async {
+        let (_, code, body) = readiness(&app).await;
+        (code == 503 && body.contains(r#""database":"down""#)).then_some(())
+    })
+    .await;
+    let answer =
+        tokio::spawn(
+            async move { read_within(&mut native.stream, 1, Duration::from_secs(30)).await },
+        );
+    // The drain's 10 s; then the writer gives up at once, but on SQLite
+    // the other stages' statements queued on the one write connection each
+    // wait out the 10 s busy time-out before the database can close (about
+    // 30 s in all here).
+    app.stop_within(Duration::from_secs(45)).await;
+    let answer = answer.await.unwrap();
+    let mut buf = bytes::BytesMut::from(&answer[..]);
+    let raw = pingantong_protocol::native::split_frame(&mut buf)
+        .unwrap()
+        .expect("an answer before the connection closed");
+    let (reply, _) = Reply::parse(&raw, &rig.city.secret).unwrap();
+    assert!(
+        matches!(
+            reply,
+            Reply::Nak {
+                seq: 51,
+                reason: NakReason::Unavailable,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    rig.outage.end().await;
+    assert_eq!(sos_stored(&rig.check, &rig.city.device).await, 0);
+    rig.check.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_a_stop_during_an_outage_ends() {
+    a_stop_during_an_outage_ends_and_the_pendant_is_told_to_resend(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_stop_during_an_outage_ends() {
+    a_stop_during_an_outage_ends_and_the_pendant_is_told_to_resend(Backend::Postgres).await;
 }
