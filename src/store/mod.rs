@@ -329,6 +329,14 @@ impl Db {
         Ok(())
     }
 
+    /// Whether the database takes writes: the write lock taken and given
+    /// back (SQLite: another process may hold it), or a statement answered.
+    pub async fn probe_writable(&self) -> Result<(), StoreError> {
+        let begin = self.begin_write();
+        on_write_pool!(self, |p| p.begin_with(begin).await?.rollback().await)?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         match self {
             Db::Sqlite { read, write } => {

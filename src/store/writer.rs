@@ -341,6 +341,9 @@ async fn run(
             _ = presence_due.tick(), if (urgent_open || normal_open) && presence_may => {
                 presence_owed = write_presence(&db, &presence, &stats).await;
                 presence_turn = false;
+                if !stats.database_up() && !stats.stopping() {
+                    probe(&db, &stats).await;
+                }
                 continue;
             }
             _ = presence.filled(), if (urgent_open || normal_open) && presence_may => {
@@ -470,7 +473,7 @@ async fn commit_holding(
             ));
         }
         let waiting = records.len() + urgent.len() + normal.len();
-        let attempt = watched(db.insert_alarms(records, rules), stats, waiting);
+        let attempt = watched(db.insert_alarms(records, rules), stats, Some(waiting));
         let result = tokio::select! {
             r = attempt => r,
             // Stopping with the database away: the attempt under way (a
@@ -509,6 +512,15 @@ async fn commit_holding(
     }
 }
 
+/// While the database is away and nothing waits to be committed, ask it each
+/// tick whether it takes writes again: readiness and the gauge say it is
+/// back without waiting for the next event.
+async fn probe(db: &Db, stats: &WriterStats) {
+    if watched(db.probe_writable(), stats, None).await.is_ok() {
+        stats.came_back();
+    }
+}
+
 /// Resolves once the server stops holding while the database is away.
 async fn stopped_while_down(stats: &WriterStats) {
     stats.give_up.cancelled().await;
@@ -522,7 +534,7 @@ async fn stopped_while_down(stats: &WriterStats) {
 async fn watched<T>(
     commit: impl Future<Output = Result<T, StoreError>>,
     stats: &WriterStats,
-    waiting: usize,
+    waiting: Option<usize>,
 ) -> Result<T, StoreError> {
     tokio::pin!(commit);
     tokio::select! {
@@ -534,14 +546,16 @@ async fn watched<T>(
         "a commit has waited over {} ms",
         STALLED_AFTER.as_millis()
     ));
-    stats.hold(waiting);
+    if let Some(n) = waiting {
+        stats.hold(n);
+    }
     commit.await
 }
 
 /// Write one slice of the devices heard; whether more are owed now.
 async fn write_presence(db: &Db, presence: &Presence, stats: &WriterStats) -> bool {
     let started = Instant::now();
-    match watched(presence.write(db, ROWS_PER_WRITE), stats, 0).await {
+    match watched(presence.write(db, ROWS_PER_WRITE), stats, None).await {
         // Nothing was written: nothing learned of the database.
         Ok(0) => false,
         Ok(devices) => {
