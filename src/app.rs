@@ -401,6 +401,9 @@ impl Application {
             Arc::clone(&self.clock),
         );
         let notify_task = notifier.spawn(notices, sweep, inner.clone());
+        // The database's state, kept apart from the writer's handles: the
+        // writer stops when the last handle goes.
+        let store = writer.load();
         let ctx = Arc::new(IngestContext {
             writer,
             directory,
@@ -450,6 +453,7 @@ impl Application {
             crate::api::ApiContext {
                 db: self.db.clone(),
                 mqtt: link.status.clone(),
+                store: ctx.writer.load(),
                 auth: s.auth(),
                 stage: stage_handle,
                 feed,
@@ -507,6 +511,23 @@ impl Application {
         };
 
         shutdown.cancelled().await;
+        // Stopping while the database is away: what is held cannot be
+        // committed, and nobody was answered for it, so after the drain the
+        // writer stops holding and the stop ends (the devices send again; the
+        // broker keeps MQTT's events). Held, it would wait for ever.
+        let stop_holding = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                tokio::time::sleep(DRAIN_DEADLINE).await;
+                if !store.database_up() {
+                    tracing::warn!(
+                        held = store.held(),
+                        "stopping with the database away; held records are given up"
+                    );
+                }
+                store.stop_holding();
+            })
+        };
         if tokio::time::timeout(DRAIN_DEADLINE, native).await.is_err() {
             tracing::warn!("connections did not finish within the drain deadline");
         }
@@ -521,6 +542,7 @@ impl Application {
         // the writer commits what is queued and stops.
         let _ = supervision_task.await;
         let _ = writer_task.await;
+        stop_holding.abort();
         inner.cancel();
         let _ = stage_task.await;
         let _ = notify_task.await;

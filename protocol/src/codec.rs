@@ -51,8 +51,12 @@ pub struct Observation {
 pub enum ReplyPlan {
     /// The protocol expects no answer to this frame.
     None,
-    /// Answer with `ok` once the frame is committed; with `failed` (if any) when
-    /// it could not be stored. The server never sends `ok` before the commit.
+    /// Answer with `ok` once the frame is committed; the server never sends
+    /// `ok` before the commit. `failed`, if the protocol has such an answer,
+    /// says "received, cannot process it now": it is sent at once instead
+    /// while the server's database is away (the server still holds the frame
+    /// and stores it when the database returns). Without one the device
+    /// waits for `ok`, however long the database is away.
     AfterCommit { ok: Bytes, failed: Option<Bytes> },
 }
 

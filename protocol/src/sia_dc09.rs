@@ -376,7 +376,19 @@ impl SiaDc09Codec {
                 header.account,
             )
         };
-        frame.reply = ReplyPlan::AfterCommit { ok, failed: None };
+        // While the receiver cannot store, DUH tells the panel at once, so it
+        // can report over its backup path instead of waiting out its ACK
+        // time-out (SIA_DC09.md, "Answers").
+        let failed = self::duh(
+            header.seq_text,
+            header.receiver,
+            header.line,
+            header.account,
+        );
+        frame.reply = ReplyPlan::AfterCommit {
+            ok,
+            failed: Some(failed),
+        };
         frame
     }
 }

@@ -36,6 +36,7 @@ use crate::domain::Role;
 use crate::incident::StageHandle;
 use crate::sla::SlaTargets;
 use crate::store::Db;
+use crate::store::writer::WriterStats;
 
 /// Who reads the incident queue and the residents behind it.
 const STAFF: &[Role] = &[Role::Operator, Role::Supervisor, Role::Admin];
@@ -53,6 +54,8 @@ pub struct ErrorBody {
 pub struct ApiContext {
     pub db: Db,
     pub mqtt: MqttStatus,
+    /// The database's state as the store writer's commits find it.
+    pub store: Arc<WriterStats>,
     pub auth: AuthConfig,
     pub stage: StageHandle,
     pub feed: Arc<Feed>,
@@ -77,6 +80,7 @@ impl FromRef<ApiState> for Db {
 struct HealthState {
     db: Db,
     mqtt: MqttStatus,
+    store: Arc<WriterStats>,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -141,6 +145,7 @@ pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
         .with_state(HealthState {
             db: ctx.db.clone(),
             mqtt: ctx.mqtt,
+            store: Arc::clone(&ctx.store),
             metrics: metrics(),
         });
     let console = OpenApiRouter::new()
@@ -236,17 +241,27 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the database answers and the broker is connected; the body says
-/// which part is down (a server without MQTT still takes TCP alarms).
+/// How long readiness waits for the database to answer its probe: a balancer
+/// asking must hear "down" within a second, not after the pool's time-out.
+const PROBE_WITHIN: std::time::Duration = std::time::Duration::from_millis(700);
+
+/// Ready when the database takes commits and answers, and the broker is
+/// connected; the body says which part is down (a server without MQTT still
+/// takes TCP alarms) and how many records wait for the database.
 #[utoipa::path(
     get, path = "/readyz", tag = "health",
     responses(
-        (status = 200, description = "`{database, mqtt}`", body = Object),
-        (status = 503, description = "`{database, mqtt}` saying which is down", body = Object),
+        (status = 200, description = "`{database, mqtt, held}`", body = Object),
+        (status = 503, description = "`{database, mqtt, held}` saying which is down", body = Object),
     )
 )]
 async fn ready(State(s): State<HealthState>) -> impl IntoResponse {
-    let db_ok = s.db.ping().await.is_ok();
+    // The writer's state first: SQLite locked by another process still
+    // answers reads, and a stopped PostgreSQL needs no probe to say so.
+    let db_ok = s.store.database_up()
+        && tokio::time::timeout(PROBE_WITHIN, s.db.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
     let mqtt_ok = s.mqtt.is_up();
     let status = if db_ok && mqtt_ok {
         StatusCode::OK
@@ -256,6 +271,7 @@ async fn ready(State(s): State<HealthState>) -> impl IntoResponse {
     let body = serde_json::json!({
         "database": if db_ok { "ok" } else { "down" },
         "mqtt": if mqtt_ok { "up" } else { "down" },
+        "held": s.store.held(),
     });
     (status, Json(body))
 }

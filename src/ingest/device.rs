@@ -13,6 +13,7 @@ use pingantong_protocol::{Codec, Frame, Integrity, ReplyPlan};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{IngestContext, Read};
@@ -221,22 +222,54 @@ struct Owed {
     /// Every record reached the writer (otherwise the frame is not stored).
     submitted: bool,
     reply: ReplyPlan,
+    /// The database's state, when the protocol has an answer for "cannot
+    /// store now" and there is a commit to wait for.
+    database: Option<watch::Receiver<bool>>,
 }
 
 impl Owed {
     /// Wait for the commits and append the reply the outcome calls for.
+    ///
+    /// While the database is away the records stay held by the writer and
+    /// are committed when it returns; the answer waits for that — unless
+    /// the protocol has a "cannot process now" answer (DC-09's DUH), which
+    /// goes out at once instead.
     async fn settle(self, out: &mut BytesMut) {
-        let mut stored = self.submitted;
-        for p in self.pending {
-            stored &= p.wait().await.is_ok();
-        }
-        if let ReplyPlan::AfterCommit { ok, failed } = &self.reply {
-            match (stored, failed) {
-                (true, _) => out.extend_from_slice(ok),
-                (false, Some(f)) => out.extend_from_slice(f),
-                // No "failed" answer in this protocol: silence makes the device send again.
-                (false, None) => {}
+        let Owed {
+            pending,
+            submitted,
+            reply,
+            database,
+        } = self;
+        let committed = async move {
+            let mut stored = submitted;
+            for p in pending {
+                stored &= p.wait().await.is_ok();
             }
+            stored
+        };
+        let (ok, failed) = match &reply {
+            ReplyPlan::AfterCommit { ok, failed } => (ok, failed.as_ref()),
+            ReplyPlan::None => {
+                committed.await;
+                return;
+            }
+        };
+        let stored = match (failed, database) {
+            (Some(failed), Some(mut database)) => tokio::select! {
+                biased;
+                stored = committed => stored,
+                Ok(_) = database.wait_for(|up| !*up) => {
+                    out.extend_from_slice(failed);
+                    return;
+                }
+            },
+            _ => committed.await,
+        };
+        // Not stored (refused for good, or the server stopped with the
+        // database away): silence, so the device sends it again.
+        if stored {
+            out.extend_from_slice(ok);
         }
     }
 }
@@ -270,7 +303,16 @@ async fn take_frame(
             Err(_) => submitted = false,
         }
     }
+    let answers_while_down = matches!(
+        frame.reply,
+        ReplyPlan::AfterCommit {
+            failed: Some(_),
+            ..
+        }
+    );
     Owed {
+        database: (answers_while_down && !pending.is_empty())
+            .then(|| ctx.writer.stats().database_state()),
         pending,
         submitted,
         reply: frame.reply,
@@ -298,7 +340,7 @@ async fn records(
         // A frame whose own check failed may name the wrong device: its alarms
         // reach an operator, never a carer by themselves.
         Some(_) if frame.integrity == Integrity::BadChecksum => AuthStatus::BadTag,
-        Some(d) => match ctx.device(d.as_str()).await {
+        Some(d) => match ctx.device_patiently(d.as_str()).await {
             Ok(Some(row)) if row.protocol == protocol => AuthStatus::Verified,
             _ => AuthStatus::UnknownDevice,
         },

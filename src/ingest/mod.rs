@@ -137,6 +137,30 @@ impl IngestContext {
             .await
     }
 
+    /// As [`device`](Self::device), waiting while the database is away: a
+    /// frame read then is judged when the directory answers, never refused
+    /// (nor taken for a stranger's) for want of it. Meanwhile the connection
+    /// reads no further: backpressure on that one device. Gives up with the
+    /// error only once the server stops holding (it is stopping).
+    pub async fn device_patiently(&self, id: &str) -> Result<Option<Arc<DeviceRow>>, StoreError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.device(id).await {
+                Ok(found) => return Ok(found),
+                Err(e) if !e.is_unavailable() || self.writer.stats().stopping() => return Err(e),
+                Err(e) => {
+                    events::StageFailed {
+                        stage: "device_directory",
+                        error: &e,
+                    }
+                    .emit();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
     /// Keep a frame that could not be taken, for whoever looks into it.
     pub async fn store_rejected(
         &self,

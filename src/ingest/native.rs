@@ -259,10 +259,10 @@ impl Connection {
         };
         let event = &frame.event;
         let seq = event.seq;
-        let device = match self.ctx.device(event.device.as_str()).await {
+        let device = match self.ctx.device_patiently(event.device.as_str()).await {
             Ok(d) => d,
-            // Without the directory the frame cannot be checked; the store is
-            // most likely down too, so ask the device to send it again.
+            // The server is stopping with the database away: the frame cannot
+            // be checked, so ask the device to send it again.
             Err(_) => return Slot::Ready(nak(seq, NakReason::Unavailable), None),
         };
         let auth = match &device {

@@ -151,6 +151,48 @@ pub enum StoreError {
     CommitFailed(String),
 }
 
+impl StoreError {
+    /// Whether the database cannot be reached or cannot take writes just now
+    /// (stopped, restarting, cut off, locked by another process, out of
+    /// disk), so that the same statement may succeed later — rather than
+    /// that the statement itself is wrong. Only the former is held and tried
+    /// again: a wrong one would hold every alarm behind it for ever.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Sqlx(e) = self else {
+            return false;
+        };
+        match e {
+            // Not `Protocol`: data the driver cannot make sense of may come
+            // again on every attempt, and would hold every alarm behind it.
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::BeginFailed => true,
+            sqlx::Error::Database(d) => {
+                let code = d.code().unwrap_or_default();
+                if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // Primary result codes: BUSY, LOCKED, READONLY, IOERR,
+                    // FULL, CANTOPEN (the extended code's low byte).
+                    code.parse::<i32>()
+                        .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13 | 14))
+                } else {
+                    // PostgreSQL: connection exceptions (08), insufficient
+                    // resources (53: disk full, too many connections),
+                    // operator intervention (57P01–57P05: shut down,
+                    // restarting, cannot connect now), read-only after a
+                    // fail-over (25006).
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || code == "25006"
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Which database, and for PostgreSQL optionally which schema.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -175,6 +217,11 @@ pub enum Db {
 /// `cache_size` is KiB, a positive one pages).
 const WRITER_CACHE_KIB: &str = "-65536";
 const READER_CACHE_KIB: &str = "-16384";
+
+/// How long a PostgreSQL statement waits for a connection (sqlx's default is
+/// 30 s). Longer means the database is away, not busy: the console gets its
+/// error, and the writer its answer to hold and retry, in 5 s rather than 30.
+const POOL_WAIT: Duration = Duration::from_secs(5);
 
 /// A fresh SQLite database in a temporary directory, for unit tests; the
 /// directory lives as long as the returned guard.
@@ -237,6 +284,7 @@ impl Db {
             }
             let pool = PgPoolOptions::new()
                 .max_connections(cfg.max_connections.max(2))
+                .acquire_timeout(POOL_WAIT)
                 // Just-in-time compilation pays off for long analytic
                 // queries; ours are short, and one the planner misjudges as
                 // costly would spend tens of milliseconds compiling in an
@@ -280,6 +328,14 @@ impl Db {
             .execute(p)
             .await
             .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Whether the database takes writes: the write lock taken and given
+    /// back (SQLite: another process may hold it), or a statement answered.
+    pub async fn probe_writable(&self) -> Result<(), StoreError> {
+        let begin = self.begin_write();
+        on_write_pool!(self, |p| p.begin_with(begin).await?.rollback().await)?;
         Ok(())
     }
 

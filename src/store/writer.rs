@@ -9,15 +9,24 @@
 //! A verified device's heartbeat is the exception: it is noted in memory and
 //! answered at once, and the writer stores each device's latest report once a
 //! second or per 2,000 devices (`store::presence`), between batches.
+//!
+//! While the database is away, nothing read is dropped: a batch whose commit
+//! fails because the database cannot be reached is held and tried again, with
+//! backoff, until it commits, and nobody is answered before it does. What is
+//! held is bounded by the writer's queues (then submitters wait, and device
+//! connections stop reading: backpressure, never loss) and counted; the
+//! database's state is kept here, where the commits are, for readiness and the
+//! `pat_database_up` gauge.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pingantong_protocol::Lane;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::presence::{Presence, ROWS_PER_WRITE};
 use super::{AlarmRecord, CommitOutcome, Db, StoreError};
@@ -61,17 +70,104 @@ pub struct HandOver {
     pub supervision: Option<Arc<crate::supervision::Supervision>>,
 }
 
+/// A commit still waiting after this long means the database is away (a
+/// commit takes milliseconds, ten at most on a busy disk): the state says so
+/// at once, rather than after the pool's or the lock's own time-out.
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+/// The first retry of a held batch, doubled up to `RETRY_AT_MOST`: short, so
+/// the held alarms commit within moments of the database's return.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_AT_MOST: Duration = Duration::from_secs(2);
+
 /// How many commits carried how many events: their ratio is the batching.
-#[derive(Debug, Default)]
+/// Also the database's state as the commits find it.
+#[derive(Debug)]
 pub struct WriterStats {
     pub commits: AtomicU64,
     pub events: AtomicU64,
     /// Whether devices' events are queued or being committed.
     busy: AtomicBool,
     idle: tokio::sync::Notify,
+    /// Whether the last commit (or the one under way) reached the database.
+    up: watch::Sender<bool>,
+    /// When it went away, for the log line of its return.
+    down_since: std::sync::Mutex<Option<Instant>>,
+    /// Records read and not yet committed while the database is away.
+    held: AtomicUsize,
+    /// The server is stopping: a commit the database refuses is no longer
+    /// held, so the stop ends (nothing was answered; the senders send again).
+    give_up: CancellationToken,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        Self {
+            commits: AtomicU64::default(),
+            events: AtomicU64::default(),
+            busy: AtomicBool::default(),
+            idle: tokio::sync::Notify::default(),
+            up: watch::Sender::new(true),
+            down_since: std::sync::Mutex::new(None),
+            held: AtomicUsize::default(),
+            give_up: CancellationToken::new(),
+        }
+    }
 }
 
 impl WriterStats {
+    /// Whether the database takes commits (as far as the last one knows).
+    pub fn database_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// Follow the database's state: for an answer that is due while it is away.
+    pub fn database_state(&self) -> watch::Receiver<bool> {
+        self.up.subscribe()
+    }
+
+    /// Records read and waiting for the database to return.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Stop holding what the database refuses (the server is stopping).
+    pub fn stop_holding(&self) {
+        self.give_up.cancel();
+    }
+
+    /// Whether the server has stopped holding (it is stopping).
+    pub fn stopping(&self) -> bool {
+        self.give_up.is_cancelled()
+    }
+
+    fn went_down(&self, reason: &dyn std::fmt::Display) {
+        if self.database_up() && self.up.send_replace(false) {
+            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            events::DatabaseDown { reason }.emit();
+        }
+    }
+
+    fn came_back(&self) {
+        // Every commit passes here: the common case reads, never writes.
+        if !self.database_up() && !self.up.send_replace(true) {
+            let since = self
+                .down_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            events::DatabaseUp {
+                down_for: Some(since.map(|t| t.elapsed()).unwrap_or_default()),
+            }
+            .emit();
+        }
+    }
+
+    fn hold(&self, records: usize) {
+        if self.held.swap(records, Ordering::Relaxed) != records {
+            events::RecordsHeld { records }.emit();
+        }
+    }
+
     fn set_busy(&self, busy: bool) {
         self.busy.store(busy, Ordering::Release);
         if !busy {
@@ -214,6 +310,7 @@ async fn run(
     stats: Arc<WriterStats>,
     presence: Arc<Presence>,
 ) {
+    events::DatabaseUp { down_for: None }.emit();
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut presence_due = tokio::time::interval(PRESENCE_EVERY);
     presence_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -237,17 +334,20 @@ async fn run(
             // an SOS waits for one slice at most, and a routine batch goes
             // between two slices.
             _ = std::future::ready(()), if presence_owed && presence_may => {
-                presence_owed = write_presence(&db, &presence).await;
+                presence_owed = write_presence(&db, &presence, &stats).await;
                 presence_turn = false;
                 continue;
             }
             _ = presence_due.tick(), if (urgent_open || normal_open) && presence_may => {
-                presence_owed = write_presence(&db, &presence).await;
+                presence_owed = write_presence(&db, &presence, &stats).await;
                 presence_turn = false;
+                if !stats.database_up() && !stats.stopping() {
+                    probe(&db, &stats).await;
+                }
                 continue;
             }
             _ = presence.filled(), if (urgent_open || normal_open) && presence_may => {
-                presence_owed = write_presence(&db, &presence).await;
+                presence_owed = write_presence(&db, &presence, &stats).await;
                 presence_turn = false;
                 continue;
             }
@@ -272,10 +372,17 @@ async fn run(
                 },
             }
         }
-        let (records, replies): (Vec<AlarmRecord>, Vec<_>) =
+        let (mut records, mut replies): (Vec<AlarmRecord>, Vec<_>) =
             batch.drain(..).map(|j| (j.record, j.reply)).unzip();
         let started = Instant::now();
-        match db.insert_alarms(&records, &rules).await {
+        let held = Held {
+            records: &mut records,
+            replies: &mut replies,
+            urgent: &mut urgent,
+            normal: &mut normal,
+            max_batch,
+        };
+        match commit_holding(&db, &rules, &stats, held).await {
             Ok(outcomes) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats
@@ -324,15 +431,135 @@ async fn run(
     }
     stats.set_busy(false);
     // Every handle is gone: what was noted since the last write goes now.
-    while write_presence(&db, &presence).await {}
+    while write_presence(&db, &presence, &stats).await {}
+}
+
+type Reply = oneshot::Sender<Result<CommitOutcome, StoreError>>;
+
+/// A batch being committed, and the queues it may take more from while it is held.
+struct Held<'a> {
+    records: &'a mut Vec<AlarmRecord>,
+    replies: &'a mut Vec<Reply>,
+    urgent: &'a mut mpsc::Receiver<Job>,
+    normal: &'a mut mpsc::Receiver<Job>,
+    max_batch: usize,
+}
+
+/// Commit the batch. While the database is away the batch is held and tried
+/// again, with backoff, until it commits; it takes in what arrives meanwhile
+/// (life-safety first), up to a batch, so the backlog goes in full batches
+/// when the database returns. Nobody is answered before the commit holds, so
+/// "an answer means stored" stays true however long that takes. Only an
+/// error that is not the database's absence ends the attempts (the batch is
+/// failed, as before), or the server stopping while the database is away.
+async fn commit_holding(
+    db: &Db,
+    rules: &Rules,
+    stats: &WriterStats,
+    held: Held<'_>,
+) -> Result<Vec<CommitOutcome>, StoreError> {
+    let Held {
+        records,
+        replies,
+        urgent,
+        normal,
+        max_batch,
+    } = held;
+    let mut backoff = RETRY_FIRST;
+    loop {
+        if stats.give_up.is_cancelled() && !stats.database_up() {
+            return Err(StoreError::CommitFailed(
+                "the database is away and the server is stopping".into(),
+            ));
+        }
+        let waiting = records.len() + urgent.len() + normal.len();
+        let attempt = watched(db.insert_alarms(records, rules), stats, Some(waiting));
+        let result = tokio::select! {
+            r = attempt => r,
+            // Stopping with the database away: the attempt under way (a
+            // busy time-out, a pool wait) is not waited out either.
+            _ = stopped_while_down(stats) => continue,
+        };
+        let error = match result {
+            Ok(outcomes) => {
+                stats.came_back();
+                stats.hold(0);
+                return Ok(outcomes);
+            }
+            Err(e) if !e.is_unavailable() => return Err(e),
+            Err(e) => e,
+        };
+        stats.went_down(&error);
+        stats.hold(records.len() + urgent.len() + normal.len());
+        events::CommitHeld {
+            records: records.len(),
+            retry_in: backoff,
+            error: &error,
+        }
+        .emit();
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stats.give_up.cancelled() => {}
+        }
+        backoff = (backoff * 2).min(RETRY_AT_MOST);
+        while records.len() < max_batch {
+            let Ok(job) = urgent.try_recv().or_else(|_| normal.try_recv()) else {
+                break;
+            };
+            records.push(job.record);
+            replies.push(job.reply);
+        }
+    }
+}
+
+/// While the database is away and nothing waits to be committed, ask it each
+/// tick whether it takes writes again: readiness and the gauge say it is
+/// back without waiting for the next event.
+async fn probe(db: &Db, stats: &WriterStats) {
+    if watched(db.probe_writable(), stats, None).await.is_ok() {
+        stats.came_back();
+    }
+}
+
+/// Resolves once the server stops holding while the database is away.
+async fn stopped_while_down(stats: &WriterStats) {
+    stats.give_up.cancelled().await;
+    let mut state = stats.database_state();
+    let _ = state.wait_for(|up| !*up).await;
+}
+
+/// A commit, watched: one still waiting after `STALLED_AFTER` marks the
+/// database away at once (a lock held elsewhere, a connection that neither
+/// answers nor fails), with `waiting` records held, and is waited for still.
+async fn watched<T>(
+    commit: impl Future<Output = Result<T, StoreError>>,
+    stats: &WriterStats,
+    waiting: Option<usize>,
+) -> Result<T, StoreError> {
+    tokio::pin!(commit);
+    tokio::select! {
+        biased;
+        r = &mut commit => return r,
+        _ = tokio::time::sleep(STALLED_AFTER) => {}
+    }
+    stats.went_down(&format_args!(
+        "a commit has waited over {} ms",
+        STALLED_AFTER.as_millis()
+    ));
+    if let Some(n) = waiting {
+        stats.hold(n);
+    }
+    commit.await
 }
 
 /// Write one slice of the devices heard; whether more are owed now.
-async fn write_presence(db: &Db, presence: &Presence) -> bool {
+async fn write_presence(db: &Db, presence: &Presence, stats: &WriterStats) -> bool {
     let started = Instant::now();
-    match presence.write(db, ROWS_PER_WRITE).await {
+    match watched(presence.write(db, ROWS_PER_WRITE), stats, None).await {
+        // Nothing was written: nothing learned of the database.
         Ok(0) => false,
         Ok(devices) => {
+            stats.came_back();
             events::PresenceWritten {
                 devices,
                 elapsed: started.elapsed(),
@@ -342,6 +569,9 @@ async fn write_presence(db: &Db, presence: &Presence) -> bool {
         }
         // Kept for the next tick: no retry at once against a failing store.
         Err(e) => {
+            if e.is_unavailable() {
+                stats.went_down(&e);
+            }
             events::StageFailed {
                 stage: "presence_write",
                 error: &e,
@@ -464,6 +694,76 @@ mod tests {
         .unwrap();
         assert!(matches!(outcome, CommitOutcome::Stored(_)));
         assert_eq!(w.stats().commits.load(Ordering::Relaxed), 1);
+    }
+
+    /// A second connection holds SQLite's write lock (a backup, the CLI):
+    /// the SOS is held, not failed; within a second the state says the
+    /// database is away; when the lock goes, it commits and the state says so.
+    #[tokio::test]
+    async fn an_event_is_held_while_the_database_is_locked_and_committed_after() {
+        use sqlx::Connection;
+        let (db, dir) = crate::store::scratch_sqlite().await;
+        let (urgent, _urgent_rx) = mpsc::channel(10);
+        let (other, _other_rx) = mpsc::channel(10);
+        let (w, _task) = spawn(
+            db.clone(),
+            512,
+            Arc::new(Rules::default()),
+            HandOver {
+                urgent,
+                other,
+                supervision: None,
+            },
+        );
+        let url = format!("sqlite://{}/test.db", dir.path().display());
+        let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut lock)
+            .await
+            .unwrap();
+        assert!(w.stats().database_up());
+        let mut pending = w.submit(record(1, EventKind::Sos)).await.unwrap();
+        let mut state = w.stats().database_state();
+        let went = std::time::Instant::now();
+        tokio::time::timeout(STALLED_AFTER * 3, state.wait_for(|up| !*up))
+            .await
+            .expect("the state says down within a stall's time")
+            .unwrap();
+        assert!(went.elapsed() >= STALLED_AFTER / 2, "{:?}", went.elapsed());
+        // Not answered while it cannot be stored.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(200), &mut pending).await;
+        assert!(early.is_err(), "answered while locked: {early:?}");
+        // Another writer meets the lock at once: an unavailable database,
+        // not a wrong statement.
+        let mut impatient = sqlx::SqliteConnection::connect(&format!("{url}?mode=rw"))
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut impatient)
+            .await
+            .unwrap();
+        let busy = sqlx::query("DELETE FROM alarms")
+            .execute(&mut impatient)
+            .await
+            .map_err(StoreError::from)
+            .unwrap_err();
+        assert!(busy.is_unavailable(), "{busy}");
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), pending)
+            .await
+            .expect("committed once the lock goes")
+            .unwrap();
+        assert!(matches!(outcome, CommitOutcome::Stored(_)));
+        assert!(w.stats().database_up());
+        assert_eq!(w.stats().held(), 0);
+        assert_eq!(db.count_alarms(None).await.unwrap(), 1);
+        // A wrong statement is not the database being away: never held.
+        let wrong = sqlx::query("INSERT INTO no_such_table VALUES (1)")
+            .execute(&mut impatient)
+            .await
+            .map_err(StoreError::from)
+            .unwrap_err();
+        assert!(!wrong.is_unavailable(), "{wrong}");
     }
 
     /// Devices in the presence write the tests below commit into.

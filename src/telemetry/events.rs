@@ -218,6 +218,70 @@ impl CommitFailed<'_> {
     }
 }
 
+/// The database stopped taking commits (one failed for want of it, or one
+/// has waited too long): said once, when it happens.
+pub struct DatabaseDown<'a> {
+    pub reason: &'a dyn std::fmt::Display,
+}
+
+impl DatabaseDown<'_> {
+    pub fn emit(self) {
+        gauge!("pat_database_up").set(0.0);
+        counter!("pat_database_outages_total").increment(1);
+        error!(reason = %self.reason, "database unavailable; what is read is held and answered once committed");
+    }
+}
+
+/// The database takes commits again (`down_for`), or the writer starts
+/// (`None`: the gauge is there before the first outage).
+pub struct DatabaseUp {
+    pub down_for: Option<Duration>,
+}
+
+impl DatabaseUp {
+    pub fn emit(self) {
+        gauge!("pat_database_up").set(1.0);
+        if let Some(d) = self.down_for {
+            warn!(
+                down_ms = d.as_millis() as u64,
+                "database back; held records committed"
+            );
+        }
+    }
+}
+
+/// Records read and waiting for the database (0 once it is back).
+pub struct RecordsHeld {
+    pub records: usize,
+}
+
+impl RecordsHeld {
+    pub fn emit(self) {
+        gauge!("pat_store_held_records").set(self.records as f64);
+        debug!(records = self.records, "records held for the database");
+    }
+}
+
+/// A batch the database could not take, held to be tried again.
+pub struct CommitHeld<'a> {
+    pub records: usize,
+    pub retry_in: Duration,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl CommitHeld<'_> {
+    pub fn emit(self) {
+        counter!("pat_commit_retries_total").increment(1);
+        // One line a retry, at most every 2 s: the outage's own line is DatabaseDown.
+        warn!(
+            records = self.records,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            error = %self.error,
+            "commit held; trying again"
+        );
+    }
+}
+
 pub struct HandOverDeferred {
     pub alarm_id: i64,
 }

@@ -149,11 +149,15 @@ impl TestApp {
     }
 
     pub async fn stop(self) {
+        self.stop_within(Duration::from_secs(20)).await;
+    }
+
+    pub async fn stop_within(self, limit: Duration) {
         self.carer_task.abort();
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.server)
+        tokio::time::timeout(limit, self.server)
             .await
-            .expect("server stops within 20 s")
+            .unwrap_or_else(|_| panic!("server stops within {limit:?}"))
             .unwrap();
     }
 }

@@ -15,6 +15,7 @@ mod mqtt;
 mod native;
 mod notify;
 mod offers;
+mod outage;
 mod registry;
 mod reports;
 mod supervision;

@@ -96,6 +96,32 @@ fn contact_id_field_by_field() {
     assert_eq!(reply_ok(&f), b"\n2081001A\"ACK\"0247R4F39L4F39#4F39[]\r");
 }
 
+/// While the receiver cannot store, a message with events is answered DUH at
+/// once (the server holds it and stores it later), echoing the same fields.
+#[test]
+fn a_message_with_events_has_duh_for_while_the_store_is_away() {
+    let content = r#""ADM-CID"0247R4F39L4F39#4F39[#4F39|1101 01 057]"#;
+    let wire = format!(
+        "\n{:04X}{:04X}{content}\r",
+        crc16(content.as_bytes()),
+        content.len()
+    );
+    let (f, _) = one(&mut codec_at(0), wire.as_bytes());
+    let ReplyPlan::AfterCommit { failed, .. } = &f.reply else {
+        panic!("answered after the commit");
+    };
+    assert_eq!(
+        failed.as_deref(),
+        Some(&duh("0247", Some("4F39"), Some("4F39"), Some("4F39"))[..])
+    );
+    // A damaged copy is not answered at all, down or not: the panel repeats it.
+    let zone = wire.find("057]").unwrap() + 2;
+    let mut damaged = wire.into_bytes();
+    damaged[zone] = b'8';
+    let (f, _) = one(&mut codec_at(0), &damaged);
+    assert_eq!(f.reply, ReplyPlan::None);
+}
+
 #[test]
 fn restore_never_raises_an_alarm() {
     for event in [

@@ -84,7 +84,7 @@ fn decode_one(c: &mut SiaDc09Codec, wire: &[u8]) -> Result<Frame, String> {
 
 fn ok_reply(f: &Frame) -> Option<&[u8]> {
     match &f.reply {
-        ReplyPlan::AfterCommit { ok, failed: None } => Some(ok),
+        ReplyPlan::AfterCommit { ok, .. } => Some(ok),
         _ => None,
     }
 }
