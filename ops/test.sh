@@ -53,12 +53,19 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          reports::history_against_an_independent_count_postgres reports::endpoints_by_role_postgres \
          devices::dc09_from_independent_transmitters_sqlite devices::dc09_from_independent_transmitters_postgres \
          dedup::every_distinct_event_once_sqlite dedup::every_distinct_event_once_postgres \
-         dedup::over_the_wire::every_answer_follows_its_commit_sqlite dedup::over_the_wire::every_answer_follows_its_commit_postgres; do
+         dedup::over_the_wire::every_answer_follows_its_commit_sqlite dedup::over_the_wire::every_answer_follows_its_commit_postgres \
+         outage::sqlite_locked_away_nothing_read_is_dropped outage::postgres_away_nothing_read_is_dropped \
+         offers::an_ended_incident_takes_its_offer_back_postgres offers::one_live_offer_per_carer_and_a_job_in_order_postgres \
+         console::an_open_feed_ends_at_log_out_and_when_the_account_is_disabled; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1
     fi
 done
+
+# The alerting rules, checked and unit-tested by Prometheus's own promtool.
+echo "== alert rules (promtool)"
+bash ops/check-alerts.sh
 
 # The API against its own OpenAPI document, fuzzed by an independent tool.
 echo "== API fuzz (schemathesis)"
