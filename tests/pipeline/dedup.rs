@@ -25,6 +25,9 @@ const TIMED_MS: i64 = 86_400_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Proto {
+    /// Ping An Tong's own pendant protocol (over the wire only: its key is the
+    /// frame's tag, `ingest::native`).
+    Native,
     Gt06,
     Watch,
     H02,
@@ -36,6 +39,7 @@ enum Proto {
 impl Proto {
     fn name(self) -> &'static str {
         match self {
+            Proto::Native => "native",
             Proto::Gt06 => "gt06",
             Proto::Watch => "watch",
             Proto::H02 => "h02",
@@ -46,14 +50,17 @@ impl Proto {
 
     /// The event carries the device's own time of it.
     fn timed(self) -> bool {
-        matches!(self, Proto::Gt06 | Proto::Watch | Proto::H02)
+        matches!(
+            self,
+            Proto::Native | Proto::Gt06 | Proto::Watch | Proto::H02
+        )
     }
 
     /// The frame carries a counter of its own.
     fn counted(self) -> bool {
         matches!(
             self,
-            Proto::Gt06 | Proto::Eview | Proto::Dc09Plain | Proto::Dc09Encrypted
+            Proto::Native | Proto::Gt06 | Proto::Eview | Proto::Dc09Plain | Proto::Dc09Encrypted
         )
     }
 }
@@ -111,6 +118,7 @@ fn frame_of(proto: Proto, device: &str, s: &Sent) -> Frame {
     let kind = kinds[usize::from(s.content)];
     let at = s.at;
     let (mut codec, wire): (Box<dyn Codec>, Vec<bytes::Bytes>) = match proto {
+        Proto::Native => unreachable!("native frames are keyed by their tag (over the wire)"),
         Proto::Gt06 => {
             let mut codec = gt06::Gt06Codec::new(Arc::new(move || at));
             let login = gt06::encode_login(device, 1).unwrap();
@@ -222,6 +230,7 @@ fn identity(proto: Proto, s: &Sent) -> Identity {
 fn device_id(proto: Proto) -> String {
     let n: u64 = rand::random::<u64>() % 1_000_000_000;
     match proto {
+        Proto::Native => format!("PA{n:09}"),
         Proto::Gt06 | Proto::Eview => format!("86{n:013}"),
         Proto::Watch | Proto::H02 => format!("7{n:09}"),
         Proto::Dc09Plain | Proto::Dc09Encrypted => format!("D{n:08X}"),
@@ -402,6 +411,12 @@ mod over_the_wire {
         let done = |g: &[u8]| match proto {
             Proto::Gt06 => g.ends_with(b"\r\n"),
             Proto::Watch => g.ends_with(b"]"),
+            Proto::Native => {
+                pingantong_protocol::native::split_frame(&mut bytes::BytesMut::from(g))
+                    .ok()
+                    .flatten()
+                    .is_some()
+            }
             Proto::Eview => g.len() >= 11,
             _ => g.ends_with(b"\r"),
         };
@@ -458,12 +473,26 @@ mod over_the_wire {
                 )
                 .unwrap()
             }
+            Proto::Native => {
+                let event = pingantong_protocol::AlarmEvent {
+                    device: DeviceId::parse(device).unwrap(),
+                    seq: u32::from(s.counter),
+                    kind,
+                    device_time_ms: Some(s.event_at as u64),
+                    battery_pct: Some(70),
+                    location: Some(location(s.content)),
+                };
+                let mut b = bytes::BytesMut::new();
+                pingantong_protocol::native::encode_event(&event, KEY, &mut b);
+                b.freeze()
+            }
             Proto::H02 => unreachable!("H02 positions are not answered"),
         }
     }
 
     async fn run(app: &TestApp, proto: Proto, device: &str, steps: &[Step]) {
         let mut s = TcpStream::connect(match proto {
+            Proto::Native => app.addrs.native,
             Proto::Gt06 => app.addrs.gt06,
             Proto::Watch => app.addrs.watch,
             Proto::Eview => app.addrs.eview,
@@ -558,6 +587,7 @@ mod over_the_wire {
         let app = rt.block_on(TestApp::spawn(backend, Broker::Embedded));
         let city = rt.block_on(seed_small_city(&app.db));
         for proto in [
+            Proto::Native,
             Proto::Gt06,
             Proto::Watch,
             Proto::Eview,
@@ -567,6 +597,7 @@ mod over_the_wire {
             let config = Config {
                 cases: cases().min(8),
                 failure_persistence: None,
+                max_shrink_iters: 32,
                 ..Config::default()
             };
             let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[11; 32]);
@@ -579,7 +610,7 @@ mod over_the_wire {
                             .upsert_device(&NewDevice {
                                 id: device.clone(),
                                 protocol: proto.name().into(),
-                                secret: if proto == Proto::Dc09Encrypted {
+                                secret: if matches!(proto, Proto::Dc09Encrypted | Proto::Native) {
                                     KEY.to_vec()
                                 } else {
                                     Vec::new()
