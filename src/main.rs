@@ -122,6 +122,30 @@ enum UserCommand {
         #[arg(long)]
         provider_id: Option<i64>,
     },
+    /// Every account: name, role, state, open sessions.
+    List(ServerArgs),
+    /// Disable an account: its sessions and live feeds stop at once.
+    Disable {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        username: String,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        username: String,
+    },
+    /// Give an account a new password (from PAT_NEW_PASSWORD or standard
+    /// input); its open sessions end.
+    ResetPassword {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        username: String,
+    },
 }
 
 #[derive(Args)]
@@ -412,10 +436,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let password = new_password()?;
             let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
             let db = server.connect().await?;
-            let actor = format!(
-                "cli:{}",
-                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-            );
+            let actor = cli_actor();
             let added = db
                 .add_user(
                     &NewUser {
@@ -431,6 +452,49 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             db.close().await;
             let id = added?;
             println!("added user {username:?} (role {role}) with id {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User(UserCommand::List(server)) => {
+            let db = server.connect().await?;
+            let users = db.list_users().await;
+            db.close().await;
+            println!(
+                "{:<24} {:<10} {:<9} {:>8}",
+                "username", "role", "state", "sessions"
+            );
+            for u in users? {
+                let state = if u.disabled { "disabled" } else { "enabled" };
+                println!(
+                    "{:<24} {:<10} {:<9} {:>8}",
+                    u.username, u.role, state, u.live_sessions
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User(UserCommand::Disable { server, username }) => {
+            let db = server.connect().await?;
+            let done = db.set_user_disabled(&username, true, &cli_actor()).await;
+            db.close().await;
+            done?;
+            println!("disabled user {username:?}: its sessions have ended");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User(UserCommand::Enable { server, username }) => {
+            let db = server.connect().await?;
+            let done = db.set_user_disabled(&username, false, &cli_actor()).await;
+            db.close().await;
+            done?;
+            println!("enabled user {username:?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User(UserCommand::ResetPassword { server, username }) => {
+            let password = new_password()?;
+            let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
+            let db = server.connect().await?;
+            let done = db.reset_password(&username, &hash, &cli_actor()).await;
+            db.close().await;
+            done?;
+            println!("new password for user {username:?}: its open sessions have ended");
             Ok(ExitCode::SUCCESS)
         }
         Command::Report {
@@ -474,6 +538,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 /// The new account's password: `PAT_NEW_PASSWORD`, else one line of standard
 /// input (not echoed when it is a terminal).
+/// How the audit log names a change made on the command line.
+fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
 fn new_password() -> anyhow::Result<String> {
     if let Ok(p) = std::env::var("PAT_NEW_PASSWORD") {
         return Ok(p);
@@ -487,7 +559,7 @@ fn new_password() -> anyhow::Result<String> {
             .status();
     };
     if tty {
-        eprint!("password for the new account: ");
+        eprint!("new password: ");
         stty("-echo");
     }
     let mut line = String::new();

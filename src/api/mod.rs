@@ -1,6 +1,7 @@
 //! HTTP: health, readiness and metrics; console log-in, the audit log, the
 //! city's reports (the operator console and its API grow here). Every error body is JSON.
 
+mod accounts;
 mod audit;
 pub mod auth;
 mod carers;
@@ -101,6 +102,7 @@ struct HealthState {
         (name = "registry", description = "Clients, contacts, devices, providers, carers, the alarm log, and CSV import"),
         (name = "reports", description = "The city's monthly service figures and SLA breaches"),
         (name = "session", description = "Log-in and log-out"),
+        (name = "accounts", description = "Console accounts, for admins: list, disable, enable, new password"),
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "health", description = "Liveness, readiness, metrics"),
     )
@@ -193,6 +195,7 @@ pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
         .merge(health)
         .merge(auth::router(ctx.db.clone(), ctx.auth))
         .merge(audit::router(ctx.db.clone()))
+        .merge(accounts::router(ctx.db.clone()))
         .merge(reports::router(ctx.db, ctx.sla))
         .merge(console)
         .split_for_parts()

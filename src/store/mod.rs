@@ -61,7 +61,9 @@ pub use sla::{
 pub use stage::{Chooser, RouteDone, RouteRequest, StageDone, StageWork};
 pub use timers::{ClaimCheck, OfferCheck, TimerRow};
 pub use transitions::{Transition, TransitionError};
-pub use users::{LoginUser, NewUser, SessionUser, USERNAME_MAX, UserError, valid_username};
+pub use users::{
+    LoginUser, NewUser, SessionUser, USERNAME_MAX, UserError, UserSummary, valid_username,
+};
 pub use wellbeing::{OUTCOMES as WELLBEING_OUTCOMES, WellbeingRow};
 pub use withdrawals::Withdrawal;
 

@@ -62,6 +62,33 @@ pub struct LoginUser {
     pub disabled: bool,
 }
 
+/// An account as an admin sees it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct UserSummary {
+    pub id: i64,
+    pub username: String,
+    pub role: Role,
+    pub carer_id: Option<i64>,
+    pub provider_id: Option<i64>,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Sessions neither logged out nor expired.
+    pub live_sessions: i64,
+}
+
+type UserSummaryRow = (
+    i64,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    bool,
+    i64,
+    i64,
+    i64,
+);
+
 /// The account behind a session token, with the session's own state.
 #[derive(Debug, Clone)]
 pub struct SessionUser {
@@ -235,6 +262,88 @@ impl Db {
             }
             tx.commit().await?;
             changed
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(UserError::NotFound(username.to_owned()))
+        }
+    }
+
+    /// Every account, by name: what an admin needs to manage them (never a
+    /// password hash).
+    pub async fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
+        let rows: Vec<UserSummaryRow> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT u.id, u.username, u.role, u.carer_id, u.provider_id, u.disabled, \
+             u.created_at, u.updated_at, \
+             (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id \
+              AND s.revoked_at IS NULL AND s.expires_at > $1) AS live_sessions \
+             FROM users u ORDER BY u.username"
+        )
+        .bind(now_ms())
+        .fetch_all(p)
+        .await)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(UserSummary {
+                    id: r.0,
+                    username: r.1,
+                    role: Role::parse(&r.2)?,
+                    carer_id: r.3,
+                    provider_id: r.4,
+                    disabled: r.5,
+                    created_at: r.6,
+                    updated_at: r.7,
+                    live_sessions: r.8,
+                })
+            })
+            .collect())
+    }
+
+    /// Give an account a new password (already hashed): its open sessions end
+    /// with the old one, in the same transaction as the change and its audit
+    /// entry (the password itself is never recorded).
+    pub async fn reset_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+        actor: &str,
+    ) -> Result<(), UserError> {
+        let now = now_ms();
+        let subject = format!("user:{username}");
+        let begin = self.begin_write();
+        let found = on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let id: Option<(i64,)> = sqlx::query_as(
+                "UPDATE users SET password_hash = $1, updated_at = $2 WHERE username = $3 \
+                 RETURNING id",
+            )
+            .bind(password_hash)
+            .bind(now)
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((id,)) = id {
+                let ended = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let detail = format!("{ended} open session(s) ended");
+                let entry = AuditEntry {
+                    actor,
+                    action: "password_reset",
+                    subject: &subject,
+                    detail: &detail,
+                };
+                append_audit!(self, tx, entry, now);
+            }
+            tx.commit().await?;
+            id.is_some()
         });
         if found {
             Ok(())

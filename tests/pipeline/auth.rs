@@ -446,26 +446,95 @@ async fn command_line(backend: Backend) {
         Some(&user.password_hash)
     ));
 
+    // Accounts listed, disabled, enabled and given a new password.
+    let (code, out, err) = cli(&s, &["user", "list"], Password::None).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two accounts: {out}");
+    assert!(
+        lines[1].starts_with("chen.jing")
+            && lines[1].contains("admin")
+            && lines[1].contains("enabled"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("argon2"),
+        "no password hash is ever printed: {out}"
+    );
+    let (code, _, err) = cli(
+        &s,
+        &["user", "disable", "--username", "zhou.min"],
+        Password::None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(db.login_user("zhou.min").await.unwrap().unwrap().disabled);
+    let (code, out, _) = cli(&s, &["user", "list"], Password::None).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("zhou.min") && l.contains("disabled")),
+        "{out}"
+    );
+    let (code, _, err) = cli(
+        &s,
+        &["user", "enable", "--username", "zhou.min"],
+        Password::None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!db.login_user("zhou.min").await.unwrap().unwrap().disabled);
+    let (code, _, err) = cli(
+        &s,
+        &["user", "reset-password", "--username", "zhou.min"],
+        Password::Stdin("a brand new password\n"),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let user = db.login_user("zhou.min").await.unwrap().unwrap();
+    assert!(pingantong::api::auth::verify_password(
+        "a brand new password",
+        Some(&user.password_hash)
+    ));
+    assert!(!pingantong::api::auth::verify_password(
+        "from the environment",
+        Some(&user.password_hash)
+    ));
+    let (code, _, err) = cli(
+        &s,
+        &["user", "disable", "--username", "nobody"],
+        Password::None,
+    )
+    .await;
+    assert_eq!(code, 1, "an unknown account is an error");
+    assert!(err.contains("nobody"), "{err}");
+
     for i in 0..3 {
         db.audit(entry("step", &i.to_string())).await.unwrap();
     }
     let (code, out, err) = cli(&s, &["audit", "verify"], Password::None).await;
     assert_eq!(
         (code, out.trim()),
-        (0, "audit chain ok: 5 entries"),
+        (0, "audit chain ok: 8 entries"),
         "{err}"
     );
     let rows = audit_rows(&db).await;
     assert_eq!(rows[0].0, "user_added");
     assert_eq!(rows[0].1, "user:chen.jing");
+    let actions: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        actions[2..5],
+        ["user_disabled", "user_enabled", "password_reset"],
+        "each account change audited: {rows:?}"
+    );
 
     // A row taken out breaks the link of the next one.
-    raw(&db, "DELETE FROM audit_log WHERE id = 3").await;
+    raw(&db, "DELETE FROM audit_log WHERE id = 6").await;
     let (code, out, _) = cli(&s, &["audit", "verify"], Password::None).await;
     assert_eq!(code, 1);
     assert_eq!(
         out.trim(),
-        "audit chain broken at entry 4: prev_hash does not link to the previous entry"
+        "audit chain broken at entry 7: prev_hash does not link to the previous entry"
     );
     db.close().await;
 }
@@ -478,4 +547,147 @@ async fn command_line_sqlite() {
 #[tokio::test]
 async fn command_line_postgres() {
     command_line(Backend::Postgres).await;
+}
+
+/// Admins manage accounts over the API: list, disable (the session stops at
+/// once), enable, a new password (old sessions end); nobody else may, and
+/// each change is in the audit chain with the admin's name.
+async fn admins_manage_accounts(backend: Backend) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    add_user(&app.db, "admin.he", Role::Admin).await;
+    add_user(&app.db, "op.sun", Role::Operator).await;
+    add_user(&app.db, "sup.ma", Role::Supervisor).await;
+    let api = Api::of(&app);
+    let admin = api.token("admin.he").await;
+    let sup = api.token("sup.ma").await;
+    let op = api.token("op.sun").await;
+
+    let (status, users) = api.get("/api/v1/users", Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{users}");
+    let names: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["admin.he", "op.sun", "sup.ma"]);
+    let sun = &users.as_array().unwrap()[1];
+    assert_eq!(
+        (&sun["role"], &sun["disabled"], &sun["live_sessions"]),
+        (&json!("operator"), &json!(false), &json!(1))
+    );
+    assert!(
+        !users.to_string().contains("argon2"),
+        "no password hash: {users}"
+    );
+    for (who, token) in [("supervisor", &sup), ("operator", &op)] {
+        assert_eq!(
+            api.get("/api/v1/users", Some(token)).await.0,
+            StatusCode::FORBIDDEN,
+            "{who}"
+        );
+        let (status, _) = api
+            .post("/api/v1/users/op.sun/disable", token, json!({}))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{who}");
+    }
+
+    let (status, body) = api
+        .post("/api/v1/users/op.sun/disable", &admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(
+        api.get("/api/v1/me", Some(&op)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "stopped at once"
+    );
+    assert_eq!(
+        api.login("op.sun", PASSWORD).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, _) = api
+        .post("/api/v1/users/admin.he/disable", &admin, json!({}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "an admin does not lock themselves out"
+    );
+    let (status, _) = api
+        .post("/api/v1/users/nobody/disable", &admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, body) = api
+        .post("/api/v1/users/op.sun/enable", &admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let op = api.token("op.sun").await;
+    assert_eq!(api.get("/api/v1/me", Some(&op)).await.0, StatusCode::OK);
+
+    let (status, body) = api
+        .post(
+            "/api/v1/users/op.sun/password",
+            &admin,
+            json!({"password": "short"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = api
+        .post(
+            "/api/v1/users/op.sun/password",
+            &admin,
+            json!({"password": "night shift 2026"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(
+        api.get("/api/v1/me", Some(&op)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "old sessions ended"
+    );
+    assert_eq!(
+        api.login("op.sun", PASSWORD).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.login("op.sun", "night shift 2026").await.0,
+        StatusCode::OK
+    );
+
+    let rows = audit_rows(&app.db).await;
+    let changes: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.0.as_str(),
+                "user_disabled" | "user_enabled" | "password_reset"
+            )
+        })
+        .map(|r| (r.0.as_str(), r.1.as_str()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("user_disabled", "user:op.sun"),
+            ("user_enabled", "user:op.sun"),
+            ("password_reset", "user:op.sun")
+        ]
+    );
+    assert!(
+        !rows.iter().any(|r| r.2.contains("night shift")),
+        "the password is never recorded"
+    );
+    assert!(app.db.verify_audit_chain().await.unwrap().is_ok());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn admins_manage_accounts_sqlite() {
+    admins_manage_accounts(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn admins_manage_accounts_postgres() {
+    admins_manage_accounts(Backend::Postgres).await;
 }
