@@ -138,6 +138,13 @@ enum UserCommand {
         #[arg(long)]
         username: String,
     },
+    /// Lift a log-in lock (after too many failed log-ins) before its time.
+    Unlock {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        username: String,
+    },
     /// Give an account a new password (from PAT_NEW_PASSWORD or standard
     /// input); its open sessions end.
     ResetPassword {
@@ -485,6 +492,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             db.close().await;
             done?;
             println!("enabled user {username:?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User(UserCommand::Unlock { server, username }) => {
+            let db = server.connect().await?;
+            let done = db.unlock_user(&username, &cli_actor()).await;
+            db.close().await;
+            done?;
+            println!("unlocked user {username:?}");
             Ok(ExitCode::SUCCESS)
         }
         Command::User(UserCommand::ResetPassword { server, username }) => {

@@ -1,5 +1,5 @@
-//! Console accounts for admins: list them, disable and re-enable them, give
-//! one a new password. Each change is audited with the admin's name, in the
+//! Console accounts for admins: list them, disable and re-enable them, lift
+//! a log-in lock, give one a new password. Each change is audited with the admin's name, in the
 //! same transaction as the change; a disabled account's sessions (and their
 //! live feeds) stop at once, a new password ends the old sessions.
 
@@ -23,6 +23,7 @@ pub fn router(db: Db) -> OpenApiRouter {
         .routes(routes!(list))
         .routes(routes!(disable))
         .routes(routes!(enable))
+        .routes(routes!(unlock))
         .routes(routes!(reset_password))
         .with_state(db)
 }
@@ -105,6 +106,29 @@ async fn enable(
     caller.require(ADMINS)?;
     let name = username(&name)?;
     db.set_user_disabled(name, false, &caller.actor())
+        .await
+        .map_err(from_user_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lift a log-in lock (after too many failed log-ins) before its time.
+#[utoipa::path(
+    post, path = "/api/v1/users/{username}/unlock", tag = "accounts",
+    params(("username" = String, Path)),
+    responses(
+        (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn unlock(
+    State(db): State<Db>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(ADMINS)?;
+    let name = username(&name)?;
+    db.unlock_user(name, &caller.actor())
         .await
         .map_err(from_user_error)?;
     Ok(StatusCode::NO_CONTENT)

@@ -35,6 +35,10 @@ pub enum ApiError {
     /// Too many password checks queued; the client may retry shortly.
     #[error("too many log-ins at once; try again in a moment")]
     Busy,
+    /// Log-ins refused for a while after too many failures (an account or an
+    /// address); `retry_after_s` says for how long.
+    #[error("{message}")]
+    Throttled { message: String, retry_after_s: u64 },
     /// The server's fault (database down, a task lost): logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -73,7 +77,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy | ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,7 +97,13 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => {
                 (status, [(WWW_AUTHENTICATE, "Bearer")], body).into_response()
             }
-            ApiError::Busy => (status, [(RETRY_AFTER, "1")], body).into_response(),
+            ApiError::Busy => (status, [(RETRY_AFTER, "1".to_owned())], body).into_response(),
+            ApiError::Throttled { retry_after_s, .. } => (
+                status,
+                [(RETRY_AFTER, retry_after_s.max(1).to_string())],
+                body,
+            )
+                .into_response(),
             _ => (status, body).into_response(),
         }
     }

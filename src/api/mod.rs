@@ -233,6 +233,8 @@ pub async fn serve(listener: TcpListener, ctx: ApiContext, shutdown: Cancellatio
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    // The peer's address reaches handlers (log-in throttling per address).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

@@ -60,6 +60,10 @@ pub struct LoginUser {
     pub password_hash: String,
     pub role: Role,
     pub disabled: bool,
+    /// Failed log-ins since the last good one.
+    pub failed_logins: i32,
+    /// Refuses log-ins until then (ms since the epoch), after too many failures.
+    pub locked_until: Option<i64>,
 }
 
 /// An account as an admin sees it.
@@ -71,6 +75,8 @@ pub struct UserSummary {
     pub carer_id: Option<i64>,
     pub provider_id: Option<i64>,
     pub disabled: bool,
+    /// Refuses log-ins until then after too many failures (ms since the epoch).
+    pub locked_until: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     /// Sessions neither logged out nor expired.
@@ -84,6 +90,7 @@ type UserSummaryRow = (
     Option<i64>,
     Option<i64>,
     bool,
+    Option<i64>,
     i64,
     i64,
     i64,
@@ -275,6 +282,7 @@ impl Db {
     pub async fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
         let rows: Vec<UserSummaryRow> = on_pool!(self, |p| sqlx::query_as(
             "SELECT u.id, u.username, u.role, u.carer_id, u.provider_id, u.disabled, \
+             CASE WHEN u.locked_until > $1 THEN u.locked_until END AS locked_until, \
              u.created_at, u.updated_at, \
              (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id \
               AND s.revoked_at IS NULL AND s.expires_at > $1) AS live_sessions \
@@ -293,9 +301,10 @@ impl Db {
                     carer_id: r.3,
                     provider_id: r.4,
                     disabled: r.5,
-                    created_at: r.6,
-                    updated_at: r.7,
-                    live_sessions: r.8,
+                    locked_until: r.6,
+                    created_at: r.7,
+                    updated_at: r.8,
+                    live_sessions: r.9,
                 })
             })
             .collect())
@@ -355,23 +364,119 @@ impl Db {
     /// The account a log-in names, if there is one (and its role is one this
     /// server knows: an account it cannot place gets no session).
     pub async fn login_user(&self, username: &str) -> Result<Option<LoginUser>, StoreError> {
-        let row: Option<(i64, String, String, String, bool)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, username, password_hash, role, disabled FROM users WHERE username = $1"
+        type Row = (i64, String, String, String, bool, i32, Option<i64>);
+        let row: Option<Row> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, username, password_hash, role, disabled, failed_logins, locked_until \
+             FROM users WHERE username = $1"
         )
         .bind(username)
         .fetch_optional(p)
         .await)?;
-        Ok(
-            row.and_then(|(id, username, password_hash, role, disabled)| {
+        Ok(row.and_then(
+            |(id, username, password_hash, role, disabled, failed_logins, locked_until)| {
                 Some(LoginUser {
                     id,
                     username,
                     password_hash,
                     role: Role::parse(&role)?,
                     disabled,
+                    failed_logins,
+                    locked_until,
                 })
-            }),
+            },
+        ))
+    }
+
+    /// Count a failed log-in against an account; at `limit` failures in a row
+    /// it is locked until `locked_until`, audited in the same transaction.
+    /// Returns whether this failure locked it.
+    pub async fn note_failed_login(
+        &self,
+        user_id: i64,
+        username: &str,
+        limit: i32,
+        locked_until: i64,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let subject = format!("user:{username}");
+        let begin = self.begin_write();
+        Ok(on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let (failed,): (i32,) = sqlx::query_as(
+                "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 \
+                 RETURNING failed_logins",
+            )
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let lock = failed >= limit;
+            if lock {
+                sqlx::query("UPDATE users SET failed_logins = 0, locked_until = $1 WHERE id = $2")
+                    .bind(locked_until)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let detail =
+                    format!("{failed} failed log-ins in a row; locked until {locked_until}");
+                let entry = AuditEntry {
+                    actor: "system",
+                    action: "login_locked",
+                    subject: &subject,
+                    detail: &detail,
+                };
+                append_audit!(self, tx, entry, now);
+            }
+            tx.commit().await?;
+            Ok::<bool, sqlx::Error>(lock)
+        })?)
+    }
+
+    /// A good log-in: the failures before it no longer count.
+    pub async fn clear_failed_logins(&self, user_id: i64) -> Result<(), StoreError> {
+        on_write_pool!(self, |p| sqlx::query(
+            "UPDATE users SET failed_logins = 0 WHERE id = $1 AND failed_logins <> 0"
         )
+        .bind(user_id)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Lift a log-in lock before its time, recording who did.
+    pub async fn unlock_user(&self, username: &str, actor: &str) -> Result<(), UserError> {
+        let now = now_ms();
+        let subject = format!("user:{username}");
+        let begin = self.begin_write();
+        let found = on_write_pool!(self, |p| {
+            let mut tx = p.begin_with(begin).await?;
+            let changed = sqlx::query(
+                "UPDATE users SET failed_logins = 0, locked_until = NULL, updated_at = $1 \
+                 WHERE username = $2",
+            )
+            .bind(now)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if changed {
+                let entry = AuditEntry {
+                    actor,
+                    action: "user_unlocked",
+                    subject: &subject,
+                    detail: "",
+                };
+                append_audit!(self, tx, entry, now);
+            }
+            tx.commit().await?;
+            changed
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(UserError::NotFound(username.to_owned()))
+        }
     }
 
     /// Open a session for `user`, known by the SHA-256 of its token, and

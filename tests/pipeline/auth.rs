@@ -691,3 +691,89 @@ async fn admins_manage_accounts_sqlite() {
 async fn admins_manage_accounts_postgres() {
     admins_manage_accounts(Backend::Postgres).await;
 }
+
+/// Five wrong passwords in a row lock the account — even the right password
+/// is then refused (429, no password work) — until an admin unlocks it; each
+/// lock and unlock is audited. Many failures from one address, across names
+/// no account lock sees, close the address.
+async fn failed_log_ins_lock_the_account_and_the_address(backend: Backend) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    add_user(&app.db, "admin.he", Role::Admin).await;
+    add_user(&app.db, "op.sun", Role::Operator).await;
+    let api = Api::of(&app);
+    let admin = api.token("admin.he").await;
+
+    for i in 0..4 {
+        let (status, _) = api.login("op.sun", "not the password").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "failure {i}");
+    }
+    // A good log-in clears the count: four more failures do not lock.
+    assert_eq!(api.login("op.sun", PASSWORD).await.0, StatusCode::OK);
+    for _ in 0..4 {
+        api.login("op.sun", "not the password").await;
+    }
+    assert_eq!(api.login("op.sun", PASSWORD).await.0, StatusCode::OK);
+    for _ in 0..5 {
+        api.login("op.sun", "not the password").await;
+    }
+    let (status, body) = api.login("op.sun", PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("unlock"), "{body}");
+    let (_, users) = api.get("/api/v1/users", Some(&admin)).await;
+    let sun = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "op.sun")
+        .unwrap();
+    assert!(
+        sun["locked_until"].as_i64().unwrap() > now_ms() as i64,
+        "{sun}"
+    );
+
+    let (status, _) = api
+        .post("/api/v1/users/op.sun/unlock", &admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(api.login("op.sun", PASSWORD).await.0, StatusCode::OK);
+    let rows = audit_rows(&app.db).await;
+    let locks: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| matches!(r.0.as_str(), "login_locked" | "user_unlocked"))
+        .map(|r| (r.0.as_str(), r.1.as_str()))
+        .collect();
+    assert_eq!(
+        locks,
+        [
+            ("login_locked", "user:op.sun"),
+            ("user_unlocked", "user:op.sun")
+        ]
+    );
+
+    // Guessing across names from one address: 20 failures within the window
+    // (13 above, 7 more) close it, for every name, the right password included.
+    for i in 0..7 {
+        let (status, _) = api.login(&format!("guess.{i}"), "not the password").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    let (status, body) = api.login("op.sun", PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(
+        audit_rows(&app.db)
+            .await
+            .iter()
+            .any(|r| r.0 == "address_locked")
+    );
+    assert!(app.db.verify_audit_chain().await.unwrap().is_ok());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failed_log_ins_lock_the_account_and_the_address_sqlite() {
+    failed_log_ins_lock_the_account_and_the_address(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn failed_log_ins_lock_the_account_and_the_address_postgres() {
+    failed_log_ins_lock_the_account_and_the_address(Backend::Postgres).await;
+}

@@ -4,13 +4,15 @@
 
 mod caller;
 pub mod password;
+mod throttle;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRef, State};
+use axum::extract::{ConnectInfo, FromRef, State};
 use axum::http::StatusCode;
 use tokio::sync::Semaphore;
 use utoipa_axum::router::OpenApiRouter;
@@ -44,6 +46,7 @@ struct AuthState {
     /// Password checks run one per two cores at most: a flood of log-ins
     /// must not take the CPU the alarm path needs.
     hashing: Arc<Semaphore>,
+    addresses: Arc<throttle::AddressThrottle>,
 }
 
 impl FromRef<AuthState> for Db {
@@ -65,6 +68,7 @@ pub fn router(db: Db, cfg: AuthConfig) -> OpenApiRouter {
             db,
             ttl_ms: i64::try_from(cfg.session_ttl.as_millis()).unwrap_or(i64::MAX),
             hashing: Arc::new(Semaphore::new(cores.div_ceil(2))),
+            addresses: Arc::default(),
         })
 }
 
@@ -89,20 +93,45 @@ struct LoginResponse {
         (status = 200, body = LoginResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "too many log-ins at once, or too many failed ones: this account or address is refused for a while", body = ErrorBody),
     )
 )]
 async fn login(
     State(s): State<AuthState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<LoginRequest>, JsonRejection>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let Json(req) = body?;
+    let now = now_ms();
+    if let Some(until) = s.addresses.locked_until(peer.ip(), now) {
+        LoginAttempt {
+            outcome: "address_locked",
+            username: None,
+        }
+        .emit();
+        return Err(throttled("this address", until, now));
+    }
     // A name or password no account can have is refused without any work
     // (which says nothing about real accounts).
     let plausible =
         valid_username(&req.username) && req.password.len() <= password::PASSWORD_MAX_BYTES;
     let (user, password_ok) = if plausible {
         let user = s.db.login_user(&req.username).await?;
+        // A locked account is refused before any password work, with the
+        // same answer whether the password given is right or not.
+        if let Some(until) = user
+            .as_ref()
+            .and_then(|u| u.locked_until)
+            .filter(|t| *t > now)
+        {
+            LoginAttempt {
+                outcome: "account_locked",
+                username: None,
+            }
+            .emit();
+            return Err(throttled("this account", until, now));
+        }
         let stored = user.as_ref().map(|u| u.password_hash.clone());
         let ok = check_password(&s.hashing, req.password, stored).await?;
         (user, ok)
@@ -127,6 +156,24 @@ async fn login(
                 detail: why,
             })
             .await?;
+            if let Some(until) = s.addresses.failed(peer.ip(), now) {
+                s.db.audit(AuditEntry {
+                    actor: "system",
+                    action: "address_locked",
+                    subject: &format!("address:{}", peer.ip()),
+                    detail: &format!(
+                        "{} failed log-ins within {} min; refused until {until}",
+                        throttle::ADDRESS_FAILURES,
+                        throttle::WINDOW.as_secs() / 60
+                    ),
+                })
+                .await?;
+            }
+            if let Some(u) = other.as_ref().filter(|_| !password_ok) {
+                let until = now + i64::try_from(throttle::LOCKOUT.as_millis()).unwrap_or(i64::MAX);
+                s.db.note_failed_login(u.id, &u.username, throttle::ACCOUNT_FAILURES, until)
+                    .await?;
+            }
             LoginAttempt {
                 outcome: if password_ok {
                     "disabled"
@@ -139,6 +186,9 @@ async fn login(
             return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
         }
     };
+    if user.failed_logins > 0 {
+        s.db.clear_failed_logins(user.id).await?;
+    }
     let (token, hash) = new_token();
     let expires_at = now_ms().saturating_add(s.ttl_ms);
     s.db.open_session(&hash, &user, expires_at).await?;
@@ -152,6 +202,18 @@ async fn login(
         expires_at,
         role: user.role,
     }))
+}
+
+/// The answer to a log-in refused after too many failures.
+fn throttled(what: &str, until: i64, now: i64) -> ApiError {
+    let secs = u64::try_from((until - now).max(0) / 1000).unwrap_or(0);
+    ApiError::Throttled {
+        message: format!(
+            "{what} is refused log-ins after too many failed ones; try again in {} min, or ask an admin to unlock the account",
+            secs.div_ceil(60).max(1)
+        ),
+        retry_after_s: secs,
+    }
 }
 
 /// Check a password off the runtime, waiting for a turn at the hasher; the
