@@ -401,6 +401,12 @@ impl Application {
             Arc::clone(&self.clock),
         );
         let notify_task = notifier.spawn(notices, sweep, inner.clone());
+        let anchor_task = crate::anchor::spawn(
+            self.db.clone(),
+            s.data_dir.clone(),
+            s.audit_key.clone(),
+            inner.clone(),
+        );
         // The database's state, kept apart from the writer's handles: the
         // writer stops when the last handle goes.
         let store = writer.load();
@@ -547,6 +553,7 @@ impl Application {
         let _ = stage_task.await;
         let _ = notify_task.await;
         let _ = feed_task.await;
+        let _ = anchor_task.await;
         let _ = refresher.await;
         let _ = mqtt_task.await;
         if let Some(task) = checkpointer {

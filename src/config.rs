@@ -94,6 +94,9 @@ pub struct Settings {
     pub notify_retry_max_secs: u64,
     /// Signs webhook notices (`X-PingAnTong-Signature: sha256=…`).
     pub webhook_secret: Option<Secret>,
+    /// Signs the audit log's head written to `data_dir/audit-head.json`
+    /// (HMAC-SHA256), so `audit verify` can tell a removed newest entry.
+    pub audit_key: Option<Secret>,
     /// `smtp://host:port`, `smtp://host:587?tls=required` or `smtps://user:pass@host`; unset: no e-mail.
     pub smtp_url: Option<Secret>,
     pub mail_from: String,
@@ -158,6 +161,7 @@ impl Default for Settings {
             notify_retry_secs: 5,
             notify_retry_max_secs: 300,
             webhook_secret: None,
+            audit_key: None,
             smtp_url: None,
             mail_from: "Ping An Tong <alarms@pingantong.invalid>".into(),
             heartbeat_secs: crate::supervision::default_intervals(),

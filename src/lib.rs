@@ -7,6 +7,7 @@
 //! kind of event gets; [`directory`] caches who is who for them. [`sla`] measures
 //! the service against the city's targets and builds its monthly reports.
 
+pub mod anchor;
 pub mod api;
 pub mod app;
 pub mod broker;

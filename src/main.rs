@@ -211,6 +211,9 @@ struct ServerArgs {
     /// Signs webhook notices (X-PingAnTong-Signature).
     #[arg(long, env = "PAT_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// Signs the audit log's head (data_dir/audit-head.json).
+    #[arg(long, env = "PAT_AUDIT_KEY", hide_env_values = true)]
+    audit_key: Option<String>,
 }
 
 impl ServerArgs {
@@ -284,6 +287,9 @@ impl ServerArgs {
         }
         if let Some(v) = &self.webhook_secret {
             s.webhook_secret = Some(pingantong::config::Secret::new(v.clone()));
+        }
+        if let Some(v) = &self.audit_key {
+            s.audit_key = Some(pingantong::config::Secret::new(v.clone()));
         }
         s.validate()?;
         Ok(s)
@@ -416,17 +422,63 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify(server)) => {
+            let settings = server.settings()?;
             let db = server.connect().await?;
             let report = db.verify_audit_chain().await;
+            // The head written outside the database, if the server wrote one:
+            // removing the newest entries leaves a chain that verifies alone.
+            let path = settings.data_dir.join(pingantong::anchor::FILE);
+            let anchored = match report.as_ref().map(|r| r.is_ok()) {
+                Ok(true) if path.exists() => {
+                    let cp = pingantong::anchor::read(&path).map_err(anyhow::Error::msg)?;
+                    Some(pingantong::anchor::check(&db, &cp, settings.audit_key.as_ref()).await)
+                }
+                _ => None,
+            };
             db.close().await;
             let report = report?;
-            Ok(match report.broken {
+            if let Some(b) = report.broken {
+                println!("audit chain broken at entry {}: {}", b.id, b.fault);
+                return Ok(ExitCode::FAILURE);
+            }
+            use pingantong::anchor::Verdict;
+            Ok(match anchored.transpose()? {
                 None => {
                     println!("audit chain ok: {} entries", report.entries);
                     ExitCode::SUCCESS
                 }
-                Some(b) => {
-                    println!("audit chain broken at entry {}: {}", b.id, b.fault);
+                Some(Verdict::Holds) => {
+                    println!(
+                        "audit chain ok: {} entries; the head in {} holds{}",
+                        report.entries,
+                        path.display(),
+                        if settings.audit_key.is_some() {
+                            " (signature verified)"
+                        } else {
+                            " (unsigned: no audit_key)"
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some(Verdict::BadSignature) => {
+                    println!(
+                        "audit head {} is not signed with this audit_key: it cannot be trusted",
+                        path.display()
+                    );
+                    ExitCode::FAILURE
+                }
+                Some(Verdict::HeadGone { head_id, at }) => {
+                    println!(
+                        "audit chain cut short: entry {head_id}, the head recorded at {at} in {}, is gone or changed (newest entries removed)",
+                        path.display()
+                    );
+                    ExitCode::FAILURE
+                }
+                Some(Verdict::Shorter { entries, now }) => {
+                    println!(
+                        "audit chain cut short: {now} entries, the head in {} counted {entries}",
+                        path.display()
+                    );
                     ExitCode::FAILURE
                 }
             })

@@ -212,6 +212,36 @@ impl Db {
         })
     }
 
+    /// The chain's length and its newest entry (id, hash), if any.
+    pub async fn audit_head(&self) -> Result<Option<(i64, i64, Vec<u8>)>, StoreError> {
+        let row: Option<(i64, Vec<u8>)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
+        )
+        .fetch_optional(p)
+        .await)?;
+        let Some((id, hash)) = row else {
+            return Ok(None);
+        };
+        let (count,): (i64,) = on_pool!(self, |p| sqlx::query_as(
+            "SELECT COUNT(*) FROM audit_log WHERE id <= $1"
+        )
+        .bind(id)
+        .fetch_one(p)
+        .await)?;
+        Ok(Some((count, id, hash)))
+    }
+
+    /// The stored hash of entry `id`, if it is there.
+    pub async fn audit_entry_hash(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let row: Option<(Vec<u8>,)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT hash FROM audit_log WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(p)
+        .await)?;
+        Ok(row.map(|r| r.0))
+    }
+
     /// Walk the whole log in id order and check every link; stops at the
     /// first entry that does not verify.
     pub async fn verify_audit_chain(&self) -> Result<AuditReport, StoreError> {

@@ -353,6 +353,10 @@ async fn cli(
     if let Some(schema) = &s.database_schema {
         cmd.arg("--database-schema").arg(schema);
     }
+    // The test's own data directory, never one a local server left behind.
+    if !args.contains(&"--data-dir") {
+        cmd.arg("--data-dir").arg(&s.data_dir);
+    }
     if let Password::Env(p) = password {
         cmd.env("PAT_NEW_PASSWORD", p);
     }
@@ -776,4 +780,89 @@ async fn failed_log_ins_lock_the_account_and_the_address_sqlite() {
 #[tokio::test]
 async fn failed_log_ins_lock_the_account_and_the_address_postgres() {
     failed_log_ins_lock_the_account_and_the_address(Backend::Postgres).await;
+}
+
+/// Removing the newest audit entries leaves a chain that verifies on its own;
+/// the head the server wrote beside its data (signed with `audit_key`) is
+/// what finds it. A head signed with another key is not trusted.
+async fn the_audit_head_outside_the_database_finds_removed_newest_entries(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(backend, Broker::Embedded, dir.path());
+    settings.audit_key = Some(pingantong::config::Secret::new("a key kept apart"));
+    let app = TestApp::spawn_with(settings.clone(), None).await;
+    add_user(&app.db, "li.wei", Role::Operator).await;
+    let api = Api::of(&app);
+    for _ in 0..3 {
+        api.token("li.wei").await;
+    }
+    app.stop().await;
+    let head = dir.path().join("audit-head.json");
+    let cp: Value = serde_json::from_str(&std::fs::read_to_string(&head).unwrap()).unwrap();
+    assert!(cp["signature"].is_string(), "{cp}");
+    assert!(
+        !cp.to_string().contains("a key kept apart"),
+        "the key is never written"
+    );
+
+    let verify = |key: &'static str| {
+        let (s, path) = (settings.clone(), dir.path().to_str().unwrap().to_owned());
+        async move {
+            cli(
+                &s,
+                &["audit", "verify", "--data-dir", &path, "--audit-key", key],
+                Password::None,
+            )
+            .await
+        }
+    };
+    let (code, out, err) = verify("a key kept apart").await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("holds (signature verified)"), "{out}");
+    let (code, out, _) = verify("another key").await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not signed with this audit_key"), "{out}");
+
+    // The newest two entries removed: the chain alone still verifies…
+    let db = Db::connect(&StoreConfig {
+        url: settings.database_url(),
+        schema: settings.database_schema.clone(),
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    let newest = cp["head_id"].as_i64().unwrap();
+    let delete = format!("DELETE FROM audit_log WHERE id >= {}", newest - 1);
+    match &db {
+        Db::Sqlite { write, .. } => {
+            sqlx::query(sqlx::AssertSqlSafe(delete))
+                .execute(write)
+                .await
+                .unwrap();
+        }
+        Db::Postgres(p) => {
+            sqlx::query(sqlx::AssertSqlSafe(delete))
+                .execute(p)
+                .await
+                .unwrap();
+        }
+    }
+    assert!(db.verify_audit_chain().await.unwrap().is_ok());
+    db.close().await;
+    // …the head does not.
+    let (code, out, _) = verify("a key kept apart").await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("entry {newest}")) && out.contains("newest entries removed"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn the_audit_head_outside_the_database_finds_removed_newest_entries_sqlite() {
+    the_audit_head_outside_the_database_finds_removed_newest_entries(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_audit_head_outside_the_database_finds_removed_newest_entries_postgres() {
+    the_audit_head_outside_the_database_finds_removed_newest_entries(Backend::Postgres).await;
 }
