@@ -47,6 +47,8 @@ pub enum AppError {
     Rules(#[from] RulesError),
     #[error("notification channel: {0}")]
     Notify(String),
+    #[error(transparent)]
+    Tls(#[from] crate::api::listener::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -100,6 +102,8 @@ pub struct Application {
     rules: Arc<Rules>,
     /// Family notice channels that need no broker (webhook, e-mail).
     notice_channels: Vec<Arc<dyn Channel>>,
+    /// HTTPS for the console and API, when a certificate is configured.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Application {
@@ -113,6 +117,11 @@ impl Application {
             WebhookChannel::new(settings.webhook_secret.clone(), timeout)
                 .map_err(|e| AppError::Notify(format!("webhook client: {e}")))?,
         )];
+        // A certificate that cannot be used stops the start, naming the file.
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::api::listener::load(cert, key)?),
+            _ => None,
+        };
         if let Some(url) = &settings.smtp_url {
             notice_channels.push(Arc::new(
                 EmailChannel::new(url.expose(), &settings.mail_from, timeout)
@@ -226,6 +235,7 @@ impl Application {
             clock: Arc::new(crate::store::now_ms),
             rules,
             notice_channels,
+            tls,
             mqtt_ca_pem,
             settings,
             db,
@@ -464,6 +474,7 @@ impl Application {
                 stage: stage_handle,
                 feed,
                 sla: s.sla,
+                tls: self.tls.clone(),
             },
             shutdown.clone(),
         ));

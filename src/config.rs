@@ -37,6 +37,10 @@ pub struct Settings {
     pub database_max_connections: u32,
     /// HTTP: health, readiness, metrics, the console API.
     pub http_addr: SocketAddr,
+    /// HTTPS for the console and API: a PEM certificate chain and its private
+    /// key (both or neither). Unset: plain HTTP, for loopback and demos.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Native pendant protocol listener.
     pub native_addr: SocketAddr,
     /// GT06 (Concox/Jimi) listener, TCP.
@@ -129,6 +133,8 @@ impl Default for Settings {
             database_schema: None,
             database_max_connections: 8,
             http_addr: ([127, 0, 0, 1], 8080).into(),
+            tls_cert: None,
+            tls_key: None,
             native_addr: ([127, 0, 0, 1], 7700).into(),
             gt06_addr: ([127, 0, 0, 1], 5023).into(),
             watch_addr: ([127, 0, 0, 1], 5093).into(),
@@ -222,6 +228,12 @@ impl Settings {
         };
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid(
+                "tls_cert/tls_key",
+                "give both the certificate and its key, or neither",
+            );
         }
         if self.device_threads > 1_024 {
             return invalid("device_threads", "must be at most 1024");

@@ -211,6 +211,12 @@ struct ServerArgs {
     /// Signs webhook notices (X-PingAnTong-Signature).
     #[arg(long, env = "PAT_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// HTTPS for the console and API: PEM certificate chain (with --tls-key).
+    #[arg(long, env = "PAT_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "PAT_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Signs the audit log's head (data_dir/audit-head.json).
     #[arg(long, env = "PAT_AUDIT_KEY", hide_env_values = true)]
     audit_key: Option<String>,
@@ -287,6 +293,12 @@ impl ServerArgs {
         }
         if let Some(v) = &self.webhook_secret {
             s.webhook_secret = Some(pingantong::config::Secret::new(v.clone()));
+        }
+        if let Some(v) = &self.tls_cert {
+            s.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key {
+            s.tls_key = Some(v.clone());
         }
         if let Some(v) = &self.audit_key {
             s.audit_key = Some(pingantong::config::Secret::new(v.clone()));

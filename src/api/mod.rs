@@ -10,6 +10,7 @@ mod error;
 mod feed;
 mod import;
 mod incidents;
+pub mod listener;
 mod registry;
 mod reports;
 mod wellbeing;
@@ -62,6 +63,8 @@ pub struct ApiContext {
     pub feed: Arc<Feed>,
     /// The targets the city's reports measure against.
     pub sla: SlaTargets,
+    /// HTTPS when set (the certificate and key, loaded at start).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Clone)]
@@ -226,12 +229,13 @@ pub fn router(ctx: ApiContext) -> Router {
 /// Serve on an already-bound listener until `shutdown`.
 pub async fn serve(listener: TcpListener, ctx: ApiContext, shutdown: CancellationToken) {
     use axum::serve::ListenerExt;
+    let tls = ctx.tls.clone();
     let app = router(ctx);
     // The live feed writes one small event at a time: with Nagle's algorithm
     // an event written while the previous one is unacknowledged waits for
     // the operator's machine's delayed ACK, up to 40 ms.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
+    let listener = listener::ApiListener::new(listener, tls, shutdown.clone()).tap_io(|io| {
+        let _ = listener::tcp_of(io).set_nodelay(true);
     });
     // The peer's address reaches handlers (log-in throttling per address).
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();

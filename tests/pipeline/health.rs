@@ -227,3 +227,64 @@ async fn a_city_loaded_blind_is_analyzed_as_the_server_starts() {
     sqlite.stop().await;
     app.stop().await;
 }
+
+/// With a certificate and key the console and API speak only HTTPS: a client
+/// that trusts the certificate logs in over TLS, a plain-text request on the
+/// port gets no answer; a key that is not there stops the start, naming it.
+#[tokio::test]
+async fn the_console_and_api_over_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+
+    let mut settings = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
+    settings.tls_key = Some(dir.path().join("missing.pem"));
+    settings.tls_cert = Some(cert.clone());
+    let refused = pingantong::Application::build(settings.clone()).await;
+    let Err(e) = refused else {
+        panic!("a missing key must stop the start")
+    };
+    assert!(e.to_string().contains("missing.pem"), "{e}");
+
+    settings.tls_key = Some(key);
+    let app = TestApp::spawn_with(settings, None).await;
+    add_user(&app.db, "li.wei", pingantong::domain::Role::Operator).await;
+    let port = app.addrs.http.port();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", app.addrs.http)
+        .build()
+        .unwrap();
+    let r = https
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = https
+        .post(format!("https://localhost:{port}/api/v1/session"))
+        .json(&serde_json::json!({"username": "li.wei", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "log-in over TLS");
+    // Plain HTTP on the same port: the handshake fails, nothing is answered.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .timeout(std::time::Duration::from_secs(15))
+        .send()
+        .await;
+    assert!(plain.is_err(), "answered in plain text: {plain:?}");
+    // A client that does not trust the certificate refuses the server.
+    let untrusting = reqwest::Client::builder()
+        .resolve("localhost", app.addrs.http)
+        .build()
+        .unwrap()
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await;
+    assert!(untrusting.is_err());
+    app.stop().await;
+}
