@@ -20,6 +20,8 @@ pub struct CarerStats {
     /// Offers taken back because their incident ended.
     pub withdrawn: AtomicU64,
     received: Mutex<Vec<Offer>>,
+    /// The health details sent to a carer who accepted.
+    details: Mutex<Vec<Details>>,
 }
 
 /// How simulated carers answer offers.
@@ -46,6 +48,20 @@ impl CarerStats {
     pub fn offers(&self) -> Vec<Offer> {
         self.received.lock().expect("not poisoned").clone()
     }
+
+    /// Every `details` message received (sent once a carer accepted), in order.
+    pub fn details(&self) -> Vec<Details> {
+        self.details.lock().expect("not poisoned").clone()
+    }
+}
+
+/// What the carer who accepted is told beyond the offer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Details {
+    pub dispatch_id: i64,
+    pub carer_id: i64,
+    pub medical_notes: String,
+    pub medications: String,
 }
 
 /// The fields of an offer a carer's phone relies on.
@@ -60,7 +76,7 @@ pub struct Offer {
     pub address: String,
 }
 
-/// What a message on a carer's dispatch topic is: `offer` or `withdrawn`.
+/// What a message on a carer's dispatch topic is: `offer`, `withdrawn` or `details`.
 #[derive(Deserialize)]
 struct MessageType {
     r#type: Option<String>,
@@ -103,6 +119,16 @@ pub fn spawn(
                     if kind.as_deref() == Some("withdrawn") {
                         stats.withdrawn.fetch_add(1, Ordering::Relaxed);
                         continue;
+                    }
+                    // After an accept: the resident's health, for this carer only.
+                    if kind.as_deref() == Some("details") {
+                        if let Ok(d) = serde_json::from_slice::<Details>(&p.payload) {
+                            stats.details.lock().expect("not poisoned").push(d);
+                        }
+                        continue;
+                    }
+                    if kind.as_deref().is_some_and(|k| k != "offer") {
+                        continue; // a message this phone does not know
                     }
                     if let Ok(offer) = serde_json::from_slice::<Offer>(&p.payload) {
                         let n = stats.offers.fetch_add(1, Ordering::Relaxed) + 1;

@@ -130,6 +130,33 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Tell the carer who accepted what the offer left out: the resident's
+    /// medical notes and medications. Carers who were only asked never get
+    /// them; a phone that misses this message reads them from its job list.
+    pub async fn publish_details(&self, offer: &DispatchOffer) -> Result<(), DispatchError> {
+        if !self.status.is_up() {
+            return Err(DispatchError::MqttDown);
+        }
+        let payload = serde_json::json!({
+            "v": 1,
+            "type": "details",
+            "dispatch_id": offer.dispatch_id,
+            "incident_id": offer.incident_id,
+            "carer_id": offer.carer_id,
+            "medical_notes": offer.medical_notes,
+            "medications": offer.medications,
+        });
+        self.client
+            .publish(
+                offer_topic(&self.prefix, offer.carer_id),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_string(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Tell a carer an offer is taken back, on the topic the offer came by
     /// (protocol/MQTT.md): their phone drops the job.
     pub async fn publish_withdrawal(&self, w: &Withdrawal) -> Result<(), DispatchError> {

@@ -152,6 +152,9 @@ impl IncidentStage {
             .apply_carer_answer(dispatch, carer, answer, detail)
             .await?;
         let actor = format!("carer:{carer}");
+        if answer == CarerAnswer::Accept && fresh {
+            self.send_details(dispatch).await;
+        }
         let action = match answer {
             CarerAnswer::Accept => Action::CarerAccept,
             CarerAnswer::Arrived => Action::CarerArrive,
@@ -194,6 +197,28 @@ impl IncidentStage {
             Err(TransitionError::Illegal(_)) => Ok(()),
             Err(TransitionError::Store(e)) => Err(ReplyProblem::Store(e)),
             Err(e) => Err(ReplyProblem::Store(StoreError::CommitFailed(e.to_string()))),
+        }
+    }
+
+    /// The resident's health details to the carer who just accepted. Sent
+    /// after the accept is recorded; if the broker cannot take it now, the
+    /// carer's job list has them.
+    async fn send_details(&self, dispatch: i64) {
+        let sent = match self.db.dispatch_offer(dispatch).await {
+            Ok(Some(offer)) => self
+                .dispatcher
+                .publish_details(&offer)
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            events::StageFailed {
+                stage: "details_publish",
+                error: &e,
+            }
+            .emit();
         }
     }
 

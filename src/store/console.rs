@@ -234,16 +234,20 @@ impl Db {
     }
 
     /// A carer's dispatches that are not finished, newest first, and those
-    /// withdrawn in the last [`WITHDRAWN_SHOWN_MS`] (state `withdrawn`, the
-    /// resident's medical details left out): a phone that missed the MQTT
-    /// message learns the job was taken back rather than seeing it vanish.
+    /// withdrawn in the last [`WITHDRAWN_SHOWN_MS`] (state `withdrawn`): a
+    /// phone that missed the MQTT message learns the job was taken back
+    /// rather than seeing it vanish. The resident's medical details are in a
+    /// job only once this carer accepted it: an offer alone does not show them.
     pub async fn carer_jobs(&self, carer_id: i64) -> Result<Vec<CarerJob>, StoreError> {
         Ok(on_pool!(self, |p| sqlx::query_as(
             "SELECT d.id AS dispatch_id, d.incident_id, d.state, i.kind, d.offered_at, \
              d.distance_m, c.id AS client_id, c.name AS client_name, c.address, c.lat, c.lon, \
-             CASE WHEN d.state = 'withdrawn' THEN '' ELSE c.medical_notes END AS medical_notes, \
-             CASE WHEN d.state = 'withdrawn' THEN '' ELSE c.medications END AS medications, \
-             CASE WHEN d.state = 'withdrawn' THEN '' ELSE c.allergies END AS allergies \
+             CASE WHEN d.state IN ('accepted', 'arrived') THEN c.medical_notes ELSE '' END \
+             AS medical_notes, \
+             CASE WHEN d.state IN ('accepted', 'arrived') THEN c.medications ELSE '' END \
+             AS medications, \
+             CASE WHEN d.state IN ('accepted', 'arrived') THEN c.allergies ELSE '' END \
+             AS allergies \
              FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
              JOIN clients c ON c.id = i.client_id \
              WHERE d.carer_id = $1 AND (d.state IN ('offered', 'accepted', 'arrived') \

@@ -228,7 +228,8 @@ pub struct NewDispatch {
     pub fallback: bool,
 }
 
-/// Everything a carer's phone needs to act on an offer.
+/// Everything a carer's phone needs to decide on an offer and go, and (not
+/// serialised with it) what only the carer who accepted is told.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct DispatchOffer {
     pub dispatch_id: i64,
@@ -241,7 +242,11 @@ pub struct DispatchOffer {
     pub address: String,
     pub lat: Option<f64>,
     pub lon: Option<f64>,
+    /// The resident's health: never in the offer every carer asked gets,
+    /// only in the `details` sent to the one who accepted (protocol/MQTT.md).
+    #[serde(skip)]
     pub medical_notes: String,
+    #[serde(skip)]
     pub medications: String,
     /// Where the alarm said the person was (a watch's position, a fall
     /// outdoors), when it said so: the carer goes there, not to the address.
@@ -424,6 +429,31 @@ mod tests {
         for s in State::ALL {
             let listed = super::OPEN.contains(&format!("'{}'", s.as_str()));
             assert_eq!(listed, !s.is_open(), "{s}");
+        }
+    }
+
+    #[test]
+    fn an_offer_as_published_carries_no_health_details() {
+        let offer = super::DispatchOffer {
+            dispatch_id: 1,
+            incident_id: 2,
+            carer_id: 3,
+            kind: "sos".into(),
+            offered_at: 0,
+            distance_m: None,
+            client_name: "陈秀英".into(),
+            address: "北京街 12号".into(),
+            lat: None,
+            lon: None,
+            medical_notes: "高血压；房颤".into(),
+            medications: "华法林 3mg".into(),
+            reported_lat: None,
+            reported_lon: None,
+        };
+        let text = serde_json::to_string(&offer).unwrap();
+        assert!(text.contains("北京街"), "what a carer needs to go: {text}");
+        for secret in ["medical_notes", "medications", "高血压", "华法林"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
         }
     }
 }

@@ -106,11 +106,14 @@ async function carerAnswers() {
   const job = tab.locator('li.job', { hasText: RESIDENT }).first();
   await job.waitFor();
   const text = await job.innerText();
-  for (const want of ['广州市越秀区北京街', '华法林 3mg', '青霉素']) check(text.includes(want), `the carer's job shows ${want}`);
+  check(text.includes('广州市越秀区北京街'), `the carer's offer shows the address`);
+  for (const secret of ['华法林 3mg', '青霉素']) check(!text.includes(secret), `an offer alone does not show ${secret}`);
   await job.locator('button[data-action=accept]').click();
   const dispatch = await job.getAttribute('data-dispatch');
   const mine = tab.locator(`li.job[data-dispatch="${dispatch}"]`);
   await tab.waitForSelector(`li.job-accepted[data-dispatch="${dispatch}"]`);
+  const accepted = await mine.innerText();
+  for (const want of ['华法林 3mg', '青霉素']) check(accepted.includes(want), `the accepted job shows ${want}`);
   await tab.screenshot({ path: screenshot.replace(/\.png$/, '') + '-carer.png', fullPage: true });
   await mine.locator('button[data-action=arrived]').click();
   await tab.waitForSelector(`li.job-arrived[data-dispatch="${dispatch}"]`);

@@ -129,7 +129,10 @@ async fn operator_takes_an_sos_to_closed_while_a_carer_answers(backend: Backend)
     let (status, jobs) = api.get("/api/v1/carer/jobs", Some(&near)).await;
     assert_eq!(status, StatusCode::OK, "{jobs}");
     assert_eq!(jobs[0]["dispatch_id"], offer.dispatch_id);
-    assert_eq!(jobs[0]["medical_notes"], "高血压；房颤");
+    assert_eq!(
+        jobs[0]["medical_notes"], "",
+        "an offer not accepted does not show the resident's health"
+    );
     let answer = |d: i64| format!("/api/v1/dispatches/{d}/answer");
     let (status, body) = api
         .post(
@@ -210,6 +213,30 @@ async fn operator_takes_an_sos_to_closed_while_a_carer_answers(backend: Backend)
         assert_eq!(status, StatusCode::OK, "{action}: {body}");
         let s = app.db.incident_summary(incident).await.unwrap().unwrap();
         assert_eq!(s.state, state, "after {action}");
+        if action == "accept" {
+            // Now, and only for this carer, the resident's health: on the
+            // phone's topic and in the job list.
+            let details = eventually("the details on the phone", || async {
+                app.carers
+                    .details()
+                    .into_iter()
+                    .find(|d| d.dispatch_id == dispatch)
+            })
+            .await;
+            assert_eq!(
+                (details.carer_id, details.medications.as_str()),
+                (city.near_carer, "华法林 3mg")
+            );
+            let (_, jobs) = api.get("/api/v1/carer/jobs", Some(&near)).await;
+            assert_eq!(jobs[0]["medical_notes"], "高血压；房颤", "{jobs}");
+            assert!(
+                app.carers
+                    .details()
+                    .iter()
+                    .all(|d| d.dispatch_id == dispatch),
+                "the carer who only declined was never told"
+            );
+        }
     }
     let close = format!("/api/v1/incidents/{incident}/close");
     let (status, body) = api.post(&close, &op, json!({})).await;
