@@ -10,6 +10,7 @@ mod escalation;
 mod health;
 mod helpers;
 mod incidents;
+mod model;
 mod mqtt;
 mod native;
 mod notify;
