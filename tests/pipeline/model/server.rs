@@ -1,0 +1,518 @@
+//! The system under test: a real server, its residents, operators and carers, and the
+//! model beside it; each step driven over the wire and its answer checked.
+
+use super::*;
+
+pub(super) struct Resident {
+    pub(super) client_id: i64,
+    pub(super) device: String,
+    pub(super) secret: Vec<u8>,
+    pub(super) seq: u32,
+}
+
+pub(super) struct Sut {
+    pub(super) app: Option<TestApp>,
+    pub(super) api: Option<Api>,
+    /// Shared so a step can run on it while it borrows the rest of `Sut`.
+    pub(super) rt: Option<std::sync::Arc<tokio::runtime::Runtime>>,
+    pub(super) settings: Settings,
+    pub(super) clock: ManualClock,
+    pub(super) residents: Vec<Resident>,
+    /// (carer id, token)
+    pub(super) carers: Vec<(i64, String)>,
+    pub(super) operators: Vec<String>,
+    pub(super) model: Model,
+    /// What each step did, for the failure report.
+    pub(super) trace: Vec<String>,
+    /// Steps run so far in this case.
+    pub(super) steps: usize,
+    pub(super) skip: BTreeSet<String>,
+    pub(super) _dir: tempfile::TempDir,
+}
+
+impl Sut {
+    /// A check: when it fails, the case ends with the story so far, unless
+    /// it is only reported (`PAT_MODEL_SKIP`).
+    pub(super) fn check(&mut self, name: &'static str, ok: bool, what: impl FnOnce() -> String) {
+        if ok {
+            return;
+        }
+        let what = what();
+        if self.skip.contains(name) {
+            self.trace
+                .push(format!("    (not asserted) {name}: {what}"));
+            return;
+        }
+        let story = self.trace.join("\n");
+        // Not `panic!`: proptest catches the unwind either way, and the
+        // panic hook would print every shrinking attempt's story.
+        std::panic::resume_unwind(Box::new(format!(
+            "invariant `{name}` broken: {what}\nsteps of this case:\n{story}"
+        )));
+    }
+
+    pub(super) fn app(&self) -> &TestApp {
+        self.app.as_ref().expect("the server is running")
+    }
+
+    pub(super) fn api(&self) -> &Api {
+        self.api.as_ref().expect("the server is running")
+    }
+
+    pub(super) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.as_ref().expect("the runtime").block_on(f)
+    }
+}
+
+pub(super) async fn add_account(db: &Db, username: &str, role: Role, carer_id: Option<i64>) {
+    let hash = hash_password(PASSWORD).unwrap();
+    db.add_user(
+        &NewUser {
+            username,
+            password_hash: &hash,
+            role,
+            carer_id,
+            provider_id: None,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+}
+
+pub(super) fn start(backend: Backend) -> Sut {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        recovery_sweep_ms: SWEEP_MS,
+        ..test_settings(backend, Broker::Mosquitto, dir.path())
+    };
+    let clock = ManualClock::starting_now();
+    let (app, residents, carers, operators) = rt.block_on(async {
+        let app = TestApp::spawn_with_clock(settings.clone(), None, &clock).await;
+        let city = seed_small_city(&app.db).await;
+        let mut residents = vec![Resident {
+            client_id: city.client_id,
+            device: city.device.clone(),
+            secret: city.secret.clone(),
+            seq: 0,
+        }];
+        // A neighbour on the same street, served by the same carers.
+        let client_id = app
+            .db
+            .insert_client(&NewClient {
+                name: "李伯".into(),
+                address: "广州市越秀区北京街 14号 102室".into(),
+                district: "越秀区".into(),
+                street: "北京街".into(),
+                lat: Some(23.1293),
+                lon: Some(113.2646),
+                language: "yue".into(),
+                medical_notes: String::new(),
+                medications: String::new(),
+                allergies: String::new(),
+                birth_year: Some(1941),
+                subsidy_category: None,
+            })
+            .await
+            .unwrap();
+        let device = unique("PT").replace('_', "-");
+        app.db
+            .upsert_device(&NewDevice {
+                id: device.clone(),
+                protocol: "native".into(),
+                secret: city.secret.clone(),
+                client_id: Some(client_id),
+            })
+            .await
+            .unwrap();
+        residents.push(Resident {
+            client_id,
+            device,
+            secret: city.secret.clone(),
+            seq: 0,
+        });
+        let api = Api::of(&app);
+        let mut carers = Vec::new();
+        for (n, id) in [city.near_carer, city.far_carer, city.other_provider_carer]
+            .into_iter()
+            .enumerate()
+        {
+            let name = format!("carer.{n}");
+            add_account(&app.db, &name, Role::Carer, Some(id)).await;
+            carers.push((id, api.token(&name).await));
+        }
+        let mut operators = Vec::new();
+        for name in OPERATORS {
+            add_account(&app.db, name, Role::Operator, None).await;
+            operators.push(api.token(name).await);
+        }
+        (app, residents, carers, operators)
+    });
+    let skip = std::env::var("PAT_MODEL_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    Sut {
+        api: Some(Api::of(&app)),
+        app: Some(app),
+        rt: Some(std::sync::Arc::new(rt)),
+        settings,
+        clock,
+        residents,
+        carers,
+        operators,
+        model: Model::default(),
+        trace: Vec::new(),
+        steps: 0,
+        skip,
+        _dir: dir,
+    }
+}
+
+impl Drop for Sut {
+    /// After a failure: stop everything without waiting on a server that
+    /// may be stuck, and drop the case's PostgreSQL schema.
+    fn drop(&mut self) {
+        let (Some(rt), app) = (self.rt.take(), self.app.take()) else {
+            return;
+        };
+        {
+            let _inside = rt.enter();
+            drop(self.api.take());
+            drop(app);
+        }
+        if let Ok(rt) = std::sync::Arc::try_unwrap(rt) {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+        drop_schema(&self.settings);
+    }
+}
+
+pub(super) fn drop_schema(settings: &Settings) {
+    let (Some(url), Some(schema)) = (&settings.database_url, &settings.database_schema) else {
+        return;
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        if let Ok(pool) = sqlx::PgPool::connect(url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+            )))
+            .execute(&pool)
+            .await;
+            pool.close().await;
+        }
+    });
+}
+
+impl Sut {
+    /// Wait until the stage owes nothing and the database has not changed
+    /// for two sweeps (a deadline's next offer follows its expiry by a few
+    /// statements).
+    pub(super) async fn settle(&self) -> Seen {
+        let db = &self.app().db;
+        let quiet = Duration::from_millis(2 * SWEEP_MS + 20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut last = look(db).await;
+        let mut since = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let now = look(db).await;
+            if now != last {
+                last = now;
+                since = tokio::time::Instant::now();
+            } else if since.elapsed() >= quiet && owed(db, self.clock.now()).await == 0 {
+                return last;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server did not settle within 15 s"
+            );
+        }
+    }
+
+    pub(super) async fn press(&mut self, resident: usize, kind: EventKind) -> (String, i64) {
+        let app = self.app.as_ref().expect("running");
+        let r = &mut self.residents[resident];
+        r.seq += 1;
+        let mut dev = Device::connect(app.native).await;
+        let (reply, _) = dev.send(&event(&r.device, r.seq, kind), &r.secret).await;
+        assert!(matches!(reply, Reply::Ack { .. }), "{reply:?}");
+        (r.device.clone(), i64::from(r.seq))
+    }
+
+    /// One step against the server, with the model's prediction checked.
+    pub(super) async fn run(&mut self, step: &Step) {
+        self.steps += 1;
+        self.trace.push(format!("{:>3}. {step:?}", self.steps));
+        match *step {
+            Step::Sos { resident } => {
+                let folds_into = self.model.open_incident_of(resident);
+                let key = self.press(resident, EventKind::Sos).await;
+                let seen = self.settle().await;
+                let client = self.residents[resident].client_id;
+                let new: Vec<i64> = seen
+                    .incidents
+                    .iter()
+                    .filter(|(id, _)| !self.model.incidents.contains_key(id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                let target = match folds_into {
+                    Some(open) => {
+                        self.check("one_incident_per_person", new.is_empty(), || {
+                            format!("a press while {open} is open opened {new:?}")
+                        });
+                        Some(open)
+                    }
+                    None => {
+                        self.check("alarm_has_incident", new.len() == 1, || {
+                            format!("a press with nothing open opened {new:?}")
+                        });
+                        new.first().copied().inspect(|&id| {
+                            self.check(
+                                "state_matches",
+                                seen.incidents[&id].2 == Some(client),
+                                || format!("incident {id} is not resident {resident}'s"),
+                            );
+                            self.model.incidents.insert(
+                                id,
+                                Incident {
+                                    resident,
+                                    state: State::Queued,
+                                    claimed_by: None,
+                                },
+                            );
+                        })
+                    }
+                };
+                self.note(format!("-> incident {target:?}"));
+                self.model.alarms.insert(key, target);
+            }
+            Step::CancelPress { resident } => {
+                let open = self.model.open_incident_of(resident);
+                let key = self.press(resident, EventKind::Cancel).await;
+                self.note(format!("-> cancel request on {open:?}"));
+                // A cancel with nothing open belongs nowhere; one with an
+                // open incident is that incident's.
+                if open.is_some() {
+                    self.model.alarms.insert(key, open);
+                }
+            }
+            Step::Claim { incident, operator } => {
+                self.operator_step(incident, operator, Action::Claim, "claim", Value::Null)
+                    .await
+            }
+            Step::Resolve { incident, operator } => {
+                self.operator_step(incident, operator, Action::Resolve, "resolve", Value::Null)
+                    .await
+            }
+            Step::Close { incident, operator } => {
+                let body = json!({ "outcome": "help_given" });
+                self.operator_step(incident, operator, Action::Close, "close", body)
+                    .await
+            }
+            Step::Cancel { incident, operator } => {
+                let body = json!({ "detail": "false alarm" });
+                self.operator_step(incident, operator, Action::Cancel, "cancel", body)
+                    .await
+            }
+            Step::Dispatch {
+                incident,
+                carer,
+                operator,
+            } => self.dispatch(incident, carer, operator).await,
+            Step::Answer {
+                dispatch,
+                who,
+                answer,
+                twice,
+            } => {
+                let Some((id, carer)) = self.pick_answer(dispatch, who) else {
+                    self.note("-> no dispatch yet".into());
+                    return;
+                };
+                let answer = match (answer, self.model.dispatches.get(&id).map(|d| d.state)) {
+                    (Answer::Next, Some(Offer::Accepted)) => Answer::Arrived,
+                    (Answer::Next, Some(Offer::Arrived)) => Answer::Completed,
+                    (Answer::Next, _) => Answer::Accept,
+                    (a, _) => a,
+                };
+                self.answer(id, carer, answer).await;
+                if twice {
+                    self.answer(id, carer, answer).await;
+                }
+            }
+            Step::Advance { secs } => {
+                self.clock.advance(Duration::from_secs(u64::from(secs)));
+                self.model.advanced(self.clock.now());
+            }
+            Step::Restart => {
+                let app = self.app.take().expect("running");
+                self.api = None;
+                app.stop().await;
+                let app = TestApp::spawn_with_clock(self.settings.clone(), None, &self.clock).await;
+                self.api = Some(Api::of(&app));
+                self.app = Some(app);
+            }
+        }
+    }
+
+    pub(super) fn note(&mut self, what: String) {
+        if let Some(last) = self.trace.last_mut() {
+            last.push(' ');
+            last.push_str(&what);
+        }
+    }
+
+    pub(super) fn pick_answer(&self, dispatch: Option<u8>, who: Who) -> Option<(i64, i64)> {
+        let (id, owner) = match dispatch {
+            Some(age) => {
+                let id = self.model.dispatch_by_age(age)?;
+                (id, self.model.dispatches[&id].carer)
+            }
+            None => (
+                self.model.dispatches.keys().last().copied().unwrap_or(0) + 1000,
+                self.carers[0].0,
+            ),
+        };
+        let carer = match who {
+            Who::Owner => owner,
+            Who::Other(n) => {
+                let others: Vec<i64> = self
+                    .carers
+                    .iter()
+                    .map(|c| c.0)
+                    .filter(|c| *c != owner)
+                    .collect();
+                others[usize::from(n) % others.len()]
+            }
+        };
+        Some((id, carer))
+    }
+
+    /// See that a request got what the model expects; on success, true.
+    pub(super) fn expect(&mut self, expect: &Expect, status: StatusCode, body: &Value) -> bool {
+        let error = body["error"].as_str().unwrap_or_default().to_owned();
+        self.note(format!("-> {} {}", status.as_u16(), error));
+        match expect {
+            Expect::Done => {
+                self.check("refusal_matches", status.is_success(), || {
+                    format!("the model allows it; the server said {status} {body}")
+                });
+                status.is_success()
+            }
+            Expect::Refused(check, phrase) => {
+                self.check(check, !status.is_success(), || {
+                    format!("the model refuses it ({phrase}); the server did it: {body}")
+                });
+                if !status.is_success() {
+                    self.check(
+                        "clear_refusal",
+                        status == StatusCode::CONFLICT && error.contains(phrase.as_str()),
+                        || format!("refused with {status} {error:?}, not 409 naming {phrase:?}"),
+                    );
+                }
+                status.is_success()
+            }
+        }
+    }
+
+    pub(super) async fn operator_step(
+        &mut self,
+        age: u8,
+        operator: usize,
+        action: Action,
+        path: &str,
+        body: Value,
+    ) {
+        let Some(id) = self.model.incident_by_age(age) else {
+            return;
+        };
+        let (expect, to) = self.model.expect_step(id, action);
+        let (status, answer) = self
+            .api()
+            .post(
+                &format!("/api/v1/incidents/{id}/{path}"),
+                &self.operators[operator],
+                body,
+            )
+            .await;
+        self.note(format!("[incident {id}]"));
+        if self.expect(&expect, status, &answer)
+            && let Some(to) = to
+        {
+            self.check("state_matches", answer["state"] == to.as_str(), || {
+                format!("incident {id} is {}, the model says {to}", answer["state"])
+            });
+            let who = format!("operator:{}", OPERATORS[operator]);
+            self.model
+                .move_incident(id, to, (action == Action::Claim).then_some(who.as_str()));
+        }
+    }
+
+    pub(super) async fn dispatch(&mut self, age: u8, carer: usize, operator: usize) {
+        let Some(id) = self.model.incident_by_age(age) else {
+            return;
+        };
+        let carer_id = self.carers[carer].0;
+        let expect = self.model.expect_dispatch(id, carer_id);
+        let (status, body) = self
+            .api()
+            .post(
+                &format!("/api/v1/incidents/{id}/dispatch"),
+                &self.operators[operator],
+                json!({ "carer_id": carer_id }),
+            )
+            .await;
+        self.note(format!("[incident {id}, carer {carer_id}]"));
+        if self.expect(&expect, status, &body) {
+            let d = body["dispatch_id"].as_i64().expect("a dispatch id");
+            self.note(format!("dispatch {d}"));
+            self.model.dispatches.insert(
+                d,
+                Dispatch {
+                    incident: id,
+                    carer: carer_id,
+                    state: Offer::Offered,
+                    due_at: self.clock.now() + OFFER_AFTER_MS,
+                },
+            );
+        }
+    }
+
+    pub(super) async fn answer(&mut self, id: i64, carer: i64, answer: Answer) {
+        let (expect, fresh) = self.model.expect_answer(id, carer, answer);
+        let token = &self
+            .carers
+            .iter()
+            .find(|c| c.0 == carer)
+            .expect("a carer")
+            .1;
+        let (status, body) = self
+            .api()
+            .post(
+                &format!("/api/v1/dispatches/{id}/answer"),
+                token,
+                json!({ "action": answer.verb() }),
+            )
+            .await;
+        self.note(format!(
+            "[dispatch {id} by carer {carer}: {}]",
+            answer.verb()
+        ));
+        if self.expect(&expect, status, &body) && expect == Expect::Done && fresh {
+            self.model.answered(id, answer);
+        }
+    }
+}
