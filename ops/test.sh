@@ -43,7 +43,8 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          mqtt::events_published_while_the_server_is_down_are_delivered_when_it_returns \
          notify::a_busy_webhook_is_retried_postgres \
          browser::operator_takes_an_sos_to_closed_in_headless_chromium browser::the_console_files_are_served \
-         reports::history_against_an_independent_count_postgres reports::endpoints_by_role_postgres; do
+         reports::history_against_an_independent_count_postgres reports::endpoints_by_role_postgres \
+         model::incident_engine_model_sqlite model::incident_engine_model_postgres; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1

@@ -10,10 +10,10 @@
 //! predicts outcomes lives beside the server and learns the offers the server
 //! makes on its own (routing, a decline, an expiry), checking each is allowed.
 //!
-//! Budget: `PAT_MODEL_CASES` (default 4), `PAT_MODEL_STEPS` (most steps per
-//! case, default 16), `PAT_MODEL_SEED` (default fixed, so CI runs the same
+//! Budget: `PAT_MODEL_CASES` (default 10), `PAT_MODEL_STEPS` (most steps per
+//! case, default 24), `PAT_MODEL_SEED` (default fixed, so CI runs the same
 //! sequences), `PAT_MODEL_SHRINK_SECS` (time spent shrinking a failure, default
-//! 240). `PAT_MODEL_SKIP=check,check` reports those checks instead of failing
+//! 120). About a minute per backend in a debug build at the defaults. `PAT_MODEL_SKIP=check,check` reports those checks instead of failing
 //! on them (the model then adopts what the server did), to find the next
 //! broken invariant behind a known one. `PAT_MODEL_TRACE=1` prints every
 //! passing case's steps too.
@@ -110,10 +110,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn budget() -> Budget {
     Budget {
-        cases: env_or("PAT_MODEL_CASES", 4),
-        steps: env_or("PAT_MODEL_STEPS", 16),
+        cases: env_or("PAT_MODEL_CASES", 10),
+        steps: env_or("PAT_MODEL_STEPS", 24),
         seed: env_or("PAT_MODEL_SEED", 0x5eed_2026),
-        shrink_secs: env_or("PAT_MODEL_SHRINK_SECS", 240),
+        shrink_secs: env_or("PAT_MODEL_SHRINK_SECS", 120),
     }
 }
 
