@@ -52,18 +52,13 @@ impl Sut {
     /// where a check is only reported, the model adopts what the server did.
     pub(super) fn compare(&mut self, seen: &Seen) {
         let excused = std::mem::take(&mut self.excused);
-        // No live offer or job on an ended incident.
+        // No offer or job on an ended incident that its end takes back.
         for (id, (incident, _, state)) in &seen.dispatches {
-            let ended = seen
-                .incidents
-                .get(incident)
-                .and_then(|i| State::parse(&i.0))
-                .is_some_and(|s| !s.is_open());
-            let live = Offer::parse(state).is_live();
-            self.check("withdrawn_on_end", !(ended && live), || {
+            let incident_state = State::parse(&seen.incidents[incident].0).expect("a known state");
+            let left = withdrawn_by(incident_state).contains(&Offer::parse(state));
+            self.check("withdrawn_on_end", !left, || {
                 format!(
-                    "dispatch {id} is {state} on incident {incident}, which is {}",
-                    seen.incidents[incident].0
+                    "dispatch {id} is {state} on incident {incident}, which is {incident_state}"
                 )
             });
         }

@@ -62,13 +62,41 @@ pub(super) const POLICY: Policy = Policy {
     completed_needs_arrival: true,
 };
 
-/// What a request must get: done, or refused with a 409 whose error names
-/// something the model knows.
+/// What a request must get: done, or refused with this status and an error
+/// naming something the model knows.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Expect {
     Done,
-    /// The named check, and a phrase the error must contain.
-    Refused(&'static str, String),
+    /// The named check, the status, and a phrase the error must contain.
+    Refused(&'static str, StatusCode, String),
+}
+
+impl Expect {
+    fn conflict(check: &'static str, phrase: String) -> Self {
+        Expect::Refused(check, StatusCode::CONFLICT, phrase)
+    }
+}
+
+/// The offers and jobs an incident takes back as it enters `state`: an
+/// offer nobody answered as soon as it ends; a carer on the way once it is
+/// closed, cancelled or merged (after "resolved" the operator may still want
+/// the visit). A carer who has arrived is in the room and finishes with
+/// `completed`: never taken back.
+pub(super) fn withdrawn_by(state: State) -> &'static [Offer] {
+    match state {
+        State::Resolved => &[Offer::Offered],
+        State::Closed | State::Cancelled | State::Merged => &[Offer::Offered, Offer::Accepted],
+        _ => &[],
+    }
+}
+
+/// An operator's step as the model sees it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct OperatorStep {
+    pub(super) action: Action,
+    pub(super) take_over: bool,
+    /// A cancel with a reason from the list and the confirmation.
+    pub(super) reason: bool,
 }
 
 #[derive(Default)]
@@ -105,37 +133,66 @@ impl Model {
             .map(|(id, _)| *id)
     }
 
-    /// An operator's step: the state machine's verdict, and a claim by
-    /// anyone on an incident someone holds is refused.
-    pub(super) fn expect_step(&self, incident: i64, action: Action) -> (Expect, Option<State>) {
+    /// An operator's step: refused without a reason (a cancel), for a
+    /// claim of an incident someone holds, by the state machine, or for
+    /// ending another operator's incident without taking it over. Done: the
+    /// state it leads to, and whether the operator now holds it.
+    pub(super) fn expect_step(
+        &self,
+        incident: i64,
+        actor: &str,
+        step: OperatorStep,
+    ) -> (Expect, Option<(State, bool)>) {
         let i = &self.incidents[&incident];
-        if action == Action::Claim
-            && let Some(who) = &i.claimed_by
-        {
+        if step.action == Action::Cancel && !step.reason {
             return (
-                Expect::Refused("refusal_matches", format!("already claimed by {who}")),
+                Expect::Refused(
+                    "refusal_matches",
+                    StatusCode::BAD_REQUEST,
+                    "needs a reason".into(),
+                ),
                 None,
             );
         }
-        match i.state.apply(action) {
-            Ok(to) => (Expect::Done, Some(to)),
-            Err(e) => (Expect::Refused("refusal_matches", e.to_string()), None),
+        if step.action == Action::Claim
+            && let Some(who) = &i.claimed_by
+        {
+            return (
+                Expect::conflict("refusal_matches", format!("already claimed by {who}")),
+                None,
+            );
         }
+        let to = match i.state.apply(step.action) {
+            Ok(to) => to,
+            Err(e) => return (Expect::conflict("refusal_matches", e.to_string()), None),
+        };
+        let ends = matches!(
+            step.action,
+            Action::Resolve | Action::Close | Action::Cancel
+        );
+        let held_by_other = i.claimed_by.as_deref().is_some_and(|who| who != actor);
+        if ends && held_by_other && !step.take_over {
+            return (
+                Expect::conflict("take_over_needed", "take it over".into()),
+                None,
+            );
+        }
+        let holds = step.action == Action::Claim || (ends && held_by_other);
+        (Expect::Done, Some((to, holds)))
     }
 
-    /// A step applied: the incident moves, and when it ends every offer and
-    /// job still live on it is withdrawn.
+    /// A step applied: the incident moves, and as it ends it takes back
+    /// the offers and jobs [`withdrawn_by`] says.
     pub(super) fn move_incident(&mut self, incident: i64, to: State, claimed_by: Option<&str>) {
         let i = self.incidents.get_mut(&incident).expect("known incident");
         i.state = to;
         if let Some(who) = claimed_by {
             i.claimed_by = Some(who.to_owned());
         }
-        if !to.is_open() {
-            for d in self.dispatches.values_mut() {
-                if d.incident == incident && d.state.is_live() {
-                    d.state = Offer::Withdrawn;
-                }
+        let taken = withdrawn_by(to);
+        for d in self.dispatches.values_mut() {
+            if d.incident == incident && taken.contains(&d.state) {
+                d.state = Offer::Withdrawn;
             }
         }
     }
@@ -143,10 +200,13 @@ impl Model {
     pub(super) fn expect_dispatch(&self, incident: i64, carer: i64) -> Expect {
         let i = &self.incidents[&incident];
         if !i.state.is_open() {
-            return Expect::Refused("refusal_matches", format!("is {}", i.state));
+            return Expect::conflict("refusal_matches", format!("is {}", i.state));
         }
         if self.live_offer(incident, carer).is_some() {
-            return Expect::Refused("one_live_offer", format!("carer {carer}"));
+            return Expect::conflict(
+                "one_live_offer",
+                format!("carer {carer} already holds dispatch"),
+            );
         }
         Expect::Done
     }
@@ -155,13 +215,13 @@ impl Model {
     pub(super) fn expect_answer(&self, id: i64, carer: i64, answer: Answer) -> (Expect, bool) {
         let Some(d) = self.dispatches.get(&id) else {
             return (
-                Expect::Refused("refusal_matches", format!("dispatch {id} does not exist")),
+                Expect::conflict("refusal_matches", format!("dispatch {id} does not exist")),
                 false,
             );
         };
         if d.carer != carer {
             return (
-                Expect::Refused("foreign_answer_refused", format!("dispatch {id}")),
+                Expect::conflict("foreign_answer_refused", format!("dispatch {id}")),
                 false,
             );
         }
@@ -181,12 +241,17 @@ impl Model {
         match fresh {
             Some(fresh) => (Expect::Done, fresh),
             None => {
-                let check = match (answer, d.state) {
-                    (_, O::Withdrawn) => "late_answer_refused",
-                    (Answer::Completed, O::Accepted) => "completed_needs_arrival",
-                    _ => "refusal_matches",
+                let (check, phrase) = match (answer, d.state) {
+                    (_, O::Withdrawn) => (
+                        "late_answer_refused",
+                        format!("dispatch {id} was withdrawn"),
+                    ),
+                    (Answer::Completed, O::Accepted) => {
+                        ("completed_needs_arrival", format!("dispatch {id}"))
+                    }
+                    _ => ("refusal_matches", format!("dispatch {id}")),
                 };
-                (Expect::Refused(check, format!("dispatch {id}")), false)
+                (Expect::conflict(check, phrase), false)
             }
         }
     }

@@ -315,22 +315,49 @@ impl Sut {
                 }
             }
             Step::Claim { incident, operator } => {
-                self.operator_step(incident, operator, Action::Claim, "claim", Value::Null)
-                    .await
+                let step = OperatorStep {
+                    action: Action::Claim,
+                    take_over: false,
+                    reason: false,
+                };
+                self.operator_step(incident, operator, step).await
             }
-            Step::Resolve { incident, operator } => {
-                self.operator_step(incident, operator, Action::Resolve, "resolve", Value::Null)
-                    .await
+            Step::Resolve {
+                incident,
+                operator,
+                take_over,
+            } => {
+                let step = OperatorStep {
+                    action: Action::Resolve,
+                    take_over,
+                    reason: false,
+                };
+                self.operator_step(incident, operator, step).await
             }
-            Step::Close { incident, operator } => {
-                let body = json!({ "outcome": "help_given" });
-                self.operator_step(incident, operator, Action::Close, "close", body)
-                    .await
+            Step::Close {
+                incident,
+                operator,
+                take_over,
+            } => {
+                let step = OperatorStep {
+                    action: Action::Close,
+                    take_over,
+                    reason: false,
+                };
+                self.operator_step(incident, operator, step).await
             }
-            Step::Cancel { incident, operator } => {
-                let body = json!({ "detail": "false alarm" });
-                self.operator_step(incident, operator, Action::Cancel, "cancel", body)
-                    .await
+            Step::Cancel {
+                incident,
+                operator,
+                take_over,
+                reason,
+            } => {
+                let step = OperatorStep {
+                    action: Action::Cancel,
+                    take_over,
+                    reason,
+                };
+                self.operator_step(incident, operator, step).await
             }
             Step::Dispatch {
                 incident,
@@ -417,15 +444,15 @@ impl Sut {
                 });
                 status.is_success()
             }
-            Expect::Refused(check, phrase) => {
+            Expect::Refused(check, want, phrase) => {
                 self.check(check, !status.is_success(), || {
                     format!("the model refuses it ({phrase}); the server did it: {body}")
                 });
                 if !status.is_success() {
                     self.check(
                         "clear_refusal",
-                        status == StatusCode::CONFLICT && error.contains(phrase.as_str()),
-                        || format!("refused with {status} {error:?}, not 409 naming {phrase:?}"),
+                        status == *want && error.contains(phrase.as_str()),
+                        || format!("refused with {status} {error:?}, not {want} naming {phrase:?}"),
                     );
                 }
                 status.is_success()
@@ -433,18 +460,27 @@ impl Sut {
         }
     }
 
-    pub(super) async fn operator_step(
-        &mut self,
-        age: u8,
-        operator: usize,
-        action: Action,
-        path: &str,
-        body: Value,
-    ) {
+    pub(super) async fn operator_step(&mut self, age: u8, operator: usize, step: OperatorStep) {
         let Some(id) = self.model.incident_by_age(age) else {
             return;
         };
-        let (expect, to) = self.model.expect_step(id, action);
+        let actor = format!("operator:{}", OPERATORS[operator]);
+        let (expect, to) = self.model.expect_step(id, &actor, step);
+        let take_over = step.take_over;
+        let (path, body) = match step.action {
+            Action::Claim => ("claim", Value::Null),
+            Action::Resolve => ("resolve", json!({ "take_over": take_over })),
+            Action::Close => (
+                "close",
+                json!({ "outcome": "help_given", "take_over": take_over }),
+            ),
+            Action::Cancel if step.reason => (
+                "cancel",
+                json!({ "reason": "resident_false_alarm", "confirm": true, "take_over": take_over }),
+            ),
+            Action::Cancel => ("cancel", json!({ "take_over": take_over })),
+            other => unreachable!("no operator step {other}"),
+        };
         let (status, answer) = self
             .api()
             .post(
@@ -455,14 +491,13 @@ impl Sut {
             .await;
         self.note(format!("[incident {id}]"));
         if self.expect(&expect, status, &answer)
-            && let Some(to) = to
+            && let Some((to, holds)) = to
         {
             self.check("state_matches", answer["state"] == to.as_str(), || {
                 format!("incident {id} is {}, the model says {to}", answer["state"])
             });
-            let who = format!("operator:{}", OPERATORS[operator]);
             self.model
-                .move_incident(id, to, (action == Action::Claim).then_some(who.as_str()));
+                .move_incident(id, to, holds.then_some(actor.as_str()));
         }
     }
 

@@ -65,17 +65,23 @@ pub(super) enum Step {
     Advance {
         secs: u32,
     },
+    /// `take_over`: said to take an incident another operator holds.
     Resolve {
         incident: u8,
         operator: usize,
+        take_over: bool,
     },
     Close {
         incident: u8,
         operator: usize,
+        take_over: bool,
     },
+    /// `reason`: with a reason from the list and the confirmation.
     Cancel {
         incident: u8,
         operator: usize,
+        take_over: bool,
+        reason: bool,
     },
     Restart,
 }
@@ -115,15 +121,38 @@ impl fmt::Debug for Step {
                 )
             }
             Step::Advance { secs } => write!(f, "Advance({secs} s)"),
-            Step::Resolve { incident, operator } => {
-                write!(f, "Resolve(incident#{incident}, {})", OPERATORS[*operator])
-            }
-            Step::Close { incident, operator } => {
-                write!(f, "Close(incident#{incident}, {})", OPERATORS[*operator])
-            }
-            Step::Cancel { incident, operator } => {
-                write!(f, "Cancel(incident#{incident}, {})", OPERATORS[*operator])
-            }
+            Step::Resolve {
+                incident,
+                operator,
+                take_over,
+            } => write!(
+                f,
+                "Resolve(incident#{incident}, {}{})",
+                OPERATORS[*operator],
+                if *take_over { ", take over" } else { "" }
+            ),
+            Step::Close {
+                incident,
+                operator,
+                take_over,
+            } => write!(
+                f,
+                "Close(incident#{incident}, {}{})",
+                OPERATORS[*operator],
+                if *take_over { ", take over" } else { "" }
+            ),
+            Step::Cancel {
+                incident,
+                operator,
+                take_over,
+                reason,
+            } => write!(
+                f,
+                "Cancel(incident#{incident}, {}{}{})",
+                OPERATORS[*operator],
+                if *take_over { ", take over" } else { "" },
+                if *reason { "" } else { ", no reason" }
+            ),
             Step::Restart => write!(f, "Restart"),
         }
     }
@@ -147,6 +176,7 @@ impl ReferenceStateMachine for Steps {
             return sos.boxed();
         }
         let op = 0..OPERATORS.len();
+        let take_over = prop::bool::weighted(0.3);
         let who = prop_oneof![4 => Just(Who::Owner), 1 => (0u8..2).prop_map(Who::Other)];
         let answer = prop_oneof![
             4 => Just(Answer::Next),
@@ -175,9 +205,20 @@ impl ReferenceStateMachine for Steps {
                     twice
                 }),
             2 => prop_oneof![Just(30u32), Just(61), Just(91)].prop_map(|secs| Step::Advance { secs }),
-            2 => (0u8..4, op.clone()).prop_map(|(incident, operator)| Step::Resolve { incident, operator }),
-            2 => (0u8..4, op.clone()).prop_map(|(incident, operator)| Step::Close { incident, operator }),
-            1 => (0u8..4, op).prop_map(|(incident, operator)| Step::Cancel { incident, operator }),
+            2 => (0u8..4, op.clone(), take_over).prop_map(|(incident, operator, take_over)| {
+                Step::Resolve { incident, operator, take_over }
+            }),
+            2 => (0u8..4, op.clone(), take_over).prop_map(|(incident, operator, take_over)| {
+                Step::Close { incident, operator, take_over }
+            }),
+            1 => (0u8..4, op, take_over, prop::bool::weighted(0.85)).prop_map(
+                |(incident, operator, take_over, reason)| Step::Cancel {
+                    incident,
+                    operator,
+                    take_over,
+                    reason
+                }
+            ),
             1 => Just(Step::Restart),
         ]
         .boxed()
