@@ -75,7 +75,7 @@ impl<const PG: bool> StateMachineTest for Engine<PG> {
         let rt = std::sync::Arc::clone(sut.rt.as_ref().expect("the runtime"));
         rt.block_on(async {
             sut.run(&step).await;
-            let seen = sut.settle().await;
+            let seen = sut.settle(Sut::quiet_after(&step)).await;
             sut.learn_offers(&step, &seen);
             sut.compare(&seen);
         });

@@ -223,11 +223,12 @@ pub(super) fn drop_schema(settings: &Settings) {
 
 impl Sut {
     /// Wait until the stage owes nothing and the database has not changed
-    /// for two sweeps (a deadline's next offer follows its expiry by a few
-    /// statements).
-    pub(super) async fn settle(&self) -> Seen {
+    /// for `quiet`. Most steps' work is done when their request is answered
+    /// or their alarm handled; a deadline's next offer follows its expiry by
+    /// a few statements on the stage's own time, and a restart's first sweep
+    /// runs as it starts, so those steps wait longer ([`Sut::quiet_after`]).
+    pub(super) async fn settle(&self, quiet: Duration) -> Seen {
         let db = &self.app().db;
-        let quiet = Duration::from_millis(2 * SWEEP_MS + 20);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         let mut last = look(db).await;
         let mut since = tokio::time::Instant::now();
@@ -244,6 +245,14 @@ impl Sut {
                 tokio::time::Instant::now() < deadline,
                 "the server did not settle within 15 s"
             );
+        }
+    }
+
+    /// How long the database must stay unchanged after `step`.
+    pub(super) fn quiet_after(step: &Step) -> Duration {
+        match step {
+            Step::Advance { .. } | Step::Restart => Duration::from_millis(8 * SWEEP_MS),
+            _ => Duration::from_millis(2 * SWEEP_MS + 20),
         }
     }
 
@@ -265,7 +274,7 @@ impl Sut {
             Step::Sos { resident } => {
                 let folds_into = self.model.open_incident_of(resident);
                 let key = self.press(resident, EventKind::Sos).await;
-                let seen = self.settle().await;
+                let seen = self.settle(Self::quiet_after(step)).await;
                 let client = self.residents[resident].client_id;
                 let new: Vec<i64> = seen
                     .incidents
