@@ -74,6 +74,20 @@ impl Sut {
                 format!("carer {carer} holds live dispatches {ids:?} on incident {incident}")
             });
         }
+        // A carer is busy exactly while on a job (accepted or arrived): a
+        // carer marked free while on the way would be offered another; one
+        // marked busy with no job is never offered anything again.
+        for (carer, busy) in &seen.busy {
+            let jobs: Vec<i64> = seen
+                .dispatches
+                .iter()
+                .filter(|(_, d)| d.1 == *carer && matches!(d.2.as_str(), "accepted" | "arrived"))
+                .map(|(id, _)| *id)
+                .collect();
+            self.check("busy_while_on_a_job", *busy != jobs.is_empty(), || {
+                format!("carer {carer} is busy: {busy}, with jobs {jobs:?}")
+            });
+        }
         // Every call for help belongs to an incident (the one the model says).
         for (key, (kind, incident)) in &seen.alarms {
             if kind == "sos" {

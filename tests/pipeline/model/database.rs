@@ -11,6 +11,8 @@ pub(super) struct Seen {
     /// (device, seq) → (kind, incident)
     pub(super) alarms: BTreeMap<(String, i64), (String, Option<i64>)>,
     pub(super) timeline_lines: i64,
+    /// carer → busy
+    pub(super) busy: BTreeMap<i64, bool>,
 }
 
 /// Run one read-only query on whichever backend `$db` is.
@@ -41,6 +43,7 @@ pub(super) async fn look(db: &Db) -> Seen {
         (String, i64, String, Option<i64>)
     );
     let lines = read!(db, "SELECT COUNT(*) FROM incident_events", (i64,));
+    let busy = read!(db, "SELECT id, busy FROM carers ORDER BY id", (i64, bool));
     Seen {
         incidents: incidents
             .into_iter()
@@ -55,6 +58,7 @@ pub(super) async fn look(db: &Db) -> Seen {
             .map(|(d, s, k, i)| ((d, s), (k, i)))
             .collect(),
         timeline_lines: lines[0].0,
+        busy: busy.into_iter().collect(),
     }
 }
 

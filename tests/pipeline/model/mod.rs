@@ -10,13 +10,24 @@
 //! predicts outcomes lives beside the server and learns the offers the server
 //! makes on its own (routing, a decline, an expiry), checking each is allowed.
 //!
+//! Checks, by name: `withdrawn_on_end` (an ended incident keeps no offer or
+//! job its end takes back, and gets no new offer), `one_live_offer` (at most
+//! one per carer per incident), `late_answer_refused` and
+//! `foreign_answer_refused` (with `clear_refusal`: the status and an error
+//! naming the dispatch), `completed_needs_arrival`, `take_over_needed`,
+//! `alarm_has_incident` (every SOS in the incident the model says, a cancel
+//! pressed while one is open in it), `closed_is_final`, `busy_while_on_a_job`,
+//! `no_offer_unasked`, `one_incident_per_person`, `state_matches` and
+//! `refusal_matches` (everything else the model predicts).
+//!
 //! Budget: `PAT_MODEL_CASES` (default 10), `PAT_MODEL_STEPS` (most steps per
 //! case, default 24), `PAT_MODEL_SEED` (default fixed, so CI runs the same
-//! sequences), `PAT_MODEL_SHRINK_SECS` (time spent shrinking a failure, default
-//! 120). About a minute per backend in a debug build at the defaults. `PAT_MODEL_SKIP=check,check` reports those checks instead of failing
-//! on them (the model then adopts what the server did), to find the next
-//! broken invariant behind a known one. `PAT_MODEL_TRACE=1` prints every
-//! passing case's steps too.
+//! sequences), `PAT_MODEL_SHRINK_SECS` (time spent shrinking a failure,
+//! default 120): about a minute per backend in a debug build.
+//! `PAT_MODEL_SKIP=check,check` reports those checks instead of failing on
+//! them (the model then adopts what the server did), to find the next broken
+//! invariant behind a known one. `PAT_MODEL_TRACE=1` prints every passing
+//! case's steps too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

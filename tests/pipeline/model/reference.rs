@@ -51,17 +51,6 @@ pub(super) struct Dispatch {
     pub(super) due_at: i64,
 }
 
-/// Rules the model holds the server to beyond the state machine's table.
-#[derive(Clone, Copy)]
-pub(super) struct Policy {
-    /// `completed` only after `arrived`.
-    pub(super) completed_needs_arrival: bool,
-}
-
-pub(super) const POLICY: Policy = Policy {
-    completed_needs_arrival: true,
-};
-
 /// What a request must get: done, or refused with this status and an error
 /// naming something the model knows.
 #[derive(Debug, Clone, PartialEq)]
@@ -211,7 +200,10 @@ impl Model {
         Expect::Done
     }
 
-    /// A carer's answer to dispatch `id`: refused, or done (and whether it is new).
+    /// A carer's answer to dispatch `id`: refused, or done (and whether it
+    /// is new; a repeat is harmless). A job goes offered → accepted →
+    /// arrived → completed, or offered → declined; anything else, and any
+    /// answer to a withdrawn or someone else's offer, is refused.
     pub(super) fn expect_answer(&self, id: i64, carer: i64, answer: Answer) -> (Expect, bool) {
         let Some(d) = self.dispatches.get(&id) else {
             return (
@@ -234,7 +226,6 @@ impl Model {
             (Answer::Arrived, O::Accepted) => Some(true),
             (Answer::Arrived, O::Arrived) => Some(false),
             (Answer::Completed, O::Arrived) => Some(true),
-            (Answer::Completed, O::Accepted) if !POLICY.completed_needs_arrival => Some(true),
             (Answer::Completed, O::Completed) => Some(false),
             _ => None,
         };
