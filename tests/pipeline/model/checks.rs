@@ -150,4 +150,39 @@ impl Sut {
         }
         self.excused = false;
     }
+
+    /// Every offer or job the model says was withdrawn is told to its
+    /// carer's phone (`"type": "withdrawn"` on the carer's dispatch topic),
+    /// within a few seconds: the message is owed until the broker has it.
+    pub(super) async fn withdrawals_told(&mut self) {
+        let owed: Vec<(i64, i64)> = self
+            .model
+            .dispatches
+            .iter()
+            .filter(|(_, d)| d.state == Offer::Withdrawn)
+            .map(|(id, d)| (*id, d.carer))
+            .collect();
+        let prefix = self.settings.mqtt_topic_prefix.clone();
+        let missing = || {
+            let phones = self.phones.as_ref().expect("the phones");
+            owed.iter()
+                .filter(|(id, carer)| {
+                    !phones
+                        .on(&format!("{prefix}/v1/carers/{carer}/dispatch"))
+                        .iter()
+                        .any(|m| m["type"] == "withdrawn" && m["dispatch_id"] == *id)
+                })
+                .map(|(id, _)| *id)
+                .collect::<Vec<i64>>()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut left = missing();
+        while !left.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            left = missing();
+        }
+        self.check("withdrawal_told", left.is_empty(), || {
+            format!("no withdrawal reached the phones for dispatches {left:?} within 5 s")
+        });
+    }
 }

@@ -15,7 +15,7 @@
 //! one per carer per incident), `late_answer_refused` and
 //! `foreign_answer_refused` (with `clear_refusal`: the status and an error
 //! naming the dispatch), `completed_needs_arrival`, `take_over_needed`,
-//! `alarm_has_incident` (every SOS in the incident the model says, a cancel
+//! `withdrawal_told` (the phone hears of it), `alarm_has_incident` (every SOS in the incident the model says, a cancel
 //! pressed while one is open in it), `closed_is_final`, `busy_while_on_a_job`,
 //! `no_offer_unasked`, `one_incident_per_person`, `state_matches` and
 //! `refusal_matches` (everything else the model predicts).
@@ -89,6 +89,7 @@ impl<const PG: bool> StateMachineTest for Engine<PG> {
             let seen = sut.settle(Sut::quiet_after(&step)).await;
             sut.learn_offers(&step, &seen);
             sut.compare(&seen);
+            sut.withdrawals_told().await;
         });
         sut
     }

@@ -13,6 +13,8 @@ pub(super) struct Resident {
 pub(super) struct Sut {
     pub(super) app: Option<TestApp>,
     pub(super) api: Option<Api>,
+    /// What the carers' phones received.
+    pub(super) phones: Option<MqttProbe>,
     /// Shared so a step can run on it while it borrows the rest of `Sut`.
     pub(super) rt: Option<std::sync::Arc<tokio::runtime::Runtime>>,
     pub(super) settings: Settings,
@@ -95,7 +97,7 @@ pub(super) fn start(backend: Backend) -> Sut {
         ..test_settings(backend, Broker::Mosquitto, dir.path())
     };
     let clock = ManualClock::starting_now();
-    let (app, residents, carers, operators) = rt.block_on(async {
+    let (app, residents, carers, operators, phones) = rt.block_on(async {
         let app = TestApp::spawn_with_clock(settings.clone(), None, &clock).await;
         let city = seed_small_city(&app.db).await;
         let mut residents = vec![Resident {
@@ -154,7 +156,12 @@ pub(super) fn start(backend: Backend) -> Sut {
             add_account(&app.db, name, Role::Operator, None).await;
             operators.push(api.token(name).await);
         }
-        (app, residents, carers, operators)
+        // Every carer's phone: offers and withdrawals (a persistent session
+        // on the shared broker, so nothing is missed across restarts).
+        let (host, port) = broker_of(&app);
+        let topic = format!("{}/v1/carers/+/dispatch", settings.mqtt_topic_prefix);
+        let phones = MqttProbe::connect(&host, port, &[topic]).await;
+        (app, residents, carers, operators, phones)
     });
     let skip = std::env::var("PAT_MODEL_SKIP")
         .unwrap_or_default()
@@ -164,6 +171,7 @@ pub(super) fn start(backend: Backend) -> Sut {
         .collect();
     Sut {
         api: Some(Api::of(&app)),
+        phones: Some(phones),
         app: Some(app),
         rt: Some(std::sync::Arc::new(rt)),
         settings,
@@ -190,6 +198,7 @@ impl Drop for Sut {
         {
             let _inside = rt.enter();
             drop(self.api.take());
+            drop(self.phones.take());
             drop(app);
         }
         if let Ok(rt) = std::sync::Arc::try_unwrap(rt) {
