@@ -51,11 +51,13 @@ mod checks;
 mod database;
 mod reference;
 mod server;
+mod setup;
 mod steps;
 
 use database::*;
 use reference::*;
 use server::*;
+use setup::*;
 use steps::*;
 
 const RESIDENTS: usize = 2;
