@@ -56,7 +56,8 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          dedup::over_the_wire::every_answer_follows_its_commit_sqlite dedup::over_the_wire::every_answer_follows_its_commit_postgres \
          outage::sqlite_locked_away_nothing_read_is_dropped outage::postgres_away_nothing_read_is_dropped \
          offers::an_ended_incident_takes_its_offer_back_postgres offers::one_live_offer_per_carer_and_a_job_in_order_postgres \
-         console::an_open_feed_ends_at_log_out_and_when_the_account_is_disabled; do
+         console::an_open_feed_ends_at_log_out_and_when_the_account_is_disabled \
+         model::incident_engine_model_sqlite model::incident_engine_model_postgres; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1

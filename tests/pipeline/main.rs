@@ -11,6 +11,7 @@ mod escalation;
 mod health;
 mod helpers;
 mod incidents;
+mod model;
 mod mqtt;
 mod native;
 mod notify;
