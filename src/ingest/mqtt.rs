@@ -319,10 +319,12 @@ async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publis
         }
         .emit();
     }
-    let digest: String = Sha256::digest(&publish.payload)[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let (dedup_key, window) = dedup_of(
+        device.as_str(),
+        event.seq,
+        &publish.payload,
+        event.time.is_some(),
+    );
     let record = AlarmRecord {
         received_at: now_ms(),
         protocol: PROTOCOL,
@@ -340,9 +342,8 @@ async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publis
         auth,
         raw: publish.payload.to_vec(),
         decoded: String::from_utf8_lossy(&publish.payload).into_owned(),
-        // The same event published again (a retry) has the same payload.
-        dedup_key: format!("mqtt:{device}:{}:{digest}", event.seq),
-        retry_window_ms: Some(super::retry_window(event.time.is_some())),
+        dedup_key,
+        retry_window_ms: Some(window),
     };
     Owed {
         ack_topic: Some(format!("{prefix}/v1/devices/{device}/ack")),
@@ -351,6 +352,21 @@ async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publis
         fate: submit(ctx, record).await,
         publish,
     }
+}
+
+/// What makes two MQTT device events one (protocol/DEDUP.md): the device, its
+/// `seq` and the payload — a retry publishes the same payload, a reused `seq`
+/// with another event does not — within the retry window, a day when the
+/// payload carries the device's `time` of the event.
+pub fn dedup_of(device: &str, seq: u32, payload: &[u8], timed: bool) -> (String, i64) {
+    let digest: String = Sha256::digest(payload)[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (
+        format!("mqtt:{device}:{seq}:{digest}"),
+        super::retry_window(timed),
+    )
 }
 
 /// Answer in arrival order: MQTT wants PUBACKs in the order of the PUBLISHes.

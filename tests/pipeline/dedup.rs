@@ -34,6 +34,8 @@ enum Proto {
     Eview,
     Dc09Plain,
     Dc09Encrypted,
+    /// MQTT devices (gateways, app pendants): JSON events with `seq` and `time`.
+    Mqtt,
 }
 
 impl Proto {
@@ -45,6 +47,7 @@ impl Proto {
             Proto::H02 => "h02",
             Proto::Eview => "eview",
             Proto::Dc09Plain | Proto::Dc09Encrypted => "sia_dc09",
+            Proto::Mqtt => "mqtt",
         }
     }
 
@@ -52,7 +55,7 @@ impl Proto {
     fn timed(self) -> bool {
         matches!(
             self,
-            Proto::Native | Proto::Gt06 | Proto::Watch | Proto::H02
+            Proto::Native | Proto::Gt06 | Proto::Watch | Proto::H02 | Proto::Mqtt
         )
     }
 
@@ -60,7 +63,12 @@ impl Proto {
     fn counted(self) -> bool {
         matches!(
             self,
-            Proto::Native | Proto::Gt06 | Proto::Eview | Proto::Dc09Plain | Proto::Dc09Encrypted
+            Proto::Native
+                | Proto::Gt06
+                | Proto::Eview
+                | Proto::Dc09Plain
+                | Proto::Dc09Encrypted
+                | Proto::Mqtt
         )
     }
 }
@@ -119,6 +127,7 @@ fn frame_of(proto: Proto, device: &str, s: &Sent) -> Frame {
     let at = s.at;
     let (mut codec, wire): (Box<dyn Codec>, Vec<bytes::Bytes>) = match proto {
         Proto::Native => unreachable!("native frames are keyed by their tag (over the wire)"),
+        Proto::Mqtt => unreachable!("MQTT events are not frames (see `records`)"),
         Proto::Gt06 => {
             let mut codec = gt06::Gt06Codec::new(Arc::new(move || at));
             let login = gt06::encode_login(device, 1).unwrap();
@@ -189,6 +198,37 @@ fn frame_of(proto: Proto, device: &str, s: &Sent) -> Frame {
 }
 
 fn records(proto: Proto, device: &str, s: &Sent) -> Vec<AlarmRecord> {
+    if proto == Proto::Mqtt {
+        // As a gateway publishes it (protocol/MQTT.md); a retry publishes it again.
+        let kind = ["sos", "fall", "low_battery"][usize::from(s.content)];
+        let payload = serde_json::json!({
+            "v": 1, "seq": s.counter, "kind": kind, "time": s.event_at,
+            "location": {"lat": location(s.content).lat, "lon": location(s.content).lon},
+        })
+        .to_string();
+        let (key, window) = pingantong::ingest::mqtt::dedup_of(
+            device,
+            u32::from(s.counter),
+            payload.as_bytes(),
+            true,
+        );
+        return vec![AlarmRecord {
+            received_at: s.at,
+            protocol: "mqtt",
+            peer: "mqtt:test".into(),
+            device_id: device.into(),
+            seq: i64::from(s.counter),
+            kind: [EventKind::Sos, EventKind::Fall, EventKind::LowBattery][usize::from(s.content)],
+            device_time: Some(s.event_at),
+            battery: None,
+            location: Some(location(s.content)),
+            auth: AuthStatus::Verified,
+            raw: payload.clone().into_bytes(),
+            decoded: payload,
+            dedup_key: key,
+            retry_window_ms: Some(window),
+        }];
+    }
     let frame = frame_of(proto, device, s);
     let (key, window) = dedup_of(proto.name(), device, &frame);
     frame
@@ -234,6 +274,7 @@ fn device_id(proto: Proto) -> String {
         Proto::Gt06 | Proto::Eview => format!("86{n:013}"),
         Proto::Watch | Proto::H02 => format!("7{n:09}"),
         Proto::Dc09Plain | Proto::Dc09Encrypted => format!("D{n:08X}"),
+        Proto::Mqtt => format!("GW{n:09}"),
     }
 }
 
@@ -355,6 +396,7 @@ fn every_protocol(backend: Backend) {
         Proto::Eview,
         Proto::Dc09Plain,
         Proto::Dc09Encrypted,
+        Proto::Mqtt,
     ] {
         let config = Config {
             cases: cases(),
@@ -486,7 +528,7 @@ mod over_the_wire {
                 pingantong_protocol::native::encode_event(&event, KEY, &mut b);
                 b.freeze()
             }
-            Proto::H02 => unreachable!("H02 positions are not answered"),
+            Proto::H02 | Proto::Mqtt => unreachable!("not over TCP here"),
         }
     }
 
