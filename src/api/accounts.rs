@@ -35,13 +35,21 @@ fn from_user_error(e: UserError) -> ApiError {
     }
 }
 
-/// An account name from the path, checked before any database work.
-fn username(name: &str) -> Result<&str, ApiError> {
+/// An admin acting on the account the path names (checked before any
+/// database work: a name no account can have is not found).
+fn admin_on<'a>(caller: &Caller, name: &'a str) -> Result<&'a str, ApiError> {
+    caller.require(ADMINS)?;
     if valid_username(name) {
         Ok(name)
     } else {
         Err(ApiError::NotFound)
     }
+}
+
+/// A change to an account made (204), or why not.
+fn done(result: Result<(), UserError>) -> Result<StatusCode, ApiError> {
+    result.map_err(from_user_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Every account, by name, with its role, state and open sessions.
@@ -73,8 +81,7 @@ async fn disable(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(ADMINS)?;
-    let name = username(&name)?;
+    let name = admin_on(&caller, &name)?;
     // An admin who locks themselves out needs another admin (or the CLI) to
     // get back in: refused rather than done by a slip.
     if name == caller.username {
@@ -82,10 +89,7 @@ async fn disable(
             "an admin cannot disable their own account".into(),
         ));
     }
-    db.set_user_disabled(name, true, &caller.actor())
-        .await
-        .map_err(from_user_error)?;
-    Ok(StatusCode::NO_CONTENT)
+    done(db.set_user_disabled(name, true, &caller.actor()).await)
 }
 
 /// Enable a disabled account again.
@@ -103,12 +107,8 @@ async fn enable(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(ADMINS)?;
-    let name = username(&name)?;
-    db.set_user_disabled(name, false, &caller.actor())
-        .await
-        .map_err(from_user_error)?;
-    Ok(StatusCode::NO_CONTENT)
+    let name = admin_on(&caller, &name)?;
+    done(db.set_user_disabled(name, false, &caller.actor()).await)
 }
 
 /// Lift a log-in lock (after too many failed log-ins) before its time.
@@ -126,12 +126,8 @@ async fn unlock(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(ADMINS)?;
-    let name = username(&name)?;
-    db.unlock_user(name, &caller.actor())
-        .await
-        .map_err(from_user_error)?;
-    Ok(StatusCode::NO_CONTENT)
+    let name = admin_on(&caller, &name)?;
+    done(db.unlock_user(name, &caller.actor()).await)
 }
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
@@ -160,15 +156,11 @@ async fn reset_password(
     Path(name): Path<String>,
     body: Result<Json<NewPassword>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(ADMINS)?;
-    let name = username(&name)?.to_owned();
+    let name = admin_on(&caller, &name)?.to_owned();
     let Json(req) = body?;
     let hash = tokio::task::spawn_blocking(move || hash_password(&req.password))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e: PasswordError| ApiError::BadRequest(e.to_string()))?;
-    db.reset_password(&name, &hash, &caller.actor())
-        .await
-        .map_err(from_user_error)?;
-    Ok(StatusCode::NO_CONTENT)
+    done(db.reset_password(&name, &hash, &caller.actor()).await)
 }

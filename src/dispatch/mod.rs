@@ -108,20 +108,10 @@ impl Dispatcher {
     /// Send an offer already read (or just written); the caller records it as
     /// published.
     pub async fn publish_offer(&self, offer: &DispatchOffer) -> Result<(), DispatchError> {
-        if !self.status.is_up() {
-            return Err(DispatchError::MqttDown);
-        }
         let mut payload = serde_json::to_value(offer).expect("offer serialises");
         payload["v"] = serde_json::json!(1);
         payload["type"] = serde_json::json!("offer");
-        self.client
-            .publish(
-                offer_topic(&self.prefix, offer.carer_id),
-                QoS::AtLeastOnce,
-                false,
-                payload.to_string(),
-            )
-            .await?;
+        self.to_carer(offer.carer_id, payload).await?;
         events::DispatchPublished {
             dispatch: offer.dispatch_id,
             carer: offer.carer_id,
@@ -134,9 +124,6 @@ impl Dispatcher {
     /// medical notes and medications. Carers who were only asked never get
     /// them; a phone that misses this message reads them from its job list.
     pub async fn publish_details(&self, offer: &DispatchOffer) -> Result<(), DispatchError> {
-        if !self.status.is_up() {
-            return Err(DispatchError::MqttDown);
-        }
         let payload = serde_json::json!({
             "v": 1,
             "type": "details",
@@ -146,23 +133,12 @@ impl Dispatcher {
             "medical_notes": offer.medical_notes,
             "medications": offer.medications,
         });
-        self.client
-            .publish(
-                offer_topic(&self.prefix, offer.carer_id),
-                QoS::AtLeastOnce,
-                false,
-                payload.to_string(),
-            )
-            .await?;
-        Ok(())
+        self.to_carer(offer.carer_id, payload).await
     }
 
     /// Tell a carer an offer is taken back, on the topic the offer came by
     /// (protocol/MQTT.md): their phone drops the job.
     pub async fn publish_withdrawal(&self, w: &Withdrawal) -> Result<(), DispatchError> {
-        if !self.status.is_up() {
-            return Err(DispatchError::MqttDown);
-        }
         let reason = w.reason();
         let payload = serde_json::json!({
             "v": 1,
@@ -173,14 +149,7 @@ impl Dispatcher {
             "reason": reason,
             "withdrawn_at": w.withdrawn_at,
         });
-        self.client
-            .publish(
-                offer_topic(&self.prefix, w.carer_id),
-                QoS::AtLeastOnce,
-                false,
-                payload.to_string(),
-            )
-            .await?;
+        self.to_carer(w.carer_id, payload).await?;
         events::OfferWithdrawn {
             dispatch: w.dispatch_id,
             carer: w.carer_id,
@@ -188,6 +157,23 @@ impl Dispatcher {
             reason: &reason,
         }
         .emit();
+        Ok(())
+    }
+
+    /// One message on a carer's dispatch topic (QoS 1). Only a publish handed
+    /// to a connected client counts as sent.
+    async fn to_carer(&self, carer: i64, payload: serde_json::Value) -> Result<(), DispatchError> {
+        if !self.status.is_up() {
+            return Err(DispatchError::MqttDown);
+        }
+        self.client
+            .publish(
+                offer_topic(&self.prefix, carer),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_string(),
+            )
+            .await?;
         Ok(())
     }
 }

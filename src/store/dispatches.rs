@@ -250,14 +250,17 @@ impl Db {
                 .bind(dispatch_id)
                 .execute(&mut *tx)
                 .await?;
-                // Busy from accepting until done; a decline leaves them free.
-                let busy = matches!(answer, CarerAnswer::Accept | CarerAnswer::Arrived);
-                sqlx::query("UPDATE carers SET busy = $1, updated_at = $2 WHERE id = $3")
-                    .bind(busy)
-                    .bind(now)
-                    .bind(carer_id)
-                    .execute(&mut *tx)
-                    .await?;
+                // Busy while on any job (accepted or arrived), read from the
+                // dispatches rather than from this answer: a carer who
+                // completes one of two jobs is still on the other.
+                sqlx::query(
+                    "UPDATE carers SET updated_at = $1, busy = EXISTS (SELECT 1 FROM dispatches d \
+                     WHERE d.carer_id = $2 AND d.state IN ('accepted', 'arrived')) WHERE id = $2",
+                )
+                .bind(now)
+                .bind(carer_id)
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query(
                     "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
                      VALUES ($1, $2, $3, $4, $5)",
