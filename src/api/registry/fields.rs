@@ -62,15 +62,21 @@ fn too_long(field: &str, v: &str, max: usize) -> Checked<()> {
     Ok(())
 }
 
-/// Blank to the document's `\S` (which also counts U+001C–U+001F as space).
+/// Space to every reading of the document's `\S`. JSON Schema validators
+/// read patterns as ECMA-262 (U+0085 and U+001C–U+001F are not space there),
+/// Python's as Unicode (they are): a value either calls text is accepted, so
+/// only what both call space counts as space.
+fn space(c: char) -> bool {
+    c.is_whitespace() && c != '\u{85}'
+}
+
 fn blank(v: &str) -> bool {
-    v.chars()
-        .all(|c| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+    v.chars().all(space)
 }
 
 /// Free text as stored: NUL (which PostgreSQL text cannot hold) as U+FFFD, trimmed.
 fn stored(v: &str) -> String {
-    v.replace('\0', "\u{fffd}").trim().to_owned()
+    v.replace('\0', "\u{fffd}").trim_matches(space).to_owned()
 }
 
 /// Text that must say something (`minLength 1`, `pattern \S`).
@@ -501,7 +507,10 @@ mod tests {
     #[test]
     fn text_and_tags() {
         assert_eq!(required("name", "  陈秀英 ", NAME_MAX).unwrap(), "陈秀英");
-        assert!(required("name", " \t\u{3000}\u{1f}", NAME_MAX).is_err());
+        assert!(required("name", " \t\u{3000}\u{2028}", NAME_MAX).is_err());
+        // Text to an ECMA-262 reading of `\S`, so accepted (and kept).
+        assert_eq!(required("name", "\u{85}", NAME_MAX).unwrap(), "\u{85}");
+        assert_eq!(required("name", " \u{1f} ", NAME_MAX).unwrap(), "\u{1f}");
         assert_eq!(optional("notes", "a\0b", 10).unwrap(), "a\u{fffd}b");
         assert!(optional("notes", &"字".repeat(11), 10).is_err());
         for ok in ["zh-CN", "yue", "en", "zh-Hant-HK"] {
