@@ -589,6 +589,32 @@ mod tests {
     use super::*;
     use crate::store::AuthStatus;
 
+    /// A writer on `db`, its task, and the receivers of what it hands to the
+    /// incident stage (`capacity` each; kept, or its hand-overs fail).
+    fn writer_on(
+        db: Db,
+        capacity: usize,
+    ) -> (
+        WriterHandle,
+        tokio::task::JoinHandle<()>,
+        mpsc::Receiver<CommittedAlarm>,
+        mpsc::Receiver<CommittedAlarm>,
+    ) {
+        let (urgent, urgent_rx) = mpsc::channel(capacity);
+        let (other, other_rx) = mpsc::channel(capacity);
+        let (w, task) = spawn(
+            db,
+            512,
+            Arc::new(Rules::default()),
+            HandOver {
+                urgent,
+                other,
+                supervision: None,
+            },
+        );
+        (w, task, urgent_rx, other_rx)
+    }
+
     fn record(n: u32, kind: EventKind) -> AlarmRecord {
         AlarmRecord {
             received_at: 1,
@@ -611,19 +637,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_events_share_commits_and_duplicates_are_recognised() {
         let (db, _dir) = crate::store::scratch_sqlite().await;
-        let (urgent, mut urgent_rx) = mpsc::channel(1000);
-        let (other, mut other_rx) = mpsc::channel(1000);
-        let rules = Arc::new(Rules::default());
-        let (w, task) = spawn(
-            db.clone(),
-            512,
-            rules,
-            HandOver {
-                urgent,
-                other,
-                supervision: None,
-            },
-        );
+        let (w, task, mut urgent_rx, mut other_rx) = writer_on(db.clone(), 1000);
         let mut pending = Vec::new();
         for n in 0..200 {
             let kind = if n % 50 == 0 {
@@ -673,18 +687,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_event_is_committed_without_waiting_for_company() {
         let (db, _dir) = crate::store::scratch_sqlite().await;
-        let (urgent, _urgent_rx) = mpsc::channel(10);
-        let (other, _other_rx) = mpsc::channel(10);
-        let (w, _task) = spawn(
-            db,
-            512,
-            Arc::new(Rules::default()),
-            HandOver {
-                urgent,
-                other,
-                supervision: None,
-            },
-        );
+        let (w, _task, _urgent_rx, _other_rx) = writer_on(db, 10);
         let outcome = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             w.commit(record(1, EventKind::Sos)),
@@ -703,18 +706,7 @@ mod tests {
     async fn an_event_is_held_while_the_database_is_locked_and_committed_after() {
         use sqlx::Connection;
         let (db, dir) = crate::store::scratch_sqlite().await;
-        let (urgent, _urgent_rx) = mpsc::channel(10);
-        let (other, _other_rx) = mpsc::channel(10);
-        let (w, _task) = spawn(
-            db.clone(),
-            512,
-            Arc::new(Rules::default()),
-            HandOver {
-                urgent,
-                other,
-                supervision: None,
-            },
-        );
+        let (w, _task, _urgent_rx, _other_rx) = writer_on(db.clone(), 10);
         let url = format!("sqlite://{}/test.db", dir.path().display());
         let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
         sqlx::query("BEGIN IMMEDIATE")
@@ -774,18 +766,7 @@ mod tests {
     /// how many devices' presence went before that event.
     async fn presence_written_before(kind: EventKind) -> (usize, Db, tempfile::TempDir) {
         let (db, dir) = crate::store::scratch_sqlite().await;
-        let (urgent, _urgent_rx) = mpsc::channel(10);
-        let (other, _other_rx) = mpsc::channel(10);
-        let (w, task) = spawn(
-            db.clone(),
-            512,
-            Arc::new(Rules::default()),
-            HandOver {
-                urgent,
-                other,
-                supervision: None,
-            },
-        );
+        let (w, task, _urgent_rx, _other_rx) = writer_on(db.clone(), 10);
         let beats: Vec<_> = (0..CITY)
             .map(|n| {
                 let mut beat = record(n as u32, EventKind::Heartbeat);
@@ -842,18 +823,7 @@ mod tests {
     #[tokio::test]
     async fn a_verified_heartbeat_is_answered_at_once_and_kept_as_presence() {
         let (db, _dir) = crate::store::scratch_sqlite().await;
-        let (urgent, _urgent_rx) = mpsc::channel(10);
-        let (other, _other_rx) = mpsc::channel(10);
-        let (w, task) = spawn(
-            db.clone(),
-            512,
-            Arc::new(Rules::default()),
-            HandOver {
-                urgent,
-                other,
-                supervision: None,
-            },
-        );
+        let (w, task, _urgent_rx, _other_rx) = writer_on(db.clone(), 10);
         let mut beat = record(1, EventKind::Heartbeat);
         beat.battery = Some(64);
         assert_eq!(w.commit(beat).await.unwrap(), CommitOutcome::Noted);
