@@ -66,6 +66,14 @@ pub struct LoginUser {
     pub locked_until: Option<i64>,
 }
 
+/// What an admin (or the command line) changes about an account.
+#[derive(Debug, Clone, Copy)]
+enum AccountChange {
+    Disable,
+    Enable,
+    Unlock,
+}
+
 /// An account as an admin sees it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct UserSummary {
@@ -240,28 +248,55 @@ impl Db {
         disabled: bool,
         actor: &str,
     ) -> Result<(), UserError> {
+        let change = if disabled {
+            AccountChange::Disable
+        } else {
+            AccountChange::Enable
+        };
+        self.change_account(username, change, actor).await
+    }
+
+    /// Lift a log-in lock before its time, recording who did.
+    pub async fn unlock_user(&self, username: &str, actor: &str) -> Result<(), UserError> {
+        self.change_account(username, AccountChange::Unlock, actor)
+            .await
+    }
+
+    /// One change to an account's state and its audit entry, in one transaction.
+    async fn change_account(
+        &self,
+        username: &str,
+        change: AccountChange,
+        actor: &str,
+    ) -> Result<(), UserError> {
+        let (disabled, unlock, action) = match change {
+            AccountChange::Disable => (Some(true), false, "user_disabled"),
+            AccountChange::Enable => (Some(false), false, "user_enabled"),
+            AccountChange::Unlock => (None, true, "user_unlocked"),
+        };
         let now = now_ms();
         let subject = format!("user:{username}");
         let begin = self.begin_write();
         let found = on_write_pool!(self, |p| {
             let mut tx = p.begin_with(begin).await?;
-            let changed =
-                sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE username = $3")
-                    .bind(disabled)
-                    .bind(now)
-                    .bind(username)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
+            let changed = sqlx::query(
+                "UPDATE users SET disabled = COALESCE($1, disabled), \
+                 failed_logins = CASE WHEN $2 THEN 0 ELSE failed_logins END, \
+                 locked_until = CASE WHEN $2 THEN NULL ELSE locked_until END, \
+                 updated_at = $3 WHERE username = $4",
+            )
+            .bind(disabled)
+            .bind(unlock)
+            .bind(now)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
             if changed {
                 let entry = AuditEntry {
                     actor,
-                    action: if disabled {
-                        "user_disabled"
-                    } else {
-                        "user_enabled"
-                    },
+                    action,
                     subject: &subject,
                     detail: "",
                 };
@@ -441,42 +476,6 @@ impl Db {
         .await
         .map(|r| r.rows_affected()))?;
         Ok(())
-    }
-
-    /// Lift a log-in lock before its time, recording who did.
-    pub async fn unlock_user(&self, username: &str, actor: &str) -> Result<(), UserError> {
-        let now = now_ms();
-        let subject = format!("user:{username}");
-        let begin = self.begin_write();
-        let found = on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            let changed = sqlx::query(
-                "UPDATE users SET failed_logins = 0, locked_until = NULL, updated_at = $1 \
-                 WHERE username = $2",
-            )
-            .bind(now)
-            .bind(username)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if changed {
-                let entry = AuditEntry {
-                    actor,
-                    action: "user_unlocked",
-                    subject: &subject,
-                    detail: "",
-                };
-                append_audit!(self, tx, entry, now);
-            }
-            tx.commit().await?;
-            changed
-        });
-        if found {
-            Ok(())
-        } else {
-            Err(UserError::NotFound(username.to_owned()))
-        }
     }
 
     /// Open a session for `user`, known by the SHA-256 of its token, and
