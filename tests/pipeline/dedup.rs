@@ -356,6 +356,21 @@ async fn run_case(db: &Db, rules: &Rules, proto: Proto, offset: i64, steps: &[St
     );
 }
 
+/// A runner with a fixed seed (CI runs the same cases every time) and a
+/// bounded shrink (each case talks to a database).
+fn runner(cases: u32, seed: u8) -> TestRunner {
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 32,
+        ..Config::default()
+    };
+    TestRunner::new_with_rng(
+        config,
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]),
+    )
+}
+
 fn cases() -> u32 {
     std::env::var("PAT_DEDUP_CASES")
         .ok()
@@ -398,14 +413,7 @@ fn every_protocol(backend: Backend) {
         Proto::Dc09Encrypted,
         Proto::Mqtt,
     ] {
-        let config = Config {
-            cases: cases(),
-            failure_persistence: None,
-            ..Config::default()
-        };
-        // A fixed seed: CI runs the same cases every time.
-        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]);
-        let mut runner = TestRunner::new_with_rng(config, rng);
+        let mut runner = runner(cases(), 7);
         let strategy = (0..TIMED_MS, prop::collection::vec(step(), 1..20), 1usize..4);
         runner
             .run(&strategy, |(offset, steps, batch)| {
@@ -636,14 +644,7 @@ mod over_the_wire {
             Proto::Dc09Plain,
             Proto::Dc09Encrypted,
         ] {
-            let config = Config {
-                cases: cases().min(8),
-                failure_persistence: None,
-                max_shrink_iters: 32,
-                ..Config::default()
-            };
-            let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[11; 32]);
-            let mut runner = TestRunner::new_with_rng(config, rng);
+            let mut runner = runner(cases().min(8), 11);
             runner
                 .run(&prop::collection::vec(step(), 1..12), |steps| {
                     rt.block_on(async {
