@@ -83,6 +83,12 @@ run_backend() { # name, technical events/s, extra server args...
         if [ -n "$cached" ]; then mkdir -p "$SEED_CACHE"; cp -a "$2" "$cached"; fi
     fi
     PAT_NEW_PASSWORD="$password" "$bin/pingantong" user add --username "probe-$name" --role operator "$@" >/dev/null
+    # MQTT credentials: the pendants' own (written by seed into the data directory, `data` unless
+    # --data-dir), and a server's for the console probe, which answers for every carer.
+    local data=data
+    [ "$1" = --data-dir ] && data=$2
+    local probe_mqtt
+    probe_mqtt=$("$bin/pingantong" mqtt-credential issue --username "servers/probe-$name" "$@" 2>/dev/null)
     # Every device listener on a port of its own; the fleet is told those of its protocols.
     local listeners=() to=(--addr "native=127.0.0.1:$port") p a
     for p in gt06 watch h02 eview dc09; do
@@ -100,7 +106,9 @@ run_backend() { # name, technical events/s, extra server args...
     local load=(--alarm-rate "$rate" --heartbeat-secs "$heartbeat" --duration-secs "$seconds" --technical-rate "$flood")
     [ -n "$scenario" ] && load=(--scenario "$scenario")
     # shellcheck disable=SC2086 # SIM_ARGS is a list of words
-    "$bin/pendant-sim" "${to[@]}" --protocol "$protocol" --mqtt-url "mqtt://127.0.0.1:$mqtt" \
+    local creds=()
+    [ -f "$data/seed-mqtt-credentials.txt" ] && creds=(--mqtt-credentials "$data/seed-mqtt-credentials.txt")
+    "$bin/pendant-sim" "${to[@]}" "${creds[@]}" --protocol "$protocol" --mqtt-url "mqtt://127.0.0.1:$mqtt" \
         --pendants "$pendants" --secret-seed "$seed" \
         "${load[@]}" ${SIM_ARGS:-} --json --out "$work/$name.full.json" \
         2>/dev/null >"$work/$name.json" &
@@ -108,7 +116,8 @@ run_backend() { # name, technical events/s, extra server args...
     local before
     before=$(proc_stats "$server_pid")
     sleep 2 # the fleet connecting and pressing
-    PAT_PROBE_PASSWORD="$password" timeout "$((seconds + 60))" "$bin/console-probe" \
+    PAT_MQTT_USERNAME="servers/probe-$name" PAT_MQTT_PASSWORD="$probe_mqtt" \
+        PAT_PROBE_PASSWORD="$password" timeout "$((seconds + 60))" "$bin/console-probe" \
         --native "127.0.0.1:$port" --http "http://127.0.0.1:$http" --mqtt "127.0.0.1:$mqtt" \
         --user "probe-$name" --secret-seed "$seed" --first "$((pendants + 1))" --presses "$probes" \
         --pause-ms 20 --json >"$work/$name.probe.json" || echo '{}' >"$work/$name.probe.json"

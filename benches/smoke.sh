@@ -51,6 +51,9 @@ run() { # name, broker host:port or "embedded", server args...
     fi
     "$bin/pingantong" seed --clients "$((pendants + probes))" --secret-seed "$seed" "$@" >/dev/null
     PAT_NEW_PASSWORD="$password" "$bin/pingantong" user add --username "probe-$name" --role operator "$@" >/dev/null
+    # The console probe answers for every carer: a server's MQTT credential.
+    local probe_mqtt
+    probe_mqtt=$("$bin/pingantong" mqtt-credential issue --username "servers/probe-$name" "$@" 2>/dev/null)
     RUST_LOG=warn "$bin/pingantong" serve --config "$work/$name.toml" --native-addr "127.0.0.1:$port" \
         --http-addr "127.0.0.1:$http" --gt06-addr 127.0.0.1:0 --watch-addr 127.0.0.1:0 \
         --h02-addr 127.0.0.1:0 --eview-addr 127.0.0.1:0 --dc09-addr 127.0.0.1:0 \
@@ -62,7 +65,8 @@ run() { # name, broker host:port or "embedded", server args...
     timeout "$((seconds + 60))" "$bin/pendant-sim" --addr "127.0.0.1:$port" --pendants "$pendants" \
         --secret-seed "$seed" --alarm-rate "$rate" --heartbeat-secs 2 --duration-secs "$seconds" \
         --json 2>/dev/null >"$work/$name.json" || true
-    PAT_PROBE_PASSWORD="$password" timeout 60 "$bin/console-probe" \
+    PAT_MQTT_USERNAME="servers/probe-$name" PAT_MQTT_PASSWORD="$probe_mqtt" \
+        PAT_PROBE_PASSWORD="$password" timeout 60 "$bin/console-probe" \
         --native "127.0.0.1:$port" --http "http://127.0.0.1:$http" --mqtt "$mqtt" \
         --mqtt-prefix "smoke-$$-$name" --user "probe-$name" --secret-seed "$seed" \
         --first "$((pendants + 1))" --presses "$probes" --pause-ms 10 --wait-secs 30 --json \

@@ -57,7 +57,12 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          outage::sqlite_locked_away_nothing_read_is_dropped outage::postgres_away_nothing_read_is_dropped \
          offers::an_ended_incident_takes_its_offer_back_postgres offers::one_live_offer_per_carer_and_a_job_in_order_postgres \
          console::an_open_feed_ends_at_log_out_and_when_the_account_is_disabled \
-         model::incident_engine_model_sqlite model::incident_engine_model_postgres; do
+         model::incident_engine_model_sqlite model::incident_engine_model_postgres \
+         mqtt_security::a_stranger_reads_nothing_and_raises_an_sos_only_in_quarantine \
+         mqtt_security::a_device_speaks_only_for_itself_and_a_revoked_one_not_at_all \
+         mqtt_security::a_carer_reads_and_answers_only_their_own_offers \
+         mqtt_security::nobody_takes_over_the_servers_session \
+         mqtt_security::mosquitto_is_kept_in_step_with_the_registry; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1

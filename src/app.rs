@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::gate::{Gate, GateConfig};
 use crate::broker::{self, BrokerError};
 use crate::config::{ConfigError, Settings};
 use crate::directory::Directory;
@@ -21,6 +22,7 @@ use crate::dispatch::{Dispatcher, MqttEndpoint};
 use crate::incident::{Clock, IncidentStage, StageConfig};
 use crate::ingest::device::{self, CodecFactory};
 use crate::ingest::{self, IngestContext};
+use crate::mqtt::credential::CredentialKey;
 use crate::mqtt::{self, LinkConfig};
 use crate::notify::{Channel, EmailChannel, MqttChannel, Notifier, WebhookChannel};
 use crate::rules::{Rules, RulesError};
@@ -95,7 +97,14 @@ pub struct Application {
     native_addr: SocketAddr,
     devices: DeviceListeners,
     addrs: ListenAddrs,
+    /// Where MQTT clients connect (the gate, with the embedded broker).
     mqtt: MqttEndpoint,
+    /// The embedded broker itself and the credential it takes: the server's
+    /// own session goes there directly, past the gate.
+    embedded_inner: Option<(MqttEndpoint, (String, String))>,
+    /// The embedded broker's gate and its bound listener, until it runs.
+    gate: Option<(Arc<Gate>, TcpListener)>,
+    credential_key: CredentialKey,
     mqtt_ca_pem: Option<Vec<u8>>,
     embedded_broker: bool,
     clock: Clock,
@@ -201,29 +210,63 @@ impl Application {
                     source,
                 })?,
         };
-        let (mqtt, embedded_broker) = match &settings.mqtt_url {
+        let credential_key = CredentialKey::configured_or_kept(
+            settings.mqtt_credential_key.as_ref().map(|k| k.expose()),
+            &settings.data_dir,
+        )
+        .map_err(|source| AppError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
+        })?;
+        let (mqtt, embedded_inner, gate) = match &settings.mqtt_url {
             Some(url) => (
                 MqttEndpoint::parse(url).map_err(|why| ConfigError::Invalid {
                     field: "mqtt_url",
                     why,
                 })?,
-                false,
+                None,
+                None,
             ),
             None => {
-                let want = settings.embedded_mqtt_addr;
-                let addr = tokio::task::spawn_blocking(move || broker::start_embedded(want))
-                    .await
-                    .expect("broker start-up does not panic")?;
-                (
-                    MqttEndpoint {
-                        host: addr.ip().to_string(),
-                        port: addr.port(),
-                        tls: false,
+                // The broker takes one random credential, made anew at each start.
+                let login = ("pingantong-gate".to_owned(), {
+                    let mut raw = [0u8; 24];
+                    rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
+                    raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                });
+                let inner_login = login.clone();
+                let inner = tokio::task::spawn_blocking(move || {
+                    broker::start_embedded(([127, 0, 0, 1], 0).into(), inner_login)
+                })
+                .await
+                .expect("broker start-up does not panic")?;
+                let listener = bind_tcp(settings.embedded_mqtt_addr).await?;
+                let addr = local(&listener, settings.embedded_mqtt_addr)?;
+                let gate = Gate::new(
+                    GateConfig {
+                        prefix: settings.mqtt_topic_prefix.clone(),
+                        server_ids: vec![settings.instance_id.clone()],
+                        quarantine: settings.mqtt_quarantine,
+                        inner,
+                        inner_login: login.clone(),
+                        adapters: settings.mqtt_adapters.clone(),
                     },
-                    true,
+                    db.clone(),
+                    credential_key.clone(),
+                );
+                let endpoint = |a: SocketAddr| MqttEndpoint {
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                    tls: false,
+                };
+                (
+                    endpoint(addr),
+                    Some((endpoint(inner), login)),
+                    Some((gate, listener)),
                 )
             }
         };
+        let embedded_broker = embedded_inner.is_some();
         let mqtt_ca_pem = match &settings.mqtt_ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -244,6 +287,9 @@ impl Application {
             devices,
             addrs,
             mqtt,
+            embedded_inner,
+            gate,
+            credential_key,
             embedded_broker,
         })
     }
@@ -267,6 +313,18 @@ impl Application {
         &self.mqtt
     }
 
+    /// Issue (or rotate) `principal`'s MQTT credential: its username and password.
+    pub async fn mqtt_login(
+        &self,
+        principal: &crate::mqtt::acl::Principal,
+        actor: &str,
+    ) -> Result<(String, String), crate::store::CredentialError> {
+        let generation = self.db.issue_mqtt_credential(principal, actor).await?;
+        let username = principal.username().unwrap_or_default();
+        let password = self.credential_key.password(&username, generation);
+        Ok((username, password))
+    }
+
     pub fn embedded_broker(&self) -> bool {
         self.embedded_broker
     }
@@ -281,22 +339,53 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
         let s = &self.settings;
         let inner = CancellationToken::new();
+        // Clients reach the embedded broker through its gate; the server goes
+        // straight in with the broker's own credential.
+        let sessions = self.gate.as_ref().map(|(g, _)| g.sessions());
+        // The gate closes last, after the server's goodbye has passed through it.
+        let gate_stop = CancellationToken::new();
+        let gate_task = self
+            .gate
+            .map(|(gate, listener)| tokio::spawn(gate.serve(listener, gate_stop.clone())));
+        let (link_endpoint, link_credentials) = match &self.embedded_inner {
+            Some((endpoint, login)) => (endpoint.clone(), Some(login.clone())),
+            None => (
+                self.mqtt.clone(),
+                s.mqtt_username
+                    .clone()
+                    .zip(s.mqtt_password.as_ref().map(|p| p.expose().to_owned())),
+            ),
+        };
         let link = mqtt::connect(
             &LinkConfig {
-                endpoint: self.mqtt.clone(),
+                endpoint: link_endpoint,
                 client_id: s.instance_id.clone(),
                 prefix: s.mqtt_topic_prefix.clone(),
                 share_group: s.mqtt_share_group.clone(),
-                credentials: s
-                    .mqtt_username
-                    .clone()
-                    .zip(s.mqtt_password.as_ref().map(|p| p.expose().to_owned())),
+                credentials: link_credentials,
                 extra_filters: s.mqtt_adapters.iter().map(|a| a.filter()).collect(),
                 ca_pem: self.mqtt_ca_pem.clone(),
+                dynsec: s.mqtt_dynsec && self.embedded_inner.is_none(),
             },
             inner.clone(),
         );
         let mqtt_task = link.task;
+        // An external Mosquitto kept in step with the registry's credentials.
+        let dynsec_task = (s.mqtt_dynsec && self.embedded_inner.is_none()).then(|| {
+            tokio::spawn(mqtt::dynsec::run(
+                self.db.clone(),
+                self.credential_key.clone(),
+                mqtt::dynsec::DynsecConfig {
+                    prefix: s.mqtt_topic_prefix.clone(),
+                    adapter_filters: s.mqtt_adapters.iter().map(|a| a.filter()).collect(),
+                    quarantine: s.mqtt_quarantine,
+                },
+                s.mqtt_username.clone().unwrap_or_default(),
+                link.client.clone(),
+                link.control_responses,
+                inner.clone(),
+            ))
+        });
         // Before any alarm is planned: a city just loaded and never analyzed
         // would be read by full scans (see store::statistics).
         if let Err(e) = self.db.refresh_statistics().await {
@@ -475,6 +564,11 @@ impl Application {
                 feed,
                 sla: s.sla,
                 tls: self.tls.clone(),
+                mqtt_credentials: crate::api::mqtt_credentials::MqttCredentials {
+                    db: self.db.clone(),
+                    key: self.credential_key.clone(),
+                    sessions,
+                },
             },
             shutdown.clone(),
         ));
@@ -566,7 +660,19 @@ impl Application {
         let _ = feed_task.await;
         let _ = anchor_task.await;
         let _ = refresher.await;
+        if let Some(task) = dynsec_task {
+            let _ = task.await;
+        }
         let _ = mqtt_task.await;
+        if gate_task.is_some() {
+            // The broker routes the goodbye asynchronously: give it a moment
+            // to reach the clients watching for it before they are cut off.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        gate_stop.cancel();
+        if let Some(task) = gate_task {
+            let _ = task.await;
+        }
         if let Some(task) = checkpointer {
             let _ = task.await;
         }

@@ -63,6 +63,18 @@ pub struct Settings {
     pub mqtt_share_group: Option<String>,
     pub mqtt_username: Option<String>,
     pub mqtt_password: Option<Secret>,
+    /// Let MQTT clients without credentials raise events under
+    /// `<prefix>/v1/quarantine/<client id>/events` (stored unverified; an SOS
+    /// still reaches an operator). Embedded broker; for Mosquitto see `ops/mosquitto.conf`.
+    pub mqtt_quarantine: bool,
+    /// Every MQTT password is derived from it (HMAC). Unset: a key made on
+    /// first start and kept in `data_dir/mqtt-credential.key`. Servers sharing
+    /// a broker must share it.
+    pub mqtt_credential_key: Option<Secret>,
+    /// Keep the external broker's (Mosquitto's) dynamic-security clients and
+    /// roles in step with the registry's credentials; the server's account
+    /// (`mqtt_username`) must be the plugin's admin (`ops/mosquitto.conf`).
+    pub mqtt_dynsec: bool,
     /// PEM file of the authorities that sign the broker's certificate; required with `mqtts://`.
     pub mqtt_ca_file: Option<PathBuf>,
     /// Zigbee2MQTT / Tasmota / Shelly buttons and the devices they are provisioned as.
@@ -147,6 +159,9 @@ impl Default for Settings {
             mqtt_share_group: None,
             mqtt_username: None,
             mqtt_password: None,
+            mqtt_quarantine: true,
+            mqtt_credential_key: None,
+            mqtt_dynsec: false,
             mqtt_ca_file: None,
             mqtt_adapters: Vec::new(),
             instance_id: "pingantong-1".into(),
@@ -307,6 +322,12 @@ impl Settings {
             if pingantong_protocol::DeviceId::parse(&a.device).is_err() {
                 return invalid("mqtt_adapters.device", "must be a valid device id");
             }
+        }
+        if self.mqtt_dynsec && (self.mqtt_url.is_none() || self.mqtt_username.is_none()) {
+            return invalid(
+                "mqtt_dynsec",
+                "needs mqtt_url (an external Mosquitto) and the admin's mqtt_username/mqtt_password",
+            );
         }
         if self.mqtt_username.is_some() != self.mqtt_password.is_some() {
             return invalid("mqtt_username/mqtt_password", "set both or neither");

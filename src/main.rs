@@ -77,6 +77,9 @@ enum Command {
     /// Operator console accounts.
     #[command(subcommand)]
     User(UserCommand),
+    /// MQTT credentials of devices, carers' phones and servers.
+    #[command(subcommand)]
+    MqttCredential(MqttCredentialCommand),
     /// The city's monthly service report (China Standard Time months), or its breach list.
     Report {
         #[command(flatten)]
@@ -100,6 +103,31 @@ enum Command {
 enum AuditCommand {
     /// Check every entry's hash and link, first to last; exit 1 at the first break.
     Verify(ServerArgs),
+}
+
+#[derive(Subcommand)]
+enum MqttCredentialCommand {
+    /// Issue a credential, or rotate it (the old password stops working), and
+    /// print its password: the only time it is shown.
+    Issue {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// `devices/<device id>`, `carers/<carer id>` or `servers/<name>`.
+        #[arg(long)]
+        username: String,
+    },
+    /// Revoke a credential: it cannot connect again.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        username: String,
+    },
+    /// Every credential issued (never a password).
+    List(ServerArgs),
+    /// Push every credential to the external broker again (`mqtt_dynsec`):
+    /// after its store was lost or replaced.
+    Resync(ServerArgs),
 }
 
 #[derive(Subcommand)]
@@ -220,6 +248,9 @@ struct ServerArgs {
     /// Signs the audit log's head (data_dir/audit-head.json).
     #[arg(long, env = "PAT_AUDIT_KEY", hide_env_values = true)]
     audit_key: Option<String>,
+    /// Key every MQTT password is derived from (default: kept in data_dir/mqtt-credential.key).
+    #[arg(long, env = "PAT_MQTT_CREDENTIAL_KEY", hide_env_values = true)]
+    mqtt_credential_key: Option<String>,
 }
 
 impl ServerArgs {
@@ -302,6 +333,9 @@ impl ServerArgs {
         }
         if let Some(v) = &self.audit_key {
             s.audit_key = Some(pingantong::config::Secret::new(v.clone()));
+        }
+        if let Some(v) = &self.mqtt_credential_key {
+            s.mqtt_credential_key = Some(pingantong::config::Secret::new(v.clone()));
         }
         s.validate()?;
         Ok(s)
@@ -422,6 +456,25 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             .await?;
             // A bulk load: the server must not plan its first alarms blind.
             db.refresh_statistics().await?;
+            if !city.mqtt_credentials.is_empty() {
+                // For pendant-sim --mqtt-credentials: readable by this user only.
+                let settings = server.settings()?;
+                let key = pingantong::mqtt::credential::CredentialKey::configured_or_kept(
+                    settings.mqtt_credential_key.as_ref().map(|k| k.expose()),
+                    &settings.data_dir,
+                )?;
+                let path = settings.data_dir.join("seed-mqtt-credentials.txt");
+                let lines: String = city
+                    .mqtt_credentials
+                    .iter()
+                    .map(|(id, g)| format!("{id} {}\n", key.password(&format!("devices/{id}"), *g)))
+                    .collect();
+                pingantong::mqtt::credential::write_private(&path, &lines)?;
+                eprintln!(
+                    "MQTT pendants' credentials in {} (pendant-sim --mqtt-credentials)",
+                    path.display()
+                );
+            }
             println!(
                 "seeded {} clients with {mix} pendants {}..{}, {} providers, {} carers into {}",
                 city.clients,
@@ -523,6 +576,53 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             db.close().await;
             let id = added?;
             println!("added user {username:?} (role {role}) with id {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MqttCredential(MqttCredentialCommand::Issue { server, username }) => {
+            let principal = pingantong::mqtt::acl::Principal::from_username(&username)?;
+            let settings = server.settings()?;
+            let key = pingantong::mqtt::credential::CredentialKey::configured_or_kept(
+                settings.mqtt_credential_key.as_ref().map(|k| k.expose()),
+                &settings.data_dir,
+            )?;
+            let db = server.connect().await?;
+            let issued = db.issue_mqtt_credential(&principal, &cli_actor()).await;
+            db.close().await;
+            let generation = issued?;
+            // Only the password on standard output, so a script can take it.
+            eprintln!(
+                "issued {username} (generation {generation}); a running server ends its live sessions within seconds"
+            );
+            println!("{}", key.password(&username, generation));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MqttCredential(MqttCredentialCommand::Revoke { server, username }) => {
+            let db = server.connect().await?;
+            let done = db.revoke_mqtt_credential(&username, &cli_actor()).await;
+            db.close().await;
+            done?;
+            println!("revoked {username}: it cannot connect again");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MqttCredential(MqttCredentialCommand::Resync(server)) => {
+            let db = server.connect().await?;
+            let n = db.forget_mqtt_credential_sync().await;
+            db.close().await;
+            println!(
+                "{} credentials will be pushed to the broker by the running server",
+                n?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MqttCredential(MqttCredentialCommand::List(server)) => {
+            let db = server.connect().await?;
+            let rows = db.mqtt_credentials().await;
+            db.close().await;
+            println!("{:<44} {:>10} {:<8}", "username", "generation", "state");
+            for r in rows? {
+                let state = if r.revoked { "revoked" } else { "live" };
+                println!("{:<44} {:>10} {:<8}", r.username, r.generation, state);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::User(UserCommand::List(server)) => {

@@ -91,9 +91,15 @@ pub fn spawn(
     client_id: &str,
     stats: Arc<CarerStats>,
     behaviour: Option<Behaviour>,
+    login: Option<(String, String)>,
 ) -> tokio::task::JoinHandle<()> {
     let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_keep_alive(Duration::from_secs(15));
+    // It answers for every carer at once, so it needs a server's credential
+    // (a real phone has its carer's own, which reads only its own topic).
+    if let Some((user, pass)) = login {
+        opts.set_credentials(user, pass);
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);

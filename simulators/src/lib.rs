@@ -21,6 +21,15 @@ pub fn derive_secret(seed: &str, device_id: &str) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
+/// MQTT credentials from `PAT_MQTT_USERNAME` and `PAT_MQTT_PASSWORD`, for
+/// the probes (a password never travels as a flag: flags show in `ps`).
+pub fn login_from_env() -> Option<(String, String)> {
+    Some((
+        std::env::var("PAT_MQTT_USERNAME").ok()?,
+        std::env::var("PAT_MQTT_PASSWORD").ok()?,
+    ))
+}
+
 /// The id of the `n`-th pendant of a fleet (`PA000001` …).
 pub fn device_id(prefix: &str, n: usize) -> String {
     format!("{prefix}{n:06}")

@@ -32,6 +32,9 @@ pub struct MqttFleetConfig {
     pub grace: Duration,
     /// The protocol line the pendants' presses are tallied under ([`Press::line`]).
     pub line: usize,
+    /// Each pendant's MQTT password by device id (username `devices/<id>`);
+    /// a pendant without one connects without credentials (quarantine, unverified).
+    pub passwords: std::collections::HashMap<String, String>,
 }
 
 /// Run every pendant as its own MQTT client at `cfg`'s rate until the end, then report.
@@ -90,6 +93,9 @@ fn session(cfg: &MqttFleetConfig, me: &Pendant) -> (AsyncClient, EventLoop) {
         cfg.port,
     );
     opts.set_keep_alive(Duration::from_secs(30));
+    if let Some(pass) = cfg.passwords.get(&me.id) {
+        opts.set_credentials(format!("devices/{}", me.id), pass.clone());
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);

@@ -11,6 +11,7 @@ mod feed;
 mod import;
 mod incidents;
 pub mod listener;
+pub mod mqtt_credentials;
 mod registry;
 mod reports;
 mod wellbeing;
@@ -65,6 +66,8 @@ pub struct ApiContext {
     pub sla: SlaTargets,
     /// HTTPS when set (the certificate and key, loaded at start).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Issues and revokes MQTT credentials.
+    pub mqtt_credentials: mqtt_credentials::MqttCredentials,
 }
 
 #[derive(Clone)]
@@ -107,6 +110,7 @@ struct HealthState {
         (name = "session", description = "Log-in and log-out"),
         (name = "accounts", description = "Console accounts, for admins: list, disable, enable, new password"),
         (name = "audit", description = "The tamper-evident audit log"),
+        (name = "mqtt", description = "MQTT credentials of devices and carers' phones, for admins"),
         (name = "health", description = "Liveness, readiness, metrics"),
     )
 )]
@@ -199,6 +203,7 @@ pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
         .merge(auth::router(ctx.db.clone(), ctx.auth))
         .merge(audit::router(ctx.db.clone()))
         .merge(accounts::router(ctx.db.clone()))
+        .merge(mqtt_credentials::router(ctx.mqtt_credentials))
         .merge(reports::router(ctx.db, ctx.sla))
         .merge(console)
         .split_for_parts()

@@ -101,6 +101,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let password = demo_password();
     add_demo_accounts(&db, &password, city.carer_ids.first().copied()).await?;
 
+    // The simulated phones answer for every carer through one client, so
+    // they need a server's credential on the broker.
+    let carer_login = app
+        .mqtt_login(
+            &crate::mqtt::acl::Principal::Server("demo-carers".into()),
+            "system:demo",
+        )
+        .await?;
     let carer_stats = Arc::new(CarerStats::default());
     let carers = carer::spawn(
         &mqtt.host,
@@ -114,6 +122,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             complete_after: Duration::from_secs(2),
             decline_every: 6,
         }),
+        Some(carer_login),
     );
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));

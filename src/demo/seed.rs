@@ -95,6 +95,9 @@ pub struct SeededCity {
     /// Every carer, in the order seeded; the first is on duty.
     #[serde(skip)]
     pub carer_ids: Vec<i64>,
+    /// The MQTT devices' credential generations (their passwords derive from them).
+    #[serde(skip)]
+    pub mqtt_credentials: Vec<(String, i64)>,
 }
 
 fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
@@ -105,6 +108,7 @@ fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
 pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreError> {
     let mut rng = StdRng::seed_from_u64(spec.clients as u64 ^ 0x5A17_A770);
     let mut devices = Vec::with_capacity(spec.clients);
+    let mut mqtt_devices = std::collections::HashSet::new();
     for n in 1..=spec.clients {
         let (district, streets, (lat0, lon0)) = DISTRICTS[n % DISTRICTS.len()];
         let street = pick(&mut rng, streets);
@@ -159,6 +163,9 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
             _ => spec.protocol.protocol_of(n),
         };
         let id = speaker::device_id(protocol, n);
+        if speaker::provisioned_protocol(protocol) == "mqtt" {
+            mqtt_devices.insert(id.clone());
+        }
         db.upsert_device(&NewDevice {
             secret: pingantong_sim::derive_secret(&spec.secret_seed, &id),
             id: id.clone(),
@@ -231,11 +238,25 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
             carer_ids.push(id);
         }
     }
+    // MQTT pendants connect with credentials of their own, like any device.
+    let mqtt: Vec<String> = devices
+        .iter()
+        .filter(|d| mqtt_devices.contains(d.as_str()))
+        .cloned()
+        .collect();
+    let mqtt_credentials = db
+        .issue_device_credentials(&mqtt, "system:seed")
+        .await
+        .map_err(|e| match e {
+            crate::store::CredentialError::Store(s) => s,
+            other => StoreError::CommitFailed(other.to_string()),
+        })?;
     Ok(SeededCity {
         clients: spec.clients,
         devices,
         providers: providers.len() + 1,
         carers: carer_ids.len(),
         carer_ids,
+        mqtt_credentials,
     })
 }

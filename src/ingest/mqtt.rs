@@ -70,7 +70,10 @@ pub fn parse(
 ) -> Result<(DeviceId, DeviceEvent, EventKind), EventError> {
     let id = topic
         .strip_prefix(prefix)
-        .and_then(|t| t.strip_prefix("/v1/devices/"))
+        .and_then(|t| {
+            t.strip_prefix("/v1/devices/")
+                .or_else(|| t.strip_prefix("/v1/quarantine/"))
+        })
         .and_then(|t| t.strip_suffix("/events"))
         .ok_or_else(|| EventError::Topic(topic.to_owned()))?;
     let device = DeviceId::parse(id).map_err(|_| EventError::Topic(topic.to_owned()))?;
@@ -95,6 +98,13 @@ pub fn parse(
         return Err(EventError::Location(l.lat, l.lon));
     }
     Ok((device, e, kind))
+}
+
+/// Whether `topic` is the quarantine's: a client without credentials.
+pub fn is_quarantine(prefix: &str, topic: &str) -> bool {
+    topic
+        .strip_prefix(prefix)
+        .is_some_and(|t| t.starts_with("/v1/quarantine/"))
 }
 
 /// What is owed to one message once its commit is known.
@@ -267,7 +277,12 @@ async fn take_adapter(
 }
 
 async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publish) -> Owed {
-    let peer = format!("mqtt:{instance}");
+    // Where it came from: the quarantine is told apart in the alarm log.
+    let peer = if is_quarantine(prefix, &publish.topic) {
+        format!("mqtt-quarantine:{instance}")
+    } else {
+        format!("mqtt:{instance}")
+    };
     let (device, event, kind) = match parse(prefix, &publish.topic, &publish.payload) {
         Ok(x) => x,
         Err(e) => {
@@ -309,7 +324,15 @@ async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publis
             };
         }
     };
-    let auth = device_auth(ctx, device.as_str(), PROTOCOL).await;
+    // A client in quarantine proved nothing: whichever id it names, its
+    // events are kept and shown, never trusted (an SOS still reaches an
+    // operator). Naming a provisioned device without its credential is a
+    // bad signature; naming none, an unknown device.
+    let quarantined = is_quarantine(prefix, &publish.topic);
+    let auth = match device_auth(ctx, device.as_str(), PROTOCOL).await {
+        AuthStatus::Verified if quarantined => AuthStatus::BadTag,
+        auth => auth,
+    };
     if auth != AuthStatus::Verified {
         events::UnverifiedEvent {
             protocol: PROTOCOL,
@@ -345,8 +368,9 @@ async fn take(ctx: &IngestContext, prefix: &str, instance: &str, publish: Publis
         dedup_key,
         retry_window_ms: Some(window),
     };
+    let home = if quarantined { "quarantine" } else { "devices" };
     Owed {
-        ack_topic: Some(format!("{prefix}/v1/devices/{device}/ack")),
+        ack_topic: Some(format!("{prefix}/v1/{home}/{device}/ack")),
         seq: Some(event.seq),
         verified: auth == AuthStatus::Verified,
         fate: submit(ctx, record).await,

@@ -1,6 +1,10 @@
 //! The server's MQTT session: one persistent connection that publishes offers
 //! and ACKs and receives device events and carer replies, reconnecting with backoff.
 
+pub mod acl;
+pub mod credential;
+pub mod dynsec;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -87,6 +91,8 @@ pub struct LinkConfig {
     /// PEM certificates of the authorities that sign the broker's certificate
     /// (needed with `mqtts://`).
     pub ca_pem: Option<Vec<u8>>,
+    /// Read the broker's dynamic-security answers (`control_responses`).
+    pub dynsec: bool,
 }
 
 /// The server's connection to the broker and what arrives on it.
@@ -99,6 +105,8 @@ pub struct Link {
     pub carer_replies: mpsc::Receiver<Publish>,
     /// Everything on the extra filters: ack each after its commit.
     pub adapter_events: mpsc::Receiver<Publish>,
+    /// The broker's dynamic-security answers (with `dynsec`).
+    pub control_responses: mpsc::Receiver<Publish>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -144,7 +152,17 @@ pub fn filters(cfg: &LinkConfig) -> Vec<String> {
         Some(g) => format!("$share/{g}/{replies}"),
         None => replies,
     };
-    let mut all = vec![devices, replies];
+    // Clients without credentials, where the broker lets them in (quarantine).
+    let quarantine = format!("{}/v1/quarantine/+/events", cfg.prefix);
+    let quarantine = match &cfg.share_group {
+        Some(g) => format!("$share/{g}/{quarantine}"),
+        None => quarantine,
+    };
+    let mut all = vec![devices, replies, quarantine];
+    if cfg.dynsec {
+        // Every server reads its own answers: never shared.
+        all.push(dynsec::RESPONSES.to_owned());
+    }
     all.extend(cfg.extra_filters.iter().map(|f| match &cfg.share_group {
         Some(g) => format!("$share/{g}/{f}"),
         None => f.clone(),
@@ -195,9 +213,11 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
     let (device_tx, device_events) = mpsc::channel(4096);
     let (reply_tx, carer_replies) = mpsc::channel(1024);
     let (adapter_tx, adapter_events) = mpsc::channel(1024);
+    let (control_tx, control_responses) = mpsc::channel(64);
     let has_adapters = !cfg.extra_filters.is_empty();
     let filters = filters(cfg);
     let device_prefix = format!("{}/v1/devices/", cfg.prefix);
+    let quarantine_prefix = format!("{}/v1/quarantine/", cfg.prefix);
     let carer_prefix = format!("{}/v1/carers/", cfg.prefix);
     let sub_client = client.clone();
     let task = tokio::spawn(async move {
@@ -211,14 +231,16 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
                 e = eventloop.poll() => e,
             };
             match polled {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(100);
-                    // Without a stored session the broker forgot our
-                    // subscriptions: subscribe again on every such connect.
-                    if !ack.session_present {
-                        for f in &filters {
-                            let _ = sub_client.try_subscribe(f.clone(), QoS::AtLeastOnce);
-                        }
+                    // Subscribe on every connect, kept session or not: a
+                    // session can be kept without the subscriptions (the
+                    // broker cut the connection before it took them).
+                    // Subscribing again to a kept one loses nothing; a
+                    // retained message on a device topic comes again and is
+                    // answered `duplicate`.
+                    for f in &filters {
+                        let _ = sub_client.try_subscribe(f.clone(), QoS::AtLeastOnce);
                     }
                     let _ = sub_client.try_publish(
                         status_topic.clone(),
@@ -234,7 +256,15 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
                     .emit();
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let to = if p.topic.starts_with(&device_prefix) && p.topic.ends_with("/events")
+                    if p.topic == dynsec::RESPONSES {
+                        // Nothing durable: acknowledged at once, dropped if nobody reads.
+                        let _ = sub_client.try_ack(&p);
+                        let _ = control_tx.try_send(p);
+                        continue;
+                    }
+                    let to = if (p.topic.starts_with(&device_prefix)
+                        || p.topic.starts_with(&quarantine_prefix))
+                        && p.topic.ends_with("/events")
                     {
                         Some(&device_tx)
                     } else if p.topic.starts_with(&carer_prefix) && p.topic.ends_with("/reply") {
@@ -281,6 +311,7 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
         device_events,
         carer_replies,
         adapter_events,
+        control_responses,
         task,
     }
 }

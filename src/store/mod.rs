@@ -12,6 +12,7 @@ mod console;
 mod dispatches;
 mod handoffs;
 mod incidents;
+mod mqtt_credentials;
 mod notifications;
 pub mod presence;
 mod registry;
@@ -44,6 +45,7 @@ pub use incidents::{
     CarerCandidate, DispatchOffer, IncidentOutcome, IncidentSummary, NewDispatch, NewIncident,
     RouteContext,
 };
+pub use mqtt_credentials::{CredentialError, CredentialRow};
 pub use notifications::{Cascade, GaveUp, NotificationJob, NotificationRow};
 pub use registry::{
     CarerRow, ClientProfile, ContactRow, DeviceRow, NewCarer, NewClient, NewContact, NewDevice,

@@ -645,3 +645,41 @@ impl FeedClosed<'_> {
         );
     }
 }
+
+/// The embedded broker's gate refused a connection.
+pub struct MqttConnectRefused<'a> {
+    /// Low-cardinality: `bad_credentials`, `anonymous`, `reserved_client_id`, `bad_client_id`,
+    /// `will_denied`, `protocol`.
+    pub reason: &'static str,
+    /// The username offered (never the password); empty when none.
+    pub username: &'a str,
+    pub peer: std::net::SocketAddr,
+}
+
+impl MqttConnectRefused<'_> {
+    pub fn emit(self) {
+        counter!("pat_mqtt_connects_refused_total", "reason" => self.reason).increment(1);
+        warn!(reason = self.reason, username = self.username, peer = %self.peer, "MQTT connection refused");
+    }
+}
+
+/// The gate dropped a publish or refused a subscription outside the client's topics.
+pub struct MqttDenied<'a> {
+    /// `publish` or `subscribe`.
+    pub action: &'static str,
+    /// `devices/<id>`, `carers/<id>`, `servers/<name>` or `quarantine/<client id>`.
+    pub who: &'a str,
+    pub topic: &'a str,
+}
+
+impl MqttDenied<'_> {
+    pub fn emit(self) {
+        counter!("pat_mqtt_denied_total", "action" => self.action).increment(1);
+        warn!(
+            action = self.action,
+            who = self.who,
+            topic = self.topic,
+            "MQTT access denied"
+        );
+    }
+}

@@ -498,6 +498,8 @@ async fn a_mixed_fleet_of_tcp_and_mqtt_pendants_rides_out_a_power_cut() {
             .with_lines(["native".into(), "gt06".into(), "mqtt".into()]),
     );
     let (host, port) = broker_of(&app);
+    let mqtt_ids: Vec<String> = mqtt_fleet.iter().map(|p| p.id.clone()).collect();
+    let passwords = app.device_passwords(&mqtt_ids).await;
     let report = fleet::run_mixed(
         Some(FleetConfig {
             lines: vec![
@@ -523,6 +525,7 @@ async fn a_mixed_fleet_of_tcp_and_mqtt_pendants_rides_out_a_power_cut() {
             retry_after: Duration::from_secs(2),
             grace: Duration::from_secs(10),
             line: 2,
+            passwords,
         }),
         plan,
         Arc::new(FleetStats::default()),

@@ -115,6 +115,19 @@ impl TestApp {
         let addrs = app.addrs();
         let db = app.db().clone();
         let mqtt = app.mqtt().clone();
+        // The harness's MQTT clients (the carer simulator, probes) watch and
+        // speak for everyone: a server's credential. Security tests use
+        // devices' and carers' own (`MqttProbe::connect_as`).
+        let monitor = app
+            .mqtt_login(
+                &pingantong::mqtt::acl::Principal::Server(unique("monitor")),
+                "system:test",
+            )
+            .await
+            .expect("monitor credential");
+        if app.embedded_broker() {
+            MONITORS.insert(mqtt.port, monitor.clone());
+        }
         let carers = Arc::new(CarerStats::default());
         let carer_task = carer::spawn(
             &mqtt.host,
@@ -123,6 +136,7 @@ impl TestApp {
             &unique("carer"),
             Arc::clone(&carers),
             None,
+            Some(monitor),
         );
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
@@ -354,11 +368,66 @@ where
     }
 }
 
+/// The monitor credential of each embedded broker a test started, by port:
+/// what `MqttProbe::connect` logs in with there.
+static MONITORS: std::sync::LazyLock<dashmap::DashMap<u16, (String, String)>> =
+    std::sync::LazyLock::new(dashmap::DashMap::new);
+
+impl TestApp {
+    /// Issue MQTT credentials for registered devices: device id → password.
+    pub async fn device_passwords(
+        &self,
+        ids: &[String],
+    ) -> std::collections::HashMap<String, String> {
+        let key = pingantong::mqtt::credential::CredentialKey::configured_or_kept(
+            self.settings
+                .mqtt_credential_key
+                .as_ref()
+                .map(|k| k.expose()),
+            &self.settings.data_dir,
+        )
+        .expect("credential key");
+        self.db
+            .issue_device_credentials(ids, "system:test")
+            .await
+            .expect("device credentials")
+            .into_iter()
+            .map(|(id, g)| {
+                let pass = key.password(&format!("devices/{id}"), g);
+                (id, pass)
+            })
+            .collect()
+    }
+
+    /// Issue one principal's MQTT credential: (username, password).
+    pub async fn mqtt_login(&self, p: &pingantong::mqtt::acl::Principal) -> (String, String) {
+        let key = pingantong::mqtt::credential::CredentialKey::configured_or_kept(
+            self.settings
+                .mqtt_credential_key
+                .as_ref()
+                .map(|k| k.expose()),
+            &self.settings.data_dir,
+        )
+        .expect("credential key");
+        let g = self
+            .db
+            .issue_mqtt_credential(p, "system:test")
+            .await
+            .expect("credential");
+        let user = p.username().expect("a named principal");
+        let pass = key.password(&user, g);
+        (user, pass)
+    }
+}
+
 /// An MQTT client for tests: everything it receives lands in `received`.
 pub struct MqttProbe {
     pub client: rumqttc::AsyncClient,
     pub received: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
     pub connected: Arc<std::sync::atomic::AtomicBool>,
+    /// The broker's answers: `connack:<code>` for each CONNACK or refusal,
+    /// `suback:ok` / `suback:refused` for each filter of each SUBACK.
+    pub answers: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -366,29 +435,56 @@ impl MqttProbe {
     /// Connect with a persistent session (clean session off) and subscribe to
     /// `filters` on every connect without a session.
     pub async fn connect(host: &str, port: u16, filters: &[String]) -> Self {
-        let mut opts = rumqttc::MqttOptions::new(unique("probe"), host, port);
+        let login = MONITORS.get(&port).map(|l| l.clone());
+        Self::connect_as(host, port, filters, &unique("probe"), login).await
+    }
+
+    /// As `connect`, with this client id and these credentials (none: anonymous).
+    pub async fn connect_as(
+        host: &str,
+        port: u16,
+        filters: &[String],
+        client_id: &str,
+        login: Option<(String, String)>,
+    ) -> Self {
+        let mut opts = rumqttc::MqttOptions::new(client_id, host, port);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_clean_session(false);
+        if let Some((user, pass)) = login {
+            opts.set_credentials(user, pass);
+        }
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
         let received = Arc::new(std::sync::Mutex::new(Vec::new()));
         let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (rx, up, c, subs) = (
+        let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (rx, up, c, subs, said) = (
             Arc::clone(&received),
             Arc::clone(&connected),
             client.clone(),
             filters.to_vec(),
+            Arc::clone(&answers),
         );
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                        said.lock().unwrap().push(format!("connack:{:?}", ack.code));
                         if !ack.session_present {
                             for f in &subs {
                                 let _ = c.subscribe(f.clone(), rumqttc::QoS::AtLeastOnce).await;
                             }
                         }
                     }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack))) => {
+                        for code in &ack.return_codes {
+                            said.lock().unwrap().push(
+                                match code {
+                                    rumqttc::SubscribeReasonCode::Failure => "suback:refused",
+                                    _ => "suback:ok",
+                                }
+                                .into(),
+                            );
+                        }
                         up.store(true, std::sync::atomic::Ordering::Release);
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
@@ -397,7 +493,12 @@ impl MqttProbe {
                         rx.lock().unwrap().push((p.topic.clone(), v));
                     }
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Err(e) => {
+                        if let rumqttc::ConnectionError::ConnectionRefused(code) = e {
+                            said.lock().unwrap().push(format!("connack:{code:?}"));
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
                 }
             }
         });
@@ -405,6 +506,7 @@ impl MqttProbe {
             client,
             received,
             connected,
+            answers,
             task,
         };
         if !filters.is_empty() {
@@ -576,6 +678,42 @@ impl OwnMosquitto {
             certs.display()
         );
         (Self::start_with_config(port, tls), certs.join("ca.pem"))
+    }
+
+    /// A broker with the dynamic-security plugin, `admin` its administrator,
+    /// as `ops/mosquitto.conf` sets one up: no anonymous clients, client ids
+    /// replaced by usernames (no session takeover).
+    pub fn start_dynsec(admin: &str, password: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = tempfile::tempdir()
+            .unwrap()
+            .keep()
+            .join("dynamic-security.json");
+        let ok = std::process::Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&store)
+            .args([admin, password])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("mosquitto_ctrl is installed with mosquitto");
+        assert!(ok.success(), "mosquitto_ctrl dynsec init");
+        let plugin = ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+            .iter()
+            .map(|a| format!("/usr/lib/{a}/mosquitto_dynamic_security.so"))
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("Mosquitto's dynamic-security plugin is installed with mosquitto");
+        Self::start_with_config(
+            port,
+            format!(
+                "allow_anonymous false\nuse_username_as_clientid true\n\
+                 plugin {plugin}\nplugin_opt_config_file {}\n",
+                store.display()
+            ),
+        )
     }
 
     fn start_with(port: u16, login: Option<(&str, &str)>) -> Self {

@@ -13,6 +13,7 @@ mod helpers;
 mod incidents;
 mod model;
 mod mqtt;
+mod mqtt_security;
 mod native;
 mod notify;
 mod offers;

@@ -399,7 +399,12 @@ async fn zigbee2mqtt_and_tasmota_buttons_raise_alarms() {
             .unwrap();
     }
     let (host, port) = broker_of(&app);
-    let probe = MqttProbe::connect(&host, port, &[]).await;
+    // The bridge publishes with its own credential; on the embedded broker
+    // it may publish only the adapters' topics.
+    let bridge = app
+        .mqtt_login(&pingantong::mqtt::acl::Principal::Bridge(unique("bridge")))
+        .await;
+    let probe = MqttProbe::connect_as(&host, port, &[], &unique("bridge"), Some(bridge)).await;
     // A state update (battery only) shows the button is alive; no alarm.
     probe
         .publish(
@@ -470,6 +475,7 @@ async fn a_simulated_mqtt_fleet_loses_nothing() {
     .await
     .unwrap();
     let (host, port) = broker_of(&app);
+    let passwords = app.device_passwords(&city.devices).await;
     let report = mqtt_fleet::run(
         MqttFleetConfig {
             host,
@@ -486,6 +492,7 @@ async fn a_simulated_mqtt_fleet_loses_nothing() {
             retry_after: Duration::from_secs(2),
             grace: Duration::from_secs(10),
             line: 0,
+            passwords,
         },
         Arc::new(FleetStats::default()),
     )

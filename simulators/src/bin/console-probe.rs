@@ -136,6 +136,9 @@ async fn main() {
         a.mqtt.port(),
     );
     opts.set_keep_alive(Duration::from_secs(15));
+    if let Some((user, pass)) = pingantong_sim::login_from_env() {
+        opts.set_credentials(user, pass);
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let filter = format!("{}/v1/carers/+/dispatch", a.mqtt_prefix);
     let (subscribed_tx, mut subscribed) = mpsc::channel::<()>(1);

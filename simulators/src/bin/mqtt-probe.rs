@@ -129,6 +129,9 @@ fn client(id: String, at: SocketAddr) -> (AsyncClient, rumqttc::EventLoop) {
     let mut opts = MqttOptions::new(id, at.ip().to_string(), at.port());
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_inflight(u16::MAX);
+    if let Some((user, pass)) = pingantong_sim::login_from_env() {
+        opts.set_credentials(user, pass);
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, 65_536);
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);

@@ -46,6 +46,11 @@ struct Args {
     mqtt_url: String,
     #[arg(long, default_value = "pingantong")]
     mqtt_prefix: String,
+    /// The MQTT pendants' passwords, one `<device id> <password>` per line, as
+    /// `pingantong seed` writes them; without it they connect without
+    /// credentials (quarantine: stored unverified).
+    #[arg(long)]
+    mqtt_credentials: Option<PathBuf>,
     /// Seed the server was provisioned with (`pingantong seed --secret-seed`).
     #[arg(long, env = "PAT_SECRET_SEED", default_value = "demo")]
     secret_seed: String,
@@ -188,6 +193,15 @@ async fn main() {
         retry_after: Duration::from_secs(3),
         grace: Duration::from_secs(15),
     });
+    let passwords: std::collections::HashMap<String, String> = match &a.mqtt_credentials {
+        Some(path) => std::fs::read_to_string(path)
+            .unwrap_or_else(|e| fail(format!("--mqtt-credentials {}: {e}", path.display())))
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(id, pass)| (id.to_owned(), pass.trim().to_owned()))
+            .collect(),
+        None => Default::default(),
+    };
     let mqtt = (!mqtt_fleet.is_empty()).then(|| {
         let (host, port) = broker(&a.mqtt_url);
         MqttFleetConfig {
@@ -201,6 +215,7 @@ async fn main() {
             retry_after: Duration::from_secs(3),
             grace: Duration::from_secs(15),
             line: tcp_protocols.len(),
+            passwords: passwords.clone(),
         }
     });
     let names = tcp_protocols

@@ -19,6 +19,9 @@ fn client(addr: &str, role: &str) -> Result<(AsyncClient, EventLoop), String> {
     let id = format!("floor-probe-{}-{role}", std::process::id());
     let mut opts = MqttOptions::new(id, host, port);
     opts.set_keep_alive(Duration::from_secs(30));
+    if let Some((user, pass)) = pingantong_sim::login_from_env() {
+        opts.set_credentials(user, pass);
+    }
     let (c, mut el) = AsyncClient::new(opts, 16);
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);

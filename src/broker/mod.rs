@@ -3,6 +3,11 @@
 //! It runs on its own thread for the life of the process: rumqttd has no
 //! shutdown and keeps nothing on disk, which is fine for a laptop, a demo or a
 //! test, and why production points `mqtt_url` at Mosquitto or EMQX instead.
+//! It listens on loopback and takes one credential, the gate's (and the
+//! server's): clients reach it only through [`gate`], which enforces who may
+//! publish and subscribe what.
+
+pub mod gate;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -17,8 +22,12 @@ pub enum BrokerError {
     NotBuilt,
 }
 
-/// Start the broker on `addr` (port 0: any free port) and return where it listens.
-pub fn start_embedded(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+/// Start the broker on `addr` (port 0: any free port), accepting only `login`,
+/// and return where it listens.
+pub fn start_embedded(
+    addr: SocketAddr,
+    login: (String, String),
+) -> Result<SocketAddr, BrokerError> {
     let addr = if addr.port() == 0 {
         // rumqttd binds by itself; find a free port for it first.
         let probe = TcpListener::bind(addr).map_err(BrokerError::NoPort)?;
@@ -26,10 +35,10 @@ pub fn start_embedded(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
     } else {
         addr
     };
-    spawn(addr)?;
+    spawn(addr, login.clone())?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if speaks_mqtt(addr) {
+        if speaks_mqtt(addr, &login) {
             match no_delay_on_listener(addr) {
                 Ok(true) => {}
                 Ok(false) => {
@@ -109,21 +118,22 @@ fn no_delay_on_listener(_addr: SocketAddr) -> std::io::Result<bool> {
 
 /// A full CONNECT / CONNACK / DISCONNECT exchange: the broker is not only
 /// listening but answering (and a bare probe socket would be logged as an error).
-fn speaks_mqtt(addr: SocketAddr) -> bool {
+fn speaks_mqtt(addr: SocketAddr, login: &(String, String)) -> bool {
     use std::io::{Read, Write};
-    #[rustfmt::skip]
-    const CONNECT: [u8; 19] = [
-        0x10, 17,                         // CONNECT, remaining length
-        0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, // protocol name, level 4 (3.1.1)
-        0x02, 0x00, 0x3c,                 // clean session, keep-alive 60 s
-        0x00, 0x05, b'p', b'r', b'o', b'b', b'e', // client id
-    ];
+
+    use rumqttc::mqttbytes::v4::{Connect, Login};
+    let mut connect = Connect::new("probe");
+    connect.login = Some(Login::new(login.0.clone(), login.1.clone()));
+    let mut out = bytes::BytesMut::new();
+    if connect.write(&mut out).is_err() {
+        return false;
+    }
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let mut ack = [0u8; 4];
-    let ok = s.write_all(&CONNECT).is_ok()
+    let ok = s.write_all(&out).is_ok()
         && s.read_exact(&mut ack).is_ok()
         && ack == [0x20, 0x02, 0x00, 0x00];
     let _ = s.write_all(&[0xe0, 0x00]);
@@ -131,7 +141,7 @@ fn speaks_mqtt(addr: SocketAddr) -> bool {
 }
 
 #[cfg(feature = "embedded-broker")]
-fn spawn(addr: SocketAddr) -> Result<(), BrokerError> {
+fn spawn(addr: SocketAddr, login: (String, String)) -> Result<(), BrokerError> {
     use std::collections::HashMap;
 
     use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
@@ -140,7 +150,7 @@ fn spawn(addr: SocketAddr) -> Result<(), BrokerError> {
         connection_timeout_ms: 5_000,
         max_payload_size: 64 * 1024,
         max_inflight_count: 500,
-        auth: None,
+        auth: Some(HashMap::from([login])),
         external_auth: None,
         dynamic_filters: true,
     };
@@ -176,7 +186,7 @@ fn spawn(addr: SocketAddr) -> Result<(), BrokerError> {
 }
 
 #[cfg(not(feature = "embedded-broker"))]
-fn spawn(_addr: SocketAddr) -> Result<(), BrokerError> {
+fn spawn(_addr: SocketAddr, _login: (String, String)) -> Result<(), BrokerError> {
     Err(BrokerError::NotBuilt)
 }
 

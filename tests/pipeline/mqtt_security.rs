@@ -1,0 +1,573 @@
+//! Who may say what on the broker: strangers, devices, carers and servers,
+//! each tried the way an attacker on the same network would, with a stock
+//! MQTT client (rumqttc) against the embedded broker's gate.
+
+use std::time::Duration;
+
+use pingantong::domain::State;
+use pingantong::mqtt::acl::Principal;
+use pingantong::store::NewDevice;
+use pingantong_protocol::DeviceId;
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn sos(seq: u32) -> serde_json::Value {
+    json!({"v": 1, "seq": seq, "kind": "sos", "time": 1_764_000_000_000u64})
+}
+
+async fn mqtt_device(app: &TestApp, city: &City) -> String {
+    let id = unique("MQ").replace('_', "-");
+    app.db
+        .upsert_device(&NewDevice {
+            id: id.clone(),
+            protocol: "mqtt".into(),
+            secret: Vec::new(),
+            client_id: Some(city.client_id),
+        })
+        .await
+        .unwrap();
+    id
+}
+
+fn device(id: &str) -> Principal {
+    Principal::Device(DeviceId::parse(id).unwrap())
+}
+
+/// Wait until the probe has heard `n` answers from the broker, and return
+/// them sorted (SUBACKs the gate writes itself may overtake the broker's).
+async fn answers(probe: &MqttProbe, n: usize) -> Vec<String> {
+    let mut a = eventually(&format!("{n} answers from the broker"), || async {
+        let a = probe.answers.lock().unwrap().clone();
+        (a.len() >= n).then_some(a)
+    })
+    .await;
+    a.sort();
+    a
+}
+
+/// An SOS from a provisioned device, with its own credential, to open an
+/// incident and an offer to the near carer; returns (dispatch id, incident id).
+async fn offer_to_near_carer(app: &TestApp, city: &City, watcher: &MqttProbe) -> (i64, i64) {
+    let prefix = &app.settings.mqtt_topic_prefix;
+    let id = mqtt_device(app, city).await;
+    let (host, port) = broker_of(app);
+    let login = app.mqtt_login(&device(&id)).await;
+    let dev = MqttProbe::connect_as(
+        &host,
+        port,
+        &[format!("{prefix}/v1/devices/{id}/ack")],
+        &id,
+        Some(login),
+    )
+    .await;
+    dev.publish(&format!("{prefix}/v1/devices/{id}/events"), sos(1))
+        .await;
+    let topic = format!("{prefix}/v1/carers/{}/dispatch", city.near_carer);
+    let offer = eventually("the near carer's offer", || async {
+        watcher
+            .on(&topic)
+            .into_iter()
+            .find(|o| o["type"] == "offer")
+    })
+    .await;
+    (
+        offer["dispatch_id"].as_i64().unwrap(),
+        offer["incident_id"].as_i64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_reads_nothing_and_raises_an_sos_only_in_quarantine() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let provisioned = mqtt_device(&app, &city).await;
+    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let (host, port) = broker_of(&app);
+    let stranger_id = unique("X").replace('_', "-");
+    let quarantine_ack = format!("{prefix}/v1/quarantine/{stranger_id}/ack");
+    // No credentials at all.
+    let stranger = MqttProbe::connect_as(
+        &host,
+        port,
+        &[
+            "#".into(),
+            format!("{prefix}/v1/carers/+/dispatch"),
+            format!("{prefix}/v1/carers/{}/dispatch", city.near_carer),
+            quarantine_ack.clone(),
+        ],
+        &stranger_id,
+        None,
+    )
+    .await;
+    let said = answers(&stranger, 5).await;
+    assert_eq!(
+        said,
+        [
+            "connack:Success",
+            "suback:ok",
+            "suback:refused",
+            "suback:refused",
+            "suback:refused"
+        ],
+        "only its own quarantine answers"
+    );
+
+    // Speaking as a provisioned device, as a carer, or forging a server's ACK.
+    stranger
+        .publish(&format!("{prefix}/v1/devices/{provisioned}/events"), sos(1))
+        .await;
+    stranger
+        .publish(
+            &format!("{prefix}/v1/devices/{provisioned}/ack"),
+            json!({"v": 1, "seq": 1, "status": "stored"}),
+        )
+        .await;
+
+    // Its own SOS in quarantine: stored unverified, an incident for an operator, answered.
+    stranger
+        .publish(
+            &format!("{prefix}/v1/quarantine/{stranger_id}/events"),
+            sos(7),
+        )
+        .await;
+    let ack = eventually("the quarantine ACK", || async {
+        stranger.on(&quarantine_ack).into_iter().next()
+    })
+    .await;
+    assert_eq!(ack["status"], "stored");
+    assert_eq!(ack["verified"], false);
+    let rows = app.db.alarm_states(&stranger_id, 7).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, "unknown_device");
+    let incident = eventually("an incident for an operator", || async {
+        rows_incident(&app, &stranger_id).await
+    })
+    .await;
+    let overview = app.db.incidents_overview().await.unwrap();
+    let row = overview.iter().find(|r| r.0 == incident).unwrap();
+    assert!(!row.3, "flagged unverified");
+    // Everything it sent before its SOS was read by now: none of it arrived.
+    assert!(
+        app.db
+            .alarm_states(&provisioned, 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // And it heard nothing but its own answer, though an incident was opened.
+    let heard: Vec<String> = stranger
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| t.clone())
+        .collect();
+    assert!(heard.iter().all(|t| *t == quarantine_ack), "{heard:?}");
+
+    // Another stranger cannot raise events under this one's name.
+    let other_id = unique("Y").replace('_', "-");
+    let other = MqttProbe::connect_as(&host, port, &[], &other_id, None).await;
+    other
+        .publish(
+            &format!("{prefix}/v1/quarantine/{stranger_id}/events"),
+            sos(8),
+        )
+        .await;
+    other
+        .publish(&format!("{prefix}/v1/quarantine/{other_id}/events"), sos(9))
+        .await;
+    eventually("the second stranger's own SOS", || async {
+        (!app.db.alarm_states(&other_id, 9).await.unwrap().is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        app.db
+            .alarm_states(&stranger_id, 8)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A stranger naming a provisioned device, without its credential: kept,
+    // marked as a bad signature, never verified.
+    let posing = MqttProbe::connect_as(&host, port, &[], &provisioned, None).await;
+    posing
+        .publish(
+            &format!("{prefix}/v1/quarantine/{provisioned}/events"),
+            sos(3),
+        )
+        .await;
+    let rows = eventually("the posing stranger's SOS", || async {
+        let r = app.db.alarm_states(&provisioned, 3).await.unwrap();
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(rows[0].0, "bad_tag");
+    app.stop().await;
+}
+
+async fn rows_incident(app: &TestApp, device: &str) -> Option<i64> {
+    app.db
+        .alarm_states(device, 7)
+        .await
+        .unwrap()
+        .first()
+        .and_then(|r| r.2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_speaks_only_for_itself_and_a_revoked_one_not_at_all() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let a = mqtt_device(&app, &city).await;
+    let b = mqtt_device(&app, &city).await;
+    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let (host, port) = broker_of(&app);
+    let login = app.mqtt_login(&device(&a)).await;
+
+    // A wrong password, another device's name, a username that names no one.
+    for (user, pass) in [
+        (login.0.clone(), "0".repeat(48)),
+        (format!("devices/{b}"), login.1.clone()),
+        ("admin".to_owned(), login.1.clone()),
+    ] {
+        let p = MqttProbe::connect_as(&host, port, &[], &unique("c"), Some((user, pass))).await;
+        assert_eq!(answers(&p, 1).await[0], "connack:BadUserNamePassword");
+    }
+
+    let acks_a = format!("{prefix}/v1/devices/{a}/ack");
+    let dev = MqttProbe::connect_as(
+        &host,
+        port,
+        &[acks_a.clone(), format!("{prefix}/v1/devices/{b}/ack")],
+        &a,
+        Some(login.clone()),
+    )
+    .await;
+    assert_eq!(
+        answers(&dev, 3).await,
+        ["connack:Success", "suback:ok", "suback:refused"]
+    );
+    dev.publish(&format!("{prefix}/v1/devices/{b}/events"), sos(1))
+        .await;
+    dev.publish(&format!("{prefix}/v1/devices/{a}/events"), sos(2))
+        .await;
+    let ack = eventually("its own event's ACK", || async {
+        dev.on(&acks_a).into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["verified"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert!(
+        app.db.alarm_states(&b, 1).await.unwrap().is_empty(),
+        "not as b"
+    );
+
+    // Revoked through the API: its connection ends and it cannot come back.
+    let api = Api::of(&app);
+    add_user(&app.db, "sec-admin", pingantong::domain::Role::Admin).await;
+    let token = api.token("sec-admin").await;
+    let (status, _) = api
+        .post(
+            "/api/v1/mqtt/credentials/revoke",
+            &token,
+            json!({"username": format!("devices/{a}")}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    eventually("the revoked device is refused on reconnecting", || async {
+        dev.answers
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a == "connack:BadUserNamePassword")
+            .then_some(())
+    })
+    .await;
+    // Issued again through the API: a new password, the old one dead.
+    let (status, issued) = api
+        .post(
+            "/api/v1/mqtt/credentials",
+            &token,
+            json!({"username": format!("devices/{a}")}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_ne!(issued["password"], login.1.as_str());
+    let fresh = MqttProbe::connect_as(
+        &host,
+        port,
+        &[],
+        &unique("c"),
+        Some((login.0.clone(), issued["password"].as_str().unwrap().into())),
+    )
+    .await;
+    assert_eq!(answers(&fresh, 1).await[0], "connack:Success");
+    // Only admins issue them, and never a server's.
+    add_user(&app.db, "sec-op", pingantong::domain::Role::Operator).await;
+    let op = api.token("sec-op").await;
+    let (status, _) = api
+        .post(
+            "/api/v1/mqtt/credentials",
+            &op,
+            json!({"username": format!("devices/{a}")}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = api
+        .post(
+            "/api/v1/mqtt/credentials",
+            &token,
+            json!({"username": "servers/x"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = api
+        .post(
+            "/api/v1/mqtt/credentials",
+            &token,
+            json!({"username": "devices/NOT-THERE"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carer_reads_and_answers_only_their_own_offers() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let (host, port) = broker_of(&app);
+    let near = format!("{prefix}/v1/carers/{}/dispatch", city.near_carer);
+    let far = format!("{prefix}/v1/carers/{}/dispatch", city.far_carer);
+    let watcher = MqttProbe::connect(&host, port, std::slice::from_ref(&near)).await;
+    let far_login = app.mqtt_login(&Principal::Carer(city.far_carer)).await;
+    let intruder = MqttProbe::connect_as(
+        &host,
+        port,
+        &[near.clone(), far.clone()],
+        &unique("phone"),
+        Some(far_login),
+    )
+    .await;
+    assert_eq!(
+        answers(&intruder, 3).await,
+        ["connack:Success", "suback:ok", "suback:refused"]
+    );
+    let (dispatch, incident) = offer_to_near_carer(&app, &city, &watcher).await;
+    // The far carer answers the near carer's offer, on the near carer's topic.
+    intruder
+        .publish(
+            &format!("{prefix}/v1/carers/{}/reply", city.near_carer),
+            json!({"v": 1, "dispatch_id": dispatch, "action": "accept"}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.db.dispatch_states(incident).await.unwrap()[0].2,
+        "offered",
+        "not applied"
+    );
+    assert!(
+        intruder.on(&near).is_empty(),
+        "the near carer's offer never reached another carer"
+    );
+    // The near carer, with their own credential, is heard.
+    let near_login = app.mqtt_login(&Principal::Carer(city.near_carer)).await;
+    let phone = MqttProbe::connect_as(&host, port, &[], &unique("phone"), Some(near_login)).await;
+    phone
+        .publish(
+            &format!("{prefix}/v1/carers/{}/reply", city.near_carer),
+            json!({"v": 1, "dispatch_id": dispatch, "action": "accept"}),
+        )
+        .await;
+    eventually("the near carer's accept applied", || async {
+        (app.db.incident_state(incident).await.unwrap() == Some(State::CarerAccepted)).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_takes_over_the_servers_session() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let (host, port) = broker_of(&app);
+    let server_id = app.settings.instance_id.clone();
+    let carer = app.mqtt_login(&Principal::Carer(city.near_carer)).await;
+    // Anonymous and as a carer, each with the server's client id.
+    for login in [None, Some(carer)] {
+        let p = MqttProbe::connect_as(&host, port, &[], &server_id, login).await;
+        assert_eq!(answers(&p, 1).await[0], "connack:BadClientId");
+    }
+    // A client id the broker cannot take is refused at the gate (twice would
+    // stop rumqttd 0.20 accepting anyone), and the broker still answers.
+    for _ in 0..2 {
+        let p = MqttProbe::connect_as(&host, port, &[], "a/b", None).await;
+        assert_eq!(answers(&p, 1).await[0], "connack:BadClientId");
+    }
+    // The server is still on the broker: a provisioned device's SOS is answered.
+    let id = mqtt_device(&app, &city).await;
+    let login = app.mqtt_login(&device(&id)).await;
+    let acks = format!("{prefix}/v1/devices/{id}/ack");
+    let dev =
+        MqttProbe::connect_as(&host, port, std::slice::from_ref(&acks), &id, Some(login)).await;
+    dev.publish(&format!("{prefix}/v1/devices/{id}/events"), sos(1))
+        .await;
+    eventually("the server's ACK", || async {
+        dev.on(&acks).into_iter().next()
+    })
+    .await;
+    app.stop().await;
+}
+
+/// Whether the probe has been told `what` (`connack:…`, `suback:…`) yet.
+async fn told(probe: &MqttProbe, what: &str) {
+    eventually(&format!("the broker's {what}"), || async {
+        probe
+            .answers
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a == what)
+            .then_some(())
+    })
+    .await
+}
+
+/// The same rules on a real Mosquitto (2.0, dynamic-security plugin), kept
+/// in step with the registry by the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_is_kept_in_step_with_the_registry() {
+    let admin = ("servers/admin".to_owned(), unique("pw"));
+    let broker = OwnMosquitto::start_dynsec(&admin.0, &admin.1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
+    s.mqtt_url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
+    s.mqtt_username = Some(admin.0.clone());
+    s.mqtt_password = Some(pingantong::config::Secret::new(admin.1.clone()));
+    s.mqtt_dynsec = true;
+    let app = TestApp::spawn_with(s, Some(dir)).await;
+    let city = seed_small_city(&app.db).await;
+    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let port = broker.port;
+    let host = "127.0.0.1";
+
+    // No credentials: not let in at all (this broker has no quarantine).
+    let stranger =
+        MqttProbe::connect_as(host, port, &[], &unique("x").replace('_', "-"), None).await;
+    told(&stranger, "connack:NotAuthorized").await;
+
+    // Carers' phones, before any offer: each reads only their own.
+    let near = format!("{prefix}/v1/carers/{}/dispatch", city.near_carer);
+    let far_login = app.mqtt_login(&Principal::Carer(city.far_carer)).await;
+    let intruder = MqttProbe::connect_as(
+        host,
+        port,
+        std::slice::from_ref(&near),
+        &unique("p"),
+        Some(far_login),
+    )
+    .await;
+    told(&intruder, "suback:refused").await;
+    let near_login = app.mqtt_login(&Principal::Carer(city.near_carer)).await;
+    let phone = MqttProbe::connect_as(
+        host,
+        port,
+        std::slice::from_ref(&near),
+        &unique("p"),
+        Some(near_login),
+    )
+    .await;
+    told(&phone, "suback:ok").await;
+    // A device, pushed to the broker by the server within seconds.
+    let a = mqtt_device(&app, &city).await;
+    let b = mqtt_device(&app, &city).await;
+    let login = app.mqtt_login(&device(&a)).await;
+    let acks = format!("{prefix}/v1/devices/{a}/ack");
+    let dev = MqttProbe::connect_as(
+        host,
+        port,
+        &[acks.clone(), format!("{prefix}/v1/devices/{b}/ack")],
+        // The server's own client id: on this broker ids are the usernames.
+        &app.settings.instance_id,
+        Some(login.clone()),
+    )
+    .await;
+    told(&dev, "suback:ok").await;
+    told(&dev, "suback:refused").await;
+    dev.publish(&format!("{prefix}/v1/devices/{b}/events"), sos(1))
+        .await;
+    dev.publish(&format!("{prefix}/v1/devices/{a}/events"), sos(2))
+        .await;
+    let ack = eventually("the device's own ACK", || async {
+        dev.on(&acks).into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["verified"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert!(
+        app.db.alarm_states(&b, 1).await.unwrap().is_empty(),
+        "not as b"
+    );
+
+    let offer = eventually("the near carer's offer, on their own phone", || async {
+        phone.on(&near).into_iter().find(|o| o["type"] == "offer")
+    })
+    .await;
+    let dispatch = offer["dispatch_id"].as_i64().unwrap();
+    let incident = offer["incident_id"].as_i64().unwrap();
+    let reply = format!("{prefix}/v1/carers/{}/reply", city.near_carer);
+    intruder
+        .publish(
+            &reply,
+            json!({"v": 1, "dispatch_id": dispatch, "action": "accept"}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.db.dispatch_states(incident).await.unwrap()[0].2,
+        "offered"
+    );
+    assert!(intruder.on(&near).is_empty());
+    phone
+        .publish(
+            &reply,
+            json!({"v": 1, "dispatch_id": dispatch, "action": "accept"}),
+        )
+        .await;
+    eventually("the near carer's accept applied", || async {
+        (app.db.incident_state(incident).await.unwrap() == Some(State::CarerAccepted)).then_some(())
+    })
+    .await;
+
+    // (The device connected with the server's client id, and the offers still
+    // flowed: the server never lost its session.)
+
+    // Revoked: the broker is told, the device is cut off and refused.
+    let refusals = || {
+        dev.answers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| *a == "connack:NotAuthorized")
+            .count()
+    };
+    let before = refusals();
+    app.db
+        .revoke_mqtt_credential(&login.0, "system:test")
+        .await
+        .unwrap();
+    eventually("the revoked device refused", || async {
+        (refusals() > before).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
