@@ -379,9 +379,10 @@ impl Application {
                     prefix: s.mqtt_topic_prefix.clone(),
                     adapter_filters: s.mqtt_adapters.iter().map(|a| a.filter()).collect(),
                     quarantine: s.mqtt_quarantine,
+                    server_username: s.mqtt_username.clone().unwrap_or_default(),
                 },
-                s.mqtt_username.clone().unwrap_or_default(),
                 link.client.clone(),
+                link.status.clone(),
                 link.control_responses,
                 inner.clone(),
             ))

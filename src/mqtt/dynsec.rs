@@ -18,8 +18,10 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Publish, QoS};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::MqttStatus;
 use super::acl::Principal;
 use super::credential::CredentialKey;
 use crate::store::{CredentialRow, Db};
@@ -32,6 +34,8 @@ pub const RESPONSES: &str = "$CONTROL/dynamic-security/v1/response";
 const SWEEP: Duration = Duration::from_secs(2);
 /// At most this many credentials in one sweep (a city's first push takes several).
 const BATCH: usize = 200;
+/// A push not confirmed within this is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(10);
 
 /// What the rules depend on.
 #[derive(Debug, Clone)]
@@ -42,6 +46,9 @@ pub struct DynsecConfig {
     /// Give clients without credentials the quarantine topics (the broker's
     /// `allow_anonymous` decides whether they get in at all).
     pub quarantine: bool,
+    /// The account the server logs in with: the plugin's administrator, given
+    /// the servers' role.
+    pub server_username: String,
 }
 
 fn role_of(username: &str) -> String {
@@ -152,17 +159,15 @@ pub async fn run(
     db: Db,
     key: CredentialKey,
     cfg: DynsecConfig,
-    server_username: String,
     client: AsyncClient,
+    status: MqttStatus,
     mut responses: mpsc::Receiver<Publish>,
     shutdown: CancellationToken,
 ) {
-    let base = json!({"commands": base_commands(&cfg, &server_username)});
-    let _ = client
-        .publish(COMMANDS, QoS::AtLeastOnce, false, base.to_string())
-        .await;
-    // Sent and not yet confirmed: username -> the row as sent.
-    let mut pending: HashMap<String, CredentialRow> = HashMap::new();
+    let base = json!({"commands": base_commands(&cfg, &cfg.server_username)}).to_string();
+    let mut base_sent = false;
+    // Sent and not yet confirmed: username -> the row as sent, and when.
+    let mut pending: HashMap<String, (CredentialRow, Instant)> = HashMap::new();
     let mut tick = tokio::time::interval(SWEEP);
     loop {
         tokio::select! {
@@ -170,7 +175,7 @@ pub async fn run(
             Some(p) = responses.recv() => {
                 let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else { continue };
                 for (who, ok) in confirmed(&v) {
-                    let Some(row) = pending.remove(&who) else { continue };
+                    let Some((row, _)) = pending.remove(&who) else { continue };
                     if ok {
                         if let Err(e) = db.mark_mqtt_credential_synced(&row).await {
                             events::StageFailed { stage: "mqtt_dynsec", error: &e }.emit();
@@ -182,6 +187,17 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
+                // Only while connected, and never queued behind the link's
+                // own messages: an outage must not fill its queue with
+                // commands that would delay the ACKs and offers after it.
+                if !status.is_up() {
+                    continue;
+                }
+                if !base_sent {
+                    base_sent = client
+                        .try_publish(COMMANDS, QoS::AtLeastOnce, false, base.clone())
+                        .is_ok();
+                }
                 let rows = match db.mqtt_credentials_unsynced().await {
                     Ok(rows) => rows,
                     Err(e) => {
@@ -189,17 +205,25 @@ pub async fn run(
                         continue;
                     }
                 };
-                // Sent again at the next sweep if no answer came (the broker
-                // was away): the commands are safe to repeat.
-                pending.clear();
-                for row in rows.into_iter().take(BATCH) {
+                // Sent again if no answer came in time (the broker was
+                // away): the commands are safe to repeat.
+                let now = Instant::now();
+                pending.retain(|_, (_, at)| now.duration_since(*at) < RESEND_AFTER);
+                let due: Vec<CredentialRow> = rows
+                    .into_iter()
+                    .filter(|r| !pending.contains_key(&r.username))
+                    .take(BATCH)
+                    .collect();
+                for row in due {
                     let mut cmds = commands(&row, &cfg, &key);
                     if row.revoked && let Some(first) = cmds.first_mut() {
                         first["correlationData"] = json!(row.username);
                     }
                     let body = json!({"commands": cmds}).to_string();
-                    pending.insert(row.username.clone(), row);
-                    let _ = client.publish(COMMANDS, QoS::AtLeastOnce, false, body).await;
+                    if client.try_publish(COMMANDS, QoS::AtLeastOnce, false, body).is_err() {
+                        break;
+                    }
+                    pending.insert(row.username.clone(), (row, now));
                 }
             }
         }
@@ -215,6 +239,7 @@ mod tests {
             prefix: "pat".into(),
             adapter_filters: vec!["zigbee2mqtt/hall".into()],
             quarantine: true,
+            server_username: "servers/a".into(),
         }
     }
 

@@ -649,7 +649,7 @@ impl FeedClosed<'_> {
 /// The embedded broker's gate refused a connection.
 pub struct MqttConnectRefused<'a> {
     /// Low-cardinality: `bad_credentials`, `anonymous`, `reserved_client_id`, `bad_client_id`,
-    /// `will_denied`, `protocol`.
+    /// `will_denied`, `registry_down`, `protocol`.
     pub reason: &'static str,
     /// The username offered (never the password); empty when none.
     pub username: &'a str,
@@ -667,7 +667,7 @@ impl MqttConnectRefused<'_> {
 pub struct MqttDenied<'a> {
     /// `publish` or `subscribe`.
     pub action: &'static str,
-    /// `devices/<id>`, `carers/<id>`, `servers/<name>` or `quarantine/<client id>`.
+    /// `devices/<id>`, `carers/<id>`, `bridges/<name>`, `servers/<name>` or `quarantine/<client id>`.
     pub who: &'a str,
     pub topic: &'a str,
 }
@@ -675,11 +675,21 @@ pub struct MqttDenied<'a> {
 impl MqttDenied<'_> {
     pub fn emit(self) {
         counter!("pat_mqtt_denied_total", "action" => self.action).increment(1);
-        warn!(
-            action = self.action,
-            who = self.who,
-            topic = self.topic,
-            "MQTT access denied"
-        );
+        // A bridge publishes all its devices' chatter; only the adapters' topics are taken.
+        if self.who.starts_with("bridges/") {
+            debug!(
+                action = self.action,
+                who = self.who,
+                topic = self.topic,
+                "MQTT access denied"
+            );
+        } else {
+            warn!(
+                action = self.action,
+                who = self.who,
+                topic = self.topic,
+                "MQTT access denied"
+            );
+        }
     }
 }
