@@ -132,6 +132,9 @@ pub struct Settings {
     pub periodic_test_hours: u64,
     /// How long a console log-in lasts: one call-centre shift.
     pub session_ttl_secs: u64,
+    /// A console session unused this long ends; an open console (its live
+    /// feed) counts as use.
+    pub session_idle_secs: u64,
     /// Service-level targets the city's reports measure against (`[sla]` table).
     pub sla: crate::sla::SlaTargets,
 }
@@ -192,6 +195,7 @@ impl Default for Settings {
             supervision_tick_ms: 1_000,
             periodic_test_hours: 25,
             session_ttl_secs: 12 * 3600,
+            session_idle_secs: 30 * 60,
             sla: crate::sla::SlaTargets::default(),
         }
     }
@@ -294,6 +298,12 @@ impl Settings {
         }
         if self.session_ttl_secs == 0 || self.session_ttl_secs > 7 * 24 * 3600 {
             return invalid("session_ttl_secs", "must be between 1 and 604800 (a week)");
+        }
+        if self.session_idle_secs == 0 || self.session_idle_secs > self.session_ttl_secs {
+            return invalid(
+                "session_idle_secs",
+                "must be between 1 and session_ttl_secs",
+            );
         }
         if let Err(why) = self.sla.check() {
             return invalid("sla", &why);
@@ -409,6 +419,7 @@ impl Settings {
     pub fn auth(&self) -> crate::api::AuthConfig {
         crate::api::AuthConfig {
             session_ttl: Duration::from_secs(self.session_ttl_secs),
+            session_idle: Duration::from_secs(self.session_idle_secs),
         }
     }
 

@@ -341,10 +341,19 @@ const SESSION_CHECK: Duration = Duration::from_secs(2);
 /// does not. A database that cannot be read keeps the feed open: the next
 /// check, or the next request of the console, decides.
 async fn session_ended(db: &Db, caller: &Caller) -> Option<&'static str> {
-    match db.session_user(&caller.token_hash).await {
+    let now = now_ms();
+    let session = db.session_user(&caller.token_hash).await;
+    // An open console is a console in use: its feed keeps the session from idling out.
+    if let Ok(Some(s)) = &session
+        && s.is_live(now)
+        && s.worth_touching(now)
+    {
+        let _ = db.touch_session(&caller.token_hash, now).await;
+    }
+    match session {
         Ok(Some(s)) if s.disabled => Some("account_disabled"),
         Ok(Some(s)) if s.revoked_at.is_some() => Some("logged_out"),
-        Ok(Some(s)) if !s.is_live(now_ms()) => Some("session_expired"),
+        Ok(Some(s)) if !s.is_live(now) => Some("session_expired"),
         Ok(Some(s)) if s.role != caller.role => Some("role_changed"),
         Ok(Some(_)) | Err(_) => None,
         Ok(None) => Some("logged_out"),

@@ -7,7 +7,9 @@ use serde::Deserialize;
 use super::IncidentStage;
 use crate::domain::Action;
 use crate::routing;
-use crate::store::{CarerAnswer, OfferError, ReplyError, StoreError, Transition, TransitionError};
+use crate::store::{
+    AuditEntry, CarerAnswer, OfferError, ReplyError, StoreError, Transition, TransitionError,
+};
 use crate::telemetry::events;
 
 /// Largest reply payload accepted.
@@ -175,7 +177,15 @@ impl IncidentStage {
             merged_into: None,
             take_over: false,
         };
-        match self.db.transition(&step).await {
+        let action_name = format!("incident_{}", action.as_str());
+        let subject = format!("incident:{incident}");
+        let audit = AuditEntry {
+            actor: &actor,
+            action: &action_name,
+            subject: &subject,
+            detail,
+        };
+        match self.db.transition_audited(&step, &audit).await {
             Ok(to) => {
                 // A job completed resolves the incident: offers still out to
                 // other carers are taken back.

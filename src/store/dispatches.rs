@@ -1,8 +1,9 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
+use super::audit::append_audit;
 use super::{
-    CarerRow, Db, NewDispatch, StoreError, insert_dispatch, insert_timer, now_ms, on_pool,
-    on_write_pool,
+    AuditEntry, CarerRow, Db, NewDispatch, StoreError, insert_dispatch, insert_timer, now_ms,
+    on_pool, on_write_pool,
 };
 
 /// A carer's answer to an offer.
@@ -275,6 +276,22 @@ impl Db {
                 ))
                 .execute(&mut *tx)
                 .await?;
+                // A carer's answer is someone's act, as an operator's is: in
+                // the audit chain, with the change it made.
+                let actor = format!("carer:{carer_id}");
+                let action = format!("carer_{}", answer.state());
+                let subject = format!("dispatch:{dispatch_id}");
+                let detail = format!(
+                    "incident {incident}{}{detail}",
+                    if detail.is_empty() { "" } else { ": " }
+                );
+                let entry = AuditEntry {
+                    actor: &actor,
+                    action: &action,
+                    subject: &subject,
+                    detail: &detail,
+                };
+                append_audit!(self, tx, entry, now);
             }
             tx.commit().await?;
             Ok((incident, fresh))

@@ -115,12 +115,31 @@ pub struct SessionUser {
     pub disabled: bool,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    /// Last used (a request, an open feed); the log-in at first.
+    pub last_seen_at: i64,
+    /// How long it may rest unused; `None`: no idle limit.
+    pub idle_ms: Option<i64>,
 }
 
 impl SessionUser {
-    /// Usable at `now`: not revoked, not expired, account not disabled.
+    /// Usable at `now`: not revoked, not expired (absolute or idle), account
+    /// not disabled.
     pub fn is_live(&self, now: i64) -> bool {
-        self.revoked_at.is_none() && now < self.expires_at && !self.disabled
+        self.revoked_at.is_none() && now < self.expires_at && !self.idle_at(now) && !self.disabled
+    }
+
+    /// Unused for longer than its idle limit at `now`.
+    pub fn idle_at(&self, now: i64) -> bool {
+        self.idle_ms
+            .is_some_and(|idle| now.saturating_sub(self.last_seen_at) >= idle)
+    }
+
+    /// Whether a use at `now` should be written down: often enough that the
+    /// idle limit is measured to within a quarter of itself, at most once a
+    /// minute per session.
+    pub fn worth_touching(&self, now: i64) -> bool {
+        let every = self.idle_ms.map_or(60_000, |i| (i / 4).min(60_000));
+        now.saturating_sub(self.last_seen_at) >= every
     }
 }
 
@@ -150,6 +169,8 @@ type SessionRow = (
     Option<i64>,
     Option<i64>,
     bool,
+    i64,
+    Option<i64>,
     i64,
     Option<i64>,
 );
@@ -485,6 +506,7 @@ impl Db {
         token_hash: &[u8; 32],
         user: &LoginUser,
         expires_at: i64,
+        idle_ms: i64,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let who = format!("user:{}", user.username);
@@ -497,13 +519,14 @@ impl Db {
         on_write_pool!(self, |p| {
             let mut tx = p.begin_with(begin).await?;
             sqlx::query(
-                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4)",
+                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at, \
+                 last_seen_at, idle_ms) VALUES ($1, $2, $3, $4, $3, $5)",
             )
             .bind(&token_hash[..])
             .bind(user.id)
             .bind(now)
             .bind(expires_at)
+            .bind(idle_ms)
             .execute(&mut *tx)
             .await?;
             let entry = AuditEntry {
@@ -524,7 +547,7 @@ impl Db {
     pub async fn session_user(&self, token_hash: &[u8]) -> Result<Option<SessionUser>, StoreError> {
         let row: Option<SessionRow> = on_pool!(self, |p| sqlx::query_as(
             "SELECT u.id, u.username, u.role, u.carer_id, u.provider_id, u.disabled, \
-             s.expires_at, s.revoked_at \
+             s.expires_at, s.revoked_at, COALESCE(s.last_seen_at, s.created_at), s.idle_ms \
              FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1"
         )
         .bind(token_hash)
@@ -540,8 +563,23 @@ impl Db {
                 disabled: r.5,
                 expires_at: r.6,
                 revoked_at: r.7,
+                last_seen_at: r.8,
+                idle_ms: r.9,
             })
         }))
+    }
+
+    /// The session was used at `now` (it does not idle out meanwhile).
+    pub async fn touch_session(&self, token_hash: &[u8], now: i64) -> Result<(), StoreError> {
+        on_write_pool!(self, |p| sqlx::query(
+            "UPDATE sessions SET last_seen_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL"
+        )
+        .bind(now)
+        .bind(token_hash)
+        .execute(p)
+        .await
+        .map(|_| ()))?;
+        Ok(())
     }
 
     /// End a session (log-out) and record it. `false` when it had already ended.

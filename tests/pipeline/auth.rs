@@ -173,6 +173,40 @@ async fn expired_sessions_and_disabled_accounts_postgres() {
     expired_sessions_and_disabled_accounts(Backend::Postgres).await;
 }
 
+/// A session unused past its idle limit ends; one in use does not.
+async fn unused_sessions_end(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(backend, Broker::Embedded, dir.path());
+    s.session_idle_secs = 2;
+    let app = TestApp::spawn_with(s, Some(dir)).await;
+    add_user(&app.db, "night.op", Role::Operator).await;
+    let api = Api::of(&app);
+    let used = api.token("night.op").await;
+    let left = api.token("night.op").await;
+    // Three seconds of use, a request every 0.4 s, on one session only.
+    for _ in 0..8 {
+        assert_eq!(api.get("/api/v1/me", Some(&used)).await.0, StatusCode::OK);
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        api.get("/api/v1/me", Some(&left)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "left unused past its idle limit"
+    );
+    assert_eq!(api.get("/api/v1/me", Some(&used)).await.0, StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unused_sessions_end_sqlite() {
+    unused_sessions_end(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn unused_sessions_end_postgres() {
+    unused_sessions_end(Backend::Postgres).await;
+}
+
 async fn roles_and_error_bodies(backend: Backend) {
     let app = TestApp::spawn(backend, Broker::Embedded).await;
     for (name, role) in [

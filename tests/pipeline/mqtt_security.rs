@@ -389,6 +389,21 @@ async fn a_carer_reads_and_answers_only_their_own_offers() {
         (app.db.incident_state(incident).await.unwrap() == Some(State::CarerAccepted)).then_some(())
     })
     .await;
+    // The carer's answer is in the audit chain under the carer's name, with
+    // the step it made; the intruder's is nowhere.
+    let trail = app.db.audit_trail(None, 100).await.unwrap();
+    let by = |actor: &str, action: &str| {
+        trail
+            .iter()
+            .filter(|r| r.actor == actor && r.action == action)
+            .count()
+    };
+    let near_actor = format!("carer:{}", city.near_carer);
+    assert_eq!(by(&near_actor, "carer_accepted"), 1, "{trail:?}");
+    assert_eq!(by(&near_actor, "incident_carer_accept"), 1, "{trail:?}");
+    let far_actor = format!("carer:{}", city.far_carer);
+    assert!(trail.iter().all(|r| r.actor != far_actor), "{trail:?}");
+    assert!(app.db.verify_audit_chain().await.unwrap().is_ok());
     app.stop().await;
 }
 

@@ -98,9 +98,18 @@ where
             return Err(ApiError::Unauthorized(NOT_LIVE));
         }
         let token_hash = token_hash(token);
-        let session = Db::from_ref(state).session_user(&token_hash).await?;
+        let db = Db::from_ref(state);
+        let session = db.session_user(&token_hash).await?;
+        let now = now_ms();
+        if let Some(s) = &session
+            && s.is_live(now)
+            && s.worth_touching(now)
+        {
+            // Used: not idle. A write that fails leaves the request served.
+            let _ = db.touch_session(&token_hash, now).await;
+        }
         match session {
-            Some(s) if s.is_live(now_ms()) => Ok(Caller {
+            Some(s) if s.is_live(now) => Ok(Caller {
                 user_id: s.user_id,
                 username: s.username,
                 role: s.role,

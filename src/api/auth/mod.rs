@@ -37,12 +37,15 @@ const HASH_QUEUE_WAIT: Duration = Duration::from_secs(5);
 pub struct AuthConfig {
     /// Lifetime of a session from log-in.
     pub session_ttl: Duration,
+    /// A session unused for this long ends (an open live feed is use).
+    pub session_idle: Duration,
 }
 
 #[derive(Clone)]
 struct AuthState {
     db: Db,
     ttl_ms: i64,
+    idle_ms: i64,
     /// Password checks run one per two cores at most: a flood of log-ins
     /// must not take the CPU the alarm path needs.
     hashing: Arc<Semaphore>,
@@ -67,6 +70,7 @@ pub fn router(db: Db, cfg: AuthConfig) -> OpenApiRouter {
         .with_state(AuthState {
             db,
             ttl_ms: i64::try_from(cfg.session_ttl.as_millis()).unwrap_or(i64::MAX),
+            idle_ms: i64::try_from(cfg.session_idle.as_millis()).unwrap_or(i64::MAX),
             hashing: Arc::new(Semaphore::new(cores.div_ceil(2))),
             addresses: Arc::default(),
         })
@@ -191,7 +195,8 @@ async fn login(
     }
     let (token, hash) = new_token();
     let expires_at = now_ms().saturating_add(s.ttl_ms);
-    s.db.open_session(&hash, &user, expires_at).await?;
+    s.db.open_session(&hash, &user, expires_at, s.idle_ms)
+        .await?;
     LoginAttempt {
         outcome: "ok",
         username: Some(&user.username),
