@@ -62,7 +62,9 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          mqtt_security::a_device_speaks_only_for_itself_and_a_revoked_one_not_at_all \
          mqtt_security::a_carer_reads_and_answers_only_their_own_offers \
          mqtt_security::nobody_takes_over_the_servers_session \
-         mqtt_security::mosquitto_is_kept_in_step_with_the_registry; do
+         mqtt_security::mosquitto_is_kept_in_step_with_the_registry \
+         mqtt_security::the_embedded_broker_speaks_tls \
+         auth::unused_sessions_end_sqlite auth::unused_sessions_end_postgres; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1

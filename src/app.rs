@@ -102,8 +102,10 @@ pub struct Application {
     /// The embedded broker itself and the credential it takes: the server's
     /// own session goes there directly, past the gate.
     embedded_inner: Option<(MqttEndpoint, (String, String))>,
-    /// The embedded broker's gate and its bound listener, until it runs.
-    gate: Option<(Arc<Gate>, TcpListener)>,
+    /// The embedded broker's gate and its bound listeners (plain, TLS), until it runs.
+    gate: Option<(Arc<Gate>, TcpListener, Option<TcpListener>)>,
+    /// Where the embedded broker takes `mqtts`, if it does.
+    mqtts_addr: Option<SocketAddr>,
     credential_key: CredentialKey,
     mqtt_ca_pem: Option<Vec<u8>>,
     embedded_broker: bool,
@@ -242,6 +244,10 @@ impl Application {
                 .expect("broker start-up does not panic")?;
                 let listener = bind_tcp(settings.embedded_mqtt_addr).await?;
                 let addr = local(&listener, settings.embedded_mqtt_addr)?;
+                let tls_listener = match settings.embedded_mqtts_addr {
+                    Some(want) => Some(bind_tcp(want).await?),
+                    None => None,
+                };
                 let gate = Gate::new(
                     GateConfig {
                         prefix: settings.mqtt_topic_prefix.clone(),
@@ -262,11 +268,15 @@ impl Application {
                 (
                     endpoint(addr),
                     Some((endpoint(inner), login)),
-                    Some((gate, listener)),
+                    Some((gate, listener, tls_listener)),
                 )
             }
         };
         let embedded_broker = embedded_inner.is_some();
+        let mqtts_addr = match (&gate, settings.embedded_mqtts_addr) {
+            (Some((_, _, Some(l))), Some(wanted)) => Some(local(l, wanted)?),
+            _ => None,
+        };
         let mqtt_ca_pem = match &settings.mqtt_ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -289,6 +299,7 @@ impl Application {
             mqtt,
             embedded_inner,
             gate,
+            mqtts_addr,
             credential_key,
             embedded_broker,
         })
@@ -325,6 +336,11 @@ impl Application {
         Ok((username, password))
     }
 
+    /// Where the embedded broker takes `mqtts`, if configured.
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.mqtts_addr
+    }
+
     pub fn embedded_broker(&self) -> bool {
         self.embedded_broker
     }
@@ -341,12 +357,18 @@ impl Application {
         let inner = CancellationToken::new();
         // Clients reach the embedded broker through its gate; the server goes
         // straight in with the broker's own credential.
-        let sessions = self.gate.as_ref().map(|(g, _)| g.sessions());
+        let sessions = self.gate.as_ref().map(|(g, _, _)| g.sessions());
         // The gate closes last, after the server's goodbye has passed through it.
         let gate_stop = CancellationToken::new();
-        let gate_task = self
-            .gate
-            .map(|(gate, listener)| tokio::spawn(gate.serve(listener, gate_stop.clone())));
+        let gate_task = self.gate.map(|(gate, listener, tls_listener)| {
+            let mqtts = tls_listener.zip(self.tls.clone()).map(|(l, tls)| {
+                tokio::spawn(Arc::clone(&gate).serve(l, Some(tls), gate_stop.clone()))
+            });
+            (
+                tokio::spawn(gate.serve(listener, None, gate_stop.clone())),
+                mqtts,
+            )
+        });
         let (link_endpoint, link_credentials) = match &self.embedded_inner {
             Some((endpoint, login)) => (endpoint.clone(), Some(login.clone())),
             None => (
@@ -671,8 +693,11 @@ impl Application {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         gate_stop.cancel();
-        if let Some(task) = gate_task {
-            let _ = task.await;
+        if let Some((plain, mqtts)) = gate_task {
+            let _ = plain.await;
+            if let Some(task) = mqtts {
+                let _ = task.await;
+            }
         }
         if let Some(task) = checkpointer {
             let _ = task.await;

@@ -57,6 +57,9 @@ pub struct Settings {
     pub mqtt_url: Option<String>,
     /// Where the embedded broker listens (1883 is left to a system broker).
     pub embedded_mqtt_addr: SocketAddr,
+    /// Where the embedded broker also listens over TLS (`mqtts`), with the
+    /// console's certificate (`tls_cert`, `tls_key`); unset: no `mqtts`.
+    pub embedded_mqtts_addr: Option<SocketAddr>,
     /// First topic level of everything the server publishes.
     pub mqtt_topic_prefix: String,
     /// Servers with the same group split device traffic (`$share/<group>/…`).
@@ -158,6 +161,7 @@ impl Default for Settings {
             dc09_addr: ([127, 0, 0, 1], 5070).into(),
             mqtt_url: None,
             embedded_mqtt_addr: ([127, 0, 0, 1], 11883).into(),
+            embedded_mqtts_addr: None,
             mqtt_topic_prefix: "pingantong".into(),
             mqtt_share_group: None,
             mqtt_username: None,
@@ -332,6 +336,12 @@ impl Settings {
             if pingantong_protocol::DeviceId::parse(&a.device).is_err() {
                 return invalid("mqtt_adapters.device", "must be a valid device id");
             }
+        }
+        if self.embedded_mqtts_addr.is_some() && self.tls_cert.is_none() {
+            return invalid(
+                "embedded_mqtts_addr",
+                "mqtts needs the certificate and key (tls_cert, tls_key)",
+            );
         }
         if self.mqtt_dynsec && (self.mqtt_url.is_none() || self.mqtt_username.is_none()) {
             return invalid(

@@ -228,6 +228,9 @@ struct ServerArgs {
     mqtt_share_group: Option<String>,
     #[arg(long, env = "PAT_EMBEDDED_MQTT_ADDR")]
     embedded_mqtt_addr: Option<SocketAddr>,
+    /// Where the embedded broker also takes `mqtts` (needs --tls-cert and --tls-key).
+    #[arg(long, env = "PAT_EMBEDDED_MQTTS_ADDR")]
+    embedded_mqtts_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_INSTANCE_ID")]
     instance_id: Option<String>,
     /// Routing rules per event kind (see ops/rules.example.toml).
@@ -309,6 +312,9 @@ impl ServerArgs {
         }
         if let Some(v) = &self.mqtt_share_group {
             s.mqtt_share_group = Some(v.clone());
+        }
+        if let Some(v) = self.embedded_mqtts_addr {
+            s.embedded_mqtts_addr = Some(v);
         }
         if let Some(v) = self.embedded_mqtt_addr {
             s.embedded_mqtt_addr = v;

@@ -25,7 +25,7 @@ use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Login, Packet, PubAck, SubAck, SubscribeReasonCode,
 };
 use rumqttc::mqttbytes::{self, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -120,9 +120,19 @@ impl Gate {
         }
     }
 
-    /// Accept clients until `shutdown`.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        tokio::spawn(Arc::clone(&self).sweep_changes(shutdown.clone()));
+    /// Accept clients until `shutdown`: in plain text, or over TLS (`mqtts`)
+    /// when given a server configuration.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        shutdown: CancellationToken,
+    ) {
+        // One sweep per gate, however many listeners it has.
+        if tls.is_none() {
+            tokio::spawn(Arc::clone(&self).sweep_changes(shutdown.clone()));
+        }
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -135,10 +145,23 @@ impl Gate {
                     }
                 },
             };
+            let _ = stream.set_nodelay(true);
             let gate = Arc::clone(&self);
             let stop = shutdown.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                if let Err(e) = gate.connection(stream, peer, stop).await {
+                let ended = match acceptor {
+                    None => gate.connection(stream, peer, stop).await,
+                    // A client that never finishes its handshake holds up nobody else.
+                    Some(a) => {
+                        match tokio::time::timeout(CONNECT_TIMEOUT, a.accept(stream)).await {
+                            Ok(Ok(tls)) => gate.connection(tls, peer, stop).await,
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => Ok(()),
+                        }
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "MQTT gate: connection ended");
                 }
             });
@@ -202,13 +225,12 @@ impl Gate {
         Ok(principal)
     }
 
-    async fn connection(
+    async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
         self: Arc<Self>,
-        mut client: TcpStream,
+        mut client: S,
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        let _ = client.set_nodelay(true);
         let mut buf = BytesMut::with_capacity(1024);
         let first =
             match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut client, &mut buf)).await {
@@ -305,15 +327,15 @@ impl Gate {
 }
 
 /// Carry packets both ways until either side closes or `stop` fires.
-async fn pump(
+async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send>(
     cfg: &GateConfig,
     principal: &Principal,
     who: &str,
-    (client, mut client_buf): (TcpStream, BytesMut),
+    (client, mut client_buf): (S, BytesMut),
     (inner, mut inner_buf): (TcpStream, BytesMut),
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut inner_rd, mut inner_wr) = inner.into_split();
     // SUBSCRIBE packet id -> which of its filters were granted, to widen the SUBACK.
     let trimmed: Arc<Mutex<HashMap<u16, Vec<bool>>>> = Arc::default();
@@ -497,7 +519,10 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
 }
 
 /// Read and decode one packet.
-async fn read_packet(rd: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Option<Packet>> {
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<Option<Packet>> {
     let Some(frame) = read_frame(rd, buf).await? else {
         return Ok(None);
     };

@@ -60,6 +60,8 @@ pub fn test_settings(backend: Backend, broker: Broker, dir: &std::path::Path) ->
 pub struct TestApp {
     pub settings: Settings,
     pub mqtt: pingantong::dispatch::MqttEndpoint,
+    /// The embedded broker's `mqtts` listener, if configured.
+    pub mqtts: Option<std::net::SocketAddr>,
     pub native: std::net::SocketAddr,
     pub addrs: pingantong::app::ListenAddrs,
     pub db: Db,
@@ -115,6 +117,7 @@ impl TestApp {
         let addrs = app.addrs();
         let db = app.db().clone();
         let mqtt = app.mqtt().clone();
+        let mqtts = app.mqtts_addr();
         // The harness's MQTT clients (the carer simulator, probes) watch and
         // speak for everyone: a server's credential. Security tests use
         // devices' and carers' own (`MqttProbe::connect_as`).
@@ -151,6 +154,7 @@ impl TestApp {
         Self {
             settings,
             mqtt,
+            mqtts,
             native,
             addrs,
             db,

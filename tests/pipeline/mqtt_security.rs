@@ -586,3 +586,72 @@ async fn mosquitto_is_kept_in_step_with_the_registry() {
     .await;
     app.stop().await;
 }
+
+/// `mqtts` on the embedded broker: a device over TLS, with the console's
+/// certificate; plain text on that port gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let mut s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
+    s.tls_cert = Some(cert);
+    s.tls_key = Some(key);
+    s.embedded_mqtts_addr = Some("127.0.0.1:0".parse().unwrap());
+    let app = TestApp::spawn_with(s, Some(dir)).await;
+    let mqtts = app.mqtts.expect("an mqtts listener");
+    let city = seed_small_city(&app.db).await;
+    let id = mqtt_device(&app, &city).await;
+    let (user, pass) = app.mqtt_login(&device(&id)).await;
+    let prefix = app.settings.mqtt_topic_prefix.clone();
+
+    // rustls needs one crypto provider per process; a second install is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut opts = rumqttc::MqttOptions::new(id.clone(), "localhost", mqtts.port());
+    opts.set_credentials(user, pass);
+    opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+        ca: made.cert.pem().into_bytes(),
+        alpn: None,
+        client_auth: None,
+    }));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 16);
+    let acks = format!("{prefix}/v1/devices/{id}/ack");
+    client
+        .subscribe(acks.clone(), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .publish(
+            format!("{prefix}/v1/devices/{id}/events"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            sos(1).to_string(),
+        )
+        .await
+        .unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic == acks => {
+                    break serde_json::from_slice::<serde_json::Value>(&p.payload).unwrap();
+                }
+                Ok(_) => {}
+                Err(e) => panic!("mqtts connection: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("an ACK over TLS");
+    assert_eq!(
+        (ack["status"].as_str(), ack["verified"].as_bool()),
+        (Some("stored"), Some(true))
+    );
+
+    // Plain MQTT on the TLS port: no CONNACK, ever.
+    let plain = MqttProbe::connect_as("127.0.0.1", mqtts.port(), &[], &unique("c"), None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(plain.answers.lock().unwrap().is_empty());
+    app.stop().await;
+}
