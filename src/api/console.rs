@@ -28,6 +28,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("wellbeing.js", JS, include_str!("console/wellbeing.js")),
     ("reports.js", JS, include_str!("console/reports.js")),
     ("chart.js", JS, include_str!("console/chart.js")),
+    ("accounts.js", JS, include_str!("console/accounts.js")),
     ("style.css", CSS, include_str!("console/style.css")),
 ];
 

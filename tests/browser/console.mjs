@@ -18,7 +18,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 
-const [url, username, password, screenshot, carer, regulator] = process.argv.slice(2);
+const [url, username, password, screenshot, carer, regulator, admin, pendant] = process.argv.slice(2);
 if (!url || !username || !password || !screenshot) {
   console.error('usage: node console.mjs <http-url> <username> <password> <screenshot.png> [carer-username] [regulator-username]');
   process.exit(2);
@@ -203,6 +203,33 @@ async function regulatorReads() {
   await page.waitForSelector('#login-username');
 }
 
+/** The admin, on the accounts page: disables the regulator, issues and revokes a pendant's MQTT credential. */
+async function adminManages() {
+  log(`admin ${admin} logs in`);
+  await logIn(page, admin);
+  await page.click('nav.tabs button[data-page=accounts]');
+  await page.waitForSelector('[data-test=accounts][data-loaded=true]');
+  const row = `[data-test=users] tr[data-user="${regulator}"]`;
+  check((await page.getAttribute(row, 'data-state')) === 'enabled', 'the regulator is enabled to begin with');
+  await page.click(`${row} button[data-action=disable]`);
+  await page.waitForSelector(`${row}[data-state=disabled]`);
+  check((await page.locator(`[data-test=users] tr[data-user="${admin}"]`).count()) === 1, 'the admin is listed');
+
+  await page.fill('#mqtt-username', `devices/${pendant}`);
+  await page.click('#mqtt-issue');
+  await page.waitForSelector('[data-test=issued] #mqtt-password');
+  const secret = (await page.innerText('#mqtt-password')).trim();
+  check(/^[0-9a-f]{48}$/.test(secret), `a new MQTT password is shown once, got ${secret.length} characters`);
+  const cred = `[data-test=credentials] tr[data-credential="devices/${pendant}"]`;
+  await page.waitForSelector(`${cred}[data-revoked=false]`);
+  await page.screenshot({ path: join(dirname(screenshot), 'accounts.png'), fullPage: true });
+  await page.click(`${cred} button[data-action=revoke]`);
+  await page.waitForSelector(`${cred}[data-revoked=true]`);
+  check(pageErrors.length === 0, `errors in the page: ${pageErrors.join('; ')}`);
+  await page.click('#logout');
+  await page.waitForSelector('#login-username');
+}
+
 async function run() {
   log(`launching ${CHROMIUM}`);
   context = await chromium.launchPersistentContext(profile, {
@@ -359,6 +386,7 @@ async function run() {
   check((await page.evaluate(() => sessionStorage.getItem('pat.session'))) === null, 'log-out forgets the token');
 
   if (regulator) await regulatorReads();
+  if (admin) await adminManages();
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join('; ')}`);
   log('PASS');
 }

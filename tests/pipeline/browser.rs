@@ -23,6 +23,7 @@ use crate::helpers::*;
 const OPERATOR: &str = "op.browser";
 const CARER: &str = "carer.browser";
 const REGULATOR: &str = "reg.browser";
+const ADMIN: &str = "admin.zhou";
 /// On the wellbeing list: her pendant was never pressed or tested (console.mjs looks for her).
 const QUIET_RESIDENT: &str = "王桂兰";
 /// How long the script may take before it is killed (it gives up by itself after 120 s).
@@ -102,6 +103,7 @@ async fn operator_takes_an_sos_to_closed_in_headless_chromium() {
         .await
         .unwrap();
     add_user(&app.db, REGULATOR, Role::Regulator).await;
+    add_user(&app.db, ADMIN, Role::Admin).await;
     let quiet = app
         .db
         .insert_client(&NewClient {
@@ -120,9 +122,10 @@ async fn operator_takes_an_sos_to_closed_in_headless_chromium() {
         })
         .await
         .unwrap();
+    let quiet_pendant = unique("PQ").replace('_', "-");
     app.db
         .upsert_device(&NewDevice {
-            id: unique("PQ").replace('_', "-"),
+            id: quiet_pendant.clone(),
             protocol: "native".into(),
             secret: b"a pendant nobody has pressed yet".to_vec(),
             client_id: Some(quiet),
@@ -145,6 +148,8 @@ async fn operator_takes_an_sos_to_closed_in_headless_chromium() {
         .arg(&png)
         .arg(CARER)
         .arg(REGULATOR)
+        .arg(ADMIN)
+        .arg(&quiet_pendant)
         .current_dir(root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -308,6 +313,37 @@ async fn operator_takes_an_sos_to_closed_in_headless_chromium() {
         read.iter()
             .all(|(a, _)| ["login", "logout", "report_read"].contains(&a.as_str())),
         "{read:?}"
+    );
+    // The admin disabled the regulator's account and issued, then revoked,
+    // the quiet pendant's MQTT credential, each under the admin's name.
+    let admin = format!("user:{ADMIN}");
+    let trail = app.db.audit_trail(None, 1000).await.unwrap();
+    let did = |action: &str, subject: &str| {
+        trail
+            .iter()
+            .any(|e| e.actor == admin && e.action == action && e.subject == subject)
+    };
+    assert!(
+        did("user_disabled", &format!("user:{REGULATOR}")),
+        "{trail:?}"
+    );
+    let mqtt_subject = format!("mqtt:devices/{quiet_pendant}");
+    assert!(did("mqtt_credential_issued", &mqtt_subject), "{trail:?}");
+    assert!(did("mqtt_credential_revoked", &mqtt_subject), "{trail:?}");
+    let creds = app.db.mqtt_credentials().await.unwrap();
+    assert!(
+        creds
+            .iter()
+            .any(|c| c.username == format!("devices/{quiet_pendant}") && c.revoked),
+        "{creds:?}"
+    );
+    assert_eq!(
+        app.db
+            .login_user(REGULATOR)
+            .await
+            .unwrap()
+            .map(|u| u.disabled),
+        Some(true)
     );
     assert!(app.db.verify_audit_chain().await.unwrap().is_ok());
     for shot in [&png, &reports_png] {

@@ -3,6 +3,7 @@
 // its pages (alarms, wellbeing calls, reports) behind tabs.
 
 import { api, login, logout, now, session } from './api.js';
+import { AccountsView } from './accounts.js';
 import { Alarm } from './alert.js';
 import { CarerView } from './carer.js';
 import { ClosingView } from './closing.js';
@@ -172,7 +173,7 @@ async function doLogout() {
 const PAGES = {
   operator: ['alarms', 'wellbeing'],
   supervisor: ['alarms', 'wellbeing', 'reports'],
-  admin: ['alarms', 'wellbeing', 'reports'],
+  admin: ['alarms', 'wellbeing', 'reports', 'accounts'],
 };
 
 /**
@@ -203,6 +204,7 @@ class StaffScreen {
       wellbeing: new WellbeingView({ canAct: this.canAct, notify }),
     };
     if (this.pages.includes('reports')) this.views.reports = new ReportsView({ notify, onOpen: (id) => this.select(id) });
+    if (this.pages.includes('accounts')) this.views.accounts = new AccountsView({ notify });
     this.note = role === 'admin' ? h('p', { class: 'note' }) : null;
     this.tabs = h('nav', { class: 'tabs', 'aria-label': t('nav.label') });
     this.page = this.pages.includes(location.hash.slice(1)) ? location.hash.slice(1) : 'alarms';
