@@ -178,6 +178,7 @@ pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(registry::clients::get, registry::clients::update))
         .routes(routes!(registry::clients::away))
         .routes(routes!(registry::clients::contacts))
+        .routes(routes!(registry::clients::export))
         .routes(routes!(registry::devices::list, registry::devices::create))
         .routes(routes!(registry::devices::get, registry::devices::update))
         .routes(routes!(registry::devices::retire))

@@ -10,6 +10,7 @@ pub mod audit;
 mod checkpoint;
 mod console;
 mod dispatches;
+mod export;
 mod handoffs;
 mod incidents;
 mod mqtt_credentials;
@@ -45,6 +46,7 @@ pub use incidents::{
     CarerCandidate, DispatchOffer, IncidentOutcome, IncidentSummary, NewDispatch, NewIncident,
     RouteContext,
 };
+pub use export::ResidentRecords;
 pub use mqtt_credentials::{CredentialError, CredentialRow};
 pub use notifications::{Cascade, GaveUp, NotificationJob, NotificationRow};
 pub use registry::{

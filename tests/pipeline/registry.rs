@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::routing::post;
 use pingantong::api::auth::hash_password;
 use pingantong::domain::Role;
-use pingantong::store::NewUser;
+use pingantong::store::{NewClient, NewUser};
 use pingantong_protocol::EventKind;
 use pingantong_protocol::native::Reply;
 use reqwest::{Method, StatusCode};
@@ -1019,4 +1019,108 @@ async fn bad_registry_requests_get_clear_4xx_answers() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
     }
     app.stop().await;
+}
+
+/// A resident's right of access: everything held about them, for an admin
+/// only, the export itself on record — and nothing of anyone else.
+async fn a_residents_data_is_exported(backend: Backend) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let mut device = Device::connect(app.native).await;
+    let (reply, _) = device
+        .send(&event(&city.device, 1, EventKind::Sos), &city.secret)
+        .await;
+    assert!(matches!(reply, Reply::Ack { .. }), "{reply:?}");
+    let incident = newest_incident(&app, 0).await;
+    add_user(&app.db, "export.admin", Role::Admin).await;
+    add_user(&app.db, "export.op", Role::Operator).await;
+    let api = Api::of(&app);
+    let op = api.token("export.op").await;
+    let path = format!("/api/v1/clients/{}/export", city.client_id);
+    assert_eq!(api.get(&path, Some(&op)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(api.get(&path, None).await.0, StatusCode::UNAUTHORIZED);
+    // The operator reads the profile: that read is in the export's access log.
+    let (status, _) = api
+        .get(&format!("/api/v1/clients/{}", city.client_id), Some(&op))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let admin = api.token("export.admin").await;
+    let (status, body) = api.get(&path, Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["client"]["name"], "陈秀英");
+    assert!(body["client"]["medical_notes"].is_string(), "{body}");
+    let alarms = body["alarms"].as_array().unwrap();
+    assert!(
+        alarms
+            .iter()
+            .any(|a| a["device_id"] == city.device.as_str() && a["kind"] == "sos"),
+        "{body}"
+    );
+    assert!(
+        body["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == incident),
+        "{body}"
+    );
+    assert!(
+        body["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["incident_id"] == incident),
+        "{body}"
+    );
+    let log = body["access_log"].as_array().unwrap();
+    assert!(
+        log.iter()
+            .any(|e| e["actor"] == "user:export.op" && e["action"] == "profile_read"),
+        "{body}"
+    );
+    assert!(
+        log.iter()
+            .any(|e| e["actor"] == "user:export.admin" && e["action"] == "client_exported"),
+        "{body}"
+    );
+    // Another resident's export holds none of hers.
+    let other = app
+        .db
+        .insert_client(&NewClient {
+            name: "李桂芬".into(),
+            address: "广州市越秀区光塔街 9号".into(),
+            district: "越秀区".into(),
+            street: "光塔街".into(),
+            lat: None,
+            lon: None,
+            language: "yue".into(),
+            medical_notes: String::new(),
+            medications: String::new(),
+            allergies: String::new(),
+            birth_year: None,
+            subsidy_category: None,
+        })
+        .await
+        .unwrap();
+    let (status, theirs) = api
+        .get(&format!("/api/v1/clients/{other}/export"), Some(&admin))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(theirs["alarms"].as_array().unwrap().is_empty(), "{theirs}");
+    assert!(theirs["incidents"].as_array().unwrap().is_empty(), "{theirs}");
+    let (status, _) = api
+        .get("/api/v1/clients/999999/export", Some(&admin))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_residents_data_is_exported_sqlite() {
+    a_residents_data_is_exported(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_residents_data_is_exported_postgres() {
+    a_residents_data_is_exported(Backend::Postgres).await;
 }

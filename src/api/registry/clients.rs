@@ -13,8 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::fields::{self, ClientInput, ContactInput};
 use super::{CONTACT_EDITORS, Location, REGISTRARS, bad, edit_error, filter_text, limit};
 use crate::api::{ApiError, ApiState, Caller, ErrorBody, STAFF};
+use crate::domain::Role;
 use crate::store::{
     AuditEntry, ClientListRow, ClientQuery, ClientRecord, ContactEntry, ContactRecord, DeviceStatus,
+    ResidentRecords,
 };
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -423,6 +425,54 @@ pub async fn get(
     })
     .await?;
     Ok(Json(view))
+}
+
+/// Everything held about one resident, for their right of access.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResidentExport {
+    /// When it was made (ms since the epoch).
+    exported_at: i64,
+    /// The registry record: profile, health, contacts, devices.
+    client: ClientView,
+    #[serde(flatten)]
+    records: ResidentRecords,
+}
+
+/// Everything the service holds about one resident (the right of access,
+/// PIPL art. 45): the registry record, every event of their devices, their
+/// incidents step by step, the wellbeing calls, and who read or changed the
+/// record. Admins only; the export itself is audited first.
+#[utoipa::path(
+    get, path = "/api/v1/clients/{id}/export", tag = "registry",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = ResidentExport),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn export(
+    State(s): State<ApiState>,
+    caller: Caller,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<ResidentExport>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let id = path_id(id)?;
+    let client = view(&s, id).await?;
+    s.db.audit(AuditEntry {
+        actor: &caller.actor(),
+        action: "client_exported",
+        subject: &format!("client:{id}"),
+        detail: "right of access",
+    })
+    .await?;
+    let records = s.db.resident_export(id).await?;
+    Ok(Json(ResidentExport {
+        exported_at: crate::store::now_ms(),
+        client,
+        records,
+    }))
 }
 
 /// A new client (contacts: `PUT /api/v1/clients/{id}/contacts`).

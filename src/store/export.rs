@@ -1,0 +1,121 @@
+//! Everything the service holds about one resident, for their right of
+//! access (PIPL art. 45): the events of their devices, their incidents with
+//! every step, the wellbeing calls, and who read or changed their record.
+//! The registry record itself (profile, contacts, devices) is read as the API
+//! shows it.
+
+use super::{AuditRecord, Db, StoreError, on_pool};
+
+/// One event of one of the resident's devices, as received.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct ExportedAlarm {
+    pub id: i64,
+    pub received_at: i64,
+    pub device_id: String,
+    pub protocol: String,
+    pub kind: String,
+    pub device_time: Option<i64>,
+    pub battery: Option<i64>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub auth: String,
+    pub incident_id: Option<i64>,
+}
+
+/// One of the resident's incidents.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct ExportedIncident {
+    pub id: i64,
+    pub opened_at: i64,
+    pub kind: String,
+    pub lane: String,
+    pub state: String,
+    pub outcome: Option<String>,
+    pub closed_at: Option<i64>,
+}
+
+/// One step of an incident's timeline.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct ExportedStep {
+    pub incident_id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// One wellbeing call.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct ExportedCheck {
+    pub at: i64,
+    pub operator: String,
+    pub outcome: String,
+    pub note: String,
+}
+
+/// What [`Db::resident_export`] finds.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ResidentRecords {
+    pub alarms: Vec<ExportedAlarm>,
+    pub incidents: Vec<ExportedIncident>,
+    pub timeline: Vec<ExportedStep>,
+    pub wellbeing_checks: Vec<ExportedCheck>,
+    /// Reads and changes of the record, from the audit log.
+    #[schema(value_type = Vec<Object>)]
+    pub access_log: Vec<AuditRecord>,
+}
+
+impl Db {
+    /// Everything kept about resident `client_id` beyond the registry record.
+    pub async fn resident_export(&self, client_id: i64) -> Result<ResidentRecords, StoreError> {
+        let subject = format!("client:{client_id}");
+        Ok(on_pool!(self, |p| {
+            let alarms = sqlx::query_as(
+                "SELECT a.id, a.received_at, a.device_id, a.protocol, a.kind, a.device_time, \
+                 a.battery, a.lat, a.lon, a.auth, a.incident_id FROM alarms a \
+                 WHERE a.device_id IN (SELECT id FROM devices WHERE client_id = $1) \
+                 OR a.incident_id IN (SELECT id FROM incidents WHERE client_id = $1) \
+                 ORDER BY a.id",
+            )
+            .bind(client_id)
+            .fetch_all(p)
+            .await?;
+            let incidents = sqlx::query_as(
+                "SELECT id, opened_at, kind, lane, state, outcome, closed_at FROM incidents \
+                 WHERE client_id = $1 ORDER BY id",
+            )
+            .bind(client_id)
+            .fetch_all(p)
+            .await?;
+            let timeline = sqlx::query_as(
+                "SELECT e.incident_id, e.at, e.actor, e.action, e.detail FROM incident_events e \
+                 JOIN incidents i ON i.id = e.incident_id WHERE i.client_id = $1 \
+                 ORDER BY e.incident_id, e.id",
+            )
+            .bind(client_id)
+            .fetch_all(p)
+            .await?;
+            let wellbeing_checks = sqlx::query_as(
+                "SELECT at, operator, outcome, note FROM wellbeing_checks WHERE client_id = $1 \
+                 ORDER BY id",
+            )
+            .bind(client_id)
+            .fetch_all(p)
+            .await?;
+            let access_log = sqlx::query_as(
+                "SELECT id, at, actor, action, subject, detail FROM audit_log WHERE subject = $1 \
+                 ORDER BY id",
+            )
+            .bind(&subject)
+            .fetch_all(p)
+            .await?;
+            ResidentRecords {
+                alarms,
+                incidents,
+                timeline,
+                wellbeing_checks,
+                access_log,
+            }
+        }))
+    }
+}
