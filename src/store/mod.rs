@@ -41,12 +41,12 @@ pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
 pub use audit::{AuditEntry, AuditRecord, AuditReport, ChainBreak, ChainFault};
 pub use console::{CarerJob, DeviceStatus, DispatchRow, QueueFilter, QueueRow, TimelineEntry};
 pub use dispatches::{CarerAnswer, OfferError, ReplyError};
+pub use export::ResidentRecords;
 pub use handoffs::{Handoff, HandoffError};
 pub use incidents::{
     CarerCandidate, DispatchOffer, IncidentOutcome, IncidentSummary, NewDispatch, NewIncident,
     RouteContext,
 };
-pub use export::ResidentRecords;
 pub use mqtt_credentials::{CredentialError, CredentialRow};
 pub use notifications::{Cascade, GaveUp, NotificationJob, NotificationRow};
 pub use registry::{

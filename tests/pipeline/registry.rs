@@ -1107,10 +1107,11 @@ async fn a_residents_data_is_exported(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(theirs["alarms"].as_array().unwrap().is_empty(), "{theirs}");
-    assert!(theirs["incidents"].as_array().unwrap().is_empty(), "{theirs}");
-    let (status, _) = api
-        .get("/api/v1/clients/999999/export", Some(&admin))
-        .await;
+    assert!(
+        theirs["incidents"].as_array().unwrap().is_empty(),
+        "{theirs}"
+    );
+    let (status, _) = api.get("/api/v1/clients/999999/export", Some(&admin)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     app.stop().await;
 }

@@ -15,8 +15,8 @@ use super::{CONTACT_EDITORS, Location, REGISTRARS, bad, edit_error, filter_text,
 use crate::api::{ApiError, ApiState, Caller, ErrorBody, STAFF};
 use crate::domain::Role;
 use crate::store::{
-    AuditEntry, ClientListRow, ClientQuery, ClientRecord, ContactEntry, ContactRecord, DeviceStatus,
-    ResidentRecords,
+    AuditEntry, ClientListRow, ClientQuery, ClientRecord, ContactEntry, ContactRecord,
+    DeviceStatus, ResidentRecords,
 };
 
 #[derive(Debug, Deserialize, IntoParams)]
