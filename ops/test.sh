@@ -64,6 +64,7 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          mqtt_security::nobody_takes_over_the_servers_session \
          mqtt_security::mosquitto_is_kept_in_step_with_the_registry \
          mqtt_security::the_embedded_broker_speaks_tls \
+         mqtt_security::retained_messages_carry_no_personal_data \
          auth::unused_sessions_end_sqlite auth::unused_sessions_end_postgres \
          registry::a_residents_data_is_exported_sqlite registry::a_residents_data_is_exported_postgres; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then

@@ -655,3 +655,52 @@ async fn the_embedded_broker_speaks_tls() {
     assert!(plain.answers.lock().unwrap().is_empty());
     app.stop().await;
 }
+
+/// What the broker keeps for later readers (retained messages) is the
+/// servers' status and nothing else: no offer, no event, no resident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_carry_no_personal_data() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let (host, port) = broker_of(&app);
+    let watcher = MqttProbe::connect(
+        &host,
+        port,
+        &[format!("{prefix}/v1/carers/{}/dispatch", city.near_carer)],
+    )
+    .await;
+    // An SOS all the way to an offer, from a device that asks the broker to keep its event.
+    let id = mqtt_device(&app, &city).await;
+    let login = app.mqtt_login(&device(&id)).await;
+    let acks = format!("{prefix}/v1/devices/{id}/ack");
+    let dev = MqttProbe::connect_as(&host, port, std::slice::from_ref(&acks), &id, Some(login)).await;
+    dev.client
+        .publish(
+            format!("{prefix}/v1/devices/{id}/events"),
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            sos(1).to_string(),
+        )
+        .await
+        .unwrap();
+    eventually("the offer", || async {
+        watcher
+            .on(&format!("{prefix}/v1/carers/{}/dispatch", city.near_carer))
+            .into_iter()
+            .next()
+    })
+    .await;
+    eventually("the ACK", || async { dev.on(&acks).into_iter().next() }).await;
+    // A newcomer reading everything under the prefix gets only what was retained.
+    let newcomer = MqttProbe::connect(&host, port, &[format!("{prefix}/#")]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kept = newcomer.received.lock().unwrap().clone();
+    assert!(!kept.is_empty(), "the server's status is retained");
+    for (topic, body) in &kept {
+        assert!(topic.ends_with("/status"), "{topic} retained: {body}");
+        let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["status", "v"], "{topic}: {body}");
+    }
+    app.stop().await;
+}
