@@ -66,7 +66,8 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          mqtt_security::the_embedded_broker_speaks_tls \
          mqtt_security::retained_messages_carry_no_personal_data \
          auth::unused_sessions_end_sqlite auth::unused_sessions_end_postgres \
-         registry::a_residents_data_is_exported_sqlite registry::a_residents_data_is_exported_postgres; do
+         registry::a_residents_data_is_exported_sqlite registry::a_residents_data_is_exported_postgres \
+         auth::timeline_steps_are_sealed_sqlite auth::timeline_steps_are_sealed_postgres; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1

@@ -20,6 +20,9 @@ use crate::telemetry::events;
 
 /// How often the head is looked at (and written when it moved).
 const EVERY: Duration = Duration::from_secs(10);
+/// Steps are sealed once this old (ms): the transaction that wrote them has
+/// long committed, and a late one is sealed at the next turn anyway.
+const SEAL_AFTER_MS: i64 = 2_000;
 
 /// The file's name in the data directory.
 pub const FILE: &str = "audit-head.json";
@@ -177,6 +180,21 @@ pub fn spawn(
                 _ = tick.tick() => false,
                 _ = shutdown.cancelled() => true,
             };
+            // The incident steps of the last seconds into the chain first, so
+            // the head written below covers them (store::seals). At a stop,
+            // all of them.
+            let before = if stopping {
+                now_ms() + 1
+            } else {
+                now_ms() - SEAL_AFTER_MS
+            };
+            if let Err(e) = db.seal_timeline(before).await {
+                events::StageFailed {
+                    stage: "timeline_seal",
+                    error: &e,
+                }
+                .emit();
+            }
             match current(&db, key.as_ref()).await {
                 Ok(Some(cp)) if written.as_ref() != Some(&(cp.head_id, cp.head_hash.clone())) => {
                     match write(&path, &cp) {

@@ -127,6 +127,9 @@ pub enum ChainFault {
     /// `prev_hash` is not the previous entry's hash: a row before it was
     /// removed, inserted or rewritten, or the log does not start at its first entry.
     PrevHashMismatch,
+    /// The incident steps this entry seals were edited, removed or unmarked
+    /// after it sealed them.
+    TimelineAltered,
 }
 
 impl fmt::Display for ChainFault {
@@ -134,6 +137,7 @@ impl fmt::Display for ChainFault {
         f.write_str(match self {
             ChainFault::HashMismatch => "hash does not match the entry's content",
             ChainFault::PrevHashMismatch => "prev_hash does not link to the previous entry",
+            ChainFault::TimelineAltered => "the incident steps it seals were changed since",
         })
     }
 }
@@ -284,6 +288,9 @@ impl Db {
                 let expected = entry_hash(prev.as_ref().unwrap_or(&GENESIS), id, at, &entry);
                 if hash[..] != expected[..] {
                     return fault(ChainFault::HashMismatch);
+                }
+                if action == "timeline_sealed" && !self.seal_holds(id, &detail).await? {
+                    return fault(ChainFault::TimelineAltered);
                 }
                 prev = Some(expected);
             }

@@ -18,6 +18,7 @@ mod notifications;
 pub mod presence;
 mod registry;
 mod registry_edit;
+mod seals;
 mod sla;
 mod stage;
 mod statistics;

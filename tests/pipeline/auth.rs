@@ -905,3 +905,86 @@ async fn the_audit_head_outside_the_database_finds_removed_newest_entries_sqlite
 async fn the_audit_head_outside_the_database_finds_removed_newest_entries_postgres() {
     the_audit_head_outside_the_database_finds_removed_newest_entries(Backend::Postgres).await;
 }
+
+/// Every step on the timelines, whoever wrote it (the stage, timers, carers,
+/// operators), is sealed into the audit chain; a step edited or removed after
+/// its seal breaks the chain there.
+async fn timeline_steps_are_sealed(backend: Backend) {
+    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let mut device = Device::connect(app.native).await;
+    device
+        .send(
+            &event(&city.device, 1, pingantong_protocol::EventKind::Sos),
+            &city.secret,
+        )
+        .await;
+    let incident = newest_incident(&app.db).await;
+    add_user(&app.db, "seal.op", Role::Operator).await;
+    let api = Api::of(&app);
+    let token = api.token("seal.op").await;
+    let (status, _) = api
+        .post(&format!("/api/v1/incidents/{incident}/claim"), &token, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let steps = eventually("the steps written", || async {
+        let t = app.db.timeline(incident).await.unwrap();
+        (t.len() >= 2).then_some(t.len())
+    })
+    .await;
+    // (The server seals every few seconds too: whichever ran, all are sealed once.)
+    app.db.seal_timeline(now_ms() + 1).await.unwrap();
+    assert_eq!(app.db.seal_timeline(now_ms() + 1).await.unwrap(), 0, "sealed once");
+    let seals: Vec<(i64, usize)> = app
+        .db
+        .audit_trail(Some("timeline"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "timeline_sealed" && e.actor == "system")
+        .map(|e| (e.id, e.detail.split(' ').next().unwrap().parse().unwrap()))
+        .collect();
+    let covered: usize = seals.iter().map(|s| s.1).sum();
+    assert!(covered >= steps, "{covered} sealed of {steps}: {seals:?}");
+    assert!(app.db.verify_audit_chain().await.unwrap().is_ok());
+
+    // A step rewritten after its seal; then put back as it was.
+    let first = app.db.timeline(incident).await.unwrap().remove(0);
+    raw(
+        &app.db,
+        "UPDATE incident_events SET detail = 'nothing happened' \
+         WHERE id = (SELECT MIN(id) FROM incident_events)",
+    )
+    .await;
+    let broken = app.db.verify_audit_chain().await.unwrap().broken.unwrap();
+    assert_eq!(broken.fault, ChainFault::TimelineAltered);
+    assert!(seals.iter().any(|s| s.0 == broken.id), "{broken:?} {seals:?}");
+    let restore = format!(
+        "UPDATE incident_events SET detail = '{}' WHERE id = {}",
+        first.detail.replace('\'', "''"),
+        first.id
+    );
+    raw(&app.db, Box::leak(restore.into_boxed_str())).await;
+    assert!(app.db.verify_audit_chain().await.unwrap().is_ok(), "put back");
+    // A step removed after its seal.
+    raw(
+        &app.db,
+        "DELETE FROM incident_events WHERE id = (SELECT MAX(id) FROM incident_events \
+         WHERE sealed_by IS NOT NULL)",
+    )
+    .await;
+    let broken = app.db.verify_audit_chain().await.unwrap().broken.unwrap();
+    assert_eq!(broken.fault, ChainFault::TimelineAltered);
+    assert!(seals.iter().any(|s| s.0 == broken.id), "{broken:?} {seals:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn timeline_steps_are_sealed_sqlite() {
+    timeline_steps_are_sealed(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn timeline_steps_are_sealed_postgres() {
+    timeline_steps_are_sealed(Backend::Postgres).await;
+}
