@@ -138,7 +138,16 @@ mod tests {
     use super::*;
 
     fn step(id: i64, detail: &str) -> StepRow {
-        (id, 7, 1_000, "operator:li".into(), "claim".into(), Some("new".into()), None, detail.into())
+        (
+            id,
+            7,
+            1_000,
+            "operator:li".into(),
+            "claim".into(),
+            Some("new".into()),
+            None,
+            detail.into(),
+        )
     }
 
     #[test]
@@ -149,9 +158,37 @@ mod tests {
         assert_ne!(seal_detail(&[step(3, "a"), step(5, "c")]), d, "an edit");
         assert_ne!(seal_detail(&[step(3, "a")]), d, "a removal");
         // Fields cannot be shifted from one into the next.
-        let shifted = vec![(3, 7, 1_000, "operator:l".into(), "iclaim".into(), Some("new".into()), None, "a".into()), step(5, "b")];
+        let shifted = vec![
+            (
+                3,
+                7,
+                1_000,
+                "operator:l".into(),
+                "iclaim".into(),
+                Some("new".into()),
+                None,
+                "a".into(),
+            ),
+            step(5, "b"),
+        ];
         assert_ne!(seal_detail(&shifted), d);
-        let none_vs_empty = vec![(3, 7, 1_000, "operator:li".into(), "claim".into(), Some("new".into()), Some(String::new()), "a".into()), step(5, "b")];
-        assert_ne!(seal_detail(&none_vs_empty), d, "no state is not an empty state");
+        let none_vs_empty = vec![
+            (
+                3,
+                7,
+                1_000,
+                "operator:li".into(),
+                "claim".into(),
+                Some("new".into()),
+                Some(String::new()),
+                "a".into(),
+            ),
+            step(5, "b"),
+        ];
+        assert_ne!(
+            seal_detail(&none_vs_empty),
+            d,
+            "no state is not an empty state"
+        );
     }
 }

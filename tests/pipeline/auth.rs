@@ -924,7 +924,11 @@ async fn timeline_steps_are_sealed(backend: Backend) {
     let api = Api::of(&app);
     let token = api.token("seal.op").await;
     let (status, _) = api
-        .post(&format!("/api/v1/incidents/{incident}/claim"), &token, json!({}))
+        .post(
+            &format!("/api/v1/incidents/{incident}/claim"),
+            &token,
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let steps = eventually("the steps written", || async {
@@ -934,7 +938,11 @@ async fn timeline_steps_are_sealed(backend: Backend) {
     .await;
     // (The server seals every few seconds too: whichever ran, all are sealed once.)
     app.db.seal_timeline(now_ms() + 1).await.unwrap();
-    assert_eq!(app.db.seal_timeline(now_ms() + 1).await.unwrap(), 0, "sealed once");
+    assert_eq!(
+        app.db.seal_timeline(now_ms() + 1).await.unwrap(),
+        0,
+        "sealed once"
+    );
     let seals: Vec<(i64, usize)> = app
         .db
         .audit_trail(Some("timeline"), 100)
@@ -958,14 +966,20 @@ async fn timeline_steps_are_sealed(backend: Backend) {
     .await;
     let broken = app.db.verify_audit_chain().await.unwrap().broken.unwrap();
     assert_eq!(broken.fault, ChainFault::TimelineAltered);
-    assert!(seals.iter().any(|s| s.0 == broken.id), "{broken:?} {seals:?}");
+    assert!(
+        seals.iter().any(|s| s.0 == broken.id),
+        "{broken:?} {seals:?}"
+    );
     let restore = format!(
         "UPDATE incident_events SET detail = '{}' WHERE id = {}",
         first.detail.replace('\'', "''"),
         first.id
     );
     raw(&app.db, Box::leak(restore.into_boxed_str())).await;
-    assert!(app.db.verify_audit_chain().await.unwrap().is_ok(), "put back");
+    assert!(
+        app.db.verify_audit_chain().await.unwrap().is_ok(),
+        "put back"
+    );
     // A step removed after its seal.
     raw(
         &app.db,
@@ -975,7 +989,10 @@ async fn timeline_steps_are_sealed(backend: Backend) {
     .await;
     let broken = app.db.verify_audit_chain().await.unwrap().broken.unwrap();
     assert_eq!(broken.fault, ChainFault::TimelineAltered);
-    assert!(seals.iter().any(|s| s.0 == broken.id), "{broken:?} {seals:?}");
+    assert!(
+        seals.iter().any(|s| s.0 == broken.id),
+        "{broken:?} {seals:?}"
+    );
     app.stop().await;
 }
 

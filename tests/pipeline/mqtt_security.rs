@@ -674,7 +674,8 @@ async fn retained_messages_carry_no_personal_data() {
     let id = mqtt_device(&app, &city).await;
     let login = app.mqtt_login(&device(&id)).await;
     let acks = format!("{prefix}/v1/devices/{id}/ack");
-    let dev = MqttProbe::connect_as(&host, port, std::slice::from_ref(&acks), &id, Some(login)).await;
+    let dev =
+        MqttProbe::connect_as(&host, port, std::slice::from_ref(&acks), &id, Some(login)).await;
     dev.client
         .publish(
             format!("{prefix}/v1/devices/{id}/events"),
