@@ -394,10 +394,10 @@ impl Application {
         let mqtt_task = link.task;
         // An external Mosquitto kept in step with the registry's credentials.
         let dynsec_task = (s.mqtt_dynsec && self.embedded_inner.is_none()).then(|| {
-            tokio::spawn(mqtt::dynsec::run(
+            tokio::spawn(crate::broker::dynsec::run(
                 self.db.clone(),
                 self.credential_key.clone(),
-                mqtt::dynsec::DynsecConfig {
+                crate::broker::dynsec::DynsecConfig {
                     prefix: s.mqtt_topic_prefix.clone(),
                     adapter_filters: s.mqtt_adapters.iter().map(|a| a.filter()).collect(),
                     quarantine: s.mqtt_quarantine,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::secret::Secret;
 use crate::ingest::ConnectionLimits;
 use crate::ingest::adapters::AdapterConfig;
 
@@ -202,27 +203,6 @@ impl Default for Settings {
             session_idle_secs: 30 * 60,
             sla: crate::sla::SlaTargets::default(),
         }
-    }
-}
-
-/// A value never printed: `Debug` shows `***`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
     }
 }
 

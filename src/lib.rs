@@ -23,6 +23,7 @@ pub mod notify;
 pub mod open_files;
 pub mod routing;
 pub mod rules;
+pub mod secret;
 pub mod sla;
 pub mod store;
 pub mod supervision;

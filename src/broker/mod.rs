@@ -7,6 +7,7 @@
 //! server's): clients reach it only through [`gate`], which enforces who may
 //! publish and subscribe what.
 
+pub mod dynsec;
 pub mod gate;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

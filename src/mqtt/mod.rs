@@ -3,7 +3,6 @@
 
 pub mod acl;
 pub mod credential;
-pub mod dynsec;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +16,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::events;
+
+/// Where Mosquitto's dynamic-security plugin takes commands and answers them
+/// (`broker::dynsec` keeps it in step with the registry).
+pub const DYNSEC_COMMANDS: &str = "$CONTROL/dynamic-security/v1";
+pub const DYNSEC_RESPONSES: &str = "$CONTROL/dynamic-security/v1/response";
 
 /// Where the broker is: `mqtt://host:port`, or `mqtts://host:port` for TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +165,7 @@ pub fn filters(cfg: &LinkConfig) -> Vec<String> {
     let mut all = vec![devices, replies, quarantine];
     if cfg.dynsec {
         // Every server reads its own answers: never shared.
-        all.push(dynsec::RESPONSES.to_owned());
+        all.push(DYNSEC_RESPONSES.to_owned());
     }
     all.extend(cfg.extra_filters.iter().map(|f| match &cfg.share_group {
         Some(g) => format!("$share/{g}/{f}"),
@@ -256,7 +260,7 @@ pub fn connect(cfg: &LinkConfig, shutdown: CancellationToken) -> Link {
                     .emit();
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if p.topic == dynsec::RESPONSES {
+                    if p.topic == DYNSEC_RESPONSES {
                         // Nothing durable: acknowledged at once, dropped if nobody reads.
                         let _ = sub_client.try_ack(&p);
                         let _ = control_tx.try_send(p);

@@ -9,7 +9,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sha2::Sha256;
 
 use super::{Channel, Notice, NotifyError, SendFuture};
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::dispatch::Dispatcher;
 
 /// A family app subscribed to `<prefix>/v1/contacts/<contact id>/notices`

@@ -21,15 +21,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::MqttStatus;
-use super::acl::Principal;
-use super::credential::CredentialKey;
+use crate::mqtt::acl::Principal;
+use crate::mqtt::credential::CredentialKey;
+pub use crate::mqtt::{DYNSEC_COMMANDS as COMMANDS, DYNSEC_RESPONSES as RESPONSES};
+use crate::mqtt::MqttStatus;
 use crate::store::{CredentialRow, Db};
 use crate::telemetry::events;
 
-/// Where commands go and answers come from.
-pub const COMMANDS: &str = "$CONTROL/dynamic-security/v1";
-pub const RESPONSES: &str = "$CONTROL/dynamic-security/v1/response";
 /// How often the registry is looked at for changes.
 const SWEEP: Duration = Duration::from_secs(2);
 /// At most this many credentials in one sweep (a city's first push takes several).
