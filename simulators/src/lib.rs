@@ -5,6 +5,7 @@ pub mod carer;
 pub mod fleet;
 pub mod mqtt_fleet;
 pub mod record;
+pub mod roster;
 pub mod scenario;
 pub mod source;
 pub mod speaker;

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::fleet::schedule::{self, Schedule, unix_ms};
-use crate::fleet::{FleetReport, FleetStats, Pendant, PendantResult};
+use crate::roster::{FleetReport, FleetStats, Pendant, PendantResult};
 use crate::record::{Press, Recorder};
 use crate::scenario::Plan;
 
@@ -35,14 +35,6 @@ pub struct MqttFleetConfig {
     /// Each pendant's MQTT password by device id (username `devices/<id>`);
     /// a pendant without one connects without credentials (quarantine, unverified).
     pub passwords: std::collections::HashMap<String, String>,
-}
-
-/// Run every pendant as its own MQTT client at `cfg`'s rate until the end, then report.
-pub async fn run(cfg: MqttFleetConfig, stats: Arc<FleetStats>) -> FleetReport {
-    let plan = Plan::single(cfg.duration, cfg.alarm_rate, 0.0, 0);
-    let recorder =
-        Arc::new(Recorder::new(&plan, Instant::now()).expecting_ready(cfg.pendants.len() as u64));
-    crate::fleet::run_mixed(None, Some(cfg), plan, stats, recorder).await
 }
 
 /// One task per pendant, following `plan` (its rates are this fleet's share).

@@ -5,7 +5,7 @@ use pingantong_protocol::native::{self, NakReason, Reply};
 use pingantong_protocol::{AlarmEvent, DeviceId, EventKind, Location};
 use pingantong_protocol::{eview, gt06, h02, sia_dc09, watch};
 
-use crate::fleet::Pendant;
+use crate::roster::Pendant;
 
 /// What the server said to one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -456,8 +456,8 @@ async fn zigbee2mqtt_and_tasmota_buttons_raise_alarms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_mqtt_fleet_loses_nothing() {
     use pingantong::demo::seed::{CitySpec, seed_city};
-    use pingantong_sim::fleet::{FleetStats, Pendant};
-    use pingantong_sim::mqtt_fleet::{self, MqttFleetConfig};
+    use pingantong_sim::fleet::{self, FleetStats, Pendant};
+    use pingantong_sim::mqtt_fleet::MqttFleetConfig;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -476,7 +476,7 @@ async fn a_simulated_mqtt_fleet_loses_nothing() {
     .unwrap();
     let (host, port) = broker_of(&app);
     let passwords = app.device_passwords(&city.devices).await;
-    let report = mqtt_fleet::run(
+    let report = fleet::run_mqtt(
         MqttFleetConfig {
             host,
             port,

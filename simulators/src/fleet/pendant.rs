@@ -16,7 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::schedule::{self, Schedule, unix_ms};
-use super::{FleetConfig, FleetStats};
+use super::config::FleetConfig;
+use crate::roster::FleetStats;
 use crate::record::{Press, Recorder};
 use crate::scenario::Plan;
 use crate::source;
@@ -32,11 +33,7 @@ pub(super) struct Shared {
     pub sockets: Arc<Semaphore>,
 }
 
-/// One pendant's alarms, by (device, seq), at the end.
-pub struct PendantResult {
-    pub acked: Vec<(String, u32)>,
-    pub unanswered: Vec<(String, u32)>,
-}
+pub use crate::roster::PendantResult;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Frame {
