@@ -23,6 +23,8 @@ const EVERY: Duration = Duration::from_secs(10);
 /// Steps are sealed once this old (ms): the transaction that wrote them has
 /// long committed, and a late one is sealed at the next turn anyway.
 const SEAL_AFTER_MS: i64 = 2_000;
+/// How long one sealing may take before it is left for the next turn.
+const SEAL_WAIT: Duration = Duration::from_secs(2);
 
 /// The file's name in the data directory.
 pub const FILE: &str = "audit-head.json";
@@ -188,12 +190,20 @@ pub fn spawn(
             } else {
                 now_ms() - SEAL_AFTER_MS
             };
-            if let Err(e) = db.seal_timeline(before).await {
-                events::StageFailed {
+            // Never held up by a database that is away: what is not sealed
+            // now is sealed at the next turn, or after the next start.
+            match tokio::time::timeout(SEAL_WAIT, db.seal_timeline(before)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => events::StageFailed {
                     stage: "timeline_seal",
                     error: &e,
                 }
-                .emit();
+                .emit(),
+                Err(_) => events::StageFailed {
+                    stage: "timeline_seal",
+                    error: &"the database did not answer within 2 s",
+                }
+                .emit(),
             }
             match current(&db, key.as_ref()).await {
                 Ok(Some(cp)) if written.as_ref() != Some(&(cp.head_id, cp.head_hash.clone())) => {
