@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::secret::Secret;
 use crate::ingest::ConnectionLimits;
 use crate::ingest::adapters::AdapterConfig;
+pub use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

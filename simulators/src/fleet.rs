@@ -9,19 +9,16 @@ pub use config::{FleetConfig, Line};
 
 pub use crate::roster::{FleetReport, FleetStats, Pendant, PendantResult};
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::mqtt_fleet::MqttFleetConfig;
-use crate::record::{Recorder, histogram};
+use crate::record::Recorder;
 use crate::scenario::Plan;
-use crate::speaker::Speaker;
 
 /// Run the fleet to the end and report: one phase at `cfg`'s rates, every pendant holding a
 /// connection. `stats` may be read meanwhile.

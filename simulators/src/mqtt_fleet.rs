@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::fleet::schedule::{self, Schedule, unix_ms};
-use crate::roster::{FleetReport, FleetStats, Pendant, PendantResult};
 use crate::record::{Press, Recorder};
+use crate::roster::{FleetStats, Pendant, PendantResult};
 use crate::scenario::Plan;
 
 #[derive(Debug, Clone)]

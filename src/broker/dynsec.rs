@@ -21,10 +21,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::mqtt::MqttStatus;
 use crate::mqtt::acl::Principal;
 use crate::mqtt::credential::CredentialKey;
 pub use crate::mqtt::{DYNSEC_COMMANDS as COMMANDS, DYNSEC_RESPONSES as RESPONSES};
-use crate::mqtt::MqttStatus;
 use crate::store::{CredentialRow, Db};
 use crate::telemetry::events;
 

@@ -9,8 +9,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sha2::Sha256;
 
 use super::{Channel, Notice, NotifyError, SendFuture};
-use crate::secret::Secret;
 use crate::dispatch::Dispatcher;
+use crate::secret::Secret;
 
 /// A family app subscribed to `<prefix>/v1/contacts/<contact id>/notices`
 /// (QoS 1, so a phone that was offline gets it from its persistent session).

@@ -15,10 +15,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::schedule::{self, Schedule, unix_ms};
 use super::config::FleetConfig;
-use crate::roster::FleetStats;
+use super::schedule::{self, Schedule, unix_ms};
 use crate::record::{Press, Recorder};
+use crate::roster::FleetStats;
 use crate::scenario::Plan;
 use crate::source;
 use crate::speaker::Verdict;
@@ -111,7 +111,7 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
 
     loop {
         let now = Instant::now();
-        if stats.stop.load(Ordering::Acquire) && now < stop_sending {
+        if stats.stopping() && now < stop_sending {
             stop_sending = now;
             give_up = now + cfg.grace;
         }
@@ -251,7 +251,7 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
         }
 
         tokio::select! {
-            _ = stats.stop_now.notified(), if sending => continue,
+            _ = stats.stop_notified(), if sending => continue,
             r = async {
                 match conn.as_mut() {
                     Some(c) => c.rd.read_buf(&mut c.buf).await,
@@ -310,7 +310,7 @@ pub(super) async fn run(sh: Arc<Shared>, index: usize) -> PendantResult {
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 // Whatever falls due after the end is not sent.
-                let sending = now < stop_sending && !stats.stop.load(Ordering::Acquire);
+                let sending = now < stop_sending && !stats.stopping();
                 if sending && let Some(kind) = due.take(now) {
                     let alarm = matches!(kind, EventKind::Sos | EventKind::Fall);
                     // Without power a pendant still takes a press (sent on reconnecting), but
