@@ -66,6 +66,11 @@ pub struct Gate {
     key: CredentialKey,
     /// Connected identities, so a revoked or rotated credential is cut off at once.
     live: DashMap<String, CancellationToken>,
+    /// The newest attempt per client id on the broker: an older attempt that
+    /// is still being checked (its client gave up waiting and dialled again)
+    /// must not reach the broker after the newer one and take its session.
+    newest: DashMap<String, u64>,
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 /// A handle to cut off every connection of a username (after a revocation or rotation).
@@ -87,6 +92,8 @@ impl Gate {
             db,
             key,
             live: DashMap::new(),
+            newest: DashMap::new(),
+            attempts: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -232,6 +239,9 @@ impl Gate {
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let mut buf = BytesMut::with_capacity(1024);
+        let attempt = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let first =
             match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut client, &mut buf)).await {
                 Ok(Ok(Some(p))) => p,
@@ -278,11 +288,30 @@ impl Gate {
         };
         // rumqttd refuses `/` in a client id: the identity's kind is joined with `:`.
         connect.client_id = format!("{}|{client_id}", who.replacen('/', ":", 1));
+        // Only the newest attempt under this id goes on to the broker.
+        {
+            let mut newest = self
+                .newest
+                .entry(connect.client_id.clone())
+                .or_insert(attempt);
+            if *newest > attempt {
+                return Ok(());
+            }
+            *newest = attempt;
+        }
         connect.login = Some(Login::new(
             self.cfg.inner_login.0.clone(),
             self.cfg.inner_login.1.clone(),
         ));
         let mut inner = TcpStream::connect(self.cfg.inner).await?;
+        if self
+            .newest
+            .get(&connect.client_id)
+            .is_some_and(|n| *n != attempt)
+        {
+            // A newer attempt arrived while this one was being checked.
+            return Ok(());
+        }
         let _ = inner.set_nodelay(true);
         let mut out = BytesMut::new();
         Packet::Connect(connect)
