@@ -314,6 +314,7 @@ impl Gate {
         }
         let _ = inner.set_nodelay(true);
         let mut out = BytesMut::new();
+        let connect_id = connect.client_id.clone();
         Packet::Connect(connect)
             .write(&mut out, MAX_PACKET)
             .map_err(std::io::Error::other)?;
@@ -343,7 +344,8 @@ impl Gate {
             }
             live.clone()
         };
-        pump(
+        let inner_id = connect_id;
+        let ended = pump(
             &self.cfg,
             &principal,
             &who,
@@ -351,7 +353,10 @@ impl Gate {
             (inner, inner_buf),
             token,
         )
-        .await
+        .await;
+        // Forgotten when done, unless a newer attempt holds the id by now.
+        self.newest.remove_if(&inner_id, |_, n| *n == attempt);
+        ended
     }
 }
 

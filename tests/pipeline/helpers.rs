@@ -378,19 +378,39 @@ static MONITORS: std::sync::LazyLock<dashmap::DashMap<u16, (String, String)>> =
     std::sync::LazyLock::new(dashmap::DashMap::new);
 
 impl TestApp {
-    /// Issue MQTT credentials for registered devices: device id → password.
-    pub async fn device_passwords(
-        &self,
-        ids: &[String],
-    ) -> std::collections::HashMap<String, String> {
-        let key = pingantong::mqtt::credential::CredentialKey::configured_or_kept(
+    /// The key the server derives MQTT passwords from (kept in its data directory).
+    fn credential_key(&self) -> pingantong::mqtt::credential::CredentialKey {
+        pingantong::mqtt::credential::CredentialKey::configured_or_kept(
             self.settings
                 .mqtt_credential_key
                 .as_ref()
                 .map(|k| k.expose()),
             &self.settings.data_dir,
         )
-        .expect("credential key");
+        .expect("credential key")
+    }
+
+    /// Provision an MQTT device for the small city's resident; returns its id.
+    pub async fn mqtt_device(&self, city: &City) -> String {
+        let id = unique("GW").replace('_', "-");
+        self.db
+            .upsert_device(&pingantong::store::NewDevice {
+                id: id.clone(),
+                protocol: "mqtt".into(),
+                secret: Vec::new(),
+                client_id: Some(city.client_id),
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    /// Issue MQTT credentials for registered devices: device id → password.
+    pub async fn device_passwords(
+        &self,
+        ids: &[String],
+    ) -> std::collections::HashMap<String, String> {
+        let key = self.credential_key();
         self.db
             .issue_device_credentials(ids, "system:test")
             .await
@@ -405,14 +425,7 @@ impl TestApp {
 
     /// Issue one principal's MQTT credential: (username, password).
     pub async fn mqtt_login(&self, p: &pingantong::mqtt::acl::Principal) -> (String, String) {
-        let key = pingantong::mqtt::credential::CredentialKey::configured_or_kept(
-            self.settings
-                .mqtt_credential_key
-                .as_ref()
-                .map(|k| k.expose()),
-            &self.settings.data_dir,
-        )
-        .expect("credential key");
+        let key = self.credential_key();
         let g = self
             .db
             .issue_mqtt_credential(p, "system:test")

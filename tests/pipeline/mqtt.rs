@@ -6,21 +6,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-/// Provision an MQTT device for the small city's resident.
-async fn mqtt_device(app: &TestApp, city: &City) -> String {
-    let id = unique("GW").replace('_', "-");
-    app.db
-        .upsert_device(&NewDevice {
-            id: id.clone(),
-            protocol: "mqtt".into(),
-            secret: Vec::new(),
-            client_id: Some(city.client_id),
-        })
-        .await
-        .unwrap();
-    id
-}
-
 fn sos(seq: u32) -> serde_json::Value {
     json!({"v": 1, "seq": seq, "kind": "sos", "time": 1_764_000_000_000u64, "battery": 64,
            "location": {"lat": 23.1291, "lon": 113.2644, "accuracy_m": 10}})
@@ -29,7 +14,7 @@ fn sos(seq: u32) -> serde_json::Value {
 async fn event_to_carer_and_back(backend: Backend, broker: Broker) {
     let app = TestApp::spawn(backend, broker).await;
     let city = seed_small_city(&app.db).await;
-    let device = mqtt_device(&app, &city).await;
+    let device = app.mqtt_device(&city).await;
     let prefix = app.settings.mqtt_topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let events = format!("{prefix}/v1/devices/{device}/events");
@@ -137,7 +122,7 @@ async fn mqtt_event_to_carer_and_back_postgres_mosquitto() {
 async fn a_decline_offers_the_job_to_the_next_carer() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
-    let device = mqtt_device(&app, &city).await;
+    let device = app.mqtt_device(&city).await;
     let prefix = app.settings.mqtt_topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let probe = MqttProbe::connect(&host, port, &[format!("{prefix}/v1/carers/+/dispatch")]).await;
@@ -249,7 +234,7 @@ async fn events_published_while_the_server_is_down_are_delivered_when_it_returns
     // PostgreSQL keeps the data across the two runs; Mosquitto keeps the session.
     let app = TestApp::spawn(Backend::Postgres, Broker::Mosquitto).await;
     let city = seed_small_city(&app.db).await;
-    let device = mqtt_device(&app, &city).await;
+    let device = app.mqtt_device(&city).await;
     let settings = app.settings.clone();
     let prefix = settings.mqtt_topic_prefix.clone();
     let (host, port) = broker_of(&app);
@@ -284,7 +269,7 @@ async fn two_servers_with_a_shared_subscription_split_the_stream() {
     let one = TestApp::spawn_with(a.clone(), None).await;
     let two = TestApp::spawn_with(b, None).await;
     let city = seed_small_city(&one.db).await;
-    let device = mqtt_device(&one, &city).await;
+    let device = one.mqtt_device(&city).await;
     let (host, port) = broker_of(&one);
     let probe = MqttProbe::connect(&host, port, &[]).await;
     let n = 200u32;
@@ -327,7 +312,7 @@ async fn a_broker_restart_in_the_middle_of_a_stream_loses_nothing() {
     s.mqtt_url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
     let app = TestApp::spawn_with(s, Some(dir)).await;
     let city = seed_small_city(&app.db).await;
-    let device = mqtt_device(&app, &city).await;
+    let device = app.mqtt_device(&city).await;
     let topic = format!(
         "{}/v1/devices/{device}/events",
         app.settings.mqtt_topic_prefix

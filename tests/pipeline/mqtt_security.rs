@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use pingantong::domain::State;
 use pingantong::mqtt::acl::Principal;
-use pingantong::store::NewDevice;
 use pingantong_protocol::DeviceId;
 use serde_json::json;
 
@@ -14,20 +13,6 @@ use crate::helpers::*;
 
 fn sos(seq: u32) -> serde_json::Value {
     json!({"v": 1, "seq": seq, "kind": "sos", "time": 1_764_000_000_000u64})
-}
-
-async fn mqtt_device(app: &TestApp, city: &City) -> String {
-    let id = unique("MQ").replace('_', "-");
-    app.db
-        .upsert_device(&NewDevice {
-            id: id.clone(),
-            protocol: "mqtt".into(),
-            secret: Vec::new(),
-            client_id: Some(city.client_id),
-        })
-        .await
-        .unwrap();
-    id
 }
 
 fn device(id: &str) -> Principal {
@@ -50,7 +35,7 @@ async fn answers(probe: &MqttProbe, n: usize) -> Vec<String> {
 /// incident and an offer to the near carer; returns (dispatch id, incident id).
 async fn offer_to_near_carer(app: &TestApp, city: &City, watcher: &MqttProbe) -> (i64, i64) {
     let prefix = &app.settings.mqtt_topic_prefix;
-    let id = mqtt_device(app, city).await;
+    let id = app.mqtt_device(city).await;
     let (host, port) = broker_of(app);
     let login = app.mqtt_login(&device(&id)).await;
     let dev = MqttProbe::connect_as(
@@ -81,7 +66,7 @@ async fn offer_to_near_carer(app: &TestApp, city: &City, watcher: &MqttProbe) ->
 async fn a_stranger_reads_nothing_and_raises_an_sos_only_in_quarantine() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
-    let provisioned = mqtt_device(&app, &city).await;
+    let provisioned = app.mqtt_device(&city).await;
     let prefix = app.settings.mqtt_topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let stranger_id = unique("X").replace('_', "-");
@@ -220,11 +205,8 @@ async fn rows_incident(app: &TestApp, device: &str) -> Option<i64> {
 async fn a_device_speaks_only_for_itself_and_a_revoked_one_not_at_all() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
-    let a = mqtt_device(&app, &city).await;
-    let b = mqtt_device(&app, &city).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
     let (host, port) = broker_of(&app);
-    let login = app.mqtt_login(&device(&a)).await;
+    let (dev, login, a, b) = a_device_for_itself(&app, &city, &host, port, None).await;
 
     // A wrong password, another device's name, a username that names no one.
     for (user, pass) in [
@@ -235,36 +217,6 @@ async fn a_device_speaks_only_for_itself_and_a_revoked_one_not_at_all() {
         let p = MqttProbe::connect_as(&host, port, &[], &unique("c"), Some((user, pass))).await;
         assert_eq!(answers(&p, 1).await[0], "connack:BadUserNamePassword");
     }
-
-    let acks_a = format!("{prefix}/v1/devices/{a}/ack");
-    let dev = MqttProbe::connect_as(
-        &host,
-        port,
-        &[acks_a.clone(), format!("{prefix}/v1/devices/{b}/ack")],
-        &a,
-        Some(login.clone()),
-    )
-    .await;
-    assert_eq!(
-        answers(&dev, 3).await,
-        ["connack:Success", "suback:ok", "suback:refused"]
-    );
-    dev.publish(&format!("{prefix}/v1/devices/{b}/events"), sos(1))
-        .await;
-    dev.publish(&format!("{prefix}/v1/devices/{a}/events"), sos(2))
-        .await;
-    let ack = eventually("its own event's ACK", || async {
-        dev.on(&acks_a).into_iter().next()
-    })
-    .await;
-    assert_eq!(
-        (ack["seq"].as_u64(), ack["verified"].as_bool()),
-        (Some(2), Some(true))
-    );
-    assert!(
-        app.db.alarm_states(&b, 1).await.unwrap().is_empty(),
-        "not as b"
-    );
 
     // Revoked through the API: its connection ends and it cannot come back.
     let api = Api::of(&app);
@@ -359,36 +311,9 @@ async fn a_carer_reads_and_answers_only_their_own_offers() {
         ["connack:Success", "suback:ok", "suback:refused"]
     );
     let (dispatch, incident) = offer_to_near_carer(&app, &city, &watcher).await;
-    // The far carer answers the near carer's offer, on the near carer's topic.
-    intruder
-        .publish(
-            &format!("{prefix}/v1/carers/{}/reply", city.near_carer),
-            json!({"v": 1, "dispatch_id": dispatch, "action": "accept"}),
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        app.db.dispatch_states(incident).await.unwrap()[0].2,
-        "offered",
-        "not applied"
-    );
-    assert!(
-        intruder.on(&near).is_empty(),
-        "the near carer's offer never reached another carer"
-    );
-    // The near carer, with their own credential, is heard.
     let near_login = app.mqtt_login(&Principal::Carer(city.near_carer)).await;
     let phone = MqttProbe::connect_as(&host, port, &[], &unique("phone"), Some(near_login)).await;
-    phone
-        .publish(
-            &format!("{prefix}/v1/carers/{}/reply", city.near_carer),
-            json!({"v": 1, "dispatch_id": dispatch, "action": "accept"}),
-        )
-        .await;
-    eventually("the near carer's accept applied", || async {
-        (app.db.incident_state(incident).await.unwrap() == Some(State::CarerAccepted)).then_some(())
-    })
-    .await;
+    only_the_offered_carer_answers(&app, &city, &intruder, &phone, dispatch, incident).await;
     // The carer's answer is in the audit chain under the carer's name, with
     // the step it made; the intruder's is nowhere.
     let trail = app.db.audit_trail(None, 100).await.unwrap();
@@ -427,7 +352,7 @@ async fn nobody_takes_over_the_servers_session() {
         assert_eq!(answers(&p, 1).await[0], "connack:BadClientId");
     }
     // The server is still on the broker: a provisioned device's SOS is answered.
-    let id = mqtt_device(&app, &city).await;
+    let id = app.mqtt_device(&city).await;
     let login = app.mqtt_login(&device(&id)).await;
     let acks = format!("{prefix}/v1/devices/{id}/ack");
     let dev =
@@ -453,6 +378,84 @@ async fn told(probe: &MqttProbe, what: &str) {
             .then_some(())
     })
     .await
+}
+
+/// Device `a`, with its own credential (connecting as `client_id`, else its
+/// id): its own ACK topic granted and `b`'s refused, an event published as
+/// `b` dropped, its own answered and verified. Returns its probe, its
+/// credential and the two devices' ids.
+async fn a_device_for_itself(
+    app: &TestApp,
+    city: &City,
+    host: &str,
+    port: u16,
+    client_id: Option<&str>,
+) -> (MqttProbe, (String, String), String, String) {
+    let prefix = &app.settings.mqtt_topic_prefix;
+    let a = app.mqtt_device(city).await;
+    let b = app.mqtt_device(city).await;
+    let login = app.mqtt_login(&device(&a)).await;
+    let acks = format!("{prefix}/v1/devices/{a}/ack");
+    let dev = MqttProbe::connect_as(
+        host,
+        port,
+        &[acks.clone(), format!("{prefix}/v1/devices/{b}/ack")],
+        client_id.unwrap_or(&a),
+        Some(login.clone()),
+    )
+    .await;
+    told(&dev, "suback:ok").await;
+    told(&dev, "suback:refused").await;
+    dev.publish(&format!("{prefix}/v1/devices/{b}/events"), sos(1))
+        .await;
+    dev.publish(&format!("{prefix}/v1/devices/{a}/events"), sos(2))
+        .await;
+    let ack = eventually("the device's own ACK", || async {
+        dev.on(&acks).into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["verified"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert!(
+        app.db.alarm_states(&b, 1).await.unwrap().is_empty(),
+        "not as b"
+    );
+    (dev, login, a, b)
+}
+
+/// The far carer (`intruder`) answers the near carer's offer on the near
+/// carer's topic: nothing changes, and the offer never reached them; then the
+/// near carer's own `phone` accepts, and that is applied.
+async fn only_the_offered_carer_answers(
+    app: &TestApp,
+    city: &City,
+    intruder: &MqttProbe,
+    phone: &MqttProbe,
+    dispatch: i64,
+    incident: i64,
+) {
+    let prefix = &app.settings.mqtt_topic_prefix;
+    let reply = format!("{prefix}/v1/carers/{}/reply", city.near_carer);
+    let accept = json!({"v": 1, "dispatch_id": dispatch, "action": "accept"});
+    intruder.publish(&reply, accept.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.db.dispatch_states(incident).await.unwrap()[0].2,
+        "offered",
+        "not applied"
+    );
+    let near = format!("{prefix}/v1/carers/{}/dispatch", city.near_carer);
+    assert!(
+        intruder.on(&near).is_empty(),
+        "the near carer's offer never reached another carer"
+    );
+    phone.publish(&reply, accept).await;
+    eventually("the near carer's accept applied", || async {
+        (app.db.incident_state(incident).await.unwrap() == Some(State::CarerAccepted)).then_some(())
+    })
+    .await;
 }
 
 /// The same rules on a real Mosquitto (2.0, dynamic-security plugin), kept
@@ -500,38 +503,10 @@ async fn mosquitto_is_kept_in_step_with_the_registry() {
     )
     .await;
     told(&phone, "suback:ok").await;
-    // A device, pushed to the broker by the server within seconds.
-    let a = mqtt_device(&app, &city).await;
-    let b = mqtt_device(&app, &city).await;
-    let login = app.mqtt_login(&device(&a)).await;
-    let acks = format!("{prefix}/v1/devices/{a}/ack");
-    let dev = MqttProbe::connect_as(
-        host,
-        port,
-        &[acks.clone(), format!("{prefix}/v1/devices/{b}/ack")],
-        // The server's own client id: on this broker ids are the usernames.
-        &app.settings.instance_id,
-        Some(login.clone()),
-    )
-    .await;
-    told(&dev, "suback:ok").await;
-    told(&dev, "suback:refused").await;
-    dev.publish(&format!("{prefix}/v1/devices/{b}/events"), sos(1))
-        .await;
-    dev.publish(&format!("{prefix}/v1/devices/{a}/events"), sos(2))
-        .await;
-    let ack = eventually("the device's own ACK", || async {
-        dev.on(&acks).into_iter().next()
-    })
-    .await;
-    assert_eq!(
-        (ack["seq"].as_u64(), ack["verified"].as_bool()),
-        (Some(2), Some(true))
-    );
-    assert!(
-        app.db.alarm_states(&b, 1).await.unwrap().is_empty(),
-        "not as b"
-    );
+    // A device, pushed to the broker by the server within seconds, using the
+    // server's own client id: on this broker client ids are the usernames.
+    let (dev, login, _, _) =
+        a_device_for_itself(&app, &city, host, port, Some(&app.settings.instance_id)).await;
 
     let offer = eventually("the near carer's offer, on their own phone", || async {
         phone.on(&near).into_iter().find(|o| o["type"] == "offer")
@@ -539,29 +514,7 @@ async fn mosquitto_is_kept_in_step_with_the_registry() {
     .await;
     let dispatch = offer["dispatch_id"].as_i64().unwrap();
     let incident = offer["incident_id"].as_i64().unwrap();
-    let reply = format!("{prefix}/v1/carers/{}/reply", city.near_carer);
-    intruder
-        .publish(
-            &reply,
-            json!({"v": 1, "dispatch_id": dispatch, "action": "accept"}),
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        app.db.dispatch_states(incident).await.unwrap()[0].2,
-        "offered"
-    );
-    assert!(intruder.on(&near).is_empty());
-    phone
-        .publish(
-            &reply,
-            json!({"v": 1, "dispatch_id": dispatch, "action": "accept"}),
-        )
-        .await;
-    eventually("the near carer's accept applied", || async {
-        (app.db.incident_state(incident).await.unwrap() == Some(State::CarerAccepted)).then_some(())
-    })
-    .await;
+    only_the_offered_carer_answers(&app, &city, &intruder, &phone, dispatch, incident).await;
 
     // (The device connected with the server's client id, and the offers still
     // flowed: the server never lost its session.)
@@ -603,7 +556,7 @@ async fn the_embedded_broker_speaks_tls() {
     let app = TestApp::spawn_with(s, Some(dir)).await;
     let mqtts = app.mqtts.expect("an mqtts listener");
     let city = seed_small_city(&app.db).await;
-    let id = mqtt_device(&app, &city).await;
+    let id = app.mqtt_device(&city).await;
     let (user, pass) = app.mqtt_login(&device(&id)).await;
     let prefix = app.settings.mqtt_topic_prefix.clone();
 
@@ -671,7 +624,7 @@ async fn retained_messages_carry_no_personal_data() {
     )
     .await;
     // An SOS all the way to an offer, from a device that asks the broker to keep its event.
-    let id = mqtt_device(&app, &city).await;
+    let id = app.mqtt_device(&city).await;
     let login = app.mqtt_login(&device(&id)).await;
     let acks = format!("{prefix}/v1/devices/{id}/ack");
     let dev =
