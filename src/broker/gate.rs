@@ -175,6 +175,18 @@ impl Gate {
         }
     }
 
+    /// The token that ends every live session of `who`.
+    fn session_token(&self, who: &str, shutdown: &CancellationToken) -> CancellationToken {
+        let mut live = self
+            .live
+            .entry(who.to_owned())
+            .or_insert_with(|| shutdown.child_token());
+        if live.is_cancelled() {
+            *live = shutdown.child_token();
+        }
+        live.clone()
+    }
+
     /// Decide who a CONNECT is, or why it is refused.
     async fn admit(
         &self,
@@ -261,6 +273,15 @@ impl Gate {
             .as_ref()
             .map(|l| l.username.clone())
             .unwrap_or_default();
+        // Registered for cutting off before the registry is read: a rotation
+        // or revocation committed after that read ends this session (one
+        // before it refuses the CONNECT).
+        let named = connect
+            .login
+            .as_ref()
+            .and_then(|l| Principal::from_username(&l.username).ok())
+            .and_then(|p| p.username());
+        let registered = named.map(|who| self.session_token(&who, &shutdown));
         let principal = match self.admit(&connect).await {
             Ok(p) => p,
             Err((code, reason)) => {
@@ -279,6 +300,10 @@ impl Gate {
         let who = match &principal {
             Principal::Quarantine(id) => format!("quarantine/{id}"),
             p => p.username().unwrap_or_default(),
+        };
+        let token = match registered {
+            Some(t) => t,
+            None => self.session_token(&who, &shutdown),
         };
         // An empty client id asks for a fresh session: give it a unique one.
         let client_id = if connect.client_id.is_empty() {
@@ -330,20 +355,10 @@ impl Gate {
                 Ok(Ok(Some(f))) => f,
                 _ => return Ok(()),
             };
-        if client.write_all(&connack).await.is_err() {
+        if token.is_cancelled() || client.write_all(&connack).await.is_err() {
             return Ok(());
         }
 
-        let token = {
-            let mut live = self
-                .live
-                .entry(who.clone())
-                .or_insert_with(|| shutdown.child_token());
-            if live.is_cancelled() {
-                *live = shutdown.child_token();
-            }
-            live.clone()
-        };
         let inner_id = connect_id;
         let ended = pump(
             &self.cfg,
