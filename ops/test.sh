@@ -67,7 +67,15 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          mqtt_security::retained_messages_carry_no_personal_data \
          auth::unused_sessions_end_sqlite auth::unused_sessions_end_postgres \
          registry::a_residents_data_is_exported_sqlite registry::a_residents_data_is_exported_postgres \
-         auth::timeline_steps_are_sealed_sqlite auth::timeline_steps_are_sealed_postgres; do
+         auth::timeline_steps_are_sealed_sqlite auth::timeline_steps_are_sealed_postgres \
+         at_rest::health_and_positions_are_sealed_and_read_back_sqlite \
+         at_rest::health_and_positions_are_sealed_and_read_back_postgres \
+         at_rest::plain_rows_are_sealed_and_keys_rotate_and_rewrap_sqlite \
+         at_rest::plain_rows_are_sealed_and_keys_rotate_and_rewrap_postgres \
+         at_rest::a_running_server_takes_up_a_rotation \
+         at_rest::retention_purges_old_records_and_the_chain_still_verifies_sqlite \
+         at_rest::retention_purges_old_records_and_the_chain_still_verifies_postgres \
+         at_rest::retention_never_purges_over_an_altered_timeline; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1

@@ -26,7 +26,7 @@ use crate::mqtt::credential::CredentialKey;
 use crate::mqtt::{self, LinkConfig};
 use crate::notify::{Channel, EmailChannel, MqttChannel, Notifier, WebhookChannel};
 use crate::rules::{Rules, RulesError};
-use crate::store::{Db, StoreConfig, StoreError, writer};
+use crate::store::{Db, StoreError, writer};
 use crate::supervision::Supervision;
 
 const SIA_DC09: &str = "sia_dc09";
@@ -49,6 +49,8 @@ pub enum AppError {
     Rules(#[from] RulesError),
     #[error("notification channel: {0}")]
     Notify(String),
+    #[error("{0}")]
+    DataKey(String),
     #[error(transparent)]
     Tls(#[from] crate::api::listener::TlsError),
     #[error("cannot listen on {addr}: {source}")]
@@ -145,12 +147,10 @@ impl Application {
                 source,
             })?;
         }
-        let db = Db::connect(&StoreConfig {
-            url: settings.database_url(),
-            schema: settings.database_schema.clone(),
-            max_connections: settings.database_max_connections,
-        })
-        .await?;
+        let store = settings
+            .store_config(settings.database_max_connections)
+            .map_err(|e| AppError::DataKey(e.to_string()))?;
+        let db = Db::connect(&store).await?;
         let native = bind_tcp(settings.native_addr).await?;
         let native_addr = native.local_addr().map_err(|source| AppError::Bind {
             addr: settings.native_addr,
@@ -529,6 +529,8 @@ impl Application {
             s.audit_key.clone(),
             inner.clone(),
         );
+        let housekeeping_task =
+            crate::housekeeping::spawn(self.db.clone(), s.retention(), inner.clone());
         // The database's state, kept apart from the writer's handles: the
         // writer stops when the last handle goes.
         let store = writer.load();
@@ -682,6 +684,7 @@ impl Application {
         let _ = notify_task.await;
         let _ = feed_task.await;
         let _ = anchor_task.await;
+        let _ = housekeeping_task.await;
         let _ = refresher.await;
         if let Some(task) = dynsec_task {
             let _ = task.await;

@@ -117,6 +117,19 @@ pub struct Settings {
     /// Signs the audit log's head written to `data_dir/audit-head.json`
     /// (HMAC-SHA256), so `audit verify` can tell a removed newest entry.
     pub audit_key: Option<Secret>,
+    /// Wraps the keys that seal residents' health data, positions and frames
+    /// in the database (README, "Encryption at rest"): 64 hex digits, or any
+    /// text of 32 characters or more. Unset: a key made on first start and
+    /// kept in `data_dir/data.key`. Every server of one database needs the same.
+    pub data_key: Option<Secret>,
+    /// Days a frame is kept as received (the event stays, its bytes go);
+    /// 0 keeps them for ever. README, "Retention".
+    pub retention_frames_days: u32,
+    /// Days the positions devices report are kept (alarms and last reports).
+    pub retention_positions_days: u32,
+    /// Days after it closed that an incident keeps its timeline, hand-offs
+    /// and notices (its figures stay for the city's reports).
+    pub retention_closed_incidents_days: u32,
     /// `smtp://host:port`, `smtp://host:587?tls=required` or `smtps://user:pass@host`; unset: no e-mail.
     pub smtp_url: Option<Secret>,
     pub mail_from: String,
@@ -191,6 +204,10 @@ impl Default for Settings {
             notify_retry_max_secs: 300,
             webhook_secret: None,
             audit_key: None,
+            data_key: None,
+            retention_frames_days: 180,
+            retention_positions_days: 180,
+            retention_closed_incidents_days: 1825,
             smtp_url: None,
             mail_from: "Ping An Tong <alarms@pingantong.invalid>".into(),
             heartbeat_secs: crate::supervision::default_intervals(),
@@ -352,6 +369,31 @@ impl Settings {
             return invalid("database_url", "must start with sqlite: or postgres://");
         }
         Ok(())
+    }
+
+    pub fn retention(&self) -> crate::store::RetentionPolicy {
+        crate::store::RetentionPolicy {
+            frames_days: self.retention_frames_days,
+            positions_days: self.retention_positions_days,
+            closed_incidents_days: self.retention_closed_incidents_days,
+        }
+    }
+
+    /// How to open the store these settings name: its URL, schema and the
+    /// master key of its data keys (configured, or kept in `data_dir`).
+    pub fn store_config(
+        &self,
+        max_connections: u32,
+    ) -> Result<crate::store::StoreConfig, Box<dyn std::error::Error + Send + Sync>> {
+        let master =
+            crate::vault::MasterKey::configured_or_kept(self.data_key.as_ref(), &self.data_dir)
+                .map_err(|e| format!("data_key: {e}"))?;
+        Ok(crate::store::StoreConfig {
+            url: self.database_url(),
+            schema: self.database_schema.clone(),
+            max_connections,
+            master_key: std::sync::Arc::new(master),
+        })
     }
 
     pub fn database_url(&self) -> String {

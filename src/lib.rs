@@ -16,6 +16,7 @@ pub mod demo;
 pub mod directory;
 pub mod dispatch;
 pub mod domain;
+pub mod housekeeping;
 pub mod incident;
 pub mod ingest;
 pub mod mqtt;
@@ -28,6 +29,7 @@ pub mod sla;
 pub mod store;
 pub mod supervision;
 pub mod telemetry;
+pub mod vault;
 
 pub use app::Application;
 pub use config::Settings;

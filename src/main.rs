@@ -11,7 +11,7 @@ use pingantong::api::auth::hash_password;
 use pingantong::demo::{self, DemoOptions, seed};
 use pingantong::domain::Role;
 use pingantong::sla::{self, Format, Grouping, Month, output};
-use pingantong::store::{Db, NewUser, StoreConfig};
+use pingantong::store::{Db, NewUser};
 use pingantong::{Application, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +80,9 @@ enum Command {
     /// MQTT credentials of devices, carers' phones and servers.
     #[command(subcommand)]
     MqttCredential(MqttCredentialCommand),
+    /// The keys that seal health data, positions and frames in the database.
+    #[command(subcommand)]
+    DataKey(DataKeyCommand),
     /// The city's monthly service report (China Standard Time months), or its breach list.
     Report {
         #[command(flatten)]
@@ -103,6 +106,27 @@ enum Command {
 enum AuditCommand {
     /// Check every entry's hash and link, first to last; exit 1 at the first break.
     Verify(ServerArgs),
+}
+
+#[derive(Subcommand)]
+enum DataKeyCommand {
+    /// The data keys (never the keys themselves): which master key wraps
+    /// each, and whether every value is sealed under the newest.
+    List(ServerArgs),
+    /// Make a new data key current: running servers seal with it within a
+    /// minute and re-seal every stored value under it, then delete the old keys.
+    Rotate {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// No server is running on this database: the key is current at once
+        /// and every value is re-sealed by this command.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Wrap every data key with a new master key (from PAT_NEW_DATA_KEY or
+    /// the first line of standard input). No stored value changes; give the
+    /// servers the new key (`data_key`) before they next start.
+    Rewrap(ServerArgs),
 }
 
 #[derive(Subcommand)]
@@ -254,6 +278,9 @@ struct ServerArgs {
     /// Key every MQTT password is derived from (default: kept in data_dir/mqtt-credential.key).
     #[arg(long, env = "PAT_MQTT_CREDENTIAL_KEY", hide_env_values = true)]
     mqtt_credential_key: Option<String>,
+    /// Wraps the keys that seal health data and positions (default: kept in data_dir/data.key).
+    #[arg(long, env = "PAT_DATA_KEY", hide_env_values = true)]
+    data_key: Option<String>,
 }
 
 impl ServerArgs {
@@ -264,12 +291,8 @@ impl ServerArgs {
         if s.database_url.is_none() {
             std::fs::create_dir_all(&s.data_dir)?;
         }
-        Ok(Db::connect(&StoreConfig {
-            url: s.database_url(),
-            schema: s.database_schema.clone(),
-            max_connections: 2,
-        })
-        .await?)
+        let cfg = s.store_config(2).map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Db::connect(&cfg).await?)
     }
 
     fn settings(&self) -> anyhow::Result<Settings> {
@@ -342,6 +365,9 @@ impl ServerArgs {
         }
         if let Some(v) = &self.mqtt_credential_key {
             s.mqtt_credential_key = Some(pingantong::config::Secret::new(v.clone()));
+        }
+        if let Some(v) = &self.data_key {
+            s.data_key = Some(pingantong::config::Secret::new(v.clone()));
         }
         s.validate()?;
         Ok(s)
@@ -600,6 +626,80 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "issued {username} (generation {generation}); a running server ends its live sessions within seconds"
             );
             println!("{}", key.password(&username, generation));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DataKey(DataKeyCommand::List(server)) => {
+            let db = server.connect().await?;
+            let keys = db.data_keys().await;
+            db.close().await;
+            println!(
+                "{:>4} {:<14} {:<25} {:<25} {:<8}",
+                "id", "master key", "created", "seals from", "all sealed"
+            );
+            for k in keys? {
+                println!(
+                    "{:>4} {:<14} {:<25} {:<25} {:<8}",
+                    k.id,
+                    k.master,
+                    pingantong::sla::month::format_cst(k.created_at),
+                    pingantong::sla::month::format_cst(k.active_from),
+                    if k.sealed_all_at.is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DataKey(DataKeyCommand::Rotate { server, offline }) => {
+            let db = server.connect().await?;
+            let rotated = db.rotate_data_key(&cli_actor(), offline).await;
+            let id = match rotated {
+                Ok(id) => id,
+                Err(e) => {
+                    db.close().await;
+                    return Err(e.into());
+                }
+            };
+            if offline {
+                let report = db.reseal().await;
+                db.close().await;
+                let report = report?;
+                println!(
+                    "data key {id} is current; {} values re-sealed, keys {:?} deleted",
+                    report.resealed, report.retired
+                );
+            } else {
+                db.close().await;
+                println!(
+                    "data key {id} added: running servers seal with it from {} s on and \
+                     re-seal every value under it (see `data-key list`)",
+                    pingantong::store::ACTIVATE_AFTER_MS / 1000
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DataKey(DataKeyCommand::Rewrap(server)) => {
+            let text = match std::env::var("PAT_NEW_DATA_KEY") {
+                Ok(v) => v,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line
+                }
+            };
+            let new = pingantong::vault::MasterKey::from_secret(&pingantong::config::Secret::new(
+                text.trim(),
+            ))?;
+            let db = server.connect().await?;
+            let n = db.rewrap_data_keys(&new, &cli_actor()).await;
+            db.close().await;
+            println!(
+                "{} data keys now wrapped by master key {}: set it as `data_key` on every server",
+                n?,
+                new.fingerprint()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::MqttCredential(MqttCredentialCommand::Revoke { server, username }) => {

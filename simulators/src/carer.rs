@@ -62,6 +62,10 @@ pub struct Details {
     pub carer_id: i64,
     pub medical_notes: String,
     pub medications: String,
+    #[serde(default)]
+    pub allergies: String,
+    #[serde(default)]
+    pub key_safe: String,
 }
 
 /// The fields of an offer a carer's phone relies on.

@@ -25,7 +25,7 @@ pub const MAX_ROWS: usize = 20_000;
 /// Contacts a client row may carry (`contact1_…` to `contact3_…`).
 const CSV_CONTACTS: usize = 3;
 
-const CLIENT_COLUMNS: [&str; 13] = [
+const CLIENT_COLUMNS: [&str; 14] = [
     "external_ref",
     "name",
     "address",
@@ -37,6 +37,7 @@ const CLIENT_COLUMNS: [&str; 13] = [
     "medical_notes",
     "medications",
     "allergies",
+    "key_safe",
     "birth_year",
     "subsidy_category",
 ];
@@ -350,6 +351,7 @@ fn client_row(
         medical_notes: cell("medical_notes").unwrap_or(""),
         medications: cell("medications").unwrap_or(""),
         allergies: cell("allergies").unwrap_or(""),
+        key_safe: cell("key_safe").unwrap_or(""),
         birth_year: number("birth_year", cell("birth_year"), "a year such as 1938")?,
         subsidy_category: category.as_deref(),
     })?;
@@ -432,7 +434,7 @@ async fn refresh_statistics(db: &crate::store::Db) {
 /// `name`, `address`, `district`, `street` (required); `external_ref` (the
 /// client's number in the city's register, unique; devices files can name
 /// the client by it); `lat`, `lon` (both or neither); `language` (default
-/// `zh-CN`); `medical_notes`, `medications`, `allergies`; `birth_year`;
+/// `zh-CN`); `medical_notes`, `medications`, `allergies`, `key_safe`; `birth_year`;
 /// `subsidy_category` (`destitute`, `advanced_age`, `living_alone`,
 /// `special_contribution`); and up to three contacts, in the order they are
 /// tried: `contact1_name`, `contact1_relation`, `contact1_phone`,

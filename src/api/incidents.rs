@@ -137,6 +137,8 @@ pub struct ClientView {
     pub medical_notes: String,
     pub medications: String,
     pub allergies: String,
+    /// The code of the key safe at the door, to read to a carer or crew.
+    pub key_safe: String,
     pub birth_year: Option<i64>,
     pub subsidy_category: Option<String>,
     pub away_until: Option<i64>,
@@ -245,6 +247,7 @@ pub async fn detail(
             medical_notes: c.medical_notes,
             medications: c.medications,
             allergies: c.allergies,
+            key_safe: c.key_safe,
             birth_year: c.birth_year,
             subsidy_category: c.subsidy_category,
             away_until: c.away_until,

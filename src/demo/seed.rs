@@ -118,7 +118,7 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
         let medications: Vec<&str> = (0..rng.random_range(0..=3))
             .map(|_| pick(&mut rng, MEDICATIONS))
             .collect();
-        let client = NewClient {
+        let mut client = NewClient {
             name: format!("{}{}", pick(&mut rng, SURNAMES), pick(&mut rng, GIVEN)),
             address: format!(
                 "广州市{district}{street}{}号{}室",
@@ -142,9 +142,13 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
             } else {
                 String::new()
             },
+            key_safe: String::new(),
             birth_year: Some(rng.random_range(1930..1960)),
             subsidy_category: Some(pick(&mut rng, CATEGORIES).to_owned()),
         };
+        // Drawn from the position, not the generator: the rest of the city
+        // stays what it was.
+        client.key_safe = format!("{:04}", (client.lat.unwrap_or(0.0) * 1e6) as i64 % 10_000);
         let client_id = db.insert_client(&client).await?;
         for position in 1..=rng.random_range(1..=3) {
             db.insert_contact(&NewContact {

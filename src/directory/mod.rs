@@ -243,6 +243,7 @@ mod tests {
             medical_notes: String::new(),
             medications: String::new(),
             allergies: String::new(),
+            key_safe: String::new(),
             birth_year: None,
             subsidy_category: None,
         };

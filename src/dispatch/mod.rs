@@ -121,8 +121,9 @@ impl Dispatcher {
     }
 
     /// Tell the carer who accepted what the offer left out: the resident's
-    /// medical notes and medications. Carers who were only asked never get
-    /// them; a phone that misses this message reads them from its job list.
+    /// medical notes, medications, allergies and the key-safe code. Carers who
+    /// were only asked never get them; a phone that misses this message reads
+    /// them from its job list.
     pub async fn publish_details(&self, offer: &DispatchOffer) -> Result<(), DispatchError> {
         let payload = serde_json::json!({
             "v": 1,
@@ -132,6 +133,8 @@ impl Dispatcher {
             "carer_id": offer.carer_id,
             "medical_notes": offer.medical_notes,
             "medications": offer.medications,
+            "allergies": offer.allergies,
+            "key_safe": offer.key_safe,
         });
         self.to_carer(offer.carer_id, payload).await
     }

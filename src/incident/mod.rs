@@ -60,7 +60,7 @@ fn owed_of(a: crate::store::UnprocessedAlarm) -> Option<Owed> {
         id: a.id,
         device_id: a.device_id,
         auth: AuthStatus::parse(&a.auth),
-        at: a.lat.zip(a.lon),
+        at: a.at,
     })
 }
 

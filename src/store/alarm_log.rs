@@ -2,10 +2,14 @@
 //! with the bytes as received.
 
 use super::{Db, StoreError, on_pool};
+use crate::vault::Field;
 
 /// One stored event.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct AlarmLogRow {
+    /// Sealed; opened into `lat`, `lon`, `accuracy_m` as read.
+    #[sqlx(default)]
+    position: Option<String>,
     pub id: i64,
     pub received_at: i64,
     pub protocol: String,
@@ -36,9 +40,11 @@ pub struct AlarmLogQuery<'a> {
 
 impl Db {
     pub async fn alarm_log(&self, q: &AlarmLogQuery<'_>) -> Result<Vec<AlarmLogRow>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
+        let rows: Vec<AlarmLogRow> = on_pool!(self, |p| {
+            sqlx::query_as(
             "SELECT id, received_at, protocol, peer, device_id, seq, kind, device_time, battery, \
-             lat, lon, accuracy_m, auth, raw, decoded, incident_id, processed_at FROM alarms \
+             position, lat, lon, accuracy_m, auth, raw, decoded, incident_id, processed_at \
+             FROM alarms \
              WHERE ($1 IS NULL OR device_id = $1) AND ($2 IS NULL OR kind = $2) \
              AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
         )
@@ -47,6 +53,18 @@ impl Db {
         .bind(q.before)
         .bind(q.limit.clamp(1, 1000))
         .fetch_all(p)
-        .await)?)
+        .await
+        })?;
+        let v = self.vault();
+        rows.into_iter()
+            .map(|mut r| {
+                if let Some((lat, lon, acc)) = v.open_position(r.position.take().as_deref())? {
+                    (r.lat, r.lon, r.accuracy_m) = (Some(lat), Some(lon), acc);
+                }
+                r.raw = v.open_bytes(Field::Frame, &r.raw)?;
+                r.decoded = v.open_text(Field::Decoded, &r.decoded)?;
+                Ok(r)
+            })
+            .collect()
     }
 }

@@ -6,6 +6,7 @@ use pingantong_protocol::{EventKind, Location};
 use sqlx::QueryBuilder;
 
 use super::{Db, StoreError, on_pool, on_write_pool};
+use crate::vault::{Field, VaultError};
 
 /// Batches of up to this many alarms keep their insert prepared (a
 /// statement per size): the sizes a writer sees most.
@@ -124,8 +125,17 @@ pub struct UnprocessedAlarm {
     pub device_id: String,
     pub kind: String,
     pub auth: String,
-    pub lat: Option<f64>,
-    pub lon: Option<f64>,
+    /// Where the device said it was.
+    pub at: Option<(f64, f64)>,
+}
+
+/// A record with what is sealed of it.
+struct Sealed<'a> {
+    a: &'a AlarmRecord,
+    key: String,
+    raw: Vec<u8>,
+    decoded: String,
+    position: Option<String>,
 }
 
 impl Db {
@@ -142,22 +152,36 @@ impl Db {
         }
         let earlier = self.stored_before(batch).await?;
         let repeats = retransmissions(batch, &earlier);
-        let fresh_records: Vec<(&AlarmRecord, String)> = batch
+        // Frames and positions are sealed before they reach the database.
+        let vault = self.vault();
+        let fresh_records = batch
             .iter()
             .zip(&repeats)
             .filter(|(_, repeat)| !**repeat)
-            .map(|(a, _)| (a, stored_key(a)))
-            .collect();
+            .map(|(a, _)| {
+                Ok(Sealed {
+                    a,
+                    key: stored_key(a),
+                    raw: vault.seal_bytes(Field::Frame, &a.raw)?,
+                    decoded: vault.seal_text(Field::Decoded, &a.decoded)?,
+                    position: vault.seal_position(
+                        a.location
+                            .map(|l| (l.lat, l.lon, l.accuracy_m.map(i64::from))),
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>, VaultError>>()?;
         let rows: Vec<(i64, String)> = if fresh_records.is_empty() {
             Vec::new()
         } else {
             on_write_pool!(self, |p| {
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO alarms (received_at, protocol, peer, device_id, seq, kind, \
-                     device_time, battery, lat, lon, accuracy_m, auth, raw, decoded, dedup_key, \
+                     device_time, battery, position, auth, raw, decoded, dedup_key, \
                      processed_at) ",
                 );
-                qb.push_values(&fresh_records, |mut b, (a, key)| {
+                qb.push_values(&fresh_records, |mut b, r| {
+                    let a = r.a;
                     b.push_bind(a.received_at)
                         .push_bind(a.protocol)
                         .push_bind(a.peer.clone())
@@ -166,13 +190,11 @@ impl Db {
                         .push_bind(a.kind.name())
                         .push_bind(a.device_time)
                         .push_bind(a.battery)
-                        .push_bind(a.location.map(|l| l.lat))
-                        .push_bind(a.location.map(|l| l.lon))
-                        .push_bind(a.location.and_then(|l| l.accuracy_m).map(i64::from))
+                        .push_bind(r.position.clone())
                         .push_bind(a.auth.as_str())
-                        .push_bind(a.raw.clone())
-                        .push_bind(a.decoded.clone())
-                        .push_bind(key.clone())
+                        .push_bind(r.raw.clone())
+                        .push_bind(r.decoded.clone())
+                        .push_bind(r.key.clone())
                         .push_bind((!rules.needs_incident_stage(a.kind)).then_some(a.received_at));
                 });
                 qb.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key");
@@ -237,6 +259,7 @@ impl Db {
         raw: &[u8],
     ) -> Result<(), StoreError> {
         let now = super::now_ms();
+        let raw = self.vault().seal_bytes(Field::Rejected, raw)?;
         on_write_pool!(self, |p| sqlx::query(
             "INSERT INTO rejected_frames (received_at, protocol, peer, reason, raw) \
              VALUES ($1, $2, $3, $4, $5)"
@@ -245,7 +268,7 @@ impl Db {
         .bind(protocol)
         .bind(peer)
         .bind(reason)
-        .bind(raw)
+        .bind(&raw)
         .execute(p)
         .await
         .map(|r| r.rows_affected()))?;
@@ -261,9 +284,10 @@ impl Db {
         limit: i64,
         kinds: Option<&[String]>,
     ) -> Result<Vec<UnprocessedAlarm>, StoreError> {
-        Ok(on_pool!(self, |p| {
+        type Row = (i64, i64, String, String, String, Option<String>);
+        let rows: Vec<Row> = on_pool!(self, |p| {
             let mut qb = QueryBuilder::new(
-                "SELECT id, received_at, device_id, kind, auth, lat, lon FROM alarms \
+                "SELECT id, received_at, device_id, kind, auth, position FROM alarms \
                  WHERE processed_at IS NULL AND id > ",
             );
             qb.push_bind(after_id);
@@ -278,7 +302,22 @@ impl Db {
             qb.push(" ORDER BY id LIMIT ");
             qb.push_bind(limit);
             qb.build_query_as().fetch_all(p).await
-        })?)
+        })?;
+        let vault = self.vault();
+        rows.into_iter()
+            .map(|(id, received_at, device_id, kind, auth, position)| {
+                Ok(UnprocessedAlarm {
+                    id,
+                    received_at,
+                    device_id,
+                    kind,
+                    auth,
+                    at: vault
+                        .open_position(position.as_deref())?
+                        .map(|(lat, lon, _)| (lat, lon)),
+                })
+            })
+            .collect()
     }
 
     /// How many alarms with this kind are stored (used by reports and tests).

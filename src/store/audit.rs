@@ -88,7 +88,7 @@ pub(crate) fn seal(last: Option<(i64, Vec<u8>)>, at: i64, e: &AuditEntry<'_>) ->
 /// every other writer of the log waits for this transaction.
 macro_rules! append_audit {
     ($db:expr, $tx:expr, $entry:expr, $at:expr) => {{
-        if matches!($db, $crate::store::Db::Postgres(_)) {
+        if matches!($db, $crate::store::Db::Postgres(..)) {
             sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
                 .execute(&mut *$tx)
                 .await?;
@@ -252,6 +252,20 @@ impl Db {
         let mut entries = 0;
         let mut after = i64::MIN;
         let mut prev: Option<[u8; 32]> = None;
+        // Seals a retention purge took over (store::retention): their
+        // surviving steps are checked against the purge entry instead. The
+        // purge entries themselves are checked in the chain below.
+        let purges: Vec<(i64, String)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT id, detail FROM audit_log WHERE action = 'timeline_purged' ORDER BY id"
+        )
+        .fetch_all(p)
+        .await)?;
+        let mut retired = std::collections::HashMap::new();
+        for (purge, detail) in &purges {
+            for seal in super::retention::retired_seals(detail) {
+                retired.insert(seal, *purge);
+            }
+        }
         loop {
             let page: Vec<AuditRow> = on_pool!(self, |p| sqlx::query_as(
                 "SELECT id, at, actor, action, subject, detail, prev_hash, hash \
@@ -289,7 +303,17 @@ impl Db {
                 if hash[..] != expected[..] {
                     return fault(ChainFault::HashMismatch);
                 }
-                if action == "timeline_sealed" && !self.seal_holds(id, &detail).await? {
+                let holds = match action.as_str() {
+                    // A seal retired by a later purge (only a later one).
+                    "timeline_sealed" if retired.get(&id).is_some_and(|p| *p > id) => true,
+                    "timeline_sealed" => self.seal_holds(id, &detail, false).await?,
+                    "timeline_purged" => {
+                        self.seal_holds(id, super::retention::sealed_part(&detail), true)
+                            .await?
+                    }
+                    _ => true,
+                };
+                if !holds {
                     return fault(ChainFault::TimelineAltered);
                 }
                 prev = Some(expected);

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
 use crate::store::incidents::insert_event;
 use crate::store::{AuditEntry, audit::append_audit};
+use crate::vault::Field;
 
 /// One line of the operator queue.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
@@ -106,6 +107,8 @@ pub struct CarerJob {
     pub medical_notes: String,
     pub medications: String,
     pub allergies: String,
+    /// The code of the key safe at the door.
+    pub key_safe: String,
 }
 
 impl Db {
@@ -212,16 +215,24 @@ impl Db {
     /// presence, which is written once a second) is newer — a screen-pop shows
     /// the press's own battery and position.
     pub async fn client_devices(&self, client_id: i64) -> Result<Vec<DeviceStatus>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
+        type Row = (
+            String,
+            String,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<f64>,
+            Option<f64>,
+        );
+        let rows: Vec<Row> = on_pool!(self, |p| sqlx::query_as(
             "SELECT d.id, d.protocol, \
              CASE WHEN a.received_at > COALESCE(r.heard_at, 0) THEN a.received_at \
                   ELSE r.heard_at END AS last_seen_at, \
              CASE WHEN a.received_at > COALESCE(r.heard_at, 0) AND a.battery IS NOT NULL \
                   THEN a.battery ELSE r.battery END AS battery, \
-             CASE WHEN a.received_at > COALESCE(r.heard_at, 0) AND a.lat IS NOT NULL \
-                  THEN a.lat ELSE r.lat END AS lat, \
-             CASE WHEN a.received_at > COALESCE(r.heard_at, 0) AND a.lat IS NOT NULL \
-                  THEN a.lon ELSE r.lon END AS lon \
+             CASE WHEN a.received_at > COALESCE(r.heard_at, 0) THEN a.position END, \
+             r.position, r.lat, r.lon \
              FROM devices d LEFT JOIN device_presence r ON r.device_id = d.id \
              LEFT JOIN alarms a ON a.id = (SELECT MAX(x.id) FROM alarms x \
                  WHERE x.device_id = d.id AND x.auth = 'verified' \
@@ -230,7 +241,26 @@ impl Db {
         )
         .bind(client_id)
         .fetch_all(p)
-        .await)?)
+        .await)?;
+        rows.into_iter()
+            .map(
+                |(id, protocol, last_seen_at, battery, pressed, kept, lat, lon)| {
+                    // The newer alarm's position if it had one, else the presence's.
+                    let at = match self.position(pressed.as_deref(), None, None)? {
+                        Some(at) => Some(at),
+                        None => self.position(kept.as_deref(), lat, lon)?,
+                    };
+                    Ok(DeviceStatus {
+                        id,
+                        protocol,
+                        last_seen_at,
+                        battery,
+                        lat: at.map(|a| a.0),
+                        lon: at.map(|a| a.1),
+                    })
+                },
+            )
+            .collect()
     }
 
     /// A carer's dispatches that are not finished, newest first, and those
@@ -239,7 +269,7 @@ impl Db {
     /// rather than seeing it vanish. The resident's medical details are in a
     /// job only once this carer accepted it: an offer alone does not show them.
     pub async fn carer_jobs(&self, carer_id: i64) -> Result<Vec<CarerJob>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
+        on_pool!(self, |p| sqlx::query_as(
             "SELECT d.id AS dispatch_id, d.incident_id, d.state, i.kind, d.offered_at, \
              d.distance_m, c.id AS client_id, c.name AS client_name, c.address, c.lat, c.lon, \
              CASE WHEN d.state IN ('accepted', 'arrived') THEN c.medical_notes ELSE '' END \
@@ -247,7 +277,9 @@ impl Db {
              CASE WHEN d.state IN ('accepted', 'arrived') THEN c.medications ELSE '' END \
              AS medications, \
              CASE WHEN d.state IN ('accepted', 'arrived') THEN c.allergies ELSE '' END \
-             AS allergies \
+             AS allergies, \
+             CASE WHEN d.state IN ('accepted', 'arrived') THEN c.key_safe ELSE '' END \
+             AS key_safe \
              FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
              JOIN clients c ON c.id = i.client_id \
              WHERE d.carer_id = $1 AND (d.state IN ('offered', 'accepted', 'arrived') \
@@ -257,7 +289,17 @@ impl Db {
         .bind(carer_id)
         .bind(now_ms() - WITHDRAWN_SHOWN_MS)
         .fetch_all(p)
-        .await)?)
+        .await)?
+        .into_iter()
+        .map(|mut j: CarerJob| {
+            let v = self.vault();
+            j.medical_notes = v.open_text(Field::MedicalNotes, &j.medical_notes)?;
+            j.medications = v.open_text(Field::Medications, &j.medications)?;
+            j.allergies = v.open_text(Field::Allergies, &j.allergies)?;
+            j.key_safe = v.open_text(Field::KeySafe, &j.key_safe)?;
+            Ok(j)
+        })
+        .collect::<Result<_, StoreError>>()
     }
 
     /// An operator's note on the timeline, with its audit entry, in one transaction.

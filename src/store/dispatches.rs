@@ -171,7 +171,7 @@ impl Db {
         answer: CarerAnswer,
         detail: &str,
     ) -> Result<(i64, bool), ReplyError> {
-        let lock = if matches!(self, Db::Postgres(_)) {
+        let lock = if matches!(self, Db::Postgres(..)) {
             " FOR UPDATE"
         } else {
             ""
@@ -325,7 +325,7 @@ impl Db {
         let now = now_ms();
         // The incident's row is locked against a step that ends it meanwhile
         // (PostgreSQL; SQLite's write transaction is alone).
-        let lock = if matches!(self, Db::Postgres(_)) {
+        let lock = if matches!(self, Db::Postgres(..)) {
             " FOR UPDATE"
         } else {
             ""

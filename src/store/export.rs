@@ -7,7 +7,7 @@
 use super::{AuditRecord, Db, StoreError, on_pool};
 
 /// One event of one of the resident's devices, as received.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ExportedAlarm {
     pub id: i64,
     pub received_at: i64,
@@ -20,6 +20,22 @@ pub struct ExportedAlarm {
     pub lon: Option<f64>,
     pub auth: String,
     pub incident_id: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AlarmRow {
+    id: i64,
+    received_at: i64,
+    device_id: String,
+    protocol: String,
+    kind: String,
+    device_time: Option<i64>,
+    battery: Option<i64>,
+    position: Option<String>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    auth: String,
+    incident_id: Option<i64>,
 }
 
 /// One of the resident's incidents.
@@ -69,10 +85,10 @@ impl Db {
     /// Everything kept about resident `client_id` beyond the registry record.
     pub async fn resident_export(&self, client_id: i64) -> Result<ResidentRecords, StoreError> {
         let subject = format!("client:{client_id}");
-        Ok(on_pool!(self, |p| {
-            let alarms = sqlx::query_as(
+        let records = on_pool!(self, |p| {
+            let alarms: Vec<AlarmRow> = sqlx::query_as(
                 "SELECT a.id, a.received_at, a.device_id, a.protocol, a.kind, a.device_time, \
-                 a.battery, a.lat, a.lon, a.auth, a.incident_id FROM alarms a \
+                 a.battery, a.position, a.lat, a.lon, a.auth, a.incident_id FROM alarms a \
                  WHERE a.device_id IN (SELECT id FROM devices WHERE client_id = $1) \
                  OR a.incident_id IN (SELECT id FROM incidents WHERE client_id = $1) \
                  ORDER BY a.id",
@@ -109,13 +125,34 @@ impl Db {
             .bind(&subject)
             .fetch_all(p)
             .await?;
-            ResidentRecords {
-                alarms,
-                incidents,
-                timeline,
-                wellbeing_checks,
-                access_log,
-            }
-        }))
+            (alarms, incidents, timeline, wellbeing_checks, access_log)
+        });
+        let (rows, incidents, timeline, wellbeing_checks, access_log) = records;
+        let alarms = rows
+            .into_iter()
+            .map(|a| {
+                let at = self.position(a.position.as_deref(), a.lat, a.lon)?;
+                Ok(ExportedAlarm {
+                    id: a.id,
+                    received_at: a.received_at,
+                    device_id: a.device_id,
+                    protocol: a.protocol,
+                    kind: a.kind,
+                    device_time: a.device_time,
+                    battery: a.battery,
+                    lat: at.map(|x| x.0),
+                    lon: at.map(|x| x.1),
+                    auth: a.auth,
+                    incident_id: a.incident_id,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(ResidentRecords {
+            alarms,
+            incidents,
+            timeline,
+            wellbeing_checks,
+            access_log,
+        })
     }
 }

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::{Db, StoreError, Transition, TransitionError, now_ms, on_pool, on_write_pool};
 use crate::domain::Action;
+use crate::vault::{Field, Vault};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handoff {
@@ -49,17 +50,18 @@ type HandoffRow = (
     Option<String>,
 );
 
-fn from_row(r: HandoffRow) -> Handoff {
-    Handoff {
+fn from_row(v: &Vault, r: HandoffRow) -> Result<Handoff, StoreError> {
+    let summary = v.open_text(Field::Handoff, &r.6)?;
+    Ok(Handoff {
         id: r.0,
         incident_id: r.1,
         service: r.2,
         reference: r.3,
         operator: r.4,
         at: r.5,
-        summary: serde_json::from_str(&r.6).unwrap_or_default(),
+        summary: serde_json::from_str(&summary).unwrap_or_default(),
         outcome: r.7,
-    }
+    })
 }
 
 impl Db {
@@ -84,13 +86,7 @@ impl Db {
             .client_profile(client_id)
             .await?
             .ok_or(HandoffError::NoClient(incident_id))?;
-        let position: Option<(f64, f64)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT lat, lon FROM alarms WHERE incident_id = $1 AND lat IS NOT NULL \
-             ORDER BY id DESC LIMIT 1"
-        )
-        .bind(incident_id)
-        .fetch_optional(p)
-        .await)?;
+        let position = self.incident_position(incident_id).await?;
         let detail = format!("{service} called, reference {reference:?}");
         // The state machine first: a closed incident takes no hand-off.
         self.transition(&Transition {
@@ -123,7 +119,10 @@ impl Db {
                 "name": c.name, "relation": c.relation, "phone": c.phone,
             })).collect::<Vec<_>>(),
         });
-        let text = summary.to_string();
+        let text = self
+            .vault()
+            .seal_text(Field::Handoff, &summary.to_string())
+            .map_err(StoreError::from)?;
         let id: i64 = on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
             let (id,): (i64,) = sqlx::query_as(
@@ -207,7 +206,9 @@ impl Db {
         )
         .fetch_all(p)
         .await)?;
-        Ok(rows.into_iter().map(from_row).collect())
+        rows.into_iter()
+            .map(|r| from_row(self.vault(), r))
+            .collect()
     }
 
     /// Every hand-off of one incident, oldest first.
@@ -219,6 +220,8 @@ impl Db {
         .bind(incident_id)
         .fetch_all(p)
         .await)?;
-        Ok(rows.into_iter().map(from_row).collect())
+        rows.into_iter()
+            .map(|r| from_row(self.vault(), r))
+            .collect()
     }
 }

@@ -133,6 +133,7 @@ use super::notifications::Cascade;
 use super::{
     ClientProfile, Db, StoreError, insert_dispatch, insert_timer, now_ms, on_pool, on_write_pool,
 };
+use crate::vault::Field;
 
 /// States in which an incident still needs someone; the partial unique index
 /// `incidents_one_open` uses the same list.
@@ -230,7 +231,7 @@ pub struct NewDispatch {
 
 /// Everything a carer's phone needs to decide on an offer and go, and (not
 /// serialised with it) what only the carer who accepted is told.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DispatchOffer {
     pub dispatch_id: i64,
     pub incident_id: i64,
@@ -248,10 +249,36 @@ pub struct DispatchOffer {
     pub medical_notes: String,
     #[serde(skip)]
     pub medications: String,
+    #[serde(skip)]
+    pub allergies: String,
+    #[serde(skip)]
+    pub key_safe: String,
     /// Where the alarm said the person was (a watch's position, a fall
     /// outdoors), when it said so: the carer goes there, not to the address.
     pub reported_lat: Option<f64>,
     pub reported_lon: Option<f64>,
+}
+
+/// A dispatch offer as read, before its sealed fields are opened.
+#[derive(sqlx::FromRow)]
+struct OfferRow {
+    dispatch_id: i64,
+    incident_id: i64,
+    carer_id: i64,
+    kind: String,
+    offered_at: i64,
+    distance_m: Option<f64>,
+    client_name: String,
+    address: String,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    medical_notes: String,
+    medications: String,
+    allergies: String,
+    key_safe: String,
+    reported: Option<String>,
+    reported_lat: Option<f64>,
+    reported_lon: Option<f64>,
 }
 
 impl Db {
@@ -312,19 +339,44 @@ impl Db {
         &self,
         dispatch_id: i64,
     ) -> Result<Option<DispatchOffer>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
+        let row: Option<OfferRow> = on_pool!(self, |p| sqlx::query_as(
             "SELECT d.id AS dispatch_id, d.incident_id, d.carer_id, i.kind, d.offered_at, \
              d.distance_m, c.name AS client_name, c.address, c.lat, c.lon, c.medical_notes, \
-             c.medications, p.lat AS reported_lat, p.lon AS reported_lon \
+             c.medications, c.allergies, c.key_safe, p.position AS reported, \
+             p.lat AS reported_lat, p.lon AS reported_lon \
              FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
              JOIN clients c ON c.id = i.client_id \
              LEFT JOIN alarms p ON p.id = (SELECT MAX(a.id) FROM alarms a \
-                 WHERE a.incident_id = d.incident_id AND a.lat IS NOT NULL AND a.lon IS NOT NULL) \
+                 WHERE a.incident_id = d.incident_id \
+                 AND (a.position IS NOT NULL OR a.lat IS NOT NULL)) \
              WHERE d.id = $1"
         )
         .bind(dispatch_id)
         .fetch_optional(p)
-        .await)?)
+        .await)?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let v = self.vault();
+        let reported = self.position(r.reported.as_deref(), r.reported_lat, r.reported_lon)?;
+        Ok(Some(DispatchOffer {
+            dispatch_id: r.dispatch_id,
+            incident_id: r.incident_id,
+            carer_id: r.carer_id,
+            kind: r.kind,
+            offered_at: r.offered_at,
+            distance_m: r.distance_m,
+            client_name: r.client_name,
+            address: r.address,
+            lat: r.lat,
+            lon: r.lon,
+            medical_notes: v.open_text(Field::MedicalNotes, &r.medical_notes)?,
+            medications: v.open_text(Field::Medications, &r.medications)?,
+            allergies: v.open_text(Field::Allergies, &r.allergies)?,
+            key_safe: v.open_text(Field::KeySafe, &r.key_safe)?,
+            reported_lat: reported.map(|a| a.0),
+            reported_lon: reported.map(|a| a.1),
+        }))
     }
 
     /// Where the incident's person was last reported: the newest position
@@ -333,14 +385,18 @@ impl Db {
         &self,
         incident_id: i64,
     ) -> Result<Option<(f64, f64)>, StoreError> {
-        let row: Option<(f64, f64)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT lat, lon FROM alarms WHERE incident_id = $1 \
-             AND lat IS NOT NULL AND lon IS NOT NULL ORDER BY id DESC LIMIT 1"
-        )
-        .bind(incident_id)
-        .fetch_optional(p)
-        .await)?;
-        Ok(row)
+        let row: Option<(Option<String>, Option<f64>, Option<f64>)> =
+            on_pool!(self, |p| sqlx::query_as(
+                "SELECT position, lat, lon FROM alarms WHERE incident_id = $1 \
+                 AND (position IS NOT NULL OR lat IS NOT NULL) ORDER BY id DESC LIMIT 1"
+            )
+            .bind(incident_id)
+            .fetch_optional(p)
+            .await)?;
+        match row {
+            Some((sealed, lat, lon)) => self.position(sealed.as_deref(), lat, lon),
+            None => Ok(None),
+        }
     }
 
     /// Offers not yet handed to the broker that are still offers (one
@@ -447,12 +503,23 @@ mod tests {
             lon: None,
             medical_notes: "高血压；房颤".into(),
             medications: "华法林 3mg".into(),
+            allergies: "青霉素".into(),
+            key_safe: "4711".into(),
             reported_lat: None,
             reported_lon: None,
         };
         let text = serde_json::to_string(&offer).unwrap();
         assert!(text.contains("北京街"), "what a carer needs to go: {text}");
-        for secret in ["medical_notes", "medications", "高血压", "华法林"] {
+        for secret in [
+            "medical_notes",
+            "medications",
+            "allergies",
+            "key_safe",
+            "高血压",
+            "华法林",
+            "青霉素",
+            "4711",
+        ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
     }

@@ -9,6 +9,7 @@ mod alarms;
 pub mod audit;
 mod checkpoint;
 mod console;
+mod data_keys;
 mod dispatches;
 mod export;
 mod handoffs;
@@ -18,6 +19,7 @@ mod notifications;
 pub mod presence;
 mod registry;
 mod registry_edit;
+mod retention;
 mod seals;
 mod sla;
 mod stage;
@@ -30,8 +32,10 @@ mod withdrawals;
 pub mod writer;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::vault::{MasterKey, Vault, VaultError};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -41,6 +45,7 @@ pub use alarm_log::{AlarmLogQuery, AlarmLogRow};
 pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
 pub use audit::{AuditEntry, AuditRecord, AuditReport, ChainBreak, ChainFault};
 pub use console::{CarerJob, DeviceStatus, DispatchRow, QueueFilter, QueueRow, TimelineEntry};
+pub use data_keys::{ACTIVATE_AFTER_MS, DataKeyRow, ResealReport};
 pub use dispatches::{CarerAnswer, OfferError, ReplyError};
 pub use export::ResidentRecords;
 pub use handoffs::{Handoff, HandoffError};
@@ -59,6 +64,7 @@ pub use registry_edit::{
     ClientRef, ContactEntry, ContactRecord, DeviceEntry, DeviceListRow, DeviceQuery, DeviceUpdate,
     EditError, IMPORT_CHUNK, ProviderArea, ProviderRecord, RowOutcome,
 };
+pub use retention::{PurgeCursor, PurgeReport, RetentionPolicy, cutoffs};
 pub use sla::{
     CoverageRow, ImportError, ImportedDispatch, ImportedEvent, ImportedIncident, OfflineSpell,
     SlaData, SlaDeviceRow, SlaDispatchRow, SlaIncidentRow, SlaWellbeingRow,
@@ -79,7 +85,7 @@ macro_rules! on_pool {
     ($db:expr, |$p:ident| $body:expr) => {
         match $db {
             $crate::store::Db::Sqlite { read: $p, .. } => $body,
-            $crate::store::Db::Postgres($p) => $body,
+            $crate::store::Db::Postgres($p, _) => $body,
         }
     };
 }
@@ -92,7 +98,7 @@ macro_rules! on_write_pool {
     ($db:expr, |$p:ident| $body:expr) => {
         match $db {
             $crate::store::Db::Sqlite { write: $p, .. } => $body,
-            $crate::store::Db::Postgres($p) => $body,
+            $crate::store::Db::Postgres($p, _) => $body,
         }
     };
 }
@@ -156,6 +162,8 @@ pub enum StoreError {
     CoreGone,
     #[error("commit failed: {0}")]
     CommitFailed(String),
+    #[error("encryption at rest: {0}")]
+    Vault(#[from] VaultError),
 }
 
 impl StoreError {
@@ -207,6 +215,8 @@ pub struct StoreConfig {
     /// PostgreSQL schema to create and use (lets several servers or tests share one database).
     pub schema: Option<String>,
     pub max_connections: u32,
+    /// Wraps the database's data keys (see [`crate::vault`]).
+    pub master_key: Arc<MasterKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -216,8 +226,9 @@ pub enum Db {
     Sqlite {
         read: SqlitePool,
         write: SqlitePool,
+        vault: Arc<Vault>,
     },
-    Postgres(PgPool),
+    Postgres(PgPool, Arc<Vault>),
 }
 
 /// Page cache of SQLite's one writer and of each reader, in KiB (a negative
@@ -239,6 +250,9 @@ pub(crate) async fn scratch_sqlite() -> (Db, tempfile::TempDir) {
         url: format!("sqlite://{}/test.db", dir.path().display()),
         schema: None,
         max_connections: 2,
+        master_key: Arc::new(
+            MasterKey::from_secret(&crate::secret::Secret::new("0".repeat(64))).unwrap(),
+        ),
     })
     .await
     .unwrap();
@@ -267,7 +281,11 @@ impl Db {
                 .max_connections(cfg.max_connections.max(2))
                 .connect_with(opts.read_only(true).pragma("cache_size", READER_CACHE_KIB))
                 .await?;
-            Db::Sqlite { read, write }
+            Db::Sqlite {
+                read,
+                write,
+                vault: Arc::default(),
+            }
         } else if cfg.url.starts_with("postgres:") || cfg.url.starts_with("postgresql:") {
             let mut opts = PgConnectOptions::from_str(&cfg.url)?;
             if let Some(schema) = &cfg.schema {
@@ -306,17 +324,39 @@ impl Db {
                 .connect_with(opts)
                 .await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
-            Db::Postgres(pool)
+            Db::Postgres(pool, Arc::default())
         } else {
             return Err(StoreError::UnsupportedUrl(cfg.url.clone()));
         };
+        db.open_vault(&cfg.master_key).await?;
         Ok(db)
+    }
+
+    /// The data keys of this database, for sealing and opening sensitive values.
+    pub fn vault(&self) -> &Vault {
+        match self {
+            Db::Sqlite { vault, .. } | Db::Postgres(_, vault) => vault,
+        }
+    }
+
+    /// A stored position: the sealed `position` column, or the plain
+    /// `lat`/`lon` of a row written before encryption (until re-sealed).
+    pub(crate) fn position(
+        &self,
+        sealed: Option<&str>,
+        lat: Option<f64>,
+        lon: Option<f64>,
+    ) -> Result<Option<(f64, f64)>, StoreError> {
+        Ok(match self.vault().open_position(sealed)? {
+            Some((a, b, _)) => Some((a, b)),
+            None => lat.zip(lon),
+        })
     }
 
     pub fn backend(&self) -> &'static str {
         match self {
             Db::Sqlite { .. } => "sqlite",
-            Db::Postgres(_) => "postgres",
+            Db::Postgres(..) => "postgres",
         }
     }
 
@@ -326,7 +366,7 @@ impl Db {
     pub(crate) fn begin_write(&self) -> &'static str {
         match self {
             Db::Sqlite { .. } => "BEGIN IMMEDIATE",
-            Db::Postgres(_) => "BEGIN",
+            Db::Postgres(..) => "BEGIN",
         }
     }
 
@@ -348,11 +388,11 @@ impl Db {
 
     pub async fn close(&self) {
         match self {
-            Db::Sqlite { read, write } => {
+            Db::Sqlite { read, write, .. } => {
                 read.close().await;
                 write.close().await;
             }
-            Db::Postgres(p) => p.close().await,
+            Db::Postgres(p, _) => p.close().await,
         }
     }
 }

@@ -57,6 +57,9 @@ pub struct NotificationJob {
     /// The last position a device of the incident reported, if any.
     pub device_lat: Option<f64>,
     pub device_lon: Option<f64>,
+    /// Sealed; opened into `device_lat`, `device_lon` as read.
+    #[sqlx(default)]
+    device_position: Option<String>,
 }
 
 /// A notification as the console and the tests see it.
@@ -122,16 +125,25 @@ impl Db {
                 "SELECT n.id, n.incident_id, n.contact_id, n.channel, n.address, n.attempts, \
                  ct.name AS contact_name, ct.relation, c.name AS client_name, \
                  c.address AS client_address, i.kind, i.opened_at, c.lat AS home_lat, \
-                 c.lon AS home_lon, p.lat AS device_lat, p.lon AS device_lon \
+                 c.lon AS home_lon, p.lat AS device_lat, p.lon AS device_lon, \
+                 p.position AS device_position \
                  FROM notifications n JOIN contacts ct ON ct.id = n.contact_id \
                  JOIN incidents i ON i.id = n.incident_id JOIN clients c ON c.id = i.client_id \
                  LEFT JOIN alarms p ON p.id = (SELECT MAX(a.id) FROM alarms a \
-                   WHERE a.incident_id = i.id AND a.lat IS NOT NULL AND a.lon IS NOT NULL) \
+                   WHERE a.incident_id = i.id AND (a.position IS NOT NULL OR a.lat IS NOT NULL)) \
                  WHERE n.id IN ({list})"
             )))
             .persistent(false)
             .fetch_all(p)
             .await)?;
+        for j in &mut jobs {
+            let at = self.position(
+                j.device_position.take().as_deref(),
+                j.device_lat,
+                j.device_lon,
+            )?;
+            (j.device_lat, j.device_lon) = (at.map(|a| a.0), at.map(|a| a.1));
+        }
         // Due order, as taken.
         jobs.sort_by_key(|j| taken.iter().position(|(id,)| *id == j.id));
         Ok(jobs)

@@ -148,7 +148,7 @@ impl Presence {
 }
 
 /// A device's latest report as stored.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PresenceRow {
     pub device_id: String,
     pub protocol: String,
@@ -162,32 +162,40 @@ impl Db {
     /// Upsert devices' latest reports, in one transaction (one fsync); a row
     /// already newer is left alone.
     pub async fn write_presence(&self, heard: &[(String, Heard)]) -> Result<(), StoreError> {
+        let vault = self.vault();
+        let sealed = heard
+            .iter()
+            .map(|(id, h)| {
+                let at = h
+                    .location
+                    .map(|l| (l.lat, l.lon, l.accuracy_m.map(i64::from)));
+                Ok((id, h, vault.seal_position(at)?))
+            })
+            .collect::<Result<Vec<_>, crate::vault::VaultError>>()?;
         on_write_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            for chunk in heard.chunks(ROWS_PER_STATEMENT) {
+            for chunk in sealed.chunks(ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO device_presence \
-                     (device_id, protocol, heard_at, battery, lat, lon, accuracy_m) ",
+                     (device_id, protocol, heard_at, battery, position) ",
                 );
-                qb.push_values(chunk, |mut b, (id, h)| {
-                    b.push_bind(id.clone())
+                qb.push_values(chunk, |mut b, (id, h, position)| {
+                    b.push_bind((*id).clone())
                         .push_bind(h.protocol)
                         .push_bind(h.at)
                         .push_bind(h.battery)
-                        .push_bind(h.location.map(|l| l.lat))
-                        .push_bind(h.location.map(|l| l.lon))
-                        .push_bind(h.location.and_then(|l| l.accuracy_m).map(i64::from));
+                        .push_bind(position.clone());
                 });
                 qb.push(
                     " ON CONFLICT (device_id) DO UPDATE SET protocol = excluded.protocol, \
                      heard_at = excluded.heard_at, \
                      battery = COALESCE(excluded.battery, device_presence.battery), \
-                     lat = CASE WHEN excluded.lat IS NULL THEN device_presence.lat \
-                           ELSE excluded.lat END, \
-                     lon = CASE WHEN excluded.lat IS NULL THEN device_presence.lon \
-                           ELSE excluded.lon END, \
-                     accuracy_m = CASE WHEN excluded.lat IS NULL THEN device_presence.accuracy_m \
-                           ELSE excluded.accuracy_m END \
+                     position = CASE WHEN excluded.position IS NULL \
+                           THEN device_presence.position ELSE excluded.position END, \
+                     lat = CASE WHEN excluded.position IS NULL THEN device_presence.lat END, \
+                     lon = CASE WHEN excluded.position IS NULL THEN device_presence.lon END, \
+                     accuracy_m = CASE WHEN excluded.position IS NULL \
+                           THEN device_presence.accuracy_m END \
                      WHERE excluded.heard_at >= device_presence.heard_at",
                 );
                 qb.build().persistent(false).execute(&mut *tx).await?;
@@ -199,13 +207,36 @@ impl Db {
 
     /// A device's latest report as stored, if it was ever heard.
     pub async fn presence_of(&self, device_id: &str) -> Result<Option<PresenceRow>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT device_id, protocol, heard_at, battery, lat, lon \
+        type Row = (
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<f64>,
+            Option<f64>,
+        );
+        let row: Option<Row> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT device_id, protocol, heard_at, battery, position, lat, lon \
              FROM device_presence WHERE device_id = $1"
         )
         .bind(device_id)
         .fetch_optional(p)
-        .await)?)
+        .await)?;
+        row.map(
+            |(device_id, protocol, heard_at, battery, position, lat, lon)| {
+                let at = self.position(position.as_deref(), lat, lon)?;
+                Ok(PresenceRow {
+                    device_id,
+                    protocol,
+                    heard_at,
+                    battery,
+                    lat: at.map(|a| a.0),
+                    lon: at.map(|a| a.1),
+                })
+            },
+        )
+        .transpose()
     }
 }
 

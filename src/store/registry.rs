@@ -1,6 +1,7 @@
 //! Who is who: clients, contacts, devices, providers and carers.
 
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
+use crate::vault::{Field, Vault};
 
 /// Rows per transaction when marking many devices at once.
 pub(crate) const MARK_CHUNK: usize = 128;
@@ -17,6 +18,8 @@ pub struct NewClient {
     pub medical_notes: String,
     pub medications: String,
     pub allergies: String,
+    /// The code of the key safe at the door, for a carer who accepted.
+    pub key_safe: String,
     pub birth_year: Option<i64>,
     pub subsidy_category: Option<String>,
 }
@@ -127,6 +130,7 @@ pub struct ClientProfile {
     pub medical_notes: String,
     pub medications: String,
     pub allergies: String,
+    pub key_safe: String,
     pub birth_year: Option<i64>,
     pub subsidy_category: Option<String>,
     /// Away from home (hospital, travel) until then: supervision does not chase their devices.
@@ -146,12 +150,56 @@ pub struct CarerRow {
     pub busy: bool,
 }
 
+impl ClientProfile {
+    /// With its sealed fields opened.
+    pub(crate) fn opened(mut self, v: &Vault) -> Result<Self, StoreError> {
+        self.medical_notes = v.open_text(Field::MedicalNotes, &self.medical_notes)?;
+        self.medications = v.open_text(Field::Medications, &self.medications)?;
+        self.allergies = v.open_text(Field::Allergies, &self.allergies)?;
+        self.key_safe = v.open_text(Field::KeySafe, &self.key_safe)?;
+        Ok(self)
+    }
+}
+
+/// A client's sensitive fields, sealed for the database.
+pub(crate) struct SealedHealth {
+    pub medical_notes: String,
+    pub medications: String,
+    pub allergies: String,
+    pub key_safe: String,
+}
+
+impl SealedHealth {
+    pub(crate) fn of(
+        v: &Vault,
+        medical_notes: &str,
+        medications: &str,
+        allergies: &str,
+        key_safe: &str,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            medical_notes: v.seal_text(Field::MedicalNotes, medical_notes)?,
+            medications: v.seal_text(Field::Medications, medications)?,
+            allergies: v.seal_text(Field::Allergies, allergies)?,
+            key_safe: v.seal_text(Field::KeySafe, key_safe)?,
+        })
+    }
+}
+
 impl Db {
     pub async fn insert_client(&self, c: &NewClient) -> Result<i64, StoreError> {
+        let h = SealedHealth::of(
+            self.vault(),
+            &c.medical_notes,
+            &c.medications,
+            &c.allergies,
+            &c.key_safe,
+        )?;
         let (id,): (i64,) = on_write_pool!(self, |p| sqlx::query_as(
             "INSERT INTO clients (name, address, district, street, lat, lon, language, \
-             medical_notes, medications, allergies, birth_year, subsidy_category, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id"
+             medical_notes, medications, allergies, key_safe, birth_year, subsidy_category, \
+             updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id"
         )
         .bind(&c.name)
         .bind(&c.address)
@@ -160,9 +208,10 @@ impl Db {
         .bind(c.lat)
         .bind(c.lon)
         .bind(&c.language)
-        .bind(&c.medical_notes)
-        .bind(&c.medications)
-        .bind(&c.allergies)
+        .bind(&h.medical_notes)
+        .bind(&h.medications)
+        .bind(&h.allergies)
+        .bind(&h.key_safe)
         .bind(c.birth_year)
         .bind(&c.subsidy_category)
         .bind(now_ms())
@@ -324,15 +373,16 @@ impl Db {
     pub async fn client_profile(&self, id: i64) -> Result<Option<ClientProfile>, StoreError> {
         let client: Option<ClientProfile> = on_pool!(self, |p| sqlx::query_as(
             "SELECT id, name, address, district, street, lat, lon, language, medical_notes, \
-             medications, allergies, birth_year, subsidy_category, away_until FROM clients \
-             WHERE id = $1"
+             medications, allergies, key_safe, birth_year, subsidy_category, away_until \
+             FROM clients WHERE id = $1"
         )
         .bind(id)
         .fetch_optional(p)
         .await)?;
-        let Some(mut client) = client else {
+        let Some(client) = client else {
             return Ok(None);
         };
+        let mut client = client.opened(self.vault())?;
         client.contacts = on_pool!(self, |p| sqlx::query_as(
             "SELECT position, name, relation, phone FROM contacts WHERE client_id = $1 \
              AND removed_at IS NULL ORDER BY position"
@@ -351,15 +401,19 @@ impl Db {
         }
         // Integers only: listed inline.
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        let mut clients: Vec<ClientProfile> =
+        let clients: Vec<ClientProfile> =
             on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT id, name, address, district, street, lat, lon, language, medical_notes, \
-                 medications, allergies, birth_year, subsidy_category, away_until FROM clients \
-                 WHERE id IN ({list})"
+                 medications, allergies, key_safe, birth_year, subsidy_category, away_until \
+                 FROM clients WHERE id IN ({list})"
             )))
             .persistent(false)
             .fetch_all(p)
             .await)?;
+        let mut clients = clients
+            .into_iter()
+            .map(|c| c.opened(self.vault()))
+            .collect::<Result<Vec<_>, _>>()?;
         let contacts: Vec<(i64, i64, String, String, String)> =
             on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT client_id, position, name, relation, phone FROM contacts \

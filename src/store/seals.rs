@@ -71,7 +71,7 @@ impl Db {
     /// how many. Safe to run on several servers at once.
     pub async fn seal_timeline(&self, before: i64) -> Result<usize, StoreError> {
         // PostgreSQL: two sealers never take the same steps.
-        let lock = if matches!(self, Db::Postgres(_)) {
+        let lock = if matches!(self, Db::Postgres(..)) {
             " FOR UPDATE SKIP LOCKED"
         } else {
             ""
@@ -120,8 +120,14 @@ impl Db {
     }
 
     /// Whether the steps sealed by audit entry `seal` are still what its
-    /// `detail` says they were.
-    pub(super) async fn seal_holds(&self, seal: i64, detail: &str) -> Result<bool, StoreError> {
+    /// `detail` says they were (none at all only when `may_be_empty`: a
+    /// purge that left no step of the seals it retired).
+    pub(super) async fn seal_holds(
+        &self,
+        seal: i64,
+        detail: &str,
+        may_be_empty: bool,
+    ) -> Result<bool, StoreError> {
         let rows: Vec<StepRow> = on_pool!(self, |p| sqlx::query_as(
             "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
              FROM incident_events WHERE sealed_by = $1 ORDER BY id"
@@ -129,7 +135,7 @@ impl Db {
         .bind(seal)
         .fetch_all(p)
         .await)?;
-        Ok(!rows.is_empty() && seal_detail(&rows) == detail)
+        Ok((may_be_empty || !rows.is_empty()) && seal_detail(&rows) == detail)
     }
 }
 

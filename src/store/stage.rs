@@ -486,6 +486,8 @@ impl Db {
                                         lon: c.lon,
                                         medical_notes: c.medical_notes.clone(),
                                         medications: c.medications.clone(),
+                                        allergies: c.allergies.clone(),
+                                        key_safe: c.key_safe.clone(),
                                         reported_lat: r.at.map(|p| p.0),
                                         reported_lon: r.at.map(|p| p.1),
                                     })),

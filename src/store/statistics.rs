@@ -30,7 +30,7 @@ impl Db {
     /// returns their names. SQLite plans by its indexes without statistics:
     /// nothing to do.
     pub async fn refresh_statistics(&self) -> Result<Vec<String>, StoreError> {
-        let Db::Postgres(pool) = self else {
+        let Db::Postgres(pool, _) = self else {
             return Ok(Vec::new());
         };
         let started = Instant::now();

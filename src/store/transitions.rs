@@ -88,7 +88,7 @@ impl Db {
     ) -> Result<State, TransitionError> {
         // PostgreSQL needs the row locked against a concurrent step; SQLite
         // has one write connection, so the transaction is already alone.
-        let lock = if matches!(self, Db::Postgres(_)) {
+        let lock = if matches!(self, Db::Postgres(..)) {
             " FOR UPDATE"
         } else {
             ""

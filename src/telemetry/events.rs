@@ -693,3 +693,51 @@ impl MqttDenied<'_> {
         }
     }
 }
+
+/// Values sealed anew under the current data key (encryption switched on,
+/// or a rotation), and the older keys then deleted.
+pub struct ValuesResealed<'a> {
+    pub current: i64,
+    pub resealed: u64,
+    pub retired: &'a [i64],
+}
+
+impl ValuesResealed<'_> {
+    pub fn emit(self) {
+        counter!("pat_values_resealed_total").increment(self.resealed);
+        info!(
+            data_key = self.current,
+            resealed = self.resealed,
+            retired = ?self.retired,
+            "sensitive values sealed under the current data key"
+        );
+    }
+}
+
+/// The retention policy applied: what was purged.
+pub struct RetentionApplied<'a> {
+    pub report: &'a crate::store::PurgeReport,
+}
+
+impl RetentionApplied<'_> {
+    pub fn emit(self) {
+        let r = self.report;
+        for (what, n) in [
+            ("frames", r.frames),
+            ("rejected_frames", r.rejected_frames),
+            ("positions", r.positions),
+            ("incidents", r.incidents),
+            ("steps", r.steps),
+        ] {
+            counter!("pat_retention_purged_total", "what" => what).increment(n);
+        }
+        info!(
+            frames = r.frames,
+            rejected_frames = r.rejected_frames,
+            positions = r.positions,
+            incidents = r.incidents,
+            steps = r.steps,
+            "retention applied"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! hash chain, on SQLite and PostgreSQL.
 
 use pingantong::domain::Role;
-use pingantong::store::{ChainFault, Db, StoreConfig, now_ms};
+use pingantong::store::{ChainFault, Db, now_ms};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -14,7 +14,7 @@ async fn raw(db: &Db, sql: &'static str) {
         Db::Sqlite { write, .. } => {
             sqlx::query(sql).execute(write).await.unwrap();
         }
-        Db::Postgres(p) => {
+        Db::Postgres(p, _) => {
             sqlx::query(sql).execute(p).await.unwrap();
         }
     }
@@ -25,7 +25,7 @@ async fn audit_rows(db: &Db) -> Vec<(String, String, String)> {
     const Q: &str = "SELECT action, subject, detail FROM audit_log ORDER BY id";
     match db {
         Db::Sqlite { read, .. } => sqlx::query_as(Q).fetch_all(read).await.unwrap(),
-        Db::Postgres(p) => sqlx::query_as(Q).fetch_all(p).await.unwrap(),
+        Db::Postgres(p, _) => sqlx::query_as(Q).fetch_all(p).await.unwrap(),
     }
 }
 
@@ -292,13 +292,7 @@ async fn roles_and_error_bodies_postgres() {
 async fn test_db(backend: Backend) -> (Db, tempfile::TempDir, pingantong::Settings) {
     let dir = tempfile::tempdir().unwrap();
     let s = test_settings(backend, Broker::Embedded, dir.path());
-    let db = Db::connect(&StoreConfig {
-        url: s.database_url(),
-        schema: s.database_schema.clone(),
-        max_connections: 4,
-    })
-    .await
-    .unwrap();
+    let db = Db::connect(&s.store_config(4).unwrap()).await.unwrap();
     (db, dir, s)
 }
 
@@ -862,13 +856,9 @@ async fn the_audit_head_outside_the_database_finds_removed_newest_entries(backen
     assert!(out.contains("not signed with this audit_key"), "{out}");
 
     // The newest two entries removed: the chain alone still verifies…
-    let db = Db::connect(&StoreConfig {
-        url: settings.database_url(),
-        schema: settings.database_schema.clone(),
-        max_connections: 2,
-    })
-    .await
-    .unwrap();
+    let db = Db::connect(&settings.store_config(2).unwrap())
+        .await
+        .unwrap();
     let newest = cp["head_id"].as_i64().unwrap();
     let delete = format!("DELETE FROM audit_log WHERE id >= {}", newest - 1);
     match &db {
@@ -878,7 +868,7 @@ async fn the_audit_head_outside_the_database_finds_removed_newest_entries(backen
                 .await
                 .unwrap();
         }
-        Db::Postgres(p) => {
+        Db::Postgres(p, _) => {
             sqlx::query(sqlx::AssertSqlSafe(delete))
                 .execute(p)
                 .await

@@ -117,6 +117,7 @@ async fn operator_takes_an_sos_to_closed_in_headless_chromium() {
             medical_notes: String::new(),
             medications: String::new(),
             allergies: String::new(),
+            key_safe: String::new(),
             birth_year: Some(1941),
             subsidy_category: Some("advanced_age".into()),
         })

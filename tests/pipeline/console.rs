@@ -133,6 +133,7 @@ async fn operator_takes_an_sos_to_closed_while_a_carer_answers(backend: Backend)
         jobs[0]["medical_notes"], "",
         "an offer not accepted does not show the resident's health"
     );
+    assert_eq!(jobs[0]["key_safe"], "", "nor the key-safe code");
     let answer = |d: i64| format!("/api/v1/dispatches/{d}/answer");
     let (status, body) = api
         .post(
@@ -224,11 +225,17 @@ async fn operator_takes_an_sos_to_closed_while_a_carer_answers(backend: Backend)
             })
             .await;
             assert_eq!(
-                (details.carer_id, details.medications.as_str()),
-                (city.near_carer, "华法林 3mg")
+                (
+                    details.carer_id,
+                    details.medications.as_str(),
+                    details.allergies.as_str(),
+                    details.key_safe.as_str()
+                ),
+                (city.near_carer, "华法林 3mg", "青霉素", "4711")
             );
             let (_, jobs) = api.get("/api/v1/carer/jobs", Some(&near)).await;
             assert_eq!(jobs[0]["medical_notes"], "高血压；房颤", "{jobs}");
+            assert_eq!(jobs[0]["key_safe"], "4711", "{jobs}");
             assert!(
                 app.carers
                     .details()
@@ -700,7 +707,7 @@ async fn an_open_feed_ends_at_log_out_and_when_the_account_is_disabled() {
 async fn a_line_committed_after_a_later_one_still_reaches_the_feed() {
     let (app, api, op, incident) = operator_and_an_sos(Backend::Postgres).await;
     let (seen, feed) = follow(&api, &op, None).await;
-    let Db::Postgres(pool) = &app.db else {
+    let Db::Postgres(pool, _) = &app.db else {
         unreachable!("a PostgreSQL server")
     };
     let line = |action: &'static str| {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingantong::demo::seed::{CitySpec, seed_city};
-use pingantong::store::{Db, StoreConfig};
+use pingantong::store::Db;
 use pingantong_protocol::EventKind;
 use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -46,13 +46,9 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
         Backend::Sqlite => (format!("sqlite://{}/crash.db", dir.path().display()), None),
         Backend::Postgres => (POSTGRES_URL.to_owned(), Some(schema.clone())),
     };
-    let db = Db::connect(&StoreConfig {
-        url: url.clone(),
-        schema: schema_arg.clone(),
-        max_connections: 2,
-    })
-    .await
-    .unwrap();
+    let db = Db::connect(&store_config(url.clone(), schema_arg.clone(), dir.path()))
+        .await
+        .unwrap();
     let city = seed_city(
         &db,
         &CitySpec {
@@ -74,6 +70,8 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
     let mut args = vec![
         "--database-url".to_string(),
         url,
+        "--data-dir".into(),
+        dir.path().display().to_string(),
         "--native-addr".into(),
         native.clone(),
         "--embedded-mqtt-addr".into(),

@@ -7,9 +7,10 @@
 
 use std::sync::Arc;
 
+use crate::helpers::store_config;
 use pingantong::ingest::device::dedup_of;
 use pingantong::rules::Rules;
-use pingantong::store::{AlarmRecord, AuthStatus, CommitOutcome, Db, StoreConfig};
+use pingantong::store::{AlarmRecord, AuthStatus, CommitOutcome, Db};
 use pingantong_protocol::sia_dc09::{self, KeyLookup, Payload};
 use pingantong_protocol::{Codec, DeviceId, EventKind, Frame, Location, eview, gt06, h02, watch};
 use proptest::prelude::*;
@@ -382,20 +383,17 @@ async fn connect(backend: Backend) -> (Db, Option<tempfile::TempDir>) {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
-            let cfg = StoreConfig {
-                url: format!("sqlite://{}/dedup.db", dir.path().display()),
-                schema: None,
-                max_connections: 2,
-            };
+            let cfg = store_config(
+                format!("sqlite://{}/dedup.db", dir.path().display()),
+                None,
+                dir.path(),
+            );
             (Db::connect(&cfg).await.unwrap(), Some(dir))
         }
         Backend::Postgres => {
-            let cfg = StoreConfig {
-                url: POSTGRES_URL.into(),
-                schema: Some(unique("t")),
-                max_connections: 2,
-            };
-            (Db::connect(&cfg).await.unwrap(), None)
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = store_config(POSTGRES_URL.into(), Some(unique("t")), dir.path());
+            (Db::connect(&cfg).await.unwrap(), Some(dir))
         }
     }
 }

@@ -148,7 +148,7 @@ async fn a_tls_broker_with_the_right_authority() {
 
 /// The planner's statistics of a PostgreSQL table: the columns it has them for.
 async fn planner_knows(db: &pingantong::store::Db, table: &str) -> Vec<String> {
-    let pingantong::store::Db::Postgres(pool) = db else {
+    let pingantong::store::Db::Postgres(pool, _) = db else {
         panic!("a PostgreSQL database");
     };
     sqlx::query_scalar(
@@ -171,13 +171,9 @@ async fn planner_knows(db: &pingantong::store::Db, table: &str) -> Vec<String> {
 async fn a_city_loaded_blind_is_analyzed_as_the_server_starts() {
     let dir = tempfile::tempdir().unwrap();
     let s = test_settings(Backend::Postgres, Broker::Embedded, dir.path());
-    let db = pingantong::store::Db::connect(&pingantong::store::StoreConfig {
-        url: s.database_url(),
-        schema: s.database_schema.clone(),
-        max_connections: 2,
-    })
-    .await
-    .unwrap();
+    let db = pingantong::store::Db::connect(&s.store_config(2).unwrap())
+        .await
+        .unwrap();
     pingantong::demo::seed::seed_city(
         &db,
         &pingantong::demo::seed::CitySpec {
@@ -205,7 +201,7 @@ async fn a_city_loaded_blind_is_analyzed_as_the_server_starts() {
     assert!(known.contains(&"client_id".to_owned()), "{known:?}");
     assert_eq!(planner_knows(&app.db, "alarms").await, Vec::<String>::new());
     // Nor does it compile its short queries just in time.
-    let pingantong::store::Db::Postgres(pool) = &app.db else {
+    let pingantong::store::Db::Postgres(pool, _) = &app.db else {
         unreachable!()
     };
     let jit: String = sqlx::query_scalar("SHOW jit")

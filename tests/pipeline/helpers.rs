@@ -38,6 +38,21 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Settings for a test server: loopback ports, a fresh database, short sweeps.
+/// How a test opens a database of its own, with the master key kept in `dir`
+/// (as a server given `--data-dir dir` finds it).
+pub fn store_config(
+    url: String,
+    schema: Option<String>,
+    dir: &std::path::Path,
+) -> pingantong::store::StoreConfig {
+    pingantong::store::StoreConfig {
+        url,
+        schema,
+        max_connections: 2,
+        master_key: Arc::new(pingantong::vault::MasterKey::configured_or_kept(None, dir).unwrap()),
+    }
+}
+
 pub fn test_settings(backend: Backend, broker: Broker, dir: &std::path::Path) -> Settings {
     let tag = unique("t");
     Settings {
@@ -204,6 +219,7 @@ pub async fn seed_small_city(db: &Db) -> City {
             medical_notes: "高血压；房颤".into(),
             medications: "华法林 3mg".into(),
             allergies: "青霉素".into(),
+            key_safe: "4711".into(),
             birth_year: Some(1938),
             subsidy_category: Some("living_alone".into()),
         })

@@ -240,7 +240,7 @@ async fn stage_batch(backend: Backend) {
     use pingantong::rules::Rules;
     use pingantong::store::{
         AlarmRecord, AuthStatus, Cascade, CommitOutcome, Db, IncidentOutcome, NewContact,
-        NewIncident, RouteDone, RouteRequest, StageDone, StageWork, StoreConfig,
+        NewIncident, RouteDone, RouteRequest, StageDone, StageWork,
     };
 
     let dir = tempfile::tempdir().unwrap();
@@ -248,13 +248,9 @@ async fn stage_batch(backend: Backend) {
         Backend::Sqlite => (format!("sqlite://{}/batch.db", dir.path().display()), None),
         Backend::Postgres => (POSTGRES_URL.to_owned(), Some(unique("batch"))),
     };
-    let db = Db::connect(&StoreConfig {
-        url,
-        schema,
-        max_connections: 2,
-    })
-    .await
-    .unwrap();
+    let db = Db::connect(&store_config(url, schema, dir.path()))
+        .await
+        .unwrap();
     let city = seed_small_city(&db).await;
     for (position, notify) in [
         (1, Some(("mqtt", "son"))),

@@ -1,6 +1,7 @@
 //! End-to-end tests of the alarm path over real sockets: native TCP in,
 //! SQLite or PostgreSQL underneath, the embedded broker or Mosquitto out.
 
+mod at_rest;
 mod auth;
 mod browser;
 mod console;

@@ -231,8 +231,14 @@ async fn malformed_and_unknown_events_are_answered_and_kept() {
 
 #[tokio::test]
 async fn events_published_while_the_server_is_down_are_delivered_when_it_returns() {
-    // PostgreSQL keeps the data across the two runs; Mosquitto keeps the session.
-    let app = TestApp::spawn(Backend::Postgres, Broker::Mosquitto).await;
+    // PostgreSQL keeps the data across the two runs; Mosquitto keeps the
+    // session; the data directory (the kept keys) stays, as a server's does.
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_with(
+        test_settings(Backend::Postgres, Broker::Mosquitto, dir.path()),
+        None,
+    )
+    .await;
     let city = seed_small_city(&app.db).await;
     let device = app.mqtt_device(&city).await;
     let settings = app.settings.clone();

@@ -564,6 +564,7 @@ async fn nobody_to_send(backend: Backend, why: Nobody) {
                 medical_notes: String::new(),
                 medications: String::new(),
                 allergies: String::new(),
+                key_safe: String::new(),
                 birth_year: Some(1940),
                 subsidy_category: None,
             })

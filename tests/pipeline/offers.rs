@@ -370,7 +370,7 @@ async fn raw_second_offer(db: &Db, incident: i64, carer: i64, provider: i64) -> 
             .execute(write)
             .await
             .is_ok(),
-        Db::Postgres(p) => sqlx::query(SQL)
+        Db::Postgres(p, _) => sqlx::query(SQL)
             .bind(incident)
             .bind(carer)
             .bind(provider)
@@ -632,7 +632,7 @@ async fn an_ended_incident_is_offered_to_nobody(backend: Backend) {
             .execute(write)
             .await
             .map(|r| r.rows_affected()),
-        Db::Postgres(p) => sqlx::query(closed)
+        Db::Postgres(p, _) => sqlx::query(closed)
             .bind(incident)
             .execute(p)
             .await

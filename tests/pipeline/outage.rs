@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pingantong::store::{Db, NewDevice, StoreConfig};
+use pingantong::store::{Db, NewDevice};
 use pingantong_protocol::native::{NakReason, Reply};
 use pingantong_protocol::sia_dc09::{self, Payload};
 use pingantong_protocol::{DeviceId, EventKind, Location, eview, gt06, h02, watch};
@@ -149,7 +149,7 @@ async fn sos_stored(db: &Db, device: &str) -> i64 {
     let q = "SELECT COUNT(*) FROM alarms WHERE device_id = $1 AND kind = 'sos'";
     match db {
         Db::Sqlite { read, .. } => sqlx::query_scalar(q).bind(device).fetch_one(read).await,
-        Db::Postgres(p) => sqlx::query_scalar(q).bind(device).fetch_one(p).await,
+        Db::Postgres(p, _) => sqlx::query_scalar(q).bind(device).fetch_one(p).await,
     }
     .unwrap()
 }
@@ -212,11 +212,7 @@ struct Rig {
 async fn rig(backend: Backend) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(backend, Broker::Embedded, dir.path());
-    let direct = StoreConfig {
-        url: settings.database_url(),
-        schema: settings.database_schema.clone(),
-        max_connections: 2,
-    };
+    let direct = settings.store_config(2).unwrap();
     let outage = match backend {
         Backend::Postgres => {
             let proxy = DbProxy::start("127.0.0.1:5432").await;

@@ -1097,6 +1097,7 @@ async fn a_residents_data_is_exported(backend: Backend) {
             medical_notes: String::new(),
             medications: String::new(),
             allergies: String::new(),
+            key_safe: String::new(),
             birth_year: None,
             subsidy_category: None,
         })

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use pingantong::api::auth::hash_password;
 use pingantong::domain::{Action, Role, State};
 use pingantong::sla::{self, Figures, GroupKey, Grouping, Measure, Month, SlaTargets};
-use pingantong::store::{Db, NewUser, StoreConfig, Transition, now_ms};
+use pingantong::store::{Db, NewUser, Transition, now_ms};
 use pingantong_protocol::EventKind;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -92,13 +92,9 @@ fn key_of(k: &GroupKey) -> String {
 
 async fn connect(backend: Backend, dir: &std::path::Path) -> (Db, pingantong::Settings) {
     let settings = test_settings(backend, Broker::Embedded, dir);
-    let db = Db::connect(&StoreConfig {
-        url: settings.database_url(),
-        schema: settings.database_schema.clone(),
-        max_connections: 4,
-    })
-    .await
-    .unwrap();
+    let db = Db::connect(&settings.store_config(4).unwrap())
+        .await
+        .unwrap();
     (db, settings)
 }
 
@@ -524,7 +520,7 @@ async fn endpoints_by_role(backend: Backend) {
         "SELECT actor, subject FROM audit_log WHERE action = 'report_read' ORDER BY id";
     let reads: Vec<(String, String)> = match &app.db {
         Db::Sqlite { read, .. } => sqlx::query_as(READS).fetch_all(read).await.unwrap(),
-        Db::Postgres(p) => sqlx::query_as(READS).fetch_all(p).await.unwrap(),
+        Db::Postgres(p, _) => sqlx::query_as(READS).fetch_all(p).await.unwrap(),
     };
     assert_eq!(
         reads[0],

@@ -96,7 +96,8 @@ export class CarerView {
         h('div', { class: 'field' }, h('dt', {}, t('col.offered')), h('dd', {}, when(j.offered_at))),
         h('div', { class: 'field' }, h('dt', {}, t('f.notes')), h('dd', {}, j.medical_notes || '—')),
         h('div', { class: 'field' }, h('dt', {}, t('f.medications')), h('dd', {}, j.medications || '—')),
-        h('div', { class: `field ${j.allergies ? 'allergy' : ''}` }, h('dt', {}, t('f.allergies')), h('dd', {}, j.allergies ? `⚠ ${j.allergies}` : '—'))),
+        h('div', { class: `field ${j.allergies ? 'allergy' : ''}` }, h('dt', {}, t('f.allergies')), h('dd', {}, j.allergies ? `⚠ ${j.allergies}` : '—')),
+        h('div', { class: 'field' }, h('dt', {}, t('f.keysafe')), h('dd', {}, j.key_safe || '—'))),
       j.state === 'withdrawn' ? h('p', { class: 'withdrawn', role: 'status' }, t('job.withdrawn')) : null,
       h('div', { class: 'buttons' }, buttons));
   }

@@ -182,7 +182,8 @@ export class IncidentView {
       h('dl', { class: 'facts' },
         field(t('f.notes'), c.medical_notes),
         field(t('f.medications'), c.medications),
-        field(t('f.allergies'), c.allergies ? `⚠ ${c.allergies}` : '', c.allergies ? 'allergy' : '')));
+        field(t('f.allergies'), c.allergies ? `⚠ ${c.allergies}` : '', c.allergies ? 'allergy' : ''),
+        field(t('f.keysafe'), c.key_safe)));
   }
 
   contacts(d) {

@@ -94,6 +94,11 @@ pub struct ClientBody {
     #[serde(default)]
     #[schema(max_length = 4000)]
     pub allergies: String,
+    /// The code of the key safe at the door: given only to the carer who
+    /// accepted a job (and shown to staff who may read health data).
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub key_safe: String,
     #[serde(default, deserialize_with = "super::whole_or_null")]
     #[schema(minimum = 1890, maximum = 2100)]
     pub birth_year: Option<i64>,
@@ -114,6 +119,7 @@ impl ClientBody {
             medical_notes: &self.medical_notes,
             medications: &self.medications,
             allergies: &self.allergies,
+            key_safe: &self.key_safe,
             birth_year: self.birth_year,
             subsidy_category: self.subsidy_category.map(SubsidyCategory::as_str),
         })
@@ -305,6 +311,7 @@ pub struct ClientView {
     pub medical_notes: String,
     pub medications: String,
     pub allergies: String,
+    pub key_safe: String,
     pub birth_year: Option<i64>,
     pub subsidy_category: Option<String>,
     pub away_until: Option<i64>,
@@ -328,6 +335,7 @@ impl ClientView {
             medical_notes: c.medical_notes,
             medications: c.medications,
             allergies: c.allergies,
+            key_safe: c.key_safe,
             birth_year: c.birth_year,
             subsidy_category: c.subsidy_category,
             away_until: c.away_until,

@@ -300,9 +300,13 @@ pub struct ClientInput<'a> {
     pub medical_notes: &'a str,
     pub medications: &'a str,
     pub allergies: &'a str,
+    pub key_safe: &'a str,
     pub birth_year: Option<i64>,
     pub subsidy_category: Option<&'a str>,
 }
+
+/// A key-safe code: digits, letters or a short instruction.
+const KEY_SAFE_MAX: usize = 64;
 
 pub fn client_entry(i: &ClientInput<'_>) -> Checked<ClientEntry> {
     let location = i
@@ -328,6 +332,7 @@ pub fn client_entry(i: &ClientInput<'_>) -> Checked<ClientEntry> {
             medical_notes: optional("medical_notes", i.medical_notes, NOTES_MAX)?,
             medications: optional("medications", i.medications, NOTES_MAX)?,
             allergies: optional("allergies", i.allergies, NOTES_MAX)?,
+            key_safe: optional("key_safe", i.key_safe, KEY_SAFE_MAX)?,
             birth_year: i
                 .birth_year
                 .map(|y| within("birth_year", y, BIRTH_YEAR))

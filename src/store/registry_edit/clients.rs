@@ -82,12 +82,25 @@ pub struct ClientRecord {
     pub medical_notes: String,
     pub medications: String,
     pub allergies: String,
+    pub key_safe: String,
     pub birth_year: Option<i64>,
     pub subsidy_category: Option<String>,
     pub away_until: Option<i64>,
     pub updated_at: i64,
     #[sqlx(skip)]
     pub contacts: Vec<ContactRecord>,
+}
+
+impl ClientRecord {
+    /// With its sealed fields opened.
+    fn opened(mut self, v: &crate::vault::Vault) -> Result<Self, StoreError> {
+        use crate::vault::Field;
+        self.medical_notes = v.open_text(Field::MedicalNotes, &self.medical_notes)?;
+        self.medications = v.open_text(Field::Medications, &self.medications)?;
+        self.allergies = v.open_text(Field::Allergies, &self.allergies)?;
+        self.key_safe = v.open_text(Field::KeySafe, &self.key_safe)?;
+        Ok(self)
+    }
 }
 
 const CONTACT_COLUMNS: &str = "id, position, name, relation, phone, notify_channel, notify_address";
@@ -134,11 +147,19 @@ macro_rules! insert_client_in {
                 )));
             }
             let c = &e.client;
+            let h = $crate::store::registry::SealedHealth::of(
+                $db.vault(),
+                &c.medical_notes,
+                &c.medications,
+                &c.allergies,
+                &c.key_safe,
+            )?;
             let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
                 "INSERT INTO clients (name, address, district, street, lat, lon, language, \
-                 medical_notes, medications, allergies, birth_year, subsidy_category, \
+                 medical_notes, medications, allergies, key_safe, birth_year, subsidy_category, \
                  external_ref, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 RETURNING id",
             )
             .bind(&c.name)
             .bind(&c.address)
@@ -147,9 +168,10 @@ macro_rules! insert_client_in {
             .bind(c.lat)
             .bind(c.lon)
             .bind(&c.language)
-            .bind(&c.medical_notes)
-            .bind(&c.medications)
-            .bind(&c.allergies)
+            .bind(&h.medical_notes)
+            .bind(&h.medications)
+            .bind(&h.allergies)
+            .bind(&h.key_safe)
             .bind(c.birth_year)
             .bind(&c.subsidy_category)
             .bind(&e.external_ref)
@@ -236,15 +258,16 @@ impl Db {
     pub async fn client_record(&self, id: i64) -> Result<Option<ClientRecord>, StoreError> {
         let client: Option<ClientRecord> = on_pool!(self, |p| sqlx::query_as(
             "SELECT id, external_ref, name, address, district, street, lat, lon, language, \
-             medical_notes, medications, allergies, birth_year, subsidy_category, away_until, \
-             updated_at FROM clients WHERE id = $1"
+             medical_notes, medications, allergies, key_safe, birth_year, subsidy_category, \
+             away_until, updated_at FROM clients WHERE id = $1"
         )
         .bind(id)
         .fetch_optional(p)
         .await)?;
-        let Some(mut client) = client else {
+        let Some(client) = client else {
             return Ok(None);
         };
+        let mut client = client.opened(self.vault())?;
         client.contacts = self.contacts_of(id).await?;
         Ok(Some(client))
     }
@@ -294,7 +317,7 @@ impl Db {
             let mut tx = p.begin_with(begin).await?;
             let before: Option<ClientRecord> = sqlx::query_as(
                 "SELECT id, external_ref, name, address, district, street, lat, lon, language, \
-                 medical_notes, medications, allergies, birth_year, subsidy_category, \
+                 medical_notes, medications, allergies, key_safe, birth_year, subsidy_category, \
                  away_until, updated_at FROM clients WHERE id = $1",
             )
             .bind(id)
@@ -303,6 +326,14 @@ impl Db {
             let Some(before) = before else {
                 return Err(EditError::NotFound("client"));
             };
+            let before = before.opened(self.vault())?;
+            let h = crate::store::registry::SealedHealth::of(
+                self.vault(),
+                &c.medical_notes,
+                &c.medications,
+                &c.allergies,
+                &c.key_safe,
+            )?;
             if let Some(r) = &entry.external_ref
                 && let Some(other) = client_by_ref!(tx, r).filter(|o| *o != id)
             {
@@ -321,6 +352,7 @@ impl Db {
                 ("medical_notes", before.medical_notes != c.medical_notes),
                 ("medications", before.medications != c.medications),
                 ("allergies", before.allergies != c.allergies),
+                ("key_safe", before.key_safe != c.key_safe),
                 ("birth_year", before.birth_year != c.birth_year),
                 (
                     "subsidy_category",
@@ -333,8 +365,8 @@ impl Db {
             sqlx::query(
                 "UPDATE clients SET name = $1, address = $2, district = $3, street = $4, \
                  lat = $5, lon = $6, language = $7, medical_notes = $8, medications = $9, \
-                 allergies = $10, birth_year = $11, subsidy_category = $12, \
-                 external_ref = $13, updated_at = $14 WHERE id = $15",
+                 allergies = $10, key_safe = $11, birth_year = $12, subsidy_category = $13, \
+                 external_ref = $14, updated_at = $15 WHERE id = $16",
             )
             .bind(&c.name)
             .bind(&c.address)
@@ -343,9 +375,10 @@ impl Db {
             .bind(c.lat)
             .bind(c.lon)
             .bind(&c.language)
-            .bind(&c.medical_notes)
-            .bind(&c.medications)
-            .bind(&c.allergies)
+            .bind(&h.medical_notes)
+            .bind(&h.medications)
+            .bind(&h.allergies)
+            .bind(&h.key_safe)
             .bind(c.birth_year)
             .bind(&c.subsidy_category)
             .bind(&entry.external_ref)

@@ -20,7 +20,7 @@ macro_rules! read {
     ($db:expr, $q:expr, $t:ty) => {
         match $db {
             Db::Sqlite { read, .. } => sqlx::query_as::<_, $t>($q).fetch_all(read).await,
-            Db::Postgres(p) => sqlx::query_as::<_, $t>($q).fetch_all(p).await,
+            Db::Postgres(p, _) => sqlx::query_as::<_, $t>($q).fetch_all(p).await,
         }
         .expect("the model's read")
     };
@@ -73,7 +73,7 @@ pub(super) async fn owed(db: &Db, now: i64) -> i64 {
     ));
     let n: Vec<(i64,)> = match db {
         Db::Sqlite { read, .. } => sqlx::query_as(q).fetch_all(read).await,
-        Db::Postgres(p) => sqlx::query_as(q).fetch_all(p).await,
+        Db::Postgres(p, _) => sqlx::query_as(q).fetch_all(p).await,
     }
     .expect("the model's read");
     n[0].0

@@ -54,6 +54,7 @@ pub(super) fn start(backend: Backend) -> Sut {
                 medical_notes: String::new(),
                 medications: String::new(),
                 allergies: String::new(),
+                key_safe: String::new(),
                 birth_year: Some(1941),
                 subsidy_category: None,
             })

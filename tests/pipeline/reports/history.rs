@@ -129,6 +129,7 @@ pub async fn seed_world(db: &Db, rng: &mut StdRng, clients: usize) -> World {
                 medical_notes: SECRET_NOTES.into(),
                 medications: "华法林 3mg".into(),
                 allergies: String::new(),
+                key_safe: String::new(),
                 birth_year: Some(1940),
                 subsidy_category: category.map(str::to_owned),
             })
