@@ -75,7 +75,9 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          at_rest::a_running_server_takes_up_a_rotation \
          at_rest::retention_purges_old_records_and_the_chain_still_verifies_sqlite \
          at_rest::retention_purges_old_records_and_the_chain_still_verifies_postgres \
-         at_rest::retention_never_purges_over_an_altered_timeline; do
+         at_rest::retention_never_purges_over_an_altered_timeline \
+         devices::dc09_from_independent_transmitters_sqlite \
+         devices::dc09_from_independent_transmitters_postgres; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1

@@ -77,6 +77,8 @@ pub struct ListenAddrs {
     pub eview: SocketAddr,
     pub dc09: SocketAddr,
     pub dc09_udp: SocketAddr,
+    /// DC-09 over TLS, when configured.
+    pub dc09_tls: Option<SocketAddr>,
 }
 
 /// The third-party device listeners, bound.
@@ -89,6 +91,7 @@ struct DeviceListeners {
     eview: TcpListener,
     dc09: TcpListener,
     dc09_udp: UdpSocket,
+    dc09_tls: Option<TcpListener>,
 }
 
 /// A server with its ports bound and its database migrated, not yet running.
@@ -179,9 +182,14 @@ impl Application {
                 addr: dc09_udp_addr,
                 source,
             })?;
+        let dc09_tls = match settings.dc09_tls_addr {
+            Some(want) => Some(bind_tcp(want).await?),
+            None => None,
+        };
         let devices = DeviceListeners {
             dc09,
             dc09_udp,
+            dc09_tls,
             http: bind_tcp(settings.http_addr).await?,
             gt06: bind_tcp(settings.gt06_addr).await?,
             watch: bind_tcp(settings.watch_addr).await?,
@@ -204,6 +212,10 @@ impl Application {
                 })?,
             eview: local(&devices.eview, settings.eview_addr)?,
             dc09: local(&devices.dc09, settings.dc09_addr)?,
+            dc09_tls: match (&devices.dc09_tls, settings.dc09_tls_addr) {
+                (Some(l), Some(want)) => Some(local(l, want)?),
+                _ => None,
+            },
             dc09_udp: devices
                 .dc09_udp
                 .local_addr()
@@ -470,7 +482,7 @@ impl Application {
             writer::HandOver {
                 urgent: urgent_tx,
                 other: other_tx,
-                supervision: Some(Arc::clone(&supervision)),
+                supervision: Some(Arc::clone(&supervision) as Arc<dyn writer::Heard>),
             },
         );
         // Stops with the listeners: it holds a writer handle, and the writer
@@ -632,6 +644,13 @@ impl Application {
         let dc09: CodecFactory =
             Arc::new(move || Box::new(SiaDc09Codec::new(Arc::clone(&keys), Arc::clone(&clock))));
         listeners.push(tcp(d.dc09, SIA_DC09, Arc::clone(&dc09)));
+        if let (Some(l), Some(tls)) = (d.dc09_tls, self.tls.clone()) {
+            let (ctx, stop, codecs) = (Arc::clone(&ctx), shutdown.clone(), Arc::clone(&dc09));
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            listeners.push(on_devices(&on, l, SIA_DC09, move |l: TcpListener| {
+                device::serve_tls(l, SIA_DC09, codecs, acceptor, ctx, stop)
+            }));
+        }
         listeners.push(udp(d.dc09_udp, SIA_DC09, dc09));
         let stop = shutdown.clone();
         listeners.push(on_devices(

@@ -54,6 +54,10 @@ pub struct Settings {
     pub eview_addr: SocketAddr,
     /// SIA DC-09 receiver, TCP and UDP on the same port.
     pub dc09_addr: SocketAddr,
+    /// SIA DC-09 over TLS (TCP), with the console's certificate (`tls_cert`,
+    /// `tls_key`): for transmitters or tunnels (stunnel) that speak TLS;
+    /// unset: none.
+    pub dc09_tls_addr: Option<SocketAddr>,
     /// External broker (`mqtt://host:port`); unset: start the embedded broker.
     pub mqtt_url: Option<String>,
     /// Where the embedded broker listens (1883 is left to a system broker).
@@ -173,6 +177,7 @@ impl Default for Settings {
             h02_addr: ([127, 0, 0, 1], 5013).into(),
             eview_addr: ([127, 0, 0, 1], 5250).into(),
             dc09_addr: ([127, 0, 0, 1], 5070).into(),
+            dc09_tls_addr: None,
             mqtt_url: None,
             embedded_mqtt_addr: ([127, 0, 0, 1], 11883).into(),
             embedded_mqtts_addr: None,
@@ -338,6 +343,12 @@ impl Settings {
             return invalid(
                 "embedded_mqtts_addr",
                 "mqtts needs the certificate and key (tls_cert, tls_key)",
+            );
+        }
+        if self.dc09_tls_addr.is_some() && self.tls_cert.is_none() {
+            return invalid(
+                "dc09_tls_addr",
+                "DC-09 over TLS needs the certificate and key (tls_cert, tls_key)",
             );
         }
         if self.mqtt_dynsec && (self.mqtt_url.is_none() || self.mqtt_username.is_none()) {

@@ -47,7 +47,14 @@ pub fn spawn(
                     _ = shutdown.cancelled() => return,
                 };
                 match purged {
-                    Ok(r) => events::RetentionApplied { report: &r }.emit(),
+                    Ok(r) => events::RetentionApplied {
+                        frames: r.frames,
+                        rejected_frames: r.rejected_frames,
+                        positions: r.positions,
+                        incidents: r.incidents,
+                        steps: r.steps,
+                    }
+                    .emit(),
                     Err(e) => events::StageFailed {
                         stage: "retention",
                         error: &e,

@@ -236,6 +236,9 @@ struct ServerArgs {
     /// SIA DC-09 receiver, TCP and UDP.
     #[arg(long, env = "PAT_DC09_ADDR")]
     dc09_addr: Option<SocketAddr>,
+    /// SIA DC-09 over TLS (TCP), with --tls-cert and --tls-key.
+    #[arg(long, env = "PAT_DC09_TLS_ADDR")]
+    dc09_tls_addr: Option<SocketAddr>,
     /// External broker; without it an embedded broker is started.
     #[arg(long, env = "PAT_MQTT_URL")]
     mqtt_url: Option<String>,
@@ -335,6 +338,9 @@ impl ServerArgs {
         }
         if let Some(v) = &self.mqtt_share_group {
             s.mqtt_share_group = Some(v.clone());
+        }
+        if let Some(v) = self.dc09_tls_addr {
+            s.dc09_tls_addr = Some(v);
         }
         if let Some(v) = self.embedded_mqtts_addr {
             s.embedded_mqtts_addr = Some(v);
@@ -501,7 +507,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|(id, g)| format!("{id} {}\n", key.password(&format!("devices/{id}"), *g)))
                     .collect();
-                pingantong::mqtt::credential::write_private(&path, &lines)?;
+                pingantong::secret::write_private(&path, &lines)?;
                 eprintln!(
                     "MQTT pendants' credentials in {} (pendant-sim --mqtt-credentials)",
                     path.display()

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use pingantong_protocol::{EventKind, Lane};
 use serde::{Deserialize, Serialize};
 
-use crate::incident::Escalation;
+use crate::domain::Escalation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {

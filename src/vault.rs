@@ -206,7 +206,7 @@ impl MasterKey {
             .map_err(|_| "the system's random source failed")?;
         let text = hex(&raw);
         std::fs::create_dir_all(data_dir)?;
-        crate::mqtt::credential::write_private(&path, &text)?;
+        crate::secret::write_private(&path, &text)?;
         Ok(Self::from_secret(&Secret::new(text))?)
     }
 

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use pingantong_protocol::{Codec, Frame, Integrity, ReplyPlan};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +50,62 @@ pub async fn serve_tcp(
             let codec = codecs();
             async move {
                 let reason = run_connection(&ctx, codec, stream, peer, stop).await;
+                events::ConnectionClosed {
+                    protocol,
+                    peer: &peer,
+                    reason,
+                }
+                .emit();
+            }
+        },
+    )
+    .await;
+}
+
+/// Serve one protocol over TLS on a TCP listener until `shutdown` (DC-09
+/// transmitters or tunnels that speak TLS): the handshake must end within
+/// the frame timeout, then the connection is served as a plain one is.
+pub async fn serve_tls(
+    listener: TcpListener,
+    protocol: &'static str,
+    codecs: CodecFactory,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: Arc<IngestContext>,
+    shutdown: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        events::ListenerStarted {
+            protocol,
+            addr: &addr,
+        }
+        .emit();
+    }
+    let max = ctx.limits.max_connections;
+    super::serve(
+        listener,
+        protocol,
+        max,
+        shutdown,
+        move |stream, peer, stop| {
+            let ctx = Arc::clone(&ctx);
+            let codec = codecs();
+            let acceptor = acceptor.clone();
+            async move {
+                let handshake =
+                    tokio::time::timeout(ctx.limits.frame_timeout, acceptor.accept(stream));
+                let reason = match handshake.await {
+                    Ok(Ok(tls)) => run_connection(&ctx, codec, tls, peer, stop).await,
+                    Ok(Err(e)) => {
+                        events::TlsRefused {
+                            protocol,
+                            peer: &peer,
+                            error: &e,
+                        }
+                        .emit();
+                        "tls_handshake_failed"
+                    }
+                    Err(_) => "tls_handshake_timeout",
+                };
                 events::ConnectionClosed {
                     protocol,
                     peer: &peer,
@@ -150,15 +206,18 @@ enum Answer {
 
 /// Reading and answering run side by side (as for native pendants): a frame
 /// is submitted as soon as it is read; answers go out in order as commits complete.
-async fn run_connection(
+async fn run_connection<S>(
     ctx: &IngestContext,
     mut codec: Box<dyn Codec>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     shutdown: CancellationToken,
-) -> &'static str {
+) -> &'static str
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let protocol = codec.protocol();
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (answers, mut owed) = tokio::sync::mpsc::channel::<Answer>(IN_FLIGHT_PER_CONNECTION);
     let answering = tokio::spawn(async move {
         let mut out = BytesMut::with_capacity(128);

@@ -12,6 +12,8 @@
 
 use std::path::Path;
 
+use crate::secret::write_private;
+
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
@@ -79,29 +81,6 @@ impl CredentialKey {
                 .verify_truncated_left(&bytes)
                 .is_ok()
     }
-}
-
-/// Write a new file only this user can read (an existing one is replaced).
-#[cfg(unix)]
-pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
-}
-
-#[cfg(not(unix))]
-pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    std::fs::write(path, text)
 }
 
 fn hex(b: &[u8]) -> String {

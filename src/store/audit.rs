@@ -262,7 +262,7 @@ impl Db {
         .await)?;
         let mut retired = std::collections::HashMap::new();
         for (purge, detail) in &purges {
-            for seal in super::retention::retired_seals(detail) {
+            for seal in retired_seals(detail) {
                 retired.insert(seal, *purge);
             }
         }
@@ -307,10 +307,7 @@ impl Db {
                     // A seal retired by a later purge (only a later one).
                     "timeline_sealed" if retired.get(&id).is_some_and(|p| *p > id) => true,
                     "timeline_sealed" => self.seal_holds(id, &detail, false).await?,
-                    "timeline_purged" => {
-                        self.seal_holds(id, super::retention::sealed_part(&detail), true)
-                            .await?
-                    }
+                    "timeline_purged" => self.seal_holds(id, sealed_part(&detail), true).await?,
                     _ => true,
                 };
                 if !holds {
@@ -320,6 +317,25 @@ impl Db {
             }
         }
     }
+}
+
+/// The seal a `timeline_sealed` or `timeline_purged` entry's detail states
+/// (`<n> steps <first>..<last> sha256 <hex>`).
+pub(super) fn sealed_part(detail: &str) -> &str {
+    detail.rsplit("; ").next().unwrap_or(detail)
+}
+
+/// The seals a `timeline_purged` entry retires.
+pub(super) fn retired_seals(detail: &str) -> Vec<i64> {
+    detail
+        .strip_prefix("retires ")
+        .and_then(|r| r.split(';').next())
+        .map(|ids| {
+            ids.split(',')
+                .filter_map(|i| i.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -333,6 +349,18 @@ mod tests {
             subject: "user:li",
             detail: "",
         }
+    }
+
+    #[test]
+    fn a_purge_entry_names_what_it_retires_and_what_it_seals() {
+        let d = "retires 12,57; purged 40 steps of 3 incidents; 2 steps 3..5 sha256 ab";
+        assert_eq!(retired_seals(d), vec![12, 57]);
+        assert_eq!(sealed_part(d), "2 steps 3..5 sha256 ab");
+        assert_eq!(
+            sealed_part("2 steps 3..5 sha256 ab"),
+            "2 steps 3..5 sha256 ab"
+        );
+        assert!(retired_seals("2 steps 3..5 sha256 ab").is_empty());
     }
 
     #[test]

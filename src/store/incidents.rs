@@ -71,7 +71,7 @@ macro_rules! route_in_tx {
                 Some(d) => {
                     let id = insert_dispatch!($tx, incident_id, d, now);
                     insert_timer!($tx, incident_id, Some(id), "offer", 0i64, $due);
-                    let detail = super::stage::offer_detail(id, d);
+                    let detail = d.offer_detail(id);
                     insert_event!(
                         $tx,
                         incident_id,
@@ -91,7 +91,7 @@ macro_rules! route_in_tx {
                         "system",
                         "no_carer_available",
                         None::<&str>,
-                        super::stage::NO_CARER
+                        NO_CARER
                     )?;
                     None
                 }
@@ -129,11 +129,32 @@ pub(super) const CANDIDATES_IN_DISTRICTS: &str = concat!(
     " WHERE pc.district IN ("
 );
 
-use super::notifications::Cascade;
 use super::{
     ClientProfile, Db, StoreError, insert_dispatch, insert_timer, now_ms, on_pool, on_write_pool,
 };
+use crate::domain::Cascade;
 use crate::vault::Field;
+
+pub(super) const NO_CARER: &str = "no on-duty carer of any provider covering this address";
+
+impl NewDispatch {
+    /// The timeline's words for this offer, made as dispatch `dispatch_id`.
+    pub(super) fn offer_detail(&self, dispatch_id: i64) -> String {
+        let d = self;
+        format!(
+            "dispatch {dispatch_id}: carer {} of provider {}{}, {} away",
+            d.carer_id,
+            d.provider_id,
+            if d.fallback {
+                " (fallback provider)"
+            } else {
+                ""
+            },
+            d.distance_m
+                .map_or("unknown distance".to_owned(), |m| format!("{m:.0} m"))
+        )
+    }
+}
 
 /// States in which an incident still needs someone; the partial unique index
 /// `incidents_one_open` uses the same list.

@@ -1,22 +1,11 @@
 //! The family / keyholder notification cascade: one row per incident and
 //! contact, with its delivery status, attempts and the last error.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::incidents::insert_event;
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
-
-/// Who hears of an alarm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cascade {
-    /// In the client's order, one at a time, until one is reached: the
-    /// keyholder cascade of social alarm services.
-    #[default]
-    UntilReached,
-    /// Everyone at once.
-    Everyone,
-}
+pub use crate::domain::Cascade;
 
 /// Start the family notification cascades of new incidents, in one
 /// statement for several: this, then rows `(incident, client, everyone (0 or

@@ -13,7 +13,7 @@
 //! seals it retires: `audit verify` checks the survivors against it and no
 //! longer the retired seals. All of it in one transaction.
 
-use super::audit::append_audit;
+use super::audit::{append_audit, sealed_part};
 use super::seals::{StepRow, seal_detail};
 use super::{AuditEntry, Db, StoreError, on_pool, on_write_pool};
 
@@ -285,25 +285,6 @@ impl Db {
     }
 }
 
-/// The seal a `timeline_sealed` or `timeline_purged` entry's detail states
-/// (`<n> steps <first>..<last> sha256 <hex>`).
-pub(super) fn sealed_part(detail: &str) -> &str {
-    detail.rsplit("; ").next().unwrap_or(detail)
-}
-
-/// The seals a `timeline_purged` entry retires.
-pub(super) fn retired_seals(detail: &str) -> Vec<i64> {
-    detail
-        .strip_prefix("retires ")
-        .and_then(|r| r.split(';').next())
-        .map(|ids| {
-            ids.split(',')
-                .filter_map(|i| i.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,17 +301,5 @@ mod tests {
         assert_eq!(c.frames, Some(now - 180 * DAY_MS));
         assert_eq!(c.positions, None);
         assert_eq!(c.closed_incidents, Some(now - 1825 * DAY_MS));
-    }
-
-    #[test]
-    fn a_purge_entry_names_what_it_retires_and_what_it_seals() {
-        let d = "retires 12,57; purged 40 steps of 3 incidents; 2 steps 3..5 sha256 ab";
-        assert_eq!(retired_seals(d), vec![12, 57]);
-        assert_eq!(sealed_part(d), "2 steps 3..5 sha256 ab");
-        assert_eq!(
-            sealed_part("2 steps 3..5 sha256 ab"),
-            "2 steps 3..5 sha256 ab"
-        );
-        assert!(retired_seals("2 steps 3..5 sha256 ab").is_empty());
     }
 }

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::QueryBuilder;
 
-use super::incidents::{CANDIDATES_IN_DISTRICTS, OPEN};
+use super::incidents::{CANDIDATES_IN_DISTRICTS, NO_CARER, OPEN};
 use super::notifications::{NOTIFY_FROM_VALUES, NOTIFY_WHERE};
 use super::withdrawals::withdraw_in_tx;
 use super::{
@@ -472,7 +472,7 @@ impl Db {
                                     r.offer_due_at,
                                 ));
                                 (
-                                    ("carer_offered", offer_detail(dispatch_id, &d)),
+                                    ("carer_offered", d.offer_detail(dispatch_id)),
                                     RouteDone::Offered(Box::new(DispatchOffer {
                                         dispatch_id,
                                         incident_id: id,
@@ -713,24 +713,6 @@ fn mark_published_sql(ids: &[i64]) -> String {
     format!(
         "UPDATE dispatches SET published_at = $1 WHERE id IN ({}) AND published_at IS NULL",
         id_list(ids.iter().copied())
-    )
-}
-
-pub(super) const NO_CARER: &str = "no on-duty carer of any provider covering this address";
-
-/// The timeline's words for an offer.
-pub(super) fn offer_detail(dispatch_id: i64, d: &NewDispatch) -> String {
-    format!(
-        "dispatch {dispatch_id}: carer {} of provider {}{}, {} away",
-        d.carer_id,
-        d.provider_id,
-        if d.fallback {
-            " (fallback provider)"
-        } else {
-            ""
-        },
-        d.distance_m
-            .map_or("unknown distance".to_owned(), |m| format!("{m:.0} m"))
     )
 }
 

@@ -54,7 +54,14 @@ pub struct WriterHandle {
     rules: Arc<Rules>,
     stats: Arc<WriterStats>,
     presence: Arc<Presence>,
-    supervision: Option<Arc<crate::supervision::Supervision>>,
+    supervision: Option<Arc<dyn Heard>>,
+}
+
+/// Told of every committed report, so it knows the device is alive (device
+/// supervision). The writer knows what watches devices only by this: the
+/// store never imports it.
+pub trait Heard: Send + Sync {
+    fn heard(&self, reports: &mut dyn Iterator<Item = &AlarmRecord>);
 }
 
 /// How often devices' latest reports are written.
@@ -67,7 +74,7 @@ pub struct HandOver {
     pub urgent: mpsc::Sender<CommittedAlarm>,
     pub other: mpsc::Sender<CommittedAlarm>,
     /// Told of every committed report: the device is alive.
-    pub supervision: Option<Arc<crate::supervision::Supervision>>,
+    pub supervision: Option<Arc<dyn Heard>>,
 }
 
 /// A commit still waiting after this long means the database is away (a
@@ -233,7 +240,7 @@ impl WriterHandle {
             let once = std::iter::once(&record);
             self.presence.note(once.clone());
             if let Some(s) = &self.supervision {
-                s.seen(once);
+                s.heard(&mut once.clone());
             }
             events::HeartbeatNoted.emit();
             return Ok(PendingCommit::settled(Ok(CommitOutcome::Noted)));
@@ -394,7 +401,7 @@ async fn run(
                 }
                 .emit();
                 if let Some(s) = &committed.supervision {
-                    s.seen(records.iter());
+                    s.heard(&mut records.iter());
                 }
                 presence.note(records.iter());
                 for ((record, reply), outcome) in records.into_iter().zip(replies).zip(outcomes) {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub use watchlist::{Allowance, Watchlist};
 
 use crate::directory::Directory;
-use crate::incident::Clock;
+use crate::domain::Clock;
 use crate::store::writer::WriterHandle;
 use crate::store::{AlarmRecord, AuthStatus, Db, StoreError};
 use crate::telemetry::events;
@@ -324,5 +324,12 @@ fn verdict(device: &str, protocol: &str, kind: EventKind, at: i64) -> AlarmRecor
         decoded: serde_json::json!({ "kind": name, "protocol": protocol, "at": at }).to_string(),
         dedup_key: format!("supervision:{name}:{device}:{at}"),
         retry_window_ms: None,
+    }
+}
+
+/// The writer tells supervision of every committed report through this.
+impl crate::store::writer::Heard for Supervision {
+    fn heard(&self, reports: &mut dyn Iterator<Item = &AlarmRecord>) {
+        self.seen(reports);
     }
 }

@@ -715,13 +715,17 @@ impl ValuesResealed<'_> {
 }
 
 /// The retention policy applied: what was purged.
-pub struct RetentionApplied<'a> {
-    pub report: &'a crate::store::PurgeReport,
+pub struct RetentionApplied {
+    pub frames: u64,
+    pub rejected_frames: u64,
+    pub positions: u64,
+    pub incidents: u64,
+    pub steps: u64,
 }
 
-impl RetentionApplied<'_> {
+impl RetentionApplied {
     pub fn emit(self) {
-        let r = self.report;
+        let r = self;
         for (what, n) in [
             ("frames", r.frames),
             ("rejected_frames", r.rejected_frames),
@@ -739,5 +743,20 @@ impl RetentionApplied<'_> {
             steps = r.steps,
             "retention applied"
         );
+    }
+}
+
+/// A device's TLS handshake failed (no common version or cipher, a client
+/// that does not trust the certificate, plain text on a TLS port).
+pub struct TlsRefused<'a> {
+    pub protocol: &'static str,
+    pub peer: &'a SocketAddr,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl TlsRefused<'_> {
+    pub fn emit(self) {
+        counter!("pat_tls_handshakes_failed_total", "protocol" => self.protocol).increment(1);
+        debug!(protocol = self.protocol, peer = %self.peer, error = %self.error, "TLS handshake failed");
     }
 }

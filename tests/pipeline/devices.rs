@@ -581,7 +581,18 @@ fn dc09_peers_python() -> std::path::PathBuf {
 async fn dc09_from_independent_transmitters(backend: Backend) {
     use pingantong_protocol::sia_dc09::{self, Payload};
     let python = dc09_peers_python();
-    let app = TestApp::spawn(backend, Broker::Embedded).await;
+    // DC-09 over TLS too, with a certificate for `localhost`.
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, tls_key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&tls_key, made.signing_key.serialize_pem()).unwrap();
+    let mut settings = test_settings(backend, Broker::Embedded, dir.path());
+    settings.tls_cert = Some(cert.clone());
+    settings.tls_key = Some(tls_key);
+    settings.dc09_tls_addr = Some("127.0.0.1:0".parse().unwrap());
+    let app = TestApp::spawn_with(settings, Some(dir)).await;
+    let tls_port = app.addrs.dc09_tls.expect("a DC-09 TLS listener").port();
     let city = seed_small_city(&app.db).await;
     let key = b"Kq7#pL2!xZ9$mN4w".to_vec();
     let (enc, plain) = ("A1B2C3", "5E6F");
@@ -634,6 +645,8 @@ async fn dc09_from_independent_transmitters(backend: Backend) {
             hex_key,
             enc.into(),
             plain.into(),
+            tls_port.to_string(),
+            cert.display().to_string(),
         ])
         .output();
     let out = tokio::time::timeout(Duration::from_secs(180), out)
@@ -646,7 +659,12 @@ async fn dc09_from_independent_transmitters(backend: Backend) {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 38, "every message reported: {lines:#?}");
+    assert_eq!(lines.len(), 40, "every message reported: {lines:#?}");
+    assert_eq!(
+        lines.iter().filter(|l| l["transport"] == "tls").count(),
+        2,
+        "two over TLS"
+    );
     // Every answer, as each library itself reads it, is what the standard
     // says: ACK, NAK for a clock an hour off, DUH for a type we do not process.
     for l in &lines {
@@ -661,7 +679,7 @@ async fn dc09_from_independent_transmitters(backend: Backend) {
         }
     }
     let answers = |a: &str| lines.iter().filter(|l| l["answer"] == a).count();
-    assert_eq!((answers("ACK"), answers("NAK"), answers("DUH")), (36, 1, 1));
+    assert_eq!((answers("ACK"), answers("NAK"), answers("DUH")), (38, 1, 1));
     // Pads the standard allows and the old receiver refused were among them.
     for lib in ["siadc09", "my-dc09-spt"] {
         assert!(
@@ -692,6 +710,26 @@ async fn dc09_from_independent_transmitters(backend: Backend) {
     assert_eq!(app.db.alarm_states(enc, 3020).await.unwrap().len(), 1);
     // A NAKed alarm is still kept (its panel will send it again, corrected).
     assert_eq!(app.db.alarm_states(enc, 3040).await.unwrap().len(), 1);
+    // Plain text on the TLS port is not served: no ACK, nothing stored.
+    let plain_probe = sia_dc09::encode_message(
+        plain,
+        4100,
+        None,
+        Some("0"),
+        Payload::Null,
+        None,
+        Some(now_ms() as i64),
+    )
+    .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+    s.write_all(&plain_probe).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(
+        !String::from_utf8_lossy(&got).contains("ACK"),
+        "a plain frame on the TLS port got {got:?}"
+    );
+    assert!(app.db.alarm_states(plain, 4100).await.unwrap().is_empty());
     sos_reached_the_carer(&app, &city, enc).await;
     app.stop().await;
 }

@@ -2,7 +2,10 @@
 
 Run by tests/pipeline/devices.rs against a live Ping An Tong server:
 
-    transmit.py HOST TCP_PORT UDP_PORT KEY_HEX ENCRYPTED_ACCOUNT PLAIN_ACCOUNT
+    transmit.py HOST TCP_PORT UDP_PORT KEY_HEX ENCRYPTED_ACCOUNT PLAIN_ACCOUNT [TLS_PORT CA_PEM]
+
+With TLS_PORT, a few messages also go over TLS (Python's ssl module, i.e.
+OpenSSL, checking the server's certificate against CA_PEM for `localhost`).
 
 siadc09 (PyPI) pads encrypted messages with random bytes 0-255 other than
 `[`, `]` and `|`, as DC-09-2026 §5.4.4.3 allows; my-dc09-spt (PyPI) with random
@@ -17,6 +20,7 @@ any error it raised.
 import json
 import random
 import socket
+import ssl
 import sys
 
 from my_dc09_spt.msg.dc09_msg import dc09_msg
@@ -28,6 +32,7 @@ from siadc09.xdata import Data
 HOST, TCP_PORT, UDP_PORT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 KEY = bytes.fromhex(sys.argv[4])
 ENC_ACCOUNT, PLAIN_ACCOUNT = sys.argv[5], sys.argv[6]
+TLS_PORT, CA_PEM = (int(sys.argv[7]), sys.argv[8]) if len(sys.argv) > 8 else (None, None)
 TIMEOUT_S = 3
 
 # A fixed seed: the same pads on every run (both libraries draw from `random`).
@@ -53,6 +58,14 @@ class Tcp:
         end = self.buf.index(b"\r") + 1
         answer, self.buf = self.buf[:end], self.buf[end:]
         return answer
+
+
+class TlsTcp(Tcp):
+    def __init__(self):
+        context = ssl.create_default_context(cafile=CA_PEM)
+        raw = socket.create_connection((HOST, TLS_PORT), timeout=TIMEOUT_S)
+        self.s = context.wrap_socket(raw, server_hostname="localhost")
+        self.buf = b""
 
 
 class Udp:
@@ -177,6 +190,11 @@ def main():
              expect="NAK", offset=-3600)
     # A message type the receiver does not process: DUH (§5.5.1.7).
     spt_case(udp, "udp", "ACR-SF", 3050, "#%s|foo" % plain, False, plain, expect="DUH")
+    # Over TLS: an encrypted SOS and a plain panic, one from each library.
+    if TLS_PORT is not None:
+        tls = TlsTcp()
+        siadc09_case(tls, "tls", "ADM-CID", 4001, cid(enc, "1101 01 020"), True, enc)
+        spt_case(tls, "tls", "SIA-DCS", 4002, "#%s|Nri1/PA503" % plain, False, plain)
 
 
 if __name__ == "__main__":
