@@ -966,67 +966,25 @@ fn gps_block(location: Option<Location>, device_time_ms: u64) -> Result<Vec<u8>,
 
 // ---- Calendar (GT06 dates are yy mm dd hh mm ss, UTC, years 2000-2255) ----
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_in_month(y: i64, m: u8) -> u8 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
 /// Milliseconds since the epoch of a GT06 date, `None` if it is not a real date.
 fn ms_from_civil(t: [u8; 6]) -> Option<u64> {
-    let [yy, mo, dd, hh, mi, ss] = t;
-    let year = 2000 + i64::from(yy);
-    if !(1..=12).contains(&mo)
-        || dd == 0
-        || dd > days_in_month(year, mo)
-        || hh > 23
-        || mi > 59
-        || ss > 59
-    {
-        return None;
-    }
-    let days = days_from_civil(year, i64::from(mo), i64::from(dd));
-    let secs = days * 86_400 + i64::from(hh) * 3600 + i64::from(mi) * 60 + i64::from(ss);
-    u64::try_from(secs * 1000).ok()
+    let [yy, mo, dd, hh, mi, ss] = t.map(i64::from);
+    let ms = crate::civil::utc_ms(2000 + yy, mo, dd, hh, mi, ss)?;
+    u64::try_from(ms).ok()
 }
 
 /// The GT06 date of an instant, `None` outside 2000-2255.
 fn civil_from_ms(ms: u64) -> Option<[u8; 6]> {
-    let secs = i64::try_from(ms / 1000).ok()?;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let yy = u8::try_from(y - 2000).ok()?;
-    // Month, day, hour, minute and second are all below 256 by construction.
+    let c = crate::civil::utc_of_ms(i64::try_from(ms).ok()?)?;
+    let yy = u8::try_from(c.year - 2000).ok()?;
+    // Month, day, hour, minute and second are all small and positive.
     Some([
         yy,
-        m as u8,
-        d as u8,
-        (sod / 3600) as u8,
-        (sod / 60 % 60) as u8,
-        (sod % 60) as u8,
+        c.month as u8,
+        c.day as u8,
+        c.hour as u8,
+        c.minute as u8,
+        c.second as u8,
     ])
 }
 

@@ -308,38 +308,28 @@ fn datetime_ms(hms: &str, dmy: &str) -> Result<u64, String> {
     }
 }
 
-/// Calendar date and time (UTC) to ms since the epoch; `None` if out of range.
+/// Calendar date and time (UTC) to ms since the epoch; `None` if it is not
+/// a real one or before 1970.
 pub(crate) fn civil_ms(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Option<u64> {
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 59 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm), valid for years >= 1970 here.
-    let y = i64::from(y) - i64::from(mo <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(mo) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + s);
-    u64::try_from(secs).ok().map(|s| s * 1000)
+    let [y, mo, d, h, mi, s] = [y, mo, d, h, mi, s].map(i64::from);
+    u64::try_from(crate::civil::utc_ms(y, mo, d, h, mi, s)?).ok()
 }
 
 /// Inverse of [`civil_ms`]: (year, month, day, hour, minute, second).
 fn civil_from_ms(ms: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = (ms / 1000) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    (y, mo, d, rem / 3600, rem / 60 % 60, rem % 60)
+    let c = i64::try_from(ms)
+        .ok()
+        .and_then(crate::civil::utc_of_ms)
+        .expect("a device clock within years 1970-9999");
+    let n = |v: i8| v as u32;
+    (
+        i64::from(c.year),
+        n(c.month),
+        n(c.day),
+        n(c.hour),
+        n(c.minute),
+        n(c.second),
+    )
 }
 
 fn yyyymmddhhmmss(ms: u64) -> String {

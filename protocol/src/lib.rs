@@ -1,6 +1,7 @@
 //! Wire formats spoken by the Ping An Tong alarm server: framing, parsing and
 //! replies, with no I/O and no policy beyond what each protocol prescribes.
 
+pub mod civil;
 pub mod codec;
 pub mod event;
 pub mod eview;

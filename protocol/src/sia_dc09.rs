@@ -780,61 +780,20 @@ pub fn parse_timestamp(t: &str) -> Result<i64, SiaDc09Error> {
     };
     let (hh, mi, ss) = (num(1..3)?, num(4..6)?, num(7..9)?);
     let (mo, dd, yy) = (num(10..12)?, num(13..15)?, num(16..20)?);
-    if hh > 23
-        || mi > 59
-        || ss > 59
-        || !(1..=12).contains(&mo)
-        || dd < 1
-        || dd > days_in_month(yy, mo)
-    {
-        return Err(bad());
-    }
-    let days = days_from_civil(yy, mo, dd);
-    Ok(((days * 24 + hh) * 60 + mi) * 60_000 + ss * 1000)
+    crate::civil::utc_ms(yy, mo, dd, hh, mi, ss).ok_or_else(bad)
 }
 
-/// Milliseconds since the Unix epoch → `_HH:MM:SS,MM-DD-YYYY` (UTC, seconds truncated).
+/// Milliseconds since the Unix epoch → `_HH:MM:SS,MM-DD-YYYY` (UTC, seconds
+/// truncated); an instant outside years -9999..9999 (never the server's
+/// clock) is written as the epoch.
 pub fn format_timestamp(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
+    let c = crate::civil::utc_of_ms(ms)
+        .or_else(|| crate::civil::utc_of_ms(0))
+        .expect("the epoch is a date");
     format!(
-        "_{:02}:{:02}:{:02},{m:02}-{d:02}-{y:04}",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
+        "_{:02}:{:02}:{:02},{:02}-{:02}-{:04}",
+        c.hour, c.minute, c.second, c.month, c.day, c.year
     )
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-// Howard Hinnant's civil calendar algorithms (public domain).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// A position from `[X…]` (longitude) and `[Y…]` (latitude) extended data:

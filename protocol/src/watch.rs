@@ -583,51 +583,9 @@ fn device_time(date: &str, time: &str) -> Option<u64> {
     }
     let (day, month, year) = (num(date, 0)?, num(date, 2)?, 2000 + num(date, 4)?);
     let (h, m, s) = (num(time, 0)?, num(time, 2)?, num(time, 4)?);
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return None;
-    }
-    if h > 23 || m > 59 || s > 59 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + u64::from(h * 3600 + m * 60 + s);
-    Some(secs * 1000)
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
-            29
-        }
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a date on or after it (H. Hinnant's algorithm).
-fn days_from_civil(year: u32, month: u32, day: u32) -> u64 {
-    let y = u64::from(if month <= 2 { year - 1 } else { year });
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = u64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + u64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Inverse of [`days_from_civil`]: (year, month, day).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    let [year, month, day, h, m, s] = [year, month, day, h, m, s].map(i64::from);
+    let ms = crate::civil::utc_ms(year, month, day, h, m, s)?;
+    u64::try_from(ms).ok()
 }
 
 /// One observation per kind the status word reports, SOS and fall first.
@@ -743,9 +701,11 @@ fn report_content(
     time_ms: u64,
     battery: u8,
 ) -> String {
-    let secs = time_ms / 1000;
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let tod = secs % 86_400;
+    let c = i64::try_from(time_ms)
+        .ok()
+        .and_then(crate::civil::utc_of_ms)
+        .expect("a device clock within years 1970-9999");
+    let (year, month, day) = (c.year, c.month, c.day);
     let (valid, lat, lon) = match location {
         Some(l) => ('A', l.lat, l.lon),
         None => ('V', 0.0, 0.0),
@@ -756,9 +716,9 @@ fn report_content(
         "{ty},{day:02}{month:02}{yy:02},{h:02}{m:02}{s:02},{valid},{lat:.6},{ns},{lon:.6},{ew},\
          0.00,0.0,0.0,0,100,{battery},0,0,{status:08x},0,0,0",
         yy = year % 100,
-        h = tod / 3600,
-        m = tod % 3600 / 60,
-        s = tod % 60,
+        h = c.hour,
+        m = c.minute,
+        s = c.second,
         lat = lat.abs(),
         lon = lon.abs(),
     )

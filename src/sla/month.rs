@@ -7,9 +7,18 @@
 use std::fmt;
 use std::str::FromStr;
 
+use pingantong_protocol::civil::{self, Civil};
+
 /// UTC+8, in milliseconds.
 pub const CST_OFFSET_MS: i64 = 8 * 3600 * 1000;
+const CST_OFFSET_SECS: i32 = 8 * 3600;
+#[cfg(test)]
 const DAY_MS: i64 = 86_400_000;
+
+/// The date and time in Guangzhou of an instant (any the server can hold).
+fn cst(ms: i64) -> Civil {
+    civil::of_ms_at_offset(ms, CST_OFFSET_SECS).expect("a stored time within years -9999..9999")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a month as YYYY-MM (2000-01 to 2999-12)")]
@@ -34,8 +43,11 @@ impl Month {
 
     /// The month (in China Standard Time) that contains `ms`.
     pub fn containing(ms: i64) -> Self {
-        let (year, month, _) = civil_from_days((ms + CST_OFFSET_MS).div_euclid(DAY_MS));
-        Self { year, month }
+        let c = cst(ms);
+        Self {
+            year: i32::from(c.year),
+            month: c.month as u32,
+        }
     }
 
     pub fn next(self) -> Self {
@@ -54,7 +66,16 @@ impl Month {
 
     /// First millisecond of the month: its first day at 00:00 in UTC+8.
     pub fn start_ms(self) -> i64 {
-        days_from_civil(self.year, self.month, 1) * DAY_MS - CST_OFFSET_MS
+        civil::at_offset_ms(
+            self.year.into(),
+            self.month.into(),
+            1,
+            0,
+            0,
+            0,
+            CST_OFFSET_SECS,
+        )
+        .expect("months are checked to lie in 2000-2999")
     }
 
     /// First millisecond after the month.
@@ -85,57 +106,16 @@ impl fmt::Display for Month {
 
 /// `ms` as local time in UTC+8: `2026-11-30T23:59:59+08:00`.
 pub fn format_cst(ms: i64) -> String {
-    let local = ms + CST_OFFSET_MS;
-    let (y, m, d) = civil_from_days(local.div_euclid(DAY_MS));
-    let secs = local.rem_euclid(DAY_MS) / 1000;
+    let c = cst(ms);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+08:00",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}+08:00",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
     )
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
-    let y = i64::from(y) - i64::from(m <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The inverse of [`days_from_civil`].
-fn civil_from_days(z: i64) -> (i32, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y as i32, m, d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn known_dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        // 2026-11-01T00:00:00Z is 1_793_491_200 s after the epoch.
-        assert_eq!(days_from_civil(2026, 11, 1) * 86_400, 1_793_491_200);
-        for z in [-1, 0, 59, 60, 11_016, 20_000, 36_524, 400_000] {
-            let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y, m, d), z, "{z}");
-        }
-    }
 
     #[test]
     fn months_start_at_midnight_in_guangzhou() {

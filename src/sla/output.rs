@@ -45,19 +45,28 @@ impl Format {
     }
 }
 
-/// One CSV field. Text that a spreadsheet would run as a formula (a name
-/// typed as `=HYPERLINK(…)`) gets a leading apostrophe.
+/// A text field as a spreadsheet may safely open it: text it would run as a
+/// formula (a name typed as `=HYPERLINK(…)`) gets a leading apostrophe.
+/// Quoting is the CSV writer's.
 fn text(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{s}")
     } else {
         s.to_owned()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
     }
+}
+
+/// Rows as CSV: RFC 4180, CRLF line ends, fields quoted when they must be.
+fn csv_text(rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    for row in rows {
+        w.write_record(&row)
+            .expect("rows of one length, written to memory");
+    }
+    let bytes = w.into_inner().expect("flushed to memory");
+    String::from_utf8(bytes).expect("UTF-8 in, UTF-8 out")
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -66,11 +75,6 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 
 fn pct(v: Option<f64>) -> String {
     v.map_or_else(String::new, |v| format!("{v:.2}"))
-}
-
-fn line(out: &mut String, fields: &[String]) {
-    out.push_str(&fields.join(","));
-    out.push_str("\r\n");
 }
 
 /// `60s`, `45min`: limits as column names carry them.
@@ -181,23 +185,23 @@ fn key_values(k: &GroupKey) -> Vec<String> {
 /// line, with `(all)` in the group's last column, is the whole city.
 pub fn report_csv(r: &MonthlyReport) -> String {
     let keys = key_columns(r.by);
-    let mut out = String::new();
+    let mut lines = Vec::with_capacity(r.rows.len() + 2);
     let mut header = vec!["month".to_owned()];
     header.extend(keys.iter().map(|k| (*k).to_owned()));
     header.extend(figure_columns(&r.period.targets));
-    line(&mut out, &header);
+    lines.push(header);
     for row in &r.rows {
         let mut fields = vec![r.period.month.clone()];
         fields.extend(key_values(&row.key));
         fields.extend(figure_values(&row.figures));
-        line(&mut out, &fields);
+        lines.push(fields);
     }
     let mut fields = vec![r.period.month.clone()];
     fields.extend((1..keys.len()).map(|_| String::new()));
     fields.push("(all)".to_owned());
     fields.extend(figure_values(&r.total));
-    line(&mut out, &fields);
-    out
+    lines.push(fields);
+    csv_text(lines)
 }
 
 const BREACH_COLUMNS: [&str; 20] = [
@@ -250,12 +254,10 @@ fn breach_values(b: &Breach) -> Vec<String> {
 }
 
 pub fn breaches_csv(list: &BreachList) -> String {
-    let mut out = String::new();
-    line(&mut out, &BREACH_COLUMNS.map(str::to_owned));
-    for b in &list.breaches {
-        line(&mut out, &breach_values(b));
-    }
-    out
+    csv_text(
+        std::iter::once(BREACH_COLUMNS.map(str::to_owned).to_vec())
+            .chain(list.breaches.iter().map(breach_values)),
+    )
 }
 
 /// The report in `format`.
@@ -288,11 +290,21 @@ mod tests {
 
     #[test]
     fn fields_are_quoted_and_defused() {
-        assert_eq!(text("越秀区"), "越秀区");
-        assert_eq!(text("a,b"), "\"a,b\"");
-        assert_eq!(text("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(text("=1+1"), "'=1+1");
-        assert_eq!(text("-x,y"), "\"'-x,y\"");
+        let row = [
+            "越秀区",
+            "a,b",
+            "say \"hi\"",
+            "=1+1",
+            "-x,y",
+            "two\nlines",
+            "",
+        ]
+        .map(text)
+        .to_vec();
+        assert_eq!(
+            csv_text([row.clone(), row]),
+            "越秀区,\"a,b\",\"say \"\"hi\"\"\",'=1+1,\"'-x,y\",\"two\nlines\",\r\n".repeat(2)
+        );
     }
 
     #[test]
