@@ -28,7 +28,7 @@ pub struct ListQuery {
     /// Only incidents in exactly this state, open or not (`resolved`: help
     /// was given and an operator has still to close it). Overrides `open`.
     #[param(inline)]
-    state: Option<StateParam>,
+    state: Option<IncidentState>,
     /// At most this many (default 200).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
@@ -48,42 +48,6 @@ impl LaneParam {
             LaneParam::LifeSafety => "life_safety",
             LaneParam::Technical => "technical",
             LaneParam::Informational => "informational",
-        }
-    }
-}
-
-/// An incident state, as `GET /api/v1/incidents?state=` takes it: every
-/// [`IncidentState`], by the same name.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StateParam {
-    Received,
-    Queued,
-    Claimed,
-    InContact,
-    Dispatched,
-    CarerAccepted,
-    OnScene,
-    Resolved,
-    Closed,
-    Cancelled,
-    Merged,
-}
-
-impl StateParam {
-    fn state(self) -> IncidentState {
-        match self {
-            StateParam::Received => IncidentState::Received,
-            StateParam::Queued => IncidentState::Queued,
-            StateParam::Claimed => IncidentState::Claimed,
-            StateParam::InContact => IncidentState::InContact,
-            StateParam::Dispatched => IncidentState::Dispatched,
-            StateParam::CarerAccepted => IncidentState::CarerAccepted,
-            StateParam::OnScene => IncidentState::OnScene,
-            StateParam::Resolved => IncidentState::Resolved,
-            StateParam::Closed => IncidentState::Closed,
-            StateParam::Cancelled => IncidentState::Cancelled,
-            StateParam::Merged => IncidentState::Merged,
         }
     }
 }
@@ -116,7 +80,7 @@ pub async fn list(
         s.db.queue(&QueueFilter {
             open_only: q.open.unwrap_or(true),
             lane: q.lane.map(LaneParam::as_str),
-            state: q.state.map(|s| s.state().as_str()),
+            state: q.state.map(IncidentState::as_str),
             limit,
         })
         .await?;
@@ -840,22 +804,4 @@ pub async fn handoff(
     .await?;
     s.feed.changed.notify_one();
     Ok((StatusCode::CREATED, Json(HandoffView::from(h))))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `?state=` takes every state by its own name, and nothing else.
-    #[test]
-    fn the_state_parameter_names_every_state() {
-        for s in IncidentState::ALL {
-            let p: StateParam = serde_json::from_value(serde_json::json!(s.as_str()))
-                .unwrap_or_else(|e| panic!("{s}: {e}"));
-            assert_eq!(p.state(), s);
-        }
-        for bad in ["open", "Resolved", "", "resolved "] {
-            assert!(serde_json::from_value::<StateParam>(serde_json::json!(bad)).is_err());
-        }
-    }
 }

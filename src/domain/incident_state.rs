@@ -3,8 +3,13 @@
 
 use std::fmt;
 
-/// Where an incident stands. Terminal: closed, cancelled, merged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where an incident stands. Terminal: closed, cancelled, merged. Stored,
+/// served and taken (`GET /api/v1/incidents?state=`) by the names
+/// [`State::as_str`] gives.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum State {
     Received,
     /// Waiting in the operators' queue.
@@ -195,6 +200,24 @@ impl fmt::Display for Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_state_has_one_name_in_the_database_and_the_api() {
+        for s in State::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(
+                serde_json::from_value::<State>(s.as_str().into()).unwrap(),
+                s
+            );
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+        for bad in ["open", "Resolved", "", "resolved "] {
+            assert!(
+                serde_json::from_value::<State>(bad.into()).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     /// The whole table written out independently: (from, action) → to.
     /// Every pair not listed must be refused.
