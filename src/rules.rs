@@ -310,7 +310,7 @@ impl Rules {
                 .collect();
             out.push_str(&format!(
                 "{kind:<20} {:<14} {:>4}s {:>6}s {:>5}s  {}\n",
-                lane_name(rule.priority),
+                rule.priority.as_str(),
                 e.claim_after_ms / 1000,
                 e.remind_every_ms / 1000,
                 e.offer_after_ms / 1000,
@@ -332,14 +332,6 @@ pub fn clears(kind: EventKind) -> Option<EventKind> {
         EventKind::PowerRestored => Some(EventKind::PowerCut),
         EventKind::PeriodicTest => Some(EventKind::MissedTest),
         _ => None,
-    }
-}
-
-pub fn lane_name(lane: Lane) -> &'static str {
-    match lane {
-        Lane::LifeSafety => "life_safety",
-        Lane::Technical => "technical",
-        Lane::Informational => "informational",
     }
 }
 

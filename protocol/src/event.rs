@@ -70,6 +70,25 @@ pub enum Lane {
     Informational,
 }
 
+impl Lane {
+    pub const ALL: [Lane; 3] = [Lane::LifeSafety, Lane::Technical, Lane::Informational];
+    /// Every lane's name, in [`Lane::ALL`]'s order.
+    pub const NAMES: [&'static str; 3] = ["life_safety", "technical", "informational"];
+
+    /// The lane's name wherever it is stored, served or taken.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::LifeSafety => Self::NAMES[0],
+            Lane::Technical => Self::NAMES[1],
+            Lane::Informational => Self::NAMES[2],
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
 /// What happened, independent of the protocol that said it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -226,6 +245,10 @@ mod tests {
     #[test]
     fn unknown_codes_keep_a_safe_lane() {
         assert_eq!(EventKind::Other(0x0e).lane(), Lane::LifeSafety);
+        for l in Lane::ALL {
+            assert_eq!(Lane::parse(l.as_str()), Some(l));
+        }
+        assert_eq!(Lane::parse("Life_safety"), None);
         assert_eq!(EventKind::Other(0x20).lane(), Lane::Technical);
         assert_eq!(EventKind::Other(0x80).lane(), Lane::Informational);
     }

@@ -16,6 +16,7 @@ use crate::store::{
     AuditEntry, DeviceStatus, DispatchRow, HandoffError, IncidentSummary, NotificationRow,
     QueueFilter, QueueRow, TimelineEntry, Transition, TransitionError,
 };
+use pingantong_protocol::Lane;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -23,8 +24,9 @@ pub struct ListQuery {
     /// Only incidents still needing someone (default true); ignored with `state`.
     open: Option<bool>,
     /// Only this lane.
-    #[param(inline)]
-    lane: Option<LaneParam>,
+    #[param(schema_with = lane_schema)]
+    #[serde(default, deserialize_with = "lane_param")]
+    lane: Option<Lane>,
     /// Only incidents in exactly this state, open or not (`resolved`: help
     /// was given and an operator has still to close it). Overrides `open`.
     #[param(inline)]
@@ -34,22 +36,20 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LaneParam {
-    LifeSafety,
-    Technical,
-    Informational,
+/// `?lane=` as the OpenAPI document has it: every lane's name, from [`Lane`].
+fn lane_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(Lane::NAMES))
+        .build()
 }
 
-impl LaneParam {
-    fn as_str(self) -> &'static str {
-        match self {
-            LaneParam::LifeSafety => "life_safety",
-            LaneParam::Technical => "technical",
-            LaneParam::Informational => "informational",
-        }
-    }
+/// `?lane=` by a lane's name, nothing else.
+fn lane_param<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lane>, D::Error> {
+    let s = String::deserialize(d)?;
+    Lane::parse(&s)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::unknown_variant(&s, &Lane::NAMES))
 }
 
 /// The queue: life-safety first, then technical; oldest first within each.
@@ -79,7 +79,7 @@ pub async fn list(
     let rows =
         s.db.queue(&QueueFilter {
             open_only: q.open.unwrap_or(true),
-            lane: q.lane.map(LaneParam::as_str),
+            lane: q.lane.map(Lane::as_str),
             state: q.state.map(IncidentState::as_str),
             limit,
         })

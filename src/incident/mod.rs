@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::directory::Directory;
 use crate::dispatch::Dispatcher;
 use crate::routing;
-use crate::rules::{Action, Rules, lane_name};
+use crate::rules::{Action, Rules};
 use crate::store::writer::{CommittedAlarm, WriterStats};
 use crate::store::{
     AuthStatus, Cascade, ClaimCheck, ClientProfile, Db, IncidentOutcome, NewIncident, OfferCheck,
@@ -523,7 +523,7 @@ impl IncidentStage {
             PlanKind::Incident {
                 verified,
                 client_id,
-                lane: lane_name(rule.priority),
+                lane: rule.priority.as_str(),
                 offer,
                 advise: rule.advised_handoff().map(str::to_owned),
                 notify: rule

@@ -596,6 +596,17 @@ async fn the_openapi_document_matches_the_routes() {
     for s in pingantong::domain::State::ALL {
         assert!(names.contains(&format!("\"{s}\"")), "{s} missing: {state}");
     }
+    // `lane` likewise, with every lane's name.
+    let lane = params
+        .iter()
+        .find(|p| p["name"] == "lane")
+        .expect("the lane parameter is documented");
+    assert_ne!(lane["required"], true);
+    assert_eq!(
+        lane["schema"]["enum"],
+        serde_json::json!(pingantong_protocol::Lane::NAMES),
+        "{lane}"
+    );
     // Every $ref points at a schema the document defines.
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     let text = doc.to_string();
