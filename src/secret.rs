@@ -46,3 +46,41 @@ pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> 
 pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
+
+/// Make a file only this user can read, unless it exists: `false` when
+/// another process made it first (then read that one: two processes starting
+/// at once on a fresh data directory must end up with the same key).
+#[cfg(unix)]
+pub fn create_private(path: &std::path::Path, text: &str) -> std::io::Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(true)
+}
+
+#[cfg(not(unix))]
+pub fn create_private(path: &std::path::Path, text: &str) -> std::io::Result<bool> {
+    use std::io::Write;
+    let mut f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    f.write_all(text.as_bytes())?;
+    Ok(true)
+}

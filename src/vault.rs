@@ -194,19 +194,26 @@ impl MasterKey {
             return Ok(Self::from_secret(k)?);
         }
         let path = data_dir.join("data.key");
-        match std::fs::read_to_string(&path) {
+        let empty = match std::fs::read_to_string(&path) {
             Ok(k) if !k.trim().is_empty() => return Ok(Self::from_secret(&Secret::new(k.trim()))?),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(format!("{}: {e}", path.display()).into()),
-        }
+        };
         let mut raw = [0u8; KEY_LEN];
         SystemRandom::new()
             .fill(&mut raw)
             .map_err(|_| "the system's random source failed")?;
         let text = hex(&raw);
         std::fs::create_dir_all(data_dir)?;
-        crate::secret::write_private(&path, &text)?;
+        if empty {
+            crate::secret::write_private(&path, &text)?;
+        } else if !crate::secret::create_private(&path, &text)? {
+            // Another process (a command beside the starting server) made
+            // it first: its key is the one.
+            let k = std::fs::read_to_string(&path)?;
+            return Ok(Self::from_secret(&Secret::new(k.trim()))?);
+        }
         Ok(Self::from_secret(&Secret::new(text))?)
     }
 

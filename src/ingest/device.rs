@@ -227,12 +227,16 @@ where
                 Answer::Bytes(b) => out.extend_from_slice(&b),
             }
             if !out.is_empty() {
-                if wr.write_all(&out).await.is_err() {
+                // Flushed: over TLS the bytes may otherwise wait in the
+                // session's buffer (a no-op on plain TCP).
+                if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
                     return false;
                 }
                 out.clear();
             }
         }
+        // A clean end (TLS close_notify; FIN on plain TCP).
+        let _ = wr.shutdown().await;
         true
     });
     let mut buf = BytesMut::with_capacity(512);

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use crate::secret::write_private;
+use crate::secret::{create_private, write_private};
 
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -44,17 +44,22 @@ impl CredentialKey {
             return Ok(Self::new(k));
         }
         let path = data_dir.join("mqtt-credential.key");
-        match std::fs::read_to_string(&path) {
+        let empty = match std::fs::read_to_string(&path) {
             Ok(k) if !k.trim().is_empty() => return Ok(Self::new(k.trim())),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(e),
-        }
+        };
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
         let key = hex(&raw);
         std::fs::create_dir_all(data_dir)?;
-        write_private(&path, &key)?;
+        if empty {
+            write_private(&path, &key)?;
+        } else if !create_private(&path, &key)? {
+            // Another process made it first: its key is the one.
+            return Ok(Self::new(std::fs::read_to_string(&path)?.trim()));
+        }
         Ok(Self(key))
     }
 

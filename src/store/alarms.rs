@@ -284,10 +284,19 @@ impl Db {
         limit: i64,
         kinds: Option<&[String]>,
     ) -> Result<Vec<UnprocessedAlarm>, StoreError> {
-        type Row = (i64, i64, String, String, String, Option<String>);
+        type Row = (
+            i64,
+            i64,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<f64>,
+            Option<f64>,
+        );
         let rows: Vec<Row> = on_pool!(self, |p| {
             let mut qb = QueryBuilder::new(
-                "SELECT id, received_at, device_id, kind, auth, position FROM alarms \
+                "SELECT id, received_at, device_id, kind, auth, position, lat, lon FROM alarms \
                  WHERE processed_at IS NULL AND id > ",
             );
             qb.push_bind(after_id);
@@ -303,20 +312,20 @@ impl Db {
             qb.push_bind(limit);
             qb.build_query_as().fetch_all(p).await
         })?;
-        let vault = self.vault();
         rows.into_iter()
-            .map(|(id, received_at, device_id, kind, auth, position)| {
-                Ok(UnprocessedAlarm {
-                    id,
-                    received_at,
-                    device_id,
-                    kind,
-                    auth,
-                    at: vault
-                        .open_position(position.as_deref())?
-                        .map(|(lat, lon, _)| (lat, lon)),
-                })
-            })
+            .map(
+                |(id, received_at, device_id, kind, auth, position, lat, lon)| {
+                    Ok(UnprocessedAlarm {
+                        id,
+                        received_at,
+                        device_id,
+                        kind,
+                        auth,
+                        // Sealed, or plain from before encryption (until re-sealed).
+                        at: self.position(position.as_deref(), lat, lon)?,
+                    })
+                },
+            )
             .collect()
     }
 

@@ -303,12 +303,17 @@ impl Db {
                 if hash[..] != expected[..] {
                     return fault(ChainFault::HashMismatch);
                 }
-                let holds = match action.as_str() {
-                    // A seal retired by a later purge (only a later one).
-                    "timeline_sealed" if retired.get(&id).is_some_and(|p| *p > id) => true,
-                    "timeline_sealed" => self.seal_holds(id, &detail, false).await?,
-                    "timeline_purged" => self.seal_holds(id, sealed_part(&detail), true).await?,
-                    _ => true,
+                let seals = matches!(action.as_str(), "timeline_sealed" | "timeline_purged");
+                let holds = if !seals {
+                    true
+                } else if retired.get(&id).is_some_and(|p| *p > id) {
+                    // Retired by a later purge (only a later one), which now
+                    // seals what survived of it: no step may still name it.
+                    self.seal_is_empty(id).await?
+                } else if action == "timeline_sealed" {
+                    self.seal_holds(id, &detail, false).await?
+                } else {
+                    self.seal_holds(id, sealed_part(&detail), true).await?
                 };
                 if !holds {
                     return fault(ChainFault::TimelineAltered);

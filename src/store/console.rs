@@ -221,6 +221,8 @@ impl Db {
             Option<i64>,
             Option<i64>,
             Option<String>,
+            Option<f64>,
+            Option<f64>,
             Option<String>,
             Option<f64>,
             Option<f64>,
@@ -232,6 +234,8 @@ impl Db {
              CASE WHEN a.received_at > COALESCE(r.heard_at, 0) AND a.battery IS NOT NULL \
                   THEN a.battery ELSE r.battery END AS battery, \
              CASE WHEN a.received_at > COALESCE(r.heard_at, 0) THEN a.position END, \
+             CASE WHEN a.received_at > COALESCE(r.heard_at, 0) THEN a.lat END, \
+             CASE WHEN a.received_at > COALESCE(r.heard_at, 0) THEN a.lon END, \
              r.position, r.lat, r.lon \
              FROM devices d LEFT JOIN device_presence r ON r.device_id = d.id \
              LEFT JOIN alarms a ON a.id = (SELECT MAX(x.id) FROM alarms x \
@@ -244,9 +248,9 @@ impl Db {
         .await)?;
         rows.into_iter()
             .map(
-                |(id, protocol, last_seen_at, battery, pressed, kept, lat, lon)| {
+                |(id, protocol, last_seen_at, battery, pressed, plat, plon, kept, lat, lon)| {
                     // The newer alarm's position if it had one, else the presence's.
-                    let at = match self.position(pressed.as_deref(), None, None)? {
+                    let at = match self.position(pressed.as_deref(), plat, plon)? {
                         Some(at) => Some(at),
                         None => self.position(kept.as_deref(), lat, lon)?,
                     };

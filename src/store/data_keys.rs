@@ -368,11 +368,27 @@ impl Db {
             current,
             ..Default::default()
         };
+        let mut missed = 0;
         for t in TABLES {
-            report.resealed += self.reseal_table(t, current).await?;
+            let (done, lost) = self.reseal_table(t, current).await?;
+            report.resealed += done;
+            missed += lost;
         }
-        // Every value is under `current` now: rows written meanwhile were
-        // sealed with it too, as no other key is active.
+        // The older keys go only once a second pass finds nothing left under
+        // them: a cell a writer changed between read and write (its update
+        // matched nothing), or a value a server sealed under an older key
+        // meanwhile, is taken up first — at the next turn if not now. A key
+        // deleted while a value names it would lose that value.
+        if missed == 0 {
+            for t in TABLES {
+                let (done, lost) = self.reseal_table(t, current).await?;
+                report.resealed += done;
+                missed += lost + done;
+            }
+        }
+        if missed > 0 {
+            return Ok(report);
+        }
         let now = now_ms();
         let older: Vec<i64> = self
             .data_key_rows()
@@ -401,7 +417,9 @@ impl Db {
         Ok(report)
     }
 
-    async fn reseal_table(&self, t: &Table, current: i64) -> Result<u64, StoreError> {
+    /// Re-seal one table's cells not under `current`: (cells re-sealed, rows
+    /// whose update found the row changed since it was read).
+    async fn reseal_table(&self, t: &Table, current: i64) -> Result<(u64, u64), StoreError> {
         let vault = self.vault();
         let has_position = t.cols.iter().any(|c| matches!(c.1, Kind::Position));
         let mut select_cols: Vec<&str> = t.cols.iter().map(|c| c.0).collect();
@@ -420,6 +438,7 @@ impl Db {
             KeyVal::Int(i64::MIN)
         };
         let mut done = 0u64;
+        let mut missed = 0u64;
         loop {
             // Read a batch, decide in memory, write what changed.
             let rows: Vec<ReadRow> = on_pool!(self, |p| {
@@ -474,9 +493,9 @@ impl Db {
             if changes.is_empty() {
                 continue;
             }
-            done += on_write_pool!(self, |p| {
+            let n: (u64, u64) = on_write_pool!(self, |p| {
                 let mut tx = p.begin().await?;
-                let mut n = 0u64;
+                let mut n = (0u64, 0u64);
                 for (key, cols, legacy) in &changes {
                     let mut sets = Vec::new();
                     let mut wheres = vec![format!("{} = $1", t.key)];
@@ -510,12 +529,17 @@ impl Db {
                             };
                         }
                     }
-                    n += q.execute(&mut *tx).await?.rows_affected() * cols.len() as u64;
+                    match q.execute(&mut *tx).await?.rows_affected() {
+                        0 => n.1 += 1,
+                        _ => n.0 += cols.len() as u64,
+                    }
                 }
                 tx.commit().await?;
                 n
             });
+            done += n.0;
+            missed += n.1;
         }
-        Ok(done)
+        Ok((done, missed))
     }
 }

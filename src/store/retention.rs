@@ -185,11 +185,8 @@ impl Db {
         now: i64,
     ) -> Result<(u64, u64), StoreError> {
         let begin = self.begin_write();
-        let lock = if matches!(self, Db::Postgres(..)) {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
+        let lock_purges = matches!(self, Db::Postgres(..));
+        let lock = if lock_purges { " FOR UPDATE" } else { "" };
         let select = format!(
             "SELECT id FROM incidents WHERE purged_at IS NULL AND closed_at IS NOT NULL \
              AND closed_at < $1 AND state IN ('resolved', 'closed', 'cancelled', 'merged') \
@@ -197,6 +194,13 @@ impl Db {
         );
         on_write_pool!(self, |p| {
             let mut tx = p.begin_with(begin).await?;
+            if lock_purges {
+                // Two servers' purges may touch steps under one seal: one at
+                // a time (SQLite's write transaction is already alone).
+                sqlx::query("SELECT pg_advisory_xact_lock(7311001)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
                 .bind(before)
                 .fetch_all(&mut *tx)

@@ -137,6 +137,18 @@ impl Db {
         .await)?;
         Ok((may_be_empty || !rows.is_empty()) && seal_detail(&rows) == detail)
     }
+
+    /// Whether no step names audit entry `seal` as its seal (a seal a purge
+    /// retired has handed its surviving steps to the purge).
+    pub(super) async fn seal_is_empty(&self, seal: i64) -> Result<bool, StoreError> {
+        let n: i64 = on_pool!(self, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM incident_events WHERE sealed_by = $1"
+        )
+        .bind(seal)
+        .fetch_one(p)
+        .await)?;
+        Ok(n == 0)
+    }
 }
 
 #[cfg(test)]

@@ -559,3 +559,90 @@ async fn retention_never_purges_over_an_altered_timeline() {
     );
     app.stop().await;
 }
+
+/// A later purge takes steps an earlier purge sealed: it retires that purge
+/// in turn, and the chain still verifies.
+#[tokio::test]
+async fn a_purge_retires_an_earlier_purge_and_the_chain_verifies() {
+    let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
+    let city = seed_small_city(&app.db).await;
+    let mut dev = Device::connect(app.native).await;
+    let sealed = || async {
+        eventually_for(
+            "the timelines sealed",
+            std::time::Duration::from_secs(30),
+            || async {
+                let n = texts(
+                    &app.db,
+                    "SELECT CAST(COUNT(*) AS TEXT) FROM incident_events WHERE sealed_by IS NULL",
+                )
+                .await;
+                (n[0] == "0").then_some(())
+            },
+        )
+        .await
+    };
+    dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
+        .await;
+    let first = newest_incident(&app.db).await;
+    for a in [Action::Claim, Action::Resolve, Action::Close] {
+        app.db.transition(&step(first, a, "")).await.unwrap();
+    }
+    dev.send(&event(&city.device, 2, EventKind::Sos), &city.secret)
+        .await;
+    let second = eventually("a second incident", || async {
+        let id = newest_incident(&app.db).await;
+        (id != first).then_some(id)
+    })
+    .await;
+    app.db
+        .transition(&step(second, Action::Claim, ""))
+        .await
+        .unwrap();
+    sealed().await;
+    let policy = app.settings.retention();
+    let year = 365 * 86_400_000;
+    let now = pingantong::store::now_ms();
+    // Six years on, the first is past its period; the second is still open.
+    let r = app
+        .db
+        .purge_expired(&policy, now + 6 * year, &mut Default::default())
+        .await
+        .unwrap();
+    assert_eq!(r.incidents, 1, "{r:?}");
+    assert!(!app.db.incident_actions(second).await.unwrap().is_empty());
+    assert!(app.db.verify_audit_chain().await.unwrap().is_ok());
+    // The second closes; six years after that it goes too.
+    for a in [Action::Resolve, Action::Close] {
+        app.db.transition(&step(second, a, "")).await.unwrap();
+    }
+    sealed().await;
+    let r = app
+        .db
+        .purge_expired(&policy, now + 12 * year, &mut Default::default())
+        .await
+        .unwrap();
+    assert_eq!(r.incidents, 1, "{r:?}");
+    let purges = texts(
+        &app.db,
+        "SELECT CAST(id AS TEXT) || ' ' || detail FROM audit_log \
+         WHERE action = 'timeline_purged' ORDER BY id",
+    )
+    .await;
+    assert_eq!(purges.len(), 2, "{purges:?}");
+    let first_purge = purges[0].split(' ').next().unwrap();
+    let retires = purges[1].split("; ").next().unwrap();
+    assert!(
+        retires
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start()
+            .strip_prefix("retires ")
+            .unwrap()
+            .split(',')
+            .any(|s| s == first_purge),
+        "the second purge retires the first: {purges:?}"
+    );
+    let audit = app.db.verify_audit_chain().await.unwrap();
+    assert!(audit.is_ok(), "{audit:?}");
+    app.stop().await;
+}
