@@ -77,6 +77,7 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          at_rest::retention_purges_old_records_and_the_chain_still_verifies_postgres \
          at_rest::retention_never_purges_over_an_altered_timeline \
          at_rest::a_purge_retires_an_earlier_purge_and_the_chain_verifies \
+         auth::data_keys_from_the_command_line \
          devices::dc09_from_independent_transmitters_sqlite \
          devices::dc09_from_independent_transmitters_postgres; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
