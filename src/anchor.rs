@@ -44,10 +44,6 @@ pub struct Checkpoint {
     pub signature: Option<String>,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl Checkpoint {
     fn signed_text(&self) -> String {
         format!(
@@ -64,7 +60,7 @@ impl Checkpoint {
     }
 
     fn sign(mut self, key: Option<&Secret>) -> Self {
-        self.signature = key.map(|k| hex(&self.mac(k).finalize().into_bytes()));
+        self.signature = key.map(|k| hex::encode(self.mac(k).finalize().into_bytes()));
         self
     }
 
@@ -90,7 +86,7 @@ pub async fn current(db: &Db, key: Option<&Secret>) -> Result<Option<Checkpoint>
         Checkpoint {
             entries,
             head_id,
-            head_hash: hex(&hash),
+            head_hash: hex::encode(hash),
             at: now_ms(),
             signature: None,
         }
@@ -142,7 +138,7 @@ pub async fn check(db: &Db, cp: &Checkpoint, key: Option<&Secret>) -> Result<Ver
         return Ok(Verdict::BadSignature);
     }
     let hash = db.audit_entry_hash(cp.head_id).await?;
-    if hash.as_deref().map(hex).as_deref() != Some(cp.head_hash.as_str()) {
+    if hash.as_deref().map(hex::encode).as_deref() != Some(cp.head_hash.as_str()) {
         return Ok(Verdict::HeadGone {
             head_id: cp.head_id,
             at: cp.at,

@@ -160,7 +160,7 @@ impl MasterKey {
         if text.len() < 32 {
             return Err(VaultError::WeakMasterKey);
         }
-        let bytes = match unhex(text) {
+        let bytes = match hex::decode(text).ok() {
             Some(b) if b.len() == KEY_LEN => b,
             _ => {
                 let salt =
@@ -180,7 +180,7 @@ impl MasterKey {
         );
         Ok(Self {
             key: aead_key(&bytes),
-            fingerprint: hex(&fp.as_ref()[..6]),
+            fingerprint: hex::encode(&fp.as_ref()[..6]),
         })
     }
 
@@ -204,7 +204,7 @@ impl MasterKey {
         SystemRandom::new()
             .fill(&mut raw)
             .map_err(|_| "the system's random source failed")?;
-        let text = hex(&raw);
+        let text = hex::encode(raw);
         std::fs::create_dir_all(data_dir)?;
         if empty {
             crate::secret::write_private(&path, &text)?;
@@ -434,23 +434,6 @@ impl Vault {
             rest.get(..4)?.try_into().ok()?,
         )))
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    let s = s.as_bytes();
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.chunks(2)
-        .map(|p| {
-            let d = |c: u8| (c as char).to_digit(16);
-            Some((d(p[0])? * 16 + d(p[1])?) as u8)
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -32,34 +32,7 @@ pub async fn serve_tcp(
     ctx: Arc<IngestContext>,
     shutdown: CancellationToken,
 ) {
-    if let Ok(addr) = listener.local_addr() {
-        events::ListenerStarted {
-            protocol,
-            addr: &addr,
-        }
-        .emit();
-    }
-    let max = ctx.limits.max_connections;
-    super::serve(
-        listener,
-        protocol,
-        max,
-        shutdown,
-        move |stream, peer, stop| {
-            let ctx = Arc::clone(&ctx);
-            let codec = codecs();
-            async move {
-                let reason = run_connection(&ctx, codec, stream, peer, stop).await;
-                events::ConnectionClosed {
-                    protocol,
-                    peer: &peer,
-                    reason,
-                }
-                .emit();
-            }
-        },
-    )
-    .await;
+    serve_stream(listener, protocol, codecs, None, ctx, shutdown).await;
 }
 
 /// Serve one protocol over TLS on a TCP listener until `shutdown` (DC-09
@@ -70,6 +43,17 @@ pub async fn serve_tls(
     protocol: &'static str,
     codecs: CodecFactory,
     acceptor: tokio_rustls::TlsAcceptor,
+    ctx: Arc<IngestContext>,
+    shutdown: CancellationToken,
+) {
+    serve_stream(listener, protocol, codecs, Some(acceptor), ctx, shutdown).await;
+}
+
+async fn serve_stream(
+    listener: TcpListener,
+    protocol: &'static str,
+    codecs: CodecFactory,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<IngestContext>,
     shutdown: CancellationToken,
 ) {
@@ -89,22 +73,33 @@ pub async fn serve_tls(
         move |stream, peer, stop| {
             let ctx = Arc::clone(&ctx);
             let codec = codecs();
-            let acceptor = acceptor.clone();
+            let tls = tls.clone();
             async move {
-                let handshake =
-                    tokio::time::timeout(ctx.limits.frame_timeout, acceptor.accept(stream));
-                let reason = match handshake.await {
-                    Ok(Ok(tls)) => run_connection(&ctx, codec, tls, peer, stop).await,
-                    Ok(Err(e)) => {
-                        events::TlsRefused {
-                            protocol,
-                            peer: &peer,
-                            error: &e,
-                        }
-                        .emit();
-                        "tls_handshake_failed"
+                let reason = match tls {
+                    None => run_connection(&ctx, codec, stream, peer, stop).await,
+                    // Boxed: a plain connection's task stays as small as it was.
+                    Some(acceptor) => {
+                        Box::pin(async {
+                            let handshake = tokio::time::timeout(
+                                ctx.limits.frame_timeout,
+                                acceptor.accept(stream),
+                            );
+                            match handshake.await {
+                                Ok(Ok(tls)) => run_connection(&ctx, codec, tls, peer, stop).await,
+                                Ok(Err(e)) => {
+                                    events::TlsRefused {
+                                        protocol,
+                                        peer: &peer,
+                                        error: &e,
+                                    }
+                                    .emit();
+                                    "tls_handshake_failed"
+                                }
+                                Err(_) => "tls_handshake_timeout",
+                            }
+                        })
+                        .await
                     }
-                    Err(_) => "tls_handshake_timeout",
                 };
                 events::ConnectionClosed {
                     protocol,

@@ -52,7 +52,7 @@ impl CredentialKey {
         };
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
-        let key = hex(&raw);
+        let key = hex::encode(raw);
         std::fs::create_dir_all(data_dir)?;
         if empty {
             write_private(&path, &key)?;
@@ -72,12 +72,12 @@ impl CredentialKey {
 
     /// The password of `username` at `generation`.
     pub fn password(&self, username: &str, generation: i64) -> String {
-        hex(&self.mac(username, generation).finalize().into_bytes()[..PASSWORD_BYTES])
+        hex::encode(&self.mac(username, generation).finalize().into_bytes()[..PASSWORD_BYTES])
     }
 
     /// Whether `offered` is that password, compared in constant time.
     pub fn verify(&self, username: &str, generation: i64, offered: &[u8]) -> bool {
-        let Some(bytes) = unhex(offered) else {
+        let Ok(bytes) = hex::decode(offered) else {
             return false;
         };
         bytes.len() == PASSWORD_BYTES
@@ -86,22 +86,6 @@ impl CredentialKey {
                 .verify_truncated_left(&bytes)
                 .is_ok()
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &[u8]) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.chunks(2)
-        .map(|p| {
-            let d = |c: u8| (c as char).to_digit(16);
-            Some((d(p[0])? * 16 + d(p[1])?) as u8)
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use serde::Serialize;
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
 use crate::store::incidents::insert_event;
 use crate::store::{AuditEntry, audit::append_audit};
-use crate::vault::Field;
 
 /// One line of the operator queue.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
@@ -296,11 +295,15 @@ impl Db {
         .await)?
         .into_iter()
         .map(|mut j: CarerJob| {
-            let v = self.vault();
-            j.medical_notes = v.open_text(Field::MedicalNotes, &j.medical_notes)?;
-            j.medications = v.open_text(Field::Medications, &j.medications)?;
-            j.allergies = v.open_text(Field::Allergies, &j.allergies)?;
-            j.key_safe = v.open_text(Field::KeySafe, &j.key_safe)?;
+            super::registry::open_health(
+                self.vault(),
+                [
+                    &mut j.medical_notes,
+                    &mut j.medications,
+                    &mut j.allergies,
+                    &mut j.key_safe,
+                ],
+            )?;
             Ok(j)
         })
         .collect::<Result<_, StoreError>>()

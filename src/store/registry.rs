@@ -153,12 +153,32 @@ pub struct CarerRow {
 impl ClientProfile {
     /// With its sealed fields opened.
     pub(crate) fn opened(mut self, v: &Vault) -> Result<Self, StoreError> {
-        self.medical_notes = v.open_text(Field::MedicalNotes, &self.medical_notes)?;
-        self.medications = v.open_text(Field::Medications, &self.medications)?;
-        self.allergies = v.open_text(Field::Allergies, &self.allergies)?;
-        self.key_safe = v.open_text(Field::KeySafe, &self.key_safe)?;
+        open_health(
+            v,
+            [
+                &mut self.medical_notes,
+                &mut self.medications,
+                &mut self.allergies,
+                &mut self.key_safe,
+            ],
+        )?;
         Ok(self)
     }
+}
+
+/// A client's medical notes, medications, allergies and key-safe code, in
+/// that order, opened in place.
+pub(crate) fn open_health(v: &Vault, fields: [&mut String; 4]) -> Result<(), StoreError> {
+    let names = [
+        Field::MedicalNotes,
+        Field::Medications,
+        Field::Allergies,
+        Field::KeySafe,
+    ];
+    for (field, value) in names.into_iter().zip(fields) {
+        *value = v.open_text(field, value)?;
+    }
+    Ok(())
 }
 
 /// A client's sensitive fields, sealed for the database.

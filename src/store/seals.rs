@@ -51,10 +51,6 @@ pub(super) fn steps_hash(rows: &[StepRow]) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// What a seal entry says: `<count> steps <first>..<last> sha256 <hex>`.
 pub(super) fn seal_detail(rows: &[StepRow]) -> String {
     format!(
@@ -62,7 +58,7 @@ pub(super) fn seal_detail(rows: &[StepRow]) -> String {
         rows.len(),
         rows.first().map_or(0, |r| r.0),
         rows.last().map_or(0, |r| r.0),
-        hex(&steps_hash(rows))
+        hex::encode(steps_hash(rows))
     )
 }
 

@@ -366,6 +366,24 @@ async fn a_running_server_takes_up_a_rotation() {
     app.stop().await;
 }
 
+/// Wait until the anchor task has sealed every timeline step (steps are
+/// sealed once a few seconds old).
+async fn every_step_sealed(db: &Db) {
+    eventually_for(
+        "every timeline step sealed",
+        std::time::Duration::from_secs(30),
+        || async {
+            let n = texts(
+                db,
+                "SELECT CAST(COUNT(*) AS TEXT) FROM incident_events WHERE sealed_by IS NULL",
+            )
+            .await;
+            (n[0] == "0").then_some(())
+        },
+    )
+    .await;
+}
+
 fn step<'a>(incident_id: i64, action: Action, detail: &'a str) -> Transition<'a> {
     Transition {
         incident_id,
@@ -409,19 +427,7 @@ async fn retention_purges_old_records_and_the_chain_still_verifies(backend: Back
     .await;
     // Everything sealed into the chain before the purge (the anchor task
     // seals steps a few seconds old).
-    eventually_for(
-        "the timelines sealed",
-        std::time::Duration::from_secs(30),
-        || async {
-            let n = texts(
-                &app.db,
-                "SELECT CAST(COUNT(*) AS TEXT) FROM incident_events WHERE sealed_by IS NULL",
-            )
-            .await;
-            (n[0] == "0").then_some(())
-        },
-    )
-    .await;
+    every_step_sealed(&app.db).await;
     let steps_before = app.db.incident_actions(closed).await.unwrap().len();
     assert!(steps_before >= 4);
 
@@ -528,19 +534,7 @@ async fn retention_never_purges_over_an_altered_timeline() {
     for a in [Action::Claim, Action::Resolve, Action::Close] {
         app.db.transition(&step(id, a, "")).await.unwrap();
     }
-    eventually_for(
-        "the timeline sealed",
-        std::time::Duration::from_secs(30),
-        || async {
-            let n = texts(
-                &app.db,
-                "SELECT CAST(COUNT(*) AS TEXT) FROM incident_events WHERE sealed_by IS NULL",
-            )
-            .await;
-            (n[0] == "0").then_some(())
-        },
-    )
-    .await;
+    every_step_sealed(&app.db).await;
     exec(
         &app.db,
         "UPDATE incident_events SET detail = 'rewritten' WHERE action = 'close'",
@@ -567,21 +561,6 @@ async fn a_purge_retires_an_earlier_purge_and_the_chain_verifies() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
     let mut dev = Device::connect(app.native).await;
-    let sealed = || async {
-        eventually_for(
-            "the timelines sealed",
-            std::time::Duration::from_secs(30),
-            || async {
-                let n = texts(
-                    &app.db,
-                    "SELECT CAST(COUNT(*) AS TEXT) FROM incident_events WHERE sealed_by IS NULL",
-                )
-                .await;
-                (n[0] == "0").then_some(())
-            },
-        )
-        .await
-    };
     dev.send(&event(&city.device, 1, EventKind::Sos), &city.secret)
         .await;
     let first = newest_incident(&app.db).await;
@@ -599,7 +578,7 @@ async fn a_purge_retires_an_earlier_purge_and_the_chain_verifies() {
         .transition(&step(second, Action::Claim, ""))
         .await
         .unwrap();
-    sealed().await;
+    every_step_sealed(&app.db).await;
     let policy = app.settings.retention();
     let year = 365 * 86_400_000;
     let now = pingantong::store::now_ms();
@@ -616,7 +595,7 @@ async fn a_purge_retires_an_earlier_purge_and_the_chain_verifies() {
     for a in [Action::Resolve, Action::Close] {
         app.db.transition(&step(second, a, "")).await.unwrap();
     }
-    sealed().await;
+    every_step_sealed(&app.db).await;
     let r = app
         .db
         .purge_expired(&policy, now + 12 * year, &mut Default::default())

@@ -94,11 +94,15 @@ pub struct ClientRecord {
 impl ClientRecord {
     /// With its sealed fields opened.
     fn opened(mut self, v: &crate::vault::Vault) -> Result<Self, StoreError> {
-        use crate::vault::Field;
-        self.medical_notes = v.open_text(Field::MedicalNotes, &self.medical_notes)?;
-        self.medications = v.open_text(Field::Medications, &self.medications)?;
-        self.allergies = v.open_text(Field::Allergies, &self.allergies)?;
-        self.key_safe = v.open_text(Field::KeySafe, &self.key_safe)?;
+        crate::store::registry::open_health(
+            v,
+            [
+                &mut self.medical_notes,
+                &mut self.medications,
+                &mut self.allergies,
+                &mut self.key_safe,
+            ],
+        )?;
         Ok(self)
     }
 }
