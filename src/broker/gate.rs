@@ -375,6 +375,33 @@ impl Gate {
     }
 }
 
+/// How often one session may write a denied-access warning: a client that
+/// keeps publishing outside its topics would otherwise write a line per
+/// packet. The metric counts every one.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One session's denied-access warnings, limited to one per [`WARN_EVERY`].
+#[derive(Default)]
+struct Warnings {
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl Warnings {
+    /// Whether to log one now, and how many were held back since the last.
+    fn take(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < WARN_EVERY)
+        {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
 /// Carry packets both ways until either side closes or `stop` fires.
 async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send>(
     cfg: &GateConfig,
@@ -415,6 +442,7 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send>(
     };
 
     let upstream = async move {
+        let mut warnings = Warnings::default();
         loop {
             let Some(frame) = read_frame(&mut client_rd, &mut client_buf).await? else {
                 return Ok::<_, std::io::Error>(());
@@ -438,6 +466,7 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send>(
                             action: "publish",
                             who,
                             topic: &p.topic,
+                            log: warnings.take(std::time::Instant::now()),
                         }
                         .emit();
                         match p.qos {
@@ -478,6 +507,7 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send>(
                                 action: "subscribe",
                                 who,
                                 topic: &f.path,
+                                log: warnings.take(std::time::Instant::now()),
                             }
                             .emit();
                         }
@@ -579,4 +609,22 @@ async fn read_packet<R: AsyncRead + Unpin>(
     Packet::read(&mut b, MAX_PACKET)
         .map(Some)
         .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_warns_once_per_period_and_says_how_many_it_held() {
+        let mut w = Warnings::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(w.take(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(w.take(t0 + std::time::Duration::from_secs(i)), None);
+        }
+        assert_eq!(w.take(t0 + WARN_EVERY), Some(5));
+        assert_eq!(w.take(t0 + WARN_EVERY), None);
+        assert_eq!(w.take(t0 + WARN_EVERY * 2), Some(1));
+    }
 }

@@ -670,11 +670,17 @@ pub struct MqttDenied<'a> {
     /// `devices/<id>`, `carers/<id>`, `bridges/<name>`, `servers/<name>` or `quarantine/<client id>`.
     pub who: &'a str,
     pub topic: &'a str,
+    /// Log it (with how many were held back since this session's last
+    /// line), or only count it.
+    pub log: Option<u64>,
 }
 
 impl MqttDenied<'_> {
     pub fn emit(self) {
         counter!("pat_mqtt_denied_total", "action" => self.action).increment(1);
+        let Some(held) = self.log else {
+            return;
+        };
         // A bridge publishes all its devices' chatter; only the adapters' topics are taken.
         if self.who.starts_with("bridges/") {
             debug!(
@@ -688,6 +694,7 @@ impl MqttDenied<'_> {
                 action = self.action,
                 who = self.who,
                 topic = self.topic,
+                held_back = held,
                 "MQTT access denied"
             );
         }
