@@ -281,6 +281,17 @@ impl Vault {
         self.master.read().expect("vault lock").clone()
     }
 
+    /// The ids of the data keys held.
+    pub fn held(&self) -> Vec<i64> {
+        self.inner
+            .read()
+            .expect("vault lock")
+            .by_id
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// Whether data key `id` is held.
     pub fn holds(&self, id: i64) -> bool {
         self.inner
@@ -572,6 +583,69 @@ mod tests {
             Some(VaultError::WeakMasterKey)
         );
         assert!(!format!("{a:?}").contains("aaaa"), "never printed");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Hold key `id`, sealing at once or only in the future.
+        Hold(i64, bool),
+        Forget(i64),
+        Seal(u8),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (1i64..6, any::<bool>()).prop_map(|(id, now)| Op::Hold(id, now)),
+            (1i64..6).prop_map(Op::Forget),
+            any::<u8>().prop_map(Op::Seal),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Keys held, activated and forgotten in any order, values sealed in
+        /// between: after every step the current key is the newest active
+        /// one, every value opens to what was sealed while its key is held,
+        /// and none opens once it is forgotten or read as another field.
+        #[test]
+        fn keys_come_and_go_and_values_open_only_under_theirs(ops in proptest::collection::vec(op(), 1..60)) {
+            let v = Vault::default();
+            // The model: id → (key bytes, active now).
+            let mut held: HashMap<i64, ([u8; KEY_LEN], bool)> = HashMap::new();
+            let mut sealed: Vec<(i64, String, String)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Hold(id, now) => {
+                        let dek = [id as u8; KEY_LEN];
+                        v.hold(id, &dek, if now { 0 } else { i64::MAX });
+                        held.insert(id, (dek, now));
+                    }
+                    Op::Forget(id) => {
+                        v.forget(id);
+                        held.remove(&id);
+                    }
+                    Op::Seal(n) => {
+                        let plain = format!("病史 {n}");
+                        match v.seal_text(Field::MedicalNotes, &plain) {
+                            Ok(s) => sealed.push((Vault::key_of_text(&s).unwrap(), s, plain)),
+                            Err(e) => proptest::prop_assert_eq!(e, VaultError::NoCurrentKey),
+                        }
+                    }
+                }
+                let newest = held.iter().filter(|(_, (_, now))| *now).map(|(id, _)| *id).max();
+                proptest::prop_assert_eq!(v.current_id(), newest);
+                for (id, stored, plain) in &sealed {
+                    proptest::prop_assert!(!stored.contains(plain.as_str()));
+                    let opened = v.open_text(Field::MedicalNotes, stored);
+                    if held.contains_key(id) {
+                        proptest::prop_assert_eq!(opened.as_deref(), Ok(plain.as_str()));
+                        proptest::prop_assert!(v.open_text(Field::Medications, stored).is_err());
+                    } else {
+                        proptest::prop_assert_eq!(opened, Err(VaultError::UnknownKey(*id)));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
