@@ -67,8 +67,7 @@ pub fn spawn(
 }
 
 async fn turn(db: &Db, shutdown: &CancellationToken) -> Result<(), crate::store::StoreError> {
-    db.refresh_vault().await?;
-    if db.reseal_owed().await? {
+    if db.refresh_vault().await?.reseal_owed {
         // Runs to its end unless the server stops (it is safe to cut: each
         // batch commits on its own and the next start goes on).
         let report = tokio::select! {

@@ -31,6 +31,15 @@ pub struct DataKeyRow {
     pub sealed_all_at: Option<i64>,
 }
 
+/// The keys a refresh found (one read of `data_keys`, every turn of the
+/// housekeeping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeysHeld {
+    pub count: usize,
+    /// The current key has not yet taken over every value (see [`Db::reseal`]).
+    pub reseal_owed: bool,
+}
+
 /// What one re-sealing pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ResealReport {
@@ -169,7 +178,7 @@ impl Db {
     /// error here, before anything is served.
     pub(super) async fn open_vault(&self, master: &Arc<MasterKey>) -> Result<(), StoreError> {
         self.vault().set_master(master.clone());
-        if self.refresh_vault().await? == 0 {
+        if self.refresh_vault().await?.count == 0 {
             let begin = self.begin_write();
             let lock = matches!(self, Db::Postgres(..));
             on_write_pool!(self, |p| {
@@ -212,9 +221,9 @@ impl Db {
     }
 
     /// Take up keys added (a rotation on another server or the command
-    /// line) and drop retired ones; returns how many keys are held. Servers
-    /// call it every few seconds.
-    pub async fn refresh_vault(&self) -> Result<usize, StoreError> {
+    /// line) and drop retired ones; says how many are held and whether the
+    /// current one still owes a re-sealing pass. Servers call it every few seconds.
+    pub async fn refresh_vault(&self) -> Result<KeysHeld, StoreError> {
         let rows = self.data_key_rows().await?;
         let vault = self.vault();
         let master = vault.master().ok_or(VaultError::NoCurrentKey)?;
@@ -231,13 +240,16 @@ impl Db {
                 vault.hold(*id, &dek, from);
             }
         }
-        let kept: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        for id in 0..=kept.iter().copied().max().unwrap_or(0) {
-            if !kept.contains(&id) && vault.holds(id) {
+        for id in vault.held() {
+            if !rows.iter().any(|r| r.0 == id) {
                 vault.forget(id);
             }
         }
-        Ok(rows.len())
+        let current = vault.current_id();
+        Ok(KeysHeld {
+            count: rows.len(),
+            reseal_owed: rows.iter().any(|r| Some(r.0) == current && r.4.is_none()),
+        })
     }
 
     /// The data keys, oldest first.
@@ -350,11 +362,7 @@ impl Db {
     /// Whether the current key still has values to take over (plain ones
     /// from before encryption, or ones under older keys).
     pub async fn reseal_owed(&self) -> Result<bool, StoreError> {
-        let Some(current) = self.vault().current_id() else {
-            return Ok(false);
-        };
-        let rows = self.data_key_rows().await?;
-        Ok(rows.iter().any(|r| r.0 == current && r.4.is_none()))
+        Ok(self.refresh_vault().await?.reseal_owed)
     }
 
     /// Seal every value not sealed under the current key (plain ones left

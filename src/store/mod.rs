@@ -45,7 +45,7 @@ pub use alarm_log::{AlarmLogQuery, AlarmLogRow};
 pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
 pub use audit::{AuditEntry, AuditRecord, AuditReport, ChainBreak, ChainFault};
 pub use console::{CarerJob, DeviceStatus, DispatchRow, QueueFilter, QueueRow, TimelineEntry};
-pub use data_keys::{ACTIVATE_AFTER_MS, DataKeyRow, ResealReport};
+pub use data_keys::{ACTIVATE_AFTER_MS, DataKeyRow, KeysHeld, ResealReport};
 pub use dispatches::{CarerAnswer, OfferError, ReplyError};
 pub use export::ResidentRecords;
 pub use handoffs::{Handoff, HandoffError};
