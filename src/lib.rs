@@ -15,7 +15,6 @@ pub mod config;
 pub mod demo;
 pub mod directory;
 pub mod dispatch;
-pub mod domain;
 pub mod housekeeping;
 pub mod incident;
 pub mod ingest;
@@ -23,13 +22,13 @@ pub mod mqtt;
 pub mod notify;
 pub mod open_files;
 pub mod routing;
-pub mod rules;
-pub mod secret;
 pub mod sla;
-pub mod store;
 pub mod supervision;
-pub mod telemetry;
-pub mod vault;
+
+// The crates below the server, under the names the server's modules use.
+pub use pingantong_domain::{self as domain, rules};
+pub use pingantong_store::{self as store, secret, vault};
+pub use pingantong_telemetry as telemetry;
 
 pub use app::Application;
 pub use config::Settings;

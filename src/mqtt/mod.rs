@@ -1,7 +1,7 @@
 //! The server's MQTT session: one persistent connection that publishes offers
 //! and ACKs and receives device events and carer replies, reconnecting with backoff.
 
-pub mod acl;
+pub use pingantong_domain::acl;
 pub mod credential;
 
 use std::sync::Arc;

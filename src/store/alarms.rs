@@ -145,7 +145,7 @@ impl Db {
     pub async fn insert_alarms(
         &self,
         batch: &[AlarmRecord],
-        rules: &crate::rules::Rules,
+        rules: &pingantong_domain::rules::Rules,
     ) -> Result<Vec<CommitOutcome>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());

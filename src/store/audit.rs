@@ -88,7 +88,7 @@ pub(crate) fn seal(last: Option<(i64, Vec<u8>)>, at: i64, e: &AuditEntry<'_>) ->
 /// every other writer of the log waits for this transaction.
 macro_rules! append_audit {
     ($db:expr, $tx:expr, $entry:expr, $at:expr) => {{
-        if matches!($db, $crate::store::Db::Postgres(..)) {
+        if matches!($db, $crate::Db::Postgres(..)) {
             sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
                 .execute(&mut *$tx)
                 .await?;
@@ -97,8 +97,8 @@ macro_rules! append_audit {
             sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
                 .fetch_optional(&mut *$tx)
                 .await?;
-        let entry: &$crate::store::AuditEntry<'_> = &$entry;
-        let sealed = $crate::store::audit::seal(last, $at, entry);
+        let entry: &$crate::AuditEntry<'_> = &$entry;
+        let sealed = $crate::audit::seal(last, $at, entry);
         sqlx::query(
             "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

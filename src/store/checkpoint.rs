@@ -13,7 +13,7 @@ use sqlx::sqlite::SqlitePoolOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::{Db, StoreError};
-use crate::telemetry::events;
+use pingantong_telemetry::events;
 
 impl Db {
     /// SQLite: checkpoint every `every` from a connection of its own until
@@ -77,7 +77,7 @@ mod tests {
     /// the checkpointer does, so the file grows as rows are written.
     #[tokio::test]
     async fn the_log_is_checkpointed_by_its_own_connection() {
-        let (db, dir) = crate::store::scratch_sqlite().await;
+        let (db, dir) = crate::scratch_sqlite().await;
         let stop = CancellationToken::new();
         let task = db
             .spawn_checkpointer(Duration::from_millis(20), stop.clone())

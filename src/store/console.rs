@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
-use crate::store::incidents::insert_event;
-use crate::store::{AuditEntry, audit::append_audit};
+use crate::incidents::insert_event;
+use crate::{AuditEntry, audit::append_audit};
 
 /// One line of the operator queue.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]

@@ -219,7 +219,7 @@ impl Db {
             // written by an older server all the same.
             if answer == CarerAnswer::Accept
                 && state == "offered"
-                && !crate::domain::State::parse(&incident_state).is_some_and(|s| s.is_open())
+                && !pingantong_domain::State::parse(&incident_state).is_some_and(|s| s.is_open())
             {
                 return Err(ReplyError::IncidentEnded {
                     dispatch: dispatch_id,
@@ -341,7 +341,7 @@ impl Db {
             let Some((state,)) = state else {
                 return Err(OfferError::NotFound(incident_id));
             };
-            if !crate::domain::State::parse(&state).is_some_and(|s| s.is_open()) {
+            if !pingantong_domain::State::parse(&state).is_some_and(|s| s.is_open()) {
                 return Err(OfferError::Ended {
                     incident: incident_id,
                     state,

@@ -4,8 +4,8 @@
 use serde_json::json;
 
 use super::{Db, StoreError, Transition, TransitionError, now_ms, on_pool, on_write_pool};
-use crate::domain::Action;
 use crate::vault::{Field, Vault};
+use pingantong_domain::Action;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handoff {

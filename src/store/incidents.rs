@@ -132,8 +132,8 @@ pub(super) const CANDIDATES_IN_DISTRICTS: &str = concat!(
 use super::{
     ClientProfile, Db, StoreError, insert_dispatch, insert_timer, now_ms, on_pool, on_write_pool,
 };
-use crate::domain::Cascade;
 use crate::vault::Field;
+use pingantong_domain::Cascade;
 
 pub(super) const NO_CARER: &str = "no on-duty carer of any provider covering this address";
 
@@ -499,7 +499,7 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use crate::domain::State;
+    use pingantong_domain::State;
 
     #[test]
     fn the_sql_notion_of_open_matches_the_state_machine() {

@@ -4,7 +4,7 @@
 
 use super::audit::append_audit;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
-use crate::mqtt::acl::Principal;
+use pingantong_domain::acl::Principal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::incidents::insert_event;
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
-pub use crate::domain::Cascade;
+pub use pingantong_domain::Cascade;
 
 /// Start the family notification cascades of new incidents, in one
 /// statement for several: this, then rows `(incident, client, everyone (0 or

@@ -267,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_latest_report_wins_and_gaps_keep_what_was_known() {
-        let (db, _dir) = crate::store::scratch_sqlite().await;
+        let (db, _dir) = crate::scratch_sqlite().await;
         let presence = Presence::default();
         let mut sos = report("PA1", 20, EventKind::Sos, None);
         sos.location = Some(Location {
@@ -312,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_city_of_reports_is_written_a_slice_at_a_time() {
-        let (db, _dir) = crate::store::scratch_sqlite().await;
+        let (db, _dir) = crate::scratch_sqlite().await;
         let presence = Presence::default();
         let reports: Vec<_> = (0..2_500)
             .map(|n| report(&format!("PA{n:06}"), 5, EventKind::Heartbeat, Some(50)))

@@ -28,7 +28,7 @@ pub struct NewClient {
 /// evaluates to the provider's id.
 macro_rules! insert_provider_rows {
     ($tx:expr, $pr:expr, $now:expr) => {{
-        let pr: &$crate::store::NewProvider = $pr;
+        let pr: &$crate::NewProvider = $pr;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO providers (name, service_types, capacity, updated_at) \
              VALUES ($1, $2, $3, $4) RETURNING id",

@@ -4,7 +4,7 @@
 //! history from another system.
 
 use super::{Db, StoreError, on_pool, on_write_pool};
-use crate::domain::State;
+use pingantong_domain::State;
 
 /// An incident opened in the period, with the times of its milestones.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -208,7 +208,7 @@ pub struct ImportedIncident {
     pub dispatches: Vec<ImportedDispatch>,
 }
 
-/// One timeline entry: as [`crate::store::Transition`] writes them (`claim`,
+/// One timeline entry: as [`crate::Transition`] writes them (`claim`,
 /// `dispatch`, … with from/to states) or as carers' answers do (`carer_accepted`, …).
 #[derive(Debug, Clone)]
 pub struct ImportedEvent {

@@ -554,8 +554,8 @@ impl Db {
                         None => StageDone::Cleared(None),
                         Some((target, state)) => {
                             let id = resolve(target, &slots)?;
-                            let next = crate::domain::State::parse(&state)
-                                .and_then(|s| s.apply(crate::domain::Action::Cancel).ok());
+                            let next = pingantong_domain::State::parse(&state)
+                                .and_then(|s| s.apply(pingantong_domain::Action::Cancel).ok());
                             if let Some(next) = next {
                                 sqlx::query(
                                     "UPDATE incidents SET state = $1, outcome = 'cleared', \
@@ -727,7 +727,7 @@ mod tests {
     /// PostgreSQL each one pushed out costs a round trip to close it.
     #[tokio::test]
     async fn one_off_statements_are_not_cached() {
-        let (db, _dir) = crate::store::scratch_sqlite().await;
+        let (db, _dir) = crate::scratch_sqlite().await;
         let Db::Sqlite { write, .. } = &db else {
             unreachable!("a SQLite scratch database")
         };

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use super::{Db, StoreError};
-use crate::telemetry::events;
+use pingantong_telemetry::events;
 
 /// The tables of this schema the planner has never seen analyzed, or that
 /// changed by more than a tenth since (autovacuum's own rule). Small tables

@@ -76,7 +76,7 @@ impl Db {
                     .fetch_optional(&mut *tx)
                     .await?;
             let overdue = matches!(&row, Some((state, None))
-                if crate::domain::State::parse(state).is_some_and(|s| s.is_open()));
+                if pingantong_domain::State::parse(state).is_some_and(|s| s.is_open()));
             let check = if overdue {
                 let round = t.round + 1;
                 sqlx::query(

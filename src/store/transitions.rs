@@ -4,7 +4,7 @@
 use super::audit::append_audit;
 use super::withdrawals::withdraw_in_tx;
 use super::{AuditEntry, Db, StoreError, now_ms, on_write_pool};
-use crate::domain::{Action, CancelReason, IllegalTransition, State};
+use pingantong_domain::{Action, CancelReason, IllegalTransition, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransitionError {

@@ -4,7 +4,7 @@
 
 use super::audit::append_audit;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
-use crate::domain::Role;
+use pingantong_domain::Role;
 
 /// Longest username, in characters.
 pub const USERNAME_MAX: usize = 64;

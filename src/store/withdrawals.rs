@@ -24,15 +24,15 @@ impl Withdrawal {
 }
 
 /// Inside a transaction `$tx` that moves incident `$incident` to `$to`
-/// ([`crate::domain::State`]): withdraw the offers that state takes back
-/// ([`crate::domain::State::withdraws`]), cancel their deadlines, write a
+/// ([`pingantong_domain::State`]): withdraw the offers that state takes back
+/// ([`pingantong_domain::State::withdraws`]), cancel their deadlines, write a
 /// timeline line each and free the carers who were on their way and have no
 /// other job. Evaluates to how many were withdrawn.
 macro_rules! withdraw_in_tx {
     ($tx:expr, $incident:expr, $to:expr, $now:expr) => {{
         let incident_id: i64 = $incident;
         let now: i64 = $now;
-        let states = $crate::domain::State::withdraws($to);
+        let states = pingantong_domain::State::withdraws($to);
         let mut withdrawn: Vec<(i64, i64, Option<i64>)> = Vec::new();
         if !states.is_empty() {
             // The offers' deadlines first: a deadline firing meanwhile (which
@@ -64,7 +64,7 @@ macro_rules! withdraw_in_tx {
             .await?;
         }
         for &(dispatch, carer, accepted) in &withdrawn {
-            $crate::store::incidents::insert_event!(
+            $crate::incidents::insert_event!(
                 $tx,
                 incident_id,
                 now,

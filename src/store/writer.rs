@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::presence::{Presence, ROWS_PER_WRITE};
 use super::{AlarmRecord, CommitOutcome, Db, StoreError};
-use crate::rules::Rules;
-use crate::telemetry::events;
+use pingantong_domain::rules::Rules;
+use pingantong_telemetry::events;
 
 /// An alarm whose row is committed and which the incident stage must handle.
 #[derive(Debug, Clone)]
@@ -594,7 +594,7 @@ mod tests {
     use pingantong_protocol::EventKind;
 
     use super::*;
-    use crate::store::AuthStatus;
+    use crate::AuthStatus;
 
     /// A writer on `db`, its task, and the receivers of what it hands to the
     /// incident stage (`capacity` each; kept, or its hand-overs fail).
@@ -643,7 +643,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_events_share_commits_and_duplicates_are_recognised() {
-        let (db, _dir) = crate::store::scratch_sqlite().await;
+        let (db, _dir) = crate::scratch_sqlite().await;
         let (w, task, mut urgent_rx, mut other_rx) = writer_on(db.clone(), 1000);
         let mut pending = Vec::new();
         for n in 0..200 {
@@ -693,7 +693,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_event_is_committed_without_waiting_for_company() {
-        let (db, _dir) = crate::store::scratch_sqlite().await;
+        let (db, _dir) = crate::scratch_sqlite().await;
         let (w, _task, _urgent_rx, _other_rx) = writer_on(db, 10);
         let outcome = tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -712,7 +712,7 @@ mod tests {
     #[tokio::test]
     async fn an_event_is_held_while_the_database_is_locked_and_committed_after() {
         use sqlx::Connection;
-        let (db, dir) = crate::store::scratch_sqlite().await;
+        let (db, dir) = crate::scratch_sqlite().await;
         let (w, _task, _urgent_rx, _other_rx) = writer_on(db.clone(), 10);
         let url = format!("sqlite://{}/test.db", dir.path().display());
         let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -772,7 +772,7 @@ mod tests {
     /// begun writing them, commit one event of `kind`, stop the writer; say
     /// how many devices' presence went before that event.
     async fn presence_written_before(kind: EventKind) -> (usize, Db, tempfile::TempDir) {
-        let (db, dir) = crate::store::scratch_sqlite().await;
+        let (db, dir) = crate::scratch_sqlite().await;
         let (w, task, _urgent_rx, _other_rx) = writer_on(db.clone(), 10);
         let beats: Vec<_> = (0..CITY)
             .map(|n| {
@@ -829,7 +829,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_verified_heartbeat_is_answered_at_once_and_kept_as_presence() {
-        let (db, _dir) = crate::store::scratch_sqlite().await;
+        let (db, _dir) = crate::scratch_sqlite().await;
         let (w, task, _urgent_rx, _other_rx) = writer_on(db.clone(), 10);
         let mut beat = record(1, EventKind::Heartbeat);
         beat.battery = Some(64);

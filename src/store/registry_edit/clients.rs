@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use super::{EditError, unique_or};
-use crate::store::audit::append_audit;
-use crate::store::{AuditEntry, Db, NewClient, StoreError, now_ms, on_pool, on_write_pool};
+use crate::audit::append_audit;
+use crate::{AuditEntry, Db, NewClient, StoreError, now_ms, on_pool, on_write_pool};
 
 /// A client as the registry keeps them: the profile and the reference in
 /// the city's (or a provider's) own register.
@@ -94,7 +94,7 @@ pub struct ClientRecord {
 impl ClientRecord {
     /// With its sealed fields opened.
     fn opened(mut self, v: &crate::vault::Vault) -> Result<Self, StoreError> {
-        crate::store::registry::open_health(
+        crate::registry::open_health(
             v,
             [
                 &mut self.medical_notes,
@@ -142,7 +142,7 @@ pub(super) use client_by_ref;
 macro_rules! insert_client_in {
     ($db:expr, $tx:expr, $entry:expr, $contacts:expr, $actor:expr, $detail:expr, $now:expr) => {
         async {
-            let e: &$crate::store::ClientEntry = $entry;
+            let e: &$crate::ClientEntry = $entry;
             if let Some(r) = &e.external_ref
                 && let Some(other) = client_by_ref!($tx, r)
             {
@@ -151,7 +151,7 @@ macro_rules! insert_client_in {
                 )));
             }
             let c = &e.client;
-            let h = $crate::store::registry::SealedHealth::of(
+            let h = $crate::registry::SealedHealth::of(
                 $db.vault(),
                 &c.medical_notes,
                 &c.medications,
@@ -212,7 +212,7 @@ pub(super) use insert_client_in;
 /// Inside a transaction `$tx`: one contact row at `$position`.
 macro_rules! insert_contact_in {
     ($tx:expr, $client:expr, $position:expr, $k:expr, $now:expr) => {{
-        let k: &$crate::store::ContactEntry = $k;
+        let k: &$crate::ContactEntry = $k;
         sqlx::query(
             "INSERT INTO contacts (client_id, position, name, relation, phone, notify_channel, \
              notify_address, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -331,7 +331,7 @@ impl Db {
                 return Err(EditError::NotFound("client"));
             };
             let before = before.opened(self.vault())?;
-            let h = crate::store::registry::SealedHealth::of(
+            let h = crate::registry::SealedHealth::of(
                 self.vault(),
                 &c.medical_notes,
                 &c.medications,

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::clients::client_by_ref;
 use super::{EditError, unique_or};
-use crate::store::audit::append_audit;
-use crate::store::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
+use crate::audit::append_audit;
+use crate::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 
 /// Who a device belongs to, as a request names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +75,7 @@ const DEVICE_COLUMNS: &str = "id, protocol, client_id, retired, heartbeat_secs, 
 macro_rules! resolve_client_in {
     ($tx:expr, $client:expr) => {
         async {
-            let client: &$crate::store::ClientRef = $client;
+            let client: &$crate::ClientRef = $client;
             Ok::<Option<i64>, EditError>(match client {
                 ClientRef::Nobody => None,
                 ClientRef::Id(id) => {
@@ -113,7 +113,7 @@ macro_rules! resolve_client_in {
 macro_rules! provision_device_in {
     ($db:expr, $tx:expr, $entry:expr, $actor:expr, $detail:expr, $now:expr) => {
         async {
-            let d: &$crate::store::DeviceEntry = $entry;
+            let d: &$crate::DeviceEntry = $entry;
             let client_id = resolve_client_in!($tx, &d.client)?;
             let existing: Option<(bool,)> =
                 sqlx::query_as("SELECT retired FROM devices WHERE id = $1")

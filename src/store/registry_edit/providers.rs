@@ -3,11 +3,9 @@
 use serde::Serialize;
 
 use super::EditError;
-use crate::store::audit::append_audit;
-use crate::store::registry::insert_provider_rows;
-use crate::store::{
-    AuditEntry, Db, NewCarer, NewProvider, StoreError, now_ms, on_pool, on_write_pool,
-};
+use crate::audit::append_audit;
+use crate::registry::insert_provider_rows;
+use crate::{AuditEntry, Db, NewCarer, NewProvider, StoreError, now_ms, on_pool, on_write_pool};
 
 /// One area a provider covers: a whole district (`street` null) or one street.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]

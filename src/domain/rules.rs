@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use pingantong_protocol::{EventKind, Lane};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Escalation;
+use crate::Escalation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
@@ -491,7 +491,7 @@ mod tests {
 
     #[test]
     fn the_example_rules_file_is_the_built_in_rules() {
-        let text = include_str!("../ops/rules.example.toml");
+        let text = include_str!("../../ops/rules.example.toml");
         assert_eq!(Rules::parse(text).unwrap(), Rules::default());
     }
 }

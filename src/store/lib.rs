@@ -3,6 +3,10 @@
 //! SQLite (WAL, `synchronous=FULL`) is the embedded default; PostgreSQL is
 //! chosen by URL. Every query is written once and runs on either pool through
 //! [`on_pool!`]; all times are stored as milliseconds since the Unix epoch.
+//!
+//! This crate knows the domain (`pingantong-domain`) and telemetry, never the
+//! pipeline or the API above it: where a stage above must hear of something
+//! the store did, the store defines the interface ([`writer::Heard`]).
 
 mod alarm_log;
 mod alarms;
@@ -21,12 +25,14 @@ mod registry;
 mod registry_edit;
 mod retention;
 mod seals;
+pub mod secret;
 mod sla;
 mod stage;
 mod statistics;
 mod timers;
 mod transitions;
 mod users;
+pub mod vault;
 mod wellbeing;
 mod withdrawals;
 pub mod writer;
@@ -84,8 +90,8 @@ pub use withdrawals::Withdrawal;
 macro_rules! on_pool {
     ($db:expr, |$p:ident| $body:expr) => {
         match $db {
-            $crate::store::Db::Sqlite { read: $p, .. } => $body,
-            $crate::store::Db::Postgres($p, _) => $body,
+            $crate::Db::Sqlite { read: $p, .. } => $body,
+            $crate::Db::Postgres($p, _) => $body,
         }
     };
 }
@@ -97,8 +103,8 @@ pub(crate) use on_pool;
 macro_rules! on_write_pool {
     ($db:expr, |$p:ident| $body:expr) => {
         match $db {
-            $crate::store::Db::Sqlite { write: $p, .. } => $body,
-            $crate::store::Db::Postgres($p, _) => $body,
+            $crate::Db::Sqlite { write: $p, .. } => $body,
+            $crate::Db::Postgres($p, _) => $body,
         }
     };
 }
@@ -242,9 +248,10 @@ const READER_CACHE_KIB: &str = "-16384";
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
 /// A fresh SQLite database in a temporary directory, for unit tests; the
-/// directory lives as long as the returned guard.
-#[cfg(test)]
-pub(crate) async fn scratch_sqlite() -> (Db, tempfile::TempDir) {
+/// directory lives as long as the returned guard (feature `test-util`, for
+/// the unit tests of the crates above).
+#[cfg(any(test, feature = "test-util"))]
+pub async fn scratch_sqlite() -> (Db, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect(&StoreConfig {
         url: format!("sqlite://{}/test.db", dir.path().display()),
