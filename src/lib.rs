@@ -7,26 +7,18 @@
 //! kind of event gets; [`directory`] caches who is who for them. [`sla`] measures
 //! the service against the city's targets and builds its monthly reports.
 
-pub mod anchor;
-pub mod api;
 pub mod app;
-pub mod broker;
 pub mod config;
 pub mod demo;
-pub mod directory;
-pub mod dispatch;
-pub mod housekeeping;
-pub mod incident;
-pub mod ingest;
-pub mod mqtt;
-pub mod notify;
-pub mod open_files;
-pub mod routing;
-pub mod sla;
-pub mod supervision;
 
 // The crates below the server, under the names the server's modules use.
+pub use pingantong_api as api;
 pub use pingantong_domain::{self as domain, rules};
+pub use pingantong_pipeline::{
+    anchor, broker, directory, dispatch, housekeeping, incident, ingest, mqtt, notify, open_files,
+    routing, supervision,
+};
+pub use pingantong_sla as sla;
 pub use pingantong_store::{self as store, secret, vault};
 pub use pingantong_telemetry as telemetry;
 

@@ -12,8 +12,8 @@ use utoipa_axum::routes;
 
 use super::auth::{PasswordError, hash_password};
 use super::{ApiError, Caller, ErrorBody};
-use crate::domain::Role;
-use crate::store::{Db, UserError, UserSummary, valid_username};
+use pingantong_domain::Role;
+use pingantong_store::{Db, UserError, UserSummary, valid_username};
 
 /// Only admins manage accounts.
 const ADMINS: &[Role] = &[Role::Admin];

@@ -7,8 +7,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiError, Caller, ErrorBody};
-use crate::domain::Role;
-use crate::store::Db;
+use pingantong_domain::Role;
+use pingantong_store::Db;
 
 /// Who may check the chain.
 const VERIFIERS: &[Role] = &[Role::Admin, Role::Supervisor];

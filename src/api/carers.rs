@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 
 use super::incidents::{clean_text, command_error};
 use super::{ApiError, ApiState, Caller, ErrorBody};
-use crate::domain::Role;
-use crate::store::{AuditEntry, CarerAnswer, CarerJob};
+use pingantong_domain::Role;
+use pingantong_store::{AuditEntry, CarerAnswer, CarerJob};
 
 const CARERS: &[Role] = &[Role::Carer];
 

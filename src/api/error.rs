@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::response::{IntoResponse, Response};
 
-use crate::domain::Role;
-use crate::store::StoreError;
+use pingantong_domain::Role;
+use pingantong_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -87,7 +87,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if let ApiError::Internal(e) = &self {
-            crate::telemetry::events::RequestFailed {
+            pingantong_telemetry::events::RequestFailed {
                 error: &format_args!("{e:#}"),
             }
             .emit();

@@ -32,8 +32,8 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, ApiState, Caller, STAFF};
-use crate::store::{Db, StoreError, TimelineEntry, now_ms};
-use crate::telemetry::events;
+use pingantong_store::{Db, StoreError, TimelineEntry, now_ms};
+use pingantong_telemetry::events;
 
 /// Rows read per database page.
 const PAGE: i64 = 500;

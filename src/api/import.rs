@@ -16,7 +16,9 @@ use utoipa::ToSchema;
 use super::registry::REGISTRARS;
 use super::registry::fields::{self, ClientInput, ContactInput};
 use super::{ApiError, ApiState, Caller, ErrorBody};
-use crate::store::{AuditEntry, ClientImportRow, ClientRef, DeviceEntry, EditError, RowOutcome};
+use pingantong_store::{
+    AuditEntry, ClientImportRow, ClientRef, DeviceEntry, EditError, RowOutcome,
+};
 
 /// Largest file taken, bytes.
 pub const MAX_BYTES: usize = 5 * 1024 * 1024;
@@ -330,7 +332,13 @@ fn number<T: std::str::FromStr>(
 fn client_row(
     t: &Table,
     cells: &[String],
-) -> Result<(crate::store::ClientEntry, Vec<crate::store::ContactEntry>), String> {
+) -> Result<
+    (
+        pingantong_store::ClientEntry,
+        Vec<pingantong_store::ContactEntry>,
+    ),
+    String,
+> {
     let cell = |c: &str| t.cell(cells, c);
     let lat = number::<f64>("lat", cell("lat"), "a latitude such as 23.1291")?;
     let lon = number::<f64>("lon", cell("lon"), "a longitude such as 113.2644")?;
@@ -408,7 +416,7 @@ fn client_columns() -> Vec<String> {
 /// A store failure that cut an import short: logged; the rows say so.
 fn log_failure(failure: Option<EditError>) {
     if let Some(e) = failure {
-        crate::telemetry::events::RequestFailed {
+        pingantong_telemetry::events::RequestFailed {
             error: &format_args!("import: {e:#}"),
         }
         .emit();
@@ -418,9 +426,9 @@ fn log_failure(failure: Option<EditError>) {
 /// After a bulk load the planner must know the tables' new contents before
 /// the next alarm is planned (see store::statistics). The import stands
 /// either way.
-async fn refresh_statistics(db: &crate::store::Db) {
+async fn refresh_statistics(db: &pingantong_store::Db) {
     if let Err(e) = db.refresh_statistics().await {
-        crate::telemetry::events::RequestFailed {
+        pingantong_telemetry::events::RequestFailed {
             error: &format_args!("import: planner statistics: {e:#}"),
         }
         .emit();

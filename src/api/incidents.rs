@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ACTORS, ApiError, ApiState, Caller, ErrorBody, STAFF};
-use crate::domain::{Action, CancelReason, State as IncidentState};
-use crate::incident::CommandError;
-use crate::store::{
+use pingantong_domain::{Action, CancelReason, State as IncidentState};
+use pingantong_pipeline::incident::CommandError;
+use pingantong_protocol::Lane;
+use pingantong_store::{
     AuditEntry, DeviceStatus, DispatchRow, HandoffError, IncidentSummary, NotificationRow,
     QueueFilter, QueueRow, TimelineEntry, Transition, TransitionError,
 };
-use pingantong_protocol::Lane;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -130,8 +130,8 @@ pub struct HandoffView {
     pub outcome: Option<String>,
 }
 
-impl From<crate::store::Handoff> for HandoffView {
-    fn from(h: crate::store::Handoff) -> Self {
+impl From<pingantong_store::Handoff> for HandoffView {
+    fn from(h: pingantong_store::Handoff) -> Self {
         Self {
             id: h.id,
             service: h.service,
@@ -635,7 +635,7 @@ pub async fn carers(
             .await?
             .or(client.lat.zip(client.lon));
     let mut out = Vec::new();
-    for d in crate::routing::ranked(from, &candidates) {
+    for d in pingantong_pipeline::routing::ranked(from, &candidates) {
         let name =
             s.db.carer(d.carer_id)
                 .await?

@@ -12,11 +12,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiError, Caller, ErrorBody};
-use crate::broker::gate::Sessions;
-use crate::domain::Role;
-use crate::mqtt::acl::Principal;
-use crate::mqtt::credential::CredentialKey;
-use crate::store::{CredentialError, CredentialRow, Db};
+use pingantong_domain::Role;
+use pingantong_pipeline::broker::gate::Sessions;
+use pingantong_pipeline::mqtt::acl::Principal;
+use pingantong_pipeline::mqtt::credential::CredentialKey;
+use pingantong_store::{CredentialError, CredentialRow, Db};
 
 const ADMINS: &[Role] = &[Role::Admin];
 

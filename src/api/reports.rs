@@ -13,10 +13,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiError, Caller, ErrorBody};
-use crate::domain::Role;
-use crate::sla::output::{render_breaches, render_report};
-use crate::sla::{Format, Grouping, Month, SlaError, SlaTargets};
-use crate::store::{AuditEntry, Db, now_ms};
+use pingantong_domain::Role;
+use pingantong_sla::output::{render_breaches, render_report};
+use pingantong_sla::{Format, Grouping, Month, SlaError, SlaTargets};
+use pingantong_store::{AuditEntry, Db, now_ms};
 
 /// Who may read the service figures.
 const READERS: &[Role] = &[Role::Regulator, Role::Supervisor, Role::Admin];
@@ -120,7 +120,7 @@ async fn monthly(
         Some(b) => b.parse().map_err(|e| bad_request(format!("{e}")))?,
         None => Grouping::Provider,
     };
-    let report = crate::sla::monthly_report(&s.db, month, by, &s.targets, now_ms()).await?;
+    let report = pingantong_sla::monthly_report(&s.db, month, by, &s.targets, now_ms()).await?;
     audit(
         &s.db,
         &caller,
@@ -158,7 +158,7 @@ async fn breaches(
             "the breach list is per incident: no `by`".into(),
         ));
     }
-    let list = crate::sla::breach_list(&s.db, month, &s.targets, now_ms()).await?;
+    let list = pingantong_sla::breach_list(&s.db, month, &s.targets, now_ms()).await?;
     audit(
         &s.db,
         &caller,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ACTORS, ApiError, ApiState, Caller, ErrorBody, STAFF};
-use crate::store::{AuditEntry, WELLBEING_OUTCOMES, WellbeingRow, now_ms};
+use pingantong_store::{AuditEntry, WELLBEING_OUTCOMES, WellbeingRow, now_ms};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

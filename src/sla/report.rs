@@ -9,7 +9,7 @@ use super::{
     Assessed, Intervals, Measure, Month, SlaTargets, Standing, assess, contracted_provider,
     month::format_cst, verdict, within,
 };
-use crate::store::{OfflineSpell, SlaData, SlaDispatchRow};
+use pingantong_store::{OfflineSpell, SlaData, SlaDispatchRow};
 
 /// How the rows of a report are cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -480,7 +480,7 @@ pub fn build_breaches(data: &SlaData, month: Month, targets: &SlaTargets, now: i
     let names = provider_names(data);
     let mut breaches = Vec::new();
     for a in assess_all(data, targets, now) {
-        let open = crate::domain::State::parse(&a.row.state).is_some_and(|s| s.is_open());
+        let open = pingantong_domain::State::parse(&a.row.state).is_some_and(|s| s.is_open());
         let checks = [
             (Measure::Answer, a.answer, Some(a.row.received_at)),
             (Measure::Attend, a.attend, a.accepted_at),
@@ -526,7 +526,7 @@ pub fn build_breaches(data: &SlaData, month: Month, targets: &SlaTargets, now: i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{CoverageRow, SlaDeviceRow, SlaIncidentRow, SlaWellbeingRow};
+    use pingantong_store::{CoverageRow, SlaDeviceRow, SlaIncidentRow, SlaWellbeingRow};
 
     const NOV: &str = "2026-11";
 

@@ -6,9 +6,9 @@ use axum::http::request::Parts;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::api::ApiError;
-use crate::domain::Role;
-use crate::store::{Db, now_ms};
+use crate::ApiError;
+use pingantong_domain::Role;
+use pingantong_store::{Db, now_ms};
 
 /// Bytes of randomness in a session token.
 const TOKEN_BYTES: usize = 32;

@@ -22,9 +22,9 @@ pub use caller::{Caller, new_token, token_hash};
 pub use password::{PasswordError, hash_password, verify_password};
 
 use super::{ApiError, ErrorBody};
-use crate::domain::Role;
-use crate::store::{AuditEntry, Db, USERNAME_MAX, now_ms, valid_username};
-use crate::telemetry::events::LoginAttempt;
+use pingantong_domain::Role;
+use pingantong_store::{AuditEntry, Db, USERNAME_MAX, now_ms, valid_username};
+use pingantong_telemetry::events::LoginAttempt;
 
 /// The same answer for an unknown user, a wrong password and a disabled account.
 const BAD_CREDENTIALS: &str = "wrong username or password";

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{bad, filter_text, limit};
-use crate::api::{ApiError, ApiState, Caller, ErrorBody, STAFF};
-use crate::store::{AlarmLogQuery, AlarmLogRow};
+use crate::{ApiError, ApiState, Caller, ErrorBody, STAFF};
+use pingantong_store::{AlarmLogQuery, AlarmLogRow};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

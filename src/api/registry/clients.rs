@@ -12,9 +12,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::fields::{self, ClientInput, ContactInput};
 use super::{CONTACT_EDITORS, Location, REGISTRARS, bad, edit_error, filter_text, limit};
-use crate::api::{ApiError, ApiState, Caller, ErrorBody, STAFF};
-use crate::domain::Role;
-use crate::store::{
+use crate::{ApiError, ApiState, Caller, ErrorBody, STAFF};
+use pingantong_domain::Role;
+use pingantong_store::{
     AuditEntry, ClientListRow, ClientQuery, ClientRecord, ContactEntry, ContactRecord,
     DeviceStatus, ResidentRecords,
 };
@@ -107,7 +107,7 @@ pub struct ClientBody {
 }
 
 impl ClientBody {
-    fn entry(&self) -> Result<crate::store::ClientEntry, ApiError> {
+    fn entry(&self) -> Result<pingantong_store::ClientEntry, ApiError> {
         fields::client_entry(&ClientInput {
             external_ref: self.external_ref.as_deref(),
             name: &self.name,
@@ -477,7 +477,7 @@ pub async fn export(
     .await?;
     let records = s.db.resident_export(id).await?;
     Ok(Json(ResidentExport {
-        exported_at: crate::store::now_ms(),
+        exported_at: pingantong_store::now_ms(),
         client,
         records,
     }))

@@ -17,8 +17,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::fields;
 use super::{REGISTRARS, bad, edit_error, filter_text, limit};
-use crate::api::{ApiError, ApiState, Caller, ErrorBody, STAFF};
-use crate::store::{ClientRef, DeviceListRow, DeviceQuery, DeviceUpdate};
+use crate::{ApiError, ApiState, Caller, ErrorBody, STAFF};
+use pingantong_store::{ClientRef, DeviceListRow, DeviceQuery, DeviceUpdate};
 
 /// A device protocol.
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema)]

@@ -9,7 +9,7 @@
 
 use pingantong_protocol::DeviceId;
 
-use crate::store::{ClientEntry, ClientRef, ContactEntry, DeviceEntry, NewClient};
+use pingantong_store::{ClientEntry, ClientRef, ContactEntry, DeviceEntry, NewClient};
 
 /// Protocols a device may speak, as stored in `devices.protocol`.
 pub const PROTOCOLS: [&str; 7] = [

@@ -16,8 +16,8 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use super::ApiError;
-use crate::domain::Role;
-use crate::store::EditError;
+use pingantong_domain::Role;
+use pingantong_store::EditError;
 
 /// Who creates and changes the registry.
 pub(super) const REGISTRARS: &[Role] = &[Role::Admin, Role::Supervisor];

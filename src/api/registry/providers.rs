@@ -10,8 +10,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::fields;
 use super::{Location, REGISTRARS, bad, edit_error};
-use crate::api::{ApiError, ApiState, Caller, ErrorBody, STAFF};
-use crate::store::{CarerListRow, NewCarer, NewProvider, ProviderArea, ProviderRecord};
+use crate::{ApiError, ApiState, Caller, ErrorBody, STAFF};
+use pingantong_store::{CarerListRow, NewCarer, NewProvider, ProviderArea, ProviderRecord};
 
 /// What a provider does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
