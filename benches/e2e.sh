@@ -78,7 +78,7 @@ run_backend() { # name, technical events/s, extra server args...
     if [ -n "$cached" ] && [ -d "$cached" ]; then
         cp -a "$cached" "$2"
     else
-        "$bin/pingantong" seed --clients "$((pendants + probes))" --secret-seed "$seed" \
+        "$bin/pingantong-demo" seed --clients "$((pendants + probes))" --secret-seed "$seed" \
             --protocol "$protocol" --native-from "$((pendants + 1))" "$@" >/dev/null
         if [ -n "$cached" ]; then mkdir -p "$SEED_CACHE"; cp -a "$2" "$cached"; fi
     fi

@@ -23,7 +23,7 @@ trap cleanup EXIT
 ulimit -n "$(( pendants * 2 + 1024 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
-"$bin/pingantong" seed --clients "$pendants" --secret-seed "$seed" --data-dir "$work/db" >/dev/null
+"$bin/pingantong-demo" seed --clients "$pendants" --secret-seed "$seed" --data-dir "$work/db" >/dev/null
 RUST_LOG=warn "$bin/pingantong" serve --data-dir "$work/db" --native-addr "127.0.0.1:$port" \
     --embedded-mqtt-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --gt06-addr 127.0.0.1:0 --watch-addr 127.0.0.1:0 \
     --h02-addr 127.0.0.1:0 --eview-addr 127.0.0.1:0 --dc09-addr 127.0.0.1:0 >"$work/serve.log" 2>&1 &

@@ -25,6 +25,7 @@ run="bench-$$"
 
 bash ops/services.sh >/dev/null
 cargo build --release -q -p pingantong --bin pingantong
+cargo build --release -q -p pingantong-demo
 cargo build --release -q -p pingantong-sim --bin mqtt-probe
 bin=target/release
 peer=target/peers/node-red
@@ -86,7 +87,7 @@ wait_for() { # file, text, seconds
 # clients whose name and address repeat another's (the probe skips them).
 load=$(python3 -c "import math; print(math.ceil($rate * $seconds))")
 clients=$(( (warmup + presses + load) * 21 / 20 + 100 ))
-"$bin/pingantong" seed --data-dir "$work/db" --clients "$clients" --protocol mqtt \
+"$bin/pingantong-demo" seed --data-dir "$work/db" --clients "$clients" --protocol mqtt \
     --secret-seed "$run" >/dev/null
 python3 - "$work/db/pingantong.db" "$work/city.json" <<'PY'
 import json, sqlite3, sys

@@ -20,7 +20,7 @@ rate=${3:-100}
 probes=${4:-20}
 bin=${BIN:-target/debug}
 ulimit -n "$(( (pendants + probes) * 2 + 1024 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-for b in pingantong pendant-sim console-probe; do
+for b in pingantong pingantong-demo pendant-sim console-probe; do
     [ -x "$bin/$b" ] || { echo "benches/smoke.sh: $bin/$b is missing (cargo build --workspace)" >&2; exit 2; }
 done
 password="smoke-$$-console"
@@ -49,7 +49,7 @@ run() { # name, broker host:port or "embedded", server args...
         mqtt=$broker
         broker_args=(--mqtt-url "mqtt://$broker")
     fi
-    "$bin/pingantong" seed --clients "$((pendants + probes))" --secret-seed "$seed" "$@" >/dev/null
+    "$bin/pingantong-demo" seed --clients "$((pendants + probes))" --secret-seed "$seed" "$@" >/dev/null
     PAT_NEW_PASSWORD="$password" "$bin/pingantong" user add --username "probe-$name" --role operator "$@" >/dev/null
     # The console probe answers for every carer: a server's MQTT credential.
     local probe_mqtt

@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 examples="${1:-30}"
 # Always build: a binary left from an older checkout would be fuzzed in its place.
-cargo build -q --bin pingantong
+cargo build -q -p pingantong --bin pingantong
+cargo build -q -p pingantong-demo
 bin="${CARGO_TARGET_DIR:-target}/debug/pingantong"
 command -v st >/dev/null 2>&1 || python3 -m pip install -q schemathesis >/dev/null 2>&1
 command -v st >/dev/null 2>&1 || { echo "api-fuzz: schemathesis (st) is not installed" >&2; exit 1; }
@@ -30,7 +31,7 @@ eview_addr = "127.0.0.1:$(port)"
 dc09_addr = "127.0.0.1:$(port)"
 embedded_mqtt_addr = "127.0.0.1:$(port)"
 TOML
-"$bin" seed --config "$work/pat.toml" --clients 20 >/dev/null
+"$bin-demo" seed --config "$work/pat.toml" --clients 20 >/dev/null
 PAT_NEW_PASSWORD=fuzz-password-1 "$bin" user add --config "$work/pat.toml" --username fuzz --role operator >/dev/null
 PAT_NEW_PASSWORD=fuzz-password-1 "$bin" user add --config "$work/pat.toml" --username fuzz.lead --role supervisor >/dev/null
 "$bin" serve --config "$work/pat.toml" >"$work/serve.log" 2>&1 &

@@ -97,7 +97,10 @@ bash ops/api-fuzz.sh 20
 # The README's first command, short: the whole path on embedded defaults, nothing
 # lost, and the console it prints answering while it runs.
 echo "== demo smoke run"
-target/debug/pingantong demo --duration 4 --clients 50 --alarm-rate 5 --json \
+# `cargo test` builds the binaries of packages without tests only as test harnesses:
+# build them as programs (the demo here, the simulators for the smoke below).
+cargo build --workspace --bins -q
+target/debug/pingantong-demo --duration 4 --clients 50 --alarm-rate 5 --json \
     >target/demo-smoke.json 2>target/demo-smoke.err &
 demo=$!
 console=""
@@ -121,6 +124,4 @@ echo "demo: 1 passed, 0 failed"
 # the embedded broker and on PostgreSQL through Mosquitto. It asserts that nothing
 # was lost and every alarm was acknowledged, never a timing.
 echo "== end-to-end smoke (benches/smoke.sh)"
-# `cargo test` builds the simulators' binaries only as test harnesses: build them as programs.
-cargo build --workspace --bins -q
 BIN=target/debug bash benches/smoke.sh 1000 5 100 20

@@ -8,8 +8,8 @@
 //! the service against the city's targets and builds its monthly reports.
 
 pub mod app;
+pub mod cli;
 pub mod config;
-pub mod demo;
 
 // The crates below the server, under the names the server's modules use.
 pub use pingantong_api as api;

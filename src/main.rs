@@ -1,18 +1,16 @@
-//! The `pingantong` command: serve, demo, seed, audit, user, report.
+//! The `pingantong` command: serve, rules, audit, user, MQTT credentials,
+//! data keys, report. (The demo and `seed` are `pingantong-demo`'s.)
 
 use std::io::{BufRead, IsTerminal};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+use pingantong::Application;
 use pingantong::api::auth::hash_password;
-use pingantong::demo::{self, DemoOptions, seed};
+use pingantong::cli::ServerArgs;
 use pingantong::domain::Role;
 use pingantong::sla::{self, Format, Grouping, Month, output};
-use pingantong::store::{Db, NewUser};
-use pingantong::{Application, Settings};
+use pingantong::store::NewUser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -29,43 +27,6 @@ struct Cli {
 enum Command {
     /// Run the server (config file, then PAT_* environment, then flags).
     Serve(ServerArgs),
-    /// Run the whole path on embedded defaults with a simulated city, then summarise.
-    Demo {
-        /// Seconds of simulated traffic.
-        #[arg(long, default_value_t = 20.0)]
-        duration: f64,
-        #[arg(long, default_value_t = 300)]
-        clients: usize,
-        /// Presses per second across the fleet.
-        #[arg(long, default_value_t = 2.0)]
-        alarm_rate: f64,
-        #[arg(long, default_value_t = 10.0)]
-        heartbeat_secs: f64,
-        /// Print the summary as one JSON object.
-        #[arg(long)]
-        json: bool,
-        /// Keep the database in this directory instead of a temporary one.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
-    /// Provision a demo city (clients, pendants, providers, carers) for pendant-sim.
-    Seed {
-        #[command(flatten)]
-        server: ServerArgs,
-        #[arg(long, default_value_t = 1000)]
-        clients: usize,
-        #[arg(long, env = "PAT_SECRET_SEED", default_value = "demo")]
-        secret_seed: String,
-        /// What the pendants speak: native, gt06, watch, h02, eview, dc09, mqtt, or a mix
-        /// shared out by pendant number, e.g. `native:3,gt06:1,mqtt:1` (as `pendant-sim
-        /// --protocol` takes it).
-        #[arg(long, default_value = "native")]
-        protocol: String,
-        /// Pendants numbered from N on are native whatever --protocol says (for console-probe
-        /// beside a mixed fleet).
-        #[arg(long, value_name = "N")]
-        native_from: Option<usize>,
-    },
     /// Check the routing rules (built-in, or the rules file) and print them.
     Rules {
         #[command(flatten)]
@@ -207,190 +168,12 @@ enum UserCommand {
     },
 }
 
-#[derive(Args)]
-struct ServerArgs {
-    /// TOML settings file.
-    #[arg(long, env = "PAT_CONFIG")]
-    config: Option<PathBuf>,
-    #[arg(long, env = "PAT_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// sqlite://path or postgres://user@host/db
-    #[arg(long, env = "PAT_DATABASE_URL")]
-    database_url: Option<String>,
-    #[arg(long, env = "PAT_DATABASE_SCHEMA")]
-    database_schema: Option<String>,
-    #[arg(long, env = "PAT_NATIVE_ADDR")]
-    native_addr: Option<SocketAddr>,
-    /// Health, readiness, metrics and the console API.
-    #[arg(long, env = "PAT_HTTP_ADDR")]
-    http_addr: Option<SocketAddr>,
-    #[arg(long, env = "PAT_GT06_ADDR")]
-    gt06_addr: Option<SocketAddr>,
-    #[arg(long, env = "PAT_WATCH_ADDR")]
-    watch_addr: Option<SocketAddr>,
-    /// TCP and UDP.
-    #[arg(long, env = "PAT_H02_ADDR")]
-    h02_addr: Option<SocketAddr>,
-    #[arg(long, env = "PAT_EVIEW_ADDR")]
-    eview_addr: Option<SocketAddr>,
-    /// SIA DC-09 receiver, TCP and UDP.
-    #[arg(long, env = "PAT_DC09_ADDR")]
-    dc09_addr: Option<SocketAddr>,
-    /// SIA DC-09 over TLS (TCP), with --tls-cert and --tls-key.
-    #[arg(long, env = "PAT_DC09_TLS_ADDR")]
-    dc09_tls_addr: Option<SocketAddr>,
-    /// External broker; without it an embedded broker is started.
-    #[arg(long, env = "PAT_MQTT_URL")]
-    mqtt_url: Option<String>,
-    #[arg(long, env = "PAT_MQTT_USERNAME")]
-    mqtt_username: Option<String>,
-    /// Better given in the environment than on the command line.
-    #[arg(long, env = "PAT_MQTT_PASSWORD", hide_env_values = true)]
-    mqtt_password: Option<String>,
-    /// PEM CA file for an mqtts:// broker.
-    #[arg(long, env = "PAT_MQTT_CA_FILE")]
-    mqtt_ca_file: Option<PathBuf>,
-    /// Servers with the same group split device traffic ($share/<group>/…).
-    #[arg(long, env = "PAT_MQTT_SHARE_GROUP")]
-    mqtt_share_group: Option<String>,
-    #[arg(long, env = "PAT_EMBEDDED_MQTT_ADDR")]
-    embedded_mqtt_addr: Option<SocketAddr>,
-    /// Where the embedded broker also takes `mqtts` (needs --tls-cert and --tls-key).
-    #[arg(long, env = "PAT_EMBEDDED_MQTTS_ADDR")]
-    embedded_mqtts_addr: Option<SocketAddr>,
-    #[arg(long, env = "PAT_INSTANCE_ID")]
-    instance_id: Option<String>,
-    /// Routing rules per event kind (see ops/rules.example.toml).
-    #[arg(long, env = "PAT_RULES_FILE")]
-    rules_file: Option<PathBuf>,
-    /// Mail server for family notices: smtp://host:port, smtps://user:pass@host.
-    #[arg(long, env = "PAT_SMTP_URL", hide_env_values = true)]
-    smtp_url: Option<String>,
-    /// Signs webhook notices (X-PingAnTong-Signature).
-    #[arg(long, env = "PAT_WEBHOOK_SECRET", hide_env_values = true)]
-    webhook_secret: Option<String>,
-    /// HTTPS for the console and API: PEM certificate chain (with --tls-key).
-    #[arg(long, env = "PAT_TLS_CERT")]
-    tls_cert: Option<PathBuf>,
-    /// The certificate's private key (PEM).
-    #[arg(long, env = "PAT_TLS_KEY")]
-    tls_key: Option<PathBuf>,
-    /// Signs the audit log's head (data_dir/audit-head.json).
-    #[arg(long, env = "PAT_AUDIT_KEY", hide_env_values = true)]
-    audit_key: Option<String>,
-    /// Key every MQTT password is derived from (default: kept in data_dir/mqtt-credential.key).
-    #[arg(long, env = "PAT_MQTT_CREDENTIAL_KEY", hide_env_values = true)]
-    mqtt_credential_key: Option<String>,
-    /// Wraps the keys that seal health data and positions (default: kept in data_dir/data.key).
-    #[arg(long, env = "PAT_DATA_KEY", hide_env_values = true)]
-    data_key: Option<String>,
-}
-
-impl ServerArgs {
-    /// Connect to the database these settings name (creating the data
-    /// directory of a default SQLite database).
-    async fn connect(&self) -> anyhow::Result<Db> {
-        let s = self.settings()?;
-        if s.database_url.is_none() {
-            std::fs::create_dir_all(&s.data_dir)?;
-        }
-        let cfg = s.store_config(2).map_err(|e| anyhow::anyhow!(e))?;
-        Ok(Db::connect(&cfg).await?)
-    }
-
-    fn settings(&self) -> anyhow::Result<Settings> {
-        let mut s = Settings::load(self.config.as_deref())?;
-        if let Some(v) = &self.data_dir {
-            s.data_dir = v.clone();
-        }
-        if let Some(v) = &self.database_url {
-            s.database_url = Some(v.clone());
-        }
-        if let Some(v) = &self.database_schema {
-            s.database_schema = Some(v.clone());
-        }
-        if let Some(v) = self.native_addr {
-            s.native_addr = v;
-        }
-        for (flag, field) in [
-            (self.http_addr, &mut s.http_addr),
-            (self.gt06_addr, &mut s.gt06_addr),
-            (self.watch_addr, &mut s.watch_addr),
-            (self.h02_addr, &mut s.h02_addr),
-            (self.eview_addr, &mut s.eview_addr),
-            (self.dc09_addr, &mut s.dc09_addr),
-        ] {
-            if let Some(v) = flag {
-                *field = v;
-            }
-        }
-        if let Some(v) = &self.mqtt_url {
-            s.mqtt_url = Some(v.clone());
-        }
-        if let Some(v) = &self.mqtt_username {
-            s.mqtt_username = Some(v.clone());
-        }
-        if let Some(v) = &self.mqtt_password {
-            s.mqtt_password = Some(pingantong::config::Secret::new(v.clone()));
-        }
-        if let Some(v) = &self.mqtt_ca_file {
-            s.mqtt_ca_file = Some(v.clone());
-        }
-        if let Some(v) = &self.mqtt_share_group {
-            s.mqtt_share_group = Some(v.clone());
-        }
-        if let Some(v) = self.dc09_tls_addr {
-            s.dc09_tls_addr = Some(v);
-        }
-        if let Some(v) = self.embedded_mqtts_addr {
-            s.embedded_mqtts_addr = Some(v);
-        }
-        if let Some(v) = self.embedded_mqtt_addr {
-            s.embedded_mqtt_addr = v;
-        }
-        if let Some(v) = &self.instance_id {
-            s.instance_id = v.clone();
-        }
-        if let Some(v) = &self.rules_file {
-            s.rules_file = Some(v.clone());
-        }
-        if let Some(v) = &self.smtp_url {
-            s.smtp_url = Some(pingantong::config::Secret::new(v.clone()));
-        }
-        if let Some(v) = &self.webhook_secret {
-            s.webhook_secret = Some(pingantong::config::Secret::new(v.clone()));
-        }
-        if let Some(v) = &self.tls_cert {
-            s.tls_cert = Some(v.clone());
-        }
-        if let Some(v) = &self.tls_key {
-            s.tls_key = Some(v.clone());
-        }
-        if let Some(v) = &self.audit_key {
-            s.audit_key = Some(pingantong::config::Secret::new(v.clone()));
-        }
-        if let Some(v) = &self.mqtt_credential_key {
-            s.mqtt_credential_key = Some(pingantong::config::Secret::new(v.clone()));
-        }
-        if let Some(v) = &self.data_key {
-            s.data_key = Some(pingantong::config::Secret::new(v.clone()));
-        }
-        s.validate()?;
-        Ok(s)
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Demo { .. });
     // The embedded broker logs every client disconnect as an error; RUST_LOG
     // brings it back when the broker itself is being looked at.
-    pingantong::telemetry::init(if quiet {
-        "warn,rumqttd=off"
-    } else {
-        "info,rumqttd=off,sqlx=warn"
-    });
+    pingantong::telemetry::init("info,rumqttd=off,sqlx=warn");
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
@@ -435,93 +218,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 stop.cancel();
             });
             app.run_until_stopped(shutdown).await;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Demo {
-            duration,
-            clients,
-            alarm_rate,
-            heartbeat_secs,
-            json,
-            data_dir,
-        } => {
-            anyhow::ensure!(clients > 0, "--clients must be at least 1");
-            anyhow::ensure!(
-                duration > 0.0 && heartbeat_secs > 0.0,
-                "--duration and --heartbeat-secs must be positive"
-            );
-            let summary = demo::run(DemoOptions {
-                duration: Duration::from_secs_f64(duration),
-                clients,
-                alarm_rate,
-                heartbeat: Duration::from_secs_f64(heartbeat_secs),
-                json,
-                data_dir,
-            })
-            .await?;
-            if json {
-                println!("{}", serde_json::to_string(&summary)?);
-            } else {
-                demo::print(&summary);
-            }
-            anyhow::ensure!(
-                summary.alarms_lost == 0,
-                "{} alarms lost",
-                summary.alarms_lost
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Seed {
-            server,
-            clients,
-            secret_seed,
-            protocol,
-            native_from,
-        } => {
-            let mix = pingantong_sim::speaker::Mix::parse(&protocol)
-                .map_err(|e| anyhow::anyhow!("--protocol: {e}"))?;
-            let db = server.connect().await?;
-            let city = seed::seed_city(
-                &db,
-                &seed::CitySpec {
-                    clients,
-                    carers_per_provider: 8,
-                    secret_seed,
-                    protocol: mix.clone(),
-                    native_from,
-                },
-            )
-            .await?;
-            // A bulk load: the server must not plan its first alarms blind.
-            db.refresh_statistics().await?;
-            if !city.mqtt_credentials.is_empty() {
-                // For pendant-sim --mqtt-credentials: readable by this user only.
-                let settings = server.settings()?;
-                let key = pingantong::mqtt::credential::CredentialKey::configured_or_kept(
-                    settings.mqtt_credential_key.as_ref().map(|k| k.expose()),
-                    &settings.data_dir,
-                )?;
-                let path = settings.data_dir.join("seed-mqtt-credentials.txt");
-                let lines: String = city
-                    .mqtt_credentials
-                    .iter()
-                    .map(|(id, g)| format!("{id} {}\n", key.password(&format!("devices/{id}"), *g)))
-                    .collect();
-                pingantong::secret::write_private(&path, &lines)?;
-                eprintln!(
-                    "MQTT pendants' credentials in {} (pendant-sim --mqtt-credentials)",
-                    path.display()
-                );
-            }
-            println!(
-                "seeded {} clients with {mix} pendants {}..{}, {} providers, {} carers into {}",
-                city.clients,
-                city.devices.first().map_or("-", |d| d.as_str()),
-                city.devices.last().map_or("-", |d| d.as_str()),
-                city.providers,
-                city.carers,
-                db.backend()
-            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify(server)) => {

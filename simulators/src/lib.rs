@@ -2,6 +2,7 @@
 //! fleets (press → ACK latency) and carers (dispatch offers over MQTT).
 
 pub mod carer;
+pub mod city;
 pub mod fleet;
 pub mod mqtt_fleet;
 pub mod record;

@@ -427,7 +427,7 @@ pub fn provisioned_protocol(name: &str) -> &'static str {
 /// The protocols of a fleet and their shares, as `native:3,gt06:1,mqtt:1` (a bare name weighs 1).
 ///
 /// Pendant `n` (from 1) speaks the protocol whose share holds `(n - 1) mod total`, so
-/// `pingantong seed --protocol` and `pendant-sim --protocol` agree on every device without
+/// `pingantong-demo seed --protocol` and `pendant-sim --protocol` agree on every device without
 /// exchanging a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mix {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingantong::demo::seed::{CitySpec, seed_city};
 use pingantong::store::Db;
 use pingantong_protocol::EventKind;
+use pingantong_sim::city::{CitySpec, seed_city};
 use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

@@ -364,7 +364,7 @@ async fn an_sos_with_a_bad_checksum_reaches_an_operator_but_no_carer() {
 /// A small fleet of each protocol through the simulator: every press answered, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_fleets_of_every_protocol_lose_nothing() {
-    use pingantong::demo::seed::{CitySpec, seed_city};
+    use pingantong_sim::city::{CitySpec, seed_city};
     use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
     use pingantong_sim::speaker;
     use std::sync::Arc;
@@ -433,7 +433,7 @@ async fn simulated_fleets_of_every_protocol_lose_nothing() {
 /// answered, every pendant back and its "power restored" report stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_fleet_of_tcp_and_mqtt_pendants_rides_out_a_power_cut() {
-    use pingantong::demo::seed::{CitySpec, seed_city};
+    use pingantong_sim::city::{CitySpec, seed_city};
     use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
     use pingantong_sim::mqtt_fleet::MqttFleetConfig;
     use pingantong_sim::record::Recorder;

@@ -174,9 +174,9 @@ async fn a_city_loaded_blind_is_analyzed_as_the_server_starts() {
     let db = pingantong::store::Db::connect(&s.store_config(2).unwrap())
         .await
         .unwrap();
-    pingantong::demo::seed::seed_city(
+    pingantong_sim::city::seed_city(
         &db,
-        &pingantong::demo::seed::CitySpec {
+        &pingantong_sim::city::CitySpec {
             clients: 1_000,
             carers_per_provider: 2,
             secret_seed: "blind".into(),

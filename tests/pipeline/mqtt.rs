@@ -446,7 +446,7 @@ async fn zigbee2mqtt_and_tasmota_buttons_raise_alarms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_mqtt_fleet_loses_nothing() {
-    use pingantong::demo::seed::{CitySpec, seed_city};
+    use pingantong_sim::city::{CitySpec, seed_city};
     use pingantong_sim::fleet::{self, FleetStats, Pendant};
     use pingantong_sim::mqtt_fleet::MqttFleetConfig;
     use std::sync::Arc;

@@ -713,7 +713,7 @@ async fn silent_connections_are_closed_after_the_idle_timeout() {
 /// for the record (benches/RESULTS.md has the measured comparison), never asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sos_is_answered_through_a_flood_of_technical_events() {
-    use pingantong::demo::seed::{CitySpec, seed_city};
+    use pingantong_sim::city::{CitySpec, seed_city};
     use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
     use std::sync::Arc;
 

@@ -37,7 +37,7 @@ struct Args {
     /// What the pendants speak: native, gt06, watch, h02, eview, dc09 (encrypted), dc09-plain,
     /// or mqtt (each publishes through the broker, protocol/MQTT.md); a mix shares the fleet out,
     /// e.g. `native:3,gt06:1,mqtt:1`. Device ids take their protocol's form, as
-    /// `pingantong seed --protocol` (the same mix) provisions them
+    /// `pingantong-demo seed --protocol` (the same mix) provisions them
     /// [default: the scenario's, else native].
     #[arg(long)]
     protocol: Option<String>,
@@ -47,11 +47,11 @@ struct Args {
     #[arg(long, default_value = "pingantong")]
     mqtt_prefix: String,
     /// The MQTT pendants' passwords, one `<device id> <password>` per line, as
-    /// `pingantong seed` writes them; without it they connect without
+    /// `pingantong-demo seed` writes them; without it they connect without
     /// credentials (quarantine: stored unverified).
     #[arg(long)]
     mqtt_credentials: Option<PathBuf>,
-    /// Seed the server was provisioned with (`pingantong seed --secret-seed`).
+    /// Seed the server was provisioned with (`pingantong-demo seed --secret-seed`).
     #[arg(long, env = "PAT_SECRET_SEED", default_value = "demo")]
     secret_seed: String,
     /// Seconds between heartbeats (per report: between reports) [default: the scenario's, else 30].

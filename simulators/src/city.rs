@@ -1,11 +1,15 @@
-//! A small demo city in Guangzhou: clients, contacts, pendants, providers, carers.
+//! A synthetic city in Guangzhou — clients, contacts, pendants, providers,
+//! carers — written straight into a store, for the demo, the benches and the
+//! tests. The pendants' secrets and protocols follow the same rules as the
+//! fleet's ([`crate::derive_secret`], [`crate::speaker::Mix`]), so a simulator
+//! and a seeded server agree without exchanging a list.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use pingantong_sim::speaker;
+use crate::speaker;
 
-use crate::store::{Db, NewCarer, NewClient, NewContact, NewDevice, NewProvider, StoreError};
+use pingantong_store::{Db, NewCarer, NewClient, NewContact, NewDevice, NewProvider, StoreError};
 
 /// District, its streets (街道), and a point near its centre.
 const DISTRICTS: &[(&str, &[&str], (f64, f64))] = &[
@@ -75,7 +79,7 @@ const RELATIONS: &[&str] = &["儿子", "女儿", "侄女", "邻居", "楼长"];
 pub struct CitySpec {
     pub clients: usize,
     pub carers_per_provider: usize,
-    /// Pendant secrets derive from this seed (see `pingantong_sim::derive_secret`).
+    /// Pendant secrets derive from this seed (see `crate::derive_secret`).
     pub secret_seed: String,
     /// What the pendants speak, as `pendant-sim --protocol` names it (`native`, `gt06`,
     /// `watch`, `h02`, `eview`, `dc09`, `mqtt`, or a mix such as `native:3,gt06:1`); device ids
@@ -171,7 +175,7 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
             mqtt_devices.insert(id.clone());
         }
         db.upsert_device(&NewDevice {
-            secret: pingantong_sim::derive_secret(&spec.secret_seed, &id),
+            secret: crate::derive_secret(&spec.secret_seed, &id),
             id: id.clone(),
             protocol: speaker::provisioned_protocol(protocol).into(),
             client_id: Some(client_id),
@@ -252,7 +256,7 @@ pub async fn seed_city(db: &Db, spec: &CitySpec) -> Result<SeededCity, StoreErro
         .issue_device_credentials(&mqtt, "system:seed")
         .await
         .map_err(|e| match e {
-            crate::store::CredentialError::Store(s) => s,
+            pingantong_store::CredentialError::Store(s) => s,
             other => StoreError::CommitFailed(other.to_string()),
         })?;
     Ok(SeededCity {

@@ -1,7 +1,5 @@
-//! `pingantong demo`: the whole path on embedded defaults, with a simulated
-//! city, fleet and carers, ending in a summary that counts every alarm.
-
-pub mod seed;
+//! The whole path on embedded defaults, with a simulated city, fleet and
+//! carers, ending in a summary that counts every alarm.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,11 +12,11 @@ use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::auth::hash_password;
-use crate::domain::Role;
-use crate::store::{Db, NewUser};
-use crate::{Application, Settings};
-use seed::{CitySpec, seed_city};
+use pingantong::api::auth::hash_password;
+use pingantong::domain::Role;
+use pingantong::store::{Db, NewUser};
+use pingantong::{Application, Settings};
+use pingantong_sim::city::{CitySpec, seed_city};
 
 /// The demo's console accounts: an operator, a supervisor and one carer.
 pub const DEMO_OPERATOR: &str = "demo";
@@ -105,7 +103,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     // they need a server's credential on the broker.
     let carer_login = app
         .mqtt_login(
-            &crate::mqtt::acl::Principal::Server("demo-carers".into()),
+            &pingantong::mqtt::acl::Principal::Server("demo-carers".into()),
             "system:demo",
         )
         .await?;
