@@ -7,85 +7,116 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::config::{Secret, Settings};
+use crate::config::Settings;
 use crate::store::Db;
 
-#[derive(Args, Clone)]
+/// Each field is named as the setting it overrides: the flags given are one
+/// more layer over the file (`Settings::layered`); a flag left out is not in
+/// the layer.
+#[derive(Args, Clone, serde::Serialize)]
 pub struct ServerArgs {
     /// TOML settings file.
     #[arg(long, env = "PAT_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     #[arg(long, env = "PAT_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// sqlite://path or postgres://user@host/db
     #[arg(long, env = "PAT_DATABASE_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
     #[arg(long, env = "PAT_DATABASE_SCHEMA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database_schema: Option<String>,
     #[arg(long, env = "PAT_NATIVE_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub native_addr: Option<SocketAddr>,
     /// Health, readiness, metrics and the console API.
     #[arg(long, env = "PAT_HTTP_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_GT06_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gt06_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_WATCH_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub watch_addr: Option<SocketAddr>,
     /// TCP and UDP.
     #[arg(long, env = "PAT_H02_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub h02_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_EVIEW_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub eview_addr: Option<SocketAddr>,
     /// SIA DC-09 receiver, TCP and UDP.
     #[arg(long, env = "PAT_DC09_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dc09_addr: Option<SocketAddr>,
     /// SIA DC-09 over TLS (TCP), with --tls-cert and --tls-key.
     #[arg(long, env = "PAT_DC09_TLS_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dc09_tls_addr: Option<SocketAddr>,
     /// External broker; without it an embedded broker is started.
     #[arg(long, env = "PAT_MQTT_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_url: Option<String>,
     #[arg(long, env = "PAT_MQTT_USERNAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_username: Option<String>,
     /// Better given in the environment than on the command line.
     #[arg(long, env = "PAT_MQTT_PASSWORD", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_password: Option<String>,
     /// PEM CA file for an mqtts:// broker.
     #[arg(long, env = "PAT_MQTT_CA_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_ca_file: Option<PathBuf>,
     /// Servers with the same group split device traffic ($share/<group>/…).
     #[arg(long, env = "PAT_MQTT_SHARE_GROUP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_share_group: Option<String>,
     #[arg(long, env = "PAT_EMBEDDED_MQTT_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub embedded_mqtt_addr: Option<SocketAddr>,
     /// Where the embedded broker also takes `mqtts` (needs --tls-cert and --tls-key).
     #[arg(long, env = "PAT_EMBEDDED_MQTTS_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub embedded_mqtts_addr: Option<SocketAddr>,
     #[arg(long, env = "PAT_INSTANCE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
     /// Routing rules per event kind (see ops/rules.example.toml).
     #[arg(long, env = "PAT_RULES_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rules_file: Option<PathBuf>,
     /// Mail server for family notices: smtp://host:port, smtps://user:pass@host.
     #[arg(long, env = "PAT_SMTP_URL", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub smtp_url: Option<String>,
     /// Signs webhook notices (X-PingAnTong-Signature).
     #[arg(long, env = "PAT_WEBHOOK_SECRET", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
     /// HTTPS for the console and API: PEM certificate chain (with --tls-key).
     #[arg(long, env = "PAT_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
     #[arg(long, env = "PAT_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// Signs the audit log's head (data_dir/audit-head.json).
     #[arg(long, env = "PAT_AUDIT_KEY", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_key: Option<String>,
     /// Key every MQTT password is derived from (default: kept in data_dir/mqtt-credential.key).
     #[arg(long, env = "PAT_MQTT_CREDENTIAL_KEY", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_credential_key: Option<String>,
     /// Wraps the keys that seal health data and positions (default: kept in data_dir/data.key).
     #[arg(long, env = "PAT_DATA_KEY", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_key: Option<String>,
 }
 
@@ -102,83 +133,83 @@ impl ServerArgs {
     }
 
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        let mut s = Settings::load(self.config.as_deref())?;
-        if let Some(v) = &self.data_dir {
-            s.data_dir = v.clone();
-        }
-        if let Some(v) = &self.database_url {
-            s.database_url = Some(v.clone());
-        }
-        if let Some(v) = &self.database_schema {
-            s.database_schema = Some(v.clone());
-        }
-        if let Some(v) = self.native_addr {
-            s.native_addr = v;
-        }
-        for (flag, field) in [
-            (self.http_addr, &mut s.http_addr),
-            (self.gt06_addr, &mut s.gt06_addr),
-            (self.watch_addr, &mut s.watch_addr),
-            (self.h02_addr, &mut s.h02_addr),
-            (self.eview_addr, &mut s.eview_addr),
-            (self.dc09_addr, &mut s.dc09_addr),
-        ] {
-            if let Some(v) = flag {
-                *field = v;
-            }
-        }
-        if let Some(v) = &self.mqtt_url {
-            s.mqtt_url = Some(v.clone());
-        }
-        if let Some(v) = &self.mqtt_username {
-            s.mqtt_username = Some(v.clone());
-        }
-        if let Some(v) = &self.mqtt_password {
-            s.mqtt_password = Some(Secret::new(v.clone()));
-        }
-        if let Some(v) = &self.mqtt_ca_file {
-            s.mqtt_ca_file = Some(v.clone());
-        }
-        if let Some(v) = &self.mqtt_share_group {
-            s.mqtt_share_group = Some(v.clone());
-        }
-        if let Some(v) = self.dc09_tls_addr {
-            s.dc09_tls_addr = Some(v);
-        }
-        if let Some(v) = self.embedded_mqtts_addr {
-            s.embedded_mqtts_addr = Some(v);
-        }
-        if let Some(v) = self.embedded_mqtt_addr {
-            s.embedded_mqtt_addr = v;
-        }
-        if let Some(v) = &self.instance_id {
-            s.instance_id = v.clone();
-        }
-        if let Some(v) = &self.rules_file {
-            s.rules_file = Some(v.clone());
-        }
-        if let Some(v) = &self.smtp_url {
-            s.smtp_url = Some(Secret::new(v.clone()));
-        }
-        if let Some(v) = &self.webhook_secret {
-            s.webhook_secret = Some(Secret::new(v.clone()));
-        }
-        if let Some(v) = &self.tls_cert {
-            s.tls_cert = Some(v.clone());
-        }
-        if let Some(v) = &self.tls_key {
-            s.tls_key = Some(v.clone());
-        }
-        if let Some(v) = &self.audit_key {
-            s.audit_key = Some(Secret::new(v.clone()));
-        }
-        if let Some(v) = &self.mqtt_credential_key {
-            s.mqtt_credential_key = Some(Secret::new(v.clone()));
-        }
-        if let Some(v) = &self.data_key {
-            s.data_key = Some(Secret::new(v.clone()));
-        }
+        let s = Settings::layered(self.config.as_deref(), Some(self))?;
         s.validate()?;
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    /// Flags are a layer over the file: what they give wins, what they leave
+    /// out keeps the file's value, and a flag the file never mentions still
+    /// applies (a secret among them).
+    #[test]
+    fn flags_lie_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pat.toml");
+        std::fs::write(
+            &path,
+            "native_addr = \"127.0.0.1:9000\"\ngt06_addr = \"127.0.0.1:9001\"\ncommit_batch_max = 64\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "pat",
+            "--config",
+            path.to_str().unwrap(),
+            "--native-addr",
+            "127.0.0.1:9100",
+            "--mqtt-url",
+            "mqtt://127.0.0.1:1883",
+            "--mqtt-username",
+            "servers/a",
+            "--mqtt-password",
+            "hunter2",
+        ])
+        .unwrap();
+        let s = cli.server.settings().unwrap();
+        assert_eq!(s.native_addr.port(), 9100, "the flag wins");
+        assert_eq!(
+            s.gt06_addr.port(),
+            9001,
+            "the file's where no flag is given"
+        );
+        assert_eq!(s.commit_batch_max, 64);
+        assert_eq!(s.mqtt_url.as_deref(), Some("mqtt://127.0.0.1:1883"));
+        assert_eq!(
+            s.mqtt_password.as_ref().map(|p| p.expose()),
+            Some("hunter2")
+        );
+        assert_eq!(
+            s.watch_addr,
+            Settings::default().watch_addr,
+            "defaults below both"
+        );
+
+        // No file at all: defaults, then the flags.
+        let cli = Cli::try_parse_from(["pat", "--data-dir", "/tmp/pat-x"]).unwrap();
+        assert_eq!(
+            cli.server.settings().unwrap().data_dir,
+            PathBuf::from("/tmp/pat-x")
+        );
+
+        // A file that says something wrong is named in the error.
+        std::fs::write(&path, "nativ_addr = \"127.0.0.1:9000\"\n").unwrap();
+        let cli = Cli::try_parse_from(["pat", "--config", path.to_str().unwrap()]).unwrap();
+        let err = cli.server.settings().unwrap_err().to_string();
+        assert!(
+            err.contains("nativ_addr") && err.contains("pat.toml"),
+            "{err}"
+        );
     }
 }

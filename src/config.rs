@@ -1,4 +1,6 @@
-//! Settings: defaults, then a TOML file, then `PAT_*` environment variables and flags.
+//! Settings in layers, each over the one before: defaults, a TOML file, then
+//! what the command line says (its flags, or the `PAT_*` environment variables
+//! standing in for them), merged by figment rather than copied field by field.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ pub enum ConfigError {
     #[error("config file {path} is not valid: {source}")]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        source: Box<figment::Error>,
     },
     #[error("invalid setting {field}: {why}")]
     Invalid { field: &'static str, why: String },
@@ -230,16 +232,35 @@ impl Default for Settings {
 
 impl Settings {
     /// Defaults overlaid with the file, if any.
+    /// Defaults, then the TOML file.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = file else {
-            return Ok(Self::default());
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
+        Self::layered(file, None::<&()>)
+    }
+
+    /// Defaults, then the TOML file, then `overrides`: any value that
+    /// serialises as a table of settings' names (a field left out, as a
+    /// `None` flag is, keeps what the layers below said).
+    pub fn layered(
+        file: Option<&Path>,
+        overrides: Option<&impl serde::Serialize>,
+    ) -> Result<Self, ConfigError> {
+        use figment::Figment;
+        use figment::providers::{Format, Serialized, Toml};
+        // Every field has its default (`#[serde(default)]`): the layers
+        // only say what differs.
+        let mut layers = Figment::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            layers = layers.merge(Toml::string(&text));
+        }
+        if let Some(o) = overrides {
+            layers = layers.merge(Serialized::defaults(o));
+        }
+        layers.extract().map_err(|source| ConfigError::Parse {
+            path: file.map_or_else(|| PathBuf::from("(command line)"), Path::to_owned),
             source: Box::new(source),
         })
     }
