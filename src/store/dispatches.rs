@@ -1,9 +1,10 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
 use super::audit::append_audit;
+use super::timers::{NewTimer, TimerSql};
 use super::{
-    AuditEntry, CarerRow, Db, NewDispatch, StoreError, insert_dispatch, insert_timer, now_ms,
-    on_pool, on_write_pool,
+    AuditEntry, CarerRow, Db, NewDispatch, StoreError, insert_dispatch, now_ms, on_pool,
+    on_write_pool,
 };
 
 /// A carer's answer to an offer.
@@ -364,7 +365,14 @@ impl Db {
                 });
             }
             let id = insert_dispatch!(tx, incident_id, d, now);
-            insert_timer!(tx, incident_id, Some(id), "offer", 0i64, offer_due_at);
+            tx.insert_timer(NewTimer {
+                incident_id,
+                dispatch_id: Some(id),
+                kind: "offer",
+                round: 0,
+                due_at: offer_due_at,
+            })
+            .await?;
             sqlx::query(
                 "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
                  VALUES ($1, $2, $3, 'carer_offered', $4)",

@@ -70,7 +70,14 @@ macro_rules! route_in_tx {
                 }
                 Some(d) => {
                     let id = insert_dispatch!($tx, incident_id, d, now);
-                    insert_timer!($tx, incident_id, Some(id), "offer", 0i64, $due);
+                    $tx.insert_timer($crate::timers::NewTimer {
+                        incident_id,
+                        dispatch_id: Some(id),
+                        kind: "offer",
+                        round: 0,
+                        due_at: $due,
+                    })
+                    .await?;
                     let detail = d.offer_detail(id);
                     insert_event!(
                         $tx,
@@ -129,9 +136,8 @@ pub(super) const CANDIDATES_IN_DISTRICTS: &str = concat!(
     " WHERE pc.district IN ("
 );
 
-use super::{
-    ClientProfile, Db, StoreError, insert_dispatch, insert_timer, now_ms, on_pool, on_write_pool,
-};
+use super::timers::TimerSql;
+use super::{ClientProfile, Db, StoreError, insert_dispatch, now_ms, on_pool, on_write_pool};
 use crate::vault::Field;
 use pingantong_domain::Cascade;
 

@@ -11,6 +11,7 @@
 mod alarm_log;
 mod alarms;
 pub mod audit;
+mod backend;
 mod checkpoint;
 mod console;
 mod data_keys;
@@ -130,24 +131,6 @@ macro_rules! insert_dispatch {
     }};
 }
 pub(crate) use insert_dispatch;
-
-/// Inside a transaction `$tx`: arm a deadline that survives restarts.
-macro_rules! insert_timer {
-    ($tx:expr, $incident:expr, $dispatch:expr, $kind:expr, $round:expr, $due:expr) => {
-        sqlx::query(
-            "INSERT INTO timers (incident_id, dispatch_id, kind, round, due_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind($incident)
-        .bind($dispatch)
-        .bind($kind)
-        .bind($round)
-        .bind($due)
-        .execute(&mut *$tx)
-        .await?
-    };
-}
-pub(crate) use insert_timer;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -1,7 +1,8 @@
 //! Deadlines kept in the database: claim and offer timers, fired once each.
 
+use super::backend::Affected;
 use super::incidents::OPEN;
-use super::{Db, StoreError, insert_timer, now_ms, on_pool, on_write_pool};
+use super::{Db, StoreError, now_ms};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TimerRow {
@@ -30,31 +31,203 @@ pub enum OfferCheck {
     Settled,
 }
 
-/// Inside a transaction `$tx`: mark a timer fired, unless another pass did;
-/// evaluates to `true` when this pass fires it.
-macro_rules! fire_once {
-    ($tx:expr, $id:expr, $now:expr) => {
-        sqlx::query("UPDATE timers SET fired_at = $1 WHERE id = $2 AND fired_at IS NULL")
-            .bind($now)
-            .bind($id)
-            .execute(&mut *$tx)
-            .await?
-            .rows_affected()
-            == 1
-    };
+/// The timers' statements, written once for both backends: a method of any
+/// sqlx connection whose database binds and reads what they need (the
+/// bounds are the blanket impl's, said once; see ARCHITECTURE.md,
+/// "Backends"). Called on a transaction's connection (`tx.fire_once(…)`).
+pub(crate) trait TimerSql {
+    /// Timers due at `now`, oldest first.
+    async fn due_timers(&mut self, now: i64, limit: i64) -> Result<Vec<TimerRow>, sqlx::Error>;
+    /// Mark a timer fired, unless another pass did: `true` when this one did.
+    async fn fire_once(&mut self, id: i64, now: i64) -> Result<bool, sqlx::Error>;
+    /// Arm a deadline that survives restarts.
+    async fn insert_timer(&mut self, timer: NewTimer<'_>) -> Result<(), sqlx::Error>;
+    /// Fire a claim deadline, in a transaction of its own (see [`Db::fire_claim_timer`]).
+    async fn fire_claim(
+        &mut self,
+        t: &TimerRow,
+        remind_at: i64,
+        now: i64,
+    ) -> Result<ClaimCheck, sqlx::Error>;
+    /// Fire an offer deadline, in a transaction of its own (see [`Db::fire_offer_timer`]).
+    async fn fire_offer(&mut self, t: &TimerRow, now: i64) -> Result<OfferCheck, sqlx::Error>;
+    /// A line on the incident's timeline, by the system.
+    async fn system_line(
+        &mut self,
+        incident_id: i64,
+        at: i64,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), sqlx::Error>;
 }
 
-impl Db {
-    /// Timers due at `now`, oldest first.
-    pub async fn due_timers(&self, now: i64, limit: i64) -> Result<Vec<TimerRow>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
+/// A deadline to arm.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewTimer<'a> {
+    pub incident_id: i64,
+    pub dispatch_id: Option<i64>,
+    pub kind: &'a str,
+    pub round: i64,
+    pub due_at: i64,
+}
+
+impl<C> TimerSql for C
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> Option<i64>: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    Option<i64>: sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Option<String>: sqlx::Decode<'q, C::Database>,
+    Option<String>: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+    <C::Database as sqlx::Database>::QueryResult: Affected,
+{
+    async fn due_timers(&mut self, now: i64, limit: i64) -> Result<Vec<TimerRow>, sqlx::Error> {
+        sqlx::query_as(
             "SELECT id, incident_id, dispatch_id, kind, round, due_at FROM timers \
-             WHERE fired_at IS NULL AND due_at <= $1 ORDER BY due_at LIMIT $2"
+             WHERE fired_at IS NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(p)
-        .await)?)
+        .fetch_all(self)
+        .await
+    }
+
+    async fn fire_once(&mut self, id: i64, now: i64) -> Result<bool, sqlx::Error> {
+        let done =
+            sqlx::query("UPDATE timers SET fired_at = $1 WHERE id = $2 AND fired_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(self)
+                .await?;
+        Ok(done.affected() == 1)
+    }
+
+    async fn insert_timer(&mut self, t: NewTimer<'_>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO timers (incident_id, dispatch_id, kind, round, due_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(t.incident_id)
+        .bind(t.dispatch_id)
+        .bind(t.kind)
+        .bind(t.round)
+        .bind(t.due_at)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
+    async fn fire_claim(
+        &mut self,
+        t: &TimerRow,
+        remind_at: i64,
+        now: i64,
+    ) -> Result<ClaimCheck, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        if !tx.fire_once(t.id, now).await? {
+            return Ok(ClaimCheck::Settled);
+        }
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT state, claimed_by FROM incidents WHERE id = $1")
+                .bind(t.incident_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let overdue = matches!(&row, Some((state, None))
+            if pingantong_domain::State::parse(state).is_some_and(|s| s.is_open()));
+        let check = if overdue {
+            let round = t.round + 1;
+            let detail = format!("not claimed by an operator; reminder {round}");
+            tx.system_line(t.incident_id, now, "claim_overdue", &detail)
+                .await?;
+            tx.insert_timer(NewTimer {
+                incident_id: t.incident_id,
+                dispatch_id: None,
+                kind: "claim",
+                round,
+                due_at: remind_at,
+            })
+            .await?;
+            ClaimCheck::Overdue { round }
+        } else {
+            ClaimCheck::Settled
+        };
+        tx.commit().await?;
+        Ok(check)
+    }
+
+    async fn fire_offer(&mut self, t: &TimerRow, now: i64) -> Result<OfferCheck, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        if !tx.fire_once(t.id, now).await? {
+            return Ok(OfferCheck::Settled);
+        }
+        // Only an offer still pending on an incident still open expires
+        // (and so passes to the next carer): an ended incident's offers
+        // are withdrawn with it, and this guards older rows all the same.
+        let expired = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE dispatches SET state = 'expired', updated_at = $1 \
+             WHERE id = $2 AND state = 'offered' AND EXISTS (SELECT 1 FROM incidents i \
+             WHERE i.id = dispatches.incident_id AND i.{OPEN})"
+        )))
+        .bind(now)
+        .bind(t.dispatch_id)
+        .execute(&mut *tx)
+        .await?
+        .affected()
+            == 1;
+        if expired {
+            let detail = format!(
+                "dispatch {} not answered in time",
+                t.dispatch_id.unwrap_or(0)
+            );
+            tx.system_line(t.incident_id, now, "offer_expired", &detail)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(if expired {
+            OfferCheck::Expired
+        } else {
+            OfferCheck::Settled
+        })
+    }
+
+    async fn system_line(
+        &mut self,
+        incident_id: i64,
+        at: i64,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
+             VALUES ($1, $2, 'system', $3, $4)",
+        )
+        .bind(incident_id)
+        .bind(at)
+        .bind(action)
+        .bind(detail)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both. Reads go to the read pool, writes to the write pool.
+impl Db {
+    /// Timers due at `now`, oldest first.
+    pub async fn due_timers(&self, now: i64, limit: i64) -> Result<Vec<TimerRow>, StoreError> {
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.due_timers(now, limit).await,
+            Db::Postgres(p, _) => p.acquire().await?.due_timers(now, limit).await,
+        }?)
     }
 
     /// Fire a claim deadline: if the incident is still open and unclaimed,
@@ -65,82 +238,19 @@ impl Db {
         remind_at: i64,
     ) -> Result<ClaimCheck, StoreError> {
         let now = now_ms();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            if !fire_once!(tx, t.id, now) {
-                return Ok(ClaimCheck::Settled);
-            }
-            let row: Option<(String, Option<String>)> =
-                sqlx::query_as("SELECT state, claimed_by FROM incidents WHERE id = $1")
-                    .bind(t.incident_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let overdue = matches!(&row, Some((state, None))
-                if pingantong_domain::State::parse(state).is_some_and(|s| s.is_open()));
-            let check = if overdue {
-                let round = t.round + 1;
-                sqlx::query(
-                    "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
-                     VALUES ($1, $2, 'system', 'claim_overdue', $3)",
-                )
-                .bind(t.incident_id)
-                .bind(now)
-                .bind(format!("not claimed by an operator; reminder {round}"))
-                .execute(&mut *tx)
-                .await?;
-                insert_timer!(tx, t.incident_id, None::<i64>, "claim", round, remind_at);
-                ClaimCheck::Overdue { round }
-            } else {
-                ClaimCheck::Settled
-            };
-            tx.commit().await?;
-            Ok(check)
-        })
+        Ok(match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.fire_claim(t, remind_at, now).await,
+            Db::Postgres(p, _) => p.acquire().await?.fire_claim(t, remind_at, now).await,
+        }?)
     }
 
     /// Fire an offer deadline: an offer still unanswered expires.
     pub async fn fire_offer_timer(&self, t: &TimerRow) -> Result<OfferCheck, StoreError> {
         let now = now_ms();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            if !fire_once!(tx, t.id, now) {
-                return Ok(OfferCheck::Settled);
-            }
-            // Only an offer still pending on an incident still open expires
-            // (and so passes to the next carer): an ended incident's offers
-            // are withdrawn with it, and this guards older rows all the same.
-            let expired = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE dispatches SET state = 'expired', updated_at = $1 \
-                 WHERE id = $2 AND state = 'offered' AND EXISTS (SELECT 1 FROM incidents i \
-                 WHERE i.id = dispatches.incident_id AND i.{OPEN})"
-            )))
-            .bind(now)
-            .bind(t.dispatch_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if expired {
-                sqlx::query(
-                    "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
-                     VALUES ($1, $2, 'system', 'offer_expired', $3)",
-                )
-                .bind(t.incident_id)
-                .bind(now)
-                .bind(format!(
-                    "dispatch {} not answered in time",
-                    t.dispatch_id.unwrap_or(0)
-                ))
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(if expired {
-                OfferCheck::Expired
-            } else {
-                OfferCheck::Settled
-            })
-        })
+        Ok(match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.fire_offer(t, now).await,
+            Db::Postgres(p, _) => p.acquire().await?.fire_offer(t, now).await,
+        }?)
     }
 
     /// Record on the timeline that supervisors were alerted, and why.
@@ -149,16 +259,18 @@ impl Db {
         incident_id: i64,
         why: &str,
     ) -> Result<(), StoreError> {
-        on_write_pool!(self, |p| sqlx::query(
-            "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
-             VALUES ($1, $2, 'system', 'supervisor_alerted', $3)"
-        )
-        .bind(incident_id)
-        .bind(now_ms())
-        .bind(why)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(())
+        let now = now_ms();
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                let mut c = write.acquire().await?;
+                c.system_line(incident_id, now, "supervisor_alerted", why)
+                    .await
+            }
+            Db::Postgres(p, _) => {
+                let mut c = p.acquire().await?;
+                c.system_line(incident_id, now, "supervisor_alerted", why)
+                    .await
+            }
+        }?)
     }
 }

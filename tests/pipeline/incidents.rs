@@ -348,9 +348,10 @@ async fn stage_batch(backend: Backend) {
             incident: incident(ids[3], "unverified:X", "sos", "life_safety", false),
             route: None,
         },
+        // Routed, and cleared in the same batch: offered to nobody.
         StageWork::Incident {
             incident: incident(ids[4], &technical, "power_cut", "technical", false),
-            route: None,
+            route,
         },
         StageWork::Clear {
             alarm_id: ids[5],
@@ -395,6 +396,11 @@ async fn stage_batch(backend: Backend) {
     );
     let unverified = opened(&done[3]);
     let cut = opened(&done[4]);
+    assert!(
+        matches!(done[4], StageDone::Incident { route: None, .. }),
+        "a job ended in its own batch is routed to nobody: {:?}",
+        done[4]
+    );
     assert_eq!(done[5], StageDone::Cleared(Some(cut)));
     // The clear closed the first job: a later cut is a new one.
     let cut_again = opened(&done[6]);
