@@ -19,8 +19,10 @@ use sqlx::pool::PoolOptions;
 
 type AnyPool = sqlx::Pool<Any>;
 
-const ROUNDS: usize = 10;
-const PER_ROUND: usize = 2_000;
+/// Rounds and statements per round under `cargo bench`; `cargo test` runs a
+/// few of each, as a check that the bench still works.
+const FULL: (usize, usize) = (10, 2_000);
+const CHECK: (usize, usize) = (1, 20);
 const READ: &str = "SELECT id, incident_id, dispatch_id, kind, round, due_at FROM timers \
                     WHERE fired_at IS NULL AND due_at <= $1 ORDER BY due_at LIMIT $2";
 const INSERT: &str = "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
@@ -31,17 +33,29 @@ type Row = (i64, i64, Option<i64>, String, i64, i64);
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     sqlx::any::install_default_drivers();
+    let (rounds, per_round) = if std::env::args().any(|a| a == "--bench") {
+        FULL
+    } else {
+        CHECK
+    };
     let dir = tempfile::tempdir().unwrap();
     let key = Arc::new(MasterKey::configured_or_kept(None, dir.path()).unwrap());
     let sqlite = format!("sqlite://{}/bench.db", dir.path().display());
-    measure("sqlite", &sqlite, None, &key).await;
+    measure("sqlite", &sqlite, None, &key, rounds, per_round).await;
     if let Ok(pg) = std::env::var("PAT_BENCH_PG") {
         let schema = format!("bench_store_{}", std::process::id());
-        measure("postgres", &pg, Some(schema), &key).await;
+        measure("postgres", &pg, Some(schema), &key, rounds, per_round).await;
     }
 }
 
-async fn measure(name: &str, url: &str, schema: Option<String>, key: &Arc<MasterKey>) {
+async fn measure(
+    name: &str,
+    url: &str,
+    schema: Option<String>,
+    key: &Arc<MasterKey>,
+    rounds: usize,
+    per_round: usize,
+) {
     let db = Db::connect(&StoreConfig {
         url: url.to_owned(),
         schema: schema.clone(),
@@ -64,15 +78,15 @@ async fn measure(name: &str, url: &str, schema: Option<String>, key: &Arc<Master
 
     let (mut typed_read, mut any_read) = (Duration::ZERO, Duration::ZERO);
     let (mut typed_insert, mut any_insert) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         let t = Instant::now();
-        for _ in 0..PER_ROUND {
+        for _ in 0..per_round {
             let rows = db.due_timers(i64::MAX, 50).await.unwrap();
             assert_eq!(rows.len(), 50);
         }
         typed_read += t.elapsed();
         let t = Instant::now();
-        for _ in 0..PER_ROUND {
+        for _ in 0..per_round {
             let rows: Vec<Row> = sqlx::query_as(READ)
                 .bind(i64::MAX)
                 .bind(50i64)
@@ -82,10 +96,10 @@ async fn measure(name: &str, url: &str, schema: Option<String>, key: &Arc<Master
             assert_eq!(rows.len(), 50);
         }
         any_read += t.elapsed();
-        typed_insert += typed_inserts(&db).await;
-        any_insert += rolled_back(&any).await;
+        typed_insert += typed_inserts(&db, per_round).await;
+        any_insert += rolled_back(&any, per_round).await;
     }
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / (ROUNDS * PER_ROUND) as f64;
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / (rounds * per_round) as f64;
     println!(
         "{name}: read 50 rows  typed {:.1} µs  any {:.1} µs  any/typed {:.2}",
         per(typed_read),
@@ -142,17 +156,17 @@ async fn seed(any: &AnyPool) {
 }
 
 /// The store's way: the backend's own pool, picked by a `match`.
-async fn typed_inserts(db: &Db) -> Duration {
+async fn typed_inserts(db: &Db, n: usize) -> Duration {
     match db {
-        Db::Sqlite { write, .. } => rolled_back(write).await,
-        Db::Postgres(p, _) => rolled_back(p).await,
+        Db::Sqlite { write, .. } => rolled_back(write, n).await,
+        Db::Postgres(p, _) => rolled_back(p, n).await,
     }
 }
 
-/// A one-row insert rolled back, `PER_ROUND` times: written once over any
+/// A one-row insert rolled back, `times` times: written once over any
 /// sqlx database (each typed backend, and `Any`) with the bounds a generic
 /// store function carries.
-async fn rolled_back<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Duration
+async fn rolled_back<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, times: usize) -> Duration
 where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     DB::Arguments: sqlx::IntoArguments<DB>,
@@ -160,7 +174,7 @@ where
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     let t = Instant::now();
-    for n in 0..PER_ROUND as i64 {
+    for n in 0..times as i64 {
         let mut tx = pool.begin().await.unwrap();
         sqlx::query(INSERT)
             .bind(1i64)
