@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
-use crate::incidents::insert_event;
+use crate::tx::{NewLine, TxSql};
 use crate::{AuditEntry, audit::append_audit};
 
 /// One line of the operator queue.
@@ -328,7 +328,15 @@ impl Db {
             if exists.is_none() {
                 return Ok(false);
             }
-            insert_event!(tx, incident_id, now, actor, "note", None::<&str>, text)?;
+            tx.line(NewLine {
+                incident_id,
+                at: now,
+                actor,
+                action: "note",
+                to_state: None,
+                detail: text,
+            })
+            .await?;
             append_audit!(self, tx, *audit, now);
             tx.commit().await?;
             Ok(true)

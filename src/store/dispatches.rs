@@ -1,7 +1,7 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
 use super::audit::append_audit;
-use super::timers::{NewTimer, TimerSql};
+use super::tx::{NewTimer, TxSql};
 use super::{
     AuditEntry, CarerRow, Db, NewDispatch, StoreError, insert_dispatch, now_ms, on_pool,
     on_write_pool,

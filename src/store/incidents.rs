@@ -1,24 +1,5 @@
 //! Incidents and dispatches: the writes of the incident stage, each in one transaction.
 
-/// Append one entry to an incident's timeline inside the transaction `$tx`.
-macro_rules! insert_event {
-    ($tx:expr, $incident:expr, $at:expr, $actor:expr, $action:expr, $to_state:expr, $detail:expr) => {
-        sqlx::query(
-            "INSERT INTO incident_events (incident_id, at, actor, action, to_state, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind($incident)
-        .bind($at)
-        .bind($actor)
-        .bind($action)
-        .bind($to_state)
-        .bind($detail)
-        .execute(&mut *$tx)
-        .await
-    };
-}
-pub(crate) use insert_event;
-
 /// Inside a transaction `$tx`: record the routing decision for an incident
 /// not yet routed — the offer (`Option<&NewDispatch>`) with its deadline, or
 /// that nobody is available — on its timeline. Evaluates to `None` when the
@@ -57,20 +38,20 @@ macro_rules! route_in_tx {
             };
             Some(match choice {
                 Some(d) if held.is_some() => {
-                    insert_event!(
-                        $tx,
+                    $tx.line(NewLine {
                         incident_id,
-                        now,
-                        "system",
-                        "carer_already_offered",
-                        None::<&str>,
-                        &format!("carer {} holds the operator's offer already", d.carer_id)
-                    )?;
+                        at: now,
+                        actor: "system",
+                        action: "carer_already_offered",
+                        to_state: None,
+                        detail: &format!("carer {} holds the operator's offer already", d.carer_id),
+                    })
+                    .await?;
                     None
                 }
                 Some(d) => {
                     let id = insert_dispatch!($tx, incident_id, d, now);
-                    $tx.insert_timer($crate::timers::NewTimer {
+                    $tx.insert_timer($crate::tx::NewTimer {
                         incident_id,
                         dispatch_id: Some(id),
                         kind: "offer",
@@ -79,27 +60,27 @@ macro_rules! route_in_tx {
                     })
                     .await?;
                     let detail = d.offer_detail(id);
-                    insert_event!(
-                        $tx,
+                    $tx.line(NewLine {
                         incident_id,
-                        now,
-                        "system",
-                        "carer_offered",
-                        None::<&str>,
-                        &detail
-                    )?;
+                        at: now,
+                        actor: "system",
+                        action: "carer_offered",
+                        to_state: None,
+                        detail: &detail,
+                    })
+                    .await?;
                     Some(id)
                 }
                 None => {
-                    insert_event!(
-                        $tx,
+                    $tx.line(NewLine {
                         incident_id,
-                        now,
-                        "system",
-                        "no_carer_available",
-                        None::<&str>,
-                        NO_CARER
-                    )?;
+                        at: now,
+                        actor: "system",
+                        action: "no_carer_available",
+                        to_state: None,
+                        detail: NO_CARER,
+                    })
+                    .await?;
                     None
                 }
             })
@@ -136,7 +117,7 @@ pub(super) const CANDIDATES_IN_DISTRICTS: &str = concat!(
     " WHERE pc.district IN ("
 );
 
-use super::timers::TimerSql;
+use super::tx::{NewLine, TxSql};
 use super::{ClientProfile, Db, StoreError, insert_dispatch, now_ms, on_pool, on_write_pool};
 use crate::vault::Field;
 use pingantong_domain::Cascade;

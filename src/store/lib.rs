@@ -32,6 +32,7 @@ mod stage;
 mod statistics;
 mod timers;
 mod transitions;
+mod tx;
 mod users;
 pub mod vault;
 mod wellbeing;

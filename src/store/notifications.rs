@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::incidents::insert_event;
+use super::tx::{NewLine, TxSql};
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
 pub use pingantong_domain::Cascade;
 
@@ -253,15 +253,15 @@ impl Db {
             if updated == 0 {
                 return Ok(GaveUp::OthersPending);
             }
-            insert_event!(
-                tx,
-                job.incident_id,
-                now,
-                "system",
-                "family_notice_failed",
-                None::<&str>,
-                &detail
-            )?;
+            tx.line(NewLine {
+                incident_id: job.incident_id,
+                at: now,
+                actor: "system",
+                action: "family_notice_failed",
+                to_state: None,
+                detail: &detail,
+            })
+            .await?;
             let next: Option<(i64,)> = sqlx::query_as(
                 "SELECT id FROM notifications WHERE incident_id = $1 AND status = 'waiting' \
                  ORDER BY position LIMIT 1",
@@ -289,15 +289,15 @@ impl Db {
                 .fetch_one(&mut *tx)
                 .await?;
                 if open == 0 {
-                    insert_event!(
-                        tx,
-                        job.incident_id,
-                        now,
-                        "system",
-                        "family_not_reached",
-                        None::<&str>,
-                        "nobody on the contact list could be reached: telephone them"
-                    )?;
+                    tx.line(NewLine {
+                        incident_id: job.incident_id,
+                        at: now,
+                        actor: "system",
+                        action: "family_not_reached",
+                        to_state: None,
+                        detail: "nobody on the contact list could be reached: telephone them",
+                    })
+                    .await?;
                     GaveUp::NobodyReached
                 } else {
                     GaveUp::OthersPending

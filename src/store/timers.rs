@@ -2,6 +2,7 @@
 
 use super::backend::Affected;
 use super::incidents::OPEN;
+use super::tx::{NewLine, NewTimer, TxSql};
 use super::{Db, StoreError, now_ms};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -31,17 +32,11 @@ pub enum OfferCheck {
     Settled,
 }
 
-/// The timers' statements, written once for both backends: a method of any
-/// sqlx connection whose database binds and reads what they need (the
-/// bounds are the blanket impl's, said once; see ARCHITECTURE.md,
-/// "Backends"). Called on a transaction's connection (`tx.fire_once(…)`).
+/// The deadlines' own transactions, written once for both backends (see
+/// [`super::tx`]): called on a connection of the backend's pool.
 pub(crate) trait TimerSql {
     /// Timers due at `now`, oldest first.
     async fn due_timers(&mut self, now: i64, limit: i64) -> Result<Vec<TimerRow>, sqlx::Error>;
-    /// Mark a timer fired, unless another pass did: `true` when this one did.
-    async fn fire_once(&mut self, id: i64, now: i64) -> Result<bool, sqlx::Error>;
-    /// Arm a deadline that survives restarts.
-    async fn insert_timer(&mut self, timer: NewTimer<'_>) -> Result<(), sqlx::Error>;
     /// Fire a claim deadline, in a transaction of its own (see [`Db::fire_claim_timer`]).
     async fn fire_claim(
         &mut self,
@@ -51,29 +46,11 @@ pub(crate) trait TimerSql {
     ) -> Result<ClaimCheck, sqlx::Error>;
     /// Fire an offer deadline, in a transaction of its own (see [`Db::fire_offer_timer`]).
     async fn fire_offer(&mut self, t: &TimerRow, now: i64) -> Result<OfferCheck, sqlx::Error>;
-    /// A line on the incident's timeline, by the system.
-    async fn system_line(
-        &mut self,
-        incident_id: i64,
-        at: i64,
-        action: &str,
-        detail: &str,
-    ) -> Result<(), sqlx::Error>;
-}
-
-/// A deadline to arm.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct NewTimer<'a> {
-    pub incident_id: i64,
-    pub dispatch_id: Option<i64>,
-    pub kind: &'a str,
-    pub round: i64,
-    pub due_at: i64,
 }
 
 impl<C> TimerSql for C
 where
-    C: sqlx::Connection,
+    C: sqlx::Connection + TxSql,
     for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
     <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
     for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
@@ -100,31 +77,6 @@ where
         .await
     }
 
-    async fn fire_once(&mut self, id: i64, now: i64) -> Result<bool, sqlx::Error> {
-        let done =
-            sqlx::query("UPDATE timers SET fired_at = $1 WHERE id = $2 AND fired_at IS NULL")
-                .bind(now)
-                .bind(id)
-                .execute(self)
-                .await?;
-        Ok(done.affected() == 1)
-    }
-
-    async fn insert_timer(&mut self, t: NewTimer<'_>) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO timers (incident_id, dispatch_id, kind, round, due_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(t.incident_id)
-        .bind(t.dispatch_id)
-        .bind(t.kind)
-        .bind(t.round)
-        .bind(t.due_at)
-        .execute(self)
-        .await?;
-        Ok(())
-    }
-
     async fn fire_claim(
         &mut self,
         t: &TimerRow,
@@ -145,8 +97,13 @@ where
         let check = if overdue {
             let round = t.round + 1;
             let detail = format!("not claimed by an operator; reminder {round}");
-            tx.system_line(t.incident_id, now, "claim_overdue", &detail)
-                .await?;
+            tx.line(NewLine::system(
+                t.incident_id,
+                now,
+                "claim_overdue",
+                &detail,
+            ))
+            .await?;
             tx.insert_timer(NewTimer {
                 incident_id: t.incident_id,
                 dispatch_id: None,
@@ -187,8 +144,13 @@ where
                 "dispatch {} not answered in time",
                 t.dispatch_id.unwrap_or(0)
             );
-            tx.system_line(t.incident_id, now, "offer_expired", &detail)
-                .await?;
+            tx.line(NewLine::system(
+                t.incident_id,
+                now,
+                "offer_expired",
+                &detail,
+            ))
+            .await?;
         }
         tx.commit().await?;
         Ok(if expired {
@@ -196,26 +158,6 @@ where
         } else {
             OfferCheck::Settled
         })
-    }
-
-    async fn system_line(
-        &mut self,
-        incident_id: i64,
-        at: i64,
-        action: &str,
-        detail: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
-             VALUES ($1, $2, 'system', $3, $4)",
-        )
-        .bind(incident_id)
-        .bind(at)
-        .bind(action)
-        .bind(detail)
-        .execute(self)
-        .await?;
-        Ok(())
     }
 }
 
@@ -259,18 +201,10 @@ impl Db {
         incident_id: i64,
         why: &str,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
+        let line = NewLine::system(incident_id, now_ms(), "supervisor_alerted", why);
         Ok(match self {
-            Db::Sqlite { write, .. } => {
-                let mut c = write.acquire().await?;
-                c.system_line(incident_id, now, "supervisor_alerted", why)
-                    .await
-            }
-            Db::Postgres(p, _) => {
-                let mut c = p.acquire().await?;
-                c.system_line(incident_id, now, "supervisor_alerted", why)
-                    .await
-            }
+            Db::Sqlite { write, .. } => write.acquire().await?.line(line).await,
+            Db::Postgres(p, _) => p.acquire().await?.line(line).await,
         }?)
     }
 }

@@ -2,7 +2,7 @@
 //! each step written to the incident's timeline.
 
 use super::audit::append_audit;
-use super::withdrawals::withdraw_in_tx;
+use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_write_pool};
 use pingantong_domain::{Action, CancelReason, IllegalTransition, State};
 
@@ -207,7 +207,7 @@ impl Db {
             .await?;
             // The offers end with the incident, in the same transaction: no
             // carer can take a job on an incident that is over.
-            withdraw_in_tx!(tx, t.incident_id, to, now);
+            tx.withdraw(t.incident_id, to, now).await?;
             if let Some(entry) = audit {
                 append_audit!(self, tx, *entry, now);
             }

@@ -24,7 +24,7 @@ use sqlx::QueryBuilder;
 
 use super::incidents::{CANDIDATES_IN_DISTRICTS, OPEN};
 use super::notifications::{NOTIFY_FROM_VALUES, NOTIFY_WHERE};
-use super::withdrawals::withdraw_in_tx;
+use super::tx::TxSql;
 use super::{
     CarerCandidate, Cascade, ClientProfile, Db, DispatchOffer, IncidentOutcome, NewDispatch,
     NewIncident, StoreError, now_ms, on_write_pool,
@@ -245,7 +245,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
                 // A job offered to a carer ends with it.
-                withdraw_in_tx!(tx, id, next, now);
+                tx.withdraw(id, next, now).await?;
             }
 
             let mut ids = Ids(Vec::with_capacity(plan.openings.len()));
