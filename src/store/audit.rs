@@ -5,6 +5,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use super::tx::TxSql;
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
 
 /// Entries read per query while verifying: memory stays bounded however long the log.
@@ -78,45 +79,6 @@ pub(crate) fn seal(last: Option<(i64, Vec<u8>)>, at: i64, e: &AuditEntry<'_>) ->
         prev_hash: prev,
     }
 }
-
-/// Inside a transaction `$tx` on `$db`'s write pool: append `$entry` (an
-/// [`AuditEntry`]) stamped `$at` to the audit log, and evaluate to its id.
-///
-/// Appends are serialized: on PostgreSQL the table is locked in EXCLUSIVE
-/// mode (plain reads go on) until the transaction ends; on SQLite the write
-/// lock does the same. Append last, just before the commit: from here on
-/// every other writer of the log waits for this transaction.
-macro_rules! append_audit {
-    ($db:expr, $tx:expr, $entry:expr, $at:expr) => {{
-        if matches!($db, $crate::Db::Postgres(..)) {
-            sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
-                .execute(&mut *$tx)
-                .await?;
-        }
-        let last: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-                .fetch_optional(&mut *$tx)
-                .await?;
-        let entry: &$crate::AuditEntry<'_> = &$entry;
-        let sealed = $crate::audit::seal(last, $at, entry);
-        sqlx::query(
-            "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(sealed.id)
-        .bind($at)
-        .bind(entry.actor)
-        .bind(entry.action)
-        .bind(entry.subject)
-        .bind(entry.detail)
-        .bind(sealed.prev_hash)
-        .bind(&sealed.hash[..])
-        .execute(&mut *$tx)
-        .await?;
-        sealed.id
-    }};
-}
-pub(crate) use append_audit;
 
 /// What is wrong with an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -210,7 +172,7 @@ impl Db {
         let at = now_ms();
         on_write_pool!(self, |p| {
             let mut tx = p.begin_with(begin).await?;
-            let id = append_audit!(self, tx, entry, at);
+            let id = tx.append_audit(&entry, at).await?;
             tx.commit().await?;
             Ok(id)
         })

@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
+use crate::AuditEntry;
 use crate::tx::{NewLine, TxSql};
-use crate::{AuditEntry, audit::append_audit};
 
 /// One line of the operator queue.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
@@ -337,7 +337,7 @@ impl Db {
                 detail: text,
             })
             .await?;
-            append_audit!(self, tx, *audit, now);
+            tx.append_audit(audit, now).await?;
             tx.commit().await?;
             Ok(true)
         })

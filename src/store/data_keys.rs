@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sqlx::Row;
 
-use super::audit::append_audit;
+use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 use crate::vault::{Field, MasterKey, Vault, VaultError};
 
@@ -306,7 +306,7 @@ impl Db {
                 subject: &format!("data_key:{id}"),
                 detail: &detail,
             };
-            append_audit!(self, tx, entry, now);
+            tx.append_audit(&entry, now).await?;
             tx.commit().await?;
             id
         });
@@ -352,7 +352,7 @@ impl Db {
                 subject: "data_keys",
                 detail: &detail,
             };
-            append_audit!(self, tx, entry, now);
+            tx.append_audit(&entry, now).await?;
             tx.commit().await?;
             rows.len()
         });

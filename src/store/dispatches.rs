@@ -1,6 +1,5 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
-use super::audit::append_audit;
 use super::tx::{NewTimer, TxSql};
 use super::{
     AuditEntry, CarerRow, Db, NewDispatch, StoreError, insert_dispatch, now_ms, on_pool,
@@ -292,7 +291,7 @@ impl Db {
                     subject: &subject,
                     detail: &detail,
                 };
-                append_audit!(self, tx, entry, now);
+                tx.append_audit(&entry, now).await?;
             }
             tx.commit().await?;
             Ok((incident, fresh))

@@ -2,7 +2,7 @@
 //! generation. The password itself is derived (`mqtt::credential`), never kept.
 //! Every issue and revocation is audited in the same transaction.
 
-use super::audit::append_audit;
+use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 use pingantong_domain::acl::Principal;
 
@@ -89,7 +89,7 @@ impl Db {
                 subject: &format!("mqtt:{username}"),
                 detail: &detail,
             };
-            append_audit!(self, tx, entry, now);
+            tx.append_audit(&entry, now).await?;
             tx.commit().await?;
             generation
         });
@@ -134,7 +134,7 @@ impl Db {
                     subject: "mqtt:devices",
                     detail: &detail,
                 };
-                append_audit!(self, tx, entry, now);
+                tx.append_audit(&entry, now).await?;
             }
             tx.commit().await?;
             issued
@@ -169,7 +169,7 @@ impl Db {
                     subject: &format!("mqtt:{username}"),
                     detail: "",
                 };
-                append_audit!(self, tx, entry, now);
+                tx.append_audit(&entry, now).await?;
             }
             tx.commit().await?;
             changed

@@ -13,8 +13,9 @@
 //! seals it retires: `audit verify` checks the survivors against it and no
 //! longer the retired seals. All of it in one transaction.
 
-use super::audit::{append_audit, sealed_part};
+use super::audit::sealed_part;
 use super::seals::{StepRow, seal_detail};
+use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, on_pool, on_write_pool};
 
 /// Days to keep each kind of record; 0 keeps it for ever.
@@ -275,7 +276,7 @@ impl Db {
                     subject: "timeline",
                     detail: &detail,
                 };
-                let purge: i64 = append_audit!(self, tx, entry, now);
+                let purge: i64 = tx.append_audit(&entry, now).await?;
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE incident_events SET sealed_by = $1 WHERE sealed_by IN ({retired})"
                 )))

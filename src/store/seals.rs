@@ -11,7 +11,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::audit::append_audit;
+use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 
 /// At most this many steps in one seal.
@@ -95,7 +95,7 @@ impl Db {
                 subject: "timeline",
                 detail: &detail,
             };
-            let seal: i64 = append_audit!(self, tx, entry, now);
+            let seal: i64 = tx.append_audit(&entry, now).await?;
             // By id, one statement per slice: exactly the steps hashed, not
             // one committed meanwhile.
             for chunk in rows.chunks(500) {

@@ -1,7 +1,6 @@
 //! Moving an incident through its state machine, one transaction per step,
 //! each step written to the incident's timeline.
 
-use super::audit::append_audit;
 use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_write_pool};
 use pingantong_domain::{Action, CancelReason, IllegalTransition, State};
@@ -163,16 +162,15 @@ impl Db {
                 .await?;
                 if let Some(entry) = audit {
                     let detail = format!("from {owner}");
-                    append_audit!(
-                        self,
-                        tx,
-                        AuditEntry {
+                    tx.append_audit(
+                        &AuditEntry {
                             action: "incident_take_over",
                             detail: &detail,
                             ..*entry
                         },
-                        now
-                    );
+                        now,
+                    )
+                    .await?;
                 }
             }
             sqlx::query(
@@ -209,7 +207,7 @@ impl Db {
             // carer can take a job on an incident that is over.
             tx.withdraw(t.incident_id, to, now).await?;
             if let Some(entry) = audit {
-                append_audit!(self, tx, *entry, now);
+                tx.append_audit(entry, now).await?;
             }
             tx.commit().await?;
             Ok(to)

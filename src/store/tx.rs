@@ -1,6 +1,6 @@
 //! Statements that run inside another statement's transaction, shared by
 //! several parts of the store: a timeline line, a deadline armed or fired,
-//! the offers an ending incident takes back.
+//! the offers an ending incident takes back, an entry of the audit log.
 //!
 //! They are methods of [`TxSql`], implemented once for any sqlx connection
 //! whose database binds and reads what they use (the `where` clauses are
@@ -9,6 +9,7 @@
 
 use pingantong_domain::State;
 
+use super::AuditEntry;
 use super::backend::Affected;
 
 /// A line on an incident's timeline.
@@ -63,6 +64,14 @@ pub(crate) trait TxSql {
         to: State,
         now: i64,
     ) -> Result<usize, sqlx::Error>;
+    /// Append `entry`, stamped `at`, to the audit log; its id.
+    ///
+    /// Appends are serialized: on PostgreSQL the table is locked in
+    /// EXCLUSIVE mode (plain reads go on) until the transaction ends; on
+    /// SQLite the write lock does the same. Append last, just before the
+    /// commit: from here on every other writer of the log waits for this
+    /// transaction.
+    async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error>;
 }
 
 impl<C> TxSql for C
@@ -77,6 +86,10 @@ where
     Option<i64>: sqlx::Type<C::Database>,
     for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
     for<'q> Option<&'q str>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Vec<u8>: sqlx::Decode<'q, C::Database>,
+    Vec<u8>: sqlx::Type<C::Database>,
+    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
     usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
 {
     async fn line(&mut self, l: NewLine<'_>) -> Result<(), sqlx::Error> {
@@ -187,5 +200,33 @@ where
             }
         }
         Ok(withdrawn.len())
+    }
+
+    async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error> {
+        if <C::Database as sqlx::Database>::NAME == <sqlx::Postgres as sqlx::Database>::NAME {
+            sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+                .execute(&mut *self)
+                .await?;
+        }
+        let last: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&mut *self)
+                .await?;
+        let sealed = super::audit::seal(last, at, entry);
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(sealed.id)
+        .bind(at)
+        .bind(entry.actor)
+        .bind(entry.action)
+        .bind(entry.subject)
+        .bind(entry.detail)
+        .bind(sealed.prev_hash)
+        .bind(&sealed.hash[..])
+        .execute(&mut *self)
+        .await?;
+        Ok(sealed.id)
     }
 }

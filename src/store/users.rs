@@ -2,7 +2,7 @@
 //! entry in the same transaction: no change without its record, no record
 //! of a change that did not happen.
 
-use super::audit::append_audit;
+use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 use pingantong_domain::Role;
 
@@ -247,7 +247,7 @@ impl Db {
                     subject: &subject,
                     detail: &detail,
                 };
-                append_audit!(self, tx, entry, now);
+                tx.append_audit(&entry, now).await?;
                 tx.commit().await?;
                 Ok(id)
             }
@@ -321,7 +321,7 @@ impl Db {
                     subject: &subject,
                     detail: "",
                 };
-                append_audit!(self, tx, entry, now);
+                tx.append_audit(&entry, now).await?;
             }
             tx.commit().await?;
             changed
@@ -405,7 +405,7 @@ impl Db {
                     subject: &subject,
                     detail: &detail,
                 };
-                append_audit!(self, tx, entry, now);
+                tx.append_audit(&entry, now).await?;
             }
             tx.commit().await?;
             id.is_some()
@@ -480,7 +480,7 @@ impl Db {
                     subject: &subject,
                     detail: &detail,
                 };
-                append_audit!(self, tx, entry, now);
+                tx.append_audit(&entry, now).await?;
             }
             tx.commit().await?;
             Ok::<bool, sqlx::Error>(lock)
@@ -535,7 +535,7 @@ impl Db {
                 subject: &who,
                 detail: &detail,
             };
-            append_audit!(self, tx, entry, now);
+            tx.append_audit(&entry, now).await?;
             tx.commit().await?;
         });
         Ok(())
@@ -610,7 +610,7 @@ impl Db {
                     subject: &who,
                     detail: &detail,
                 };
-                append_audit!(self, tx, entry, now);
+                tx.append_audit(&entry, now).await?;
             }
             tx.commit().await?;
             revoked

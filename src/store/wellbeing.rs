@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::audit::append_audit;
+use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 
 /// A resident on the wellbeing work list.
@@ -123,7 +123,7 @@ impl Db {
             .bind(note)
             .execute(&mut *tx)
             .await?;
-            append_audit!(self, tx, *audit, now);
+            tx.append_audit(audit, now).await?;
             tx.commit().await?;
             Ok(true)
         })

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{EditError, unique_or};
-use crate::audit::append_audit;
+use crate::tx::TxSql;
 use crate::{AuditEntry, Db, NewClient, StoreError, now_ms, on_pool, on_write_pool};
 
 /// A client as the registry keeps them: the profile and the reference in
@@ -191,17 +191,12 @@ macro_rules! insert_client_in {
                 insert_contact_in!($tx, id, i as i64 + 1, k, $now);
             }
             let subject = format!("client:{id}");
-            append_audit!(
-                $db,
-                $tx,
-                AuditEntry {
+            $tx.append_audit(&AuditEntry {
                     actor: $actor,
                     action: "client_created",
                     subject: &subject,
                     detail: $detail,
-                },
-                $now
-            );
+                }, $now).await?;
             Ok::<i64, EditError>(id)
         }
         .await
@@ -401,17 +396,16 @@ impl Db {
                 format!("changed {}", changed.join(", "))
             };
             let subject = format!("client:{id}");
-            append_audit!(
-                self,
-                tx,
-                AuditEntry {
+            tx.append_audit(
+                &AuditEntry {
                     actor,
                     action: "client_updated",
                     subject: &subject,
                     detail: &detail,
                 },
-                now
-            );
+                now,
+            )
+            .await?;
             tx.commit().await?;
             Ok(())
         })
@@ -444,17 +438,16 @@ impl Db {
                 Some(t) => format!("away until {t}"),
                 None => "at home".to_owned(),
             };
-            append_audit!(
-                self,
-                tx,
-                AuditEntry {
+            tx.append_audit(
+                &AuditEntry {
                     actor,
                     action: "client_away",
                     subject: &subject,
                     detail: &detail,
                 },
-                now
-            );
+                now,
+            )
+            .await?;
             tx.commit().await?;
             Ok(())
         })
@@ -574,17 +567,16 @@ impl Db {
                 contacts.len(),
                 kept.len()
             );
-            append_audit!(
-                self,
-                tx,
-                AuditEntry {
+            tx.append_audit(
+                &AuditEntry {
                     actor,
                     action: "contacts_replaced",
                     subject: &subject,
                     detail: &detail,
                 },
-                now
-            );
+                now,
+            )
+            .await?;
             let list: Vec<ContactRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {CONTACT_COLUMNS} FROM contacts \
                  WHERE client_id = $1 AND removed_at IS NULL ORDER BY position"

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::clients::client_by_ref;
 use super::{EditError, unique_or};
-use crate::audit::append_audit;
+use crate::tx::TxSql;
 use crate::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 
 /// Who a device belongs to, as a request names them.
@@ -177,17 +177,12 @@ macro_rules! provision_device_in {
                 detail.push_str(", ");
                 detail.push_str(extra);
             }
-            append_audit!(
-                $db,
-                $tx,
-                AuditEntry {
+            $tx.append_audit(&AuditEntry {
                     actor: $actor,
                     action: "device_provisioned",
                     subject: &subject,
                     detail: &detail,
-                },
-                $now
-            );
+                }, $now).await?;
             Ok::<(), EditError>(())
         }
         .await
@@ -299,17 +294,16 @@ impl Db {
                     ""
                 }
             );
-            append_audit!(
-                self,
-                tx,
-                AuditEntry {
+            tx.append_audit(
+                &AuditEntry {
                     actor,
                     action: "device_updated",
                     subject: &subject,
                     detail: &detail,
                 },
-                now
-            );
+                now,
+            )
+            .await?;
             tx.commit().await?;
             Ok(())
         })
@@ -338,17 +332,16 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             let subject = format!("device:{id}");
-            append_audit!(
-                self,
-                tx,
-                AuditEntry {
+            tx.append_audit(
+                &AuditEntry {
                     actor,
                     action: "device_retired",
                     subject: &subject,
                     detail: "",
                 },
-                now
-            );
+                now,
+            )
+            .await?;
             tx.commit().await?;
             Ok(true)
         })

@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use super::EditError;
-use crate::audit::append_audit;
 use crate::registry::insert_provider_rows;
+use crate::tx::TxSql;
 use crate::{AuditEntry, Db, NewCarer, NewProvider, StoreError, now_ms, on_pool, on_write_pool};
 
 /// One area a provider covers: a whole district (`street` null) or one street.
@@ -99,17 +99,16 @@ impl Db {
             let id = insert_provider_rows!(tx, pr, now);
             let subject = format!("provider:{id}");
             let detail = format!("{} areas, rank {}", pr.coverage.len(), pr.rank);
-            append_audit!(
-                self,
-                tx,
-                AuditEntry {
+            tx.append_audit(
+                &AuditEntry {
                     actor,
                     action: "provider_created",
                     subject: &subject,
                     detail: &detail,
                 },
-                now
-            );
+                now,
+            )
+            .await?;
             tx.commit().await?;
             Ok(id)
         })
@@ -171,17 +170,16 @@ impl Db {
             .await?;
             let subject = format!("carer:{id}");
             let detail = format!("provider {}", c.provider_id);
-            append_audit!(
-                self,
-                tx,
-                AuditEntry {
+            tx.append_audit(
+                &AuditEntry {
                     actor,
                     action: "carer_created",
                     subject: &subject,
                     detail: &detail,
                 },
-                now
-            );
+                now,
+            )
+            .await?;
             tx.commit().await?;
             Ok(id)
         })
@@ -218,17 +216,16 @@ impl Db {
                 if on_duty { "on duty" } else { "off duty" },
                 if busy { ", busy" } else { "" }
             );
-            append_audit!(
-                self,
-                tx,
-                AuditEntry {
+            tx.append_audit(
+                &AuditEntry {
                     actor,
                     action: "carer_duty",
                     subject: &subject,
                     detail: &detail,
                 },
-                now
-            );
+                now,
+            )
+            .await?;
             tx.commit().await?;
             Ok(())
         })
