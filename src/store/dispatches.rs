@@ -1,10 +1,7 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
 use super::tx::{NewTimer, TxSql};
-use super::{
-    AuditEntry, CarerRow, Db, NewDispatch, StoreError, insert_dispatch, now_ms, on_pool,
-    on_write_pool,
-};
+use super::{AuditEntry, CarerRow, Db, NewDispatch, StoreError, now_ms, on_pool, on_write_pool};
 
 /// A carer's answer to an offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,7 +360,7 @@ impl Db {
                     state,
                 });
             }
-            let id = insert_dispatch!(tx, incident_id, d, now);
+            let id = tx.insert_dispatch(incident_id, d, now).await?;
             tx.insert_timer(NewTimer {
                 incident_id,
                 dispatch_id: Some(id),

@@ -1,93 +1,5 @@
 //! Incidents and dispatches: the writes of the incident stage, each in one transaction.
 
-/// Inside a transaction `$tx`: record the routing decision for an incident
-/// not yet routed — the offer (`Option<&NewDispatch>`) with its deadline, or
-/// that nobody is available — on its timeline. Evaluates to `None` when the
-/// incident was routed already, else to the new dispatch's id, if any.
-macro_rules! route_in_tx {
-    ($tx:expr, $incident:expr, $choice:expr, $due:expr, $now:expr) => {{
-        let incident_id: i64 = $incident;
-        let now: i64 = $now;
-        let routed = sqlx::query(
-            "UPDATE incidents SET routed_at = $1, updated_at = $1 \
-             WHERE id = $2 AND routed_at IS NULL",
-        )
-        .bind(now)
-        .bind(incident_id)
-        .execute(&mut *$tx)
-        .await?
-        .rows_affected();
-        if routed == 0 {
-            None
-        } else {
-            let choice: Option<&NewDispatch> = $choice;
-            // An operator may have offered the job to this very carer while
-            // the routing was owed: they hold it, and no second offer is made.
-            let held: Option<(i64,)> = match choice {
-                Some(d) => {
-                    sqlx::query_as(
-                        "SELECT id FROM dispatches WHERE incident_id = $1 AND carer_id = $2 \
-                     AND state IN ('offered', 'accepted', 'arrived')",
-                    )
-                    .bind(incident_id)
-                    .bind(d.carer_id)
-                    .fetch_optional(&mut *$tx)
-                    .await?
-                }
-                None => None,
-            };
-            Some(match choice {
-                Some(d) if held.is_some() => {
-                    $tx.line(NewLine {
-                        incident_id,
-                        at: now,
-                        actor: "system",
-                        action: "carer_already_offered",
-                        to_state: None,
-                        detail: &format!("carer {} holds the operator's offer already", d.carer_id),
-                    })
-                    .await?;
-                    None
-                }
-                Some(d) => {
-                    let id = insert_dispatch!($tx, incident_id, d, now);
-                    $tx.insert_timer($crate::tx::NewTimer {
-                        incident_id,
-                        dispatch_id: Some(id),
-                        kind: "offer",
-                        round: 0,
-                        due_at: $due,
-                    })
-                    .await?;
-                    let detail = d.offer_detail(id);
-                    $tx.line(NewLine {
-                        incident_id,
-                        at: now,
-                        actor: "system",
-                        action: "carer_offered",
-                        to_state: None,
-                        detail: &detail,
-                    })
-                    .await?;
-                    Some(id)
-                }
-                None => {
-                    $tx.line(NewLine {
-                        incident_id,
-                        at: now,
-                        actor: "system",
-                        action: "no_carer_available",
-                        to_state: None,
-                        detail: NO_CARER,
-                    })
-                    .await?;
-                    None
-                }
-            })
-        }
-    }};
-}
-
 /// The columns and joins of a carer candidate ([`CarerCandidate`]).
 macro_rules! candidates_from {
     () => {
@@ -117,8 +29,114 @@ pub(super) const CANDIDATES_IN_DISTRICTS: &str = concat!(
     " WHERE pc.district IN ("
 );
 
-use super::tx::{NewLine, TxSql};
-use super::{ClientProfile, Db, StoreError, insert_dispatch, now_ms, on_pool, on_write_pool};
+use super::backend::Affected;
+use super::tx::{NewLine, NewTimer, TxSql};
+use super::{ClientProfile, Db, StoreError, now_ms, on_pool};
+
+/// The routing decision's transaction, written once for both backends (see
+/// [`super::tx`]).
+pub(crate) trait RouteSql {
+    /// Record the routing decision for an incident not yet routed — the
+    /// offer with its deadline, or that nobody is available — on its
+    /// timeline, in a transaction of its own. `None` when the incident was
+    /// routed already, else the new dispatch's id, if any.
+    async fn record_route(
+        &mut self,
+        incident_id: i64,
+        choice: Option<&NewDispatch>,
+        due: i64,
+        now: i64,
+    ) -> Result<Option<Option<i64>>, sqlx::Error>;
+}
+
+impl<C> RouteSql for C
+where
+    C: sqlx::Connection + TxSql,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    <C::Database as sqlx::Database>::QueryResult: Affected,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+{
+    async fn record_route(
+        &mut self,
+        incident_id: i64,
+        choice: Option<&NewDispatch>,
+        due: i64,
+        now: i64,
+    ) -> Result<Option<Option<i64>>, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        let routed = sqlx::query(
+            "UPDATE incidents SET routed_at = $1, updated_at = $1 \
+             WHERE id = $2 AND routed_at IS NULL",
+        )
+        .bind(now)
+        .bind(incident_id)
+        .execute(&mut *tx)
+        .await?
+        .affected();
+        if routed == 0 {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        // An operator may have offered the job to this very carer while
+        // the routing was owed: they hold it, and no second offer is made.
+        let held: Option<(i64,)> = match choice {
+            Some(d) => {
+                sqlx::query_as(
+                    "SELECT id FROM dispatches WHERE incident_id = $1 AND carer_id = $2 \
+                     AND state IN ('offered', 'accepted', 'arrived')",
+                )
+                .bind(incident_id)
+                .bind(d.carer_id)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            None => None,
+        };
+        let offered = match choice {
+            Some(d) if held.is_some() => {
+                let detail = format!("carer {} holds the operator's offer already", d.carer_id);
+                tx.line(NewLine::system(
+                    incident_id,
+                    now,
+                    "carer_already_offered",
+                    &detail,
+                ))
+                .await?;
+                None
+            }
+            Some(d) => {
+                let id = tx.insert_dispatch(incident_id, d, now).await?;
+                tx.insert_timer(NewTimer {
+                    incident_id,
+                    dispatch_id: Some(id),
+                    kind: "offer",
+                    round: 0,
+                    due_at: due,
+                })
+                .await?;
+                let detail = d.offer_detail(id);
+                tx.line(NewLine::system(incident_id, now, "carer_offered", &detail))
+                    .await?;
+                Some(id)
+            }
+            None => {
+                tx.line(NewLine::system(
+                    incident_id,
+                    now,
+                    "no_carer_available",
+                    NO_CARER,
+                ))
+                .await?;
+                None
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(offered))
+    }
+}
 use crate::vault::Field;
 use pingantong_domain::Cascade;
 
@@ -313,12 +331,17 @@ impl Db {
         offer_due_at: i64,
     ) -> Result<Option<i64>, StoreError> {
         let now = now_ms();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            let routed = route_in_tx!(tx, incident_id, choice, offer_due_at, now);
-            tx.commit().await?;
-            Ok(routed.flatten())
-        })
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                let mut c = write.acquire().await?;
+                c.record_route(incident_id, choice, offer_due_at, now).await
+            }
+            Db::Postgres(p, _) => {
+                let mut c = p.acquire().await?;
+                c.record_route(incident_id, choice, offer_due_at, now).await
+            }
+        }?
+        .flatten())
     }
 
     /// Incidents of known, verified clients whose routing is still owed.

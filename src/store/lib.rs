@@ -112,27 +112,6 @@ macro_rules! on_write_pool {
 }
 pub(crate) use on_write_pool;
 
-/// Inside a transaction `$tx`: insert an offer (`NewDispatch`) and evaluate to its id.
-macro_rules! insert_dispatch {
-    ($tx:expr, $incident:expr, $d:expr, $now:expr) => {{
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO dispatches (incident_id, carer_id, provider_id, distance_m, \
-             fallback, state, offered_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'offered', $6, $6) RETURNING id",
-        )
-        .bind($incident)
-        .bind($d.carer_id)
-        .bind($d.provider_id)
-        .bind($d.distance_m)
-        .bind($d.fallback)
-        .bind($now)
-        .fetch_one(&mut *$tx)
-        .await?;
-        id
-    }};
-}
-pub(crate) use insert_dispatch;
-
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

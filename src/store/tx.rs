@@ -9,8 +9,8 @@
 
 use pingantong_domain::State;
 
-use super::AuditEntry;
 use super::backend::Affected;
+use super::{AuditEntry, NewDispatch};
 
 /// A line on an incident's timeline.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +72,13 @@ pub(crate) trait TxSql {
     /// commit: from here on every other writer of the log waits for this
     /// transaction.
     async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error>;
+    /// Offer an incident to a carer; the offer's id.
+    async fn insert_dispatch(
+        &mut self,
+        incident_id: i64,
+        d: &NewDispatch,
+        now: i64,
+    ) -> Result<i64, sqlx::Error>;
 }
 
 impl<C> TxSql for C
@@ -90,6 +97,8 @@ where
     Vec<u8>: sqlx::Type<C::Database>,
     for<'q> Option<Vec<u8>>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
     for<'q> &'q [u8]: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Option<f64>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> bool: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
     usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
 {
     async fn line(&mut self, l: NewLine<'_>) -> Result<(), sqlx::Error> {
@@ -228,5 +237,27 @@ where
         .execute(&mut *self)
         .await?;
         Ok(sealed.id)
+    }
+
+    async fn insert_dispatch(
+        &mut self,
+        incident_id: i64,
+        d: &NewDispatch,
+        now: i64,
+    ) -> Result<i64, sqlx::Error> {
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO dispatches (incident_id, carer_id, provider_id, distance_m, \
+             fallback, state, offered_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'offered', $6, $6) RETURNING id",
+        )
+        .bind(incident_id)
+        .bind(d.carer_id)
+        .bind(d.provider_id)
+        .bind(d.distance_m)
+        .bind(d.fallback)
+        .bind(now)
+        .fetch_one(&mut *self)
+        .await?;
+        Ok(id)
     }
 }
