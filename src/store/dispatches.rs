@@ -1,6 +1,6 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
-use super::tx::{NewTimer, TxSql};
+use super::tx::TxSql;
 use super::{AuditEntry, CarerRow, Db, NewDispatch, StoreError, now_ms, on_pool, on_write_pool};
 
 /// A carer's answer to an offer.
@@ -360,15 +360,7 @@ impl Db {
                     state,
                 });
             }
-            let id = tx.insert_dispatch(incident_id, d, now).await?;
-            tx.insert_timer(NewTimer {
-                incident_id,
-                dispatch_id: Some(id),
-                kind: "offer",
-                round: 0,
-                due_at: offer_due_at,
-            })
-            .await?;
+            let id = tx.offer(incident_id, d, offer_due_at, now).await?;
             sqlx::query(
                 "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
                  VALUES ($1, $2, $3, 'carer_offered', $4)",

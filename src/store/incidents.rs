@@ -30,7 +30,7 @@ pub(super) const CANDIDATES_IN_DISTRICTS: &str = concat!(
 );
 
 use super::backend::Affected;
-use super::tx::{NewLine, NewTimer, TxSql};
+use super::tx::{NewLine, TxSql};
 use super::{ClientProfile, Db, StoreError, now_ms, on_pool};
 
 /// The routing decision's transaction, written once for both backends (see
@@ -108,15 +108,7 @@ where
                 None
             }
             Some(d) => {
-                let id = tx.insert_dispatch(incident_id, d, now).await?;
-                tx.insert_timer(NewTimer {
-                    incident_id,
-                    dispatch_id: Some(id),
-                    kind: "offer",
-                    round: 0,
-                    due_at: due,
-                })
-                .await?;
+                let id = tx.offer(incident_id, d, due, now).await?;
                 let detail = d.offer_detail(id);
                 tx.line(NewLine::system(incident_id, now, "carer_offered", &detail))
                     .await?;

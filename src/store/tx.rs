@@ -72,11 +72,13 @@ pub(crate) trait TxSql {
     /// commit: from here on every other writer of the log waits for this
     /// transaction.
     async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error>;
-    /// Offer an incident to a carer; the offer's id.
-    async fn insert_dispatch(
+    /// Offer an incident to a carer, with the offer's deadline (`due`); the
+    /// offer's id.
+    async fn offer(
         &mut self,
         incident_id: i64,
         d: &NewDispatch,
+        due: i64,
         now: i64,
     ) -> Result<i64, sqlx::Error>;
 }
@@ -239,10 +241,11 @@ where
         Ok(sealed.id)
     }
 
-    async fn insert_dispatch(
+    async fn offer(
         &mut self,
         incident_id: i64,
         d: &NewDispatch,
+        due: i64,
         now: i64,
     ) -> Result<i64, sqlx::Error> {
         let (id,): (i64,) = sqlx::query_as(
@@ -257,6 +260,14 @@ where
         .bind(d.fallback)
         .bind(now)
         .fetch_one(&mut *self)
+        .await?;
+        self.insert_timer(NewTimer {
+            incident_id,
+            dispatch_id: Some(id),
+            kind: "offer",
+            round: 0,
+            due_at: due,
+        })
         .await?;
         Ok(id)
     }
