@@ -5,7 +5,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use super::tx::TxSql;
+use super::backend::Affected;
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
 
 /// Entries read per query while verifying: memory stays bounded however long the log.
@@ -77,6 +77,64 @@ pub(crate) fn seal(last: Option<(i64, Vec<u8>)>, at: i64, e: &AuditEntry<'_>) ->
         id,
         hash: entry_hash(&link, id, at, e),
         prev_hash: prev,
+    }
+}
+
+/// The audit log's append, written once for both backends (see
+/// [`super::tx`]): called on the connection of the transaction that makes
+/// the change it records.
+pub(crate) trait AuditSql {
+    /// Append `entry`, stamped `at`, to the audit log; its id.
+    ///
+    /// Appends are serialized: on PostgreSQL the table is locked in
+    /// EXCLUSIVE mode (plain reads go on) until the transaction ends; on
+    /// SQLite the write lock does the same. Append last, just before the
+    /// commit: from here on every other writer of the log waits for this
+    /// transaction.
+    async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error>;
+}
+
+impl<C> AuditSql for C
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    <C::Database as sqlx::Database>::QueryResult: Affected,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Vec<u8>: sqlx::Decode<'q, C::Database>,
+    Vec<u8>: sqlx::Type<C::Database>,
+    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+{
+    async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error> {
+        if <C::Database as sqlx::Database>::NAME == <sqlx::Postgres as sqlx::Database>::NAME {
+            sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+                .execute(&mut *self)
+                .await?;
+        }
+        let last: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&mut *self)
+                .await?;
+        let sealed = seal(last, at, entry);
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(sealed.id)
+        .bind(at)
+        .bind(entry.actor)
+        .bind(entry.action)
+        .bind(entry.subject)
+        .bind(entry.detail)
+        .bind(sealed.prev_hash)
+        .bind(&sealed.hash[..])
+        .execute(&mut *self)
+        .await?;
+        Ok(sealed.id)
     }
 }
 
@@ -166,7 +224,7 @@ impl Db {
     }
 
     /// Append one entry to the audit log on its own; returns its id. Inside a
-    /// transaction that also makes the change, use `append_audit!` instead.
+    /// transaction that also makes the change, use [`AuditSql::append_audit`] instead.
     pub async fn audit(&self, entry: AuditEntry<'_>) -> Result<i64, StoreError> {
         let begin = self.begin_write();
         let at = now_ms();

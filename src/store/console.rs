@@ -1,6 +1,7 @@
 //! What the console reads: the queue, an incident with its timeline, the
 //! people and devices around it, and a carer's own dispatches.
 
+use super::audit::AuditSql;
 use serde::Serialize;
 
 use super::{Db, StoreError, now_ms, on_pool, on_write_pool};

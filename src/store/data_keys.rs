@@ -2,11 +2,11 @@
 //! in `data_keys`, unwrapped into the [`Vault`] each server holds, rotated,
 //! rewrapped, and the pass that re-seals every value under the current key.
 
+use super::audit::AuditSql;
 use std::sync::Arc;
 
 use sqlx::Row;
 
-use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 use crate::vault::{Field, MasterKey, Vault, VaultError};
 

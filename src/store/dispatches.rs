@@ -1,5 +1,6 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
+use super::audit::AuditSql;
 use super::tx::TxSql;
 use super::{AuditEntry, CarerRow, Db, NewDispatch, StoreError, now_ms, on_pool, on_write_pool};
 

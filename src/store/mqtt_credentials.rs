@@ -2,7 +2,7 @@
 //! generation. The password itself is derived (`mqtt::credential`), never kept.
 //! Every issue and revocation is audited in the same transaction.
 
-use super::tx::TxSql;
+use super::audit::AuditSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 use pingantong_domain::acl::Principal;
 

@@ -13,9 +13,9 @@
 //! seals it retires: `audit verify` checks the survivors against it and no
 //! longer the retired seals. All of it in one transaction.
 
+use super::audit::AuditSql;
 use super::audit::sealed_part;
 use super::seals::{StepRow, seal_detail};
-use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, on_pool, on_write_pool};
 
 /// Days to keep each kind of record; 0 keeps it for ever.

@@ -9,9 +9,9 @@
 //! it was sealed breaks the chain at its seal. A step committed late (on
 //! PostgreSQL, ids are not committed in order) is simply sealed next time.
 
+use super::audit::AuditSql;
 use sha2::{Digest, Sha256};
 
-use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 
 /// At most this many steps in one seal.

@@ -1,6 +1,7 @@
 //! Moving an incident through its state machine, one transaction per step,
 //! each step written to the incident's timeline.
 
+use super::audit::AuditSql;
 use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_write_pool};
 use pingantong_domain::{Action, CancelReason, IllegalTransition, State};

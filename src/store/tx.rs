@@ -1,6 +1,7 @@
 //! Statements that run inside another statement's transaction, shared by
 //! several parts of the store: a timeline line, a deadline armed or fired,
-//! the offers an ending incident takes back, an entry of the audit log.
+//! the offers an ending incident takes back. (An audit entry is
+//! [`super::audit::AuditSql`]'s.)
 //!
 //! They are methods of [`TxSql`], implemented once for any sqlx connection
 //! whose database binds and reads what they use (the `where` clauses are
@@ -9,8 +10,8 @@
 
 use pingantong_domain::State;
 
+use super::NewDispatch;
 use super::backend::Affected;
-use super::{AuditEntry, NewDispatch};
 
 /// A line on an incident's timeline.
 #[derive(Debug, Clone, Copy)]
@@ -64,14 +65,6 @@ pub(crate) trait TxSql {
         to: State,
         now: i64,
     ) -> Result<usize, sqlx::Error>;
-    /// Append `entry`, stamped `at`, to the audit log; its id.
-    ///
-    /// Appends are serialized: on PostgreSQL the table is locked in
-    /// EXCLUSIVE mode (plain reads go on) until the transaction ends; on
-    /// SQLite the write lock does the same. Append last, just before the
-    /// commit: from here on every other writer of the log waits for this
-    /// transaction.
-    async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error>;
     /// Offer an incident to a carer, with the offer's deadline (`due`); the
     /// offer's id.
     async fn offer(
@@ -95,10 +88,6 @@ where
     Option<i64>: sqlx::Type<C::Database>,
     for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
     for<'q> Option<&'q str>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
-    for<'q> Vec<u8>: sqlx::Decode<'q, C::Database>,
-    Vec<u8>: sqlx::Type<C::Database>,
-    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
-    for<'q> &'q [u8]: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
     for<'q> Option<f64>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
     for<'q> bool: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
     usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
@@ -211,34 +200,6 @@ where
             }
         }
         Ok(withdrawn.len())
-    }
-
-    async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error> {
-        if <C::Database as sqlx::Database>::NAME == <sqlx::Postgres as sqlx::Database>::NAME {
-            sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
-                .execute(&mut *self)
-                .await?;
-        }
-        let last: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-                .fetch_optional(&mut *self)
-                .await?;
-        let sealed = super::audit::seal(last, at, entry);
-        sqlx::query(
-            "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(sealed.id)
-        .bind(at)
-        .bind(entry.actor)
-        .bind(entry.action)
-        .bind(entry.subject)
-        .bind(entry.detail)
-        .bind(sealed.prev_hash)
-        .bind(&sealed.hash[..])
-        .execute(&mut *self)
-        .await?;
-        Ok(sealed.id)
     }
 
     async fn offer(

@@ -2,7 +2,7 @@
 //! entry in the same transaction: no change without its record, no record
 //! of a change that did not happen.
 
-use super::tx::TxSql;
+use super::audit::AuditSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 use pingantong_domain::Role;
 

@@ -1,9 +1,9 @@
 //! Wellbeing checks: the residents whose devices nobody has used for a while
 //! (no press, no cancel, no periodic test), and the calls made to them.
 
+use super::audit::AuditSql;
 use serde::Serialize;
 
-use super::tx::TxSql;
 use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 
 /// A resident on the wellbeing work list.

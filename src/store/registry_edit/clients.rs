@@ -1,9 +1,9 @@
 //! Clients and their ordered contact lists: list, read, create, change, away.
 
+use crate::audit::AuditSql;
 use serde::Serialize;
 
 use super::{EditError, unique_or};
-use crate::tx::TxSql;
 use crate::{AuditEntry, Db, NewClient, StoreError, now_ms, on_pool, on_write_pool};
 
 /// A client as the registry keeps them: the profile and the reference in

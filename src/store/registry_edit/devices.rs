@@ -1,11 +1,11 @@
 //! Devices: list, provision (or provision a retired one again), change, retire.
 //! Secrets go in and are never read back out of here.
 
+use crate::audit::AuditSql;
 use serde::Serialize;
 
 use super::clients::client_by_ref;
 use super::{EditError, unique_or};
-use crate::tx::TxSql;
 use crate::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 
 /// Who a device belongs to, as a request names them.

@@ -9,7 +9,7 @@
 use super::clients::{client_by_ref, insert_client_in, insert_contact_in};
 use super::devices::{provision_device_in, resolve_client_in};
 use super::{ClientEntry, ClientRef, ContactEntry, DeviceEntry, EditError, unique_or};
-use crate::tx::TxSql;
+use crate::audit::AuditSql;
 use crate::{AuditEntry, Db, now_ms, on_write_pool};
 
 /// Rows per transaction.

@@ -1,10 +1,10 @@
 //! Providers with the areas they are contracted for, and their carers.
 
+use crate::audit::AuditSql;
 use serde::Serialize;
 
 use super::EditError;
 use crate::registry::insert_provider_rows;
-use crate::tx::TxSql;
 use crate::{AuditEntry, Db, NewCarer, NewProvider, StoreError, now_ms, on_pool, on_write_pool};
 
 /// One area a provider covers: a whole district (`street` null) or one street.
