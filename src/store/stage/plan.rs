@@ -76,6 +76,16 @@ pub struct Opening<'a> {
     route_line: Option<usize>,
 }
 
+impl<'a> Opening<'a> {
+    /// How to route it in this batch, if it is routed here at all: given a
+    /// route and still open. An incident the batch also ended is offered to
+    /// nobody: the carer would be offered a job and told in the same breath
+    /// it is over.
+    fn route_here(&self) -> Option<RouteRequest<'a>> {
+        self.route.filter(|_| self.state.is_open())
+    }
+}
+
 /// An offer to a carer, for an incident the batch opens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Offer {
@@ -300,19 +310,11 @@ impl<'a> StagePlan<'a> {
     /// The districts whose carers [`StagePlan::route`] needs.
     pub fn districts(&self) -> Vec<&'a str> {
         let mut seen = HashSet::new();
-        self.to_route()
-            .filter_map(|o| o.route.map(|r| r.client.district.as_str()))
-            .filter(|d| seen.insert(*d))
-            .collect()
-    }
-
-    /// The openings to route: those given a route that are still open. An
-    /// incident the batch also ended is offered to nobody: the carer would be
-    /// offered a job and told in the same breath it is over.
-    fn to_route(&self) -> impl Iterator<Item = &Opening<'a>> {
         self.openings
             .iter()
-            .filter(|o| o.route.is_some() && o.state.is_open())
+            .filter_map(|o| o.route_here().map(|r| r.client.district.as_str()))
+            .filter(|d| seen.insert(*d))
+            .collect()
     }
 
     /// Choose a carer for every opening to route, from `near`: the candidates
@@ -321,12 +323,9 @@ impl<'a> StagePlan<'a> {
     pub fn route(&mut self, near: &[(String, CarerCandidate)]) {
         for k in 0..self.openings.len() {
             let o = &self.openings[k];
-            let (Some(r), Some(at)) = (o.route, o.route_line) else {
+            let (Some(r), Some(at)) = (o.route_here(), o.route_line) else {
                 continue;
             };
-            if !o.state.is_open() {
-                continue;
-            }
             let c = r.client;
             let here: Vec<CarerCandidate> = near
                 .iter()
@@ -378,10 +377,7 @@ impl<'a> StagePlan<'a> {
         now: i64,
     ) -> Option<RouteDone> {
         let o = &self.openings[k];
-        let r = o.route?;
-        if !o.state.is_open() {
-            return None;
-        }
+        let r = o.route_here()?;
         let (Some(offer), Some(dispatch_id)) = (o.offer, dispatch_id) else {
             return Some(RouteDone::NoCarer);
         };
