@@ -1,0 +1,4 @@
+//! alarms
+
+#[allow(unused_imports)]
+use crate::both_backends;

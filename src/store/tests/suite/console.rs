@@ -1,0 +1,4 @@
+//! console
+
+#[allow(unused_imports)]
+use crate::both_backends;

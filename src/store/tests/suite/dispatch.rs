@@ -1,0 +1,4 @@
+//! dispatch
+
+#[allow(unused_imports)]
+use crate::both_backends;

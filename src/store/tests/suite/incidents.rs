@@ -1,0 +1,4 @@
+//! incidents
+
+#[allow(unused_imports)]
+use crate::both_backends;

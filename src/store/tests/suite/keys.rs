@@ -1,0 +1,4 @@
+//! keys
+
+#[allow(unused_imports)]
+use crate::both_backends;

@@ -1,0 +1,4 @@
+//! people
+
+#[allow(unused_imports)]
+use crate::both_backends;

@@ -1,0 +1,4 @@
+//! registry
+
+#[allow(unused_imports)]
+use crate::both_backends;
