@@ -4,13 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingantong_protocol::Codec;
-use pingantong_protocol::eview::EviewCodec;
-use pingantong_protocol::gt06::Gt06Codec;
-use pingantong_protocol::h02::H02Codec;
-use pingantong_protocol::sia_dc09::{self, KeyLookup, SiaDc09Codec};
-use pingantong_protocol::watch::WatchCodec;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -20,22 +14,18 @@ use crate::config::{ConfigError, Settings};
 use crate::directory::Directory;
 use crate::dispatch::{Dispatcher, MqttEndpoint};
 use crate::incident::{Clock, IncidentStage, StageConfig};
-use crate::ingest::device::{self, CodecFactory};
 use crate::ingest::{self, IngestContext};
+use crate::listeners::{DeviceListeners, Transport};
 use crate::mqtt::credential::CredentialKey;
 use crate::mqtt::{self, LinkConfig};
 use crate::notify::{Channel, EmailChannel, MqttChannel, Notifier, WebhookChannel};
 use crate::rules::{Rules, RulesError};
+use crate::stages::{self, Phase, Stages};
 use crate::store::{Db, StoreError, writer};
 use crate::supervision::Supervision;
 
-const SIA_DC09: &str = "sia_dc09";
-
 /// How often SQLite's write-ahead log is copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-
-/// How long connections get to finish their frames once shutdown begins.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -81,25 +71,11 @@ pub struct ListenAddrs {
     pub dc09_tls: Option<SocketAddr>,
 }
 
-/// The third-party device listeners, bound.
-struct DeviceListeners {
-    http: TcpListener,
-    gt06: TcpListener,
-    watch: TcpListener,
-    h02: TcpListener,
-    h02_udp: UdpSocket,
-    eview: TcpListener,
-    dc09: TcpListener,
-    dc09_udp: UdpSocket,
-    dc09_tls: Option<TcpListener>,
-}
-
 /// A server with its ports bound and its database migrated, not yet running.
 pub struct Application {
     settings: Settings,
     db: Db,
-    native: TcpListener,
-    native_addr: SocketAddr,
+    http: TcpListener,
     devices: DeviceListeners,
     addrs: ListenAddrs,
     /// Where MQTT clients connect (the gate, with the embedded broker).
@@ -154,75 +130,25 @@ impl Application {
             .store_config(settings.database_max_connections)
             .map_err(|e| AppError::DataKey(e.to_string()))?;
         let db = Db::connect(&store).await?;
-        let native = bind_tcp(settings.native_addr).await?;
-        let native_addr = native.local_addr().map_err(|source| AppError::Bind {
-            addr: settings.native_addr,
-            source,
-        })?;
-        let h02 = bind_tcp(settings.h02_addr).await?;
-        // UDP on the port TCP got, so one number serves both.
-        let h02_udp_addr = SocketAddr::new(
-            settings.h02_addr.ip(),
-            local(&h02, settings.h02_addr)?.port(),
-        );
-        let h02_udp = UdpSocket::bind(h02_udp_addr)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: h02_udp_addr,
-                source,
-            })?;
-        let dc09 = bind_tcp(settings.dc09_addr).await?;
-        let dc09_udp_addr = SocketAddr::new(
-            settings.dc09_addr.ip(),
-            local(&dc09, settings.dc09_addr)?.port(),
-        );
-        let dc09_udp = UdpSocket::bind(dc09_udp_addr)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: dc09_udp_addr,
-                source,
-            })?;
-        let dc09_tls = match settings.dc09_tls_addr {
-            Some(want) => Some(bind_tcp(want).await?),
-            None => None,
-        };
-        let devices = DeviceListeners {
-            dc09,
-            dc09_udp,
-            dc09_tls,
-            http: bind_tcp(settings.http_addr).await?,
-            gt06: bind_tcp(settings.gt06_addr).await?,
-            watch: bind_tcp(settings.watch_addr).await?,
-            h02,
-            h02_udp,
-            eview: bind_tcp(settings.eview_addr).await?,
+        let http = bind_tcp(settings.http_addr).await?;
+        let devices = DeviceListeners::bind(&settings).await?;
+        // Every row of the table but DC-09 over TLS is always configured.
+        let at = |protocol, transport| {
+            devices
+                .addr(protocol, transport)
+                .expect("the listener table binds every protocol")
         };
         let addrs = ListenAddrs {
-            http: local(&devices.http, settings.http_addr)?,
-            native: native_addr,
-            gt06: local(&devices.gt06, settings.gt06_addr)?,
-            watch: local(&devices.watch, settings.watch_addr)?,
-            h02: local(&devices.h02, settings.h02_addr)?,
-            h02_udp: devices
-                .h02_udp
-                .local_addr()
-                .map_err(|source| AppError::Bind {
-                    addr: h02_udp_addr,
-                    source,
-                })?,
-            eview: local(&devices.eview, settings.eview_addr)?,
-            dc09: local(&devices.dc09, settings.dc09_addr)?,
-            dc09_tls: match (&devices.dc09_tls, settings.dc09_tls_addr) {
-                (Some(l), Some(want)) => Some(local(l, want)?),
-                _ => None,
-            },
-            dc09_udp: devices
-                .dc09_udp
-                .local_addr()
-                .map_err(|source| AppError::Bind {
-                    addr: dc09_udp_addr,
-                    source,
-                })?,
+            http: local(&http, settings.http_addr)?,
+            native: at(ingest::native::PROTOCOL, Transport::Tcp),
+            gt06: at("gt06", Transport::Tcp),
+            watch: at("watch", Transport::Tcp),
+            h02: at("h02", Transport::Tcp),
+            h02_udp: at("h02", Transport::Udp),
+            eview: at("eview", Transport::Tcp),
+            dc09: at("sia_dc09", Transport::Tcp),
+            dc09_udp: at("sia_dc09", Transport::Udp),
+            dc09_tls: devices.addr("sia_dc09", Transport::Tls),
         };
         let credential_key = CredentialKey::configured_or_kept(
             settings.mqtt_credential_key.as_ref().map(|k| k.expose()),
@@ -304,8 +230,7 @@ impl Application {
             mqtt_ca_pem,
             settings,
             db,
-            native,
-            native_addr,
+            http,
             devices,
             addrs,
             mqtt,
@@ -318,7 +243,7 @@ impl Application {
     }
 
     pub fn native_addr(&self) -> SocketAddr {
-        self.native_addr
+        self.addrs.native
     }
 
     /// Run deadlines (claim alerts, offer timeouts) on this clock instead of
@@ -366,21 +291,21 @@ impl Application {
     /// incident stage finish; close the database.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
         let s = &self.settings;
-        let inner = CancellationToken::new();
+        let mut stages = Stages::new();
+        let inner = stages.inner.clone();
         // Clients reach the embedded broker through its gate; the server goes
         // straight in with the broker's own credential.
         let sessions = self.gate.as_ref().map(|(g, _, _)| g.sessions());
         // The gate closes last, after the server's goodbye has passed through it.
-        let gate_stop = CancellationToken::new();
-        let gate_task = self.gate.map(|(gate, listener, tls_listener)| {
-            let mqtts = tls_listener.zip(self.tls.clone()).map(|(l, tls)| {
-                tokio::spawn(Arc::clone(&gate).serve(l, Some(tls), gate_stop.clone()))
-            });
-            (
-                tokio::spawn(gate.serve(listener, None, gate_stop.clone())),
-                mqtts,
-            )
-        });
+        if let Some((gate, listener, tls_listener)) = self.gate {
+            let gate_stop = stages.gate.clone();
+            if let Some((l, tls)) = tls_listener.zip(self.tls.clone()) {
+                let mqtts = Arc::clone(&gate).serve(l, Some(tls), gate_stop.clone());
+                stages.add(Phase::Gate, "gate_mqtts", tokio::spawn(mqtts));
+            }
+            let plain = gate.serve(listener, None, gate_stop);
+            stages.add(Phase::Gate, "gate", tokio::spawn(plain));
+        }
         let (link_endpoint, link_credentials) = match &self.embedded_inner {
             Some((endpoint, login)) => (endpoint.clone(), Some(login.clone())),
             None => (
@@ -403,10 +328,10 @@ impl Application {
             },
             inner.clone(),
         );
-        let mqtt_task = link.task;
+        stages.add(Phase::Behind, "mqtt_link", link.task);
         // An external Mosquitto kept in step with the registry's credentials.
-        let dynsec_task = (s.mqtt_dynsec && self.embedded_inner.is_none()).then(|| {
-            tokio::spawn(crate::broker::dynsec::run(
+        if s.mqtt_dynsec && self.embedded_inner.is_none() {
+            let dynsec = tokio::spawn(crate::broker::dynsec::run(
                 self.db.clone(),
                 self.credential_key.clone(),
                 crate::broker::dynsec::DynsecConfig {
@@ -419,8 +344,9 @@ impl Application {
                 link.status.clone(),
                 link.control_responses,
                 inner.clone(),
-            ))
-        });
+            ));
+            stages.add(Phase::Behind, "mqtt_credentials", dynsec);
+        }
         // Before any alarm is planned: a city just loaded and never analyzed
         // would be read by full scans (see store::statistics).
         if let Err(e) = self.db.refresh_statistics().await {
@@ -443,6 +369,7 @@ impl Application {
         }
         let refresher =
             directory.spawn_refresher(Duration::from_millis(s.cache_refresh_ms), inner.clone());
+        stages.add(Phase::Behind, "directory_refresher", refresher);
         let supervision = Supervision::new(
             s.heartbeats(),
             Arc::clone(&directory),
@@ -457,12 +384,13 @@ impl Application {
             .emit();
         }
         // Before the first commit: no alarm's commit copies the log.
-        let checkpointer = match self
+        match self
             .db
             .spawn_checkpointer(CHECKPOINT_EVERY, inner.clone())
             .await
         {
-            Ok(task) => task,
+            Ok(Some(task)) => stages.add(Phase::Checkpointer, "wal_checkpointer", task),
+            Ok(None) => {}
             Err(e) => {
                 // The writer keeps checkpointing in its commits.
                 crate::telemetry::events::StageFailed {
@@ -470,9 +398,8 @@ impl Application {
                     error: &e,
                 }
                 .emit();
-                None
             }
-        };
+        }
         let (urgent_tx, urgent_rx) = mpsc::channel(10_000);
         let (other_tx, other_rx) = mpsc::channel(10_000);
         let (writer, writer_task) = writer::spawn(
@@ -568,7 +495,6 @@ impl Application {
             s.mqtt_adapters.clone(),
             s.instance_id.clone(),
         ));
-        let d = self.devices;
         let feed = match crate::api::Feed::new(
             self.db.clone(),
             Arc::clone(&timeline_changed),
@@ -591,7 +517,7 @@ impl Application {
         };
         let feed_task = feed.spawn(inner.clone());
         let http = tokio::spawn(crate::api::serve(
-            d.http,
+            self.http,
             crate::api::ApiContext {
                 db: self.db.clone(),
                 mqtt: link.status.clone(),
@@ -609,121 +535,43 @@ impl Application {
             },
             shutdown.clone(),
         ));
-        let codecs = |f: fn() -> Box<dyn Codec>| -> CodecFactory { Arc::new(f) };
-        let gt06 = codecs(|| Box::new(Gt06Codec::with_system_clock()));
-        let h02 = codecs(|| Box::new(H02Codec::new()));
-        let on = device_threads.handle();
-        let tcp = |listener: TcpListener, protocol: &'static str, codecs: CodecFactory| {
-            let (ctx, stop) = (Arc::clone(&ctx), shutdown.clone());
-            on_devices(&on, listener, protocol, move |l: TcpListener| {
-                device::serve_tcp(l, protocol, codecs, ctx, stop)
-            })
-        };
-        let udp = |socket: UdpSocket, protocol: &'static str, codecs: CodecFactory| {
-            let (ctx, stop) = (Arc::clone(&ctx), shutdown.clone());
-            on_devices(&on, socket, protocol, move |s: UdpSocket| {
-                device::serve_udp(s, protocol, codecs, ctx, stop)
-            })
-        };
-        let mut listeners = vec![
-            tcp(d.gt06, "gt06", gt06),
-            tcp(d.watch, "watch", codecs(|| Box::new(WatchCodec::new()))),
-            tcp(d.h02, "h02", Arc::clone(&h02)),
-            udp(d.h02_udp, "h02", h02),
-            tcp(d.eview, "eview", codecs(|| Box::new(EviewCodec::new()))),
-        ];
-        // DC-09 codecs decrypt with the account's key without waiting: every
-        // account is in memory (preloaded above; new ones join at the next sweep).
-        let dir = Arc::clone(&ctx.directory);
-        let keys: KeyLookup = Arc::new(move |account: &str| {
-            dir.cached_device(account)
-                .filter(|d| d.protocol == SIA_DC09 && !d.secret.is_empty())
-                .map(|d| d.secret.clone())
-        });
-        let clock: sia_dc09::Clock = Arc::new(crate::store::now_ms);
-        let dc09: CodecFactory =
-            Arc::new(move || Box::new(SiaDc09Codec::new(Arc::clone(&keys), Arc::clone(&clock))));
-        listeners.push(tcp(d.dc09, SIA_DC09, Arc::clone(&dc09)));
-        if let (Some(l), Some(tls)) = (d.dc09_tls, self.tls.clone()) {
-            let (ctx, stop, codecs) = (Arc::clone(&ctx), shutdown.clone(), Arc::clone(&dc09));
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            listeners.push(on_devices(&on, l, SIA_DC09, move |l: TcpListener| {
-                device::serve_tls(l, SIA_DC09, codecs, acceptor, ctx, stop)
-            }));
+        for task in self
+            .devices
+            .serve(&ctx, self.tls.clone(), &device_threads.handle(), &shutdown)
+        {
+            stages.add(Phase::Devices, "device_listener", task);
         }
-        listeners.push(udp(d.dc09_udp, SIA_DC09, dc09));
-        let stop = shutdown.clone();
-        listeners.push(on_devices(
-            &on,
-            self.native,
-            ingest::native::PROTOCOL,
-            move |l: TcpListener| ingest::native::serve(l, ctx, stop),
-        ));
-        let native = async move {
-            for l in listeners {
-                let _ = l.await;
-            }
-        };
+        stages.add(Phase::Api, "http", http);
+        stages.add(Phase::MqttIngest, "mqtt_ingest", mqtt_ingest);
+        stages.add(Phase::MqttIngest, "mqtt_adapters", adapters);
+        stages.add(Phase::Supervision, "supervision", supervision_task);
+        stages.add(Phase::Writer, "writer", writer_task);
+        stages.add(Phase::Behind, "incident_stage", stage_task);
+        stages.add(Phase::Behind, "notifier", notify_task);
+        stages.add(Phase::Behind, "feed", feed_task);
+        stages.add(Phase::Behind, "anchor", anchor_task);
+        stages.add(Phase::Behind, "housekeeping", housekeeping_task);
+        // The device connections' own handles (the context's writer among
+        // them) now live in the listener tasks alone.
+        drop(ctx);
 
         shutdown.cancelled().await;
         // Stopping while the database is away: what is held cannot be
         // committed, and nobody was answered for it, so after the drain the
         // writer stops holding and the stop ends (the devices send again; the
         // broker keeps MQTT's events). Held, it would wait for ever.
-        let stop_holding = {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                tokio::time::sleep(DRAIN_DEADLINE).await;
-                if !store.database_up() {
-                    tracing::warn!(
-                        held = store.held(),
-                        "stopping with the database away; held records are given up"
-                    );
-                }
-                store.stop_holding();
-            })
-        };
-        if tokio::time::timeout(DRAIN_DEADLINE, native).await.is_err() {
-            tracing::warn!("connections did not finish within the drain deadline");
-        }
-        // MQTT events still queued stay with the broker (not acknowledged):
-        // they are delivered again to this session when the server returns.
-        let _ = http.await;
-        mqtt_ingest.abort();
-        adapters.abort();
-        let _ = mqtt_ingest.await;
-        let _ = adapters.await;
-        // Every writer handle is gone with the listeners and supervision:
-        // the writer commits what is queued and stops.
-        let _ = supervision_task.await;
-        let _ = writer_task.await;
-        stop_holding.abort();
-        inner.cancel();
-        let _ = stage_task.await;
-        let _ = notify_task.await;
-        let _ = feed_task.await;
-        let _ = anchor_task.await;
-        let _ = housekeeping_task.await;
-        let _ = refresher.await;
-        if let Some(task) = dynsec_task {
-            let _ = task.await;
-        }
-        let _ = mqtt_task.await;
-        if gate_task.is_some() {
-            // The broker routes the goodbye asynchronously: give it a moment
-            // to reach the clients watching for it before they are cut off.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        gate_stop.cancel();
-        if let Some((plain, mqtts)) = gate_task {
-            let _ = plain.await;
-            if let Some(task) = mqtts {
-                let _ = task.await;
+        let watch = tokio::spawn(async move {
+            tokio::time::sleep(stages::DRAIN_DEADLINE).await;
+            if !store.database_up() {
+                tracing::warn!(
+                    held = store.held(),
+                    "stopping with the database away; held records are given up"
+                );
             }
-        }
-        if let Some(task) = checkpointer {
-            let _ = task.await;
-        }
+            store.stop_holding();
+        });
+        stages.add(Phase::WriterWatch, "writer_watch", watch);
+        stages.stop().await;
         self.db.close().await;
         // Last: connection tasks still running past the drain deadline end
         // here, once what they submitted has been committed.
@@ -778,61 +626,6 @@ impl Drop for DeviceThreads {
     }
 }
 
-/// A socket bound on one runtime, moved to another: its readiness is then
-/// watched by that runtime's I/O loop.
-trait Rehome: Sized + Send + 'static {
-    type Std: Send + 'static;
-    fn leave(self) -> std::io::Result<Self::Std>;
-    fn arrive(std: Self::Std) -> std::io::Result<Self>;
-}
-
-impl Rehome for TcpListener {
-    type Std = std::net::TcpListener;
-    fn leave(self) -> std::io::Result<Self::Std> {
-        self.into_std()
-    }
-    fn arrive(std: Self::Std) -> std::io::Result<Self> {
-        TcpListener::from_std(std)
-    }
-}
-
-impl Rehome for UdpSocket {
-    type Std = std::net::UdpSocket;
-    fn leave(self) -> std::io::Result<Self::Std> {
-        self.into_std()
-    }
-    fn arrive(std: Self::Std) -> std::io::Result<Self> {
-        UdpSocket::from_std(std)
-    }
-}
-
-/// Serve `socket` on the device runtime.
-fn on_devices<S, F, Fut>(
-    on: &tokio::runtime::Handle,
-    socket: S,
-    protocol: &'static str,
-    serve: F,
-) -> tokio::task::JoinHandle<()>
-where
-    S: Rehome,
-    F: FnOnce(S) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let moved = socket.leave();
-    on.spawn(async move {
-        match moved.and_then(S::arrive) {
-            Ok(socket) => serve(socket).await,
-            Err(e) => {
-                crate::telemetry::events::StageFailed {
-                    stage: protocol,
-                    error: &e,
-                }
-                .emit();
-            }
-        }
-    })
-}
-
 /// Connections waiting to be accepted, per listener (the kernel caps it at
 /// `net.core.somaxconn`, 4096 on current Linux). A city reconnecting at once
 /// after a power cut sends thousands of SYNs in a second: past a full queue
@@ -840,7 +633,7 @@ where
 /// retransmission (1 s, then 3 s) before it can even try again.
 const ACCEPT_BACKLOG: u32 = 65_535;
 
-async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, AppError> {
+pub(crate) async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, AppError> {
     let bind = || {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
@@ -855,7 +648,7 @@ async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, AppError> {
     bind().map_err(|source| AppError::Bind { addr, source })
 }
 
-fn local(l: &TcpListener, wanted: SocketAddr) -> Result<SocketAddr, AppError> {
+pub(crate) fn local(l: &TcpListener, wanted: SocketAddr) -> Result<SocketAddr, AppError> {
     l.local_addr().map_err(|source| AppError::Bind {
         addr: wanted,
         source,

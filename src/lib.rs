@@ -10,6 +10,8 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod listeners;
+pub mod stages;
 
 // The crates below the server, under the names the server's modules use.
 pub use pingantong_api as api;

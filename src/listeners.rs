@@ -1,0 +1,340 @@
+//! The device listeners as one table: which protocol is heard on which kind
+//! of socket, where the settings put it, and what reads its bytes.
+//!
+//! A new device protocol is a [`Codec`] in the protocol crate and a row in
+//! [`DEVICE_LISTENERS`]; binding, the addresses a test reads back and serving
+//! follow from the table.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingantong_protocol::Codec;
+use pingantong_protocol::eview::EviewCodec;
+use pingantong_protocol::gt06::Gt06Codec;
+use pingantong_protocol::h02::H02Codec;
+use pingantong_protocol::sia_dc09::{self, KeyLookup, SiaDc09Codec};
+use pingantong_protocol::watch::WatchCodec;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppError;
+use crate::config::Settings;
+use crate::directory::Directory;
+use crate::ingest::device::{self, CodecFactory};
+use crate::ingest::{self, IngestContext};
+
+const SIA_DC09: &str = "sia_dc09";
+
+/// How a device's bytes arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    /// Each datagram is answered to its sender. Bound on the port the same
+    /// protocol's TCP listener got, so one number serves both.
+    Udp,
+    /// TCP under TLS, with the console's certificate.
+    Tls,
+}
+
+/// What reads a listener's bytes.
+#[derive(Clone, Copy)]
+pub enum Reader {
+    /// The native pendant protocol (protocol/NATIVE.md): signed frames, its
+    /// own connection loop.
+    Native,
+    /// A third-party protocol: one codec per connection or datagram, made by
+    /// this function (which may consult the device directory, as DC-09's
+    /// account keys do).
+    Codec(fn(&Arc<Directory>) -> CodecFactory),
+}
+
+/// One row of the table.
+pub struct Row {
+    pub protocol: &'static str,
+    pub transport: Transport,
+    /// Where the settings put it; `None`: not configured, not bound.
+    pub addr: fn(&Settings) -> Option<SocketAddr>,
+    pub reader: Reader,
+}
+
+fn codecs(f: fn() -> Box<dyn Codec>) -> CodecFactory {
+    Arc::new(f)
+}
+
+/// DC-09 codecs decrypt with the account's key without waiting: every
+/// account is in memory (preloaded before the listeners start; new ones join
+/// at the directory's next sweep).
+fn dc09_codecs(directory: &Arc<Directory>) -> CodecFactory {
+    let dir = Arc::clone(directory);
+    let keys: KeyLookup = Arc::new(move |account: &str| {
+        dir.cached_device(account)
+            .filter(|d| d.protocol == SIA_DC09 && !d.secret.is_empty())
+            .map(|d| d.secret.clone())
+    });
+    let clock: sia_dc09::Clock = Arc::new(crate::store::now_ms);
+    Arc::new(move || Box::new(SiaDc09Codec::new(Arc::clone(&keys), Arc::clone(&clock))))
+}
+
+/// Every device listener. A UDP row comes after its protocol's TCP row.
+pub const DEVICE_LISTENERS: &[Row] = &[
+    Row {
+        protocol: ingest::native::PROTOCOL,
+        transport: Transport::Tcp,
+        addr: |s| Some(s.native_addr),
+        reader: Reader::Native,
+    },
+    Row {
+        protocol: "gt06",
+        transport: Transport::Tcp,
+        addr: |s| Some(s.gt06_addr),
+        reader: Reader::Codec(|_| codecs(|| Box::new(Gt06Codec::with_system_clock()))),
+    },
+    Row {
+        protocol: "watch",
+        transport: Transport::Tcp,
+        addr: |s| Some(s.watch_addr),
+        reader: Reader::Codec(|_| codecs(|| Box::new(WatchCodec::new()))),
+    },
+    Row {
+        protocol: "h02",
+        transport: Transport::Tcp,
+        addr: |s| Some(s.h02_addr),
+        reader: Reader::Codec(|_| codecs(|| Box::new(H02Codec::new()))),
+    },
+    Row {
+        protocol: "h02",
+        transport: Transport::Udp,
+        addr: |s| Some(s.h02_addr),
+        reader: Reader::Codec(|_| codecs(|| Box::new(H02Codec::new()))),
+    },
+    Row {
+        protocol: "eview",
+        transport: Transport::Tcp,
+        addr: |s| Some(s.eview_addr),
+        reader: Reader::Codec(|_| codecs(|| Box::new(EviewCodec::new()))),
+    },
+    Row {
+        protocol: SIA_DC09,
+        transport: Transport::Tcp,
+        addr: |s| Some(s.dc09_addr),
+        reader: Reader::Codec(dc09_codecs),
+    },
+    Row {
+        protocol: SIA_DC09,
+        transport: Transport::Tls,
+        addr: |s| s.dc09_tls_addr,
+        reader: Reader::Codec(dc09_codecs),
+    },
+    Row {
+        protocol: SIA_DC09,
+        transport: Transport::Udp,
+        addr: |s| Some(s.dc09_addr),
+        reader: Reader::Codec(dc09_codecs),
+    },
+];
+
+enum Socket {
+    Stream(TcpListener),
+    Datagram(UdpSocket),
+}
+
+/// A row's socket, bound.
+pub struct Bound {
+    pub row: &'static Row,
+    pub addr: SocketAddr,
+    socket: Socket,
+}
+
+/// The device listeners, bound: where each one is.
+pub struct DeviceListeners(Vec<Bound>);
+
+impl DeviceListeners {
+    /// Bind every configured row, in the table's order.
+    pub async fn bind(settings: &Settings) -> Result<Self, AppError> {
+        let mut bound: Vec<Bound> = Vec::with_capacity(DEVICE_LISTENERS.len());
+        for row in DEVICE_LISTENERS {
+            let Some(wanted) = (row.addr)(settings) else {
+                continue;
+            };
+            let (socket, addr) = match row.transport {
+                Transport::Tcp | Transport::Tls => {
+                    let l = crate::app::bind_tcp(wanted).await?;
+                    let addr = crate::app::local(&l, wanted)?;
+                    (Socket::Stream(l), addr)
+                }
+                Transport::Udp => {
+                    let port = bound
+                        .iter()
+                        .find(|b| {
+                            b.row.protocol == row.protocol && b.row.transport == Transport::Tcp
+                        })
+                        .map_or(wanted.port(), |tcp| tcp.addr.port());
+                    let at = SocketAddr::new(wanted.ip(), port);
+                    let bind_err = |source| AppError::Bind { addr: at, source };
+                    let s = UdpSocket::bind(at).await.map_err(bind_err)?;
+                    let addr = s.local_addr().map_err(bind_err)?;
+                    (Socket::Datagram(s), addr)
+                }
+            };
+            bound.push(Bound { row, addr, socket });
+        }
+        Ok(Self(bound))
+    }
+
+    /// Where `protocol` is heard over `transport`, if it is.
+    pub fn addr(&self, protocol: &str, transport: Transport) -> Option<SocketAddr> {
+        self.0
+            .iter()
+            .find(|b| b.row.protocol == protocol && b.row.transport == transport)
+            .map(|b| b.addr)
+    }
+
+    /// Serve every listener on the device runtime `on` until `shutdown`; the
+    /// tasks end once their connections have finished.
+    pub fn serve(
+        self,
+        ctx: &Arc<IngestContext>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        on: &tokio::runtime::Handle,
+        shutdown: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::with_capacity(self.0.len());
+        for Bound { row, socket, .. } in self.0 {
+            let (ctx, stop, protocol) = (Arc::clone(ctx), shutdown.clone(), row.protocol);
+            let task = match (row.reader, row.transport, socket) {
+                (Reader::Native, Transport::Tcp, Socket::Stream(l)) => {
+                    on_devices(on, l, protocol, move |l| {
+                        ingest::native::serve(l, ctx, stop)
+                    })
+                }
+                (Reader::Codec(make), Transport::Tcp, Socket::Stream(l)) => {
+                    let codecs = make(&ctx.directory);
+                    on_devices(on, l, protocol, move |l| {
+                        device::serve_tcp(l, protocol, codecs, ctx, stop)
+                    })
+                }
+                (Reader::Codec(make), Transport::Tls, Socket::Stream(l)) => {
+                    // Settings refuse a TLS listener without a certificate.
+                    let Some(tls) = tls.clone() else { continue };
+                    let codecs = make(&ctx.directory);
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    on_devices(on, l, protocol, move |l| {
+                        device::serve_tls(l, protocol, codecs, acceptor, ctx, stop)
+                    })
+                }
+                (Reader::Codec(make), Transport::Udp, Socket::Datagram(s)) => {
+                    let codecs = make(&ctx.directory);
+                    on_devices(on, s, protocol, move |s| {
+                        device::serve_udp(s, protocol, codecs, ctx, stop)
+                    })
+                }
+                _ => unreachable!("{protocol}: a row whose reader cannot serve its transport"),
+            };
+            tasks.push(task);
+        }
+        tasks
+    }
+}
+
+/// A socket bound on one runtime, moved to another: its readiness is then
+/// watched by that runtime's I/O loop.
+trait Rehome: Sized + Send + 'static {
+    type Std: Send + 'static;
+    fn leave(self) -> std::io::Result<Self::Std>;
+    fn arrive(std: Self::Std) -> std::io::Result<Self>;
+}
+
+impl Rehome for TcpListener {
+    type Std = std::net::TcpListener;
+    fn leave(self) -> std::io::Result<Self::Std> {
+        self.into_std()
+    }
+    fn arrive(std: Self::Std) -> std::io::Result<Self> {
+        TcpListener::from_std(std)
+    }
+}
+
+impl Rehome for UdpSocket {
+    type Std = std::net::UdpSocket;
+    fn leave(self) -> std::io::Result<Self::Std> {
+        self.into_std()
+    }
+    fn arrive(std: Self::Std) -> std::io::Result<Self> {
+        UdpSocket::from_std(std)
+    }
+}
+
+/// Serve `socket` on the device runtime.
+fn on_devices<S, F, Fut>(
+    on: &tokio::runtime::Handle,
+    socket: S,
+    protocol: &'static str,
+    serve: F,
+) -> tokio::task::JoinHandle<()>
+where
+    S: Rehome,
+    F: FnOnce(S) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let moved = socket.leave();
+    on.spawn(async move {
+        match moved.and_then(S::arrive) {
+            Ok(socket) => serve(socket).await,
+            Err(e) => {
+                crate::telemetry::events::StageFailed {
+                    stage: protocol,
+                    error: &e,
+                }
+                .emit();
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every protocol a UDP row names is heard over TCP first, so the
+    /// datagram socket can take the TCP listener's port.
+    #[test]
+    fn each_udp_row_follows_its_tcp_row() {
+        for (i, row) in DEVICE_LISTENERS.iter().enumerate() {
+            if row.transport == Transport::Udp {
+                assert!(
+                    DEVICE_LISTENERS[..i]
+                        .iter()
+                        .any(|r| r.protocol == row.protocol && r.transport == Transport::Tcp),
+                    "{}'s UDP row comes before its TCP row",
+                    row.protocol
+                );
+            }
+        }
+    }
+
+    /// Bound on port 0, each protocol's datagram socket shares its TCP port,
+    /// and an unconfigured row (DC-09 over TLS) is not bound.
+    #[tokio::test]
+    async fn binding_follows_the_table() {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let settings = Settings {
+            native_addr: any,
+            gt06_addr: any,
+            watch_addr: any,
+            h02_addr: any,
+            eview_addr: any,
+            dc09_addr: any,
+            dc09_tls_addr: None,
+            ..Settings::default()
+        };
+        let bound = DeviceListeners::bind(&settings).await.unwrap();
+        for protocol in ["h02", SIA_DC09] {
+            let tcp = bound.addr(protocol, Transport::Tcp).unwrap();
+            let udp = bound.addr(protocol, Transport::Udp).unwrap();
+            assert_ne!(tcp.port(), 0);
+            assert_eq!(tcp.port(), udp.port(), "{protocol}");
+        }
+        assert_eq!(bound.addr(SIA_DC09, Transport::Tls), None);
+        assert_eq!(bound.0.len(), DEVICE_LISTENERS.len() - 1);
+    }
+}
