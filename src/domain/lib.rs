@@ -9,6 +9,7 @@ pub mod cancel_reason;
 pub mod cascade;
 pub mod escalation;
 pub mod incident_state;
+pub mod reach;
 pub mod role;
 pub mod rules;
 
@@ -16,4 +17,5 @@ pub use cancel_reason::CancelReason;
 pub use cascade::Cascade;
 pub use escalation::{Clock, Escalation};
 pub use incident_state::{Action, IllegalTransition, State};
+pub use reach::{Email, Phone, WebhookUrl};
 pub use role::Role;

@@ -7,6 +7,7 @@
 //! regular-expression dialects also matches before one final newline, so a
 //! value is checked (and stored) without that one newline.
 
+use pingantong_domain::{Email, Phone, WebhookUrl};
 use pingantong_protocol::DeviceId;
 
 use pingantong_store::{ClientEntry, ClientRef, ContactEntry, DeviceEntry, NewClient};
@@ -30,12 +31,8 @@ pub const ADDRESS_MAX: usize = 300;
 pub const AREA_MAX: usize = 50;
 pub const RELATION_MAX: usize = 50;
 pub const NOTES_MAX: usize = 4000;
-pub const PHONE_MAX: usize = 32;
-pub const PHONE_MIN: usize = 3;
 pub const LANGUAGE_MAX: usize = 35;
 pub const REF_MAX: usize = 64;
-pub const URL_MAX: usize = 500;
-pub const EMAIL_MAX: usize = 254;
 /// Contacts on one client's list.
 pub const CONTACTS_MAX: usize = 10;
 pub const BIRTH_YEAR: (i64, i64) = (1890, 2100);
@@ -94,26 +91,11 @@ pub fn optional(field: &str, v: &str, max: usize) -> Checked<String> {
     Ok(stored(v))
 }
 
-/// `^\+?[0-9]+([ -][0-9]+)*$`, 3 to 32 characters: `13800138000`,
-/// `+86 138 0013 8000`, `020-8888 1234`.
+/// A phone number ([`Phone`]'s rule), named by `field` when refused.
 pub fn phone(field: &str, v: &str) -> Checked<String> {
-    let n = v.chars().count();
-    if !(PHONE_MIN..=PHONE_MAX).contains(&n) {
-        return Err(format!("{field}: {PHONE_MIN} to {PHONE_MAX} characters"));
-    }
-    let s = unanchored(v);
-    let digits = s.strip_prefix('+').unwrap_or(s);
-    let ok = !digits.is_empty()
-        && digits
-            .split([' ', '-'])
-            .all(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()));
-    if !ok {
-        return Err(format!(
-            "{field}: digits, optionally starting with + and grouped by single spaces or hyphens \
-             (e.g. 13800138000, +86 138 0013 8000, 020-8888 1234)"
-        ));
-    }
-    Ok(s.to_owned())
+    Phone::parse(v)
+        .map(String::from)
+        .map_err(|why| format!("{field}: {why}"))
 }
 
 /// `^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$`: a language tag (`zh-CN`, `yue`, `en`).
@@ -169,66 +151,18 @@ pub fn one_of<'a>(field: &str, v: &str, allowed: &[&'a str]) -> Checked<&'a str>
         .ok_or_else(|| format!("{field}: one of {}", allowed.join(", ")))
 }
 
-/// One host name label: letters, digits, inner hyphens.
-fn label(l: &str) -> bool {
-    !l.is_empty()
-        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !l.starts_with('-')
-        && !l.ends_with('-')
-}
-
-fn host(h: &str) -> bool {
-    h.split('.').all(label)
-}
-
-/// A port, 0 to 65535, as the document's pattern spells it (no leading zeros).
-fn port(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= 5
-        && p.bytes().all(|b| b.is_ascii_digit())
-        && (p == "0" || !p.starts_with('0'))
-        && p.parse::<u32>().is_ok_and(|n| n <= 65_535)
-}
-
-/// An `http://` or `https://` URL: a host name or IPv4 address, an optional
-/// port, an optional path of printable ASCII.
+/// A webhook's address ([`WebhookUrl`]'s rule), named by `field` when refused.
 pub fn webhook_url(field: &str, v: &str) -> Checked<String> {
-    too_long(field, v, URL_MAX)?;
-    let s = unanchored(v);
-    let bad =
-        || format!("{field}: an http:// or https:// URL (host name or IPv4 address, no spaces)");
-    let rest = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-        .ok_or_else(bad)?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let (h, p) = match authority.split_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (authority, None),
-    };
-    let ok = host(h) && p.is_none_or(port) && path.bytes().all(|b| (b'!'..=b'~').contains(&b));
-    if !ok {
-        return Err(bad());
-    }
-    Ok(s.to_owned())
+    WebhookUrl::parse(v)
+        .map(String::from)
+        .map_err(|why| format!("{field}: {why}"))
 }
 
-/// `local@domain`: a dot-separated local part of letters, digits and `_ % + -`,
-/// a domain of at least two labels.
+/// An e-mail address ([`Email`]'s rule), named by `field` when refused.
 pub fn email(field: &str, v: &str) -> Checked<String> {
-    too_long(field, v, EMAIL_MAX)?;
-    let s = unanchored(v);
-    let bad = || format!("{field}: an e-mail address such as name@example.cn");
-    let (local, domain) = s.split_once('@').ok_or_else(bad)?;
-    let local_ok = local.split('.').all(|w| {
-        !w.is_empty()
-            && w.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'%' | b'+' | b'-'))
-    });
-    if !(local_ok && domain.contains('.') && host(domain)) {
-        return Err(bad());
-    }
-    Ok(s.to_owned())
+    Email::parse(v)
+        .map(String::from)
+        .map_err(|why| format!("{field}: {why}"))
 }
 
 /// Hex digits, two per byte, making a key of an allowed length.
