@@ -125,7 +125,7 @@ probe() { # name, prefix
 prefix="$run-pat"
 instance="$run-pat"
 broker_clean+=("$prefix/v1/server/$instance")
-printf 'mqtt_topic_prefix = "%s"\n' "$prefix" >"$work/pat.toml"
+printf '[mqtt]\ntopic_prefix = "%s"\n' "$prefix" >"$work/pat.toml"
 RUST_LOG=warn "$bin/pingantong" serve --config "$work/pat.toml" --data-dir "$work/db" \
     --mqtt-url "mqtt://$broker" --instance-id "$instance" \
     --native-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --gt06-addr 127.0.0.1:0 --watch-addr 127.0.0.1:0 \

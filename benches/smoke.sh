@@ -40,7 +40,7 @@ run() { # name, broker host:port or "embedded", server args...
     local port http mqtt
     port=$(free_port); http=$(free_port)
     # A topic prefix of its own, so nothing crosses with anything else on a shared broker.
-    printf 'mqtt_topic_prefix = "smoke-%s-%s"\n' "$$" "$name" >"$work/$name.toml"
+    printf '[mqtt]\ntopic_prefix = "smoke-%s-%s"\n' "$$" "$name" >"$work/$name.toml"
     local broker_args=()
     if [ "$broker" = embedded ]; then
         mqtt=127.0.0.1:$(free_port)

@@ -22,14 +22,20 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 http=$(port)
 cat > "$work/pat.toml" <<TOML
 data_dir = "$work/data"
-http_addr = "127.0.0.1:$http"
+
+[http]
+addr = "127.0.0.1:$http"
+
+[devices]
 native_addr = "127.0.0.1:$(port)"
 gt06_addr = "127.0.0.1:$(port)"
 watch_addr = "127.0.0.1:$(port)"
 h02_addr = "127.0.0.1:$(port)"
 eview_addr = "127.0.0.1:$(port)"
 dc09_addr = "127.0.0.1:$(port)"
-embedded_mqtt_addr = "127.0.0.1:$(port)"
+
+[mqtt]
+embedded_addr = "127.0.0.1:$(port)"
 TOML
 "$bin-demo" seed --config "$work/pat.toml" --clients 20 >/dev/null
 PAT_NEW_PASSWORD=fuzz-password-1 "$bin" user add --config "$work/pat.toml" --username fuzz --role operator >/dev/null

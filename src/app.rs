@@ -106,31 +106,31 @@ impl Application {
         let rules = Arc::new(Rules::load(settings.rules_file.as_deref())?);
         let timeout = settings.retry_policy().attempt_timeout;
         let mut notice_channels: Vec<Arc<dyn Channel>> = vec![Arc::new(
-            WebhookChannel::new(settings.webhook_secret.clone(), timeout)
+            WebhookChannel::new(settings.notify.webhook_secret.clone(), timeout)
                 .map_err(|e| AppError::Notify(format!("webhook client: {e}")))?,
         )];
         // A certificate that cannot be used stops the start, naming the file.
-        let tls = match (&settings.tls_cert, &settings.tls_key) {
+        let tls = match (&settings.http.tls_cert, &settings.http.tls_key) {
             (Some(cert), Some(key)) => Some(crate::api::listener::load(cert, key)?),
             _ => None,
         };
-        if let Some(url) = &settings.smtp_url {
+        if let Some(url) = &settings.notify.smtp_url {
             notice_channels.push(Arc::new(
-                EmailChannel::new(url.expose(), &settings.mail_from, timeout)
+                EmailChannel::new(url.expose(), &settings.notify.mail_from, timeout)
                     .map_err(AppError::Notify)?,
             ));
         }
-        if settings.database_url.is_none() {
+        if settings.database.url.is_none() {
             std::fs::create_dir_all(&settings.data_dir).map_err(|source| AppError::DataDir {
                 path: settings.data_dir.clone(),
                 source,
             })?;
         }
         let store = settings
-            .store_config(settings.database_max_connections)
+            .store_config(settings.database.max_connections)
             .map_err(|e| AppError::DataKey(e.to_string()))?;
         let db = Db::connect(&store).await?;
-        let http = bind_tcp(settings.http_addr).await?;
+        let http = bind_tcp(settings.http.addr).await?;
         let devices = DeviceListeners::bind(&settings).await?;
         // Every row of the table but DC-09 over TLS is always configured.
         let at = |protocol, transport| {
@@ -139,7 +139,7 @@ impl Application {
                 .expect("the listener table binds every protocol")
         };
         let addrs = ListenAddrs {
-            http: local(&http, settings.http_addr)?,
+            http: local(&http, settings.http.addr)?,
             native: at(ingest::native::PROTOCOL, Transport::Tcp),
             gt06: at("gt06", Transport::Tcp),
             watch: at("watch", Transport::Tcp),
@@ -151,17 +151,17 @@ impl Application {
             dc09_tls: devices.addr("sia_dc09", Transport::Tls),
         };
         let credential_key = CredentialKey::configured_or_kept(
-            settings.mqtt_credential_key.as_ref().map(|k| k.expose()),
+            settings.mqtt.credential_key.as_ref().map(|k| k.expose()),
             &settings.data_dir,
         )
         .map_err(|source| AppError::DataDir {
             path: settings.data_dir.clone(),
             source,
         })?;
-        let (mqtt, embedded_inner, gate) = match &settings.mqtt_url {
+        let (mqtt, embedded_inner, gate) = match &settings.mqtt.url {
             Some(url) => (
                 MqttEndpoint::parse(url).map_err(|why| ConfigError::Invalid {
-                    field: "mqtt_url",
+                    field: "mqtt.url",
                     why,
                 })?,
                 None,
@@ -180,20 +180,20 @@ impl Application {
                 })
                 .await
                 .expect("broker start-up does not panic")?;
-                let listener = bind_tcp(settings.embedded_mqtt_addr).await?;
-                let addr = local(&listener, settings.embedded_mqtt_addr)?;
-                let tls_listener = match settings.embedded_mqtts_addr {
+                let listener = bind_tcp(settings.mqtt.embedded_addr).await?;
+                let addr = local(&listener, settings.mqtt.embedded_addr)?;
+                let tls_listener = match settings.mqtt.embedded_mqtts_addr {
                     Some(want) => Some(bind_tcp(want).await?),
                     None => None,
                 };
                 let gate = Gate::new(
                     GateConfig {
-                        prefix: settings.mqtt_topic_prefix.clone(),
+                        prefix: settings.mqtt.topic_prefix.clone(),
                         server_ids: vec![settings.instance_id.clone()],
-                        quarantine: settings.mqtt_quarantine,
+                        quarantine: settings.mqtt.quarantine,
                         inner,
                         inner_login: login.clone(),
-                        adapters: settings.mqtt_adapters.clone(),
+                        adapters: settings.mqtt.adapters.clone(),
                     },
                     db.clone(),
                     credential_key.clone(),
@@ -211,11 +211,11 @@ impl Application {
             }
         };
         let embedded_broker = embedded_inner.is_some();
-        let mqtts_addr = match (&gate, settings.embedded_mqtts_addr) {
+        let mqtts_addr = match (&gate, settings.mqtt.embedded_mqtts_addr) {
             (Some((_, _, Some(l))), Some(wanted)) => Some(local(l, wanted)?),
             _ => None,
         };
-        let mqtt_ca_pem = match &settings.mqtt_ca_file {
+        let mqtt_ca_pem = match &settings.mqtt.ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
                 source,
@@ -310,35 +310,36 @@ impl Application {
             Some((endpoint, login)) => (endpoint.clone(), Some(login.clone())),
             None => (
                 self.mqtt.clone(),
-                s.mqtt_username
+                s.mqtt
+                    .username
                     .clone()
-                    .zip(s.mqtt_password.as_ref().map(|p| p.expose().to_owned())),
+                    .zip(s.mqtt.password.as_ref().map(|p| p.expose().to_owned())),
             ),
         };
         let link = mqtt::connect(
             &LinkConfig {
                 endpoint: link_endpoint,
                 client_id: s.instance_id.clone(),
-                prefix: s.mqtt_topic_prefix.clone(),
-                share_group: s.mqtt_share_group.clone(),
+                prefix: s.mqtt.topic_prefix.clone(),
+                share_group: s.mqtt.share_group.clone(),
                 credentials: link_credentials,
-                extra_filters: s.mqtt_adapters.iter().map(|a| a.filter()).collect(),
+                extra_filters: s.mqtt.adapters.iter().map(|a| a.filter()).collect(),
                 ca_pem: self.mqtt_ca_pem.clone(),
-                dynsec: s.mqtt_dynsec && self.embedded_inner.is_none(),
+                dynsec: s.mqtt.dynsec && self.embedded_inner.is_none(),
             },
             inner.clone(),
         );
         stages.add(Phase::Behind, "mqtt_link", link.task);
         // An external Mosquitto kept in step with the registry's credentials.
-        if s.mqtt_dynsec && self.embedded_inner.is_none() {
+        if s.mqtt.dynsec && self.embedded_inner.is_none() {
             let dynsec = tokio::spawn(crate::broker::dynsec::run(
                 self.db.clone(),
                 self.credential_key.clone(),
                 crate::broker::dynsec::DynsecConfig {
-                    prefix: s.mqtt_topic_prefix.clone(),
-                    adapter_filters: s.mqtt_adapters.iter().map(|a| a.filter()).collect(),
-                    quarantine: s.mqtt_quarantine,
-                    server_username: s.mqtt_username.clone().unwrap_or_default(),
+                    prefix: s.mqtt.topic_prefix.clone(),
+                    adapter_filters: s.mqtt.adapters.iter().map(|a| a.filter()).collect(),
+                    quarantine: s.mqtt.quarantine,
+                    server_username: s.mqtt.username.clone().unwrap_or_default(),
                 },
                 link.client.clone(),
                 link.status.clone(),
@@ -367,8 +368,10 @@ impl Application {
             }
             .emit(),
         }
-        let refresher =
-            directory.spawn_refresher(Duration::from_millis(s.cache_refresh_ms), inner.clone());
+        let refresher = directory.spawn_refresher(
+            Duration::from_millis(s.stages.cache_refresh_ms),
+            inner.clone(),
+        );
         stages.add(Phase::Behind, "directory_refresher", refresher);
         let supervision = Supervision::new(
             s.heartbeats(),
@@ -404,7 +407,7 @@ impl Application {
         let (other_tx, other_rx) = mpsc::channel(10_000);
         let (writer, writer_task) = writer::spawn(
             self.db.clone(),
-            s.commit_batch_max,
+            s.database.commit_batch_max,
             Arc::clone(&self.rules),
             writer::HandOver {
                 urgent: urgent_tx,
@@ -417,14 +420,14 @@ impl Application {
         let supervision_task = supervision.spawn(
             self.db.clone(),
             writer.clone(),
-            Duration::from_millis(s.supervision_tick_ms),
+            Duration::from_millis(s.supervision.tick_ms),
             shutdown.clone(),
         );
         let dispatcher = Dispatcher::new(
             self.db.clone(),
             link.client.clone(),
             link.status.clone(),
-            s.mqtt_topic_prefix.clone(),
+            s.mqtt.topic_prefix.clone(),
         );
         let notices = Arc::new(tokio::sync::Notify::new());
         let timeline_changed = Arc::new(tokio::sync::Notify::new());
@@ -435,14 +438,14 @@ impl Application {
             StageConfig {
                 rules: Arc::clone(&self.rules),
                 escalation: s.escalation(),
-                cascade: s.notify_cascade,
+                cascade: s.notify.cascade,
                 notices: Arc::clone(&notices),
                 timeline: Arc::clone(&timeline_changed),
                 acks: writer.load(),
             },
             Arc::clone(&self.clock),
         );
-        let sweep = Duration::from_millis(s.recovery_sweep_ms);
+        let sweep = Duration::from_millis(s.stages.recovery_sweep_ms);
         let (stage_handle, commands) = crate::incident::StageHandle::channel();
         let stage_task = stage.spawn(
             urgent_rx,
@@ -465,11 +468,11 @@ impl Application {
         let anchor_task = crate::anchor::spawn(
             self.db.clone(),
             s.data_dir.clone(),
-            s.audit_key.clone(),
+            s.keys.audit_key.clone(),
             inner.clone(),
         );
         let housekeeping_task =
-            crate::housekeeping::spawn(self.db.clone(), s.retention(), inner.clone());
+            crate::housekeeping::spawn(self.db.clone(), s.retention_policy(), inner.clone());
         // The database's state, kept apart from the writer's handles: the
         // writer stops when the last handle goes.
         let store = writer.load();
@@ -480,19 +483,19 @@ impl Application {
             limits: s.limits(),
             core: tokio::runtime::Handle::current(),
         });
-        let device_threads = DeviceThreads::start(s.device_threads);
+        let device_threads = DeviceThreads::start(s.devices.threads);
         let mqtt_ingest = tokio::spawn(ingest::mqtt::run(
             link.device_events,
             Arc::clone(&ctx),
             link.client.clone(),
-            s.mqtt_topic_prefix.clone(),
+            s.mqtt.topic_prefix.clone(),
             s.instance_id.clone(),
         ));
         let adapters = tokio::spawn(ingest::mqtt::run_adapters(
             link.adapter_events,
             Arc::clone(&ctx),
             link.client.clone(),
-            s.mqtt_adapters.clone(),
+            s.mqtt.adapters.clone(),
             s.instance_id.clone(),
         ));
         let feed = match crate::api::Feed::new(

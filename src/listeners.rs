@@ -80,55 +80,55 @@ pub const DEVICE_LISTENERS: &[Row] = &[
     Row {
         protocol: ingest::native::PROTOCOL,
         transport: Transport::Tcp,
-        addr: |s| Some(s.native_addr),
+        addr: |s| Some(s.devices.native_addr),
         reader: Reader::Native,
     },
     Row {
         protocol: "gt06",
         transport: Transport::Tcp,
-        addr: |s| Some(s.gt06_addr),
+        addr: |s| Some(s.devices.gt06_addr),
         reader: Reader::Codec(|_| codecs(|| Box::new(Gt06Codec::with_system_clock()))),
     },
     Row {
         protocol: "watch",
         transport: Transport::Tcp,
-        addr: |s| Some(s.watch_addr),
+        addr: |s| Some(s.devices.watch_addr),
         reader: Reader::Codec(|_| codecs(|| Box::new(WatchCodec::new()))),
     },
     Row {
         protocol: "h02",
         transport: Transport::Tcp,
-        addr: |s| Some(s.h02_addr),
+        addr: |s| Some(s.devices.h02_addr),
         reader: Reader::Codec(|_| codecs(|| Box::new(H02Codec::new()))),
     },
     Row {
         protocol: "h02",
         transport: Transport::Udp,
-        addr: |s| Some(s.h02_addr),
+        addr: |s| Some(s.devices.h02_addr),
         reader: Reader::Codec(|_| codecs(|| Box::new(H02Codec::new()))),
     },
     Row {
         protocol: "eview",
         transport: Transport::Tcp,
-        addr: |s| Some(s.eview_addr),
+        addr: |s| Some(s.devices.eview_addr),
         reader: Reader::Codec(|_| codecs(|| Box::new(EviewCodec::new()))),
     },
     Row {
         protocol: SIA_DC09,
         transport: Transport::Tcp,
-        addr: |s| Some(s.dc09_addr),
+        addr: |s| Some(s.devices.dc09_addr),
         reader: Reader::Codec(dc09_codecs),
     },
     Row {
         protocol: SIA_DC09,
         transport: Transport::Tls,
-        addr: |s| s.dc09_tls_addr,
+        addr: |s| s.devices.dc09_tls_addr,
         reader: Reader::Codec(dc09_codecs),
     },
     Row {
         protocol: SIA_DC09,
         transport: Transport::Udp,
-        addr: |s| Some(s.dc09_addr),
+        addr: |s| Some(s.devices.dc09_addr),
         reader: Reader::Codec(dc09_codecs),
     },
 ];
@@ -316,17 +316,7 @@ mod tests {
     /// and an unconfigured row (DC-09 over TLS) is not bound.
     #[tokio::test]
     async fn binding_follows_the_table() {
-        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let settings = Settings {
-            native_addr: any,
-            gt06_addr: any,
-            watch_addr: any,
-            h02_addr: any,
-            eview_addr: any,
-            dc09_addr: any,
-            dc09_tls_addr: None,
-            ..Settings::default()
-        };
+        let settings = Settings::default().on_free_loopback_ports();
         let bound = DeviceListeners::bind(&settings).await.unwrap();
         for protocol in ["h02", SIA_DC09] {
             let tcp = bound.addr(protocol, Transport::Tcp).unwrap();

@@ -189,7 +189,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let settings = args.settings()?;
             // Before anything opens a file: every device connection is one.
             let open_files = pingantong::open_files::raise();
-            let max_connections = settings.max_connections;
+            let max_connections = settings.devices.max_connections;
             let app = Application::build(settings).await?;
             // Now that the metrics recorder is installed.
             pingantong::open_files::report(open_files, max_connections);
@@ -230,7 +230,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let anchored = match report.as_ref().map(|r| r.is_ok()) {
                 Ok(true) if path.exists() => {
                     let cp = pingantong::anchor::read(&path).map_err(anyhow::Error::msg)?;
-                    Some(pingantong::anchor::check(&db, &cp, settings.audit_key.as_ref()).await)
+                    Some(
+                        pingantong::anchor::check(&db, &cp, settings.keys.audit_key.as_ref()).await,
+                    )
                 }
                 _ => None,
             };
@@ -251,7 +253,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         "audit chain ok: {} entries; the head in {} holds{}",
                         report.entries,
                         path.display(),
-                        if settings.audit_key.is_some() {
+                        if settings.keys.audit_key.is_some() {
                             " (signature verified)"
                         } else {
                             " (unsigned: no audit_key)"
@@ -316,7 +318,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let principal = pingantong::mqtt::acl::Principal::from_username(&username)?;
             let settings = server.settings()?;
             let key = pingantong::mqtt::credential::CredentialKey::configured_or_kept(
-                settings.mqtt_credential_key.as_ref().map(|k| k.expose()),
+                settings.mqtt.credential_key.as_ref().map(|k| k.expose()),
                 &settings.data_dir,
             )?;
             let db = server.connect().await?;

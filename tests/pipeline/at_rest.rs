@@ -432,7 +432,7 @@ async fn retention_purges_old_records_and_the_chain_still_verifies(backend: Back
     assert!(steps_before >= 4);
 
     // Nothing is old yet: a purge now changes nothing.
-    let policy = app.settings.retention();
+    let policy = app.settings.retention_policy();
     assert_eq!(
         (
             policy.frames_days,
@@ -543,7 +543,11 @@ async fn retention_never_purges_over_an_altered_timeline() {
     let later = pingantong::store::now_ms() + 6 * 365 * 86_400_000;
     let err = app
         .db
-        .purge_expired(&app.settings.retention(), later, &mut Default::default())
+        .purge_expired(
+            &app.settings.retention_policy(),
+            later,
+            &mut Default::default(),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("does not hold"), "{err}");
@@ -579,7 +583,7 @@ async fn a_purge_retires_an_earlier_purge_and_the_chain_verifies() {
         .await
         .unwrap();
     every_step_sealed(&app.db).await;
-    let policy = app.settings.retention();
+    let policy = app.settings.retention_policy();
     let year = 365 * 86_400_000;
     let now = pingantong::store::now_ms();
     // Six years on, the first is past its period; the second is still open.

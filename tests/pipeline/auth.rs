@@ -177,7 +177,7 @@ async fn expired_sessions_and_disabled_accounts_postgres() {
 async fn unused_sessions_end(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut s = test_settings(backend, Broker::Embedded, dir.path());
-    s.session_idle_secs = 2;
+    s.http.session_idle_secs = 2;
     let app = TestApp::spawn_with(s, Some(dir)).await;
     add_user(&app.db, "night.op", Role::Operator).await;
     let api = Api::of(&app);
@@ -383,7 +383,7 @@ async fn cli(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    if let Some(schema) = &s.database_schema {
+    if let Some(schema) = &s.database.schema {
         cmd.arg("--database-schema").arg(schema);
     }
     // The test's own data directory, never one a local server left behind.
@@ -821,7 +821,7 @@ async fn failed_log_ins_lock_the_account_and_the_address_postgres() {
 async fn the_audit_head_outside_the_database_finds_removed_newest_entries(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(backend, Broker::Embedded, dir.path());
-    settings.audit_key = Some(pingantong::config::Secret::new("a key kept apart"));
+    settings.keys.audit_key = Some(pingantong::config::Secret::new("a key kept apart"));
     let app = TestApp::spawn_with(settings.clone(), None).await;
     add_user(&app.db, "li.wei", Role::Operator).await;
     let api = Api::of(&app);
@@ -1040,7 +1040,7 @@ async fn data_keys_from_the_command_line() {
     assert_ne!(code, 0, "the old master key no longer opens the store");
     assert!(err.contains("does not open"), "{err}");
     let mut with_new = s.clone();
-    with_new.data_key = Some(pingantong::config::Secret::new(new_key.clone()));
+    with_new.keys.data_key = Some(pingantong::config::Secret::new(new_key.clone()));
     let db = Db::connect(&with_new.store_config(2).unwrap())
         .await
         .unwrap();

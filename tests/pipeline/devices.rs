@@ -517,7 +517,7 @@ async fn a_mixed_fleet_of_tcp_and_mqtt_pendants_rides_out_a_power_cut() {
         Some(MqttFleetConfig {
             host,
             port,
-            prefix: app.settings.mqtt_topic_prefix.clone(),
+            prefix: app.settings.mqtt.topic_prefix.clone(),
             pendants: mqtt_fleet,
             heartbeat: Duration::from_millis(300),
             alarm_rate: 0.0,
@@ -588,9 +588,9 @@ async fn dc09_from_independent_transmitters(backend: Backend) {
     std::fs::write(&cert, made.cert.pem()).unwrap();
     std::fs::write(&tls_key, made.signing_key.serialize_pem()).unwrap();
     let mut settings = test_settings(backend, Broker::Embedded, dir.path());
-    settings.tls_cert = Some(cert.clone());
-    settings.tls_key = Some(tls_key);
-    settings.dc09_tls_addr = Some("127.0.0.1:0".parse().unwrap());
+    settings.http.tls_cert = Some(cert.clone());
+    settings.http.tls_key = Some(tls_key);
+    settings.devices.dc09_tls_addr = Some("127.0.0.1:0".parse().unwrap());
     let app = TestApp::spawn_with(settings, Some(dir)).await;
     let tls_port = app.addrs.dc09_tls.expect("a DC-09 TLS listener").port();
     let city = seed_small_city(&app.db).await;

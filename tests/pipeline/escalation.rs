@@ -24,7 +24,7 @@ async fn watched_city() -> (ManualClock, TestApp, City, MqttProbe, String) {
     let clock = ManualClock::starting_now();
     let dir = tempfile::tempdir().unwrap();
     let s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
-    let prefix = s.mqtt_topic_prefix.clone();
+    let prefix = s.mqtt.topic_prefix.clone();
     let app = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
     let city = seed_small_city(&app.db).await;
     let (host, port) = broker_of(&app);
@@ -183,7 +183,7 @@ async fn a_rules_file_changes_what_a_kind_does_and_its_time_limits() {
         rules_file: Some(rules.clone()),
         ..test_settings(Backend::Sqlite, Broker::Embedded, dir.path())
     };
-    let prefix = s.mqtt_topic_prefix.clone();
+    let prefix = s.mqtt.topic_prefix.clone();
     let app = TestApp::spawn_with_clock(s.clone(), Some(dir), &clock).await;
     let city = seed_small_city(&app.db).await;
     let (host, port) = broker_of(&app);

@@ -41,7 +41,7 @@ async fn without_a_broker_tcp_alarms_still_work_and_readiness_says_why() {
         .local_addr()
         .unwrap()
         .port();
-    s.mqtt_url = Some(format!("mqtt://127.0.0.1:{closed}"));
+    s.mqtt.url = Some(format!("mqtt://127.0.0.1:{closed}"));
     let app = TestApp::spawn_unwaited(s, Some(dir)).await;
     let city = seed_small_city(&app.db).await;
     let mut dev = Device::connect(app.native).await;
@@ -83,16 +83,16 @@ async fn a_broker_that_wants_a_password_gets_it() {
     let broker = OwnMosquitto::start_with_password("pat-server", "s3cret-for-test");
     let dir = tempfile::tempdir().unwrap();
     let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
-    s.mqtt_url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
-    s.mqtt_username = Some("pat-server".into());
-    s.mqtt_password = Some(Secret::new("wrong"));
+    s.mqtt.url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
+    s.mqtt.username = Some("pat-server".into());
+    s.mqtt.password = Some(Secret::new("wrong"));
     let refused = TestApp::spawn_unwaited(s.clone(), None).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let (code, body) = http_get(refused.addrs.http, "/readyz").await;
     assert_eq!(code, 503, "a wrong password is not a connection: {body}");
     refused.stop().await;
 
-    s.mqtt_password = Some(Secret::new("s3cret-for-test"));
+    s.mqtt.password = Some(Secret::new("s3cret-for-test"));
     let app = TestApp::spawn_unwaited(s, Some(dir)).await;
     eventually("connected with the right password", || async {
         (http_get(app.addrs.http, "/readyz").await.0 == 200).then_some(())
@@ -106,8 +106,8 @@ async fn a_tls_broker_with_the_right_authority() {
     let (broker, ca) = OwnMosquitto::start_tls();
     let dir = tempfile::tempdir().unwrap();
     let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
-    s.mqtt_url = Some(format!("mqtts://127.0.0.1:{}", broker.port));
-    s.mqtt_ca_file = Some(ca);
+    s.mqtt.url = Some(format!("mqtts://127.0.0.1:{}", broker.port));
+    s.mqtt.ca_file = Some(ca);
     let app = TestApp::spawn_unwaited(s.clone(), None).await;
     eventually("connected over TLS", || async {
         (http_get(app.addrs.http, "/readyz").await.0 == 200).then_some(())
@@ -139,7 +139,7 @@ async fn a_tls_broker_with_the_right_authority() {
         .status()
         .unwrap();
     assert!(made.success());
-    s.mqtt_ca_file = Some(other_ca);
+    s.mqtt.ca_file = Some(other_ca);
     let refused = TestApp::spawn_unwaited(s, Some(dir)).await;
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert_eq!(http_get(refused.addrs.http, "/readyz").await.0, 503);
@@ -236,15 +236,15 @@ async fn the_console_and_api_over_https_only() {
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
 
     let mut settings = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
-    settings.tls_key = Some(dir.path().join("missing.pem"));
-    settings.tls_cert = Some(cert.clone());
+    settings.http.tls_key = Some(dir.path().join("missing.pem"));
+    settings.http.tls_cert = Some(cert.clone());
     let refused = pingantong::Application::build(settings.clone()).await;
     let Err(e) = refused else {
         panic!("a missing key must stop the start")
     };
     assert!(e.to_string().contains("missing.pem"), "{e}");
 
-    settings.tls_key = Some(key);
+    settings.http.tls_key = Some(key);
     let app = TestApp::spawn_with(settings, None).await;
     add_user(&app.db, "li.wei", pingantong::domain::Role::Operator).await;
     let port = app.addrs.http.port();

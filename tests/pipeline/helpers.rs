@@ -55,21 +55,20 @@ pub fn store_config(
 
 pub fn test_settings(backend: Backend, broker: Broker, dir: &std::path::Path) -> Settings {
     let tag = unique("t");
-    Settings {
-        data_dir: dir.to_owned(),
-        database_url: match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(POSTGRES_URL.into()),
-        },
-        database_schema: (backend == Backend::Postgres).then(|| tag.clone()),
-        mqtt_url: (broker == Broker::Mosquitto).then(|| MOSQUITTO_URL.into()),
-        // Topics and client ids unique per test: Mosquitto is shared.
-        mqtt_topic_prefix: format!("pat-{tag}"),
-        instance_id: format!("pat-{tag}"),
-        cache_refresh_ms: 100,
-        recovery_sweep_ms: 200,
-        ..Settings::default().on_free_loopback_ports()
-    }
+    let mut s = Settings::default().on_free_loopback_ports();
+    s.data_dir = dir.to_owned();
+    s.database.url = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(POSTGRES_URL.into()),
+    };
+    s.database.schema = (backend == Backend::Postgres).then(|| tag.clone());
+    s.mqtt.url = (broker == Broker::Mosquitto).then(|| MOSQUITTO_URL.into());
+    // Topics and client ids unique per test: Mosquitto is shared.
+    s.mqtt.topic_prefix = format!("pat-{tag}");
+    s.instance_id = format!("pat-{tag}");
+    s.stages.cache_refresh_ms = 100;
+    s.stages.recovery_sweep_ms = 200;
+    s
 }
 
 pub struct TestApp {
@@ -150,7 +149,7 @@ impl TestApp {
         let carer_task = carer::spawn(
             &mqtt.host,
             mqtt.port,
-            &settings.mqtt_topic_prefix,
+            &settings.mqtt.topic_prefix,
             &unique("carer"),
             Arc::clone(&carers),
             None,
@@ -398,7 +397,8 @@ impl TestApp {
     fn credential_key(&self) -> pingantong::mqtt::credential::CredentialKey {
         pingantong::mqtt::credential::CredentialKey::configured_or_kept(
             self.settings
-                .mqtt_credential_key
+                .mqtt
+                .credential_key
                 .as_ref()
                 .map(|k| k.expose()),
             &self.settings.data_dir,

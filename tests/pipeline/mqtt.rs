@@ -15,7 +15,7 @@ async fn event_to_carer_and_back(backend: Backend, broker: Broker) {
     let app = TestApp::spawn(backend, broker).await;
     let city = seed_small_city(&app.db).await;
     let device = app.mqtt_device(&city).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let events = format!("{prefix}/v1/devices/{device}/events");
     let acks = format!("{prefix}/v1/devices/{device}/ack");
@@ -123,7 +123,7 @@ async fn a_decline_offers_the_job_to_the_next_carer() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
     let device = app.mqtt_device(&city).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let probe = MqttProbe::connect(&host, port, &[format!("{prefix}/v1/carers/+/dispatch")]).await;
     probe
@@ -184,7 +184,7 @@ async fn a_decline_offers_the_job_to_the_next_carer() {
 #[tokio::test]
 async fn malformed_and_unknown_events_are_answered_and_kept() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let probe = MqttProbe::connect(&host, port, &[format!("{prefix}/v1/devices/+/ack")]).await;
     probe
@@ -242,7 +242,7 @@ async fn events_published_while_the_server_is_down_are_delivered_when_it_returns
     let city = seed_small_city(&app.db).await;
     let device = app.mqtt_device(&city).await;
     let settings = app.settings.clone();
-    let prefix = settings.mqtt_topic_prefix.clone();
+    let prefix = settings.mqtt.topic_prefix.clone();
     let (host, port) = broker_of(&app);
     app.stop().await;
 
@@ -269,7 +269,7 @@ async fn events_published_while_the_server_is_down_are_delivered_when_it_returns
 async fn two_servers_with_a_shared_subscription_split_the_stream() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = test_settings(Backend::Postgres, Broker::Mosquitto, dir.path());
-    a.mqtt_share_group = Some(unique("g"));
+    a.mqtt.share_group = Some(unique("g"));
     let mut b = a.clone();
     b.instance_id = format!("{}-b", a.instance_id);
     let one = TestApp::spawn_with(a.clone(), None).await;
@@ -283,7 +283,7 @@ async fn two_servers_with_a_shared_subscription_split_the_stream() {
         let body = json!({"v": 1, "seq": seq, "kind": "position", "battery": 90});
         probe
             .publish(
-                &format!("{}/v1/devices/{device}/events", a.mqtt_topic_prefix),
+                &format!("{}/v1/devices/{device}/events", a.mqtt.topic_prefix),
                 body,
             )
             .await;
@@ -315,13 +315,13 @@ async fn a_broker_restart_in_the_middle_of_a_stream_loses_nothing() {
     let mut broker = OwnMosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
-    s.mqtt_url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
+    s.mqtt.url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
     let app = TestApp::spawn_with(s, Some(dir)).await;
     let city = seed_small_city(&app.db).await;
     let device = app.mqtt_device(&city).await;
     let topic = format!(
         "{}/v1/devices/{device}/events",
-        app.settings.mqtt_topic_prefix
+        app.settings.mqtt.topic_prefix
     );
     let probe = MqttProbe::connect("127.0.0.1", broker.port, &[]).await;
     let n = 300u32;
@@ -362,7 +362,7 @@ async fn zigbee2mqtt_and_tasmota_buttons_raise_alarms() {
     let mut s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
     let z2m_name = unique("hall_sos");
     let tas_topic = unique("tasmota");
-    s.mqtt_adapters = vec![
+    s.mqtt.adapters = vec![
         AdapterConfig {
             kind: AdapterKind::Zigbee2mqtt,
             source: z2m_name.clone(),
@@ -471,7 +471,7 @@ async fn a_simulated_mqtt_fleet_loses_nothing() {
         MqttFleetConfig {
             host,
             port,
-            prefix: app.settings.mqtt_topic_prefix.clone(),
+            prefix: app.settings.mqtt.topic_prefix.clone(),
             pendants: city
                 .devices
                 .iter()

@@ -34,7 +34,7 @@ async fn answers(probe: &MqttProbe, n: usize) -> Vec<String> {
 /// An SOS from a provisioned device, with its own credential, to open an
 /// incident and an offer to the near carer; returns (dispatch id, incident id).
 async fn offer_to_near_carer(app: &TestApp, city: &City, watcher: &MqttProbe) -> (i64, i64) {
-    let prefix = &app.settings.mqtt_topic_prefix;
+    let prefix = &app.settings.mqtt.topic_prefix;
     let id = app.mqtt_device(city).await;
     let (host, port) = broker_of(app);
     let login = app.mqtt_login(&device(&id)).await;
@@ -67,7 +67,7 @@ async fn a_stranger_reads_nothing_and_raises_an_sos_only_in_quarantine() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
     let provisioned = app.mqtt_device(&city).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let stranger_id = unique("X").replace('_', "-");
     let quarantine_ack = format!("{prefix}/v1/quarantine/{stranger_id}/ack");
@@ -292,7 +292,7 @@ async fn a_device_speaks_only_for_itself_and_a_revoked_one_not_at_all() {
 async fn a_carer_reads_and_answers_only_their_own_offers() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let near = format!("{prefix}/v1/carers/{}/dispatch", city.near_carer);
     let far = format!("{prefix}/v1/carers/{}/dispatch", city.far_carer);
@@ -336,7 +336,7 @@ async fn a_carer_reads_and_answers_only_their_own_offers() {
 async fn nobody_takes_over_the_servers_session() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let server_id = app.settings.instance_id.clone();
     let carer = app.mqtt_login(&Principal::Carer(city.near_carer)).await;
@@ -391,7 +391,7 @@ async fn a_device_for_itself(
     port: u16,
     client_id: Option<&str>,
 ) -> (MqttProbe, (String, String), String, String) {
-    let prefix = &app.settings.mqtt_topic_prefix;
+    let prefix = &app.settings.mqtt.topic_prefix;
     let a = app.mqtt_device(city).await;
     let b = app.mqtt_device(city).await;
     let login = app.mqtt_login(&device(&a)).await;
@@ -436,7 +436,7 @@ async fn only_the_offered_carer_answers(
     dispatch: i64,
     incident: i64,
 ) {
-    let prefix = &app.settings.mqtt_topic_prefix;
+    let prefix = &app.settings.mqtt.topic_prefix;
     let reply = format!("{prefix}/v1/carers/{}/reply", city.near_carer);
     let accept = json!({"v": 1, "dispatch_id": dispatch, "action": "accept"});
     intruder.publish(&reply, accept.clone()).await;
@@ -466,13 +466,13 @@ async fn mosquitto_is_kept_in_step_with_the_registry() {
     let broker = OwnMosquitto::start_dynsec(&admin.0, &admin.1);
     let dir = tempfile::tempdir().unwrap();
     let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
-    s.mqtt_url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
-    s.mqtt_username = Some(admin.0.clone());
-    s.mqtt_password = Some(pingantong::config::Secret::new(admin.1.clone()));
-    s.mqtt_dynsec = true;
+    s.mqtt.url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
+    s.mqtt.username = Some(admin.0.clone());
+    s.mqtt.password = Some(pingantong::config::Secret::new(admin.1.clone()));
+    s.mqtt.dynsec = true;
     let app = TestApp::spawn_with(s, Some(dir)).await;
     let city = seed_small_city(&app.db).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
     let port = broker.port;
     let host = "127.0.0.1";
 
@@ -550,15 +550,15 @@ async fn the_embedded_broker_speaks_tls() {
     std::fs::write(&cert, made.cert.pem()).unwrap();
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
     let mut s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
-    s.tls_cert = Some(cert);
-    s.tls_key = Some(key);
-    s.embedded_mqtts_addr = Some("127.0.0.1:0".parse().unwrap());
+    s.http.tls_cert = Some(cert);
+    s.http.tls_key = Some(key);
+    s.mqtt.embedded_mqtts_addr = Some("127.0.0.1:0".parse().unwrap());
     let app = TestApp::spawn_with(s, Some(dir)).await;
     let mqtts = app.mqtts.expect("an mqtts listener");
     let city = seed_small_city(&app.db).await;
     let id = app.mqtt_device(&city).await;
     let (user, pass) = app.mqtt_login(&device(&id)).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
 
     // rustls needs one crypto provider per process; a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -615,7 +615,7 @@ async fn the_embedded_broker_speaks_tls() {
 async fn retained_messages_carry_no_personal_data() {
     let app = TestApp::spawn(Backend::Sqlite, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let watcher = MqttProbe::connect(
         &host,

@@ -16,7 +16,7 @@ async fn sos_is_committed_acked_and_offered_to_the_nearest_contracted_carer(
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(backend, broker, dir.path());
     if let Some(n) = device_threads {
-        settings.device_threads = n;
+        settings.devices.threads = n;
     }
     let app = TestApp::spawn_with(settings, Some(dir)).await;
     let city = seed_small_city(&app.db).await;
@@ -448,8 +448,8 @@ async fn no_ack_without_a_commit() {
 async fn slow_half_frames_time_out_and_the_cap_refuses_extra_connections() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
-    s.frame_timeout_secs = 1;
-    s.max_connections = 2;
+    s.devices.frame_timeout_secs = 1;
+    s.devices.max_connections = 2;
     let app = TestApp::spawn_with(s, Some(dir)).await;
     let city = seed_small_city(&app.db).await;
     let whole = frame(&event(&city.device, 1, EventKind::Sos), &city.secret);
@@ -686,7 +686,7 @@ async fn many_pendants_at_once_are_all_acknowledged() {
 async fn silent_connections_are_closed_after_the_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = test_settings(Backend::Sqlite, Broker::Embedded, dir.path());
-    s.idle_timeout_secs = 1;
+    s.devices.idle_timeout_secs = 1;
     let app = TestApp::spawn_with(s, Some(dir)).await;
     let city = seed_small_city(&app.db).await;
     let mut dev = Device::connect(app.native).await;

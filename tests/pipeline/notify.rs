@@ -175,16 +175,17 @@ async fn family(
 ) -> Family {
     let clock = ManualClock::starting_now();
     let dir = tempfile::tempdir().unwrap();
-    let s = pingantong::Settings {
-        notify_cascade: cascade,
-        notify_max_attempts: max_attempts,
-        notify_retry_secs: 5,
-        notify_retry_max_secs: 60,
-        webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
-        smtp_url: smtp_url.map(Secret::new),
-        ..test_settings(backend, Broker::Embedded, dir.path())
+    let s = {
+        let mut s = test_settings(backend, Broker::Embedded, dir.path());
+        s.notify.cascade = cascade;
+        s.notify.max_attempts = max_attempts;
+        s.notify.retry_secs = 5;
+        s.notify.retry_max_secs = 60;
+        s.notify.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+        s.notify.smtp_url = smtp_url.map(Secret::new);
+        s
     };
-    let prefix = s.mqtt_topic_prefix.clone();
+    let prefix = s.mqtt.topic_prefix.clone();
     let app = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
     let city = seed_small_city(&app.db).await;
     let (host, port) = broker_of(&app);
@@ -605,10 +606,11 @@ async fn notices_owed_are_sent_after_a_restart() {
     let (hook, url) = Hook::start(1, 503).await;
     let clock = ManualClock::starting_now();
     let dir = tempfile::tempdir().unwrap();
-    let s = pingantong::Settings {
-        notify_retry_secs: 5,
-        webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
-        ..test_settings(Backend::Postgres, Broker::Embedded, dir.path())
+    let s = {
+        let mut s = test_settings(Backend::Postgres, Broker::Embedded, dir.path());
+        s.notify.retry_secs = 5;
+        s.notify.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+        s
     };
     let app = TestApp::spawn_with_clock(s.clone(), None, &clock).await;
     let city = seed_small_city(&app.db).await;

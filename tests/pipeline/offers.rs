@@ -36,7 +36,7 @@ async fn scene(backend: Backend) -> Scene {
     let clock = ManualClock::starting_now();
     let dir = tempfile::tempdir().unwrap();
     let s = test_settings(backend, Broker::Embedded, dir.path());
-    let prefix = s.mqtt_topic_prefix.clone();
+    let prefix = s.mqtt.topic_prefix.clone();
     let app = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
     let city = seed_small_city(&app.db).await;
     add_user(&app.db, "op.li", Role::Operator).await;
@@ -698,7 +698,7 @@ async fn a_cleared_job_takes_its_offer_back(backend: Backend) {
         rules_file: Some(rules),
         ..test_settings(backend, Broker::Embedded, dir.path())
     };
-    let prefix = s.mqtt_topic_prefix.clone();
+    let prefix = s.mqtt.topic_prefix.clone();
     let app = TestApp::spawn_with(s, Some(dir)).await;
     let city = seed_small_city(&app.db).await;
     let (host, port) = broker_of(&app);
@@ -768,8 +768,8 @@ async fn a_withdrawal_waits_for_the_broker() {
     let mut broker = OwnMosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let mut s = test_settings(Backend::Sqlite, Broker::Mosquitto, dir.path());
-    s.mqtt_url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
-    let prefix = s.mqtt_topic_prefix.clone();
+    s.mqtt.url = Some(format!("mqtt://127.0.0.1:{}", broker.port));
+    let prefix = s.mqtt.topic_prefix.clone();
     let app = TestApp::spawn_with(s, Some(dir)).await;
     let city = seed_small_city(&app.db).await;
     let phone = format!("{prefix}/v1/carers/{}/dispatch", city.near_carer);

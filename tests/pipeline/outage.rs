@@ -216,7 +216,7 @@ async fn rig(backend: Backend) -> Rig {
     let outage = match backend {
         Backend::Postgres => {
             let proxy = DbProxy::start("127.0.0.1:5432").await;
-            settings.database_url = Some(format!("postgres://postgres@{}/test", proxy.addr));
+            settings.database.url = Some(format!("postgres://postgres@{}/test", proxy.addr));
             Outage::Proxy(proxy)
         }
         Backend::Sqlite => Outage::Lock(direct.url.clone(), None),
@@ -273,7 +273,7 @@ async fn pendants_of_every_protocol_outlast_the_database(backend: Backend) {
     let mut dc09 = TcpStream::connect(app.addrs.dc09).await.unwrap();
     let h02_udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let dc09_udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let acks = format!("{prefix}/v1/devices/{gateway}/ack");
     let status = format!("{prefix}/v1/server/{}/status", app.settings.instance_id);

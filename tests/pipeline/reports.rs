@@ -245,7 +245,7 @@ async fn run_cli(settings: &pingantong::Settings, dir: &std::path::Path, args: &
         .arg(dir)
         .arg("--database-url")
         .arg(settings.database_url());
-    if let Some(s) = &settings.database_schema {
+    if let Some(s) = &settings.database.schema {
         cmd.arg("--database-schema").arg(s);
     }
     for (k, _) in std::env::vars() {
@@ -550,7 +550,7 @@ async fn endpoints_by_role_postgres() {
 async fn live_carer_times(backend: Backend) {
     let app = TestApp::spawn(backend, Broker::Embedded).await;
     let city = seed_small_city(&app.db).await;
-    let prefix = app.settings.mqtt_topic_prefix.clone();
+    let prefix = app.settings.mqtt.topic_prefix.clone();
     let (host, port) = broker_of(&app);
     let offers = format!("{prefix}/v1/carers/{}/dispatch", city.near_carer);
     let probe = MqttProbe::connect(&host, port, std::slice::from_ref(&offers)).await;

@@ -15,17 +15,16 @@ use crate::helpers::*;
 
 /// Devices of every protocol report every 60 s; offline after 2 missed + 30 s = 150 s.
 fn supervised(backend: Backend, dir: &std::path::Path) -> pingantong::Settings {
-    pingantong::Settings {
-        heartbeat_secs: pingantong::supervision::default_intervals()
-            .into_keys()
-            .map(|p| (p, 60))
-            .collect(),
-        heartbeat_default_secs: 60,
-        heartbeat_missed: 2,
-        heartbeat_grace_secs: 30,
-        supervision_tick_ms: 100,
-        ..test_settings(backend, Broker::Embedded, dir)
-    }
+    let mut s = test_settings(backend, Broker::Embedded, dir);
+    s.supervision.heartbeat_secs = pingantong::supervision::default_intervals()
+        .into_keys()
+        .map(|p| (p, 60))
+        .collect();
+    s.supervision.heartbeat_default_secs = 60;
+    s.supervision.heartbeat_missed = 2;
+    s.supervision.heartbeat_grace_secs = 30;
+    s.supervision.tick_ms = 100;
+    s
 }
 
 /// The device's offline job: (incident id, state, outcome).
@@ -346,9 +345,10 @@ async fn unused_devices_are_called(backend: Backend) {
     use serde_json::json;
 
     let dir = tempfile::tempdir().unwrap();
-    let s = pingantong::Settings {
-        supervision_tick_ms: 100,
-        ..test_settings(backend, Broker::Embedded, dir.path())
+    let s = {
+        let mut s = test_settings(backend, Broker::Embedded, dir.path());
+        s.supervision.tick_ms = 100;
+        s
     };
     let app = TestApp::spawn_with(s, Some(dir)).await;
     let pressed = seed_small_city(&app.db).await;
@@ -433,9 +433,10 @@ async fn unused_devices_are_called(backend: Backend) {
 async fn a_missed_periodic_test_is_a_technical_job_until_the_next_test() {
     let clock = ManualClock::starting_now();
     let dir = tempfile::tempdir().unwrap();
-    let s = pingantong::Settings {
-        periodic_test_hours: 1,
-        ..supervised(Backend::Sqlite, dir.path())
+    let s = {
+        let mut s = supervised(Backend::Sqlite, dir.path());
+        s.supervision.periodic_test_hours = 1;
+        s
     };
     let app = TestApp::spawn_with_clock(s, Some(dir), &clock).await;
     let city = seed_small_city(&app.db).await;

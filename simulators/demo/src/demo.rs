@@ -75,14 +75,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_owned());
     let broker_port_free = std::net::TcpListener::bind(("127.0.0.1", 11883)).is_ok();
-    let settings = Settings {
+    let mut settings = Settings {
         data_dir: data_dir.clone(),
-        // The documented broker port when it is free, so a newcomer can watch it.
-        embedded_mqtt_addr: ([127, 0, 0, 1], if broker_port_free { 11883 } else { 0 }).into(),
-        recovery_sweep_ms: 1_000,
-        cache_refresh_ms: 1_000,
         ..Settings::default().on_free_loopback_ports()
     };
+    // The documented broker port when it is free, so a newcomer can watch it.
+    settings.mqtt.embedded_addr = ([127, 0, 0, 1], if broker_port_free { 11883 } else { 0 }).into();
+    settings.stages.recovery_sweep_ms = 1_000;
+    settings.stages.cache_refresh_ms = 1_000;
     let app = Application::build(settings.clone()).await?;
     let native: SocketAddr = app.native_addr();
     let mqtt = app.mqtt().clone();
@@ -111,7 +111,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let carers = carer::spawn(
         &mqtt.host,
         mqtt.port,
-        &settings.mqtt_topic_prefix,
+        &settings.mqtt.topic_prefix,
         "demo-carers",
         Arc::clone(&carer_stats),
         Some(carer::Behaviour {

@@ -152,7 +152,7 @@ async fn seed(
         // For pendant-sim --mqtt-credentials: readable by this user only.
         let settings = server.settings()?;
         let key = pingantong::mqtt::credential::CredentialKey::configured_or_kept(
-            settings.mqtt_credential_key.as_ref().map(|k| k.expose()),
+            settings.mqtt.credential_key.as_ref().map(|k| k.expose()),
             &settings.data_dir,
         )?;
         let path = settings.data_dir.join("seed-mqtt-credentials.txt");

@@ -162,7 +162,7 @@ impl Sut {
             .filter(|(_, d)| d.state == Offer::Withdrawn)
             .map(|(id, d)| (*id, d.carer))
             .collect();
-        let prefix = self.settings.mqtt_topic_prefix.clone();
+        let prefix = self.settings.mqtt.topic_prefix.clone();
         let missing = || {
             let phones = self.phones.as_ref().expect("the phones");
             owed.iter()

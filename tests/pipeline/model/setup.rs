@@ -26,9 +26,10 @@ pub(super) fn start(backend: Backend) -> Sut {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        recovery_sweep_ms: SWEEP_MS,
-        ..test_settings(backend, Broker::Mosquitto, dir.path())
+    let settings = {
+        let mut s = test_settings(backend, Broker::Mosquitto, dir.path());
+        s.stages.recovery_sweep_ms = SWEEP_MS;
+        s
     };
     let clock = ManualClock::starting_now();
     let (app, residents, carers, operators, phones) = rt.block_on(async {
@@ -94,7 +95,7 @@ pub(super) fn start(backend: Backend) -> Sut {
         // Every carer's phone: offers and withdrawals (a persistent session
         // on the shared broker, so nothing is missed across restarts).
         let (host, port) = broker_of(&app);
-        let topic = format!("{}/v1/carers/+/dispatch", settings.mqtt_topic_prefix);
+        let topic = format!("{}/v1/carers/+/dispatch", settings.mqtt.topic_prefix);
         let phones = MqttProbe::connect(&host, port, &[topic]).await;
         (app, residents, carers, operators, phones)
     });
@@ -144,7 +145,7 @@ impl Drop for Sut {
 }
 
 pub(super) fn drop_schema(settings: &Settings) {
-    let (Some(url), Some(schema)) = (&settings.database_url, &settings.database_schema) else {
+    let (Some(url), Some(schema)) = (&settings.database.url, &settings.database.schema) else {
         return;
     };
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
