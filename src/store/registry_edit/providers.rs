@@ -4,7 +4,7 @@ use crate::audit::AuditSql;
 use serde::Serialize;
 
 use super::EditError;
-use crate::registry::insert_provider_rows;
+use crate::registry::RegistrySql;
 use crate::{AuditEntry, Db, NewCarer, NewProvider, StoreError, now_ms, on_pool, on_write_pool};
 
 /// One area a provider covers: a whole district (`street` null) or one street.
@@ -96,7 +96,7 @@ impl Db {
         let begin = self.begin_write();
         on_write_pool!(self, |p| {
             let mut tx = p.begin_with(begin).await?;
-            let id = insert_provider_rows!(tx, pr, now);
+            let id = tx.insert_provider_rows(pr, now).await?;
             let subject = format!("provider:{id}");
             let detail = format!("{} areas, rank {}", pr.coverage.len(), pr.rank);
             tx.append_audit(
