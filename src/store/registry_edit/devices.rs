@@ -4,7 +4,7 @@
 use crate::audit::AuditSql;
 use serde::Serialize;
 
-use super::clients::client_by_ref;
+use super::clients::ClientSql;
 use super::{EditError, unique_or};
 use crate::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
 
@@ -93,7 +93,7 @@ macro_rules! resolve_client_in {
                         }
                     }
                 }
-                ClientRef::External(r) => match client_by_ref!($tx, r) {
+                ClientRef::External(r) => match $tx.client_by_ref(r).await? {
                     Some(id) => Some(id),
                     None => {
                         return Err(EditError::Conflict(format!(

@@ -6,7 +6,7 @@
 //! than per row, and the write lock (which alarms' group commit also needs)
 //! is never held for longer than one chunk takes.
 
-use super::clients::{client_by_ref, insert_client_in, insert_contact_in};
+use super::clients::ClientSql;
 use super::devices::{provision_device_in, resolve_client_in};
 use super::{ClientEntry, ClientRef, ContactEntry, DeviceEntry, EditError, unique_or};
 use crate::audit::AuditSql;
@@ -89,7 +89,8 @@ impl Db {
             let (line, entry, contacts) = row;
             let now = now_ms();
             let detail = format!("import row {line}");
-            insert_client_in!(self, sp, entry, contacts, actor, &detail, now)
+            sp.add_client(self.vault(), entry, contacts, actor, &detail, now)
+                .await
         })
     }
 
