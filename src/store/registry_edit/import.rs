@@ -7,10 +7,9 @@
 //! is never held for longer than one chunk takes.
 
 use super::clients::ClientSql;
-use super::devices::{provision_device_in, resolve_client_in};
-use super::{ClientEntry, ClientRef, ContactEntry, DeviceEntry, EditError, unique_or};
-use crate::audit::AuditSql;
-use crate::{AuditEntry, Db, now_ms, on_write_pool};
+use super::devices::DeviceSql;
+use super::{ClientEntry, ContactEntry, DeviceEntry, EditError};
+use crate::{Db, now_ms, on_write_pool};
 
 /// Rows per transaction.
 pub const IMPORT_CHUNK: usize = 100;
@@ -104,7 +103,9 @@ impl Db {
             let (line, entry) = row;
             let now = now_ms();
             let detail = format!("import row {line}");
-            provision_device_in!(self, sp, entry, actor, &detail, now).map(|()| entry.id.clone())
+            sp.add_device(entry, actor, &detail, now)
+                .await
+                .map(|()| entry.id.clone())
         })
     }
 }
