@@ -1149,8 +1149,8 @@ async fn a_handoff_moves_the_incident_on_and_keeps_the_residents_summary(db: &Db
 
     // Read back as written, the summary opened from its seal.
     let of = db.handoffs_of(id).await.unwrap();
-    assert_eq!(of, [h.clone()]);
-    assert_eq!(db.open_handoffs().await.unwrap(), [h.clone()]);
+    assert_eq!(of, std::slice::from_ref(&h));
+    assert_eq!(db.open_handoffs().await.unwrap(), std::slice::from_ref(&h));
 
     // A second service later leaves the incident dispatched.
     let police = db
