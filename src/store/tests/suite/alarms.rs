@@ -26,6 +26,7 @@ both_backends!(
     the_sweep_finds_what_the_stage_has_not_handled,
     the_alarm_log_reads_newest_first_and_opened,
     a_devices_latest_report_is_kept_and_never_goes_back,
+    a_device_named_twice_in_one_presence_write_keeps_its_latest_report,
     the_connection_answers_checkpoints_and_closes,
     planner_statistics_are_refreshed_where_they_are_stale,
 );
@@ -553,4 +554,30 @@ async fn planner_statistics_are_refreshed_where_they_are_stale(db: &Db) {
     // Fresh now: not analyzed again.
     let again = db.refresh_statistics().await.unwrap();
     assert!(!again.iter().any(|t| t == "rejected_frames"), "{again:?}");
+}
+
+/// The writer names each device once per write, but the function takes any
+/// list: a device named twice is its latest report, on either backend (as
+/// `mark_used` does for the same case).
+async fn a_device_named_twice_in_one_presence_write_keeps_its_latest_report(db: &Db) {
+    let heard = |at: i64, battery: i64| Heard {
+        protocol: "native",
+        at,
+        battery: Some(battery),
+        location: None,
+    };
+    let written = db
+        .write_presence(&[
+            ("PA-1".into(), heard(AT + 2_000, 70)),
+            ("PA-2".into(), heard(AT, 50)),
+            ("PA-1".into(), heard(AT + 1_000, 90)),
+        ])
+        .await;
+    assert!(written.is_ok(), "{written:?}");
+    let one = db.presence_of("PA-1").await.unwrap().unwrap();
+    assert_eq!((one.heard_at, one.battery), (AT + 2_000, Some(70)));
+    assert_eq!(
+        db.presence_of("PA-2").await.unwrap().unwrap().battery,
+        Some(50)
+    );
 }

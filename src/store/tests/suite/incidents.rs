@@ -280,6 +280,7 @@ pub fn nearest(at: Option<(f64, f64)>, candidates: &[CarerCandidate]) -> Option<
 
 both_backends!(
     presses_open_one_incident_and_fold_into_it,
+    an_alarm_handed_over_twice_in_one_batch_is_counted_once,
     owed_routing_is_done_once_and_its_offer_published_once,
     routing_as_it_opens_sends_the_carer_nearest_the_alarm,
     a_residents_cancel_is_noted_and_a_devices_clear_ends_the_job,
@@ -532,6 +533,49 @@ async fn owed_routing_is_done_once_and_its_offer_published_once(db: &Db) {
     );
     assert!(db.unrouted_incidents().await.unwrap().is_empty());
     assert_eq!(db.incident_counts().await.unwrap(), (2, 0, 1));
+
+    // A carer on a job is nobody's candidate; the provider's job is counted.
+    db.apply_carer_answer(d, t.near, CarerAnswer::Accept, "")
+        .await
+        .unwrap();
+    let found: Vec<(Option<i64>, i64)> = db
+        .carer_candidates(DISTRICT, STREET)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| (c.carer_id, c.active_jobs))
+        .collect();
+    assert_eq!(found, [(Some(t.far), 1)]);
+
+    // An operator offered the job to the carer routing chooses: they keep
+    // that offer, and no second one is made.
+    let (client, device) = a_resident(db, "李淑珍", DISTRICT, STREET).await;
+    let third = an_sos(db, client, &device, 1).await;
+    let held = db
+        .add_offer(
+            third,
+            &offer_to(t.far, t.provider),
+            AT,
+            "operator:wang",
+            "she knows her",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        db.record_route(third, Some(&offer_to(t.far, t.provider)), AT)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        db.incident_actions(third).await.unwrap(),
+        ["opened", "carer_offered", "carer_already_offered"]
+    );
+    assert_eq!(
+        db.dispatch_states(third).await.unwrap(),
+        [(held, t.far, "offered".to_owned())]
+    );
+    assert!(db.unrouted_incidents().await.unwrap().is_empty());
 }
 
 async fn routing_as_it_opens_sends_the_carer_nearest_the_alarm(db: &Db) {
@@ -1404,5 +1448,33 @@ async fn a_job_a_device_cleared_is_purged_like_one_an_operator_ended(db: &Db) {
          retention period; {} of 2 ended incidents purged",
         closed_at(&records, by_device),
         report.incidents
+    );
+}
+
+/// A batch is applied "as if one after another", each item idempotent: the
+/// same alarm twice in one batch is, the second time, already processed —
+/// as it is when it comes again in the next batch.
+async fn an_alarm_handed_over_twice_in_one_batch_is_counted_once(db: &Db) {
+    let t = a_town(db).await;
+    let key = t.key();
+    let alarm = store(db, record(&t.device, 1, EventKind::Sos, AT)).await;
+    let work = StageWork::Incident {
+        incident: press(alarm, &key, t.client, &t.device, "sos"),
+        route: None,
+    };
+    let done = db.apply_stage_work(&[work, work], &[]).await.unwrap();
+    let id = opened(&done[0]);
+    let s = db.incident_summary(id).await.unwrap().unwrap();
+    assert_eq!(
+        (s.press_count, done[1].clone()),
+        (
+            1,
+            StageDone::Incident {
+                outcome: IncidentOutcome::AlreadyProcessed,
+                route: None
+            }
+        ),
+        "one alarm, timeline {:?}",
+        db.incident_actions(id).await.unwrap()
     );
 }
