@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use pingantong_domain::State;
 use sqlx::QueryBuilder;
 
-use super::incidents::{CANDIDATES_IN_DISTRICTS, OPEN};
+use super::incidents::{OPEN, candidates_in_districts_sql};
 use super::notifications::{NOTIFY_FROM_VALUES, NOTIFY_WHERE};
 use super::tx::TxSql;
 use super::{
@@ -203,7 +203,7 @@ impl Db {
             let districts = plan.districts();
             let mut near: Vec<DistrictCandidate> = Vec::new();
             if !districts.is_empty() {
-                let mut q = QueryBuilder::new(CANDIDATES_IN_DISTRICTS);
+                let mut q = QueryBuilder::new(candidates_in_districts_sql());
                 let mut list = q.separated(", ");
                 for d in &districts {
                     list.push_bind(*d);
