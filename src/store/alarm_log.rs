@@ -1,7 +1,7 @@
 //! The alarm log as staff read it: what devices sent, newest first, decoded,
 //! with the bytes as received.
 
-use super::{Db, StoreError, on_pool};
+use super::{Db, StoreError};
 use crate::vault::Field;
 
 /// One stored event.
@@ -38,23 +38,46 @@ pub struct AlarmLogQuery<'a> {
     pub limit: i64,
 }
 
-impl Db {
-    pub async fn alarm_log(&self, q: &AlarmLogQuery<'_>) -> Result<Vec<AlarmLogRow>, StoreError> {
-        let rows: Vec<AlarmLogRow> = on_pool!(self, |p| {
-            sqlx::query_as(
+/// The alarm log's read, written once for both backends (see [`super::tx`]).
+pub(crate) trait AlarmLogSql {
+    /// Stored events as [`Db::alarm_log`] lists them, still sealed.
+    async fn alarm_log(&mut self, q: &AlarmLogQuery<'_>) -> Result<Vec<AlarmLogRow>, sqlx::Error>;
+}
+
+impl<C> AlarmLogSql for C
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Option<i64>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'r> AlarmLogRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+{
+    async fn alarm_log(&mut self, q: &AlarmLogQuery<'_>) -> Result<Vec<AlarmLogRow>, sqlx::Error> {
+        sqlx::query_as(
             "SELECT id, received_at, protocol, peer, device_id, seq, kind, device_time, battery, \
              position, lat, lon, accuracy_m, auth, raw, decoded, incident_id, processed_at \
              FROM alarms \
              WHERE ($1 IS NULL OR device_id = $1) AND ($2 IS NULL OR kind = $2) \
-             AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+             AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
         )
         .bind(q.device_id)
         .bind(q.kind)
         .bind(q.before)
         .bind(q.limit.clamp(1, 1000))
-        .fetch_all(p)
+        .fetch_all(self)
         .await
-        })?;
+    }
+}
+
+// The read pool: the statement above is the same for both backends.
+impl Db {
+    pub async fn alarm_log(&self, q: &AlarmLogQuery<'_>) -> Result<Vec<AlarmLogRow>, StoreError> {
+        let rows = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.alarm_log(q).await,
+            Db::Postgres(p, _) => p.acquire().await?.alarm_log(q).await,
+        }?;
         let v = self.vault();
         rows.into_iter()
             .map(|mut r| {

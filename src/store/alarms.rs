@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use pingantong_protocol::{EventKind, Location};
 use sqlx::QueryBuilder;
 
-use super::{Db, StoreError, on_pool, on_write_pool};
+use super::{Db, StoreError};
 use crate::vault::{Field, VaultError};
 
 /// Batches of up to this many alarms keep their insert prepared (a
@@ -130,7 +130,7 @@ pub struct UnprocessedAlarm {
 }
 
 /// A record with what is sealed of it.
-struct Sealed<'a> {
+pub(crate) struct Sealed<'a> {
     a: &'a AlarmRecord,
     key: String,
     raw: Vec<u8>,
@@ -138,6 +138,238 @@ struct Sealed<'a> {
     position: Option<String>,
 }
 
+/// A row of [`Db::unprocessed_alarms`] before its position is opened.
+type UnprocessedRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<f64>,
+    Option<f64>,
+);
+
+/// The alarms' statements, written once for both backends (see
+/// [`super::tx`]).
+pub(crate) trait AlarmSql {
+    /// Insert sealed records in one statement; the id and stored key of
+    /// each one new (see [`Db::insert_alarms`]).
+    async fn insert_alarms(
+        &mut self,
+        records: &[Sealed<'_>],
+        rules: &pingantong_domain::rules::Rules,
+    ) -> Result<Vec<(i64, String)>, sqlx::Error>;
+    /// Which of these stored keys are stored, with when each was received.
+    async fn stored_before(&mut self, keys: &[String]) -> Result<Vec<(String, i64)>, sqlx::Error>;
+    /// Keep bytes that could not be parsed (sealed), with the reason.
+    async fn insert_rejected_frame(
+        &mut self,
+        protocol: &str,
+        peer: &str,
+        reason: &str,
+        raw: &[u8],
+        now: i64,
+    ) -> Result<(), sqlx::Error>;
+    /// See [`Db::unprocessed_alarms`].
+    async fn unprocessed_alarms(
+        &mut self,
+        after_id: i64,
+        limit: i64,
+        kinds: Option<&[String]>,
+    ) -> Result<Vec<UnprocessedRow>, sqlx::Error>;
+    /// How many alarms with this kind are stored.
+    async fn count_alarms(&mut self, kind: Option<EventKind>) -> Result<i64, sqlx::Error>;
+    /// How many events with this device and sequence number are stored.
+    async fn count_copies(&mut self, device_id: &str, seq: i64) -> Result<i64, sqlx::Error>;
+    async fn count_rejected_frames(&mut self) -> Result<i64, sqlx::Error>;
+    /// (auth, processed_at, incident id) of every stored copy of (device, seq).
+    async fn alarm_states(
+        &mut self,
+        device_id: &str,
+        seq: i64,
+    ) -> Result<Vec<(String, Option<i64>, Option<i64>)>, sqlx::Error>;
+    /// How many events each peer delivered.
+    async fn alarms_by_peer(&mut self) -> Result<Vec<(String, i64)>, sqlx::Error>;
+}
+
+impl<C> AlarmSql for C
+where
+    C: sqlx::Connection,
+    C::Database: sqlx::database::HasStatementCache,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> Option<i64>: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    Option<i64>: sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> Option<String>: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    Option<String>: sqlx::Type<C::Database>,
+    for<'q> Option<f64>: sqlx::Decode<'q, C::Database>,
+    Option<f64>: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Vec<u8>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+{
+    async fn insert_alarms(
+        &mut self,
+        records: &[Sealed<'_>],
+        rules: &pingantong_domain::rules::Rules,
+    ) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        let mut qb = QueryBuilder::new(
+            "INSERT INTO alarms (received_at, protocol, peer, device_id, seq, kind, \
+             device_time, battery, position, auth, raw, decoded, dedup_key, \
+             processed_at) ",
+        );
+        qb.push_values(records, |mut b, r| {
+            let a = r.a;
+            b.push_bind(a.received_at)
+                .push_bind(a.protocol)
+                .push_bind(a.peer.clone())
+                .push_bind(a.device_id.clone())
+                .push_bind(a.seq)
+                .push_bind(a.kind.name())
+                .push_bind(a.device_time)
+                .push_bind(a.battery)
+                .push_bind(r.position.clone())
+                .push_bind(a.auth.as_str())
+                .push_bind(r.raw.clone())
+                .push_bind(r.decoded.clone())
+                .push_bind(r.key.clone())
+                .push_bind((!rules.needs_incident_stage(a.kind)).then_some(a.received_at));
+        });
+        qb.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key");
+        // A single statement is its own transaction: one commit, one fsync.
+        // The usual batches' statements stay prepared; a large batch's
+        // is one of a kind and would only push them out of the cache.
+        qb.build_query_as()
+            .persistent(records.len() <= CACHED_BATCH)
+            .fetch_all(self)
+            .await
+    }
+
+    async fn stored_before(&mut self, keys: &[String]) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let mut qb =
+            QueryBuilder::new("SELECT dedup_key, received_at FROM alarms WHERE dedup_key IN (");
+        let mut list = qb.separated(", ");
+        for k in keys {
+            list.push_bind(k.clone());
+        }
+        list.push_unseparated(")");
+        qb.build_query_as()
+            .persistent(keys.len() <= CACHED_BATCH)
+            .fetch_all(self)
+            .await
+    }
+
+    async fn insert_rejected_frame(
+        &mut self,
+        protocol: &str,
+        peer: &str,
+        reason: &str,
+        raw: &[u8],
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO rejected_frames (received_at, protocol, peer, reason, raw) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(now)
+        .bind(protocol)
+        .bind(peer)
+        .bind(reason)
+        .bind(raw)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
+    async fn unprocessed_alarms(
+        &mut self,
+        after_id: i64,
+        limit: i64,
+        kinds: Option<&[String]>,
+    ) -> Result<Vec<UnprocessedRow>, sqlx::Error> {
+        let mut qb = QueryBuilder::new(
+            "SELECT id, received_at, device_id, kind, auth, position, lat, lon FROM alarms \
+             WHERE processed_at IS NULL AND id > ",
+        );
+        qb.push_bind(after_id);
+        if let Some(kinds) = kinds {
+            qb.push(" AND kind IN (");
+            let mut list = qb.separated(", ");
+            for k in kinds {
+                list.push_bind(k.clone());
+            }
+            list.push_unseparated(")");
+        }
+        qb.push(" ORDER BY id LIMIT ");
+        qb.push_bind(limit);
+        qb.build_query_as().fetch_all(self).await
+    }
+
+    async fn count_alarms(&mut self, kind: Option<EventKind>) -> Result<i64, sqlx::Error> {
+        let n: (i64,) = match kind {
+            Some(k) => {
+                sqlx::query_as("SELECT COUNT(*) FROM alarms WHERE kind = $1")
+                    .bind(k.name())
+                    .fetch_one(self)
+                    .await?
+            }
+            None => {
+                sqlx::query_as("SELECT COUNT(*) FROM alarms")
+                    .fetch_one(self)
+                    .await?
+            }
+        };
+        Ok(n.0)
+    }
+
+    async fn count_copies(&mut self, device_id: &str, seq: i64) -> Result<i64, sqlx::Error> {
+        let n: (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM alarms WHERE device_id = $1 AND seq = $2")
+                .bind(device_id)
+                .bind(seq)
+                .fetch_one(self)
+                .await?;
+        Ok(n.0)
+    }
+
+    async fn count_rejected_frames(&mut self) -> Result<i64, sqlx::Error> {
+        let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rejected_frames")
+            .fetch_one(self)
+            .await?;
+        Ok(n.0)
+    }
+
+    async fn alarm_states(
+        &mut self,
+        device_id: &str,
+        seq: i64,
+    ) -> Result<Vec<(String, Option<i64>, Option<i64>)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT auth, processed_at, incident_id FROM alarms \
+             WHERE device_id = $1 AND seq = $2 ORDER BY id",
+        )
+        .bind(device_id)
+        .bind(seq)
+        .fetch_all(self)
+        .await
+    }
+
+    async fn alarms_by_peer(&mut self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT peer, COUNT(*) FROM alarms GROUP BY peer ORDER BY peer")
+            .fetch_all(self)
+            .await
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both. Reads go to the read pool; the inserts, and the read that must
+// see every earlier batch committed, to the write pool.
 impl Db {
     /// Insert a batch in one transaction (one fsync). Returns, per record and in
     /// order, whether it was new or a duplicate of an earlier commit.
@@ -174,38 +406,16 @@ impl Db {
         let rows: Vec<(i64, String)> = if fresh_records.is_empty() {
             Vec::new()
         } else {
-            on_write_pool!(self, |p| {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO alarms (received_at, protocol, peer, device_id, seq, kind, \
-                     device_time, battery, position, auth, raw, decoded, dedup_key, \
-                     processed_at) ",
-                );
-                qb.push_values(&fresh_records, |mut b, r| {
-                    let a = r.a;
-                    b.push_bind(a.received_at)
-                        .push_bind(a.protocol)
-                        .push_bind(a.peer.clone())
-                        .push_bind(a.device_id.clone())
-                        .push_bind(a.seq)
-                        .push_bind(a.kind.name())
-                        .push_bind(a.device_time)
-                        .push_bind(a.battery)
-                        .push_bind(r.position.clone())
-                        .push_bind(a.auth.as_str())
-                        .push_bind(r.raw.clone())
-                        .push_bind(r.decoded.clone())
-                        .push_bind(r.key.clone())
-                        .push_bind((!rules.needs_incident_stage(a.kind)).then_some(a.received_at));
-                });
-                qb.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key");
-                // A single statement is its own transaction: one commit, one fsync.
-                // The usual batches' statements stay prepared; a large batch's
-                // is one of a kind and would only push them out of the cache.
-                qb.build_query_as()
-                    .persistent(fresh_records.len() <= CACHED_BATCH)
-                    .fetch_all(p)
-                    .await
-            })?
+            match self {
+                Db::Sqlite { write, .. } => {
+                    let mut c = write.acquire().await?;
+                    c.insert_alarms(&fresh_records, rules).await
+                }
+                Db::Postgres(p, _) => {
+                    let mut c = p.acquire().await?;
+                    c.insert_alarms(&fresh_records, rules).await
+                }
+            }?
         };
         // A key inserted now is returned once; the first record carrying it is
         // the stored one, any later copy in the same batch is a duplicate.
@@ -234,19 +444,10 @@ impl Db {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows: Vec<(String, i64)> = on_write_pool!(self, |p| {
-            let mut qb =
-                QueryBuilder::new("SELECT dedup_key, received_at FROM alarms WHERE dedup_key IN (");
-            let mut list = qb.separated(", ");
-            for k in &keys {
-                list.push_bind(k.clone());
-            }
-            list.push_unseparated(")");
-            qb.build_query_as()
-                .persistent(keys.len() <= CACHED_BATCH)
-                .fetch_all(p)
-                .await
-        })?;
+        let rows = match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.stored_before(&keys).await,
+            Db::Postgres(p, _) => p.acquire().await?.stored_before(&keys).await,
+        }?;
         Ok(rows.into_iter().collect())
     }
 
@@ -260,19 +461,18 @@ impl Db {
     ) -> Result<(), StoreError> {
         let now = super::now_ms();
         let raw = self.vault().seal_bytes(Field::Rejected, raw)?;
-        on_write_pool!(self, |p| sqlx::query(
-            "INSERT INTO rejected_frames (received_at, protocol, peer, reason, raw) \
-             VALUES ($1, $2, $3, $4, $5)"
-        )
-        .bind(now)
-        .bind(protocol)
-        .bind(peer)
-        .bind(reason)
-        .bind(&raw)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(())
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                let mut c = write.acquire().await?;
+                c.insert_rejected_frame(protocol, peer, reason, &raw, now)
+                    .await
+            }
+            Db::Postgres(p, _) => {
+                let mut c = p.acquire().await?;
+                c.insert_rejected_frame(protocol, peer, reason, &raw, now)
+                    .await
+            }
+        }?)
     }
 
     /// Alarms committed but not handled by the incident stage, oldest first.
@@ -284,34 +484,16 @@ impl Db {
         limit: i64,
         kinds: Option<&[String]>,
     ) -> Result<Vec<UnprocessedAlarm>, StoreError> {
-        type Row = (
-            i64,
-            i64,
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<f64>,
-            Option<f64>,
-        );
-        let rows: Vec<Row> = on_pool!(self, |p| {
-            let mut qb = QueryBuilder::new(
-                "SELECT id, received_at, device_id, kind, auth, position, lat, lon FROM alarms \
-                 WHERE processed_at IS NULL AND id > ",
-            );
-            qb.push_bind(after_id);
-            if let Some(kinds) = kinds {
-                qb.push(" AND kind IN (");
-                let mut list = qb.separated(", ");
-                for k in kinds {
-                    list.push_bind(k.clone());
-                }
-                list.push_unseparated(")");
+        let rows = match self {
+            Db::Sqlite { read, .. } => {
+                let mut c = read.acquire().await?;
+                c.unprocessed_alarms(after_id, limit, kinds).await
             }
-            qb.push(" ORDER BY id LIMIT ");
-            qb.push_bind(limit);
-            qb.build_query_as().fetch_all(p).await
-        })?;
+            Db::Postgres(p, _) => {
+                let mut c = p.acquire().await?;
+                c.unprocessed_alarms(after_id, limit, kinds).await
+            }
+        }?;
         rows.into_iter()
             .map(
                 |(id, received_at, device_id, kind, auth, position, lat, lon)| {
@@ -331,39 +513,26 @@ impl Db {
 
     /// How many alarms with this kind are stored (used by reports and tests).
     pub async fn count_alarms(&self, kind: Option<EventKind>) -> Result<i64, StoreError> {
-        let n: (i64,) = match kind {
-            Some(k) => on_pool!(self, |p| sqlx::query_as(
-                "SELECT COUNT(*) FROM alarms WHERE kind = $1"
-            )
-            .bind(k.name())
-            .fetch_one(p)
-            .await)?,
-            None => on_pool!(self, |p| sqlx::query_as("SELECT COUNT(*) FROM alarms")
-                .fetch_one(p)
-                .await)?,
-        };
-        Ok(n.0)
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.count_alarms(kind).await,
+            Db::Postgres(p, _) => p.acquire().await?.count_alarms(kind).await,
+        }?)
     }
 
     /// Whether an event with this device and sequence number is stored.
     pub async fn alarm_stored(&self, device_id: &str, seq: i64) -> Result<bool, StoreError> {
-        let n: (i64,) = on_pool!(self, |p| sqlx::query_as(
-            "SELECT COUNT(*) FROM alarms WHERE device_id = $1 AND seq = $2"
-        )
-        .bind(device_id)
-        .bind(seq)
-        .fetch_one(p)
-        .await)?;
-        Ok(n.0 > 0)
+        let n = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.count_copies(device_id, seq).await,
+            Db::Postgres(p, _) => p.acquire().await?.count_copies(device_id, seq).await,
+        }?;
+        Ok(n > 0)
     }
 
     pub async fn count_rejected_frames(&self) -> Result<i64, StoreError> {
-        let n: (i64,) = on_pool!(self, |p| sqlx::query_as(
-            "SELECT COUNT(*) FROM rejected_frames"
-        )
-        .fetch_one(p)
-        .await)?;
-        Ok(n.0)
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.count_rejected_frames().await,
+            Db::Postgres(p, _) => p.acquire().await?.count_rejected_frames().await,
+        }?)
     }
 
     /// (auth, processed, incident id) of every stored copy of (device, seq).
@@ -372,14 +541,10 @@ impl Db {
         device_id: &str,
         seq: i64,
     ) -> Result<Vec<(String, bool, Option<i64>)>, StoreError> {
-        let rows: Vec<(String, Option<i64>, Option<i64>)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT auth, processed_at, incident_id FROM alarms \
-             WHERE device_id = $1 AND seq = $2 ORDER BY id"
-        )
-        .bind(device_id)
-        .bind(seq)
-        .fetch_all(p)
-        .await)?;
+        let rows = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.alarm_states(device_id, seq).await,
+            Db::Postgres(p, _) => p.acquire().await?.alarm_states(device_id, seq).await,
+        }?;
         Ok(rows
             .into_iter()
             .map(|(a, p, i)| (a, p.is_some(), i))
@@ -388,10 +553,9 @@ impl Db {
 
     /// How many events each peer delivered (which server instance took an MQTT event).
     pub async fn alarms_by_peer(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT peer, COUNT(*) FROM alarms GROUP BY peer ORDER BY peer"
-        )
-        .fetch_all(p)
-        .await)?)
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.alarms_by_peer().await,
+            Db::Postgres(p, _) => p.acquire().await?.alarms_by_peer().await,
+        }?)
     }
 }

@@ -1,37 +1,32 @@
 //! Incidents and dispatches: the writes of the incident stage, each in one transaction.
 
-/// The columns and joins of a carer candidate ([`CarerCandidate`]).
-macro_rules! candidates_from {
-    () => {
-        "pc.provider_id, c.id AS carer_id, c.lat, c.lon, pc.street, pc.rank, p.capacity, \
-         (SELECT COUNT(*) FROM dispatches d WHERE d.provider_id = pc.provider_id \
-         AND d.state IN ('accepted', 'arrived')) AS active_jobs \
-         FROM provider_coverage pc JOIN providers p ON p.id = pc.provider_id \
-         LEFT JOIN carers c ON c.provider_id = pc.provider_id \
-         AND c.on_duty = TRUE AND c.busy = FALSE"
-    };
-}
+/// The columns and joins of a carer candidate ([`CarerCandidate`]), after
+/// whatever a query selects before them.
+const CANDIDATES_FROM: &str = "pc.provider_id, c.id AS carer_id, c.lat, c.lon, pc.street, pc.rank, p.capacity, \
+     (SELECT COUNT(*) FROM dispatches d WHERE d.provider_id = pc.provider_id \
+     AND d.state IN ('accepted', 'arrived')) AS active_jobs \
+     FROM provider_coverage pc JOIN providers p ON p.id = pc.provider_id \
+     LEFT JOIN carers c ON c.provider_id = pc.provider_id \
+     AND c.on_duty = TRUE AND c.busy = FALSE";
 
 /// Providers contracted for an address (`$1` district, `$2` street), each
 /// with its available carers: one row per carer, or one row with no carer
 /// when nobody is available.
-const CANDIDATES: &str = concat!(
-    "SELECT ",
-    candidates_from!(),
-    " WHERE pc.district = $1 AND (pc.street IS NULL OR pc.street = $2)"
-);
+fn candidates_sql() -> String {
+    format!(
+        "SELECT {CANDIDATES_FROM} WHERE pc.district = $1 AND (pc.street IS NULL OR pc.street = $2)"
+    )
+}
 
 /// The same for every street of some districts, each row with its district;
 /// the list of districts and its closing parenthesis follow.
-pub(super) const CANDIDATES_IN_DISTRICTS: &str = concat!(
-    "SELECT pc.district, ",
-    candidates_from!(),
-    " WHERE pc.district IN ("
-);
+pub(super) fn candidates_in_districts_sql() -> String {
+    format!("SELECT pc.district, {CANDIDATES_FROM} WHERE pc.district IN (")
+}
 
 use super::backend::Affected;
 use super::tx::{NewLine, TxSql};
-use super::{ClientProfile, Db, StoreError, now_ms, on_pool};
+use super::{ClientProfile, Db, StoreError, now_ms};
 
 /// The routing decision's transaction, written once for both backends (see
 /// [`super::tx`]).
@@ -279,7 +274,7 @@ pub struct DispatchOffer {
 
 /// A dispatch offer as read, before its sealed fields are opened.
 #[derive(sqlx::FromRow)]
-struct OfferRow {
+pub(crate) struct OfferRow {
     dispatch_id: i64,
     incident_id: i64,
     carer_id: i64,
@@ -299,6 +294,172 @@ struct OfferRow {
     reported_lon: Option<f64>,
 }
 
+/// The incidents' reads, written once for both backends (see [`super::tx`]).
+pub(crate) trait IncidentSql {
+    /// See [`Db::carer_candidates`].
+    async fn carer_candidates(
+        &mut self,
+        district: &str,
+        street: &str,
+    ) -> Result<Vec<CarerCandidate>, sqlx::Error>;
+    /// (id, kind, client id) of the open incidents of known clients whose
+    /// routing is still owed.
+    async fn unrouted_incidents(&mut self) -> Result<Vec<(i64, String, i64)>, sqlx::Error>;
+    /// An offer with its client and the newest reported position, still sealed.
+    async fn dispatch_offer(&mut self, dispatch_id: i64) -> Result<Option<OfferRow>, sqlx::Error>;
+    /// The newest position among an incident's alarms: (sealed, lat, lon).
+    async fn incident_position(
+        &mut self,
+        incident_id: i64,
+    ) -> Result<Option<(Option<String>, Option<f64>, Option<f64>)>, sqlx::Error>;
+    /// See [`Db::unpublished_dispatches`].
+    async fn unpublished_dispatches(&mut self) -> Result<Vec<(i64,)>, sqlx::Error>;
+    /// (incidents, of which unverified, dispatches).
+    async fn incident_counts(&mut self) -> Result<(i64, i64, i64), sqlx::Error>;
+    async fn incident_summary(
+        &mut self,
+        incident_id: i64,
+    ) -> Result<Option<IncidentSummary>, sqlx::Error>;
+    async fn incidents_overview(&mut self) -> Result<Vec<(i64, String, i64, bool)>, sqlx::Error>;
+    /// (dispatch id, incident id, carer id, fallback, published_at) ordered by id.
+    async fn dispatches_overview(
+        &mut self,
+    ) -> Result<Vec<(i64, i64, i64, bool, Option<i64>)>, sqlx::Error>;
+    async fn incident_actions(&mut self, incident_id: i64) -> Result<Vec<(String,)>, sqlx::Error>;
+}
+
+impl<C> IncidentSql for C
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> Option<i64>: sqlx::Decode<'q, C::Database>,
+    Option<i64>: sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> Option<String>: sqlx::Decode<'q, C::Database>,
+    Option<String>: sqlx::Type<C::Database>,
+    for<'q> Option<f64>: sqlx::Decode<'q, C::Database>,
+    Option<f64>: sqlx::Type<C::Database>,
+    for<'q> bool: sqlx::Decode<'q, C::Database>,
+    bool: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+    for<'r> CarerCandidate: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> OfferRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> IncidentSummary: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+{
+    async fn carer_candidates(
+        &mut self,
+        district: &str,
+        street: &str,
+    ) -> Result<Vec<CarerCandidate>, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(candidates_sql()))
+            .bind(district)
+            .bind(street)
+            .fetch_all(self)
+            .await
+    }
+
+    async fn unrouted_incidents(&mut self) -> Result<Vec<(i64, String, i64)>, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, kind, client_id FROM incidents WHERE routed_at IS NULL \
+             AND client_id IS NOT NULL AND {OPEN} ORDER BY id"
+        )))
+        .fetch_all(self)
+        .await
+    }
+
+    async fn dispatch_offer(&mut self, dispatch_id: i64) -> Result<Option<OfferRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT d.id AS dispatch_id, d.incident_id, d.carer_id, i.kind, d.offered_at, \
+             d.distance_m, c.name AS client_name, c.address, c.lat, c.lon, c.medical_notes, \
+             c.medications, c.allergies, c.key_safe, p.position AS reported, \
+             p.lat AS reported_lat, p.lon AS reported_lon \
+             FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
+             JOIN clients c ON c.id = i.client_id \
+             LEFT JOIN alarms p ON p.id = (SELECT MAX(a.id) FROM alarms a \
+                 WHERE a.incident_id = d.incident_id \
+                 AND (a.position IS NOT NULL OR a.lat IS NOT NULL)) \
+             WHERE d.id = $1",
+        )
+        .bind(dispatch_id)
+        .fetch_optional(self)
+        .await
+    }
+
+    async fn incident_position(
+        &mut self,
+        incident_id: i64,
+    ) -> Result<Option<(Option<String>, Option<f64>, Option<f64>)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT position, lat, lon FROM alarms WHERE incident_id = $1 \
+             AND (position IS NOT NULL OR lat IS NOT NULL) ORDER BY id DESC LIMIT 1",
+        )
+        .bind(incident_id)
+        .fetch_optional(self)
+        .await
+    }
+
+    async fn unpublished_dispatches(&mut self) -> Result<Vec<(i64,)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id FROM dispatches WHERE published_at IS NULL AND state = 'offered' ORDER BY id"
+        )
+        .fetch_all(self)
+        .await
+    }
+
+    async fn incident_counts(&mut self) -> Result<(i64, i64, i64), sqlx::Error> {
+        sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM incidents), \
+             (SELECT COUNT(*) FROM incidents WHERE verified = FALSE), \
+             (SELECT COUNT(*) FROM dispatches)",
+        )
+        .fetch_one(self)
+        .await
+    }
+
+    async fn incident_summary(
+        &mut self,
+        incident_id: i64,
+    ) -> Result<Option<IncidentSummary>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, opened_at, kind, lane, state, verified, client_id, device_id, \
+             press_count, claimed_by, advised_service, outcome FROM incidents WHERE id = $1",
+        )
+        .bind(incident_id)
+        .fetch_optional(self)
+        .await
+    }
+
+    async fn incidents_overview(&mut self) -> Result<Vec<(i64, String, i64, bool)>, sqlx::Error> {
+        sqlx::query_as("SELECT id, fold_key, press_count, verified FROM incidents ORDER BY id")
+            .fetch_all(self)
+            .await
+    }
+
+    async fn dispatches_overview(
+        &mut self,
+    ) -> Result<Vec<(i64, i64, i64, bool, Option<i64>)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, incident_id, carer_id, fallback, published_at FROM dispatches ORDER BY id",
+        )
+        .fetch_all(self)
+        .await
+    }
+
+    async fn incident_actions(&mut self, incident_id: i64) -> Result<Vec<(String,)>, sqlx::Error> {
+        sqlx::query_as("SELECT action FROM incident_events WHERE incident_id = $1 ORDER BY id")
+            .bind(incident_id)
+            .fetch_all(self)
+            .await
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both. Reads go to the read pool, the routing decision to the write pool.
 impl Db {
     /// Providers contracted for this address, each with its available carers
     /// (one row per carer, or one row with no carer when nobody is available).
@@ -307,11 +468,16 @@ impl Db {
         district: &str,
         street: &str,
     ) -> Result<Vec<CarerCandidate>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(CANDIDATES)
-            .bind(district)
-            .bind(street)
-            .fetch_all(p)
-            .await)?)
+        Ok(match self {
+            Db::Sqlite { read, .. } => {
+                let mut c = read.acquire().await?;
+                c.carer_candidates(district, street).await
+            }
+            Db::Postgres(p, _) => {
+                let mut c = p.acquire().await?;
+                c.carer_candidates(district, street).await
+            }
+        }?)
     }
 
     /// Record the routing decision: the offer (if any) and the timeline entry.
@@ -338,13 +504,10 @@ impl Db {
 
     /// Incidents of known, verified clients whose routing is still owed.
     pub async fn unrouted_incidents(&self) -> Result<Vec<RouteContext>, StoreError> {
-        let rows: Vec<(i64, String, i64)> =
-            on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id, kind, client_id FROM incidents WHERE routed_at IS NULL \
-                 AND client_id IS NOT NULL AND {OPEN} ORDER BY id"
-            )))
-            .fetch_all(p)
-            .await)?;
+        let rows = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.unrouted_incidents().await,
+            Db::Postgres(p, _) => p.acquire().await?.unrouted_incidents().await,
+        }?;
         let mut out = Vec::with_capacity(rows.len());
         for (incident_id, kind, client_id) in rows {
             if let Some(client) = self.client_profile(client_id).await? {
@@ -362,21 +525,10 @@ impl Db {
         &self,
         dispatch_id: i64,
     ) -> Result<Option<DispatchOffer>, StoreError> {
-        let row: Option<OfferRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT d.id AS dispatch_id, d.incident_id, d.carer_id, i.kind, d.offered_at, \
-             d.distance_m, c.name AS client_name, c.address, c.lat, c.lon, c.medical_notes, \
-             c.medications, c.allergies, c.key_safe, p.position AS reported, \
-             p.lat AS reported_lat, p.lon AS reported_lon \
-             FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
-             JOIN clients c ON c.id = i.client_id \
-             LEFT JOIN alarms p ON p.id = (SELECT MAX(a.id) FROM alarms a \
-                 WHERE a.incident_id = d.incident_id \
-                 AND (a.position IS NOT NULL OR a.lat IS NOT NULL)) \
-             WHERE d.id = $1"
-        )
-        .bind(dispatch_id)
-        .fetch_optional(p)
-        .await)?;
+        let row = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.dispatch_offer(dispatch_id).await,
+            Db::Postgres(p, _) => p.acquire().await?.dispatch_offer(dispatch_id).await,
+        }?;
         let Some(r) = row else {
             return Ok(None);
         };
@@ -408,14 +560,10 @@ impl Db {
         &self,
         incident_id: i64,
     ) -> Result<Option<(f64, f64)>, StoreError> {
-        let row: Option<(Option<String>, Option<f64>, Option<f64>)> =
-            on_pool!(self, |p| sqlx::query_as(
-                "SELECT position, lat, lon FROM alarms WHERE incident_id = $1 \
-                 AND (position IS NOT NULL OR lat IS NOT NULL) ORDER BY id DESC LIMIT 1"
-            )
-            .bind(incident_id)
-            .fetch_optional(p)
-            .await)?;
+        let row = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.incident_position(incident_id).await,
+            Db::Postgres(p, _) => p.acquire().await?.incident_position(incident_id).await,
+        }?;
         match row {
             Some((sealed, lat, lon)) => self.position(sealed.as_deref(), lat, lon),
             None => Ok(None),
@@ -425,26 +573,19 @@ impl Db {
     /// Offers not yet handed to the broker that are still offers (one
     /// answered, expired or withdrawn meanwhile is not sent).
     pub async fn unpublished_dispatches(&self) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<(i64,)> = on_pool!(self, |p| {
-            sqlx::query_as(
-            "SELECT id FROM dispatches WHERE published_at IS NULL AND state = 'offered' ORDER BY id"
-        )
-        .fetch_all(p)
-        .await
-        })?;
+        let rows = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.unpublished_dispatches().await,
+            Db::Postgres(p, _) => p.acquire().await?.unpublished_dispatches().await,
+        }?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// (incidents, of which unverified, dispatches) — for summaries and tests.
     pub async fn incident_counts(&self) -> Result<(i64, i64, i64), StoreError> {
-        let (i, u, d): (i64, i64, i64) = on_pool!(self, |p| sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM incidents), \
-             (SELECT COUNT(*) FROM incidents WHERE verified = FALSE), \
-             (SELECT COUNT(*) FROM dispatches)"
-        )
-        .fetch_one(p)
-        .await)?;
-        Ok((i, u, d))
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.incident_counts().await,
+            Db::Postgres(p, _) => p.acquire().await?.incident_counts().await,
+        }?)
     }
 
     /// Incidents per fold key with their press counts, ordered by id (tests, summaries).
@@ -453,34 +594,27 @@ impl Db {
         &self,
         incident_id: i64,
     ) -> Result<Option<IncidentSummary>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, opened_at, kind, lane, state, verified, client_id, device_id, \
-             press_count, claimed_by, advised_service, outcome FROM incidents WHERE id = $1"
-        )
-        .bind(incident_id)
-        .fetch_optional(p)
-        .await)?)
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.incident_summary(incident_id).await,
+            Db::Postgres(p, _) => p.acquire().await?.incident_summary(incident_id).await,
+        }?)
     }
 
     pub async fn incidents_overview(&self) -> Result<Vec<(i64, String, i64, bool)>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, fold_key, press_count, verified FROM incidents ORDER BY id"
-        )
-        .fetch_all(p)
-        .await)?)
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.incidents_overview().await,
+            Db::Postgres(p, _) => p.acquire().await?.incidents_overview().await,
+        }?)
     }
 
     /// (dispatch id, incident id, carer id, fallback, published) ordered by id.
     pub async fn dispatches_overview(
         &self,
     ) -> Result<Vec<(i64, i64, i64, bool, bool)>, StoreError> {
-        let rows: Vec<(i64, i64, i64, bool, Option<i64>)> = on_pool!(self, |p| {
-            sqlx::query_as(
-            "SELECT id, incident_id, carer_id, fallback, published_at FROM dispatches ORDER BY id"
-        )
-        .fetch_all(p)
-        .await
-        })?;
+        let rows = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.dispatches_overview().await,
+            Db::Postgres(p, _) => p.acquire().await?.dispatches_overview().await,
+        }?;
         Ok(rows
             .into_iter()
             .map(|(d, i, c, f, p)| (d, i, c, f, p.is_some()))
@@ -489,12 +623,10 @@ impl Db {
 
     /// The timeline actions of one incident, in order.
     pub async fn incident_actions(&self, incident_id: i64) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT action FROM incident_events WHERE incident_id = $1 ORDER BY id"
-        )
-        .bind(incident_id)
-        .fetch_all(p)
-        .await)?;
+        let rows = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.incident_actions(incident_id).await,
+            Db::Postgres(p, _) => p.acquire().await?.incident_actions(incident_id).await,
+        }?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }

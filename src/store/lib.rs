@@ -341,19 +341,20 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query("SELECT 1")
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
-        Ok(())
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.select_one().await,
+            Db::Postgres(p, _) => p.acquire().await?.select_one().await,
+        }?)
     }
 
     /// Whether the database takes writes: the write lock taken and given
     /// back (SQLite: another process may hold it), or a statement answered.
     pub async fn probe_writable(&self) -> Result<(), StoreError> {
         let begin = self.begin_write();
-        on_write_pool!(self, |p| p.begin_with(begin).await?.rollback().await)?;
-        Ok(())
+        Ok(match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.begin_and_roll_back(begin).await,
+            Db::Postgres(p, _) => p.acquire().await?.begin_and_roll_back(begin).await,
+        }?)
     }
 
     pub async fn close(&self) {
@@ -364,6 +365,37 @@ impl Db {
             }
             Db::Postgres(p, _) => p.close().await,
         }
+    }
+}
+
+/// The health probes' statements, written once for both backends (see
+/// [`tx`]).
+pub(crate) trait ProbeSql {
+    /// A statement answered.
+    async fn select_one(&mut self) -> Result<(), sqlx::Error>;
+    /// A transaction begun with `begin` (for SQLite's, the write lock taken)
+    /// and rolled back.
+    async fn begin_and_roll_back(&mut self, begin: &'static str) -> Result<(), sqlx::Error>;
+}
+
+impl<C> ProbeSql for C
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+{
+    async fn select_one(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(self).await?;
+        Ok(())
+    }
+
+    async fn begin_and_roll_back(&mut self, begin: &'static str) -> Result<(), sqlx::Error> {
+        // As a `SqlStr` first (see `transitions.rs`): a future holding the
+        // `&'static str` itself is not taken for `Send`.
+        self.begin_with(sqlx::SqlStr::from_static(begin))
+            .await?
+            .rollback()
+            .await
     }
 }
 

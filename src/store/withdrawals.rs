@@ -2,7 +2,7 @@
 //! it, their deadlines cancelled, and the carers' phones told afterwards from
 //! what the database says is owed.
 
-use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
+use super::{Db, StoreError, now_ms};
 
 /// A withdrawal the carer's phone has still to hear of.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
@@ -23,19 +23,62 @@ impl Withdrawal {
     }
 }
 
-impl Db {
+/// The withdrawals' statements, written once for both backends (see
+/// [`super::tx`]).
+pub(crate) trait WithdrawalSql {
     /// Withdrawals not yet sent to the carers' phones, oldest first.
-    pub async fn owed_withdrawals(&self, limit: i64) -> Result<Vec<Withdrawal>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
+    async fn owed_withdrawals(&mut self, limit: i64) -> Result<Vec<Withdrawal>, sqlx::Error>;
+    /// Mark withdrawals handed to the broker at `now`.
+    async fn mark_withdrawals_sent(&mut self, ids: &[i64], now: i64) -> Result<(), sqlx::Error>;
+}
+
+impl<C> WithdrawalSql for C
+where
+    C: sqlx::Connection,
+    C::Database: sqlx::database::HasStatementCache,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'r> Withdrawal: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+{
+    async fn owed_withdrawals(&mut self, limit: i64) -> Result<Vec<Withdrawal>, sqlx::Error> {
+        sqlx::query_as(
             "SELECT d.id AS dispatch_id, d.incident_id, d.carer_id, \
              i.state AS incident_state, d.withdrawn_at \
              FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
              WHERE d.state = 'withdrawn' AND d.withdrawal_sent_at IS NULL \
-             ORDER BY d.id LIMIT $1"
+             ORDER BY d.id LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(p)
-        .await)?)
+        .fetch_all(self)
+        .await
+    }
+
+    async fn mark_withdrawals_sent(&mut self, ids: &[i64], now: i64) -> Result<(), sqlx::Error> {
+        // Integers read from the database: listed inline.
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE dispatches SET withdrawal_sent_at = $1 \
+             WHERE id IN ({list}) AND withdrawal_sent_at IS NULL"
+        )))
+        .persistent(false)
+        .bind(now)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both. Reads go to the read pool, writes to the write pool.
+impl Db {
+    /// Withdrawals not yet sent to the carers' phones, oldest first.
+    pub async fn owed_withdrawals(&self, limit: i64) -> Result<Vec<Withdrawal>, StoreError> {
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.owed_withdrawals(limit).await,
+            Db::Postgres(p, _) => p.acquire().await?.owed_withdrawals(limit).await,
+        }?)
     }
 
     /// Withdrawals handed to the broker.
@@ -43,17 +86,12 @@ impl Db {
         if ids.is_empty() {
             return Ok(());
         }
-        // Integers read from the database: listed inline.
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        on_write_pool!(self, |p| sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE dispatches SET withdrawal_sent_at = $1 \
-             WHERE id IN ({list}) AND withdrawal_sent_at IS NULL"
-        )))
-        .persistent(false)
-        .bind(now_ms())
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(())
+        let now = now_ms();
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                write.acquire().await?.mark_withdrawals_sent(ids, now).await
+            }
+            Db::Postgres(p, _) => p.acquire().await?.mark_withdrawals_sent(ids, now).await,
+        }?)
     }
 }

@@ -22,12 +22,12 @@ use std::collections::{HashMap, HashSet};
 use pingantong_domain::State;
 use sqlx::QueryBuilder;
 
-use super::incidents::{CANDIDATES_IN_DISTRICTS, OPEN};
+use super::incidents::{OPEN, candidates_in_districts_sql};
 use super::notifications::{NOTIFY_FROM_VALUES, NOTIFY_WHERE};
 use super::tx::TxSql;
 use super::{
     CarerCandidate, Cascade, ClientProfile, Db, DispatchOffer, IncidentOutcome, NewDispatch,
-    NewIncident, StoreError, now_ms, on_write_pool,
+    NewIncident, StoreError, now_ms,
 };
 use plan::{Answer, Detail, StagePlan, Target};
 
@@ -115,7 +115,7 @@ pub enum StageDone {
 
 /// A candidate with the district of its coverage, for many addresses at once.
 #[derive(sqlx::FromRow)]
-struct DistrictCandidate {
+pub(crate) struct DistrictCandidate {
     district: String,
     #[sqlx(flatten)]
     candidate: CarerCandidate,
@@ -138,6 +138,365 @@ impl Ids {
     }
 }
 
+/// The stage's transaction, written once for both backends (see
+/// [`super::tx`]).
+pub(crate) trait StageSql {
+    /// Apply the work of several alarms in one transaction of its own (see
+    /// [`Db::apply_stage_work`]); `work` is not empty.
+    async fn apply_stage_work(
+        &mut self,
+        work: &[StageWork<'_>],
+        published: &[i64],
+        now: i64,
+    ) -> Result<Vec<StageDone>, sqlx::Error>;
+    /// Mark offers published at `now`.
+    async fn mark_published(&mut self, ids: &[i64], now: i64) -> Result<(), sqlx::Error>;
+}
+
+impl<C> StageSql for C
+where
+    C: sqlx::Connection + TxSql,
+    C::Database: sqlx::database::HasStatementCache,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> Option<i64>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Option<f64>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> bool: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+    for<'r> DistrictCandidate: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+{
+    async fn apply_stage_work(
+        &mut self,
+        work: &[StageWork<'_>],
+        published: &[i64],
+        now: i64,
+    ) -> Result<Vec<StageDone>, sqlx::Error> {
+        // Ids are integers the stage read from the database: listed inline,
+        // they keep the statements' parameters few.
+        let alarms = id_list(work.iter().map(StageWork::alarm_id));
+        let keys: Vec<&str> = work.iter().filter_map(StageWork::fold_key).collect();
+        let mut tx = self.begin().await?;
+        // Claimed now by this pass; any other was handled already.
+        let claimed: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE alarms SET processed_at = $1 \
+             WHERE id IN ({alarms}) AND processed_at IS NULL RETURNING id"
+        )))
+        .persistent(false)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let claimed: HashSet<i64> = claimed.into_iter().map(|(id,)| id).collect();
+        if !published.is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe(mark_published_sql(published)))
+                .persistent(false)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // The open incident (and its state) of every key in the batch.
+        let mut found: Vec<(String, i64, String)> = Vec::new();
+        if !keys.is_empty() {
+            let mut q = QueryBuilder::new("SELECT fold_key, id, state FROM incidents WHERE ");
+            q.push(OPEN).push(" AND fold_key IN (");
+            let mut list = q.separated(", ");
+            for k in &keys {
+                list.push_bind(*k);
+            }
+            q.push(")");
+            found = q
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?;
+        }
+        let open = found
+            .into_iter()
+            .map(|(key, id, state)| (key, (id, State::parse(&state))))
+            .collect();
+        let mut plan = StagePlan::decide(work, &claimed, open);
+        // The carers near every address to route, in one read.
+        let districts = plan.districts();
+        let mut near: Vec<DistrictCandidate> = Vec::new();
+        if !districts.is_empty() {
+            let mut q = QueryBuilder::new(candidates_in_districts_sql());
+            let mut list = q.separated(", ");
+            for d in &districts {
+                list.push_bind(*d);
+            }
+            q.push(")");
+            near = q
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?;
+        }
+        let near: Vec<(String, CarerCandidate)> = near
+            .into_iter()
+            .map(|d| (d.district, d.candidate))
+            .collect();
+        plan.route(&near);
+
+        // Incidents in the database first: a clear that ends one frees
+        // its key for an incident the batch opens after it.
+        if !plan.cancels.is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE incidents SET cancel_requested_at = $1, updated_at = $1 \
+                 WHERE id IN ({})",
+                id_list(plan.cancels.iter().copied())
+            )))
+            .persistent(false)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for &(id, next) in &plan.clears {
+            sqlx::query(
+                "UPDATE incidents SET state = $1, outcome = 'cleared', \
+                 updated_at = $2 WHERE id = $3",
+            )
+            .bind(next.as_str())
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            // A job offered to a carer ends with it.
+            tx.withdraw(id, next, now).await?;
+        }
+
+        let mut ids = Ids(Vec::with_capacity(plan.openings.len()));
+        if !plan.openings.is_empty() {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO incidents (opened_at, opening_alarm_id, fold_key, client_id, \
+                 device_id, kind, lane, state, outcome, verified, press_count, \
+                 last_press_at, routed_at, cancel_requested_at, updated_at, \
+                 advised_service) ",
+            );
+            q.push_values(&plan.openings, |mut b, o| {
+                let n = &o.incident;
+                let ended = !o.state.is_open();
+                b.push_bind(now)
+                    .push_bind(n.alarm_id)
+                    .push_bind(n.fold_key)
+                    .push_bind(n.client_id)
+                    .push_bind(n.device_id)
+                    .push_bind(n.kind)
+                    .push_bind(n.lane)
+                    .push_bind(o.state.as_str())
+                    .push_bind(ended.then_some("cleared"))
+                    .push_bind(n.verified)
+                    .push_bind(o.presses)
+                    .push_bind(now)
+                    .push_bind((o.routed || ended).then_some(now))
+                    .push_bind(o.cancel_requested.then_some(now))
+                    .push_bind(now)
+                    .push_bind(n.advise);
+            });
+            q.push(" RETURNING id, opening_alarm_id");
+            let rows: Vec<(i64, i64)> = q
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?;
+            let by_alarm: HashMap<i64, i64> = rows.into_iter().map(|(id, a)| (a, id)).collect();
+            for o in &plan.openings {
+                ids.0.push(
+                    *by_alarm
+                        .get(&o.incident.alarm_id)
+                        .ok_or(sqlx::Error::RowNotFound)?,
+                );
+            }
+            // In the same transaction as the incidents: a crash cannot
+            // leave an alarm whose family was never going to hear of it.
+            let notify: Vec<(i64, i64, bool, i64)> = plan
+                .openings
+                .iter()
+                .zip(&ids.0)
+                .filter_map(|(o, &id)| match (o.incident.notify, o.incident.client_id) {
+                    (Some(cascade), Some(client)) if o.incident.verified => Some((
+                        id,
+                        client,
+                        cascade == Cascade::Everyone,
+                        o.incident.notify_at,
+                    )),
+                    _ => None,
+                })
+                .collect();
+            if !notify.is_empty() {
+                let mut q = QueryBuilder::new(NOTIFY_FROM_VALUES);
+                for (row, (incident, client, everyone, at)) in notify.iter().enumerate() {
+                    q.push(if row == 0 { "(CAST(" } else { ", (CAST(" })
+                        .push_bind(*incident)
+                        .push(" AS BIGINT), CAST(")
+                        .push_bind(*client)
+                        .push(" AS BIGINT), CAST(")
+                        .push_bind(i64::from(*everyone))
+                        .push(" AS BIGINT), CAST(")
+                        .push_bind(*at)
+                        .push(" AS BIGINT))");
+                }
+                q.push(NOTIFY_WHERE);
+                q.build().persistent(false).execute(&mut *tx).await?;
+            }
+        }
+        let mut dispatch_ids: Vec<i64> = Vec::with_capacity(plan.offers.len());
+        if !plan.offers.is_empty() {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO dispatches (incident_id, carer_id, provider_id, \
+                 distance_m, fallback, state, offered_at, updated_at) ",
+            );
+            q.push_values(&plan.offers, |mut b, o| {
+                let d = &o.dispatch;
+                b.push_bind(ids.0[o.opening])
+                    .push_bind(d.carer_id)
+                    .push_bind(d.provider_id)
+                    .push_bind(d.distance_m)
+                    .push_bind(d.fallback)
+                    .push("'offered'")
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.push(" RETURNING id, incident_id");
+            let rows: Vec<(i64, i64)> = q
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?;
+            // One offer per incident: the incident says which row is which.
+            let by_incident: HashMap<i64, i64> = rows.into_iter().map(|(d, i)| (i, d)).collect();
+            for o in &plan.offers {
+                dispatch_ids.push(
+                    *by_incident
+                        .get(&ids.0[o.opening])
+                        .ok_or(sqlx::Error::RowNotFound)?,
+                );
+            }
+        }
+
+        if !plan.presses.is_empty() {
+            let mut q =
+                QueryBuilder::new("UPDATE incidents SET press_count = press_count + CASE id");
+            for (id, n) in &plan.presses {
+                q.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(*n);
+            }
+            q.push(" END, last_press_at = ")
+                .push_bind(now)
+                .push(", updated_at = ")
+                .push_bind(now)
+                .push(format!(
+                    " WHERE id IN ({})",
+                    id_list(plan.presses.keys().copied())
+                ));
+            q.build().persistent(false).execute(&mut *tx).await?;
+        }
+        if !plan.timers.is_empty() {
+            let timers = plan
+                .timers
+                .iter()
+                .map(|t| Ok((ids.of(t.incident)?, t.offer.map(|o| dispatch_ids[o]), t)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let mut q = QueryBuilder::new(
+                "INSERT INTO timers (incident_id, dispatch_id, kind, round, due_at) ",
+            );
+            q.push_values(&timers, |mut b, &(incident, dispatch, t)| {
+                b.push_bind(incident)
+                    .push_bind(dispatch)
+                    .push_bind(t.kind)
+                    .push_bind(0i64)
+                    .push_bind(t.due);
+            });
+            q.build().persistent(false).execute(&mut *tx).await?;
+        }
+        // In the order decided: an incident's lines keep the order of events.
+        let lines = plan
+            .lines
+            .iter()
+            .flatten()
+            .map(|l| {
+                let detail = match &l.detail {
+                    Detail::Text(t) => t.clone(),
+                    Detail::Offer(o) => plan.offers[*o].dispatch.offer_detail(dispatch_ids[*o]),
+                };
+                Ok((ids.of(l.incident)?, l, detail))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        if !lines.is_empty() {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO incident_events (incident_id, at, actor, action, to_state, detail) ",
+            );
+            q.push_values(&lines, |mut b, (id, l, detail)| {
+                b.push_bind(*id)
+                    .push_bind(now)
+                    .push_bind(l.actor)
+                    .push_bind(l.action)
+                    .push_bind(l.to_state.map(State::as_str))
+                    .push_bind(detail.as_str());
+            });
+            q.build().persistent(false).execute(&mut *tx).await?;
+        }
+        if !plan.links.is_empty() {
+            let links = plan
+                .links
+                .iter()
+                .map(|&(a, t)| Ok((a, ids.of(t)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let mut q = QueryBuilder::new("UPDATE alarms SET incident_id = CASE id");
+            for (alarm, incident) in &links {
+                q.push(" WHEN ")
+                    .push_bind(*alarm)
+                    .push(" THEN ")
+                    .push_bind(*incident);
+            }
+            q.push(format!(
+                " END WHERE id IN ({})",
+                id_list(links.iter().map(|l| l.0))
+            ));
+            q.build().persistent(false).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let mut done = Vec::with_capacity(plan.answers.len());
+        for a in &plan.answers {
+            done.push(match a {
+                Answer::Done(d) => d.clone(),
+                Answer::Folded(t) => StageDone::Incident {
+                    outcome: IncidentOutcome::Folded(ids.of(*t)?),
+                    route: None,
+                },
+                Answer::Opened(k) => StageDone::Incident {
+                    outcome: IncidentOutcome::Opened(ids.0[*k]),
+                    route: plan.route_done(
+                        *k,
+                        ids.0[*k],
+                        plan.openings[*k].offer.map(|o| dispatch_ids[o]),
+                        now,
+                    ),
+                },
+                Answer::CancelRecorded(t) => {
+                    StageDone::Cancel(IncidentOutcome::CancelRecorded(ids.of(*t)?))
+                }
+                Answer::Cleared(t) => StageDone::Cleared(Some(ids.of(*t)?)),
+            });
+        }
+        Ok(done)
+    }
+
+    async fn mark_published(&mut self, ids: &[i64], now: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(sqlx::AssertSqlSafe(mark_published_sql(ids)))
+            .persistent(false)
+            .bind(now)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+}
+
+// The write pool of each backend, chosen by a match: the statements above
+// are the same for both.
 impl Db {
     /// Apply the work of several alarms in one transaction, as if one after
     /// another: a second press in the same batch folds into the incident the
@@ -155,315 +514,16 @@ impl Db {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        // Ids are integers the stage read from the database: listed inline,
-        // they keep the statements' parameters few.
-        let alarms = id_list(work.iter().map(StageWork::alarm_id));
-        let keys: Vec<&str> = work.iter().filter_map(StageWork::fold_key).collect();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            // Claimed now by this pass; any other was handled already.
-            let claimed: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "UPDATE alarms SET processed_at = $1 \
-                 WHERE id IN ({alarms}) AND processed_at IS NULL RETURNING id"
-            )))
-            .persistent(false)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            let claimed: HashSet<i64> = claimed.into_iter().map(|(id,)| id).collect();
-            if !published.is_empty() {
-                sqlx::query(sqlx::AssertSqlSafe(mark_published_sql(published)))
-                    .persistent(false)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                let mut c = write.acquire().await?;
+                c.apply_stage_work(work, published, now).await
             }
-            // The open incident (and its state) of every key in the batch.
-            let mut found: Vec<(String, i64, String)> = Vec::new();
-            if !keys.is_empty() {
-                let mut q = QueryBuilder::new("SELECT fold_key, id, state FROM incidents WHERE ");
-                q.push(OPEN).push(" AND fold_key IN (");
-                let mut list = q.separated(", ");
-                for k in &keys {
-                    list.push_bind(*k);
-                }
-                q.push(")");
-                found = q
-                    .build_query_as()
-                    .persistent(false)
-                    .fetch_all(&mut *tx)
-                    .await?;
+            Db::Postgres(p, _) => {
+                let mut c = p.acquire().await?;
+                c.apply_stage_work(work, published, now).await
             }
-            let open = found
-                .into_iter()
-                .map(|(key, id, state)| (key, (id, State::parse(&state))))
-                .collect();
-            let mut plan = StagePlan::decide(work, &claimed, open);
-            // The carers near every address to route, in one read.
-            let districts = plan.districts();
-            let mut near: Vec<DistrictCandidate> = Vec::new();
-            if !districts.is_empty() {
-                let mut q = QueryBuilder::new(CANDIDATES_IN_DISTRICTS);
-                let mut list = q.separated(", ");
-                for d in &districts {
-                    list.push_bind(*d);
-                }
-                q.push(")");
-                near = q
-                    .build_query_as()
-                    .persistent(false)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            }
-            let near: Vec<(String, CarerCandidate)> = near
-                .into_iter()
-                .map(|d| (d.district, d.candidate))
-                .collect();
-            plan.route(&near);
-
-            // Incidents in the database first: a clear that ends one frees
-            // its key for an incident the batch opens after it.
-            if !plan.cancels.is_empty() {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE incidents SET cancel_requested_at = $1, updated_at = $1 \
-                     WHERE id IN ({})",
-                    id_list(plan.cancels.iter().copied())
-                )))
-                .persistent(false)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for &(id, next) in &plan.clears {
-                sqlx::query(
-                    "UPDATE incidents SET state = $1, outcome = 'cleared', \
-                     updated_at = $2 WHERE id = $3",
-                )
-                .bind(next.as_str())
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                // A job offered to a carer ends with it.
-                tx.withdraw(id, next, now).await?;
-            }
-
-            let mut ids = Ids(Vec::with_capacity(plan.openings.len()));
-            if !plan.openings.is_empty() {
-                let mut q = QueryBuilder::new(
-                    "INSERT INTO incidents (opened_at, opening_alarm_id, fold_key, client_id, \
-                     device_id, kind, lane, state, outcome, verified, press_count, \
-                     last_press_at, routed_at, cancel_requested_at, updated_at, \
-                     advised_service) ",
-                );
-                q.push_values(&plan.openings, |mut b, o| {
-                    let n = &o.incident;
-                    let ended = !o.state.is_open();
-                    b.push_bind(now)
-                        .push_bind(n.alarm_id)
-                        .push_bind(n.fold_key)
-                        .push_bind(n.client_id)
-                        .push_bind(n.device_id)
-                        .push_bind(n.kind)
-                        .push_bind(n.lane)
-                        .push_bind(o.state.as_str())
-                        .push_bind(ended.then_some("cleared"))
-                        .push_bind(n.verified)
-                        .push_bind(o.presses)
-                        .push_bind(now)
-                        .push_bind((o.routed || ended).then_some(now))
-                        .push_bind(o.cancel_requested.then_some(now))
-                        .push_bind(now)
-                        .push_bind(n.advise);
-                });
-                q.push(" RETURNING id, opening_alarm_id");
-                let rows: Vec<(i64, i64)> = q
-                    .build_query_as()
-                    .persistent(false)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let by_alarm: HashMap<i64, i64> = rows.into_iter().map(|(id, a)| (a, id)).collect();
-                for o in &plan.openings {
-                    ids.0.push(
-                        *by_alarm
-                            .get(&o.incident.alarm_id)
-                            .ok_or(sqlx::Error::RowNotFound)?,
-                    );
-                }
-                // In the same transaction as the incidents: a crash cannot
-                // leave an alarm whose family was never going to hear of it.
-                let notify: Vec<(i64, i64, bool, i64)> = plan
-                    .openings
-                    .iter()
-                    .zip(&ids.0)
-                    .filter_map(|(o, &id)| match (o.incident.notify, o.incident.client_id) {
-                        (Some(cascade), Some(client)) if o.incident.verified => Some((
-                            id,
-                            client,
-                            cascade == Cascade::Everyone,
-                            o.incident.notify_at,
-                        )),
-                        _ => None,
-                    })
-                    .collect();
-                if !notify.is_empty() {
-                    let mut q = QueryBuilder::new(NOTIFY_FROM_VALUES);
-                    for (row, (incident, client, everyone, at)) in notify.iter().enumerate() {
-                        q.push(if row == 0 { "(CAST(" } else { ", (CAST(" })
-                            .push_bind(*incident)
-                            .push(" AS BIGINT), CAST(")
-                            .push_bind(*client)
-                            .push(" AS BIGINT), CAST(")
-                            .push_bind(i64::from(*everyone))
-                            .push(" AS BIGINT), CAST(")
-                            .push_bind(*at)
-                            .push(" AS BIGINT))");
-                    }
-                    q.push(NOTIFY_WHERE);
-                    q.build().persistent(false).execute(&mut *tx).await?;
-                }
-            }
-            let mut dispatch_ids: Vec<i64> = Vec::with_capacity(plan.offers.len());
-            if !plan.offers.is_empty() {
-                let mut q = QueryBuilder::new(
-                    "INSERT INTO dispatches (incident_id, carer_id, provider_id, \
-                     distance_m, fallback, state, offered_at, updated_at) ",
-                );
-                q.push_values(&plan.offers, |mut b, o| {
-                    let d = &o.dispatch;
-                    b.push_bind(ids.0[o.opening])
-                        .push_bind(d.carer_id)
-                        .push_bind(d.provider_id)
-                        .push_bind(d.distance_m)
-                        .push_bind(d.fallback)
-                        .push("'offered'")
-                        .push_bind(now)
-                        .push_bind(now);
-                });
-                q.push(" RETURNING id, incident_id");
-                let rows: Vec<(i64, i64)> = q
-                    .build_query_as()
-                    .persistent(false)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                // One offer per incident: the incident says which row is which.
-                let by_incident: HashMap<i64, i64> =
-                    rows.into_iter().map(|(d, i)| (i, d)).collect();
-                for o in &plan.offers {
-                    dispatch_ids.push(
-                        *by_incident
-                            .get(&ids.0[o.opening])
-                            .ok_or(sqlx::Error::RowNotFound)?,
-                    );
-                }
-            }
-
-            if !plan.presses.is_empty() {
-                let mut q =
-                    QueryBuilder::new("UPDATE incidents SET press_count = press_count + CASE id");
-                for (id, n) in &plan.presses {
-                    q.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(*n);
-                }
-                q.push(" END, last_press_at = ")
-                    .push_bind(now)
-                    .push(", updated_at = ")
-                    .push_bind(now)
-                    .push(format!(
-                        " WHERE id IN ({})",
-                        id_list(plan.presses.keys().copied())
-                    ));
-                q.build().persistent(false).execute(&mut *tx).await?;
-            }
-            if !plan.timers.is_empty() {
-                let timers = plan
-                    .timers
-                    .iter()
-                    .map(|t| Ok((ids.of(t.incident)?, t.offer.map(|o| dispatch_ids[o]), t)))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-                let mut q = QueryBuilder::new(
-                    "INSERT INTO timers (incident_id, dispatch_id, kind, round, due_at) ",
-                );
-                q.push_values(&timers, |mut b, &(incident, dispatch, t)| {
-                    b.push_bind(incident)
-                        .push_bind(dispatch)
-                        .push_bind(t.kind)
-                        .push_bind(0i64)
-                        .push_bind(t.due);
-                });
-                q.build().persistent(false).execute(&mut *tx).await?;
-            }
-            // In the order decided: an incident's lines keep the order of events.
-            let lines = plan
-                .lines
-                .iter()
-                .flatten()
-                .map(|l| {
-                    let detail = match &l.detail {
-                        Detail::Text(t) => t.clone(),
-                        Detail::Offer(o) => plan.offers[*o].dispatch.offer_detail(dispatch_ids[*o]),
-                    };
-                    Ok((ids.of(l.incident)?, l, detail))
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            if !lines.is_empty() {
-                let mut q = QueryBuilder::new(
-                    "INSERT INTO incident_events (incident_id, at, actor, action, to_state, detail) ",
-                );
-                q.push_values(&lines, |mut b, (id, l, detail)| {
-                    b.push_bind(*id)
-                        .push_bind(now)
-                        .push_bind(l.actor)
-                        .push_bind(l.action)
-                        .push_bind(l.to_state.map(State::as_str))
-                        .push_bind(detail.as_str());
-                });
-                q.build().persistent(false).execute(&mut *tx).await?;
-            }
-            if !plan.links.is_empty() {
-                let links = plan
-                    .links
-                    .iter()
-                    .map(|&(a, t)| Ok((a, ids.of(t)?)))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-                let mut q = QueryBuilder::new("UPDATE alarms SET incident_id = CASE id");
-                for (alarm, incident) in &links {
-                    q.push(" WHEN ")
-                        .push_bind(*alarm)
-                        .push(" THEN ")
-                        .push_bind(*incident);
-                }
-                q.push(format!(
-                    " END WHERE id IN ({})",
-                    id_list(links.iter().map(|l| l.0))
-                ));
-                q.build().persistent(false).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            let mut done = Vec::with_capacity(plan.answers.len());
-            for a in &plan.answers {
-                done.push(match a {
-                    Answer::Done(d) => d.clone(),
-                    Answer::Folded(t) => StageDone::Incident {
-                        outcome: IncidentOutcome::Folded(ids.of(*t)?),
-                        route: None,
-                    },
-                    Answer::Opened(k) => StageDone::Incident {
-                        outcome: IncidentOutcome::Opened(ids.0[*k]),
-                        route: plan.route_done(
-                            *k,
-                            ids.0[*k],
-                            plan.openings[*k].offer.map(|o| dispatch_ids[o]),
-                            now,
-                        ),
-                    },
-                    Answer::CancelRecorded(t) => {
-                        StageDone::Cancel(IncidentOutcome::CancelRecorded(ids.of(*t)?))
-                    }
-                    Answer::Cleared(t) => StageDone::Cleared(Some(ids.of(*t)?)),
-                });
-            }
-            Ok(done)
-        })
+        }?)
     }
 
     /// Offers handed to the broker: the recovery sweep need not send them again.
@@ -471,15 +531,11 @@ impl Db {
         if ids.is_empty() {
             return Ok(());
         }
-        on_write_pool!(self, |p| sqlx::query(sqlx::AssertSqlSafe(
-            mark_published_sql(ids)
-        ))
-        .persistent(false)
-        .bind(now_ms())
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(())
+        let now = now_ms();
+        Ok(match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.mark_published(ids, now).await,
+            Db::Postgres(p, _) => p.acquire().await?.mark_published(ids, now).await,
+        }?)
     }
 }
 
