@@ -121,6 +121,12 @@ pub(crate) struct DistrictCandidate {
     candidate: CarerCandidate,
 }
 
+/// Whether moving to `state` closes the incident (`closed_at`): every
+/// ending but *resolved*, which waits for its close.
+fn closes(state: State) -> bool {
+    !state.is_open() && state != State::Resolved
+}
+
 fn id_list(ids: impl Iterator<Item = i64>) -> String {
     ids.map(|i| i.to_string()).collect::<Vec<_>>().join(",")
 }
@@ -256,13 +262,17 @@ where
             .await?;
         }
         for &(id, next) in &plan.clears {
+            // Ended by the device, it is closed as one an operator ends:
+            // retention counts its period from `closed_at`.
             sqlx::query(
                 "UPDATE incidents SET state = $1, outcome = 'cleared', \
-                 updated_at = $2 WHERE id = $3",
+                 updated_at = $2, closed_at = CASE WHEN $4 THEN $2 ELSE closed_at END \
+                 WHERE id = $3",
             )
             .bind(next.as_str())
             .bind(now)
             .bind(id)
+            .bind(closes(next))
             .execute(&mut *tx)
             .await?;
             // A job offered to a carer ends with it.
@@ -275,7 +285,7 @@ where
                 "INSERT INTO incidents (opened_at, opening_alarm_id, fold_key, client_id, \
                  device_id, kind, lane, state, outcome, verified, press_count, \
                  last_press_at, routed_at, cancel_requested_at, updated_at, \
-                 advised_service) ",
+                 advised_service, closed_at) ",
             );
             q.push_values(&plan.openings, |mut b, o| {
                 let n = &o.incident;
@@ -295,7 +305,8 @@ where
                     .push_bind((o.routed || ended).then_some(now))
                     .push_bind(o.cancel_requested.then_some(now))
                     .push_bind(now)
-                    .push_bind(n.advise);
+                    .push_bind(n.advise)
+                    .push_bind(closes(o.state).then_some(now));
             });
             q.push(" RETURNING id, opening_alarm_id");
             let rows: Vec<(i64, i64)> = q

@@ -134,6 +134,10 @@ impl<'a> StagePlan<'a> {
         open: HashMap<String, (i64, Option<State>)>,
     ) -> Self {
         let mut plan = StagePlan::default();
+        // A claim is taken by the first item of its alarm: a second copy of
+        // the same alarm in the batch finds it taken, as it would in the
+        // next batch (each item as if after the one before).
+        let mut claimed = claimed.clone();
         let mut open: HashMap<String, (Target, Option<State>)> = open
             .into_iter()
             .map(|(k, (id, s))| (k, (Target::Id(id), s)))
@@ -142,7 +146,7 @@ impl<'a> StagePlan<'a> {
             let answer = match *w {
                 StageWork::Processed { .. } => Answer::Done(StageDone::Processed),
                 StageWork::Incident { incident, route } => {
-                    if !claimed.contains(&incident.alarm_id) {
+                    if !claimed.remove(&incident.alarm_id) {
                         Answer::Done(StageDone::Incident {
                             outcome: IncidentOutcome::AlreadyProcessed,
                             route: None,
@@ -152,7 +156,7 @@ impl<'a> StagePlan<'a> {
                     }
                 }
                 StageWork::Cancel { alarm_id, fold_key } => {
-                    if !claimed.contains(&alarm_id) {
+                    if !claimed.remove(&alarm_id) {
                         Answer::Done(StageDone::Cancel(IncidentOutcome::AlreadyProcessed))
                     } else {
                         plan.cancel(&open, alarm_id, fold_key)
@@ -163,7 +167,7 @@ impl<'a> StagePlan<'a> {
                     fold_key,
                     detail,
                 } => {
-                    if !claimed.contains(&alarm_id) {
+                    if !claimed.remove(&alarm_id) {
                         Answer::Done(StageDone::Cleared(None))
                     } else {
                         plan.clear(&mut open, alarm_id, fold_key, detail)
@@ -552,6 +556,30 @@ mod tests {
             ]
         );
         assert!(plan.timers.is_empty());
+    }
+
+    #[test]
+    fn the_same_alarm_twice_in_a_batch_is_counted_once() {
+        let work = [
+            StageWork::Incident {
+                incident: press(7, "k1"),
+                route: None,
+            },
+            StageWork::Incident {
+                incident: press(7, "k1"),
+                route: None,
+            },
+        ];
+        let plan = StagePlan::decide(&work, &HashSet::from([7]), HashMap::new());
+        assert_eq!(plan.openings.len(), 1);
+        assert_eq!(plan.openings[0].presses, 1);
+        assert_eq!(
+            plan.answers[1],
+            Answer::Done(StageDone::Incident {
+                outcome: IncidentOutcome::AlreadyProcessed,
+                route: None
+            })
+        );
     }
 
     #[test]
