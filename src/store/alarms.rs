@@ -222,7 +222,7 @@ where
         let mut qb = QueryBuilder::new(
             "INSERT INTO alarms (received_at, protocol, peer, device_id, seq, kind, \
              device_time, battery, position, auth, raw, decoded, dedup_key, \
-             processed_at) ",
+             processed_at, client_id) ",
         );
         qb.push_values(records, |mut b, r| {
             let a = r.a;
@@ -239,7 +239,12 @@ where
                 .push_bind(r.raw.clone())
                 .push_bind(r.decoded.clone())
                 .push_bind(r.key.clone())
-                .push_bind((!rules.needs_incident_stage(a.kind)).then_some(a.received_at));
+                .push_bind((!rules.needs_incident_stage(a.kind)).then_some(a.received_at))
+                // Whose the event is: the device's holder as it is committed
+                // (a reissued device's earlier events stay its earlier holder's).
+                .push("(SELECT client_id FROM devices WHERE id = ")
+                .push_bind_unseparated(a.device_id.clone())
+                .push_unseparated(")");
         });
         qb.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key");
         // A single statement is its own transaction: one commit, one fsync.

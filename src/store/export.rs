@@ -89,7 +89,7 @@ impl Db {
             let alarms: Vec<AlarmRow> = sqlx::query_as(
                 "SELECT a.id, a.received_at, a.device_id, a.protocol, a.kind, a.device_time, \
                  a.battery, a.position, a.lat, a.lon, a.auth, a.incident_id FROM alarms a \
-                 WHERE a.device_id IN (SELECT id FROM devices WHERE client_id = $1) \
+                 WHERE a.client_id = $1 \
                  OR a.incident_id IN (SELECT id FROM incidents WHERE client_id = $1) \
                  ORDER BY a.id",
             )
