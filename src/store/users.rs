@@ -6,6 +6,7 @@ use super::audit::AuditSql;
 use super::backend::Affected;
 use super::{AuditEntry, Db, StoreError, now_ms};
 use pingantong_domain::Role;
+use sqlx::SqlStr;
 
 /// Longest username, in characters.
 pub const USERNAME_MAX: usize = 64;
@@ -180,6 +181,9 @@ type LoginRow = (i64, String, String, String, bool, i32, Option<i64>);
 
 /// The accounts' and sessions' statements, written once for both backends
 /// (see [`super::tx`]): called on a connection of the backend's pool.
+/// A transaction begins with `begin` ([`Db::begin_write`]), handed to sqlx
+/// as a [`SqlStr`]: as a `&'static str` the compiler fails to prove the
+/// callers' futures `Send`.
 pub(crate) trait UserSql {
     /// The provider carer `carer` works for, if the carer exists.
     async fn carer_provider(&mut self, carer: i64) -> Result<Option<(i64,)>, sqlx::Error>;
@@ -299,7 +303,7 @@ where
         entry: &AuditEntry<'_>,
         now: i64,
     ) -> Result<i64, sqlx::Error> {
-        let mut tx = self.begin_with(begin).await?;
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO users (username, password_hash, role, carer_id, provider_id, \
              disabled, created_at, updated_at) \
@@ -328,7 +332,7 @@ where
         entry: &AuditEntry<'_>,
         now: i64,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.begin_with(begin).await?;
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
         let changed = sqlx::query(
             "UPDATE users SET disabled = COALESCE($1, disabled), \
              failed_logins = CASE WHEN $2 THEN 0 ELSE failed_logins END, \
@@ -373,7 +377,7 @@ where
         subject: &str,
         now: i64,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.begin_with(begin).await?;
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
         let id: Option<(i64,)> = sqlx::query_as(
             "UPDATE users SET password_hash = $1, updated_at = $2 WHERE username = $3 \
              RETURNING id",
@@ -424,7 +428,7 @@ where
         locked_until: i64,
         now: i64,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.begin_with(begin).await?;
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
         let (failed,): (i32,) = sqlx::query_as(
             "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 \
              RETURNING failed_logins",
@@ -470,7 +474,7 @@ where
         entry: &AuditEntry<'_>,
         now: i64,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.begin_with(begin).await?;
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
         sqlx::query(
             "INSERT INTO sessions (token_hash, user_id, created_at, expires_at, \
              last_seen_at, idle_ms) VALUES ($1, $2, $3, $4, $3, $5)",
@@ -515,7 +519,7 @@ where
         entry: &AuditEntry<'_>,
         now: i64,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.begin_with(begin).await?;
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
         let revoked = sqlx::query(
             "UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
         )
