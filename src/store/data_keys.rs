@@ -62,7 +62,7 @@ enum Kind {
     Position,
 }
 
-struct Table {
+pub(crate) struct Table {
     name: &'static str,
     key: &'static str,
     /// Whether the key is text (`device_presence.device_id`).
@@ -114,7 +114,7 @@ const TABLES: &[Table] = &[
 
 /// A cell as read and as it will be written.
 #[derive(Clone, PartialEq)]
-enum Cell {
+pub(crate) enum Cell {
     Text(Option<String>),
     Bytes(Vec<u8>),
 }
@@ -126,7 +126,7 @@ type ReadRow = (KeyVal, Vec<Cell>, Option<(f64, f64, Option<i64>)>);
 type StoredKey = (i64, Vec<u8>, String, i64, Option<i64>);
 
 #[derive(Clone, PartialEq)]
-enum KeyVal {
+pub(crate) enum KeyVal {
     Int(i64),
     Text(String),
 }
