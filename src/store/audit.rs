@@ -4,9 +4,10 @@
 use std::fmt;
 
 use sha2::{Digest, Sha256};
+use sqlx::SqlStr;
 
 use super::backend::Affected;
-use super::{Db, StoreError, now_ms, on_pool, on_write_pool};
+use super::{Db, StoreError, now_ms};
 
 /// Entries read per query while verifying: memory stays bounded however long the log.
 const VERIFY_PAGE: i64 = 1_000;
@@ -80,9 +81,10 @@ pub(crate) fn seal(last: Option<(i64, Vec<u8>)>, at: i64, e: &AuditEntry<'_>) ->
     }
 }
 
-/// The audit log's append, written once for both backends (see
-/// [`super::tx`]): called on the connection of the transaction that makes
-/// the change it records.
+/// The audit log's statements, written once for both backends (see
+/// [`super::tx`]): the append, called on the connection of the transaction
+/// that makes the change it records, and the reads of the log, called on a
+/// connection of the backend's pool.
 pub(crate) trait AuditSql {
     /// Append `entry`, stamped `at`, to the audit log; its id.
     ///
@@ -92,6 +94,29 @@ pub(crate) trait AuditSql {
     /// commit: from here on every other writer of the log waits for this
     /// transaction.
     async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error>;
+    /// Append `entry` in a transaction of its own, begun with `begin`
+    /// ([`Db::begin_write`], as a [`SqlStr`]: as a `&'static str` the
+    /// compiler fails to prove the callers' futures `Send`).
+    async fn append_audit_alone(
+        &mut self,
+        begin: &'static str,
+        entry: &AuditEntry<'_>,
+        at: i64,
+    ) -> Result<i64, sqlx::Error>;
+    /// The newest `limit` entries, newest first, about `subject` if given.
+    async fn audit_trail(
+        &mut self,
+        subject: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, sqlx::Error>;
+    /// The chain's length and its newest entry (id, hash), if any.
+    async fn audit_head(&mut self) -> Result<Option<(i64, i64, Vec<u8>)>, sqlx::Error>;
+    /// The stored hash of entry `id`.
+    async fn audit_entry_hash(&mut self, id: i64) -> Result<Option<(Vec<u8>,)>, sqlx::Error>;
+    /// The retention purges' entries (id, detail), in order.
+    async fn audit_purges(&mut self) -> Result<Vec<(i64, String)>, sqlx::Error>;
+    /// Up to `limit` entries after id `after`, in order.
+    async fn audit_page(&mut self, after: i64, limit: i64) -> Result<Vec<AuditRow>, sqlx::Error>;
 }
 
 impl<C> AuditSql for C
@@ -107,6 +132,11 @@ where
     Vec<u8>: sqlx::Type<C::Database>,
     for<'q> Option<Vec<u8>>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
     for<'q> &'q [u8]: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> Option<Vec<u8>>: sqlx::Decode<'q, C::Database>,
+    for<'r> AuditRecord: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
     usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
 {
     async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error> {
@@ -135,6 +165,74 @@ where
         .execute(&mut *self)
         .await?;
         Ok(sealed.id)
+    }
+
+    async fn append_audit_alone(
+        &mut self,
+        begin: &'static str,
+        entry: &AuditEntry<'_>,
+        at: i64,
+    ) -> Result<i64, sqlx::Error> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        let id = tx.append_audit(entry, at).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn audit_trail(
+        &mut self,
+        subject: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, at, actor, action, subject, detail FROM audit_log \
+             WHERE ($1 IS NULL OR subject = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(subject)
+        .bind(limit)
+        .fetch_all(self)
+        .await
+    }
+
+    async fn audit_head(&mut self) -> Result<Option<(i64, i64, Vec<u8>)>, sqlx::Error> {
+        let row: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&mut *self)
+                .await?;
+        let Some((id, hash)) = row else {
+            return Ok(None);
+        };
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log WHERE id <= $1")
+            .bind(id)
+            .fetch_one(&mut *self)
+            .await?;
+        Ok(Some((count, id, hash)))
+    }
+
+    async fn audit_entry_hash(&mut self, id: i64) -> Result<Option<(Vec<u8>,)>, sqlx::Error> {
+        sqlx::query_as("SELECT hash FROM audit_log WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self)
+            .await
+    }
+
+    async fn audit_purges(&mut self) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, detail FROM audit_log WHERE action = 'timeline_purged' ORDER BY id",
+        )
+        .fetch_all(self)
+        .await
+    }
+
+    async fn audit_page(&mut self, after: i64, limit: i64) -> Result<Vec<AuditRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, at, actor, action, subject, detail, prev_hash, hash \
+             FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self)
+        .await
     }
 }
 
@@ -213,14 +311,11 @@ impl Db {
         subject: Option<&str>,
         limit: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, at, actor, action, subject, detail FROM audit_log \
-             WHERE ($1 IS NULL OR subject = $1) ORDER BY id DESC LIMIT $2"
-        )
-        .bind(subject)
-        .bind(limit.clamp(1, 10_000))
-        .fetch_all(p)
-        .await)?)
+        let limit = limit.clamp(1, 10_000);
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.audit_trail(subject, limit).await,
+            Db::Postgres(p, _) => p.acquire().await?.audit_trail(subject, limit).await,
+        }?)
     }
 
     /// Append one entry to the audit log on its own; returns its id. Inside a
@@ -228,41 +323,37 @@ impl Db {
     pub async fn audit(&self, entry: AuditEntry<'_>) -> Result<i64, StoreError> {
         let begin = self.begin_write();
         let at = now_ms();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            let id = tx.append_audit(&entry, at).await?;
-            tx.commit().await?;
-            Ok(id)
-        })
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .append_audit_alone(begin, &entry, at)
+                    .await
+            }
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .append_audit_alone(begin, &entry, at)
+                    .await
+            }
+        }?)
     }
 
     /// The chain's length and its newest entry (id, hash), if any.
     pub async fn audit_head(&self) -> Result<Option<(i64, i64, Vec<u8>)>, StoreError> {
-        let row: Option<(i64, Vec<u8>)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
-        )
-        .fetch_optional(p)
-        .await)?;
-        let Some((id, hash)) = row else {
-            return Ok(None);
-        };
-        let (count,): (i64,) = on_pool!(self, |p| sqlx::query_as(
-            "SELECT COUNT(*) FROM audit_log WHERE id <= $1"
-        )
-        .bind(id)
-        .fetch_one(p)
-        .await)?;
-        Ok(Some((count, id, hash)))
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.audit_head().await,
+            Db::Postgres(p, _) => p.acquire().await?.audit_head().await,
+        }?)
     }
 
     /// The stored hash of entry `id`, if it is there.
     pub async fn audit_entry_hash(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        let row: Option<(Vec<u8>,)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT hash FROM audit_log WHERE id = $1"
-        )
-        .bind(id)
-        .fetch_optional(p)
-        .await)?;
+        let row = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.audit_entry_hash(id).await,
+            Db::Postgres(p, _) => p.acquire().await?.audit_entry_hash(id).await,
+        }?;
         Ok(row.map(|r| r.0))
     }
 
@@ -275,11 +366,10 @@ impl Db {
         // Seals a retention purge took over (store::retention): their
         // surviving steps are checked against the purge entry instead. The
         // purge entries themselves are checked in the chain below.
-        let purges: Vec<(i64, String)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, detail FROM audit_log WHERE action = 'timeline_purged' ORDER BY id"
-        )
-        .fetch_all(p)
-        .await)?;
+        let purges = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.audit_purges().await,
+            Db::Postgres(p, _) => p.acquire().await?.audit_purges().await,
+        }?;
         let mut retired = std::collections::HashMap::new();
         for (purge, detail) in &purges {
             for seal in retired_seals(detail) {
@@ -287,14 +377,12 @@ impl Db {
             }
         }
         loop {
-            let page: Vec<AuditRow> = on_pool!(self, |p| sqlx::query_as(
-                "SELECT id, at, actor, action, subject, detail, prev_hash, hash \
-                 FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2"
-            )
-            .bind(after)
-            .bind(VERIFY_PAGE)
-            .fetch_all(p)
-            .await)?;
+            let page = match self {
+                Db::Sqlite { read, .. } => {
+                    read.acquire().await?.audit_page(after, VERIFY_PAGE).await
+                }
+                Db::Postgres(p, _) => p.acquire().await?.audit_page(after, VERIFY_PAGE).await,
+            }?;
             let Some(last) = page.last() else {
                 return Ok(AuditReport {
                     entries,

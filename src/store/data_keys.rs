@@ -5,9 +5,10 @@
 use super::audit::AuditSql;
 use std::sync::Arc;
 
-use sqlx::Row;
+use sqlx::{Row, SqlStr};
 
-use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
+use super::backend::Affected;
+use super::{AuditEntry, Db, StoreError, now_ms};
 use crate::vault::{Field, MasterKey, Vault, VaultError};
 
 /// A data key added while servers run seals nothing until this long after
@@ -61,7 +62,7 @@ enum Kind {
     Position,
 }
 
-struct Table {
+pub(crate) struct Table {
     name: &'static str,
     key: &'static str,
     /// Whether the key is text (`device_presence.device_id`).
@@ -113,7 +114,7 @@ const TABLES: &[Table] = &[
 
 /// A cell as read and as it will be written.
 #[derive(Clone, PartialEq)]
-enum Cell {
+pub(crate) enum Cell {
     Text(Option<String>),
     Bytes(Vec<u8>),
 }
@@ -121,8 +122,11 @@ enum Cell {
 /// A row as read: its key, its sealed cells, its plain position if any.
 type ReadRow = (KeyVal, Vec<Cell>, Option<(f64, f64, Option<i64>)>);
 
+/// A data key as stored: id, wrapped, master, created_at, sealed_all_at.
+type StoredKey = (i64, Vec<u8>, String, i64, Option<i64>);
+
 #[derive(Clone, PartialEq)]
-enum KeyVal {
+pub(crate) enum KeyVal {
     Int(i64),
     Text(String),
 }
@@ -172,6 +176,301 @@ fn reseal_cell(
     })
 }
 
+/// A row's sealed cells to replace: its key, each changed column with the
+/// value read and the new one, whether plain position columns go.
+type Change = (KeyVal, Vec<(&'static str, Cell, Cell)>, bool);
+
+/// The data keys' statements and the re-sealing pass's reads and writes,
+/// written once for both backends (see [`super::tx`]): called on a
+/// connection of the backend's pool. A transaction that reads before it
+/// writes begins with `begin` ([`Db::begin_write`]), handed to sqlx as a
+/// [`SqlStr`]: as a `&'static str` the compiler fails to prove the callers'
+/// futures `Send`.
+pub(crate) trait DataKeySql {
+    /// Make the first data key, wrapped with `master`, unless another
+    /// server just did; `lock`: take the table's lock first (PostgreSQL).
+    async fn first_data_key(
+        &mut self,
+        begin: &'static str,
+        lock: bool,
+        master: &MasterKey,
+    ) -> Result<(), sqlx::Error>;
+    /// Every data key (id, wrapped, master, created_at, sealed_all_at), oldest first.
+    async fn data_key_rows(&mut self) -> Result<Vec<StoredKey>, sqlx::Error>;
+    /// Add a data key `wrapped` with `master`, audited; its id.
+    async fn insert_data_key(
+        &mut self,
+        begin: &'static str,
+        master: &MasterKey,
+        wrapped: Vec<u8>,
+        created_at: i64,
+        actor: &str,
+        now: i64,
+    ) -> Result<i64, sqlx::Error>;
+    /// Wrap every data key with `new` instead of `old`, audited; how many.
+    async fn rewrap_data_keys(
+        &mut self,
+        begin: &'static str,
+        old: &MasterKey,
+        new: &MasterKey,
+        actor: &str,
+        now: i64,
+    ) -> Result<usize, StoreError>;
+    /// Every value is under key `current`: say so, and delete the older keys.
+    async fn retire_data_keys(&mut self, current: i64, now: i64) -> Result<(), sqlx::Error>;
+    /// A batch of table `t`'s rows after `after`, read by `select` (with the
+    /// plain position columns when `has_position`).
+    async fn reseal_rows(
+        &mut self,
+        t: &Table,
+        select: &str,
+        after: &KeyVal,
+        has_position: bool,
+    ) -> Result<Vec<ReadRow>, sqlx::Error>;
+    /// Write the re-sealed cells of table `t`, each only where it still holds
+    /// what was read: (cells re-sealed, rows changed since).
+    async fn reseal_rows_write(
+        &mut self,
+        t: &Table,
+        changes: &[Change],
+    ) -> Result<(u64, u64), sqlx::Error>;
+}
+
+impl<C> DataKeySql for C
+where
+    C: sqlx::Connection + AuditSql,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    <C::Database as sqlx::Database>::QueryResult: Affected,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> Option<i64>: sqlx::Decode<'q, C::Database>,
+    Option<i64>: sqlx::Type<C::Database>,
+    for<'q> Option<f64>: sqlx::Decode<'q, C::Database>,
+    Option<f64>: sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> Option<String>: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    Option<String>: sqlx::Type<C::Database>,
+    for<'q> Vec<u8>: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    Vec<u8>: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+{
+    async fn first_data_key(
+        &mut self,
+        begin: &'static str,
+        lock: bool,
+        master: &MasterKey,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        if lock {
+            sqlx::query("LOCK TABLE data_keys IN EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys")
+            .fetch_one(&mut *tx)
+            .await?;
+        if n == 0 {
+            let (_, wrapped) = master.new_data_key();
+            sqlx::query(
+                "INSERT INTO data_keys (wrapped, master, created_at, sealed_all_at) \
+                 VALUES ($1, $2, $3, NULL)",
+            )
+            .bind(wrapped)
+            .bind(master.fingerprint())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn data_key_rows(&mut self) -> Result<Vec<StoredKey>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, wrapped, master, created_at, sealed_all_at FROM data_keys ORDER BY id",
+        )
+        .fetch_all(self)
+        .await
+    }
+
+    async fn insert_data_key(
+        &mut self,
+        begin: &'static str,
+        master: &MasterKey,
+        wrapped: Vec<u8>,
+        created_at: i64,
+        actor: &str,
+        now: i64,
+    ) -> Result<i64, sqlx::Error> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO data_keys (wrapped, master, created_at) VALUES ($1, $2, $3) \
+             RETURNING id",
+        )
+        .bind(wrapped)
+        .bind(master.fingerprint())
+        .bind(created_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let detail = format!("master key {}", master.fingerprint());
+        let entry = AuditEntry {
+            actor,
+            action: "data_key_rotated",
+            subject: &format!("data_key:{id}"),
+            detail: &detail,
+        };
+        tx.append_audit(&entry, now).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn rewrap_data_keys(
+        &mut self,
+        begin: &'static str,
+        old: &MasterKey,
+        new: &MasterKey,
+        actor: &str,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, wrapped FROM data_keys ORDER BY id")
+                .fetch_all(&mut *tx)
+                .await?;
+        for (id, wrapped) in &rows {
+            let dek = old.unwrap(*id, wrapped)?;
+            sqlx::query("UPDATE data_keys SET wrapped = $1, master = $2 WHERE id = $3")
+                .bind(new.wrap(&dek))
+                .bind(new.fingerprint())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let detail = format!(
+            "{} data keys, master key {} replaced by {}",
+            rows.len(),
+            old.fingerprint(),
+            new.fingerprint()
+        );
+        let entry = AuditEntry {
+            actor,
+            action: "data_keys_rewrapped",
+            subject: "data_keys",
+            detail: &detail,
+        };
+        tx.append_audit(&entry, now).await?;
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    async fn retire_data_keys(&mut self, current: i64, now: i64) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE data_keys SET sealed_all_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(current)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM data_keys WHERE id < $1")
+            .bind(current)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    async fn reseal_rows(
+        &mut self,
+        t: &Table,
+        select: &str,
+        after: &KeyVal,
+        has_position: bool,
+    ) -> Result<Vec<ReadRow>, sqlx::Error> {
+        let q = sqlx::query(sqlx::AssertSqlSafe(select));
+        let q = match after {
+            KeyVal::Int(i) => q.bind(*i),
+            KeyVal::Text(s) => q.bind(s.clone()),
+        };
+        let mut out = Vec::new();
+        for r in q.fetch_all(self).await? {
+            let key = if t.text_key {
+                KeyVal::Text(r.try_get(0)?)
+            } else {
+                KeyVal::Int(r.try_get(0)?)
+            };
+            let mut cells = Vec::new();
+            for (i, (_, kind)) in t.cols.iter().enumerate() {
+                cells.push(match kind {
+                    Kind::Bytes(_) => Cell::Bytes(r.try_get(i + 1)?),
+                    _ => Cell::Text(r.try_get(i + 1)?),
+                });
+            }
+            let legacy = if has_position {
+                let n = t.cols.len() + 1;
+                let lat: Option<f64> = r.try_get(n)?;
+                let lon: Option<f64> = r.try_get(n + 1)?;
+                let acc: Option<i64> = r.try_get(n + 2)?;
+                lat.zip(lon).map(|(a, b)| (a, b, acc))
+            } else {
+                None
+            };
+            out.push((key, cells, legacy));
+        }
+        Ok(out)
+    }
+
+    async fn reseal_rows_write(
+        &mut self,
+        t: &Table,
+        changes: &[Change],
+    ) -> Result<(u64, u64), sqlx::Error> {
+        let mut tx = self.begin().await?;
+        let mut n = (0u64, 0u64);
+        for (key, cols, legacy) in changes {
+            let mut sets = Vec::new();
+            let mut wheres = vec![format!("{} = $1", t.key)];
+            for (i, (col, _, _)) in cols.iter().enumerate() {
+                sets.push(format!("{col} = ${}", 2 + 2 * i));
+                // Unchanged since read: a writer's newer value wins.
+                wheres.push(format!(
+                    "({col} = ${0} OR ({col} IS NULL AND ${0} IS NULL))",
+                    3 + 2 * i
+                ));
+            }
+            if *legacy {
+                sets.push("lat = NULL, lon = NULL, accuracy_m = NULL".into());
+            }
+            let sql = format!(
+                "UPDATE {} SET {} WHERE {}",
+                t.name,
+                sets.join(", "),
+                wheres.join(" AND ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            q = match key {
+                KeyVal::Int(i) => q.bind(*i),
+                KeyVal::Text(s) => q.bind(s.clone()),
+            };
+            for (_, old, new) in cols {
+                for c in [new, old] {
+                    q = match c {
+                        Cell::Text(v) => q.bind(v.clone()),
+                        Cell::Bytes(v) => q.bind(v.clone()),
+                    };
+                }
+            }
+            match q.execute(&mut *tx).await?.affected() {
+                0 => n.1 += 1,
+                _ => n.0 += cols.len() as u64,
+            }
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both. Reads go to the read pool, writes to the write pool.
 impl Db {
     /// Hold this database's data keys, unwrapped with `master`; the first
     /// start makes the first key. A master key that does not open them is an
@@ -181,43 +480,26 @@ impl Db {
         if self.refresh_vault().await?.count == 0 {
             let begin = self.begin_write();
             let lock = matches!(self, Db::Postgres(..));
-            on_write_pool!(self, |p| {
-                let mut tx = p.begin_with(begin).await?;
-                if lock {
-                    sqlx::query("LOCK TABLE data_keys IN EXCLUSIVE MODE")
-                        .execute(&mut *tx)
-                        .await?;
+            match self {
+                Db::Sqlite { write, .. } => {
+                    write
+                        .acquire()
+                        .await?
+                        .first_data_key(begin, lock, master)
+                        .await
                 }
-                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if n == 0 {
-                    let (_, wrapped) = master.new_data_key();
-                    sqlx::query(
-                        "INSERT INTO data_keys (wrapped, master, created_at, sealed_all_at) \
-                         VALUES ($1, $2, $3, NULL)",
-                    )
-                    .bind(wrapped)
-                    .bind(master.fingerprint())
-                    .bind(now_ms())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-            });
+                Db::Postgres(p, _) => p.acquire().await?.first_data_key(begin, lock, master).await,
+            }?;
             self.refresh_vault().await?;
         }
         Ok(())
     }
 
-    async fn data_key_rows(
-        &self,
-    ) -> Result<Vec<(i64, Vec<u8>, String, i64, Option<i64>)>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, wrapped, master, created_at, sealed_all_at FROM data_keys ORDER BY id"
-        )
-        .fetch_all(p)
-        .await?))
+    async fn data_key_rows(&self) -> Result<Vec<StoredKey>, StoreError> {
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.data_key_rows().await,
+            Db::Postgres(p, _) => p.acquire().await?.data_key_rows().await,
+        }?)
     }
 
     /// Take up keys added (a rotation on another server or the command
@@ -288,28 +570,21 @@ impl Db {
             now
         };
         let begin = self.begin_write();
-        let id = on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO data_keys (wrapped, master, created_at) VALUES ($1, $2, $3) \
-                 RETURNING id",
-            )
-            .bind(wrapped)
-            .bind(master.fingerprint())
-            .bind(created_at)
-            .fetch_one(&mut *tx)
-            .await?;
-            let detail = format!("master key {}", master.fingerprint());
-            let entry = AuditEntry {
-                actor,
-                action: "data_key_rotated",
-                subject: &format!("data_key:{id}"),
-                detail: &detail,
-            };
-            tx.append_audit(&entry, now).await?;
-            tx.commit().await?;
-            id
-        });
+        let id = match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .insert_data_key(begin, &master, wrapped, created_at, actor, now)
+                    .await
+            }
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .insert_data_key(begin, &master, wrapped, created_at, actor, now)
+                    .await
+            }
+        }?;
         self.refresh_vault().await?;
         Ok(id)
     }
@@ -325,37 +600,21 @@ impl Db {
         let old = self.vault().master().ok_or(VaultError::NoCurrentKey)?;
         let now = now_ms();
         let begin = self.begin_write();
-        let n = on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            let rows: Vec<(i64, Vec<u8>)> =
-                sqlx::query_as("SELECT id, wrapped FROM data_keys ORDER BY id")
-                    .fetch_all(&mut *tx)
-                    .await?;
-            for (id, wrapped) in &rows {
-                let dek = old.unwrap(*id, wrapped)?;
-                sqlx::query("UPDATE data_keys SET wrapped = $1, master = $2 WHERE id = $3")
-                    .bind(new.wrap(&dek))
-                    .bind(new.fingerprint())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+        let n = match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .rewrap_data_keys(begin, &old, new, actor, now)
+                    .await
             }
-            let detail = format!(
-                "{} data keys, master key {} replaced by {}",
-                rows.len(),
-                old.fingerprint(),
-                new.fingerprint()
-            );
-            let entry = AuditEntry {
-                actor,
-                action: "data_keys_rewrapped",
-                subject: "data_keys",
-                detail: &detail,
-            };
-            tx.append_audit(&entry, now).await?;
-            tx.commit().await?;
-            rows.len()
-        });
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .rewrap_data_keys(begin, &old, new, actor, now)
+                    .await
+            }
+        }?;
         Ok(n)
     }
 
@@ -405,19 +664,10 @@ impl Db {
             .map(|r| r.0)
             .filter(|id| *id < current)
             .collect();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            sqlx::query("UPDATE data_keys SET sealed_all_at = $1 WHERE id = $2")
-                .bind(now)
-                .bind(current)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM data_keys WHERE id < $1")
-                .bind(current)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
+        match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.retire_data_keys(current, now).await,
+            Db::Postgres(p, _) => p.acquire().await?.retire_data_keys(current, now).await,
+        }?;
         for id in &older {
             vault.forget(*id);
         }
@@ -449,39 +699,20 @@ impl Db {
         let mut missed = 0u64;
         loop {
             // Read a batch, decide in memory, write what changed.
-            let rows: Vec<ReadRow> = on_pool!(self, |p| {
-                let q = sqlx::query(sqlx::AssertSqlSafe(select.clone()));
-                let q = match &after {
-                    KeyVal::Int(i) => q.bind(*i),
-                    KeyVal::Text(s) => q.bind(s.clone()),
-                };
-                let mut out = Vec::new();
-                for r in q.fetch_all(p).await? {
-                    let key = if t.text_key {
-                        KeyVal::Text(r.try_get(0)?)
-                    } else {
-                        KeyVal::Int(r.try_get(0)?)
-                    };
-                    let mut cells = Vec::new();
-                    for (i, (_, kind)) in t.cols.iter().enumerate() {
-                        cells.push(match kind {
-                            Kind::Bytes(_) => Cell::Bytes(r.try_get(i + 1)?),
-                            _ => Cell::Text(r.try_get(i + 1)?),
-                        });
-                    }
-                    let legacy = if has_position {
-                        let n = t.cols.len() + 1;
-                        let lat: Option<f64> = r.try_get(n)?;
-                        let lon: Option<f64> = r.try_get(n + 1)?;
-                        let acc: Option<i64> = r.try_get(n + 2)?;
-                        lat.zip(lon).map(|(a, b)| (a, b, acc))
-                    } else {
-                        None
-                    };
-                    out.push((key, cells, legacy));
+            let rows = match self {
+                Db::Sqlite { read, .. } => {
+                    read.acquire()
+                        .await?
+                        .reseal_rows(t, &select, &after, has_position)
+                        .await
                 }
-                out
-            });
+                Db::Postgres(p, _) => {
+                    p.acquire()
+                        .await?
+                        .reseal_rows(t, &select, &after, has_position)
+                        .await
+                }
+            }?;
             let Some(last) = rows.last() else {
                 break;
             };
@@ -501,50 +732,12 @@ impl Db {
             if changes.is_empty() {
                 continue;
             }
-            let n: (u64, u64) = on_write_pool!(self, |p| {
-                let mut tx = p.begin().await?;
-                let mut n = (0u64, 0u64);
-                for (key, cols, legacy) in &changes {
-                    let mut sets = Vec::new();
-                    let mut wheres = vec![format!("{} = $1", t.key)];
-                    for (i, (col, _, _)) in cols.iter().enumerate() {
-                        sets.push(format!("{col} = ${}", 2 + 2 * i));
-                        // Unchanged since read: a writer's newer value wins.
-                        wheres.push(format!(
-                            "({col} = ${0} OR ({col} IS NULL AND ${0} IS NULL))",
-                            3 + 2 * i
-                        ));
-                    }
-                    if *legacy {
-                        sets.push("lat = NULL, lon = NULL, accuracy_m = NULL".into());
-                    }
-                    let sql = format!(
-                        "UPDATE {} SET {} WHERE {}",
-                        t.name,
-                        sets.join(", "),
-                        wheres.join(" AND ")
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    q = match key {
-                        KeyVal::Int(i) => q.bind(*i),
-                        KeyVal::Text(s) => q.bind(s.clone()),
-                    };
-                    for (_, old, new) in cols {
-                        for c in [new, old] {
-                            q = match c {
-                                Cell::Text(v) => q.bind(v.clone()),
-                                Cell::Bytes(v) => q.bind(v.clone()),
-                            };
-                        }
-                    }
-                    match q.execute(&mut *tx).await?.rows_affected() {
-                        0 => n.1 += 1,
-                        _ => n.0 += cols.len() as u64,
-                    }
+            let n = match self {
+                Db::Sqlite { write, .. } => {
+                    write.acquire().await?.reseal_rows_write(t, &changes).await
                 }
-                tx.commit().await?;
-                n
-            });
+                Db::Postgres(p, _) => p.acquire().await?.reseal_rows_write(t, &changes).await,
+            }?;
             done += n.0;
             missed += n.1;
         }

@@ -11,8 +11,9 @@
 
 use super::audit::AuditSql;
 use sha2::{Digest, Sha256};
+use sqlx::SqlStr;
 
-use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
+use super::{AuditEntry, Db, StoreError, now_ms};
 
 /// At most this many steps in one seal.
 const SEAL_BATCH: i64 = 2000;
@@ -62,6 +63,100 @@ pub(super) fn seal_detail(rows: &[StepRow]) -> String {
     )
 }
 
+/// The seals' statements, written once for both backends (see
+/// [`super::tx`]): called on a connection of the backend's pool.
+pub(crate) trait SealSql {
+    /// Seal the steps `select` finds before `before`, in a transaction begun
+    /// with `begin` ([`Db::begin_write`], as a [`SqlStr`]: as a `&'static
+    /// str` the compiler fails to prove the callers' futures `Send`); how many.
+    async fn seal_steps(
+        &mut self,
+        begin: &'static str,
+        select: &str,
+        before: i64,
+        now: i64,
+    ) -> Result<usize, sqlx::Error>;
+    /// The steps audit entry `seal` sealed, in id order.
+    async fn sealed_steps(&mut self, seal: i64) -> Result<Vec<StepRow>, sqlx::Error>;
+    /// How many steps name audit entry `seal` as their seal.
+    async fn sealed_step_count(&mut self, seal: i64) -> Result<i64, sqlx::Error>;
+}
+
+impl<C> SealSql for C
+where
+    C: sqlx::Connection + AuditSql,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> Option<String>: sqlx::Decode<'q, C::Database>,
+    Option<String>: sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+{
+    async fn seal_steps(
+        &mut self,
+        begin: &'static str,
+        select: &str,
+        before: i64,
+        now: i64,
+    ) -> Result<usize, sqlx::Error> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        let rows: Vec<StepRow> = sqlx::query_as(sqlx::AssertSqlSafe(select))
+            .bind(before)
+            .bind(SEAL_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let detail = seal_detail(&rows);
+        let entry = AuditEntry {
+            actor: "system",
+            action: "timeline_sealed",
+            subject: "timeline",
+            detail: &detail,
+        };
+        let seal: i64 = tx.append_audit(&entry, now).await?;
+        // By id, one statement per slice: exactly the steps hashed, not
+        // one committed meanwhile.
+        for chunk in rows.chunks(500) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!("UPDATE incident_events SET sealed_by = $1 WHERE id IN ({list})");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(seal);
+            for r in chunk {
+                q = q.bind(r.0);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    async fn sealed_steps(&mut self, seal: i64) -> Result<Vec<StepRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
+             FROM incident_events WHERE sealed_by = $1 ORDER BY id",
+        )
+        .bind(seal)
+        .fetch_all(self)
+        .await
+    }
+
+    async fn sealed_step_count(&mut self, seal: i64) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM incident_events WHERE sealed_by = $1")
+            .bind(seal)
+            .fetch_one(self)
+            .await
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both. Reads go to the read pool, writes to the write pool.
 impl Db {
     /// Seal the steps written before `before` (ms) and not sealed yet; returns
     /// how many. Safe to run on several servers at once.
@@ -78,41 +173,21 @@ impl Db {
         );
         let now = now_ms();
         let begin = self.begin_write();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            let rows: Vec<StepRow> = sqlx::query_as(sqlx::AssertSqlSafe(select))
-                .bind(before)
-                .bind(SEAL_BATCH)
-                .fetch_all(&mut *tx)
-                .await?;
-            if rows.is_empty() {
-                return Ok(0);
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .seal_steps(begin, &select, before, now)
+                    .await
             }
-            let detail = seal_detail(&rows);
-            let entry = AuditEntry {
-                actor: "system",
-                action: "timeline_sealed",
-                subject: "timeline",
-                detail: &detail,
-            };
-            let seal: i64 = tx.append_audit(&entry, now).await?;
-            // By id, one statement per slice: exactly the steps hashed, not
-            // one committed meanwhile.
-            for chunk in rows.chunks(500) {
-                let list = (0..chunk.len())
-                    .map(|i| format!("${}", i + 2))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let sql = format!("UPDATE incident_events SET sealed_by = $1 WHERE id IN ({list})");
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(seal);
-                for r in chunk {
-                    q = q.bind(r.0);
-                }
-                q.execute(&mut *tx).await?;
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .seal_steps(begin, &select, before, now)
+                    .await
             }
-            tx.commit().await?;
-            Ok(rows.len())
-        })
+        }?)
     }
 
     /// Whether the steps sealed by audit entry `seal` are still what its
@@ -124,25 +199,20 @@ impl Db {
         detail: &str,
         may_be_empty: bool,
     ) -> Result<bool, StoreError> {
-        let rows: Vec<StepRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
-             FROM incident_events WHERE sealed_by = $1 ORDER BY id"
-        )
-        .bind(seal)
-        .fetch_all(p)
-        .await)?;
+        let rows = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.sealed_steps(seal).await,
+            Db::Postgres(p, _) => p.acquire().await?.sealed_steps(seal).await,
+        }?;
         Ok((may_be_empty || !rows.is_empty()) && seal_detail(&rows) == detail)
     }
 
     /// Whether no step names audit entry `seal` as its seal (a seal a purge
     /// retired has handed its surviving steps to the purge).
     pub(super) async fn seal_is_empty(&self, seal: i64) -> Result<bool, StoreError> {
-        let n: i64 = on_pool!(self, |p| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM incident_events WHERE sealed_by = $1"
-        )
-        .bind(seal)
-        .fetch_one(p)
-        .await)?;
+        let n = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.sealed_step_count(seal).await,
+            Db::Postgres(p, _) => p.acquire().await?.sealed_step_count(seal).await,
+        }?;
         Ok(n == 0)
     }
 }

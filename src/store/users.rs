@@ -3,8 +3,10 @@
 //! of a change that did not happen.
 
 use super::audit::AuditSql;
-use super::{AuditEntry, Db, StoreError, now_ms, on_pool, on_write_pool};
+use super::backend::Affected;
+use super::{AuditEntry, Db, StoreError, now_ms};
 use pingantong_domain::Role;
+use sqlx::SqlStr;
 
 /// Longest username, in characters.
 pub const USERNAME_MAX: usize = 64;
@@ -175,6 +177,368 @@ type SessionRow = (
     Option<i64>,
 );
 
+type LoginRow = (i64, String, String, String, bool, i32, Option<i64>);
+
+/// The accounts' and sessions' statements, written once for both backends
+/// (see [`super::tx`]): called on a connection of the backend's pool.
+/// A transaction begins with `begin` ([`Db::begin_write`]), handed to sqlx
+/// as a [`SqlStr`]: as a `&'static str` the compiler fails to prove the
+/// callers' futures `Send`.
+pub(crate) trait UserSql {
+    /// The provider carer `carer` works for, if the carer exists.
+    async fn carer_provider(&mut self, carer: i64) -> Result<Option<(i64,)>, sqlx::Error>;
+    /// Provider `provider`'s id, if it exists.
+    async fn provider_row(&mut self, provider: i64) -> Result<Option<(i64,)>, sqlx::Error>;
+    /// Insert an account and its audit entry, in a transaction begun with
+    /// `begin`; the new id.
+    async fn insert_user(
+        &mut self,
+        begin: &'static str,
+        u: &NewUser<'_>,
+        provider_id: Option<i64>,
+        entry: &AuditEntry<'_>,
+        now: i64,
+    ) -> Result<i64, sqlx::Error>;
+    /// Change an account's state, and audit it if it exists: whether it did.
+    async fn update_account(
+        &mut self,
+        begin: &'static str,
+        username: &str,
+        disabled: Option<bool>,
+        unlock: bool,
+        entry: &AuditEntry<'_>,
+        now: i64,
+    ) -> Result<bool, sqlx::Error>;
+    /// Every account with its live sessions at `now`, by name.
+    async fn user_rows(&mut self, now: i64) -> Result<Vec<UserSummaryRow>, sqlx::Error>;
+    /// Set a password, end the account's sessions and audit it: whether the
+    /// account exists.
+    async fn set_password(
+        &mut self,
+        begin: &'static str,
+        username: &str,
+        password_hash: &str,
+        actor: &str,
+        subject: &str,
+        now: i64,
+    ) -> Result<bool, sqlx::Error>;
+    /// The account a log-in names.
+    async fn login_row(&mut self, username: &str) -> Result<Option<LoginRow>, sqlx::Error>;
+    /// Count a failed log-in, locking the account at `limit`: whether it did.
+    async fn count_failed_login(
+        &mut self,
+        begin: &'static str,
+        user_id: i64,
+        subject: &str,
+        limit: i32,
+        locked_until: i64,
+        now: i64,
+    ) -> Result<bool, sqlx::Error>;
+    async fn clear_failed_logins(&mut self, user_id: i64) -> Result<(), sqlx::Error>;
+    /// Insert a session and audit the log-in.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_session(
+        &mut self,
+        begin: &'static str,
+        token_hash: &[u8; 32],
+        user_id: i64,
+        expires_at: i64,
+        idle_ms: i64,
+        entry: &AuditEntry<'_>,
+        now: i64,
+    ) -> Result<(), sqlx::Error>;
+    /// The session a token hash names, with its account.
+    async fn session_row(&mut self, token_hash: &[u8]) -> Result<Option<SessionRow>, sqlx::Error>;
+    async fn touch_session(&mut self, token_hash: &[u8], now: i64) -> Result<(), sqlx::Error>;
+    /// End a session and audit it: whether it was still open.
+    async fn end_session(
+        &mut self,
+        begin: &'static str,
+        token_hash: &[u8],
+        entry: &AuditEntry<'_>,
+        now: i64,
+    ) -> Result<bool, sqlx::Error>;
+}
+
+impl<C> UserSql for C
+where
+    C: sqlx::Connection + AuditSql,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    <C::Database as sqlx::Database>::QueryResult: Affected,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> Option<i64>: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    Option<i64>: sqlx::Type<C::Database>,
+    for<'q> i32: sqlx::Decode<'q, C::Database>,
+    i32: sqlx::Type<C::Database>,
+    for<'q> bool: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    bool: sqlx::Type<C::Database>,
+    for<'q> Option<bool>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+{
+    async fn carer_provider(&mut self, carer: i64) -> Result<Option<(i64,)>, sqlx::Error> {
+        sqlx::query_as("SELECT provider_id FROM carers WHERE id = $1")
+            .bind(carer)
+            .fetch_optional(self)
+            .await
+    }
+
+    async fn provider_row(&mut self, provider: i64) -> Result<Option<(i64,)>, sqlx::Error> {
+        sqlx::query_as("SELECT id FROM providers WHERE id = $1")
+            .bind(provider)
+            .fetch_optional(self)
+            .await
+    }
+
+    async fn insert_user(
+        &mut self,
+        begin: &'static str,
+        u: &NewUser<'_>,
+        provider_id: Option<i64>,
+        entry: &AuditEntry<'_>,
+        now: i64,
+    ) -> Result<i64, sqlx::Error> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO users (username, password_hash, role, carer_id, provider_id, \
+             disabled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+        )
+        .bind(u.username)
+        .bind(u.password_hash)
+        .bind(u.role.as_str())
+        .bind(u.carer_id)
+        .bind(provider_id)
+        .bind(false)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.append_audit(entry, now).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn update_account(
+        &mut self,
+        begin: &'static str,
+        username: &str,
+        disabled: Option<bool>,
+        unlock: bool,
+        entry: &AuditEntry<'_>,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        let changed = sqlx::query(
+            "UPDATE users SET disabled = COALESCE($1, disabled), \
+             failed_logins = CASE WHEN $2 THEN 0 ELSE failed_logins END, \
+             locked_until = CASE WHEN $2 THEN NULL ELSE locked_until END, \
+             updated_at = $3 WHERE username = $4",
+        )
+        .bind(disabled)
+        .bind(unlock)
+        .bind(now)
+        .bind(username)
+        .execute(&mut *tx)
+        .await?
+        .affected()
+            == 1;
+        if changed {
+            tx.append_audit(entry, now).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn user_rows(&mut self, now: i64) -> Result<Vec<UserSummaryRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT u.id, u.username, u.role, u.carer_id, u.provider_id, u.disabled, \
+             CASE WHEN u.locked_until > $1 THEN u.locked_until END AS locked_until, \
+             u.created_at, u.updated_at, \
+             (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id \
+              AND s.revoked_at IS NULL AND s.expires_at > $1) AS live_sessions \
+             FROM users u ORDER BY u.username",
+        )
+        .bind(now)
+        .fetch_all(self)
+        .await
+    }
+
+    async fn set_password(
+        &mut self,
+        begin: &'static str,
+        username: &str,
+        password_hash: &str,
+        actor: &str,
+        subject: &str,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        let id: Option<(i64,)> = sqlx::query_as(
+            "UPDATE users SET password_hash = $1, updated_at = $2 WHERE username = $3 \
+             RETURNING id",
+        )
+        .bind(password_hash)
+        .bind(now)
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id,)) = id {
+            let ended = sqlx::query(
+                "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .affected();
+            let detail = format!("{ended} open session(s) ended");
+            let entry = AuditEntry {
+                actor,
+                action: "password_reset",
+                subject,
+                detail: &detail,
+            };
+            tx.append_audit(&entry, now).await?;
+        }
+        tx.commit().await?;
+        Ok(id.is_some())
+    }
+
+    async fn login_row(&mut self, username: &str) -> Result<Option<LoginRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, username, password_hash, role, disabled, failed_logins, locked_until \
+             FROM users WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(self)
+        .await
+    }
+
+    async fn count_failed_login(
+        &mut self,
+        begin: &'static str,
+        user_id: i64,
+        subject: &str,
+        limit: i32,
+        locked_until: i64,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        let (failed,): (i32,) = sqlx::query_as(
+            "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 \
+             RETURNING failed_logins",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let lock = failed >= limit;
+        if lock {
+            sqlx::query("UPDATE users SET failed_logins = 0, locked_until = $1 WHERE id = $2")
+                .bind(locked_until)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            let detail = format!("{failed} failed log-ins in a row; locked until {locked_until}");
+            let entry = AuditEntry {
+                actor: "system",
+                action: "login_locked",
+                subject,
+                detail: &detail,
+            };
+            tx.append_audit(&entry, now).await?;
+        }
+        tx.commit().await?;
+        Ok(lock)
+    }
+
+    async fn clear_failed_logins(&mut self, user_id: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE users SET failed_logins = 0 WHERE id = $1 AND failed_logins <> 0")
+            .bind(user_id)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_session(
+        &mut self,
+        begin: &'static str,
+        token_hash: &[u8; 32],
+        user_id: i64,
+        expires_at: i64,
+        idle_ms: i64,
+        entry: &AuditEntry<'_>,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, expires_at, \
+             last_seen_at, idle_ms) VALUES ($1, $2, $3, $4, $3, $5)",
+        )
+        .bind(&token_hash[..])
+        .bind(user_id)
+        .bind(now)
+        .bind(expires_at)
+        .bind(idle_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.append_audit(entry, now).await?;
+        tx.commit().await
+    }
+
+    async fn session_row(&mut self, token_hash: &[u8]) -> Result<Option<SessionRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT u.id, u.username, u.role, u.carer_id, u.provider_id, u.disabled, \
+             s.expires_at, s.revoked_at, COALESCE(s.last_seen_at, s.created_at), s.idle_ms \
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(self)
+        .await
+    }
+
+    async fn touch_session(&mut self, token_hash: &[u8], now: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE sessions SET last_seen_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(token_hash)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
+    async fn end_session(
+        &mut self,
+        begin: &'static str,
+        token_hash: &[u8],
+        entry: &AuditEntry<'_>,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        let revoked = sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?
+        .affected()
+            == 1;
+        if revoked {
+            tx.append_audit(entry, now).await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both. Reads go to the read pool, writes to the write pool.
 impl Db {
     /// Create an account, recording who did it. Returns the new user's id.
     pub async fn add_user(&self, u: &NewUser<'_>, actor: &str) -> Result<i64, UserError> {
@@ -184,12 +548,10 @@ impl Db {
         let provider_id = match (u.role, u.carer_id) {
             (Role::Carer, None) => return Err(UserError::CarerIdMissing),
             (Role::Carer, Some(carer)) => {
-                let row: Option<(i64,)> = on_pool!(self, |p| sqlx::query_as(
-                    "SELECT provider_id FROM carers WHERE id = $1"
-                )
-                .bind(carer)
-                .fetch_optional(p)
-                .await)?;
+                let row = match self {
+                    Db::Sqlite { read, .. } => read.acquire().await?.carer_provider(carer).await,
+                    Db::Postgres(p, _) => p.acquire().await?.carer_provider(carer).await,
+                }?;
                 let (actual,) = row.ok_or(UserError::UnknownCarer(carer))?;
                 match u.provider_id {
                     Some(given) if given != actual => {
@@ -206,12 +568,10 @@ impl Db {
             (_, None) => u.provider_id,
         };
         if let Some(provider) = provider_id {
-            let row: Option<(i64,)> = on_pool!(self, |p| sqlx::query_as(
-                "SELECT id FROM providers WHERE id = $1"
-            )
-            .bind(provider)
-            .fetch_optional(p)
-            .await)?;
+            let row = match self {
+                Db::Sqlite { read, .. } => read.acquire().await?.provider_row(provider).await,
+                Db::Postgres(p, _) => p.acquire().await?.provider_row(provider).await,
+            }?;
             row.ok_or(UserError::UnknownProvider(provider))?;
         }
         let now = now_ms();
@@ -223,36 +583,28 @@ impl Db {
         if let Some(p) = provider_id {
             detail.push_str(&format!(", provider {p}"));
         }
+        let entry = AuditEntry {
+            actor,
+            action: "user_added",
+            subject: &subject,
+            detail: &detail,
+        };
         let begin = self.begin_write();
-        let inserted: Result<i64, sqlx::Error> = on_write_pool!(self, |p| {
-            async {
-                let mut tx = p.begin_with(begin).await?;
-                let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO users (username, password_hash, role, carer_id, provider_id, \
-                     disabled, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
-                )
-                .bind(u.username)
-                .bind(u.password_hash)
-                .bind(u.role.as_str())
-                .bind(u.carer_id)
-                .bind(provider_id)
-                .bind(false)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                let entry = AuditEntry {
-                    actor,
-                    action: "user_added",
-                    subject: &subject,
-                    detail: &detail,
-                };
-                tx.append_audit(&entry, now).await?;
-                tx.commit().await?;
-                Ok(id)
+        let inserted = match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .insert_user(begin, u, provider_id, &entry, now)
+                    .await
             }
-            .await
-        });
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .insert_user(begin, u, provider_id, &entry, now)
+                    .await
+            }
+        };
         inserted.map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
                 UserError::Taken(u.username.to_owned())
@@ -297,35 +649,28 @@ impl Db {
         };
         let now = now_ms();
         let subject = format!("user:{username}");
+        let entry = AuditEntry {
+            actor,
+            action,
+            subject: &subject,
+            detail: "",
+        };
         let begin = self.begin_write();
-        let found = on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            let changed = sqlx::query(
-                "UPDATE users SET disabled = COALESCE($1, disabled), \
-                 failed_logins = CASE WHEN $2 THEN 0 ELSE failed_logins END, \
-                 locked_until = CASE WHEN $2 THEN NULL ELSE locked_until END, \
-                 updated_at = $3 WHERE username = $4",
-            )
-            .bind(disabled)
-            .bind(unlock)
-            .bind(now)
-            .bind(username)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if changed {
-                let entry = AuditEntry {
-                    actor,
-                    action,
-                    subject: &subject,
-                    detail: "",
-                };
-                tx.append_audit(&entry, now).await?;
+        let found = match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .update_account(begin, username, disabled, unlock, &entry, now)
+                    .await
             }
-            tx.commit().await?;
-            changed
-        });
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .update_account(begin, username, disabled, unlock, &entry, now)
+                    .await
+            }
+        }?;
         if found {
             Ok(())
         } else {
@@ -336,17 +681,11 @@ impl Db {
     /// Every account, by name: what an admin needs to manage them (never a
     /// password hash).
     pub async fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
-        let rows: Vec<UserSummaryRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT u.id, u.username, u.role, u.carer_id, u.provider_id, u.disabled, \
-             CASE WHEN u.locked_until > $1 THEN u.locked_until END AS locked_until, \
-             u.created_at, u.updated_at, \
-             (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id \
-              AND s.revoked_at IS NULL AND s.expires_at > $1) AS live_sessions \
-             FROM users u ORDER BY u.username"
-        )
-        .bind(now_ms())
-        .fetch_all(p)
-        .await)?;
+        let now = now_ms();
+        let rows = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.user_rows(now).await,
+            Db::Postgres(p, _) => p.acquire().await?.user_rows(now).await,
+        }?;
         Ok(rows
             .into_iter()
             .filter_map(|r| {
@@ -378,38 +717,21 @@ impl Db {
         let now = now_ms();
         let subject = format!("user:{username}");
         let begin = self.begin_write();
-        let found = on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            let id: Option<(i64,)> = sqlx::query_as(
-                "UPDATE users SET password_hash = $1, updated_at = $2 WHERE username = $3 \
-                 RETURNING id",
-            )
-            .bind(password_hash)
-            .bind(now)
-            .bind(username)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((id,)) = id {
-                let ended = sqlx::query(
-                    "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
-                )
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                let detail = format!("{ended} open session(s) ended");
-                let entry = AuditEntry {
-                    actor,
-                    action: "password_reset",
-                    subject: &subject,
-                    detail: &detail,
-                };
-                tx.append_audit(&entry, now).await?;
+        let found = match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .set_password(begin, username, password_hash, actor, &subject, now)
+                    .await
             }
-            tx.commit().await?;
-            id.is_some()
-        });
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .set_password(begin, username, password_hash, actor, &subject, now)
+                    .await
+            }
+        }?;
         if found {
             Ok(())
         } else {
@@ -420,14 +742,10 @@ impl Db {
     /// The account a log-in names, if there is one (and its role is one this
     /// server knows: an account it cannot place gets no session).
     pub async fn login_user(&self, username: &str) -> Result<Option<LoginUser>, StoreError> {
-        type Row = (i64, String, String, String, bool, i32, Option<i64>);
-        let row: Option<Row> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, username, password_hash, role, disabled, failed_logins, locked_until \
-             FROM users WHERE username = $1"
-        )
-        .bind(username)
-        .fetch_optional(p)
-        .await)?;
+        let row = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.login_row(username).await,
+            Db::Postgres(p, _) => p.acquire().await?.login_row(username).await,
+        }?;
         Ok(row.and_then(
             |(id, username, password_hash, role, disabled, failed_logins, locked_until)| {
                 Some(LoginUser {
@@ -456,47 +774,29 @@ impl Db {
         let now = now_ms();
         let subject = format!("user:{username}");
         let begin = self.begin_write();
-        Ok(on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            let (failed,): (i32,) = sqlx::query_as(
-                "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 \
-                 RETURNING failed_logins",
-            )
-            .bind(user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let lock = failed >= limit;
-            if lock {
-                sqlx::query("UPDATE users SET failed_logins = 0, locked_until = $1 WHERE id = $2")
-                    .bind(locked_until)
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let detail =
-                    format!("{failed} failed log-ins in a row; locked until {locked_until}");
-                let entry = AuditEntry {
-                    actor: "system",
-                    action: "login_locked",
-                    subject: &subject,
-                    detail: &detail,
-                };
-                tx.append_audit(&entry, now).await?;
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .count_failed_login(begin, user_id, &subject, limit, locked_until, now)
+                    .await
             }
-            tx.commit().await?;
-            Ok::<bool, sqlx::Error>(lock)
-        })?)
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .count_failed_login(begin, user_id, &subject, limit, locked_until, now)
+                    .await
+            }
+        }?)
     }
 
     /// A good log-in: the failures before it no longer count.
     pub async fn clear_failed_logins(&self, user_id: i64) -> Result<(), StoreError> {
-        on_write_pool!(self, |p| sqlx::query(
-            "UPDATE users SET failed_logins = 0 WHERE id = $1 AND failed_logins <> 0"
-        )
-        .bind(user_id)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(())
+        Ok(match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.clear_failed_logins(user_id).await,
+            Db::Postgres(p, _) => p.acquire().await?.clear_failed_logins(user_id).await,
+        }?)
     }
 
     /// Open a session for `user`, known by the SHA-256 of its token, and
@@ -515,44 +815,38 @@ impl Db {
             session_ref(token_hash),
             user.role
         );
+        let entry = AuditEntry {
+            actor: &who,
+            action: "login",
+            subject: &who,
+            detail: &detail,
+        };
         let begin = self.begin_write();
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            sqlx::query(
-                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at, \
-                 last_seen_at, idle_ms) VALUES ($1, $2, $3, $4, $3, $5)",
-            )
-            .bind(&token_hash[..])
-            .bind(user.id)
-            .bind(now)
-            .bind(expires_at)
-            .bind(idle_ms)
-            .execute(&mut *tx)
-            .await?;
-            let entry = AuditEntry {
-                actor: &who,
-                action: "login",
-                subject: &who,
-                detail: &detail,
-            };
-            tx.append_audit(&entry, now).await?;
-            tx.commit().await?;
-        });
-        Ok(())
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .insert_session(begin, token_hash, user.id, expires_at, idle_ms, &entry, now)
+                    .await
+            }
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .insert_session(begin, token_hash, user.id, expires_at, idle_ms, &entry, now)
+                    .await
+            }
+        }?)
     }
 
     /// The session a token hash names, with its account; `None` when there is
     /// no such session. Whether it is still live is the caller's question
     /// ([`SessionUser::is_live`]).
     pub async fn session_user(&self, token_hash: &[u8]) -> Result<Option<SessionUser>, StoreError> {
-        let row: Option<SessionRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT u.id, u.username, u.role, u.carer_id, u.provider_id, u.disabled, \
-             s.expires_at, s.revoked_at, COALESCE(s.last_seen_at, s.created_at), s.idle_ms \
-             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1"
-        )
-        .bind(token_hash)
-        .fetch_optional(p)
-        .await)?;
+        let row = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.session_row(token_hash).await,
+            Db::Postgres(p, _) => p.acquire().await?.session_row(token_hash).await,
+        }?;
         Ok(row.and_then(|r| {
             Some(SessionUser {
                 user_id: r.0,
@@ -571,15 +865,10 @@ impl Db {
 
     /// The session was used at `now` (it does not idle out meanwhile).
     pub async fn touch_session(&self, token_hash: &[u8], now: i64) -> Result<(), StoreError> {
-        on_write_pool!(self, |p| sqlx::query(
-            "UPDATE sessions SET last_seen_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL"
-        )
-        .bind(now)
-        .bind(token_hash)
-        .execute(p)
-        .await
-        .map(|_| ()))?;
-        Ok(())
+        Ok(match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.touch_session(token_hash, now).await,
+            Db::Postgres(p, _) => p.acquire().await?.touch_session(token_hash, now).await,
+        }?)
     }
 
     /// End a session (log-out) and record it. `false` when it had already ended.
@@ -591,31 +880,28 @@ impl Db {
         let now = now_ms();
         let who = format!("user:{username}");
         let detail = format!("session {}", session_ref(token_hash));
+        let entry = AuditEntry {
+            actor: &who,
+            action: "logout",
+            subject: &who,
+            detail: &detail,
+        };
         let begin = self.begin_write();
-        let revoked = on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            let revoked = sqlx::query(
-                "UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(token_hash)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if revoked {
-                let entry = AuditEntry {
-                    actor: &who,
-                    action: "logout",
-                    subject: &who,
-                    detail: &detail,
-                };
-                tx.append_audit(&entry, now).await?;
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .end_session(begin, token_hash, &entry, now)
+                    .await
             }
-            tx.commit().await?;
-            revoked
-        });
-        Ok(revoked)
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .end_session(begin, token_hash, &entry, now)
+                    .await
+            }
+        }?)
     }
 }
 
