@@ -131,6 +131,9 @@ pub(crate) enum KeyVal {
     Text(String),
 }
 
+/// What retention leaves of a frame's decoded form (`alarms.decoded`).
+pub(crate) const PURGED_DECODED: &str = "{}";
+
 /// The new value of a cell not sealed under `current`, or `None`.
 fn reseal_cell(
     vault: &Vault,
@@ -140,6 +143,9 @@ fn reseal_cell(
     current: i64,
 ) -> Result<Option<Cell>, VaultError> {
     Ok(match (kind, cell) {
+        // A purged frame's decoded form, `{}`, carries nothing and stays
+        // plain: sealed, retention would take it for a frame still kept.
+        (Kind::Text(Field::Decoded), Cell::Text(Some(v))) if v == PURGED_DECODED => None,
         (Kind::Text(field), Cell::Text(Some(v))) if !v.is_empty() => {
             if Vault::key_of_text(v) == Some(current) {
                 None
