@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{Db, StoreError, Transition, TransitionError, now_ms, on_pool, on_write_pool};
+use super::{Db, StoreError, Transition, TransitionError, now_ms};
 use crate::vault::{Field, Vault};
 use pingantong_domain::Action;
 
@@ -64,6 +64,142 @@ fn from_row(v: &Vault, r: HandoffRow) -> Result<Handoff, StoreError> {
     })
 }
 
+/// A hand-off to insert, its summary sealed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewHandoff<'a> {
+    pub incident_id: i64,
+    pub service: &'a str,
+    pub reference: &'a str,
+    pub operator: &'a str,
+    pub at: i64,
+    pub summary: &'a str,
+}
+
+/// The hand-offs' statements, written once for both backends (see
+/// [`super::tx`]): called on a connection of the backend's pool.
+pub(crate) trait HandoffSql {
+    /// Insert a hand-off with its timeline line (`detail` after its id), in
+    /// a transaction of its own; its id.
+    async fn insert_handoff(
+        &mut self,
+        h: &NewHandoff<'_>,
+        detail: &str,
+    ) -> Result<i64, sqlx::Error>;
+    /// Record hand-off `id`'s outcome with its timeline line; its incident,
+    /// if the hand-off exists.
+    async fn set_handoff_outcome(
+        &mut self,
+        id: i64,
+        outcome: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<(i64,)>, sqlx::Error>;
+    /// Hand-offs without an outcome, oldest first.
+    async fn open_handoff_rows(&mut self) -> Result<Vec<HandoffRow>, sqlx::Error>;
+    /// One incident's hand-offs, in order.
+    async fn handoff_rows_of(&mut self, incident_id: i64) -> Result<Vec<HandoffRow>, sqlx::Error>;
+}
+
+impl<C> HandoffSql for C
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> Option<String>: sqlx::Decode<'q, C::Database>,
+    Option<String>: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+{
+    async fn insert_handoff(
+        &mut self,
+        h: &NewHandoff<'_>,
+        detail: &str,
+    ) -> Result<i64, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO handoffs (incident_id, service, reference, operator, at, summary) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(h.incident_id)
+        .bind(h.service)
+        .bind(h.reference)
+        .bind(h.operator)
+        .bind(h.at)
+        .bind(h.summary)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
+             VALUES ($1, $2, $3, 'emergency_handoff', $4)",
+        )
+        .bind(h.incident_id)
+        .bind(h.at)
+        .bind(h.operator)
+        .bind(format!("hand-off {id}: {detail}"))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn set_handoff_outcome(
+        &mut self,
+        id: i64,
+        outcome: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<(i64,)>, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        let row: Option<(i64,)> = sqlx::query_as(
+            "UPDATE handoffs SET outcome = $1, outcome_at = $2 WHERE id = $3 RETURNING incident_id",
+        )
+        .bind(outcome)
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((incident,)) = row {
+            sqlx::query(
+                "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
+                 VALUES ($1, $2, $3, 'handoff_outcome', $4)",
+            )
+            .bind(incident)
+            .bind(now)
+            .bind(actor)
+            .bind(format!("hand-off {id}: {outcome}"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn open_handoff_rows(&mut self) -> Result<Vec<HandoffRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, incident_id, service, reference, operator, at, summary, outcome \
+             FROM handoffs WHERE outcome IS NULL ORDER BY at",
+        )
+        .fetch_all(self)
+        .await
+    }
+
+    async fn handoff_rows_of(&mut self, incident_id: i64) -> Result<Vec<HandoffRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, incident_id, service, reference, operator, at, summary, outcome \
+             FROM handoffs WHERE incident_id = $1 ORDER BY id",
+        )
+        .bind(incident_id)
+        .fetch_all(self)
+        .await
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both. Reads go to the read pool, writes to the write pool.
 impl Db {
     /// Record a call to an emergency service: the incident moves to
     /// *dispatched* (never back), and the hand-off keeps a medical summary
@@ -123,33 +259,18 @@ impl Db {
             .vault()
             .seal_text(Field::Handoff, &summary.to_string())
             .map_err(StoreError::from)?;
-        let id: i64 = on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO handoffs (incident_id, service, reference, operator, at, summary) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-            .bind(incident_id)
-            .bind(service)
-            .bind(reference)
-            .bind(operator)
-            .bind(now)
-            .bind(&text)
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
-                 VALUES ($1, $2, $3, 'emergency_handoff', $4)",
-            )
-            .bind(incident_id)
-            .bind(now)
-            .bind(operator)
-            .bind(format!("hand-off {id}: {detail}"))
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            id
-        });
+        let new = NewHandoff {
+            incident_id,
+            service,
+            reference,
+            operator,
+            at: now,
+            summary: &text,
+        };
+        let id = match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.insert_handoff(&new, &detail).await,
+            Db::Postgres(p, _) => p.acquire().await?.insert_handoff(&new, &detail).await,
+        }?;
         Ok(Handoff {
             id,
             incident_id,
@@ -170,42 +291,30 @@ impl Db {
         actor: &str,
     ) -> Result<(), HandoffError> {
         let now = now_ms();
-        let incident: Option<(i64,)> = on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            let row: Option<(i64,)> = sqlx::query_as(
-                "UPDATE handoffs SET outcome = $1, outcome_at = $2 WHERE id = $3 RETURNING incident_id",
-            )
-            .bind(outcome)
-            .bind(now)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((incident,)) = row {
-                sqlx::query(
-                    "INSERT INTO incident_events (incident_id, at, actor, action, detail) \
-                     VALUES ($1, $2, $3, 'handoff_outcome', $4)",
-                )
-                .bind(incident)
-                .bind(now)
-                .bind(actor)
-                .bind(format!("hand-off {id}: {outcome}"))
-                .execute(&mut *tx)
-                .await?;
+        let incident = match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .set_handoff_outcome(id, outcome, actor, now)
+                    .await
             }
-            tx.commit().await?;
-            row
-        });
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .set_handoff_outcome(id, outcome, actor, now)
+                    .await
+            }
+        }?;
         incident.map(|_| ()).ok_or(HandoffError::NotFound(id))
     }
 
     /// Hand-offs without an outcome yet: the follow-up list.
     pub async fn open_handoffs(&self) -> Result<Vec<Handoff>, StoreError> {
-        let rows: Vec<HandoffRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, incident_id, service, reference, operator, at, summary, outcome \
-             FROM handoffs WHERE outcome IS NULL ORDER BY at"
-        )
-        .fetch_all(p)
-        .await)?;
+        let rows = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.open_handoff_rows().await,
+            Db::Postgres(p, _) => p.acquire().await?.open_handoff_rows().await,
+        }?;
         rows.into_iter()
             .map(|r| from_row(self.vault(), r))
             .collect()
@@ -213,13 +322,10 @@ impl Db {
 
     /// Every hand-off of one incident, oldest first.
     pub async fn handoffs_of(&self, incident_id: i64) -> Result<Vec<Handoff>, StoreError> {
-        let rows: Vec<HandoffRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, incident_id, service, reference, operator, at, summary, outcome \
-             FROM handoffs WHERE incident_id = $1 ORDER BY id"
-        )
-        .bind(incident_id)
-        .fetch_all(p)
-        .await)?;
+        let rows = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.handoff_rows_of(incident_id).await,
+            Db::Postgres(p, _) => p.acquire().await?.handoff_rows_of(incident_id).await,
+        }?;
         rows.into_iter()
             .map(|r| from_row(self.vault(), r))
             .collect()

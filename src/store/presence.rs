@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use pingantong_protocol::Location;
 use sqlx::QueryBuilder;
 
-use super::{AlarmRecord, AuthStatus, Db, StoreError, on_pool, on_write_pool};
+use super::{AlarmRecord, AuthStatus, Db, StoreError};
 
 /// What a device's reports said last.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -158,6 +158,103 @@ pub struct PresenceRow {
     pub lon: Option<f64>,
 }
 
+/// A device's latest report as read: the sealed position, and the plain
+/// columns of a row written before encryption.
+type StoredPresence = (
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<f64>,
+    Option<f64>,
+);
+
+/// The device presence table's statements, written once for both backends
+/// (see [`super::tx`]): called on a connection of the backend's pool.
+pub(crate) trait PresenceSql {
+    /// Upsert devices' latest reports (id, report, sealed position) in one
+    /// transaction.
+    async fn upsert_presence(
+        &mut self,
+        sealed: &[(&String, &Heard, Option<String>)],
+    ) -> Result<(), sqlx::Error>;
+    /// A device's latest report as stored.
+    async fn presence_row(
+        &mut self,
+        device_id: &str,
+    ) -> Result<Option<StoredPresence>, sqlx::Error>;
+}
+
+impl<C> PresenceSql for C
+where
+    C: sqlx::Connection,
+    C::Database: sqlx::database::HasStatementCache,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> Option<i64>: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    Option<i64>: sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> Option<String>: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    Option<String>: sqlx::Type<C::Database>,
+    for<'q> Option<f64>: sqlx::Decode<'q, C::Database>,
+    Option<f64>: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+{
+    async fn upsert_presence(
+        &mut self,
+        sealed: &[(&String, &Heard, Option<String>)],
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin().await?;
+        for chunk in sealed.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO device_presence \
+                 (device_id, protocol, heard_at, battery, position) ",
+            );
+            qb.push_values(chunk, |mut b, (id, h, position)| {
+                b.push_bind((*id).clone())
+                    .push_bind(h.protocol)
+                    .push_bind(h.at)
+                    .push_bind(h.battery)
+                    .push_bind(position.clone());
+            });
+            qb.push(
+                " ON CONFLICT (device_id) DO UPDATE SET protocol = excluded.protocol, \
+                 heard_at = excluded.heard_at, \
+                 battery = COALESCE(excluded.battery, device_presence.battery), \
+                 position = CASE WHEN excluded.position IS NULL \
+                       THEN device_presence.position ELSE excluded.position END, \
+                 lat = CASE WHEN excluded.position IS NULL THEN device_presence.lat END, \
+                 lon = CASE WHEN excluded.position IS NULL THEN device_presence.lon END, \
+                 accuracy_m = CASE WHEN excluded.position IS NULL \
+                       THEN device_presence.accuracy_m END \
+                 WHERE excluded.heard_at >= device_presence.heard_at",
+            );
+            qb.build().persistent(false).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    async fn presence_row(
+        &mut self,
+        device_id: &str,
+    ) -> Result<Option<StoredPresence>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT device_id, protocol, heard_at, battery, position, lat, lon \
+             FROM device_presence WHERE device_id = $1",
+        )
+        .bind(device_id)
+        .fetch_optional(self)
+        .await
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both. Reads go to the read pool, writes to the write pool.
 impl Db {
     /// Upsert devices' latest reports, in one transaction (one fsync); a row
     /// already newer is left alone.
@@ -172,57 +269,18 @@ impl Db {
                 Ok((id, h, vault.seal_position(at)?))
             })
             .collect::<Result<Vec<_>, crate::vault::VaultError>>()?;
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            for chunk in sealed.chunks(ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO device_presence \
-                     (device_id, protocol, heard_at, battery, position) ",
-                );
-                qb.push_values(chunk, |mut b, (id, h, position)| {
-                    b.push_bind((*id).clone())
-                        .push_bind(h.protocol)
-                        .push_bind(h.at)
-                        .push_bind(h.battery)
-                        .push_bind(position.clone());
-                });
-                qb.push(
-                    " ON CONFLICT (device_id) DO UPDATE SET protocol = excluded.protocol, \
-                     heard_at = excluded.heard_at, \
-                     battery = COALESCE(excluded.battery, device_presence.battery), \
-                     position = CASE WHEN excluded.position IS NULL \
-                           THEN device_presence.position ELSE excluded.position END, \
-                     lat = CASE WHEN excluded.position IS NULL THEN device_presence.lat END, \
-                     lon = CASE WHEN excluded.position IS NULL THEN device_presence.lon END, \
-                     accuracy_m = CASE WHEN excluded.position IS NULL \
-                           THEN device_presence.accuracy_m END \
-                     WHERE excluded.heard_at >= device_presence.heard_at",
-                );
-                qb.build().persistent(false).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok::<_, StoreError>(())
-        })
+        Ok(match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.upsert_presence(&sealed).await,
+            Db::Postgres(p, _) => p.acquire().await?.upsert_presence(&sealed).await,
+        }?)
     }
 
     /// A device's latest report as stored, if it was ever heard.
     pub async fn presence_of(&self, device_id: &str) -> Result<Option<PresenceRow>, StoreError> {
-        type Row = (
-            String,
-            String,
-            i64,
-            Option<i64>,
-            Option<String>,
-            Option<f64>,
-            Option<f64>,
-        );
-        let row: Option<Row> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT device_id, protocol, heard_at, battery, position, lat, lon \
-             FROM device_presence WHERE device_id = $1"
-        )
-        .bind(device_id)
-        .fetch_optional(p)
-        .await)?;
+        let row = match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.presence_row(device_id).await,
+            Db::Postgres(p, _) => p.acquire().await?.presence_row(device_id).await,
+        }?;
         row.map(
             |(device_id, protocol, heard_at, battery, position, lat, lon)| {
                 let at = self.position(position.as_deref(), lat, lon)?;
