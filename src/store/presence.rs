@@ -260,8 +260,23 @@ impl Db {
     /// already newer is left alone.
     pub async fn write_presence(&self, heard: &[(String, Heard)]) -> Result<(), StoreError> {
         let vault = self.vault();
-        let sealed = heard
+        // One row per device, its latest report: PostgreSQL refuses an
+        // upsert that touches a row twice (SQLite would keep the last).
+        let mut latest: std::collections::HashMap<&str, &Heard> =
+            std::collections::HashMap::with_capacity(heard.len());
+        for (id, h) in heard {
+            let kept = latest.entry(id.as_str()).or_insert(h);
+            if h.at > kept.at {
+                *kept = h;
+            }
+        }
+        let heard: Vec<(&String, &Heard)> = heard
             .iter()
+            .filter(|(id, h)| latest.get(id.as_str()).is_some_and(|k| std::ptr::eq(*k, h)))
+            .map(|(id, h)| (id, h))
+            .collect();
+        let sealed = heard
+            .into_iter()
             .map(|(id, h)| {
                 let at = h
                     .location
