@@ -15,7 +15,7 @@ use crate::directory::Directory;
 use crate::dispatch::{Dispatcher, MqttEndpoint};
 use crate::incident::{Clock, IncidentStage, StageConfig};
 use crate::ingest::{self, IngestContext};
-use crate::listeners::{DeviceListeners, Transport};
+use crate::listeners::{BindError, DeviceListeners, Transport, bind_tcp, local};
 use crate::mqtt::credential::CredentialKey;
 use crate::mqtt::{self, LinkConfig};
 use crate::notify::{Channel, EmailChannel, MqttChannel, Notifier, WebhookChannel};
@@ -43,11 +43,8 @@ pub enum AppError {
     DataKey(String),
     #[error(transparent)]
     Tls(#[from] crate::api::listener::TlsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -627,35 +624,6 @@ impl Drop for DeviceThreads {
             rt.shutdown_background();
         }
     }
-}
-
-/// Connections waiting to be accepted, per listener (the kernel caps it at
-/// `net.core.somaxconn`, 4096 on current Linux). A city reconnecting at once
-/// after a power cut sends thousands of SYNs in a second: past a full queue
-/// the kernel drops them, and each of those devices waits out a SYN
-/// retransmission (1 s, then 3 s) before it can even try again.
-const ACCEPT_BACKLOG: u32 = 65_535;
-
-pub(crate) async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    let bind = || {
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        // As `TcpListener::bind` does: a restarted server rebinds at once.
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(ACCEPT_BACKLOG)
-    };
-    bind().map_err(|source| AppError::Bind { addr, source })
-}
-
-pub(crate) fn local(l: &TcpListener, wanted: SocketAddr) -> Result<SocketAddr, AppError> {
-    l.local_addr().map_err(|source| AppError::Bind {
-        addr: wanted,
-        source,
-    })
 }
 
 #[cfg(test)]

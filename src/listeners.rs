@@ -17,7 +17,6 @@ use pingantong_protocol::watch::WatchCodec;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppError;
 use crate::config::Settings;
 use crate::directory::Directory;
 use crate::ingest::device::{self, CodecFactory};
@@ -150,7 +149,7 @@ pub struct DeviceListeners(Vec<Bound>);
 
 impl DeviceListeners {
     /// Bind every configured row, in the table's order.
-    pub async fn bind(settings: &Settings) -> Result<Self, AppError> {
+    pub async fn bind(settings: &Settings) -> Result<Self, BindError> {
         let mut bound: Vec<Bound> = Vec::with_capacity(DEVICE_LISTENERS.len());
         for row in DEVICE_LISTENERS {
             let Some(wanted) = (row.addr)(settings) else {
@@ -158,8 +157,8 @@ impl DeviceListeners {
             };
             let (socket, addr) = match row.transport {
                 Transport::Tcp | Transport::Tls => {
-                    let l = crate::app::bind_tcp(wanted).await?;
-                    let addr = crate::app::local(&l, wanted)?;
+                    let l = bind_tcp(wanted).await?;
+                    let addr = local(&l, wanted)?;
                     (Socket::Stream(l), addr)
                 }
                 Transport::Udp => {
@@ -170,7 +169,7 @@ impl DeviceListeners {
                         })
                         .map_or(wanted.port(), |tcp| tcp.addr.port());
                     let at = SocketAddr::new(wanted.ip(), port);
-                    let bind_err = |source| AppError::Bind { addr: at, source };
+                    let bind_err = |source| BindError { addr: at, source };
                     let s = UdpSocket::bind(at).await.map_err(bind_err)?;
                     let addr = s.local_addr().map_err(bind_err)?;
                     (Socket::Datagram(s), addr)
@@ -234,6 +233,43 @@ impl DeviceListeners {
         }
         tasks
     }
+}
+
+/// A socket that could not be bound (or whose address cannot be read).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Connections waiting to be accepted, per listener (the kernel caps it at
+/// `net.core.somaxconn`, 4096 on current Linux). A city reconnecting at once
+/// after a power cut sends thousands of SYNs in a second: past a full queue
+/// the kernel drops them, and each of those devices waits out a SYN
+/// retransmission (1 s, then 3 s) before it can even try again.
+const ACCEPT_BACKLOG: u32 = 65_535;
+
+pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted server rebinds at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(ACCEPT_BACKLOG)
+    };
+    bind().map_err(|source| BindError { addr, source })
+}
+
+pub fn local(l: &TcpListener, wanted: SocketAddr) -> Result<SocketAddr, BindError> {
+    l.local_addr().map_err(|source| BindError {
+        addr: wanted,
+        source,
+    })
 }
 
 /// A socket bound on one runtime, moved to another: its readiness is then

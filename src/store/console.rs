@@ -337,7 +337,7 @@ where
         audit: &AuditEntry<'_>,
         now: i64,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.begin_with(begin).await?;
+        let mut tx = self.begin_with(sqlx::SqlStr::from_static(begin)).await?;
         let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE id = $1")
             .bind(incident_id)
             .fetch_optional(&mut *tx)
