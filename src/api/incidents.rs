@@ -570,7 +570,7 @@ pub async fn note(
     let state =
         s.db.incident_summary(id)
             .await?
-            .map(|i| i.state)
+            .map(|i| i.state.as_str().to_owned())
             .unwrap_or_default();
     Ok((StatusCode::CREATED, Json(StepDone { id, state })))
 }

@@ -18,7 +18,7 @@ pub struct QueueRow {
     pub last_press_at: i64,
     pub kind: String,
     pub lane: String,
-    pub state: String,
+    pub state: pingantong_domain::State,
     pub verified: bool,
     pub press_count: i64,
     pub device_id: String,

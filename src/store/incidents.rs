@@ -196,7 +196,7 @@ pub struct IncidentSummary {
     pub opened_at: i64,
     pub kind: String,
     pub lane: String,
-    pub state: String,
+    pub state: pingantong_domain::State,
     pub verified: bool,
     pub client_id: Option<i64>,
     pub device_id: String,

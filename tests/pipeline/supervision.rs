@@ -35,7 +35,7 @@ async fn offline_job(db: &Db, device: &str) -> Option<(i64, String, Option<Strin
             let s = db.incident_summary(id).await.unwrap().unwrap();
             assert_eq!(s.lane, "technical");
             assert_eq!(s.kind, "offline");
-            return Some((id, s.state, s.outcome));
+            return Some((id, s.state.as_str().to_owned(), s.outcome));
         }
     }
     None

@@ -146,7 +146,7 @@ impl IncidentStage {
             self.db.incident_summary(incident).await?.ok_or_else(|| {
                 CommandError::Refused(format!("incident {incident} does not exist"))
             })?;
-        let open = pingantong_domain::State::parse(&summary.state).is_some_and(|s| s.is_open());
+        let open = summary.state.is_open();
         if !open {
             return Err(CommandError::Refused(format!(
                 "incident {incident} is {}",
