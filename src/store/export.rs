@@ -4,7 +4,7 @@
 //! The registry record itself (profile, contacts, devices) is read as the API
 //! shows it.
 
-use super::{AuditRecord, Db, StoreError, on_pool};
+use super::{AuditRecord, Db, StoreError};
 
 /// One event of one of the resident's devices, as received.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -23,7 +23,7 @@ pub struct ExportedAlarm {
 }
 
 #[derive(sqlx::FromRow)]
-struct AlarmRow {
+pub(crate) struct AlarmRow {
     id: i64,
     received_at: i64,
     device_id: String,
@@ -81,52 +81,104 @@ pub struct ResidentRecords {
     pub access_log: Vec<AuditRecord>,
 }
 
+/// A resident's rows as read: alarms (positions still sealed), incidents,
+/// their steps, wellbeing calls, the audit entries about their record.
+type ResidentRows = (
+    Vec<AlarmRow>,
+    Vec<ExportedIncident>,
+    Vec<ExportedStep>,
+    Vec<ExportedCheck>,
+    Vec<AuditRecord>,
+);
+
+/// The export's statements, written once for both backends (see
+/// [`super::tx`]): called on a connection of the backend's pool.
+pub(crate) trait ExportSql {
+    /// Everything kept about resident `client_id`; `subject` names their
+    /// record in the audit log.
+    async fn resident_rows(
+        &mut self,
+        client_id: i64,
+        subject: &str,
+    ) -> Result<ResidentRows, sqlx::Error>;
+}
+
+impl<C> ExportSql for C
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'r> AlarmRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> ExportedIncident: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> ExportedStep: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> ExportedCheck: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> AuditRecord: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+{
+    async fn resident_rows(
+        &mut self,
+        client_id: i64,
+        subject: &str,
+    ) -> Result<ResidentRows, sqlx::Error> {
+        let alarms: Vec<AlarmRow> = sqlx::query_as(
+            "SELECT a.id, a.received_at, a.device_id, a.protocol, a.kind, a.device_time, \
+             a.battery, a.position, a.lat, a.lon, a.auth, a.incident_id FROM alarms a \
+             WHERE a.client_id = $1 \
+             OR a.incident_id IN (SELECT id FROM incidents WHERE client_id = $1) \
+             ORDER BY a.id",
+        )
+        .bind(client_id)
+        .fetch_all(&mut *self)
+        .await?;
+        let incidents = sqlx::query_as(
+            "SELECT id, opened_at, kind, lane, state, outcome, closed_at FROM incidents \
+             WHERE client_id = $1 ORDER BY id",
+        )
+        .bind(client_id)
+        .fetch_all(&mut *self)
+        .await?;
+        let timeline = sqlx::query_as(
+            "SELECT e.incident_id, e.at, e.actor, e.action, e.detail FROM incident_events e \
+             JOIN incidents i ON i.id = e.incident_id WHERE i.client_id = $1 \
+             ORDER BY e.incident_id, e.id",
+        )
+        .bind(client_id)
+        .fetch_all(&mut *self)
+        .await?;
+        let wellbeing_checks = sqlx::query_as(
+            "SELECT at, operator, outcome, note FROM wellbeing_checks WHERE client_id = $1 \
+             ORDER BY id",
+        )
+        .bind(client_id)
+        .fetch_all(&mut *self)
+        .await?;
+        let access_log = sqlx::query_as(
+            "SELECT id, at, actor, action, subject, detail FROM audit_log WHERE subject = $1 \
+             ORDER BY id",
+        )
+        .bind(subject)
+        .fetch_all(&mut *self)
+        .await?;
+        Ok((alarms, incidents, timeline, wellbeing_checks, access_log))
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both.
 impl Db {
     /// Everything kept about resident `client_id` beyond the registry record.
     pub async fn resident_export(&self, client_id: i64) -> Result<ResidentRecords, StoreError> {
         let subject = format!("client:{client_id}");
-        let records = on_pool!(self, |p| {
-            let alarms: Vec<AlarmRow> = sqlx::query_as(
-                "SELECT a.id, a.received_at, a.device_id, a.protocol, a.kind, a.device_time, \
-                 a.battery, a.position, a.lat, a.lon, a.auth, a.incident_id FROM alarms a \
-                 WHERE a.client_id = $1 \
-                 OR a.incident_id IN (SELECT id FROM incidents WHERE client_id = $1) \
-                 ORDER BY a.id",
-            )
-            .bind(client_id)
-            .fetch_all(p)
-            .await?;
-            let incidents = sqlx::query_as(
-                "SELECT id, opened_at, kind, lane, state, outcome, closed_at FROM incidents \
-                 WHERE client_id = $1 ORDER BY id",
-            )
-            .bind(client_id)
-            .fetch_all(p)
-            .await?;
-            let timeline = sqlx::query_as(
-                "SELECT e.incident_id, e.at, e.actor, e.action, e.detail FROM incident_events e \
-                 JOIN incidents i ON i.id = e.incident_id WHERE i.client_id = $1 \
-                 ORDER BY e.incident_id, e.id",
-            )
-            .bind(client_id)
-            .fetch_all(p)
-            .await?;
-            let wellbeing_checks = sqlx::query_as(
-                "SELECT at, operator, outcome, note FROM wellbeing_checks WHERE client_id = $1 \
-                 ORDER BY id",
-            )
-            .bind(client_id)
-            .fetch_all(p)
-            .await?;
-            let access_log = sqlx::query_as(
-                "SELECT id, at, actor, action, subject, detail FROM audit_log WHERE subject = $1 \
-                 ORDER BY id",
-            )
-            .bind(&subject)
-            .fetch_all(p)
-            .await?;
-            (alarms, incidents, timeline, wellbeing_checks, access_log)
-        });
+        let records = match self {
+            Db::Sqlite { read, .. } => {
+                read.acquire()
+                    .await?
+                    .resident_rows(client_id, &subject)
+                    .await
+            }
+            Db::Postgres(p, _) => p.acquire().await?.resident_rows(client_id, &subject).await,
+        }?;
         let (rows, incidents, timeline, wellbeing_checks, access_log) = records;
         let alarms = rows
             .into_iter()

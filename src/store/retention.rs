@@ -15,8 +15,10 @@
 
 use super::audit::AuditSql;
 use super::audit::sealed_part;
+use super::backend::Affected;
 use super::seals::{StepRow, seal_detail};
-use super::{AuditEntry, Db, StoreError, on_pool, on_write_pool};
+use super::{AuditEntry, Db, StoreError};
+use sqlx::SqlStr;
 
 /// Days to keep each kind of record; 0 keeps it for ever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,208 @@ pub struct PurgeCursor {
     positions: i64,
 }
 
+/// The purges' statements, written once for both backends (see
+/// [`super::tx`]): called on a connection of the backend's pool.
+pub(crate) trait RetentionSql {
+    /// Delete the frames that could not be parsed received before `before`.
+    async fn delete_rejected_frames(&mut self, before: i64) -> Result<u64, sqlx::Error>;
+    /// Remove the positions of devices' last reports heard before `before`.
+    async fn clear_presence_positions(&mut self, before: i64) -> Result<u64, sqlx::Error>;
+    /// A batch of alarms after id `after` (id, received_at, whether `select`
+    /// finds it still holds something).
+    async fn alarm_purge_rows(
+        &mut self,
+        select: &str,
+        after: i64,
+    ) -> Result<Vec<(i64, i64, i32)>, sqlx::Error>;
+    /// Run the purge `sql` on its alarms, binding `empty` if given.
+    async fn purge_alarm_ids(
+        &mut self,
+        sql: &str,
+        empty: Option<Vec<u8>>,
+    ) -> Result<u64, sqlx::Error>;
+    /// One batch of closed incidents found by `select` before `before`
+    /// purged, in a transaction begun with `begin` ([`Db::begin_write`], as a
+    /// [`SqlStr`]: as a `&'static str` the compiler fails to prove the
+    /// callers' futures `Send`); `lock_purges`: one purge at a time
+    /// (PostgreSQL). Returns (incidents, steps).
+    async fn purge_closed_batch(
+        &mut self,
+        begin: &'static str,
+        lock_purges: bool,
+        select: &str,
+        before: i64,
+        now: i64,
+    ) -> Result<(u64, u64), StoreError>;
+}
+
+impl<C> RetentionSql for C
+where
+    C: sqlx::Connection + AuditSql,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    <C::Database as sqlx::Database>::QueryResult: Affected,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> i32: sqlx::Decode<'q, C::Database>,
+    i32: sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> Option<String>: sqlx::Decode<'q, C::Database>,
+    Option<String>: sqlx::Type<C::Database>,
+    for<'q> Vec<u8>: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+{
+    async fn delete_rejected_frames(&mut self, before: i64) -> Result<u64, sqlx::Error> {
+        Ok(
+            sqlx::query("DELETE FROM rejected_frames WHERE received_at < $1")
+                .bind(before)
+                .execute(self)
+                .await?
+                .affected(),
+        )
+    }
+
+    async fn clear_presence_positions(&mut self, before: i64) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "UPDATE device_presence SET position = NULL, lat = NULL, lon = NULL, \
+             accuracy_m = NULL WHERE heard_at < $1 AND (position IS NOT NULL OR lat IS NOT NULL)",
+        )
+        .bind(before)
+        .execute(self)
+        .await?
+        .affected())
+    }
+
+    async fn alarm_purge_rows(
+        &mut self,
+        select: &str,
+        after: i64,
+    ) -> Result<Vec<(i64, i64, i32)>, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(select))
+            .bind(after)
+            .fetch_all(self)
+            .await
+    }
+
+    async fn purge_alarm_ids(
+        &mut self,
+        sql: &str,
+        empty: Option<Vec<u8>>,
+    ) -> Result<u64, sqlx::Error> {
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let q = match empty {
+            Some(e) => q.bind(e),
+            None => q,
+        };
+        Ok(q.execute(self).await?.affected())
+    }
+
+    async fn purge_closed_batch(
+        &mut self,
+        begin: &'static str,
+        lock_purges: bool,
+        select: &str,
+        before: i64,
+        now: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.begin_with(SqlStr::from_static(begin)).await?;
+        if lock_purges {
+            // Two servers' purges may touch steps under one seal: one at
+            // a time (SQLite's write transaction is already alone).
+            sqlx::query("SELECT pg_advisory_xact_lock(7311001)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
+            .bind(before)
+            .fetch_all(&mut *tx)
+            .await?;
+        if ids.is_empty() {
+            return Ok((0, 0));
+        }
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        // The seals that cover any step to go, each checked intact first:
+        // a purge never hides an edit made before it.
+        let seals: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, detail FROM audit_log WHERE id IN (SELECT DISTINCT sealed_by \
+             FROM incident_events WHERE incident_id IN ({list}) AND sealed_by IS NOT NULL) \
+             ORDER BY id"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+        for (seal, detail) in &seals {
+            let steps: Vec<StepRow> = sqlx::query_as(
+                "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
+                 FROM incident_events WHERE sealed_by = $1 ORDER BY id",
+            )
+            .bind(seal)
+            .fetch_all(&mut *tx)
+            .await?;
+            if seal_detail(&steps) != sealed_part(detail) {
+                return Err(StoreError::CommitFailed(format!(
+                    "retention: timeline seal {seal} does not hold; run `audit verify` \
+                     (nothing was purged)"
+                )));
+            }
+        }
+        let steps = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM incident_events WHERE incident_id IN ({list})"
+        )))
+        .execute(&mut *tx)
+        .await?
+        .affected();
+        for table in ["handoffs", "notifications"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE incident_id IN ({list})"
+            )))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE incidents SET purged_at = $1 WHERE id IN ({list})"
+        )))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if !seals.is_empty() {
+            let retired = seals
+                .iter()
+                .map(|s| s.0.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let survivors: Vec<StepRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
+                 FROM incident_events WHERE sealed_by IN ({retired}) ORDER BY id"
+            )))
+            .fetch_all(&mut *tx)
+            .await?;
+            let detail = format!(
+                "retires {retired}; purged {steps} steps of {} incidents; {}",
+                ids.len(),
+                seal_detail(&survivors)
+            );
+            let entry = AuditEntry {
+                actor: "system",
+                action: "timeline_purged",
+                subject: "timeline",
+                detail: &detail,
+            };
+            let purge: i64 = tx.append_audit(&entry, now).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE incident_events SET sealed_by = $1 WHERE sealed_by IN ({retired})"
+            )))
+            .bind(purge)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((ids.len() as u64, steps))
+    }
+}
+
+// Each backend's pool, chosen by a match: the statements above are the same
+// for both. Reads go to the read pool, writes to the write pool.
 impl Db {
     /// Purge what `policy` no longer keeps, at `now`. Safe to run on several
     /// servers at once; each batch commits on its own.
@@ -89,13 +293,12 @@ impl Db {
                     "raw = $1, decoded = '{}'",
                 )
                 .await?;
-            report.rejected_frames = on_write_pool!(self, |p| sqlx::query(
-                "DELETE FROM rejected_frames WHERE received_at < $1"
-            )
-            .bind(before)
-            .execute(p)
-            .await?
-            .rows_affected());
+            report.rejected_frames = match self {
+                Db::Sqlite { write, .. } => {
+                    write.acquire().await?.delete_rejected_frames(before).await
+                }
+                Db::Postgres(p, _) => p.acquire().await?.delete_rejected_frames(before).await,
+            }?;
         }
         if let Some(before) = c.positions {
             report.positions = self
@@ -106,16 +309,16 @@ impl Db {
                     "position = NULL, lat = NULL, lon = NULL, accuracy_m = NULL",
                 )
                 .await?;
-            report.positions += on_write_pool!(self, |p| {
-                sqlx::query(
-                "UPDATE device_presence SET position = NULL, lat = NULL, lon = NULL, \
-                 accuracy_m = NULL WHERE heard_at < $1 AND (position IS NOT NULL OR lat IS NOT NULL)"
-            )
-            .bind(before)
-            .execute(p)
-            .await?
-            .rows_affected()
-            });
+            report.positions += match self {
+                Db::Sqlite { write, .. } => {
+                    write
+                        .acquire()
+                        .await?
+                        .clear_presence_positions(before)
+                        .await
+                }
+                Db::Postgres(p, _) => p.acquire().await?.clear_presence_positions(before).await,
+            }?;
         }
         if let Some(before) = c.closed_incidents {
             loop {
@@ -145,12 +348,15 @@ impl Db {
         );
         let mut done = 0;
         loop {
-            let rows: Vec<(i64, i64, i32)> = on_pool!(self, |p| sqlx::query_as(
-                sqlx::AssertSqlSafe(select.clone())
-            )
-            .bind(*after)
-            .fetch_all(p)
-            .await?);
+            let rows = match self {
+                Db::Sqlite { read, .. } => {
+                    read.acquire()
+                        .await?
+                        .alarm_purge_rows(&select, *after)
+                        .await
+                }
+                Db::Postgres(p, _) => p.acquire().await?.alarm_purge_rows(&select, *after).await,
+            }?;
             let old: Vec<&(i64, i64, i32)> = rows.iter().take_while(|r| r.1 < before).collect();
             let ids: Vec<i64> = old.iter().filter(|r| r.2 == 1).map(|r| r.0).collect();
             if !ids.is_empty() {
@@ -158,14 +364,12 @@ impl Db {
                 let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
                 let sql = format!("UPDATE alarms SET {set} WHERE id IN ({list})");
                 let empty = set.contains("$1").then(Vec::<u8>::new);
-                done += on_write_pool!(self, |p| {
-                    let q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    let q = match empty {
-                        Some(e) => q.bind(e),
-                        None => q,
-                    };
-                    q.execute(p).await?.rows_affected()
-                });
+                done += match self {
+                    Db::Sqlite { write, .. } => {
+                        write.acquire().await?.purge_alarm_ids(&sql, empty).await
+                    }
+                    Db::Postgres(p, _) => p.acquire().await?.purge_alarm_ids(&sql, empty).await,
+                }?;
             }
             match old.last() {
                 Some(last) => *after = last.0,
@@ -193,100 +397,21 @@ impl Db {
              AND closed_at < $1 AND state IN ('resolved', 'closed', 'cancelled', 'merged') \
              ORDER BY id LIMIT {BATCH}{lock}"
         );
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin_with(begin).await?;
-            if lock_purges {
-                // Two servers' purges may touch steps under one seal: one at
-                // a time (SQLite's write transaction is already alone).
-                sqlx::query("SELECT pg_advisory_xact_lock(7311001)")
-                    .execute(&mut *tx)
-                    .await?;
+        match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .purge_closed_batch(begin, lock_purges, &select, before, now)
+                    .await
             }
-            let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(select))
-                .bind(before)
-                .fetch_all(&mut *tx)
-                .await?;
-            if ids.is_empty() {
-                return Ok((0, 0));
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .purge_closed_batch(begin, lock_purges, &select, before, now)
+                    .await
             }
-            let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-            // The seals that cover any step to go, each checked intact first:
-            // a purge never hides an edit made before it.
-            let seals: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id, detail FROM audit_log WHERE id IN (SELECT DISTINCT sealed_by \
-                 FROM incident_events WHERE incident_id IN ({list}) AND sealed_by IS NOT NULL) \
-                 ORDER BY id"
-            )))
-            .fetch_all(&mut *tx)
-            .await?;
-            for (seal, detail) in &seals {
-                let steps: Vec<StepRow> = sqlx::query_as(
-                    "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
-                     FROM incident_events WHERE sealed_by = $1 ORDER BY id",
-                )
-                .bind(seal)
-                .fetch_all(&mut *tx)
-                .await?;
-                if seal_detail(&steps) != sealed_part(detail) {
-                    return Err(StoreError::CommitFailed(format!(
-                        "retention: timeline seal {seal} does not hold; run `audit verify` \
-                         (nothing was purged)"
-                    )));
-                }
-            }
-            let steps = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM incident_events WHERE incident_id IN ({list})"
-            )))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            for table in ["handoffs", "notifications"] {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM {table} WHERE incident_id IN ({list})"
-                )))
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE incidents SET purged_at = $1 WHERE id IN ({list})"
-            )))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if !seals.is_empty() {
-                let retired = seals
-                    .iter()
-                    .map(|s| s.0.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let survivors: Vec<StepRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT id, incident_id, at, actor, action, from_state, to_state, detail \
-                     FROM incident_events WHERE sealed_by IN ({retired}) ORDER BY id"
-                )))
-                .fetch_all(&mut *tx)
-                .await?;
-                let detail = format!(
-                    "retires {retired}; purged {steps} steps of {} incidents; {}",
-                    ids.len(),
-                    seal_detail(&survivors)
-                );
-                let entry = AuditEntry {
-                    actor: "system",
-                    action: "timeline_purged",
-                    subject: "timeline",
-                    detail: &detail,
-                };
-                let purge: i64 = tx.append_audit(&entry, now).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE incident_events SET sealed_by = $1 WHERE sealed_by IN ({retired})"
-                )))
-                .bind(purge)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok((ids.len() as u64, steps))
-        })
+        }
     }
 }
 
