@@ -349,78 +349,24 @@ pub fn device_entry(
 mod tests {
     use super::*;
 
+    /// The rules are `pingantong_domain::reach`'s (tested there); here, that
+    /// each is applied and a refusal names the field it came from.
     #[test]
-    fn phones() {
-        for ok in [
-            "13800138000",
-            "+86 138 0013 8000",
-            "020-8888 1234",
-            "110",
-            "120\n",
-        ] {
-            assert!(phone("phone", ok).is_ok(), "{ok:?}");
-        }
+    fn reach_fields_name_themselves() {
         assert_eq!(phone("phone", "120\n").unwrap(), "120");
-        for bad in [
-            "",
-            "12",
-            "+",
-            "abc",
-            "138 ",
-            " 138",
-            "138--1",
-            "(020) 8888",
-            "1\n\n",
-            "+-1",
-        ] {
-            assert!(phone("phone", bad).is_err(), "{bad:?}");
-        }
-        assert!(phone("phone", &"1".repeat(33)).is_err());
         assert!(
             phone("contact1_phone", "x")
                 .unwrap_err()
                 .starts_with("contact1_phone: ")
         );
-    }
-
-    #[test]
-    fn urls_and_addresses() {
-        for ok in [
-            "https://family.example.cn/hook",
-            "http://127.0.0.1:8080/family",
-            "http://a",
-            "https://a.b:65535/x?y=1#z",
-        ] {
-            assert!(webhook_url("address", ok).is_ok(), "{ok:?}");
-        }
-        for bad in [
-            "ftp://a/",
-            "http://",
-            "http://a:65536/",
-            "http://a:080/",
-            "http://a b/",
-            "http://-a/",
-            "http://a..b/",
-            "https://a/ x",
-            "http://[::1]/",
-        ] {
-            assert!(webhook_url("address", bad).is_err(), "{bad:?}");
-        }
-        for ok in ["li.ming@example.cn", "a+b@x-y.com.cn", "A_1%@B.CN"] {
-            assert!(email("address", ok).is_ok(), "{ok:?}");
-        }
-        for bad in [
-            "",
-            "a@b",
-            "a..b@x.cn",
-            ".a@x.cn",
-            "a@-x.cn",
-            "a b@x.cn",
-            "@x.cn",
-            "a@x.cn.",
-        ] {
-            assert!(email("address", bad).is_err(), "{bad:?}");
-        }
+        assert!(webhook_url("address", "https://family.example.cn/hook").is_ok());
+        assert!(
+            webhook_url("contact1_address", "ftp://a/")
+                .unwrap_err()
+                .starts_with("contact1_address: ")
+        );
+        assert!(email("address", "li.ming@example.cn").is_ok());
+        assert!(email("address", "a@b").unwrap_err().starts_with("address: "));
     }
 
     #[test]
