@@ -337,7 +337,9 @@ where
         audit: &AuditEntry<'_>,
         now: i64,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.begin_with(begin).await?;
+        // Wrapped: a bare `&'static str` loses its lifetime in the check
+        // that this future is Send, and is then refused as unsafe SQL.
+        let mut tx = self.begin_with(sqlx::AssertSqlSafe(begin)).await?;
         let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM incidents WHERE id = $1")
             .bind(incident_id)
             .fetch_optional(&mut *tx)
