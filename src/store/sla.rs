@@ -2,8 +2,10 @@
 //! their milestone times, their offers, and device supervision; read-only,
 //! and never a client's name or medical notes. Also the import of incident
 //! history from another system.
+//!
+//! The statements are [`SlaSql`]'s, written once for both backends.
 
-use super::{Db, StoreError, on_pool, on_write_pool};
+use super::{Db, StoreError};
 use pingantong_domain::State;
 
 /// An incident opened in the period, with the times of its milestones.
@@ -94,94 +96,16 @@ pub struct SlaData {
 /// Terminal states: an incident's job is over once it enters one of them.
 const ENDED: &str = "('resolved', 'closed', 'cancelled', 'merged')";
 
+// Each backend's pool, chosen by a match: the statements ([`SlaSql`], below)
+// are the same for both. Reads go to the read pool, writes to the write pool.
 impl Db {
     /// The rows behind the figures for incidents opened in `[from_ms, to_ms)`
     /// and devices watched before `to_ms`.
     pub async fn sla_data(&self, from_ms: i64, to_ms: i64) -> Result<SlaData, StoreError> {
-        // Milestones come from the timeline, which has every step with its
-        // time; a claim of an incident already dispatched keeps its state, so
-        // it is found by its action, not by a to_state.
-        let incidents: Vec<SlaIncidentRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT i.id, i.opened_at, i.kind, i.lane, i.state, i.outcome, i.client_id, \
-             c.district, c.street, c.subsidy_category, a.received_at, a.device_time, \
-             e.claimed_at, e.dispatched_at, e.resolved_at, e.cancelled_at \
-             FROM incidents i \
-             JOIN alarms a ON a.id = i.opening_alarm_id \
-             LEFT JOIN clients c ON c.id = i.client_id \
-             LEFT JOIN (SELECT ev.incident_id, \
-                 MIN(CASE WHEN ev.action = 'claim' THEN ev.at END) AS claimed_at, \
-                 MIN(CASE WHEN ev.to_state = 'dispatched' THEN ev.at END) AS dispatched_at, \
-                 MIN(CASE WHEN ev.to_state = 'resolved' THEN ev.at END) AS resolved_at, \
-                 MIN(CASE WHEN ev.to_state = 'cancelled' THEN ev.at END) AS cancelled_at \
-                 FROM incident_events ev JOIN incidents i2 ON i2.id = ev.incident_id \
-                 WHERE i2.opened_at >= $1 AND i2.opened_at < $2 \
-                 GROUP BY ev.incident_id) e ON e.incident_id = i.id \
-             WHERE i.opened_at >= $1 AND i.opened_at < $2 ORDER BY i.id"
-        )
-        .bind(from_ms)
-        .bind(to_ms)
-        .fetch_all(p)
-        .await)?;
-        let dispatches: Vec<SlaDispatchRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT d.incident_id, d.provider_id, d.offered_at, d.accepted_at, d.arrived_at \
-             FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
-             WHERE i.opened_at >= $1 AND i.opened_at < $2 ORDER BY d.id"
-        )
-        .bind(from_ms)
-        .bind(to_ms)
-        .fetch_all(p)
-        .await)?;
-        let providers: Vec<(i64, String)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT id, name FROM providers ORDER BY id"
-        )
-        .fetch_all(p)
-        .await)?;
-        let coverage: Vec<CoverageRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT provider_id, district, street, rank FROM provider_coverage"
-        )
-        .fetch_all(p)
-        .await)?;
-        let devices: Vec<SlaDeviceRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT d.id, d.heard_at, c.district, c.street, c.subsidy_category \
-             FROM devices d LEFT JOIN clients c ON c.id = d.client_id \
-             WHERE d.retired = FALSE AND d.heard_at IS NOT NULL AND d.heard_at < $1 \
-             ORDER BY d.id"
-        )
-        .bind(to_ms)
-        .fetch_all(p)
-        .await)?;
-        // A job ends at its first step into a terminal state (closed_at for
-        // rows that somehow lack that step).
-        let offline: Vec<OfflineSpell> =
-            on_pool!(self, |p| sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT x.device_id, x.opened_at, x.ended_at FROM (\
-                 SELECT i.device_id, i.opened_at, COALESCE((SELECT MIN(e.at) \
-                 FROM incident_events e WHERE e.incident_id = i.id AND e.to_state IN {ENDED}), \
-                 i.closed_at) AS ended_at \
-                 FROM incidents i WHERE i.kind = 'offline' AND i.opened_at < $2) x \
-                 WHERE x.ended_at IS NULL OR x.ended_at > $1 ORDER BY x.device_id, x.opened_at"
-            )))
-            .bind(from_ms)
-            .bind(to_ms)
-            .fetch_all(p)
-            .await)?;
-        let wellbeing: Vec<SlaWellbeingRow> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT c.district, c.street, c.subsidy_category FROM wellbeing_checks w \
-             JOIN clients c ON c.id = w.client_id WHERE w.at >= $1 AND w.at < $2"
-        )
-        .bind(from_ms)
-        .bind(to_ms)
-        .fetch_all(p)
-        .await)?;
-        Ok(SlaData {
-            wellbeing,
-            incidents,
-            dispatches,
-            providers,
-            coverage,
-            devices,
-            offline,
-        })
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.sla_data(from_ms, to_ms).await,
+            Db::Postgres(p, _) => p.acquire().await?.sla_data(from_ms, to_ms).await,
+        }?)
     }
 }
 
@@ -288,6 +212,239 @@ fn check(i: &ImportedIncident) -> Result<(), ImportError> {
     Ok(())
 }
 
+/// The report's reads and the history import, written once for both
+/// backends (see [`super::tx`]): called on a connection of the backend's pool.
+pub(crate) trait SlaSql {
+    /// The rows behind the figures (see [`Db::sla_data`]).
+    async fn sla_data(&mut self, from_ms: i64, to_ms: i64) -> Result<SlaData, sqlx::Error>;
+    /// Write checked incidents from elsewhere in one transaction (see
+    /// [`Db::import_incident_history`]); their ids in order.
+    async fn import_incident_history(
+        &mut self,
+        incidents: &[ImportedIncident],
+    ) -> Result<Vec<i64>, sqlx::Error>;
+}
+
+impl<C> SlaSql for C
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    i64: sqlx::Type<C::Database>,
+    for<'q> Option<i64>: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    Option<i64>: sqlx::Type<C::Database>,
+    for<'q> String: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
+    String: sqlx::Type<C::Database>,
+    for<'q> Option<String>: sqlx::Encode<'q, C::Database>,
+    Option<String>: sqlx::Type<C::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> Vec<u8>: sqlx::Encode<'q, C::Database>,
+    Vec<u8>: sqlx::Type<C::Database>,
+    for<'q> bool: sqlx::Encode<'q, C::Database>,
+    bool: sqlx::Type<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+    for<'r> SlaIncidentRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> SlaDispatchRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> CoverageRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> SlaDeviceRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> OfflineSpell: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> SlaWellbeingRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+{
+    async fn sla_data(&mut self, from_ms: i64, to_ms: i64) -> Result<SlaData, sqlx::Error> {
+        // Milestones come from the timeline, which has every step with its
+        // time; a claim of an incident already dispatched keeps its state, so
+        // it is found by its action, not by a to_state.
+        let incidents: Vec<SlaIncidentRow> = sqlx::query_as(
+            "SELECT i.id, i.opened_at, i.kind, i.lane, i.state, i.outcome, i.client_id, \
+             c.district, c.street, c.subsidy_category, a.received_at, a.device_time, \
+             e.claimed_at, e.dispatched_at, e.resolved_at, e.cancelled_at \
+             FROM incidents i \
+             JOIN alarms a ON a.id = i.opening_alarm_id \
+             LEFT JOIN clients c ON c.id = i.client_id \
+             LEFT JOIN (SELECT ev.incident_id, \
+                 MIN(CASE WHEN ev.action = 'claim' THEN ev.at END) AS claimed_at, \
+                 MIN(CASE WHEN ev.to_state = 'dispatched' THEN ev.at END) AS dispatched_at, \
+                 MIN(CASE WHEN ev.to_state = 'resolved' THEN ev.at END) AS resolved_at, \
+                 MIN(CASE WHEN ev.to_state = 'cancelled' THEN ev.at END) AS cancelled_at \
+                 FROM incident_events ev JOIN incidents i2 ON i2.id = ev.incident_id \
+                 WHERE i2.opened_at >= $1 AND i2.opened_at < $2 \
+                 GROUP BY ev.incident_id) e ON e.incident_id = i.id \
+             WHERE i.opened_at >= $1 AND i.opened_at < $2 ORDER BY i.id",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        let dispatches: Vec<SlaDispatchRow> = sqlx::query_as(
+            "SELECT d.incident_id, d.provider_id, d.offered_at, d.accepted_at, d.arrived_at \
+             FROM dispatches d JOIN incidents i ON i.id = d.incident_id \
+             WHERE i.opened_at >= $1 AND i.opened_at < $2 ORDER BY d.id",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        let providers: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, name FROM providers ORDER BY id")
+                .fetch_all(&mut *self)
+                .await?;
+        let coverage: Vec<CoverageRow> =
+            sqlx::query_as("SELECT provider_id, district, street, rank FROM provider_coverage")
+                .fetch_all(&mut *self)
+                .await?;
+        let devices: Vec<SlaDeviceRow> = sqlx::query_as(
+            "SELECT d.id, d.heard_at, c.district, c.street, c.subsidy_category \
+             FROM devices d LEFT JOIN clients c ON c.id = d.client_id \
+             WHERE d.retired = FALSE AND d.heard_at IS NOT NULL AND d.heard_at < $1 \
+             ORDER BY d.id",
+        )
+        .bind(to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        // A job ends at its first step into a terminal state (closed_at for
+        // rows that somehow lack that step).
+        let offline: Vec<OfflineSpell> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT x.device_id, x.opened_at, x.ended_at FROM (\
+             SELECT i.device_id, i.opened_at, COALESCE((SELECT MIN(e.at) \
+             FROM incident_events e WHERE e.incident_id = i.id AND e.to_state IN {ENDED}), \
+             i.closed_at) AS ended_at \
+             FROM incidents i WHERE i.kind = 'offline' AND i.opened_at < $2) x \
+             WHERE x.ended_at IS NULL OR x.ended_at > $1 ORDER BY x.device_id, x.opened_at"
+        )))
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        let wellbeing: Vec<SlaWellbeingRow> = sqlx::query_as(
+            "SELECT c.district, c.street, c.subsidy_category FROM wellbeing_checks w \
+             JOIN clients c ON c.id = w.client_id WHERE w.at >= $1 AND w.at < $2",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&mut *self)
+        .await?;
+        Ok(SlaData {
+            wellbeing,
+            incidents,
+            dispatches,
+            providers,
+            coverage,
+            devices,
+            offline,
+        })
+    }
+
+    async fn import_incident_history(
+        &mut self,
+        incidents: &[ImportedIncident],
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        let mut ids = Vec::with_capacity(incidents.len());
+        for i in incidents {
+            let dedup = format!("import:{}", i.source_ref);
+            let alarm: Option<(i64,)> = sqlx::query_as(
+                "INSERT INTO alarms (received_at, protocol, peer, device_id, seq, kind, \
+                 device_time, auth, raw, decoded, dedup_key, processed_at) \
+                 VALUES ($1, 'import', 'import', $2, 0, $3, $4, 'verified', $5, $6, $7, $8) \
+                 ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+            )
+            .bind(i.received_at)
+            .bind(&i.device_id)
+            .bind(&i.kind)
+            .bind(i.device_time)
+            .bind(Vec::<u8>::new())
+            .bind(serde_json::json!({ "imported": i.source_ref }).to_string())
+            .bind(&dedup)
+            .bind(i.opened_at)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((alarm_id,)) = alarm else {
+                let (existing,): (Option<i64>,) =
+                    sqlx::query_as("SELECT incident_id FROM alarms WHERE dedup_key = $1")
+                        .bind(&dedup)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                ids.extend(existing);
+                continue;
+            };
+            let last = i
+                .events
+                .iter()
+                .map(|e| e.at)
+                .chain(i.closed_at)
+                .fold(i.opened_at, i64::max);
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO incidents (opened_at, opening_alarm_id, fold_key, client_id, \
+                 device_id, kind, lane, state, verified, press_count, last_press_at, \
+                 routed_at, closed_at, updated_at, claimed_by, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, 1, $1, $1, $9, $10, $11, $12) \
+                 RETURNING id",
+            )
+            .bind(i.opened_at)
+            .bind(alarm_id)
+            .bind(&dedup)
+            .bind(i.client_id)
+            .bind(&i.device_id)
+            .bind(&i.kind)
+            .bind(&i.lane)
+            .bind(i.state.as_str())
+            .bind(i.closed_at)
+            .bind(last)
+            .bind(&i.claimed_by)
+            .bind(&i.outcome)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE alarms SET incident_id = $1 WHERE id = $2")
+                .bind(id)
+                .bind(alarm_id)
+                .execute(&mut *tx)
+                .await?;
+            for e in &i.events {
+                sqlx::query(
+                    "INSERT INTO incident_events (incident_id, at, actor, action, \
+                     from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(id)
+                .bind(e.at)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(&e.from_state)
+                .bind(&e.to_state)
+                .bind(&e.detail)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for d in &i.dispatches {
+                let updated = [d.accepted_at, d.arrived_at]
+                    .into_iter()
+                    .flatten()
+                    .fold(d.offered_at, i64::max);
+                // Published: the dispatcher must not send a past offer.
+                sqlx::query(
+                    "INSERT INTO dispatches (incident_id, carer_id, provider_id, fallback, \
+                     state, offered_at, published_at, updated_at, accepted_at, arrived_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)",
+                )
+                .bind(id)
+                .bind(d.carer_id)
+                .bind(d.provider_id)
+                .bind(d.fallback)
+                .bind(&d.state)
+                .bind(d.offered_at)
+                .bind(updated)
+                .bind(d.accepted_at)
+                .bind(d.arrived_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+}
+
 impl Db {
     /// Write incidents that happened elsewhere — a migration from another
     /// system, or a test's generated history — with the times they carry, in
@@ -303,110 +460,15 @@ impl Db {
         for i in incidents {
             check(i)?;
         }
-        on_write_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            let mut ids = Vec::with_capacity(incidents.len());
-            for i in incidents {
-                let dedup = format!("import:{}", i.source_ref);
-                let alarm: Option<(i64,)> = sqlx::query_as(
-                    "INSERT INTO alarms (received_at, protocol, peer, device_id, seq, kind, \
-                     device_time, auth, raw, decoded, dedup_key, processed_at) \
-                     VALUES ($1, 'import', 'import', $2, 0, $3, $4, 'verified', $5, $6, $7, $8) \
-                     ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-                )
-                .bind(i.received_at)
-                .bind(&i.device_id)
-                .bind(&i.kind)
-                .bind(i.device_time)
-                .bind(Vec::<u8>::new())
-                .bind(serde_json::json!({ "imported": i.source_ref }).to_string())
-                .bind(&dedup)
-                .bind(i.opened_at)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((alarm_id,)) = alarm else {
-                    let (existing,): (Option<i64>,) =
-                        sqlx::query_as("SELECT incident_id FROM alarms WHERE dedup_key = $1")
-                            .bind(&dedup)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    ids.extend(existing);
-                    continue;
-                };
-                let last = i
-                    .events
-                    .iter()
-                    .map(|e| e.at)
-                    .chain(i.closed_at)
-                    .fold(i.opened_at, i64::max);
-                let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO incidents (opened_at, opening_alarm_id, fold_key, client_id, \
-                     device_id, kind, lane, state, verified, press_count, last_press_at, \
-                     routed_at, closed_at, updated_at, claimed_by, outcome) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, 1, $1, $1, $9, $10, $11, $12) \
-                     RETURNING id",
-                )
-                .bind(i.opened_at)
-                .bind(alarm_id)
-                .bind(&dedup)
-                .bind(i.client_id)
-                .bind(&i.device_id)
-                .bind(&i.kind)
-                .bind(&i.lane)
-                .bind(i.state.as_str())
-                .bind(i.closed_at)
-                .bind(last)
-                .bind(&i.claimed_by)
-                .bind(&i.outcome)
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE alarms SET incident_id = $1 WHERE id = $2")
-                    .bind(id)
-                    .bind(alarm_id)
-                    .execute(&mut *tx)
-                    .await?;
-                for e in &i.events {
-                    sqlx::query(
-                        "INSERT INTO incident_events (incident_id, at, actor, action, \
-                         from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(id)
-                    .bind(e.at)
-                    .bind(&e.actor)
-                    .bind(&e.action)
-                    .bind(&e.from_state)
-                    .bind(&e.to_state)
-                    .bind(&e.detail)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                for d in &i.dispatches {
-                    let updated = [d.accepted_at, d.arrived_at]
-                        .into_iter()
-                        .flatten()
-                        .fold(d.offered_at, i64::max);
-                    // Published: the dispatcher must not send a past offer.
-                    sqlx::query(
-                        "INSERT INTO dispatches (incident_id, carer_id, provider_id, fallback, \
-                         state, offered_at, published_at, updated_at, accepted_at, arrived_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)",
-                    )
-                    .bind(id)
-                    .bind(d.carer_id)
-                    .bind(d.provider_id)
-                    .bind(d.fallback)
-                    .bind(&d.state)
-                    .bind(d.offered_at)
-                    .bind(updated)
-                    .bind(d.accepted_at)
-                    .bind(d.arrived_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                ids.push(id);
+        Ok(match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .import_incident_history(incidents)
+                    .await
             }
-            tx.commit().await?;
-            Ok(ids)
-        })
+            Db::Postgres(p, _) => p.acquire().await?.import_incident_history(incidents).await,
+        }?)
     }
 }
