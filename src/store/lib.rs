@@ -1,8 +1,11 @@
 //! Durable storage: one connection pool per backend, the same SQL on both.
 //!
 //! SQLite (WAL, `synchronous=FULL`) is the embedded default; PostgreSQL is
-//! chosen by URL. Every query is written once and runs on either pool through
-//! [`on_pool!`]; all times are stored as milliseconds since the Unix epoch.
+//! chosen by URL. Every statement is written once, as a method of its
+//! module's trait implemented for any sqlx connection (`TxSql`, `AlarmSql`,
+//! `ConsoleSql`, …; ARCHITECTURE.md, "Backends"), and [`Db`]'s functions
+//! call it on the backend's pool. All times are stored as milliseconds since
+//! the Unix epoch.
 //!
 //! This crate knows the domain (`pingantong-domain`) and telemetry, never the
 //! pipeline or the API above it: where a stage above must hear of something
@@ -85,32 +88,6 @@ pub use users::{
 };
 pub use wellbeing::{OUTCOMES as WELLBEING_OUTCOMES, WellbeingRow};
 pub use withdrawals::Withdrawal;
-
-/// Run `$body` with `$p` bound to the pool for reads of whichever backend
-/// `$db` holds. The body is compiled once per backend, so it must only use SQL
-/// both understand.
-macro_rules! on_pool {
-    ($db:expr, |$p:ident| $body:expr) => {
-        match $db {
-            $crate::Db::Sqlite { read: $p, .. } => $body,
-            $crate::Db::Postgres($p, _) => $body,
-        }
-    };
-}
-pub(crate) use on_pool;
-
-/// As [`on_pool!`], for statements that write. SQLite has one writer at a
-/// time: with a single write connection, writers queue in the pool instead
-/// of meeting SQLITE_BUSY, whose retry handler sleeps for up to 100 ms.
-macro_rules! on_write_pool {
-    ($db:expr, |$p:ident| $body:expr) => {
-        match $db {
-            $crate::Db::Sqlite { write: $p, .. } => $body,
-            $crate::Db::Postgres($p, _) => $body,
-        }
-    };
-}
-pub(crate) use on_write_pool;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

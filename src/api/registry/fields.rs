@@ -366,7 +366,11 @@ mod tests {
                 .starts_with("contact1_address: ")
         );
         assert!(email("address", "li.ming@example.cn").is_ok());
-        assert!(email("address", "a@b").unwrap_err().starts_with("address: "));
+        assert!(
+            email("address", "a@b")
+                .unwrap_err()
+                .starts_with("address: ")
+        );
     }
 
     #[test]
