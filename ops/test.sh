@@ -79,7 +79,12 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          at_rest::a_purge_retires_an_earlier_purge_and_the_chain_verifies \
          auth::data_keys_from_the_command_line \
          devices::dc09_from_independent_transmitters_sqlite \
-         devices::dc09_from_independent_transmitters_postgres; do
+         devices::dc09_from_independent_transmitters_postgres \
+         coverage::every_public_store_function_is_in_the_suite \
+         incidents::presses_open_one_incident_and_fold_into_it::postgres \
+         incidents::the_state_machine_moves_an_incident_and_writes_each_step::postgres \
+         keys::an_export_holds_no_events_of_a_devices_former_resident::postgres \
+         alarms::a_device_named_twice_in_one_presence_write_keeps_its_latest_report::postgres; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1
