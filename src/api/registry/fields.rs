@@ -321,7 +321,7 @@ pub fn contact_entry(prefix: &str, i: &ContactInput<'_>) -> Checked<ContactEntry
         id: i.id,
         name: required(&f("name"), i.name, NAME_MAX)?,
         relation: optional(&f("relation"), i.relation, RELATION_MAX)?,
-        phone: phone(&f("phone"), i.phone)?,
+        phone: Phone::parse(i.phone).map_err(|why| format!("{}: {why}", f("phone")))?,
         notify,
     })
 }

@@ -28,7 +28,8 @@ pub struct ContactEntry {
     pub id: Option<i64>,
     pub name: String,
     pub relation: String,
-    pub phone: String,
+    /// Checked where it entered (the API, the CSV import): a number that can be dialled.
+    pub phone: pingantong_domain::Phone,
     /// Channel (`mqtt`, `webhook`, `email`) and its address; `None`: telephoned.
     pub notify: Option<(String, String)>,
 }
@@ -365,7 +366,7 @@ where
         .bind(position)
         .bind(&k.name)
         .bind(&k.relation)
-        .bind(&k.phone)
+        .bind(k.phone.as_str())
         .bind(k.notify.as_ref().map(|n| n.0.as_str()))
         .bind(k.notify.as_ref().map_or("", |n| n.1.as_str()))
         .bind(now)
@@ -600,7 +601,7 @@ where
                     .bind(position)
                     .bind(&k.name)
                     .bind(&k.relation)
-                    .bind(&k.phone)
+                    .bind(k.phone.as_str())
                     .bind(k.notify.as_ref().map(|n| n.0.as_str()))
                     .bind(k.notify.as_ref().map_or("", |n| n.1.as_str()))
                     .bind(now)

@@ -244,7 +244,7 @@ fn contact(name: &str, phone: &str, notify: Option<(&str, &str)>) -> ContactEntr
         id: None,
         name: name.into(),
         relation: "family".into(),
-        phone: phone.into(),
+        phone: pingantong_domain::Phone::parse(phone).expect("a valid test number"),
         notify: notify.map(|(c, a)| (c.to_owned(), a.to_owned())),
     }
 }
@@ -653,13 +653,17 @@ async fn contacts_are_replaced_in_order_keeping_their_ids(db: &Db) {
     // Refused, and the list stays as it was: a contact taken off, one of
     // another client, one listed twice, a client who is not there.
     let other = db
-        .create_client(&entry("李伟", None), &[contact("E", "1", None)], "user:li")
+        .create_client(
+            &entry("李伟", None),
+            &[contact("E", "13800000005", None)],
+            "user:li",
+        )
         .await
         .unwrap();
     let e = db.contacts_of(other).await.unwrap()[0].id;
     let entries = audit_len(db).await;
     for foreign in [a, e] {
-        let mut k = contact("X", "2", None);
+        let mut k = contact("X", "13800000006", None);
         k.id = Some(foreign);
         let m = conflict(db.replace_contacts(client, &[k], "user:li").await);
         assert!(m.contains("is not a contact"), "{m}");
