@@ -17,5 +17,5 @@ pub use cancel_reason::CancelReason;
 pub use cascade::Cascade;
 pub use escalation::{Clock, Escalation};
 pub use incident_state::{Action, IllegalTransition, State};
-pub use reach::{Email, Phone, WebhookUrl};
+pub use reach::{Email, NoticeRoute, Phone, WebhookUrl};
 pub use role::Role;

@@ -173,6 +173,58 @@ impl Email {
 }
 text_type!(Email);
 
+/// How a contact hears of an alarm besides a telephone call: on the family
+/// app (MQTT, whose topic is the contact's id: no address), a webhook, or
+/// an e-mail.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NoticeRoute {
+    Mqtt,
+    Webhook(WebhookUrl),
+    Email(Email),
+}
+
+impl NoticeRoute {
+    /// Every channel's name, as stored and taken.
+    pub const CHANNELS: [&'static str; 3] = ["mqtt", "webhook", "email"];
+
+    /// A channel by name with its address. The error says which part is
+    /// wrong: `Err((true, why))` the channel, `Err((false, why))` the address.
+    pub fn parse(channel: &str, address: &str) -> Result<Self, (bool, String)> {
+        match channel {
+            "mqtt" if address.is_empty() => Ok(NoticeRoute::Mqtt),
+            "mqtt" => Err((
+                false,
+                "an MQTT contact has no address (the topic is the contact's id)".into(),
+            )),
+            "webhook" => WebhookUrl::parse(address)
+                .map(NoticeRoute::Webhook)
+                .map_err(|why| (false, why)),
+            "email" => Email::parse(address)
+                .map(NoticeRoute::Email)
+                .map_err(|why| (false, why)),
+            _ => Err((true, format!("one of {}", Self::CHANNELS.join(", ")))),
+        }
+    }
+
+    /// The channel's name, as stored.
+    pub fn channel(&self) -> &'static str {
+        match self {
+            NoticeRoute::Mqtt => "mqtt",
+            NoticeRoute::Webhook(_) => "webhook",
+            NoticeRoute::Email(_) => "email",
+        }
+    }
+
+    /// Where the notice goes; empty for MQTT.
+    pub fn address(&self) -> &str {
+        match self {
+            NoticeRoute::Mqtt => "",
+            NoticeRoute::Webhook(u) => u.as_str(),
+            NoticeRoute::Email(e) => e.as_str(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +311,21 @@ mod tests {
         assert!(err.to_string().contains("digits"), "{err}");
         assert!(serde_json::from_str::<Email>(r#""a@b""#).is_err());
         assert!(serde_json::from_str::<WebhookUrl>(r#""ftp://x/""#).is_err());
+    }
+
+    #[test]
+    fn notice_routes() {
+        assert_eq!(NoticeRoute::parse("mqtt", ""), Ok(NoticeRoute::Mqtt));
+        assert!(matches!(NoticeRoute::parse("mqtt", "x"), Err((false, _))));
+        let hook = NoticeRoute::parse("webhook", "https://a.cn/h").unwrap();
+        assert_eq!(
+            (hook.channel(), hook.address()),
+            ("webhook", "https://a.cn/h")
+        );
+        assert!(matches!(
+            NoticeRoute::parse("email", "a@b"),
+            Err((false, _))
+        ));
+        assert!(matches!(NoticeRoute::parse("sms", ""), Err((true, _))));
     }
 }

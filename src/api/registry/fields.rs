@@ -7,7 +7,7 @@
 //! regular-expression dialects also matches before one final newline, so a
 //! value is checked (and stored) without that one newline.
 
-use pingantong_domain::{Email, Phone, WebhookUrl};
+use pingantong_domain::{NoticeRoute, Phone};
 use pingantong_protocol::DeviceId;
 
 use pingantong_store::{ClientEntry, ClientRef, ContactEntry, DeviceEntry, NewClient};
@@ -16,8 +16,6 @@ use pingantong_store::{ClientEntry, ClientRef, ContactEntry, DeviceEntry, NewCli
 pub const PROTOCOLS: [&str; 7] = [
     "native", "gt06", "watch", "h02", "eview", "sia_dc09", "mqtt",
 ];
-/// Ways a contact hears of an alarm.
-pub const CHANNELS: [&str; 3] = ["mqtt", "webhook", "email"];
 /// The city's subsidy categories.
 pub const SUBSIDY_CATEGORIES: [&str; 4] = [
     "destitute",
@@ -149,20 +147,6 @@ pub fn one_of<'a>(field: &str, v: &str, allowed: &[&'a str]) -> Checked<&'a str>
         .find(|a| **a == v)
         .copied()
         .ok_or_else(|| format!("{field}: one of {}", allowed.join(", ")))
-}
-
-/// A webhook's address ([`WebhookUrl`]'s rule), named by `field` when refused.
-pub fn webhook_url(field: &str, v: &str) -> Checked<String> {
-    WebhookUrl::parse(v)
-        .map(String::from)
-        .map_err(|why| format!("{field}: {why}"))
-}
-
-/// An e-mail address ([`Email`]'s rule), named by `field` when refused.
-pub fn email(field: &str, v: &str) -> Checked<String> {
-    Email::parse(v)
-        .map(String::from)
-        .map_err(|why| format!("{field}: {why}"))
 }
 
 /// Hex digits, two per byte, making a key of an allowed length.
@@ -300,22 +284,9 @@ pub fn contact_entry(prefix: &str, i: &ContactInput<'_>) -> Checked<ContactEntry
             }
             None
         }
-        Some(c) => {
-            let channel = one_of(&f("channel"), c, &CHANNELS)?;
-            let address = i.address.unwrap_or("");
-            let address = match channel {
-                "webhook" => webhook_url(&f("address"), address)?,
-                "email" => email(&f("address"), address)?,
-                _ if address.is_empty() => String::new(),
-                _ => {
-                    return Err(format!(
-                        "{}: an MQTT contact has no address (the topic is the contact's id)",
-                        f("address")
-                    ));
-                }
-            };
-            Some((channel.to_owned(), address))
-        }
+        Some(c) => Some(NoticeRoute::parse(c, i.address.unwrap_or("")).map_err(
+            |(channel, why)| format!("{}: {why}", f(if channel { "channel" } else { "address" })),
+        )?),
     };
     Ok(ContactEntry {
         id: i.id,
@@ -359,18 +330,26 @@ mod tests {
                 .unwrap_err()
                 .starts_with("contact1_phone: ")
         );
-        assert!(webhook_url("address", "https://family.example.cn/hook").is_ok());
-        assert!(
-            webhook_url("contact1_address", "ftp://a/")
-                .unwrap_err()
-                .starts_with("contact1_address: ")
-        );
-        assert!(email("address", "li.ming@example.cn").is_ok());
-        assert!(
-            email("address", "a@b")
-                .unwrap_err()
-                .starts_with("address: ")
-        );
+        let input = |channel, address| ContactInput {
+            id: None,
+            name: "陈伟",
+            relation: "son",
+            phone: "13800138000",
+            channel,
+            address,
+        };
+        let entry = contact_entry("contact1_", &input(Some("webhook"), Some("https://a.cn/h")));
+        assert_eq!(entry.unwrap().notify.unwrap().address(), "https://a.cn/h");
+        for (channel, address, field) in [
+            (Some("sms"), None, "contact1_channel: "),
+            (Some("webhook"), Some("ftp://a/"), "contact1_address: "),
+            (Some("email"), Some("a@b"), "contact1_address: "),
+            (Some("mqtt"), Some("topic"), "contact1_address: "),
+            (None, Some("a@b.cn"), "contact1_address: "),
+        ] {
+            let err = contact_entry("contact1_", &input(channel, address)).unwrap_err();
+            assert!(err.starts_with(field), "{channel:?} {address:?}: {err}");
+        }
     }
 
     #[test]

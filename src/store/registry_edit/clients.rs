@@ -30,8 +30,8 @@ pub struct ContactEntry {
     pub relation: String,
     /// Checked where it entered (the API, the CSV import): a number that can be dialled.
     pub phone: pingantong_domain::Phone,
-    /// Channel (`mqtt`, `webhook`, `email`) and its address; `None`: telephoned.
-    pub notify: Option<(String, String)>,
+    /// How the contact hears of an alarm besides a call; `None`: telephoned only.
+    pub notify: Option<pingantong_domain::NoticeRoute>,
 }
 
 /// One line of the client list: no health data.
@@ -367,8 +367,8 @@ where
         .bind(&k.name)
         .bind(&k.relation)
         .bind(k.phone.as_str())
-        .bind(k.notify.as_ref().map(|n| n.0.as_str()))
-        .bind(k.notify.as_ref().map_or("", |n| n.1.as_str()))
+        .bind(k.notify.as_ref().map(|n| n.channel()))
+        .bind(k.notify.as_ref().map_or("", |n| n.address()))
         .bind(now)
         .execute(self)
         .await?;
@@ -602,8 +602,8 @@ where
                     .bind(&k.name)
                     .bind(&k.relation)
                     .bind(k.phone.as_str())
-                    .bind(k.notify.as_ref().map(|n| n.0.as_str()))
-                    .bind(k.notify.as_ref().map_or("", |n| n.1.as_str()))
+                    .bind(k.notify.as_ref().map(|n| n.channel()))
+                    .bind(k.notify.as_ref().map_or("", |n| n.address()))
                     .bind(now)
                     .bind(id)
                     .execute(&mut *tx)

@@ -5,6 +5,7 @@
 //! Also the builders the other areas of this crate's suite share: a client,
 //! a device, an alarm, an incident opened by the stage, statements run as is.
 
+use pingantong_domain::NoticeRoute;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use pingantong_domain::rules::Rules;
@@ -245,7 +246,7 @@ fn contact(name: &str, phone: &str, notify: Option<(&str, &str)>) -> ContactEntr
         name: name.into(),
         relation: "family".into(),
         phone: pingantong_domain::Phone::parse(phone).expect("a valid test number"),
-        notify: notify.map(|(c, a)| (c.to_owned(), a.to_owned())),
+        notify: notify.map(|(c, a)| NoticeRoute::parse(c, a).expect("a valid test route")),
     }
 }
 
@@ -294,7 +295,7 @@ both_backends!(
 
 async fn a_client_is_created_read_changed_and_audited(db: &Db) {
     let contacts = [
-        contact("陈伟", "13800000001", Some(("mqtt", "son-phone"))),
+        contact("陈伟", "13800000001", Some(("email", "son@example.cn"))),
         contact("李阿姨", "13800000002", None),
     ];
     let first = entry("陈秀英", Some("GZ-YX-0001"));
@@ -343,7 +344,7 @@ async fn a_client_is_created_read_changed_and_audited(db: &Db) {
     assert_eq!(
         listed,
         vec![
-            (1, "陈伟", Some("mqtt"), "son-phone"),
+            (1, "陈伟", Some("email"), "son@example.cn"),
             (2, "李阿姨", None, "")
         ]
     );
@@ -536,7 +537,7 @@ async fn contacts_are_replaced_in_order_keeping_their_ids(db: &Db) {
         .create_client(
             &entry("陈秀英", None),
             &[
-                contact("A", "13800000001", Some(("mqtt", "a-app"))),
+                contact("A", "13800000001", Some(("mqtt", ""))),
                 contact("B", "13800000002", None),
                 contact("C", "13800000003", Some(("email", "c@example.cn"))),
             ],
@@ -1371,7 +1372,7 @@ async fn imports_go_row_by_row(db: &Db) {
         (
             2,
             entry("陈秀英", Some("R-1")),
-            vec![contact("陈伟", "13800000001", Some(("mqtt", "son")))],
+            vec![contact("陈伟", "13800000001", Some(("mqtt", "")))],
         ),
         (3, entry("李伟", Some("R-1")), vec![]),
         (4, bad_category, vec![]),
