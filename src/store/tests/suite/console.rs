@@ -7,13 +7,13 @@ use pingantong_protocol::{EventKind, Location};
 use pingantong_store::presence::Heard;
 use pingantong_store::{
     AuditEntry, AuthStatus, CarerAnswer, Db, ImportError, ImportedDispatch, ImportedEvent,
-    ImportedIncident, NewDevice, NewDispatch, NewIncident, QueueFilter, StageWork, Transition,
+    ImportedIncident, NewDevice, NewDispatch, QueueFilter, Transition,
 };
 
 #[allow(unused_imports)]
 use crate::both_backends;
 use crate::incidents::{
-    AT, DISTRICT, STREET, a_job, a_provider, a_resident, a_town, an_sos, offer_to, opened, press,
+    AT, DISTRICT, STREET, a_job, a_provider, a_resident, a_strangers_sos, a_town, an_sos, offer_to,
     record, step, store,
 };
 
@@ -35,25 +35,7 @@ async fn the_queue_puts_calls_for_help_first_and_filters(db: &Db) {
     // A technical job first, then two calls for help.
     let job = a_job(db, t.client, &t.device, EventKind::LowBattery, 1).await;
     let sos = an_sos(db, t.client, &t.device, 2).await;
-    let stranger = "PA-STRANGER";
-    let mut r = record(stranger, 1, EventKind::Sos, AT);
-    r.auth = AuthStatus::UnknownDevice;
-    let alarm = store(db, r).await;
-    let done = db
-        .apply_stage_work(
-            &[StageWork::Incident {
-                incident: NewIncident {
-                    client_id: None,
-                    verified: false,
-                    ..press(alarm, "unverified:PA-STRANGER", 0, stranger, "sos")
-                },
-                route: None,
-            }],
-            &[],
-        )
-        .await
-        .unwrap();
-    let unknown = opened(&done[0]);
+    let (unknown, _) = a_strangers_sos(db, AT, true).await;
 
     let open = QueueFilter {
         open_only: true,

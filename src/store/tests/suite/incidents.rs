@@ -187,6 +187,32 @@ pub fn opened(done: &StageDone) -> i64 {
     }
 }
 
+/// An SOS from a device nobody provisioned (`PA-STRANGER`), pressed at
+/// `at`: an unverified incident with no resident. `offer`: whether its
+/// rule would offer it to a carer. The incident's id and the alarm's.
+pub async fn a_strangers_sos(db: &Db, at: i64, offer: bool) -> (i64, i64) {
+    let stranger = "PA-STRANGER";
+    let mut r = record(stranger, 1, EventKind::Sos, at);
+    r.auth = AuthStatus::UnknownDevice;
+    let alarm = store(db, r).await;
+    let done = db
+        .apply_stage_work(
+            &[StageWork::Incident {
+                incident: NewIncident {
+                    client_id: None,
+                    verified: false,
+                    offer,
+                    ..press(alarm, "unverified:PA-STRANGER", 0, stranger, "sos")
+                },
+                route: None,
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    (opened(&done[0]), alarm)
+}
+
 /// An SOS of the resident (`seq` names the alarm) opening an incident whose
 /// routing is owed; the incident's id.
 pub async fn an_sos(db: &Db, client: i64, device: &str, seq: i64) -> i64 {
@@ -392,26 +418,7 @@ async fn presses_open_one_incident_and_fold_into_it(db: &Db) {
     assert_eq!(db.incident_actions(id).await.unwrap().len(), 4);
 
     // A stranger's press opens an unverified incident of its own.
-    let stranger = "PA-STRANGER";
-    let mut r = record(stranger, 1, EventKind::Sos, AT + 3);
-    r.auth = AuthStatus::UnknownDevice;
-    let a4 = store(db, r).await;
-    let done = db
-        .apply_stage_work(
-            &[StageWork::Incident {
-                incident: NewIncident {
-                    client_id: None,
-                    verified: false,
-                    offer: false,
-                    ..press(a4, "unverified:PA-STRANGER", 0, stranger, "sos")
-                },
-                route: None,
-            }],
-            &[],
-        )
-        .await
-        .unwrap();
-    let other = opened(&done[0]);
+    let (other, a4) = a_strangers_sos(db, AT + 3, false).await;
     assert_ne!(other, id);
     assert_eq!(db.incident_counts().await.unwrap(), (2, 1, 0));
     assert_eq!(
@@ -1224,25 +1231,7 @@ async fn a_handoff_moves_the_incident_on_and_keeps_the_residents_summary(db: &Db
     ));
 
     // No resident on file: nothing to hand over.
-    let stranger = "PA-STRANGER";
-    let mut r = record(stranger, 1, EventKind::Sos, AT);
-    r.auth = AuthStatus::UnknownDevice;
-    let a = store(db, r).await;
-    let done = db
-        .apply_stage_work(
-            &[StageWork::Incident {
-                incident: NewIncident {
-                    client_id: None,
-                    verified: false,
-                    ..press(a, "unverified:PA-STRANGER", 0, stranger, "sos")
-                },
-                route: None,
-            }],
-            &[],
-        )
-        .await
-        .unwrap();
-    let lone = opened(&done[0]);
+    let (lone, _) = a_strangers_sos(db, AT, true).await;
     assert!(matches!(
         db.record_handoff(lone, "120", "X", "operator:wang").await,
         Err(HandoffError::NoClient(x)) if x == lone
