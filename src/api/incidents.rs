@@ -292,7 +292,7 @@ pub struct CancelBody {
 pub struct StepDone {
     pub id: i64,
     /// The incident's state after the step.
-    pub state: String,
+    pub state: IncidentState,
 }
 
 /// Longest free text accepted in a note, a reason or an outcome, in characters.
@@ -352,10 +352,7 @@ async fn step(
         s.stage.send_withdrawals();
     }
     s.feed.changed.notify_one();
-    Ok(Json(StepDone {
-        id,
-        state: state.as_str().to_owned(),
-    }))
+    Ok(Json(StepDone { id, state }))
 }
 
 fn transition_error(e: TransitionError) -> ApiError {
@@ -567,11 +564,12 @@ pub async fn note(
         return Err(ApiError::NotFound);
     }
     s.feed.changed.notify_one();
+    // The note is in: the incident is there (incidents are never deleted).
     let state =
         s.db.incident_summary(id)
             .await?
-            .map(|i| i.state.as_str().to_owned())
-            .unwrap_or_default();
+            .map(|i| i.state)
+            .ok_or(ApiError::NotFound)?;
     Ok((StatusCode::CREATED, Json(StepDone { id, state })))
 }
 
