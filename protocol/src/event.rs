@@ -60,7 +60,14 @@ impl fmt::Debug for DeviceId {
 }
 
 /// How urgently an event needs a human. Ordered: the first is the most urgent.
+/// Stored, served and taken by the names [`Lane::NAMES`] lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Lane {
     /// Someone may be hurt: SOS, fall, medical.
     LifeSafety,
@@ -88,6 +95,16 @@ impl Lane {
         Self::ALL.into_iter().find(|l| l.as_str() == s)
     }
 }
+
+/// Compared with a lane's stored name: `row.lane == "life_safety"`.
+impl PartialEq<&str> for Lane {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
+#[cfg(feature = "sqlx")]
+crate::stored_as_text!(Lane, "lane");
 
 /// What happened, independent of the protocol that said it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

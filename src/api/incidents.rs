@@ -24,8 +24,7 @@ pub struct ListQuery {
     /// Only incidents still needing someone (default true); ignored with `state`.
     open: Option<bool>,
     /// Only this lane.
-    #[param(schema_with = lane_schema)]
-    #[serde(default, deserialize_with = "lane_param")]
+    #[param(inline)]
     lane: Option<Lane>,
     /// Only incidents in exactly this state, open or not (`resolved`: help
     /// was given and an operator has still to close it). Overrides `open`.
@@ -34,22 +33,6 @@ pub struct ListQuery {
     /// At most this many (default 200).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
-}
-
-/// `?lane=` as the OpenAPI document has it: every lane's name, from [`Lane`].
-fn lane_schema() -> utoipa::openapi::schema::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(Lane::NAMES))
-        .build()
-}
-
-/// `?lane=` by a lane's name, nothing else.
-fn lane_param<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lane>, D::Error> {
-    let s = String::deserialize(d)?;
-    Lane::parse(&s)
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::unknown_variant(&s, &Lane::NAMES))
 }
 
 /// The queue: life-safety first, then technical; oldest first within each.

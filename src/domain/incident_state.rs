@@ -211,49 +211,10 @@ impl PartialEq<&str> for State {
     }
 }
 
-/// A state is stored as its name in a text column (feature `sqlx`, which
-/// the store turns on): read back through [`State::parse`], so a name this
-/// version does not know is an error where the row is read, not a string
-/// carried inward.
+// A state is stored as its name in a text column (feature `sqlx`, which
+// the store turns on): read back through `State::parse`.
 #[cfg(feature = "sqlx")]
-mod stored {
-    use super::State;
-    use sqlx::encode::IsNull;
-    use sqlx::error::BoxDynError;
-    use sqlx::{Database, Decode, Encode, Type};
-
-    impl<DB: Database> Type<DB> for State
-    where
-        str: Type<DB>,
-    {
-        fn type_info() -> DB::TypeInfo {
-            <str as Type<DB>>::type_info()
-        }
-
-        fn compatible(ty: &DB::TypeInfo) -> bool {
-            <str as Type<DB>>::compatible(ty)
-        }
-    }
-
-    impl<'r, DB: Database> Decode<'r, DB> for State
-    where
-        &'r str: Decode<'r, DB>,
-    {
-        fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
-            let name = <&str as Decode<DB>>::decode(value)?;
-            State::parse(name).ok_or_else(|| format!("unknown incident state {name:?}").into())
-        }
-    }
-
-    impl<'q, DB: Database> Encode<'q, DB> for State
-    where
-        &'static str: Encode<'q, DB>,
-    {
-        fn encode_by_ref(&self, buf: &mut DB::ArgumentBuffer) -> Result<IsNull, BoxDynError> {
-            <&str as Encode<DB>>::encode(self.as_str(), buf)
-        }
-    }
-}
+pingantong_protocol::stored_as_text!(State, "incident state");
 
 #[cfg(test)]
 mod tests {

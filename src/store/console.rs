@@ -17,7 +17,7 @@ pub struct QueueRow {
     pub opened_at: i64,
     pub last_press_at: i64,
     pub kind: String,
-    pub lane: String,
+    pub lane: pingantong_protocol::Lane,
     pub state: pingantong_domain::State,
     pub verified: bool,
     pub press_count: i64,

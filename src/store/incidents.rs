@@ -195,7 +195,7 @@ pub struct IncidentSummary {
     pub id: i64,
     pub opened_at: i64,
     pub kind: String,
-    pub lane: String,
+    pub lane: pingantong_protocol::Lane,
     pub state: pingantong_domain::State,
     pub verified: bool,
     pub client_id: Option<i64>,
