@@ -77,6 +77,13 @@ impl State {
         )
     }
 
+    /// Whether entering this state closes the incident (`closed_at`, from
+    /// which retention counts): every ending but *resolved*, which waits for
+    /// an operator's close.
+    pub fn closes(self) -> bool {
+        !self.is_open() && self != State::Resolved
+    }
+
     /// The dispatch states of the offers an incident entering this state takes
     /// back from their carers (`withdrawn`): none while it is open; an offer
     /// nobody answered as soon as it ends; a carer on the way (accepted, not

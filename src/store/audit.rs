@@ -140,7 +140,7 @@ where
     usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
 {
     async fn append_audit(&mut self, entry: &AuditEntry<'_>, at: i64) -> Result<i64, sqlx::Error> {
-        if <C::Database as sqlx::Database>::NAME == <sqlx::Postgres as sqlx::Database>::NAME {
+        if super::backend::is_postgres::<C::Database>() {
             sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
                 .execute(&mut *self)
                 .await?;

@@ -6,6 +6,22 @@
 //! `timers.rs` and ARCHITECTURE.md, "Backends"). sqlx has no trait for how
 //! many rows a statement touched: this is it, for the two backends.
 
+/// Whether the connection is PostgreSQL's: the few places where the SQL
+/// differs (a row or table lock SQLite's single writer does not need).
+pub(crate) fn is_postgres<DB: sqlx::Database>() -> bool {
+    DB::NAME == <sqlx::Postgres as sqlx::Database>::NAME
+}
+
+/// The clause that locks the rows a step reads against a concurrent step
+/// (PostgreSQL); SQLite's write transaction is alone already.
+pub(crate) fn row_lock<DB: sqlx::Database>() -> &'static str {
+    if is_postgres::<DB>() {
+        " FOR UPDATE"
+    } else {
+        ""
+    }
+}
+
 /// Rows a statement changed.
 pub(crate) trait Affected {
     fn affected(&self) -> u64;

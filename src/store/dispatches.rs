@@ -201,16 +201,6 @@ pub(crate) trait DispatchSql {
     async fn carer_row(&mut self, carer_id: i64) -> Result<Option<CarerRow>, sqlx::Error>;
 }
 
-/// PostgreSQL locks the rows a step reads against a concurrent step; SQLite's
-/// write transaction is alone already.
-fn row_lock<DB: sqlx::Database>() -> &'static str {
-    if DB::NAME == <sqlx::Postgres as sqlx::Database>::NAME {
-        " FOR UPDATE"
-    } else {
-        ""
-    }
-}
-
 impl<C> DispatchSql for C
 where
     C: sqlx::Connection + TxSql + AuditSql,
@@ -239,7 +229,7 @@ where
         detail: &str,
         now: i64,
     ) -> Result<(i64, bool), ReplyError> {
-        let lock = row_lock::<C::Database>();
+        let lock = super::backend::row_lock::<C::Database>();
         // The incident's row first, then the dispatch's: the order a step
         // that ends the incident (and withdraws its offers) takes them in.
         let incident_select = format!(
@@ -372,7 +362,7 @@ where
     ) -> Result<i64, OfferError> {
         // The incident's row is locked against a step that ends it meanwhile
         // (PostgreSQL; SQLite's write transaction is alone).
-        let lock = row_lock::<C::Database>();
+        let lock = super::backend::row_lock::<C::Database>();
         let select = format!("SELECT state FROM incidents WHERE id = $1{lock}");
         let mut tx = self.begin_with(sqlx::SqlStr::from_static(begin)).await?;
         let state: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(select))

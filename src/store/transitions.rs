@@ -106,12 +106,7 @@ where
     ) -> Result<State, TransitionError> {
         // PostgreSQL needs the row locked against a concurrent step; SQLite
         // has one write connection, so the transaction is already alone.
-        let lock =
-            if <C::Database as sqlx::Database>::NAME == <sqlx::Postgres as sqlx::Database>::NAME {
-                " FOR UPDATE"
-            } else {
-                ""
-            };
+        let lock = super::backend::row_lock::<C::Database>();
         let select = format!("SELECT state, claimed_by, lane FROM incidents WHERE id = $1{lock}");
         // As a `SqlStr` first: a future holding the `&'static str` itself is
         // not taken for `Send` (sqlx's trait is only for `'static`, and the
@@ -206,7 +201,7 @@ where
         .bind(t.actor)
         .bind(t.outcome)
         .bind(t.merged_into)
-        .bind(!to.is_open() && to != State::Resolved)
+        .bind(to.closes())
         .bind(t.incident_id)
         .execute(&mut *tx)
         .await?;

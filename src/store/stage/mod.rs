@@ -121,12 +121,6 @@ pub(crate) struct DistrictCandidate {
     candidate: CarerCandidate,
 }
 
-/// Whether moving to `state` closes the incident (`closed_at`): every
-/// ending but *resolved*, which waits for its close.
-fn closes(state: State) -> bool {
-    !state.is_open() && state != State::Resolved
-}
-
 fn id_list(ids: impl Iterator<Item = i64>) -> String {
     ids.map(|i| i.to_string()).collect::<Vec<_>>().join(",")
 }
@@ -272,7 +266,7 @@ where
             .bind(next.as_str())
             .bind(now)
             .bind(id)
-            .bind(closes(next))
+            .bind(next.closes())
             .execute(&mut *tx)
             .await?;
             // A job offered to a carer ends with it.
@@ -306,7 +300,7 @@ where
                     .push_bind(o.cancel_requested.then_some(now))
                     .push_bind(now)
                     .push_bind(n.advise)
-                    .push_bind(closes(o.state).then_some(now));
+                    .push_bind(o.state.closes().then_some(now));
             });
             q.push(" RETURNING id, opening_alarm_id");
             let rows: Vec<(i64, i64)> = q
