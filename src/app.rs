@@ -137,7 +137,7 @@ impl Application {
         };
         let addrs = ListenAddrs {
             http: local(&http, settings.http.addr)?,
-            native: at(ingest::native::PROTOCOL, Transport::Tcp),
+            native: at(pingantong_protocol::native::PROTOCOL, Transport::Tcp),
             gt06: at("gt06", Transport::Tcp),
             watch: at("watch", Transport::Tcp),
             h02: at("h02", Transport::Tcp),

@@ -12,6 +12,7 @@ use pingantong_protocol::Codec;
 use pingantong_protocol::eview::EviewCodec;
 use pingantong_protocol::gt06::Gt06Codec;
 use pingantong_protocol::h02::H02Codec;
+use pingantong_protocol::native::{self, NativeCodec};
 use pingantong_protocol::sia_dc09::{self, KeyLookup, SiaDc09Codec};
 use pingantong_protocol::watch::WatchCodec;
 use tokio::net::{TcpListener, UdpSocket};
@@ -19,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::directory::Directory;
+use crate::ingest::IngestContext;
 use crate::ingest::device::{self, CodecFactory};
-use crate::ingest::{self, IngestContext};
 
 const SIA_DC09: &str = "sia_dc09";
 
@@ -35,25 +36,15 @@ pub enum Transport {
     Tls,
 }
 
-/// What reads a listener's bytes.
-#[derive(Clone, Copy)]
-pub enum Reader {
-    /// The native pendant protocol (protocol/NATIVE.md): signed frames, its
-    /// own connection loop.
-    Native,
-    /// A third-party protocol: one codec per connection or datagram, made by
-    /// this function (which may consult the device directory, as DC-09's
-    /// account keys do).
-    Codec(fn(&Arc<Directory>) -> CodecFactory),
-}
-
 /// One row of the table.
 pub struct Row {
     pub protocol: &'static str,
     pub transport: Transport,
     /// Where the settings put it; `None`: not configured, not bound.
     pub addr: fn(&Settings) -> Option<SocketAddr>,
-    pub reader: Reader,
+    /// Makes its codecs, one per connection or datagram (given the device
+    /// directory, which DC-09's account keys are read from).
+    pub codecs: fn(&Arc<Directory>) -> CodecFactory,
 }
 
 fn codecs(f: fn() -> Box<dyn Codec>) -> CodecFactory {
@@ -77,58 +68,58 @@ fn dc09_codecs(directory: &Arc<Directory>) -> CodecFactory {
 /// Every device listener. A UDP row comes after its protocol's TCP row.
 pub const DEVICE_LISTENERS: &[Row] = &[
     Row {
-        protocol: ingest::native::PROTOCOL,
+        protocol: native::PROTOCOL,
         transport: Transport::Tcp,
         addr: |s| Some(s.devices.native_addr),
-        reader: Reader::Native,
+        codecs: |_| codecs(|| Box::new(NativeCodec)),
     },
     Row {
         protocol: "gt06",
         transport: Transport::Tcp,
         addr: |s| Some(s.devices.gt06_addr),
-        reader: Reader::Codec(|_| codecs(|| Box::new(Gt06Codec::with_system_clock()))),
+        codecs: |_| codecs(|| Box::new(Gt06Codec::with_system_clock())),
     },
     Row {
         protocol: "watch",
         transport: Transport::Tcp,
         addr: |s| Some(s.devices.watch_addr),
-        reader: Reader::Codec(|_| codecs(|| Box::new(WatchCodec::new()))),
+        codecs: |_| codecs(|| Box::new(WatchCodec::new())),
     },
     Row {
         protocol: "h02",
         transport: Transport::Tcp,
         addr: |s| Some(s.devices.h02_addr),
-        reader: Reader::Codec(|_| codecs(|| Box::new(H02Codec::new()))),
+        codecs: |_| codecs(|| Box::new(H02Codec::new())),
     },
     Row {
         protocol: "h02",
         transport: Transport::Udp,
         addr: |s| Some(s.devices.h02_addr),
-        reader: Reader::Codec(|_| codecs(|| Box::new(H02Codec::new()))),
+        codecs: |_| codecs(|| Box::new(H02Codec::new())),
     },
     Row {
         protocol: "eview",
         transport: Transport::Tcp,
         addr: |s| Some(s.devices.eview_addr),
-        reader: Reader::Codec(|_| codecs(|| Box::new(EviewCodec::new()))),
+        codecs: |_| codecs(|| Box::new(EviewCodec::new())),
     },
     Row {
         protocol: SIA_DC09,
         transport: Transport::Tcp,
         addr: |s| Some(s.devices.dc09_addr),
-        reader: Reader::Codec(dc09_codecs),
+        codecs: dc09_codecs,
     },
     Row {
         protocol: SIA_DC09,
         transport: Transport::Tls,
         addr: |s| s.devices.dc09_tls_addr,
-        reader: Reader::Codec(dc09_codecs),
+        codecs: dc09_codecs,
     },
     Row {
         protocol: SIA_DC09,
         transport: Transport::Udp,
         addr: |s| Some(s.devices.dc09_addr),
-        reader: Reader::Codec(dc09_codecs),
+        codecs: dc09_codecs,
     },
 ];
 
@@ -200,34 +191,23 @@ impl DeviceListeners {
         let mut tasks = Vec::with_capacity(self.0.len());
         for Bound { row, socket, .. } in self.0 {
             let (ctx, stop, protocol) = (Arc::clone(ctx), shutdown.clone(), row.protocol);
-            let task = match (row.reader, row.transport, socket) {
-                (Reader::Native, Transport::Tcp, Socket::Stream(l)) => {
-                    on_devices(on, l, protocol, move |l| {
-                        ingest::native::serve(l, ctx, stop)
-                    })
-                }
-                (Reader::Codec(make), Transport::Tcp, Socket::Stream(l)) => {
-                    let codecs = make(&ctx.directory);
-                    on_devices(on, l, protocol, move |l| {
-                        device::serve_tcp(l, protocol, codecs, ctx, stop)
-                    })
-                }
-                (Reader::Codec(make), Transport::Tls, Socket::Stream(l)) => {
+            let codecs = (row.codecs)(&ctx.directory);
+            let task = match (row.transport, socket) {
+                (Transport::Tcp, Socket::Stream(l)) => on_devices(on, l, protocol, move |l| {
+                    device::serve_tcp(l, protocol, codecs, ctx, stop)
+                }),
+                (Transport::Tls, Socket::Stream(l)) => {
                     // Settings refuse a TLS listener without a certificate.
                     let Some(tls) = tls.clone() else { continue };
-                    let codecs = make(&ctx.directory);
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                     on_devices(on, l, protocol, move |l| {
                         device::serve_tls(l, protocol, codecs, acceptor, ctx, stop)
                     })
                 }
-                (Reader::Codec(make), Transport::Udp, Socket::Datagram(s)) => {
-                    let codecs = make(&ctx.directory);
-                    on_devices(on, s, protocol, move |s| {
-                        device::serve_udp(s, protocol, codecs, ctx, stop)
-                    })
-                }
-                _ => unreachable!("{protocol}: a row whose reader cannot serve its transport"),
+                (Transport::Udp, Socket::Datagram(s)) => on_devices(on, s, protocol, move |s| {
+                    device::serve_udp(s, protocol, codecs, ctx, stop)
+                }),
+                _ => unreachable!("{protocol}: a row bound to the wrong kind of socket"),
             };
             tasks.push(task);
         }

@@ -58,6 +58,105 @@ pub enum ReplyPlan {
     /// and stores it when the database returns). Without one the device
     /// waits for `ok`, however long the database is away.
     AfterCommit { ok: Bytes, failed: Option<Bytes> },
+    /// The answer depends on what the server made of the frame — whether
+    /// its sender proved who it is, whether it was a copy, whether the
+    /// device's clock is off — and is signed with the device's key: the
+    /// server asks the protocol's [`Judge::answer`] for it once the frame is
+    /// committed (or cannot be). The native protocol's ACK and NAK.
+    Judged,
+}
+
+/// Whether the sender of an event proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStatus {
+    Verified,
+    /// The device is known but the frame's proof did not hold: its tag did
+    /// not match the device's secret, or its checksum failed (so the id it
+    /// names may be wrong).
+    BadTag,
+    /// No device is provisioned with this id for this protocol.
+    UnknownDevice,
+}
+
+impl AuthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthStatus::Verified => "verified",
+            AuthStatus::BadTag => "bad_tag",
+            AuthStatus::UnknownDevice => "unknown_device",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "verified" => AuthStatus::Verified,
+            "bad_tag" => AuthStatus::BadTag,
+            _ => AuthStatus::UnknownDevice,
+        }
+    }
+}
+
+/// What became of a frame's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Committed now (or, for a heartbeat, noted).
+    Stored,
+    /// Every record had been stored before: the device sent it again.
+    Duplicate,
+    /// Not stored: the device must send it again.
+    NotStored,
+}
+
+/// What the server made of a frame planned as [`ReplyPlan::Judged`].
+#[derive(Debug, Clone, Copy)]
+pub struct Judgement<'a> {
+    /// The frame's own counter.
+    pub serial: Option<u32>,
+    /// `None`: the sender could not be checked (the device directory was
+    /// unreachable as the server stopped).
+    pub auth: Option<AuthStatus>,
+    pub fate: Fate,
+    /// The device's clock is further from the server's than the server allows.
+    pub clock_skew: bool,
+    /// The key the device is provisioned with, when it is known: the answer
+    /// is signed with it.
+    pub key: Option<&'a [u8]>,
+    pub server_time_ms: u64,
+}
+
+/// How a protocol tells who sent a frame, and words its answer once the
+/// frame's fate is known. Stateless and shared by every connection of the
+/// protocol, unlike its [`Codec`]: the server checks one frame's sender
+/// while the codec already cuts the next.
+pub trait Judge: Sync {
+    /// Whether `frame` comes from the device it names, given the key that
+    /// device is provisioned with for this protocol (`None`: no device of
+    /// this protocol has that id). Only asked of frames that name a device.
+    fn authenticate(&self, frame: &Frame, key: Option<&[u8]>) -> AuthStatus;
+
+    /// The answer to a frame planned as [`ReplyPlan::Judged`]; `None`: silence.
+    fn answer(&self, judgement: &Judgement<'_>) -> Option<Bytes>;
+}
+
+/// The protocols whose frames carry no proof but the id they name (GT06,
+/// watches, H02, Eview, DC-09): a frame is its device's when that id is
+/// provisioned for the protocol and the frame's own check held.
+pub struct ById;
+
+impl Judge for ById {
+    fn authenticate(&self, frame: &Frame, key: Option<&[u8]>) -> AuthStatus {
+        match key {
+            // A frame whose own check failed may name the wrong device: its
+            // alarms reach an operator, never a carer by themselves.
+            _ if frame.integrity == Integrity::BadChecksum => AuthStatus::BadTag,
+            Some(_) => AuthStatus::Verified,
+            None => AuthStatus::UnknownDevice,
+        }
+    }
+
+    fn answer(&self, _: &Judgement<'_>) -> Option<Bytes> {
+        None
+    }
 }
 
 /// One frame cut from a stream and decoded as far as it goes.
@@ -112,4 +211,15 @@ pub trait Codec: Send {
     /// no whole frame yet (not an error; `buf` is left as it was). A frame is
     /// consumed exactly: bytes of the next frame stay in `buf`.
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FramingError>;
+
+    /// How this protocol's senders are checked and its judged answers worded.
+    fn judge(&self) -> &'static dyn Judge {
+        &ById
+    }
+
+    /// The low-cardinality reason a frame that was cut but not understood
+    /// (`parse_error` set) is counted under.
+    fn unparsed_reason(&self, _frame: &Frame) -> &'static str {
+        "unparsed"
+    }
 }

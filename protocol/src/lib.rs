@@ -11,7 +11,10 @@ pub mod native;
 pub mod sia_dc09;
 pub mod watch;
 
-pub use codec::{Codec, Frame, FramingError, Integrity, Observation, ReplyPlan};
+pub use codec::{
+    AuthStatus, ById, Codec, Fate, Frame, FramingError, Integrity, Judge, Judgement, Observation,
+    ReplyPlan,
+};
 pub use event::{AlarmEvent, DeviceId, DeviceIdError, EventKind, Lane, Location};
 
 /// An enum stored as its name in a text column (feature `sqlx`): encoded by

@@ -4,6 +4,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::codec::{AuthStatus, Fate, Frame, Integrity, Judge, Judgement, Observation, ReplyPlan};
 use crate::event::{AlarmEvent, DeviceId, DeviceIdError, EventKind, Location};
 
 pub const MAGIC: [u8; 2] = *b"PA";
@@ -407,6 +408,175 @@ fn need(b: &[u8], n: usize, what: &'static str) -> Result<(), ParseError> {
 fn take_u8(b: &mut &[u8], what: &'static str) -> Result<u8, ParseError> {
     need(b, 1, what)?;
     Ok(b.get_u8())
+}
+
+/// The native protocol as the server hears it: one [`Codec`](crate::Codec)
+/// per connection (it holds no state), judged by [`NativeJudge`].
+#[derive(Debug, Default)]
+pub struct NativeCodec;
+
+/// The protocol's name on listeners, stored rows and metrics.
+pub const PROTOCOL: &str = "native";
+
+impl crate::Codec for NativeCodec {
+    fn protocol(&self) -> &'static str {
+        PROTOCOL
+    }
+
+    fn max_frame_len(&self) -> usize {
+        MAX_FRAME_LEN
+    }
+
+    /// An EVENT frame becomes one observation, answered once stored
+    /// ([`ReplyPlan::Judged`]); a whole frame that does not parse is
+    /// answered with a NAK at once, and the stream carries on; a header that
+    /// cannot be framed ends the connection after a NAK.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, crate::FramingError> {
+        let raw = match split_frame(buf) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                return Err(crate::FramingError {
+                    reason: "framing",
+                    detail: e.to_string(),
+                    reply: Some(unsigned_nak(0, NakReason::Malformed)),
+                });
+            }
+        };
+        Ok(Some(match EventFrame::parse(&raw) {
+            Ok(f) => event_frame(raw.bytes, f.event),
+            Err(e) => {
+                let reason = match e {
+                    ParseError::UnsupportedVersion(_) => NakReason::UnsupportedVersion,
+                    _ => NakReason::Malformed,
+                };
+                Frame {
+                    raw: raw.bytes,
+                    integrity: Integrity::Intact,
+                    device: None,
+                    serial: None,
+                    observations: Vec::new(),
+                    summary: "unparsed".into(),
+                    parse_error: Some(e.to_string()),
+                    reply: ReplyPlan::AfterCommit {
+                        ok: unsigned_nak(0, reason),
+                        failed: None,
+                    },
+                    event_key: None,
+                }
+            }
+        }))
+    }
+
+    fn judge(&self) -> &'static dyn Judge {
+        &NativeJudge
+    }
+
+    fn unparsed_reason(&self, frame: &Frame) -> &'static str {
+        // Parsed again on this rare path rather than carried on every frame.
+        let Ok(Some(raw)) = split_frame(&mut BytesMut::from(&frame.raw[..])) else {
+            return "malformed";
+        };
+        match EventFrame::parse(&raw) {
+            Err(ParseError::UnsupportedVersion(_)) => "unsupported_version",
+            Err(ParseError::UnexpectedType(_)) => "unexpected_type",
+            Err(ParseError::DeviceId(_)) => "bad_device_id",
+            _ => "malformed",
+        }
+    }
+}
+
+/// A parsed EVENT as the server keeps it. A retry repeats the frame's bytes
+/// (tag included), so the raw bytes are the event: no separate event key.
+fn event_frame(raw: bytes::Bytes, event: AlarmEvent) -> Frame {
+    Frame {
+        raw,
+        integrity: Integrity::Intact,
+        summary: event.kind.name(),
+        device: Some(event.device),
+        serial: Some(event.seq),
+        observations: vec![Observation {
+            kind: event.kind,
+            device_time_ms: event.device_time_ms,
+            battery_pct: event.battery_pct,
+            location: event.location,
+            signal: None,
+            code: format!("native kind 0x{:02x}", kind_code(event.kind)),
+        }],
+        parse_error: None,
+        reply: ReplyPlan::Judged,
+        event_key: None,
+    }
+}
+
+/// Checks a frame's HMAC tag against the device's secret and signs the
+/// answer with it (protocol/NATIVE.md).
+pub struct NativeJudge;
+
+impl Judge for NativeJudge {
+    fn authenticate(&self, frame: &Frame, key: Option<&[u8]>) -> AuthStatus {
+        let Some(secret) = key else {
+            return AuthStatus::UnknownDevice;
+        };
+        let Some(signed_len) = frame.raw.len().checked_sub(TAG_LEN) else {
+            return AuthStatus::BadTag;
+        };
+        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+        mac.update(&frame.raw[..signed_len]);
+        match mac.verify_truncated_left(&frame.raw[signed_len..]) {
+            Ok(()) => AuthStatus::Verified,
+            Err(_) => AuthStatus::BadTag,
+        }
+    }
+
+    /// An ACK only to a verified device's stored event; otherwise a NAK that
+    /// says why. An unknown device's answer cannot be signed; a known one's
+    /// always is.
+    fn answer(&self, j: &Judgement<'_>) -> Option<bytes::Bytes> {
+        let seq = j.serial.unwrap_or(0);
+        let server_time_ms = j.server_time_ms;
+        let nak = |reason| Reply::Nak {
+            seq,
+            reason,
+            server_time_ms,
+        };
+        let reply = match (j.fate, j.auth) {
+            (Fate::NotStored, _) | (_, None) => nak(NakReason::Unavailable),
+            (_, Some(AuthStatus::BadTag)) => nak(NakReason::BadTag),
+            (_, Some(AuthStatus::UnknownDevice)) => nak(NakReason::UnknownDevice),
+            (fate, Some(AuthStatus::Verified)) => {
+                let mut status = 0;
+                if fate == Fate::Duplicate {
+                    status |= ACK_DUPLICATE;
+                }
+                if j.clock_skew {
+                    status |= ACK_CLOCK_SKEW;
+                }
+                Reply::Ack {
+                    seq,
+                    status,
+                    server_time_ms,
+                }
+            }
+        };
+        let mut out = BytesMut::with_capacity(HEADER_LEN + 4 + 1 + 8 + TAG_LEN);
+        reply.encode(j.key, &mut out);
+        Some(out.freeze())
+    }
+}
+
+fn unsigned_nak(seq: u32, reason: NakReason) -> bytes::Bytes {
+    let server_time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut out = BytesMut::new();
+    Reply::Nak {
+        seq,
+        reason,
+        server_time_ms,
+    }
+    .encode(None, &mut out);
+    out.freeze()
 }
 
 #[cfg(test)]

@@ -12,33 +12,7 @@ use crate::vault::{Field, VaultError};
 /// statement per size): the sizes a writer sees most.
 const CACHED_BATCH: usize = 8;
 
-/// Whether the sender of an event proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthStatus {
-    Verified,
-    /// The device is known but the frame's tag did not match its secret.
-    BadTag,
-    /// No provisioned device has this id.
-    UnknownDevice,
-}
-
-impl AuthStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthStatus::Verified => "verified",
-            AuthStatus::BadTag => "bad_tag",
-            AuthStatus::UnknownDevice => "unknown_device",
-        }
-    }
-
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "verified" => AuthStatus::Verified,
-            "bad_tag" => AuthStatus::BadTag,
-            _ => AuthStatus::UnknownDevice,
-        }
-    }
-}
+pub use pingantong_protocol::AuthStatus;
 
 /// One received event, ready to be stored.
 #[derive(Debug, Clone)]

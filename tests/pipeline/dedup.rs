@@ -12,7 +12,9 @@ use pingantong::ingest::device::dedup_of;
 use pingantong::rules::Rules;
 use pingantong::store::{AlarmRecord, AuthStatus, CommitOutcome, Db};
 use pingantong_protocol::sia_dc09::{self, KeyLookup, Payload};
-use pingantong_protocol::{Codec, DeviceId, EventKind, Frame, Location, eview, gt06, h02, watch};
+use pingantong_protocol::{
+    AlarmEvent, Codec, DeviceId, EventKind, Frame, Location, eview, gt06, h02, native, watch,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
@@ -26,8 +28,7 @@ const TIMED_MS: i64 = 86_400_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Proto {
-    /// Ping An Tong's own pendant protocol (over the wire only: its key is the
-    /// frame's tag, `ingest::native`).
+    /// Ping An Tong's own pendant protocol: signed frames.
     Native,
     Gt06,
     Watch,
@@ -127,7 +128,19 @@ fn frame_of(proto: Proto, device: &str, s: &Sent) -> Frame {
     let kind = kinds[usize::from(s.content)];
     let at = s.at;
     let (mut codec, wire): (Box<dyn Codec>, Vec<bytes::Bytes>) = match proto {
-        Proto::Native => unreachable!("native frames are keyed by their tag (over the wire)"),
+        Proto::Native => {
+            let event = AlarmEvent {
+                device: DeviceId::parse(device).unwrap(),
+                seq: u32::from(s.counter),
+                kind,
+                device_time_ms: Some(s.event_at as u64),
+                battery_pct: Some(80),
+                location: Some(location(s.content)),
+            };
+            let mut frame = bytes::BytesMut::new();
+            native::encode_event(&event, KEY, &mut frame);
+            (Box::new(native::NativeCodec), vec![frame.freeze()])
+        }
         Proto::Mqtt => unreachable!("MQTT events are not frames (see `records`)"),
         Proto::Gt06 => {
             let mut codec = gt06::Gt06Codec::new(Arc::new(move || at));
@@ -403,6 +416,7 @@ fn every_protocol(backend: Backend) {
     let (db, _dir) = rt.block_on(connect(backend));
     let rules = Rules::default();
     for proto in [
+        Proto::Native,
         Proto::Gt06,
         Proto::Watch,
         Proto::H02,

@@ -217,6 +217,174 @@ fn unsigned_nak_has_zero_tag() {
     );
 }
 
+/// The server's side: what the codec makes of a frame and how it is judged.
+mod as_the_server_hears_it {
+    use super::*;
+    use crate::Codec;
+
+    fn judgement(auth: Option<AuthStatus>, fate: Fate, key: Option<&[u8]>) -> Judgement<'_> {
+        Judgement {
+            serial: Some(7),
+            auth,
+            fate,
+            clock_skew: false,
+            key,
+            server_time_ms: 1_764_000_000_500,
+        }
+    }
+
+    fn reply_of(bytes: &[u8], secret: &[u8]) -> (Reply, bool) {
+        let raw = split_frame(&mut BytesMut::from(bytes)).unwrap().unwrap();
+        Reply::parse(&raw, secret).unwrap()
+    }
+
+    #[test]
+    fn an_event_is_one_observation_answered_once_judged() {
+        let mut wire = BytesMut::new();
+        encode_event(&sos_with_location(), SECRET, &mut wire);
+        let whole = wire.clone();
+        let mut codec = NativeCodec;
+        let mut half = wire.split_to(10);
+        assert_eq!(codec.decode(&mut half).unwrap(), None, "half a frame waits");
+        half.unsplit(wire);
+        let frame = codec.decode(&mut half).unwrap().unwrap();
+        assert!(half.is_empty());
+        assert_eq!(frame.raw, whole.freeze());
+        assert_eq!(frame.device.as_ref().map(|d| d.as_str()), Some("PA0001"));
+        assert_eq!(frame.serial, Some(7));
+        assert_eq!(frame.reply, ReplyPlan::Judged);
+        assert_eq!(frame.parse_error, None);
+        let [o] = &frame.observations[..] else {
+            panic!("one observation: {:?}", frame.observations);
+        };
+        assert_eq!(o.kind, EventKind::Sos);
+        assert_eq!(o.device_time_ms, Some(1_764_000_000_000));
+        assert_eq!(o.battery_pct, Some(85));
+        assert_eq!(o.location.unwrap().accuracy_m, Some(12));
+    }
+
+    #[test]
+    fn the_tag_decides_who_sent_it() {
+        let mut wire = BytesMut::new();
+        encode_event(&sos_with_location(), SECRET, &mut wire);
+        let frame = NativeCodec.decode(&mut wire).unwrap().unwrap();
+        let judge = NativeCodec.judge();
+        assert_eq!(
+            judge.authenticate(&frame, Some(SECRET)),
+            AuthStatus::Verified
+        );
+        assert_eq!(
+            judge.authenticate(&frame, Some(b"another")),
+            AuthStatus::BadTag
+        );
+        assert_eq!(judge.authenticate(&frame, None), AuthStatus::UnknownDevice);
+    }
+
+    #[test]
+    fn answers_say_what_became_of_the_frame() {
+        let judge = NativeCodec.judge();
+        let answer = |j: Judgement<'_>| judge.answer(&j).unwrap();
+        let verified = Some(AuthStatus::Verified);
+        let (ack, authentic) = reply_of(
+            &answer(judgement(verified, Fate::Stored, Some(SECRET))),
+            SECRET,
+        );
+        assert!(authentic, "a known device's answer is signed");
+        assert_eq!(
+            ack,
+            Reply::Ack {
+                seq: 7,
+                status: 0,
+                server_time_ms: 1_764_000_000_500
+            }
+        );
+        let mut j = judgement(verified, Fate::Duplicate, Some(SECRET));
+        j.clock_skew = true;
+        let (ack, _) = reply_of(&answer(j), SECRET);
+        assert_eq!(
+            ack,
+            Reply::Ack {
+                seq: 7,
+                status: ACK_DUPLICATE | ACK_CLOCK_SKEW,
+                server_time_ms: 1_764_000_000_500
+            }
+        );
+        let nak = |auth, fate, key| match reply_of(&answer(judgement(auth, fate, key)), SECRET) {
+            (Reply::Nak { reason, .. }, authentic) => (reason, authentic),
+            other => panic!("a NAK expected: {other:?}"),
+        };
+        assert_eq!(
+            nak(verified, Fate::NotStored, Some(SECRET)),
+            (NakReason::Unavailable, true)
+        );
+        assert_eq!(
+            nak(None, Fate::Stored, None),
+            (NakReason::Unavailable, false)
+        );
+        assert_eq!(
+            nak(Some(AuthStatus::BadTag), Fate::Stored, Some(SECRET)),
+            (NakReason::BadTag, true)
+        );
+        assert_eq!(
+            nak(Some(AuthStatus::UnknownDevice), Fate::Stored, None),
+            (NakReason::UnknownDevice, false)
+        );
+    }
+
+    #[test]
+    fn a_frame_that_does_not_parse_is_refused_and_the_stream_goes_on() {
+        let mut wire = BytesMut::new();
+        encode_event(&sos_with_location(), SECRET, &mut wire);
+        wire[2] = 9; // a version this server does not speak
+        let mut next = BytesMut::new();
+        encode_event(&sos_with_location(), SECRET, &mut next);
+        wire.unsplit(next);
+        let mut codec = NativeCodec;
+        let bad = codec.decode(&mut wire).unwrap().unwrap();
+        assert!(
+            bad.parse_error.as_deref().unwrap().contains("version 9"),
+            "{bad:?}"
+        );
+        assert!(bad.observations.is_empty() && bad.device.is_none());
+        assert_eq!(codec.unparsed_reason(&bad), "unsupported_version");
+        let ReplyPlan::AfterCommit { ok, failed: None } = &bad.reply else {
+            panic!("answered at once: {:?}", bad.reply);
+        };
+        let (reply, _) = reply_of(ok, SECRET);
+        assert!(
+            matches!(
+                reply,
+                Reply::Nak {
+                    seq: 0,
+                    reason: NakReason::UnsupportedVersion,
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
+        let good = codec.decode(&mut wire).unwrap().unwrap();
+        assert_eq!(good.parse_error, None);
+    }
+
+    #[test]
+    fn a_stream_that_cannot_be_framed_is_answered_then_closed() {
+        let mut wire = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+        let e = NativeCodec.decode(&mut wire).unwrap_err();
+        assert_eq!(e.reason, "framing");
+        let (reply, _) = reply_of(&e.reply.unwrap(), SECRET);
+        assert!(
+            matches!(
+                reply,
+                Reply::Nak {
+                    reason: NakReason::Malformed,
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
+    }
+}
+
 fn arb_kind() -> impl Strategy<Value = EventKind> {
     any::<u8>().prop_map(kind_from_code)
 }

@@ -22,7 +22,7 @@ fn one(codec: &mut SiaDc09Codec, bytes: &[u8]) -> (Frame, BytesMut) {
 fn reply_ok(frame: &Frame) -> &[u8] {
     match &frame.reply {
         ReplyPlan::AfterCommit { ok, .. } => ok,
-        ReplyPlan::None => panic!("no reply for {}", frame.summary),
+        other => panic!("no fixed reply for {}: {other:?}", frame.summary),
     }
 }
 

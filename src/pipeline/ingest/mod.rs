@@ -5,7 +5,6 @@
 pub mod adapters;
 pub mod device;
 pub mod mqtt;
-pub mod native;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,52 +64,6 @@ pub(crate) fn retry_window(timed: bool) -> i64 {
         TIMED_WINDOW_MS
     } else {
         RETRY_WINDOW_MS
-    }
-}
-
-/// What waiting for more bytes on a device connection brought.
-pub(crate) enum Read {
-    More,
-    /// The connection ends, for this reason; nothing is owed.
-    Closed(&'static str),
-    /// The connection ends with a frame begun and not finished: keep the bytes.
-    Incomplete {
-        reason: &'static str,
-        detail: &'static str,
-    },
-}
-
-/// Read more bytes under the connection limits: an idle connection may stay
-/// silent for `idle_timeout`, a frame begun must be finished within `frame_timeout`.
-pub(crate) async fn read_more<R: tokio::io::AsyncRead + Unpin>(
-    stream: &mut R,
-    buf: &mut bytes::BytesMut,
-    limits: &ConnectionLimits,
-    shutdown: &CancellationToken,
-) -> Read {
-    use tokio::io::AsyncReadExt;
-    let limit = if buf.is_empty() {
-        limits.idle_timeout
-    } else {
-        limits.frame_timeout
-    };
-    let read = tokio::select! {
-        _ = shutdown.cancelled() => return Read::Closed("shutdown"),
-        r = tokio::time::timeout(limit, stream.read_buf(buf)) => r,
-    };
-    match read {
-        Err(_) if buf.is_empty() => Read::Closed("idle_timeout"),
-        Err(_) => Read::Incomplete {
-            reason: "frame_timeout",
-            detail: "frame not completed in time",
-        },
-        Ok(Ok(0)) if buf.is_empty() => Read::Closed("closed_by_peer"),
-        Ok(Ok(0)) => Read::Incomplete {
-            reason: "closed_mid_frame",
-            detail: "peer closed mid-frame",
-        },
-        Ok(Ok(_)) => Read::More,
-        Ok(Err(_)) => Read::Closed("read_failed"),
     }
 }
 
