@@ -16,6 +16,7 @@ mod alarms;
 pub mod audit;
 mod backend;
 mod checkpoint;
+mod cluster;
 mod console;
 mod data_keys;
 mod dispatches;
@@ -55,6 +56,7 @@ use sqlx::sqlite::{
 pub use alarm_log::{AlarmLogQuery, AlarmLogRow};
 pub use alarms::{AlarmRecord, AuthStatus, CommitOutcome, UnprocessedAlarm};
 pub use audit::{AuditEntry, AuditRecord, AuditReport, ChainBreak, ChainFault};
+pub use cluster::{HeardRow, ServerRow, may_take};
 pub use console::{CarerJob, DeviceStatus, DispatchRow, QueueFilter, QueueRow, TimelineEntry};
 pub use data_keys::{ACTIVATE_AFTER_MS, DataKeyRow, KeysHeld, ResealReport};
 pub use dispatches::{CarerAnswer, OfferError, ReplyError};
@@ -110,6 +112,16 @@ pub enum StoreError {
     CommitFailed(String),
     #[error("encryption at rest: {0}")]
     Vault(#[from] VaultError),
+    #[error(
+        "instance id {instance:?} is held by another running server (its lease runs until \
+         {until_ms} ms since the epoch): give each server its own instance_id"
+    )]
+    InstanceTaken { instance: String, until_ms: i64 },
+    #[error(
+        "the database is a read-only replica: point the server at the primary (with several \
+         hosts, add target_session_attrs=read-write to the URL)"
+    )]
+    Replica,
 }
 
 impl StoreError {
@@ -270,6 +282,14 @@ impl Db {
                 })
                 .connect_with(opts)
                 .await?;
+            // A replica takes no writes: refused here with the reason, not
+            // by the first migration with a read-only error.
+            let (replica,): (bool,) = sqlx::query_as("SELECT pg_is_in_recovery()")
+                .fetch_one(&pool)
+                .await?;
+            if replica {
+                return Err(StoreError::Replica);
+            }
             POSTGRES_MIGRATIONS.run(&pool).await?;
             Db::Postgres(pool, Arc::default())
         } else {

@@ -34,6 +34,7 @@ macro_rules! both_backends {
 pub(crate) use both_backends;
 
 mod alarms;
+mod cluster;
 mod console;
 mod dispatch;
 mod incidents;

@@ -1,0 +1,21 @@
+-- The servers sharing this database. Each holds a lease on its instance id,
+-- renewed every few seconds: past `lease_until` (and after a clean stop,
+-- `stopped_at`) it is taken for gone, and its share of the work passes to
+-- the others. A second server started with a live instance id is refused:
+-- two processes answering as one would split a device's reports and an
+-- MQTT session between them.
+CREATE TABLE servers (
+    instance_id  TEXT    PRIMARY KEY,
+    -- This run of the server (random per start): a restart takes its own
+    -- instance id back at once, a second process cannot.
+    boot_id      TEXT    NOT NULL,
+    version      TEXT    NOT NULL,
+    started_at   BIGINT  NOT NULL,
+    renewed_at   BIGINT  NOT NULL,
+    lease_until  BIGINT  NOT NULL,
+    stopped_at   BIGINT
+);
+
+-- Reports heard by any server since a moment: each server follows the
+-- devices the others hear, so a server's death leaves none unwatched.
+CREATE INDEX device_presence_heard ON device_presence (heard_at);
