@@ -50,12 +50,8 @@ fn main() {
     let t = Instant::now();
     for (n, id) in ids.iter().enumerate() {
         // Spread over the first 30 s, as a city's devices are.
-        w.seen(
-            id,
-            "native",
-            (n as i64 * 30_000) / DEVICES as i64,
-            &Every30s,
-        );
+        let at = (n as i64 * 30_000) / DEVICES as i64;
+        w.seen(id, "native", at, at, &Every30s);
     }
     let first = t.elapsed();
     w.take_new();
@@ -80,7 +76,7 @@ fn main() {
         // The devices whose 30 s slot falls in this second.
         let slot = (second % 30) as usize;
         for id in &ids[(slot * DEVICES / 30)..((slot + 1) * DEVICES / 30)] {
-            w.seen(id, "native", now, &Every30s);
+            w.seen(id, "native", now, now, &Every30s);
             reports += 1;
         }
         report_time += t.elapsed();

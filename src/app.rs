@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::gate::{Gate, GateConfig};
 use crate::broker::{self, BrokerError};
+use crate::cluster::Membership;
 use crate::config::{ConfigError, Settings};
 use crate::directory::Directory;
 use crate::dispatch::{Dispatcher, MqttEndpoint};
@@ -33,6 +34,8 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::JoinError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -72,6 +75,8 @@ pub struct ListenAddrs {
 pub struct Application {
     settings: Settings,
     db: Db,
+    /// This server's lease among the servers sharing the database.
+    cluster: Arc<Membership>,
     http: TcpListener,
     devices: DeviceListeners,
     addrs: ListenAddrs,
@@ -127,6 +132,14 @@ impl Application {
             .store_config(settings.database.max_connections)
             .map_err(|e| AppError::DataKey(e.to_string()))?;
         let db = Db::connect(&store).await?;
+        // Before any port is bound: a second server with a running one's
+        // instance id stops here, saying so.
+        let cluster = Membership::join(
+            &db,
+            &settings.instance_id,
+            Duration::from_millis(settings.stages.server_lease_ms),
+        )
+        .await?;
         let http = bind_tcp(settings.http.addr).await?;
         let devices = DeviceListeners::bind(&settings).await?;
         // Every row of the table but DC-09 over TLS is always configured.
@@ -220,6 +233,7 @@ impl Application {
             None => None,
         };
         Ok(Self {
+            cluster,
             clock: Arc::new(crate::store::now_ms),
             rules,
             notice_channels,
@@ -370,10 +384,15 @@ impl Application {
             inner.clone(),
         );
         stages.add(Phase::Behind, "directory_refresher", refresher);
+        // Renewed until the stages behind the writer stop; then the others
+        // take over this server's share at once.
+        let membership = Arc::clone(&self.cluster).spawn(self.db.clone(), inner.clone());
+        stages.add(Phase::Behind, "cluster_lease", membership);
         let supervision = Supervision::new(
             s.heartbeats(),
             Arc::clone(&directory),
             Arc::clone(&self.clock),
+            Arc::clone(&self.cluster),
         );
         // Before the first report is committed, so no device is watched twice.
         if let Err(e) = supervision.restore(&self.db).await {
@@ -532,6 +551,7 @@ impl Application {
                     key: self.credential_key.clone(),
                     sessions,
                 },
+                cluster: Arc::clone(&self.cluster),
             },
             shutdown.clone(),
         ));

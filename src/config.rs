@@ -223,6 +223,9 @@ pub struct StageSettings {
     pub claim_reminder_secs: u64,
     /// An offer no carer accepted in this time goes to the next carer.
     pub offer_timeout_secs: u64,
+    /// A server that has not renewed its lease for this long is taken for
+    /// gone by the others, which take up its share of the work.
+    pub server_lease_ms: u64,
 }
 
 impl Default for StageSettings {
@@ -233,6 +236,7 @@ impl Default for StageSettings {
             claim_alert_secs: 60,
             claim_reminder_secs: 60,
             offer_timeout_secs: 90,
+            server_lease_ms: 10_000,
         }
     }
 }
@@ -424,6 +428,20 @@ impl Settings {
             return invalid(
                 "stages.claim_alert_secs/claim_reminder_secs/offer_timeout_secs",
                 "must be at least 1",
+            );
+        }
+        if !(1_000..=600_000).contains(&self.stages.server_lease_ms) {
+            return invalid("stages.server_lease_ms", "must be between 1000 and 600000");
+        }
+        if self.instance_id.is_empty()
+            || !self
+                .instance_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return invalid(
+                "instance_id",
+                "must be letters, digits, '-', '_' or '.', and unique per server",
             );
         }
         if self.notify.max_attempts == 0

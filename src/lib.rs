@@ -17,8 +17,8 @@ pub mod stages;
 pub use pingantong_api as api;
 pub use pingantong_domain::{self as domain, rules};
 pub use pingantong_pipeline::{
-    anchor, broker, directory, dispatch, housekeeping, incident, ingest, mqtt, notify, open_files,
-    routing, supervision,
+    anchor, broker, cluster, directory, dispatch, housekeeping, incident, ingest, mqtt, notify,
+    open_files, routing, supervision,
 };
 pub use pingantong_sla as sla;
 pub use pingantong_store::{self as store, secret, vault};

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod mqtt_credentials;
 mod registry;
 mod reports;
+mod servers;
 mod wellbeing;
 
 use std::sync::{Arc, OnceLock};
@@ -68,6 +69,8 @@ pub struct ApiContext {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Issues and revokes MQTT credentials.
     pub mqtt_credentials: mqtt_credentials::MqttCredentials,
+    /// This server's lease among those sharing the database.
+    pub cluster: Arc<pingantong_pipeline::cluster::Membership>,
 }
 
 #[derive(Clone)]
@@ -88,6 +91,7 @@ struct HealthState {
     db: Db,
     mqtt: MqttStatus,
     store: Arc<WriterStats>,
+    cluster: Arc<pingantong_pipeline::cluster::Membership>,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -155,6 +159,7 @@ pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
             db: ctx.db.clone(),
             mqtt: ctx.mqtt,
             store: Arc::clone(&ctx.store),
+            cluster: Arc::clone(&ctx.cluster),
             metrics: metrics(),
         });
     let console = OpenApiRouter::new()
@@ -203,6 +208,7 @@ pub fn routes(ctx: ApiContext) -> (Router, utoipa::openapi::OpenApi) {
         .merge(health)
         .merge(auth::router(ctx.db.clone(), ctx.auth))
         .merge(audit::router(ctx.db.clone()))
+        .merge(servers::router(ctx.db.clone(), Arc::clone(&ctx.cluster)))
         .merge(accounts::router(ctx.db.clone()))
         .merge(mqtt_credentials::router(ctx.mqtt_credentials))
         .merge(reports::router(ctx.db, ctx.sla))
@@ -260,14 +266,15 @@ async fn healthz() -> &'static str {
 /// asking must hear "down" within a second, not after the pool's time-out.
 const PROBE_WITHIN: std::time::Duration = std::time::Duration::from_millis(700);
 
-/// Ready when the database takes commits and answers, and the broker is
-/// connected; the body says which part is down (a server without MQTT still
-/// takes TCP alarms) and how many records wait for the database.
+/// Ready when the database takes commits and answers, the broker is
+/// connected and this server holds its lease (no other process runs as it);
+/// the body says which part is down (a server without MQTT still takes TCP
+/// alarms), how many records wait for the database, and the live servers.
 #[utoipa::path(
     get, path = "/readyz", tag = "health",
     responses(
-        (status = 200, description = "`{database, mqtt, held}`", body = Object),
-        (status = 503, description = "`{database, mqtt, held}` saying which is down", body = Object),
+        (status = 200, description = "`{database, mqtt, lease, held, servers}`", body = Object),
+        (status = 503, description = "`{database, mqtt, lease, held, servers}` saying which is down", body = Object),
     )
 )]
 async fn ready(State(s): State<HealthState>) -> impl IntoResponse {
@@ -278,7 +285,8 @@ async fn ready(State(s): State<HealthState>) -> impl IntoResponse {
             .await
             .is_ok_and(|r| r.is_ok());
     let mqtt_ok = s.mqtt.is_up();
-    let status = if db_ok && mqtt_ok {
+    let lease_ok = s.cluster.holds_lease();
+    let status = if db_ok && mqtt_ok && lease_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -286,7 +294,9 @@ async fn ready(State(s): State<HealthState>) -> impl IntoResponse {
     let body = serde_json::json!({
         "database": if db_ok { "ok" } else { "down" },
         "mqtt": if mqtt_ok { "up" } else { "down" },
+        "lease": if lease_ok { "held" } else { "lost" },
         "held": s.store.held(),
+        "servers": &*s.cluster.live(),
     });
     (status, Json(body))
 }

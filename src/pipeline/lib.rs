@@ -13,6 +13,7 @@
 
 pub mod anchor;
 pub mod broker;
+pub mod cluster;
 pub mod directory;
 pub mod dispatch;
 pub mod housekeeping;

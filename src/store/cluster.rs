@@ -20,6 +20,9 @@ pub struct ServerRow {
     #[serde(skip)]
     pub boot_id: String,
     pub version: String,
+    /// The host it runs on and its process id there.
+    pub host: String,
+    pub pid: i64,
     pub started_at: i64,
     pub renewed_at: i64,
     pub lease_until: i64,
@@ -46,6 +49,9 @@ pub(crate) trait ClusterSql {
     /// Take the instance id for this boot, unless another boot holds a live
     /// lease on it: one atomic upsert. Returns whether it was taken.
     async fn take_instance(&mut self, row: &ServerRow) -> Result<bool, sqlx::Error>;
+    /// Take the instance id from `holder`, if it has not renewed since it was read.
+    async fn take_over(&mut self, row: &ServerRow, holder: &ServerRow)
+    -> Result<bool, sqlx::Error>;
     async fn renew_instance(
         &mut self,
         instance: &str,
@@ -84,10 +90,11 @@ where
 {
     async fn take_instance(&mut self, row: &ServerRow) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "INSERT INTO servers (instance_id, boot_id, version, started_at, renewed_at, \
-             lease_until, stopped_at) VALUES ($1, $2, $3, $4, $4, $5, NULL) \
+            "INSERT INTO servers (instance_id, boot_id, version, host, pid, started_at, \
+             renewed_at, lease_until, stopped_at) VALUES ($1, $2, $3, $6, $7, $4, $4, $5, NULL) \
              ON CONFLICT (instance_id) DO UPDATE SET boot_id = excluded.boot_id, \
-             version = excluded.version, started_at = excluded.started_at, \
+             version = excluded.version, host = excluded.host, pid = excluded.pid, \
+             started_at = excluded.started_at, \
              renewed_at = excluded.renewed_at, lease_until = excluded.lease_until, \
              stopped_at = NULL \
              WHERE servers.boot_id = excluded.boot_id OR servers.stopped_at IS NOT NULL \
@@ -98,6 +105,32 @@ where
         .bind(row.version.as_str())
         .bind(row.started_at)
         .bind(row.lease_until)
+        .bind(row.host.as_str())
+        .bind(row.pid)
+        .execute(self)
+        .await?;
+        Ok(done.affected() == 1)
+    }
+
+    async fn take_over(
+        &mut self,
+        row: &ServerRow,
+        holder: &ServerRow,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE servers SET boot_id = $1, version = $2, host = $3, pid = $4, \
+             started_at = $5, renewed_at = $5, lease_until = $6, stopped_at = NULL \
+             WHERE instance_id = $7 AND boot_id = $8 AND renewed_at = $9",
+        )
+        .bind(row.boot_id.as_str())
+        .bind(row.version.as_str())
+        .bind(row.host.as_str())
+        .bind(row.pid)
+        .bind(row.started_at)
+        .bind(row.lease_until)
+        .bind(row.instance_id.as_str())
+        .bind(holder.boot_id.as_str())
+        .bind(holder.renewed_at)
         .execute(self)
         .await?;
         Ok(done.affected() == 1)
@@ -143,8 +176,8 @@ where
 
     async fn all_servers(&mut self) -> Result<Vec<ServerRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT instance_id, boot_id, version, started_at, renewed_at, lease_until, \
-             stopped_at FROM servers ORDER BY instance_id",
+            "SELECT instance_id, boot_id, version, host, pid, started_at, renewed_at, \
+             lease_until, stopped_at FROM servers ORDER BY instance_id",
         )
         .fetch_all(self)
         .await
@@ -219,41 +252,30 @@ pub fn may_take(row: Option<&ServerRow>, boot: &str, now: i64) -> bool {
 // Each backend's pool, chosen by a match: the statements above are the same
 // for both. Reads go to the read pool, writes to the write pool.
 impl Db {
-    /// Join the cluster as `instance` for this boot, with a lease of
-    /// `lease_ms`. Refused while another running server holds the id.
-    pub async fn join_cluster(
-        &self,
-        instance: &str,
-        boot: &str,
-        version: &str,
-        lease_ms: i64,
-    ) -> Result<(), StoreError> {
-        let now = now_ms();
-        let row = ServerRow {
-            instance_id: instance.to_owned(),
-            boot_id: boot.to_owned(),
-            version: version.to_owned(),
-            started_at: now,
-            renewed_at: now,
-            lease_until: now + lease_ms,
-            stopped_at: None,
-        };
+    /// Take `me.instance_id` for `me.boot_id`: `None` when taken, else the
+    /// running server that holds it (its lease has not run out).
+    pub async fn join_cluster(&self, me: &ServerRow) -> Result<Option<ServerRow>, StoreError> {
         let taken = match self {
-            Db::Sqlite { write, .. } => write.acquire().await?.take_instance(&row).await,
-            Db::Postgres(p, _) => p.acquire().await?.take_instance(&row).await,
+            Db::Sqlite { write, .. } => write.acquire().await?.take_instance(me).await,
+            Db::Postgres(p, _) => p.acquire().await?.take_instance(me).await,
         }?;
         if taken {
-            return Ok(());
+            return Ok(None);
         }
-        let holder = self
+        Ok(self
             .servers()
             .await?
             .into_iter()
-            .find(|s| s.instance_id == instance);
-        Err(StoreError::InstanceTaken {
-            instance: instance.to_owned(),
-            until_ms: holder.map_or(now, |h| h.lease_until),
-        })
+            .find(|s| s.instance_id == me.instance_id))
+    }
+
+    /// Take the instance id from `holder`, a server found gone (its process
+    /// ended, or it stopped renewing): `false` if it renewed since it was read.
+    pub async fn take_over(&self, me: &ServerRow, holder: &ServerRow) -> Result<bool, StoreError> {
+        Ok(match self {
+            Db::Sqlite { write, .. } => write.acquire().await?.take_over(me, holder).await,
+            Db::Postgres(p, _) => p.acquire().await?.take_over(me, holder).await,
+        }?)
     }
 
     /// Renew this boot's lease; `false`: it was lost (it ran out and
@@ -364,6 +386,8 @@ mod tests {
             instance_id: "a".into(),
             boot_id: boot.into(),
             version: "0".into(),
+            host: "h".into(),
+            pid: 1,
             started_at: 0,
             renewed_at: 0,
             lease_until,

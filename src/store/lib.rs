@@ -113,11 +113,6 @@ pub enum StoreError {
     #[error("encryption at rest: {0}")]
     Vault(#[from] VaultError),
     #[error(
-        "instance id {instance:?} is held by another running server (its lease runs until \
-         {until_ms} ms since the epoch): give each server its own instance_id"
-    )]
-    InstanceTaken { instance: String, until_ms: i64 },
-    #[error(
         "the database is a read-only replica: point the server at the primary (with several \
          hosts, add target_session_attrs=read-write to the URL)"
     )]

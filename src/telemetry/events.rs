@@ -767,3 +767,43 @@ impl TlsRefused<'_> {
         debug!(protocol = self.protocol, peer = %self.peer, error = %self.error, "TLS handshake failed");
     }
 }
+
+/// This server took its lease on its instance id.
+pub struct ClusterJoined<'a> {
+    pub instance: &'a str,
+}
+
+impl ClusterJoined<'_> {
+    pub fn emit(self) {
+        counter!("pat_cluster_joins_total").increment(1);
+        info!(instance = self.instance, "joined the cluster");
+    }
+}
+
+/// The set of live servers changed (one joined, stopped or went silent).
+pub struct ClusterChanged<'a> {
+    /// The live servers' instance ids, comma-separated.
+    pub live: &'a str,
+}
+
+impl ClusterChanged<'_> {
+    pub fn emit(self) {
+        counter!("pat_cluster_changes_total").increment(1);
+        warn!(live = self.live, "the live servers changed");
+    }
+}
+
+/// This server's lease was taken by another process with the same instance id.
+pub struct LeaseLost<'a> {
+    pub instance: &'a str,
+}
+
+impl LeaseLost<'_> {
+    pub fn emit(self) {
+        counter!("pat_cluster_leases_lost_total").increment(1);
+        error!(
+            instance = self.instance,
+            "lease lost: another process runs with this instance id; not ready until it is back"
+        );
+    }
+}

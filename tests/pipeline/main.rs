@@ -4,6 +4,7 @@
 mod at_rest;
 mod auth;
 mod browser;
+mod cluster;
 mod console;
 mod crash;
 mod dedup;

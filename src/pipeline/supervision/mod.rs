@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use watchlist::{Allowance, Watchlist};
 
+use crate::cluster::Membership;
 use crate::directory::Directory;
 use pingantong_domain::Clock;
 use pingantong_store::writer::WriterHandle;
@@ -100,6 +101,8 @@ impl Allowance for TestAllowance {
 }
 
 pub struct Supervision {
+    /// Every device heard of, by this server or (as the database says) by
+    /// the others: any server may have to take over any device.
     watch: Mutex<Watchlist>,
     /// Devices that send periodic tests, against their test deadline. Kept
     /// in memory only: after a restart a device is watched from its next test.
@@ -109,10 +112,39 @@ pub struct Supervision {
     used: Mutex<Vec<(String, i64)>>,
     policy: Policy,
     clock: Clock,
+    /// The servers sharing the database: a verdict is raised by the one
+    /// that looks after the device.
+    cluster: Arc<Membership>,
+    /// How far the reports other servers heard have been read.
+    followed: Mutex<Followed>,
 }
 
+/// How far [`Supervision::follow`] has read.
+#[derive(Default)]
+struct Followed {
+    /// Device reports heard after this time (ms).
+    heard_after: i64,
+    /// Periodic tests stored after this alarm id.
+    test_after: i64,
+    /// When the database's offline devices were last read.
+    offline_read_at: i64,
+}
+
+/// Reports written this long after they were heard are still followed
+/// (device presence is written within a second; commits land out of id order).
+const FOLLOW_OVERLAP_MS: i64 = 5_000;
+const FOLLOW_OVERLAP_IDS: i64 = 1_000;
+
+/// How often the devices the database says are offline are read again.
+const OFFLINE_READ_EVERY_MS: i64 = 10_000;
+
 impl Supervision {
-    pub fn new(heartbeats: Heartbeats, directory: Arc<Directory>, clock: Clock) -> Arc<Self> {
+    pub fn new(
+        heartbeats: Heartbeats,
+        directory: Arc<Directory>,
+        clock: Clock,
+        cluster: Arc<Membership>,
+    ) -> Arc<Self> {
         let test_allowance = (heartbeats.periodic_test_hours > 0).then(|| {
             let secs = heartbeats
                 .periodic_test_hours
@@ -130,6 +162,8 @@ impl Supervision {
                 directory,
             },
             clock,
+            cluster,
+            followed: Mutex::new(Followed::default()),
         })
     }
 
@@ -148,7 +182,7 @@ impl Supervision {
             let mut watch = self.watch();
             for r in reports {
                 if r.auth == AuthStatus::Verified && !r.kind.is_server_verdict() {
-                    watch.seen(&r.device_id, r.protocol, now, &self.policy);
+                    watch.seen(&r.device_id, r.protocol, now, r.received_at, &self.policy);
                     if is_use(r.kind) {
                         used.push((r.device_id.clone(), now));
                     }
@@ -159,9 +193,9 @@ impl Supervision {
             }
         }
         if let (Some(allowance), false) = (&self.test_allowance, tested.is_empty()) {
-            let mut tests = self.tests.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tests = self.tests();
             for r in tested {
-                tests.seen(&r.device_id, r.protocol, now, allowance);
+                tests.seen(&r.device_id, r.protocol, now, r.received_at, allowance);
             }
         }
         if !used.is_empty() {
@@ -179,11 +213,82 @@ impl Supervision {
         let offline: std::collections::HashSet<String> =
             db.devices_offline().await?.into_iter().collect();
         let now = (self.clock)();
-        let mut watch = self.watch();
-        for (id, protocol) in &devices {
-            watch.restore(id, protocol, now, offline.contains(id), &self.policy);
+        let heard = pingantong_store::now_ms();
+        {
+            let mut watch = self.watch();
+            for (id, protocol) in &devices {
+                let off = offline.contains(id);
+                watch.restore(id, protocol, now, heard, off, &self.policy);
+            }
         }
+        // Followed from now on: what came before is in the restored list.
+        let mut followed = self.followed();
+        followed.heard_after = heard - FOLLOW_OVERLAP_MS;
+        followed.offline_read_at = now;
         Ok(devices.len())
+    }
+
+    fn followed(&self) -> std::sync::MutexGuard<'_, Followed> {
+        self.followed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tests(&self) -> std::sync::MutexGuard<'_, Watchlist> {
+        self.tests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take in what the other servers heard since the last look: their
+    /// devices' reports and periodic tests, and which devices the database
+    /// says are offline. A server that dies leaves no device unwatched.
+    async fn follow(&self, db: &Db, now: i64) -> Result<(), StoreError> {
+        let (heard_after, test_after, offline_due) = {
+            let f = self.followed();
+            (
+                f.heard_after,
+                f.test_after,
+                now - f.offline_read_at >= OFFLINE_READ_EVERY_MS,
+            )
+        };
+        let heard = db.presence_after(heard_after).await?;
+        let latest = heard.iter().map(|r| r.heard_at).max();
+        {
+            let mut watch = self.watch();
+            for r in &heard {
+                watch.heard_elsewhere(&r.device_id, &r.protocol, r.heard_at, &self.policy);
+            }
+        }
+        let tests = match &self.test_allowance {
+            Some(allowance) => {
+                let tests = db.tests_after(test_after).await?;
+                let mut watch = self.tests();
+                for (_, r) in &tests {
+                    watch.heard_elsewhere(&r.device_id, &r.protocol, r.heard_at, allowance);
+                }
+                tests.last().map(|(id, _)| *id)
+            }
+            None => None,
+        };
+        let offline = if offline_due {
+            Some(db.devices_offline().await?)
+        } else {
+            None
+        };
+        if let Some(offline) = &offline {
+            let mut watch = self.watch();
+            for d in offline {
+                watch.mark_offline(d);
+            }
+        }
+        let mut f = self.followed();
+        if let Some(latest) = latest {
+            f.heard_after = f.heard_after.max(latest - FOLLOW_OVERLAP_MS);
+        }
+        if let Some(last) = tests {
+            f.test_after = f.test_after.max(last - FOLLOW_OVERLAP_IDS);
+        }
+        if offline.is_some() {
+            f.offline_read_at = now;
+        }
+        Ok(())
     }
 
     pub fn watched(&self) -> usize {
@@ -214,9 +319,17 @@ impl Supervision {
         })
     }
 
-    /// One round: record first reports, raise the overdue, announce returns.
+    /// One round: take in what the other servers heard, record first
+    /// reports, raise the overdue this server looks after, announce returns.
+    ///
+    /// A deadline passed here is checked against the database before
+    /// anything is raised: the device may have reported to another server
+    /// (a pendant's connection moves when a server dies). A verdict's time is
+    /// the last report the database holds plus the allowance, so two servers
+    /// raising the same silence (as the live servers change) store it once.
     pub async fn check(&self, db: &Db, writer: &WriterHandle) -> Result<(), StoreError> {
         let now = (self.clock)();
+        self.follow(db, now).await?;
         let (new, overdue, back) = {
             let mut watch = self.watch();
             (
@@ -226,7 +339,7 @@ impl Supervision {
             )
         };
         let untested = {
-            let mut tests = self.tests.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tests = self.tests();
             // A test after a miss closes the job through the incident stage
             // (the test itself clears it); nothing to announce here.
             tests.take_new();
@@ -236,6 +349,12 @@ impl Supervision {
         db.mark_heard(&new, now).await?;
         let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()));
         db.mark_used(&used).await?;
+        let overdue = self
+            .not_heard_elsewhere(db, overdue, now, Deadline::Report)
+            .await?;
+        let untested = self
+            .not_heard_elsewhere(db, untested, now, Deadline::Test)
+            .await?;
         let mut verdicts = Vec::with_capacity(overdue.len() + back.len());
         for (device, protocol, deadline) in overdue {
             // Retired (or no longer provisioned) since it was last heard:
@@ -252,18 +371,20 @@ impl Supervision {
         }
         for (device, protocol, deadline) in untested {
             if let Some(until) = self.away_until(&device, now).await? {
-                self.tests
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .defer(&device, until);
+                self.tests().defer(&device, until);
                 continue;
             }
             events::TestMissed { device: &device }.emit();
             verdicts.push(verdict(&device, &protocol, EventKind::MissedTest, deadline));
         }
-        for (device, protocol) in back {
+        for (device, protocol, at) in back {
+            // The server that looks after the device announces it (it reads
+            // the report another server heard within a round).
+            if !self.cluster.owns(&device) {
+                continue;
+            }
             events::DeviceBackOnline { device: &device }.emit();
-            verdicts.push(verdict(&device, &protocol, EventKind::BackOnline, now));
+            verdicts.push(verdict(&device, &protocol, EventKind::BackOnline, at));
         }
         let mut pending = Vec::with_capacity(verdicts.len());
         for v in verdicts {
@@ -274,6 +395,67 @@ impl Supervision {
         }
         metrics::gauge!("pat_devices_watched").set(self.watched() as f64);
         Ok(())
+    }
+
+    /// Of the devices whose deadline passed here, those this server looks
+    /// after and that no server heard from since, each with its deadline by
+    /// the database's last report. The others are looked at again later:
+    /// another server's devices in a lease's time (it may die), a device
+    /// heard elsewhere at its new deadline.
+    async fn not_heard_elsewhere(
+        &self,
+        db: &Db,
+        overdue: Vec<(Arc<str>, Arc<str>, i64)>,
+        now: i64,
+        which: Deadline,
+    ) -> Result<Vec<(Arc<str>, Arc<str>, i64)>, StoreError> {
+        let recheck = now + self.cluster.lease().as_millis() as i64;
+        let (mine, theirs): (Vec<_>, Vec<_>) = overdue
+            .into_iter()
+            .partition(|(device, ..)| self.cluster.owns(device));
+        let list = |which: Deadline| match which {
+            Deadline::Report => self.watch(),
+            Deadline::Test => self.tests(),
+        };
+        {
+            let mut list = list(which);
+            for (device, ..) in &theirs {
+                list.defer(device, recheck);
+            }
+        }
+        if mine.is_empty() {
+            return Ok(mine);
+        }
+        let ids: Vec<String> = mine.iter().map(|(d, ..)| d.to_string()).collect();
+        let last = match which {
+            Deadline::Report => db.last_heard(&ids).await?,
+            Deadline::Test => db.last_tests(&ids).await?,
+        };
+        let mut silent = Vec::with_capacity(mine.len());
+        let mut list = list(which);
+        for (device, protocol, deadline) in mine {
+            let known = list.last_report(&device).unwrap_or(i64::MIN);
+            match last.get(&*device) {
+                // Another server heard it after the report the deadline
+                // counts from: the deadline moves by as much.
+                Some(&at) if at > known => {
+                    list.defer(&device, deadline.saturating_add(at - known));
+                    list.note_report(&device, at);
+                }
+                // Silent. The verdict's time is the database's last report
+                // plus the allowance: every server raising it names it alike.
+                Some(&at) => {
+                    let allowance = match (which, &self.test_allowance) {
+                        (Deadline::Test, Some(t)) => t.silence_ms(&device, &protocol),
+                        _ => self.policy.silence_ms(&device, &protocol),
+                    };
+                    list.silent_since(&device, at);
+                    silent.push((device, protocol, at.saturating_add(allowance)));
+                }
+                None => silent.push((device, protocol, deadline)),
+            }
+        }
+        Ok(silent)
     }
 
     /// When the device's client is away from home, until when.
@@ -291,6 +473,15 @@ impl Supervision {
             .and_then(|c| c.away_until)
             .filter(|&until| until > now))
     }
+}
+
+/// Which deadline a device missed.
+#[derive(Clone, Copy)]
+enum Deadline {
+    /// Any report (offline).
+    Report,
+    /// A periodic test.
+    Test,
 }
 
 /// Someone handled the device: what the wellbeing list looks for.

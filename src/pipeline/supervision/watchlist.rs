@@ -16,6 +16,9 @@ struct Watch {
     id: Arc<str>,
     protocol: Arc<str>,
     deadline_ms: i64,
+    /// When the latest report known of was heard (the record's own time, as
+    /// the database keeps it: the deadline may run on another clock).
+    report_ms: i64,
     /// The wheel bucket holding this device's entry, or [`NOT_SCHEDULED`].
     bucket: i64,
     offline: bool,
@@ -32,10 +35,21 @@ pub struct Watchlist {
     index: HashMap<Arc<str>, u32>,
     devices: Vec<Watch>,
     wheel: BTreeMap<i64, Vec<u32>>,
-    /// Offline devices heard from again, for the supervisor to announce.
-    back: Vec<u32>,
+    /// Offline devices heard from again, with when, for the supervisor to announce.
+    back: Vec<(u32, i64)>,
     /// Devices heard for the first time, for the supervisor to record.
     new: Vec<u32>,
+}
+
+/// Where a report was heard.
+#[derive(Clone, Copy)]
+enum Heard {
+    /// By this server.
+    Here,
+    /// By another server.
+    Elsewhere,
+    /// Before this process started.
+    Restored,
 }
 
 fn bucket_of(ms: i64) -> i64 {
@@ -51,37 +65,65 @@ impl Watchlist {
         self.devices.is_empty()
     }
 
-    /// The device reported at `now`. `known`: it was watched before this
-    /// process started (not new to the database).
-    pub fn seen(&mut self, device: &str, protocol: &str, now: i64, allowance: &dyn Allowance) {
-        self.heard(device, protocol, now, allowance, false);
+    /// The device reported to this server at `now` (its report heard at
+    /// `report_ms`).
+    pub fn seen(
+        &mut self,
+        device: &str,
+        protocol: &str,
+        now: i64,
+        report_ms: i64,
+        allowance: &dyn Allowance,
+    ) {
+        let deadline = now.saturating_add(allowance.silence_ms(device, protocol));
+        self.heard(device, protocol, deadline, report_ms, Heard::Here);
     }
 
-    /// Watch a device heard from before this process started, as if heard now
-    /// (it had no chance to report while the server was down).
+    /// Watch a device heard from before this process started, as if heard
+    /// now (`now`, `report_ms`): it had no chance to report while the
+    /// server was down.
     pub fn restore(
         &mut self,
         device: &str,
         protocol: &str,
         now: i64,
+        report_ms: i64,
         offline: bool,
         allowance: &dyn Allowance,
     ) {
-        self.heard(device, protocol, now, allowance, true);
+        let deadline = now.saturating_add(allowance.silence_ms(device, protocol));
+        self.heard(device, protocol, deadline, report_ms, Heard::Restored);
         if offline && let Some(&i) = self.index.get(device) {
             self.devices[i as usize].offline = true;
         }
     }
 
-    fn heard(
+    /// The device reported to another server at `at` (as the database says).
+    /// Only a report later than the latest known moves its deadline, by as
+    /// much as it is later; an offline device so heard is back.
+    pub fn heard_elsewhere(
         &mut self,
         device: &str,
         protocol: &str,
-        now: i64,
+        at: i64,
         allowance: &dyn Allowance,
-        restored: bool,
     ) {
-        let deadline = now.saturating_add(allowance.silence_ms(device, protocol));
+        let deadline = match self.index.get(device) {
+            Some(&i) => {
+                let w = &self.devices[i as usize];
+                if at <= w.report_ms {
+                    return;
+                }
+                // The deadline runs on the supervisor's clock, the report's
+                // time on the record's: moved by the gap between them.
+                w.deadline_ms.saturating_add(at - w.report_ms)
+            }
+            None => at.saturating_add(allowance.silence_ms(device, protocol)),
+        };
+        self.heard(device, protocol, deadline, at, Heard::Elsewhere);
+    }
+
+    fn heard(&mut self, device: &str, protocol: &str, deadline: i64, report_ms: i64, how: Heard) {
         let i = match self.index.get(device) {
             Some(&i) => i,
             None => {
@@ -92,10 +134,11 @@ impl Watchlist {
                     id,
                     protocol: Arc::from(protocol),
                     deadline_ms: deadline,
+                    report_ms,
                     bucket: NOT_SCHEDULED,
                     offline: false,
                 });
-                if !restored {
+                if let Heard::Here = how {
                     self.new.push(i);
                 }
                 i
@@ -103,9 +146,10 @@ impl Watchlist {
         };
         let w = &mut self.devices[i as usize];
         w.deadline_ms = deadline;
-        if w.offline && !restored {
+        w.report_ms = w.report_ms.max(report_ms);
+        if w.offline && !matches!(how, Heard::Restored) {
             w.offline = false;
-            self.back.push(i);
+            self.back.push((i, report_ms));
         }
         let b = bucket_of(deadline);
         // An entry already waiting in an earlier bucket will move itself when
@@ -114,6 +158,39 @@ impl Watchlist {
         if w.bucket == NOT_SCHEDULED || b < w.bucket {
             w.bucket = b;
             self.wheel.entry(b).or_default().push(i);
+        }
+    }
+
+    /// A later report of the device is known of (heard at `report_ms`).
+    pub fn note_report(&mut self, device: &str, report_ms: i64) {
+        if let Some(&i) = self.index.get(device) {
+            let w = &mut self.devices[i as usize];
+            w.report_ms = w.report_ms.max(report_ms);
+        }
+    }
+
+    /// When the latest report known of the device was heard.
+    pub fn last_report(&self, device: &str) -> Option<i64> {
+        self.index
+            .get(device)
+            .map(|&i| self.devices[i as usize].report_ms)
+    }
+
+    /// The device was found silent, its latest report (as the database
+    /// has it) heard at `report_ms`: only a later report brings it back.
+    pub fn silent_since(&mut self, device: &str, report_ms: i64) {
+        if let Some(&i) = self.index.get(device) {
+            let w = &mut self.devices[i as usize];
+            w.offline = true;
+            w.report_ms = w.report_ms.max(report_ms);
+        }
+    }
+
+    /// The database says the device is offline (another server found it
+    /// silent): its next report, here or elsewhere, brings it back.
+    pub fn mark_offline(&mut self, device: &str) {
+        if let Some(&i) = self.index.get(device) {
+            self.devices[i as usize].offline = true;
         }
     }
 
@@ -161,13 +238,14 @@ impl Watchlist {
         }
     }
 
-    /// Offline devices heard from again since the last call.
-    pub fn take_back_online(&mut self) -> Vec<(Arc<str>, Arc<str>)> {
+    /// Offline devices heard from again since the last call: (device,
+    /// protocol, when the report that brought it back was heard).
+    pub fn take_back_online(&mut self) -> Vec<(Arc<str>, Arc<str>, i64)> {
         let back = std::mem::take(&mut self.back);
         back.into_iter()
-            .map(|i| {
+            .map(|(i, at)| {
                 let w = &self.devices[i as usize];
-                (Arc::clone(&w.id), Arc::clone(&w.protocol))
+                (Arc::clone(&w.id), Arc::clone(&w.protocol), at)
             })
             .collect()
     }
@@ -211,12 +289,12 @@ mod tests {
     fn silence_past_the_allowance_is_reported_once_until_heard_again() {
         let a = Every(60_000);
         let mut w = Watchlist::default();
-        w.seen("d1", "native", 0, &a);
-        w.seen("d2", "gt06", 0, &a);
+        w.seen("d1", "native", 0, 0, &a);
+        w.seen("d2", "gt06", 0, 0, &a);
         assert_eq!(w.take_new(), vec!["d1", "d2"]);
         // d1 keeps reporting; d2 falls silent.
         for t in (10_000..=120_000).step_by(10_000) {
-            w.seen("d1", "native", t, &a);
+            w.seen("d1", "native", t, t, &a);
             let over = w.overdue(t);
             if t < 61_000 {
                 assert!(over.is_empty(), "at {t}: {over:?}");
@@ -229,7 +307,7 @@ mod tests {
             "d1 silent too now"
         );
         assert!(w.overdue(900_000).is_empty(), "each reported once");
-        w.seen("d2", "gt06", 900_000, &a);
+        w.seen("d2", "gt06", 900_000, 900_000, &a);
         let back: Vec<String> = w
             .take_back_online()
             .iter()
@@ -243,8 +321,8 @@ mod tests {
     fn the_deadline_is_the_last_report_plus_the_allowance() {
         let a = Every(60_000);
         let mut w = Watchlist::default();
-        w.seen("d", "native", 0, &a);
-        w.seen("d", "native", 50_000, &a);
+        w.seen("d", "native", 0, 0, &a);
+        w.seen("d", "native", 50_000, 50_000, &a);
         assert!(w.overdue(109_000).is_empty());
         assert!(
             w.overdue(110_999).is_empty(),
@@ -254,7 +332,7 @@ mod tests {
         assert_eq!(over.len(), 1);
         assert_eq!(over[0].2, 110_000);
         // A device with its own, longer interval.
-        w.seen("slow-1", "native", 0, &a);
+        w.seen("slow-1", "native", 0, 0, &a);
         assert!(w.overdue(599_000).is_empty());
         assert_eq!(w.overdue(601_000).len(), 1);
     }
@@ -265,7 +343,7 @@ mod tests {
         let mut w = Watchlist::default();
         for t in (0..300_000).step_by(1_000) {
             for d in 0..100 {
-                w.seen(&format!("d{d}"), "native", t, &a);
+                w.seen(&format!("d{d}"), "native", t, t, &a);
             }
             assert!(w.overdue(t).is_empty());
             assert!(w.wheel_entries() <= 100, "{} entries", w.wheel_entries());
@@ -277,23 +355,57 @@ mod tests {
     fn restored_devices_get_a_full_allowance_and_keep_their_offline_state() {
         let a = Every(60_000);
         let mut w = Watchlist::default();
-        w.restore("up", "native", 1_000_000, false, &a);
-        w.restore("down", "native", 1_000_000, true, &a);
+        w.restore("up", "native", 1_000_000, 1_000_000, false, &a);
+        w.restore("down", "native", 1_000_000, 1_000_000, true, &a);
         assert!(w.take_new().is_empty(), "known already");
         assert!(w.overdue(1_059_000).is_empty());
         // Already offline: no second alarm; back online when heard.
         let over = w.overdue(1_062_000);
         assert_eq!(over.len(), 1);
         assert_eq!(&*over[0].0, "up");
-        w.seen("down", "native", 1_070_000, &a);
+        w.seen("down", "native", 1_070_000, 1_070_000, &a);
         assert_eq!(w.take_back_online().len(), 1);
+    }
+
+    #[test]
+    fn reports_another_server_heard_move_the_deadline_only_forward() {
+        let a = Every(60_000);
+        let mut w = Watchlist::default();
+        w.seen("d", "native", 0, 0, &a);
+        w.take_new();
+        // Heard by another server later: not overdue at the first deadline.
+        w.heard_elsewhere("d", "native", 50_000, &a);
+        assert!(w.overdue(61_000).is_empty());
+        // An older report read again changes nothing.
+        w.heard_elsewhere("d", "native", 10_000, &a);
+        assert!(w.overdue(109_000).is_empty());
+        assert_eq!(w.overdue(111_000).len(), 1);
+        w.silent_since("d", 50_000);
+        // The report that set that deadline, read again: still offline.
+        w.heard_elsewhere("d", "native", 50_000, &a);
+        assert!(w.is_offline("d") && w.take_back_online().is_empty());
+        // A later one brings it back, with the time it was heard.
+        w.heard_elsewhere("d", "native", 200_000, &a);
+        let back = w.take_back_online();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].2, 200_000);
+        // A device only ever heard elsewhere is watched, and is not new here.
+        w.heard_elsewhere("e", "gt06", 0, &a);
+        assert!(w.take_new().is_empty());
+        assert!(w.overdue(59_000).is_empty());
+        assert_eq!(&*w.overdue(61_000)[0].0, "e");
+        // Marked offline by the database: its next report here brings it back.
+        w.seen("f", "native", 0, 0, &a);
+        w.mark_offline("f");
+        w.seen("f", "native", 1_000, 1_000, &a);
+        assert_eq!(&*w.take_back_online()[0].0, "f");
     }
 
     #[test]
     fn a_deferred_device_is_not_reported_until_then() {
         let a = Every(60_000);
         let mut w = Watchlist::default();
-        w.seen("d", "native", 0, &a);
+        w.seen("d", "native", 0, 0, &a);
         assert_eq!(w.overdue(61_000).len(), 1);
         w.defer("d", 200_000);
         assert!(!w.is_offline("d"));

@@ -10,6 +10,10 @@ CREATE TABLE servers (
     -- instance id back at once, a second process cannot.
     boot_id      TEXT    NOT NULL,
     version      TEXT    NOT NULL,
+    -- Where it runs: a restart on the same host finds its predecessor's
+    -- process gone and takes the id at once.
+    host         TEXT    NOT NULL,
+    pid          INTEGER  NOT NULL,
     started_at   INTEGER  NOT NULL,
     renewed_at   INTEGER  NOT NULL,
     lease_until  INTEGER  NOT NULL,

@@ -4,7 +4,7 @@
 use pingantong_domain::rules::Rules;
 use pingantong_protocol::EventKind;
 use pingantong_store::presence::Heard;
-use pingantong_store::{Db, NewDevice, StoreError, now_ms};
+use pingantong_store::{Db, NewDevice, ServerRow, now_ms};
 
 #[allow(unused_imports)]
 use crate::both_backends;
@@ -15,19 +15,45 @@ both_backends!(
     every_server_reads_what_the_others_heard
 );
 
-async fn an_instance_id_is_held_by_one_running_server(db: &Db) {
-    db.join_cluster("a", "boot-1", "1.0", 10_000).await.unwrap();
-    // A second process with the same id is refused while the lease runs.
-    match db.join_cluster("a", "boot-2", "1.0", 10_000).await {
-        Err(StoreError::InstanceTaken { instance, until_ms }) => {
-            assert_eq!(instance, "a");
-            assert!(until_ms > now_ms(), "{until_ms}");
-        }
-        other => panic!("refused expected: {other:?}"),
+fn me(instance: &str, boot: &str, lease_ms: i64) -> ServerRow {
+    let now = now_ms();
+    ServerRow {
+        instance_id: instance.into(),
+        boot_id: boot.into(),
+        version: "1.0".into(),
+        host: "host-1".into(),
+        pid: 4242,
+        started_at: now,
+        renewed_at: now,
+        lease_until: now + lease_ms,
+        stopped_at: None,
     }
+}
+
+async fn an_instance_id_is_held_by_one_running_server(db: &Db) {
+    assert_eq!(
+        db.join_cluster(&me("a", "boot-1", 10_000)).await.unwrap(),
+        None
+    );
+    // A second process with the same id finds the holder while its lease runs.
+    let holder = db
+        .join_cluster(&me("a", "boot-2", 10_000))
+        .await
+        .unwrap()
+        .expect("held");
+    assert_eq!(
+        (holder.boot_id.as_str(), holder.host.as_str(), holder.pid),
+        ("boot-1", "host-1", 4242)
+    );
+    assert!(holder.is_up(now_ms()));
     // The same boot taking it again (a retried start) is itself.
-    db.join_cluster("a", "boot-1", "1.0", 10_000).await.unwrap();
-    db.join_cluster("b", "boot-3", "1.1", 10_000).await.unwrap();
+    assert_eq!(
+        db.join_cluster(&me("a", "boot-1", 10_000)).await.unwrap(),
+        None
+    );
+    let mut b = me("b", "boot-3", 10_000);
+    b.version = "1.1".into();
+    assert_eq!(db.join_cluster(&b).await.unwrap(), None);
     assert!(db.renew_lease("a", "boot-1", 10_000).await.unwrap());
     assert!(
         !db.renew_lease("a", "boot-2", 10_000).await.unwrap(),
@@ -42,17 +68,50 @@ async fn an_instance_id_is_held_by_one_running_server(db: &Db) {
             .collect::<Vec<_>>(),
         [("a", "1.0", true), ("b", "1.1", true)]
     );
+    // A holder found gone is taken over, unless it renewed since it was read.
+    let read = db
+        .join_cluster(&me("b", "boot-4", 10_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(db.renew_lease("b", "boot-3", 10_000).await.unwrap());
+    assert!(
+        !db.take_over(&me("b", "boot-4", 10_000), &read)
+            .await
+            .unwrap(),
+        "it renewed"
+    );
+    let read = db
+        .join_cluster(&me("b", "boot-4", 10_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        db.take_over(&me("b", "boot-4", 10_000), &read)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.renew_lease("b", "boot-3", 10_000).await.unwrap(),
+        "replaced"
+    );
     // A clean stop frees the id at once; the stopped boot renews nothing.
     db.leave_cluster("a", "boot-1").await.unwrap();
     assert!(!db.servers().await.unwrap()[0].is_up(now_ms()));
     assert!(!db.renew_lease("a", "boot-1", 10_000).await.unwrap());
-    db.join_cluster("a", "boot-2", "1.0", 10_000).await.unwrap();
+    assert_eq!(
+        db.join_cluster(&me("a", "boot-2", 10_000)).await.unwrap(),
+        None
+    );
     // A lease that ran out frees it too (a server killed, or cut off).
-    db.join_cluster("c", "boot-4", "1.0", 1).await.unwrap();
+    assert_eq!(db.join_cluster(&me("c", "boot-5", 1)).await.unwrap(), None);
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    db.join_cluster("c", "boot-5", "1.0", 10_000).await.unwrap();
+    assert_eq!(
+        db.join_cluster(&me("c", "boot-6", 10_000)).await.unwrap(),
+        None
+    );
     assert!(
-        !db.renew_lease("c", "boot-4", 10_000).await.unwrap(),
+        !db.renew_lease("c", "boot-5", 10_000).await.unwrap(),
         "replaced"
     );
 }

@@ -1,0 +1,144 @@
+//! Two servers on one PostgreSQL: a pendant beating on one is never taken
+//! for silent by the other; a silence is raised once; a server's devices are
+//! taken up by the other when it stops; an instance id is held by one
+//! running server only.
+
+use std::time::Duration;
+
+use pingantong::Settings;
+use pingantong::app::{AppError, Application};
+use pingantong::cluster::owner;
+use pingantong::store::{Db, secret::Secret};
+use pingantong_protocol::EventKind;
+
+use crate::helpers::*;
+
+/// Three seconds of silence allowed (1 s beats, two missed, 1 s grace),
+/// looked at ten times a second; a one-second lease.
+fn clustered(dir: &std::path::Path, instance: &str, schema: &str) -> Settings {
+    let mut s = test_settings(Backend::Postgres, Broker::Embedded, dir);
+    s.database.schema = Some(schema.to_owned());
+    s.instance_id = instance.to_owned();
+    s.keys.data_key = Some(Secret::new("a data key shared by every server, 32+ chars"));
+    s.supervision.heartbeat_secs = pingantong::supervision::default_intervals()
+        .into_keys()
+        .map(|p| (p, 1))
+        .collect();
+    s.supervision.heartbeat_default_secs = 1;
+    s.supervision.heartbeat_missed = 2;
+    s.supervision.heartbeat_grace_secs = 1;
+    s.supervision.tick_ms = 100;
+    s.stages.server_lease_ms = 1_000;
+    s
+}
+
+async fn beat(app: &TestApp, city: &City, seq: u32) {
+    let mut dev = Device::connect(app.native).await;
+    let (reply, _) = dev
+        .send(
+            &event(&city.device, seq, EventKind::Heartbeat),
+            &city.secret,
+        )
+        .await;
+    assert!(
+        matches!(reply, pingantong_protocol::native::Reply::Ack { .. }),
+        "{reply:?}"
+    );
+}
+
+async fn offline_alarms(db: &Db) -> i64 {
+    db.count_alarms(Some(EventKind::Offline)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_supervision_without_false_or_double_alarms() {
+    let schema = unique("t");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let name_a = format!("a-{schema}");
+    let a = TestApp::spawn_with(clustered(dir_a.path(), &name_a, &schema), None).await;
+    let first = seed_small_city(&a.db).await;
+    // The second server is the one that looks after the first pendant: a
+    // server that kept deadlines in its own memory would raise it offline.
+    let name_b = (0..)
+        .map(|i| format!("b{i}-{schema}"))
+        .find(|b| owner(&[name_a.clone(), b.clone()], &first.device) == Some(b.as_str()))
+        .unwrap();
+    beat(&a, &first, 1).await;
+    eventually("the pendant known as heard", || async {
+        a.db.watched_devices()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(id, _)| *id == first.device)
+            .then_some(())
+    })
+    .await;
+    let b = TestApp::spawn_with(clustered(dir_b.path(), &name_b, &schema), None).await;
+    let (status, body) = http_get(b.addrs.http, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["lease"], "held");
+    assert_eq!(ready["servers"].as_array().unwrap().len(), 2, "{body}");
+
+    // Seven seconds of beats on the first server, twice the allowance.
+    for seq in 2..16 {
+        beat(&a, &first, seq).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        offline_alarms(&a.db).await,
+        0,
+        "a pendant beating on one server was taken for silent by the other"
+    );
+
+    // Silence: raised once, however many servers watch it.
+    eventually_for("the silence raised", Duration::from_secs(15), || async {
+        (offline_alarms(&a.db).await == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(offline_alarms(&a.db).await, 1, "raised twice");
+
+    // A pendant first heard after the second server started, only ever on
+    // the first: when the first stops, the second takes it up.
+    let second = seed_small_city(&a.db).await;
+    for seq in 1..4 {
+        beat(&a, &second, seq).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    a.stop().await;
+    let servers = b.db.servers().await.unwrap();
+    let now = pingantong::store::now_ms();
+    assert!(
+        servers
+            .iter()
+            .all(|s| s.is_up(now) == (s.instance_id == name_b)),
+        "the stopped server left at once: {servers:?}"
+    );
+    eventually_for(
+        "the stopped server's pendant raised by the other",
+        Duration::from_secs(15),
+        || async { (offline_alarms(&b.db).await == 2).then_some(()) },
+    )
+    .await;
+
+    // A second process with a running server's instance id is refused.
+    let dir_twin = tempfile::tempdir().unwrap();
+    let twin = clustered(dir_twin.path(), &name_b, &schema);
+    match Application::build(twin).await {
+        Err(e @ AppError::Cluster(_)) => {
+            let why = e.to_string();
+            assert!(
+                why.contains(&name_b) && why.contains("instance_id"),
+                "{why}"
+            );
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a second server ran with a running server's instance id"),
+    }
+    // The refused process took nothing: the running server keeps its lease.
+    let (status, body) = http_get(b.addrs.http, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    b.stop().await;
+    drop((dir_a, dir_b));
+}
