@@ -314,6 +314,12 @@ pub(crate) trait IncidentSql {
     ) -> Result<Option<(Option<String>, Option<f64>, Option<f64>)>, sqlx::Error>;
     /// See [`Db::unpublished_dispatches`].
     async fn unpublished_dispatches(&mut self) -> Result<Vec<(i64,)>, sqlx::Error>;
+    /// See [`Db::claim_unpublished_dispatches`].
+    async fn claim_unpublished_dispatches(
+        &mut self,
+        now: i64,
+        until: i64,
+    ) -> Result<Vec<(i64,)>, sqlx::Error>;
     /// (incidents, of which unverified, dispatches).
     async fn incident_counts(&mut self) -> Result<(i64, i64, i64), sqlx::Error>;
     async fn incident_summary(
@@ -400,6 +406,22 @@ where
         )
         .bind(incident_id)
         .fetch_optional(self)
+        .await
+    }
+
+    async fn claim_unpublished_dispatches(
+        &mut self,
+        now: i64,
+        until: i64,
+    ) -> Result<Vec<(i64,)>, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE dispatches SET offer_lease_until = $1 \
+             WHERE published_at IS NULL AND state = 'offered' \
+             AND (offer_lease_until IS NULL OR offer_lease_until <= $2) RETURNING id",
+        )
+        .bind(until)
+        .bind(now)
+        .fetch_all(self)
         .await
     }
 
@@ -577,6 +599,32 @@ impl Db {
             Db::Sqlite { read, .. } => read.acquire().await?.unpublished_dispatches().await,
             Db::Postgres(p, _) => p.acquire().await?.unpublished_dispatches().await,
         }?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Take the offers still owed to the broker (not handed over, still
+    /// offers, not held by a server publishing them) for this server to
+    /// publish, each held for [`crate::PUBLISH_LEASE_MS`]: two servers'
+    /// sweeps never both send one. Oldest first.
+    pub async fn claim_unpublished_dispatches(&self) -> Result<Vec<i64>, StoreError> {
+        let now = now_ms();
+        let until = now + crate::PUBLISH_LEASE_MS;
+        let mut rows = match self {
+            Db::Sqlite { write, .. } => {
+                write
+                    .acquire()
+                    .await?
+                    .claim_unpublished_dispatches(now, until)
+                    .await
+            }
+            Db::Postgres(p, _) => {
+                p.acquire()
+                    .await?
+                    .claim_unpublished_dispatches(now, until)
+                    .await
+            }
+        }?;
+        rows.sort_unstable();
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 

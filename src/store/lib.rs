@@ -91,6 +91,11 @@ pub use users::{
 pub use wellbeing::{OUTCOMES as WELLBEING_OUTCOMES, WellbeingRow};
 pub use withdrawals::Withdrawal;
 
+/// How long a server holds an offer or a withdrawal it is handing to the
+/// broker: the others' sweeps leave it alone meanwhile, and take it up if
+/// the server died before marking it sent.
+pub const PUBLISH_LEASE_MS: i64 = 10_000;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

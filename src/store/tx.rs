@@ -211,8 +211,8 @@ where
     ) -> Result<i64, sqlx::Error> {
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO dispatches (incident_id, carer_id, provider_id, distance_m, \
-             fallback, state, offered_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'offered', $6, $6) RETURNING id",
+             fallback, state, offered_at, updated_at, offer_lease_until) \
+             VALUES ($1, $2, $3, $4, $5, 'offered', $6, $6, $7) RETURNING id",
         )
         .bind(incident_id)
         .bind(d.carer_id)
@@ -220,6 +220,7 @@ where
         .bind(d.distance_m)
         .bind(d.fallback)
         .bind(now)
+        .bind(now + super::PUBLISH_LEASE_MS)
         .fetch_one(&mut *self)
         .await?;
         self.insert_timer(NewTimer {

@@ -386,7 +386,7 @@ impl IncidentStage {
         for ctx in self.db.unrouted_incidents().await? {
             self.route(ctx.incident_id, &ctx.kind, &ctx.client).await?;
         }
-        for dispatch in self.db.unpublished_dispatches().await? {
+        for dispatch in self.db.claim_unpublished_dispatches().await? {
             if self.dispatcher.publish(dispatch).await.is_err() {
                 // Broker still down: the next sweep tries again.
                 break;
@@ -400,7 +400,7 @@ impl IncidentStage {
     /// database until handed to the broker, so a withdrawal made while the
     /// broker was down (or by another server's console) is sent by a sweep.
     pub(crate) async fn send_withdrawals(&self) -> Result<(), StoreError> {
-        let owed = self.db.owed_withdrawals(256).await?;
+        let owed = self.db.claim_owed_withdrawals(256).await?;
         let mut sent = Vec::with_capacity(owed.len());
         for w in &owed {
             match self.dispatcher.publish_withdrawal(w).await {

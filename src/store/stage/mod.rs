@@ -353,7 +353,7 @@ where
         if !plan.offers.is_empty() {
             let mut q = QueryBuilder::new(
                 "INSERT INTO dispatches (incident_id, carer_id, provider_id, \
-                 distance_m, fallback, state, offered_at, updated_at) ",
+                 distance_m, fallback, state, offered_at, updated_at, offer_lease_until) ",
             );
             q.push_values(&plan.offers, |mut b, o| {
                 let d = &o.dispatch;
@@ -364,7 +364,8 @@ where
                     .push_bind(d.fallback)
                     .push("'offered'")
                     .push_bind(now)
-                    .push_bind(now);
+                    .push_bind(now)
+                    .push_bind(now + crate::PUBLISH_LEASE_MS);
             });
             q.push(" RETURNING id, incident_id");
             let rows: Vec<(i64, i64)> = q

@@ -23,3 +23,10 @@ CREATE TABLE servers (
 -- Reports heard by any server since a moment: each server follows the
 -- devices the others hear, so a server's death leaves none unwatched.
 CREATE INDEX device_presence_heard ON device_presence (heard_at);
+
+-- Offers and withdrawals are handed to the broker by one server: the one
+-- that made the offer holds it for a few seconds while it publishes; a
+-- sweep takes an owed one the same way, so two servers' sweeps never both
+-- send it, and one that dies mid-publish leaves it to the next sweep.
+ALTER TABLE dispatches ADD COLUMN offer_lease_until INTEGER;
+ALTER TABLE dispatches ADD COLUMN withdrawal_lease_until INTEGER;

@@ -522,6 +522,14 @@ async fn owed_routing_is_done_once_and_its_offer_published_once(db: &Db) {
 
     // Published once.
     assert_eq!(db.unpublished_dispatches().await.unwrap(), [d]);
+    // The server that made the offer holds it while it publishes: no
+    // other server's sweep takes it meanwhile.
+    assert!(db.claim_unpublished_dispatches().await.unwrap().is_empty());
+    assert_eq!(
+        db.unpublished_dispatches().await.unwrap(),
+        [d],
+        "still owed"
+    );
     db.mark_dispatches_published(&[d]).await.unwrap();
     db.mark_dispatches_published(&[]).await.unwrap();
     assert!(db.unpublished_dispatches().await.unwrap().is_empty());
@@ -1093,6 +1101,11 @@ async fn an_ending_takes_back_its_offers_and_the_phones_are_told_once(db: &Db) {
     assert_eq!(owed[0].reason(), "incident_cancelled");
     assert!(owed.iter().all(|w| w.withdrawn_at > 0));
     assert_eq!(db.owed_withdrawals(1).await.unwrap(), owed[..1]);
+    // Each taken by one server at a time, oldest first, still owed until sent.
+    assert_eq!(db.claim_owed_withdrawals(1).await.unwrap(), owed[..1]);
+    assert_eq!(db.claim_owed_withdrawals(10).await.unwrap(), owed[1..]);
+    assert!(db.claim_owed_withdrawals(10).await.unwrap().is_empty());
+    assert_eq!(db.owed_withdrawals(10).await.unwrap(), owed);
 
     // Told once: each is owed until marked sent.
     db.mark_withdrawals_sent(&[d1]).await.unwrap();
@@ -1108,6 +1121,15 @@ async fn an_ending_takes_back_its_offers_and_the_phones_are_told_once(db: &Db) {
         .await
         .unwrap()
         .unwrap();
+    // Held by its maker while it publishes; once the hold has run out
+    // unpublished (the maker died), a sweep takes it, for one server at a time.
+    assert!(db.claim_unpublished_dispatches().await.unwrap().is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(
+        pingantong_store::PUBLISH_LEASE_MS as u64 + 100,
+    ))
+    .await;
+    assert_eq!(db.claim_unpublished_dispatches().await.unwrap(), [d4]);
+    assert!(db.claim_unpublished_dispatches().await.unwrap().is_empty());
     let d5 = db
         .add_offer(
             next,
