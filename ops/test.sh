@@ -16,6 +16,9 @@ $pg -Atc "SELECT format('DROP SCHEMA %I CASCADE;', nspname) FROM pg_namespace
 # its screenshots legible. Installed when missing, quietly.
 pkgs=()
 command -v chromium >/dev/null || pkgs+=(chromium)
+# HAProxy (Debian's) in front of two servers: tests/pipeline/cluster.rs
+# starts and stops its own, on loopback ports.
+command -v haproxy >/dev/null || pkgs+=(haproxy)
 dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || pkgs+=(fonts-wqy-microhei)
 if [ "${#pkgs[@]}" -gt 0 ]; then
     echo "installing ${pkgs[*]}"
@@ -84,7 +87,9 @@ for t in native::sos_path_postgres_mosquitto native::retries_and_repeated_presse
          incidents::presses_open_one_incident_and_fold_into_it::postgres \
          incidents::the_state_machine_moves_an_incident_and_writes_each_step::postgres \
          keys::an_export_holds_no_events_of_a_devices_former_resident::postgres \
-         alarms::a_device_named_twice_in_one_presence_write_keeps_its_latest_report::postgres; do
+         alarms::a_device_named_twice_in_one_presence_write_keeps_its_latest_report::postgres \
+         cluster::two_servers_share_supervision_without_false_or_double_alarms \
+         cluster::devices_reach_a_live_server_through_haproxy; do
     if ! grep -q "^test $t \.\.\. ok$" "$log"; then
         echo "ops/test.sh: required test $t did not run and pass" >&2
         exit 1
@@ -94,6 +99,10 @@ done
 # The alerting rules, checked and unit-tested by Prometheus's own promtool.
 echo "== alert rules (promtool)"
 bash ops/check-alerts.sh
+
+# The balancer configuration shipped for a cluster, checked by HAProxy itself.
+echo "== balancer configuration (haproxy -c)"
+haproxy -c -q -f ops/haproxy.cfg
 
 # The API against its own OpenAPI document, fuzzed by an independent tool.
 echo "== API fuzz (schemathesis)"

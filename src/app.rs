@@ -384,10 +384,6 @@ impl Application {
             inner.clone(),
         );
         stages.add(Phase::Behind, "directory_refresher", refresher);
-        // Renewed until the stages behind the writer stop; then the others
-        // take over this server's share at once.
-        let membership = Arc::clone(&self.cluster).spawn(self.db.clone(), inner.clone());
-        stages.add(Phase::Behind, "cluster_lease", membership);
         let supervision = Supervision::new(
             s.heartbeats(),
             Arc::clone(&directory),
@@ -431,6 +427,14 @@ impl Application {
                 supervision: Some(Arc::clone(&supervision) as Arc<dyn writer::Heard>),
             },
         );
+        // Renewed until the stages behind the writer stop; then the others
+        // take over this server's share at once.
+        let membership = Arc::clone(&self.cluster).spawn(
+            self.db.clone(),
+            writer.stats().database_state(),
+            inner.clone(),
+        );
+        stages.add(Phase::Behind, "cluster_lease", membership);
         // Stops with the listeners: it holds a writer handle, and the writer
         // finishes only when every handle is gone.
         let supervision_task = supervision.spawn(

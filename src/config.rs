@@ -133,6 +133,11 @@ pub struct DeviceSettings {
     pub idle_timeout_secs: u64,
     pub frame_timeout_secs: u64,
     pub clock_window_secs: u64,
+    /// The TCP listeners sit behind a load balancer that sends the PROXY
+    /// protocol (HAProxy's `send-proxy-v2`): every connection must start
+    /// with its header, which names the device's address. Keep the
+    /// listeners reachable from the balancer only.
+    pub proxy_protocol: bool,
 }
 
 impl Default for DeviceSettings {
@@ -151,6 +156,7 @@ impl Default for DeviceSettings {
             idle_timeout_secs: limits.idle_timeout.as_secs(),
             frame_timeout_secs: limits.frame_timeout.as_secs(),
             clock_window_secs: limits.clock_window.as_secs(),
+            proxy_protocol: false,
         }
     }
 }
@@ -663,6 +669,7 @@ impl Settings {
             idle_timeout: Duration::from_secs(self.devices.idle_timeout_secs),
             frame_timeout: Duration::from_secs(self.devices.frame_timeout_secs),
             clock_window: Duration::from_secs(self.devices.clock_window_secs),
+            proxy_header: self.devices.proxy_protocol,
         }
     }
 }

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use pingantong_store::{Db, ServerRow, StoreError, now_ms};
 use pingantong_telemetry::events;
 
+/// How long a stopping server tries to give its lease up.
+const LEAVE_WITHIN: Duration = Duration::from_secs(2);
+
 /// This server's place in the cluster.
 pub struct Membership {
     instance: String,
@@ -116,10 +119,14 @@ impl Membership {
     }
 
     /// Renew the lease every quarter of it and read who is live, until
-    /// `shutdown`; then leave, so the others take over at once.
+    /// `shutdown`; then leave, so the others take over at once. While the
+    /// store writer finds the database away (`database_up`) nothing is
+    /// tried: a statement would only wait for it, holding SQLite's one
+    /// write connection from the writer's own retries.
     pub fn spawn(
         self: Arc<Self>,
         db: Db,
+        database_up: tokio::sync::watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
@@ -128,16 +135,37 @@ impl Membership {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = every.tick() => self.renew(&db).await,
+                    _ = every.tick() => {}
+                }
+                if !*database_up.borrow() {
+                    let since = now_ms() - self.renewed_at.load(Ordering::Relaxed);
+                    if since >= self.lease.as_millis() as i64 {
+                        self.held.store(false, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                // Bounded, and given up at the stop: with the database away a
+                // renewal waits for it, and the lease runs out by itself.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::timeout(self.lease / 2, self.renew(&db)) => {}
                 }
             }
             self.held.store(false, Ordering::Relaxed);
-            if let Err(e) = db.leave_cluster(&self.instance, &self.boot).await {
-                events::StageFailed {
+            if !*database_up.borrow() {
+                // The others see the lease run out.
+                return;
+            }
+            let leave = db.leave_cluster(&self.instance, &self.boot);
+            match tokio::time::timeout(LEAVE_WITHIN, leave).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => events::StageFailed {
                     stage: "cluster_leave",
                     error: &e,
                 }
-                .emit();
+                .emit(),
+                // The database is away: the others see the lease run out.
+                Err(_) => {}
             }
         })
     }

@@ -70,6 +70,7 @@ pub(crate) trait ClusterSql {
     async fn presence_of_many(&mut self, ids: &[String]) -> Result<Vec<HeardRow>, sqlx::Error>;
     async fn tests_after(&mut self, after_id: i64) -> Result<Vec<(i64, HeardRow)>, sqlx::Error>;
     async fn last_tests_of(&mut self, ids: &[String]) -> Result<Vec<HeardRow>, sqlx::Error>;
+    async fn newest_alarm_id(&mut self) -> Result<i64, sqlx::Error>;
 }
 
 impl<C> ClusterSql for C
@@ -86,6 +87,7 @@ where
     for<'r> ServerRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
     for<'r> HeardRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
     for<'r> (i64, String, String, i64): sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> (i64,): sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
     <C::Database as sqlx::Database>::QueryResult: Affected,
 {
     async fn take_instance(&mut self, row: &ServerRow) -> Result<bool, sqlx::Error> {
@@ -241,6 +243,13 @@ where
         q.push(") GROUP BY device_id");
         q.build_query_as().persistent(false).fetch_all(self).await
     }
+
+    async fn newest_alarm_id(&mut self) -> Result<i64, sqlx::Error> {
+        let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM alarms")
+            .fetch_one(self)
+            .await?;
+        Ok(id)
+    }
 }
 
 /// Whether a server starting as `boot` may take an instance id whose row is
@@ -358,6 +367,15 @@ impl Db {
         Ok(match self {
             Db::Sqlite { read, .. } => read.acquire().await?.tests_after(after_id).await,
             Db::Postgres(p, _) => p.acquire().await?.tests_after(after_id).await,
+        }?)
+    }
+
+    /// The newest alarm's id (0: none yet): where following the periodic
+    /// tests other servers store begins.
+    pub async fn newest_alarm_id(&self) -> Result<i64, StoreError> {
+        Ok(match self {
+            Db::Sqlite { read, .. } => read.acquire().await?.newest_alarm_id().await,
+            Db::Postgres(p, _) => p.acquire().await?.newest_alarm_id().await,
         }?)
     }
 

@@ -317,6 +317,7 @@ pub(crate) trait IncidentSql {
     /// See [`Db::claim_unpublished_dispatches`].
     async fn claim_unpublished_dispatches(
         &mut self,
+        ids: &str,
         now: i64,
         until: i64,
     ) -> Result<Vec<(i64,)>, sqlx::Error>;
@@ -337,6 +338,7 @@ pub(crate) trait IncidentSql {
 impl<C> IncidentSql for C
 where
     C: sqlx::Connection,
+    C::Database: sqlx::database::HasStatementCache,
     for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
     <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
     for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
@@ -411,14 +413,16 @@ where
 
     async fn claim_unpublished_dispatches(
         &mut self,
+        ids: &str,
         now: i64,
         until: i64,
     ) -> Result<Vec<(i64,)>, sqlx::Error> {
-        sqlx::query_as(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE dispatches SET offer_lease_until = $1 \
-             WHERE published_at IS NULL AND state = 'offered' \
-             AND (offer_lease_until IS NULL OR offer_lease_until <= $2) RETURNING id",
-        )
+             WHERE id IN ({ids}) AND published_at IS NULL AND state = 'offered' \
+             AND (offer_lease_until IS NULL OR offer_lease_until <= $2) RETURNING id"
+        )))
+        .persistent(false)
         .bind(until)
         .bind(now)
         .fetch_all(self)
@@ -607,20 +611,32 @@ impl Db {
     /// publish, each held for [`crate::PUBLISH_LEASE_MS`]: two servers'
     /// sweeps never both send one. Oldest first.
     pub async fn claim_unpublished_dispatches(&self) -> Result<Vec<i64>, StoreError> {
+        // Read first: a sweep finds none owed almost always, and a write on
+        // every sweep would queue behind an outage on SQLite's one writer.
+        let owed = self.unpublished_dispatches().await?;
+        if owed.is_empty() {
+            return Ok(owed);
+        }
         let now = now_ms();
         let until = now + crate::PUBLISH_LEASE_MS;
+        // Integers the database just returned: listed inline.
+        let ids = owed
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let mut rows = match self {
             Db::Sqlite { write, .. } => {
                 write
                     .acquire()
                     .await?
-                    .claim_unpublished_dispatches(now, until)
+                    .claim_unpublished_dispatches(&ids, now, until)
                     .await
             }
             Db::Postgres(p, _) => {
                 p.acquire()
                     .await?
-                    .claim_unpublished_dispatches(now, until)
+                    .claim_unpublished_dispatches(&ids, now, until)
                     .await
             }
         }?;

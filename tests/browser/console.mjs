@@ -281,6 +281,10 @@ async function run() {
   await page.waitForSelector('body[data-feed=live]');
   const stored = await page.evaluate(() => JSON.parse(sessionStorage.getItem('pat.session')));
   check(stored && stored.token && stored.role === 'operator', 'the session is kept in sessionStorage');
+  // Which servers are up, from GET /api/v1/servers: this one.
+  await page.waitForSelector('#servers-state:not([hidden])');
+  const up = await page.innerText('#servers-state');
+  check(/\b1\b/.test(up) && !up.includes('⚠'), `one server up, none silent: ${up}`);
 
   // The language toggle: English (the browser's) to Chinese, kept in localStorage.
   check((await page.textContent('#queue-title')).includes('Open alarms'), 'English by default for an en-US browser');

@@ -142,3 +142,143 @@ async fn two_servers_share_supervision_without_false_or_double_alarms() {
     b.stop().await;
     drop((dir_a, dir_b));
 }
+
+/// Debian's HAProxy on a loopback port in front of the servers' native
+/// listeners: the PROXY protocol (v2) to each, health checks on each one's
+/// `/readyz`, a connection to a dead server sent to another. Stopped when
+/// dropped.
+struct Haproxy {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    async fn start(servers: &[(std::net::SocketAddr, std::net::SocketAddr)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut backends = String::new();
+        for (i, (native, http)) in servers.iter().enumerate() {
+            backends.push_str(&format!(
+                "    server s{i} {native} send-proxy-v2 check port {}\n",
+                http.port()
+            ));
+        }
+        let cfg = format!(
+            "global\n    maxconn 256\n\
+             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    \
+             timeout server 30s\n    retries 3\n    option redispatch\n\
+             frontend native\n    bind 127.0.0.1:{port}\n    default_backend servers\n\
+             backend servers\n    balance roundrobin\n    option httpchk GET /readyz\n    \
+             http-check expect status 200\n    default-server inter 200ms fall 1 rise 1\n{backends}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian's package; ops/test.sh installs it)");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        eventually("haproxy listening", || async {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+        // Every server checked up once (checks every 200 ms, one to rise).
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A press through the balancer, answered; the device's own address.
+async fn press_through(lb: &Haproxy, city: &City, seq: u32) -> std::net::SocketAddr {
+    let mut dev = Device::connect(lb.addr).await;
+    let me = dev.stream.local_addr().unwrap();
+    let (reply, authentic) = dev
+        .send(&event(&city.device, seq, EventKind::Sos), &city.secret)
+        .await;
+    assert!(
+        authentic && matches!(reply, pingantong_protocol::native::Reply::Ack { .. }),
+        "{reply:?}"
+    );
+    me
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_reach_a_live_server_through_haproxy() {
+    let schema = unique("t");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let behind = |dir: &std::path::Path, name: &str| {
+        let mut s = clustered(dir, name, &schema);
+        s.devices.proxy_protocol = true;
+        s
+    };
+    let a = TestApp::spawn_with(behind(dir_a.path(), &format!("a-{schema}")), None).await;
+    let b = TestApp::spawn_with(behind(dir_b.path(), &format!("b-{schema}")), None).await;
+    let city = seed_small_city(&a.db).await;
+    let lb = Haproxy::start(&[(a.native, a.addrs.http), (b.native, b.addrs.http)]).await;
+
+    // Presses through the balancer, spread over both servers: each answered
+    // after its commit, and kept with the device's address, not the balancer's.
+    let mut devices = Vec::new();
+    for seq in 1..=4 {
+        devices.push(press_through(&lb, &city, seq).await.to_string());
+    }
+    let log =
+        a.db.alarm_log(&pingantong::store::AlarmLogQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut peers: Vec<String> = log.iter().map(|r| r.peer.clone()).collect();
+    peers.sort();
+    devices.sort();
+    assert_eq!(peers, devices, "each alarm kept with its device's address");
+
+    // A device that reaches a listener directly, past the balancer, is not heard.
+    let mut direct = Device::connect(a.native).await;
+    direct
+        .send_raw(&frame(
+            &event(&city.device, 90, EventKind::Sos),
+            &city.secret,
+        ))
+        .await;
+    assert!(
+        direct.reply(&city.secret).await.is_none(),
+        "closed unanswered"
+    );
+
+    // One server stops: the balancer sees it at its next check, and every
+    // press after reaches the other.
+    a.stop().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for seq in 5..=8 {
+        press_through(&lb, &city, seq).await;
+    }
+    assert_eq!(
+        b.db.count_alarms(Some(EventKind::Sos)).await.unwrap(),
+        8,
+        "every press answered is stored, none besides"
+    );
+    drop(lb);
+    b.stop().await;
+    drop((dir_a, dir_b));
+}

@@ -21,6 +21,7 @@ const message = document.getElementById('message');
 
 let screen = null; // the running view: { el, start(), stop(), relabel(), waiting() }
 let feedState = 'connecting';
+let servers = null; // the servers sharing the database, as GET /api/v1/servers last said
 
 const alarm = new Alarm(() => showAlarm());
 
@@ -132,11 +133,41 @@ function renderTopbar() {
     s.role === 'carer' || s.role === 'regulator'
       ? null
       : h('span', { id: 'feed-state', class: `feed feed-${feedState}`, role: 'status' }, t(`feed.${feedState}`)),
+    PAGES[s.role] ? h('span', { id: 'servers-state', role: 'status' }) : null,
     h('span', { class: 'spacer' }),
     canSound ? h('button', { id: 'sound-toggle', type: 'button', onclick: () => alarm.toggle() }) : null,
     langButton(),
     h('button', { id: 'logout', type: 'button', onclick: () => doLogout() }, t('logout')));
+  paintServers();
   showAlarm();
+}
+
+/**
+ * Which servers are up. One that stopped renewing its lease without saying
+ * goodbye is named: its devices are being taken over by the others.
+ */
+function paintServers() {
+  const el = document.getElementById('servers-state');
+  if (!el) return;
+  if (!servers) {
+    el.hidden = true;
+    return;
+  }
+  const silent = servers.filter((s) => !s.up && s.stopped_at == null).map((s) => s.instance_id);
+  el.hidden = false;
+  el.className = silent.length ? 'feed feed-down' : 'feed servers';
+  el.textContent = silent.length
+    ? t('servers.silent', { names: silent.join(', ') })
+    : t('servers.up', { n: servers.filter((s) => s.up).length });
+}
+
+async function pollServers() {
+  try {
+    servers = await api('GET', '/api/v1/servers');
+  } catch {
+    servers = null;
+  }
+  paintServers();
 }
 
 function setFeedState(state) {
@@ -223,12 +254,15 @@ class StaffScreen {
     }, 1000);
     // The feed says when to reload; this is the safety net.
     this.poller = setInterval(() => this.reload(), 30000);
+    pollServers();
+    this.serverPoller = setInterval(pollServers, 10000);
   }
 
   stop() {
     this.feed.stop();
     clearInterval(this.ticker);
     clearInterval(this.poller);
+    clearInterval(this.serverPoller);
     clearTimeout(this.soon);
     clearTimeout(this.detailSoon);
   }

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::IngestContext;
+use super::{IngestContext, proxy};
 use pingantong_store::writer::PendingCommit;
 use pingantong_store::{AlarmRecord, CommitOutcome, DeviceRow, StoreError, now_ms};
 use pingantong_telemetry::events;
@@ -232,10 +232,33 @@ impl Connection {
         tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: CancellationToken,
     ) {
-        let reason = match tls {
-            None => self.converse(stream, &shutdown).await,
-            // Boxed: a plain connection's task stays as small as it was.
-            Some(acceptor) => Box::pin(self.over_tls(acceptor, stream, &shutdown)).await,
+        let mut stream = stream;
+        let reason = 'served: {
+            if self.ctx.limits.proxy_header {
+                // Boxed, and done before serving: the task is no larger
+                // for it once the device's bytes flow.
+                let limit = self.ctx.limits.frame_timeout;
+                let header = tokio::time::timeout(limit, proxy::read_header(&mut stream));
+                match Box::pin(header).await {
+                    Ok(Ok(Some(device))) => self.peer = device,
+                    // The balancer's own check: it keeps its address.
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        events::ConnectionRefused {
+                            protocol: self.codec.protocol(),
+                            reason: e.reason(),
+                        }
+                        .emit();
+                        break 'served e.reason();
+                    }
+                    Err(_) => break 'served "proxy_header_timeout",
+                }
+            }
+            match tls {
+                None => self.converse(stream, &shutdown).await,
+                // Boxed: a plain connection's task stays as small as it was.
+                Some(acceptor) => Box::pin(self.over_tls(acceptor, stream, &shutdown)).await,
+            }
         };
         events::ConnectionClosed {
             protocol: self.codec.protocol(),

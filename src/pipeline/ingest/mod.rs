@@ -5,6 +5,7 @@
 pub mod adapters;
 pub mod device;
 pub mod mqtt;
+pub mod proxy;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ pub struct ConnectionLimits {
     pub frame_timeout: Duration,
     /// Device clocks further than this from the server's are flagged in the reply.
     pub clock_window: Duration,
+    /// Every TCP connection starts with a PROXY protocol header (v2 or v1)
+    /// naming the device's address: the listeners sit behind a balancer.
+    pub proxy_header: bool,
 }
 
 impl Default for ConnectionLimits {
@@ -43,6 +47,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(600),
             frame_timeout: Duration::from_secs(10),
             clock_window: Duration::from_secs(300),
+            proxy_header: false,
         }
     }
 }

@@ -131,8 +131,9 @@ struct Followed {
 }
 
 /// Reports written this long after they were heard are still followed
-/// (device presence is written within a second; commits land out of id order).
-const FOLLOW_OVERLAP_MS: i64 = 5_000;
+/// (device presence is written within a second; commits land out of id
+/// order). One written later still is found by the check before raising.
+const FOLLOW_OVERLAP_MS: i64 = 2_000;
 const FOLLOW_OVERLAP_IDS: i64 = 1_000;
 
 /// How often the devices the database says are offline are read again.
@@ -222,10 +223,16 @@ impl Supervision {
             }
         }
         // Followed from now on: what came before is in the restored list.
+        let newest = db.newest_alarm_id().await?;
         let mut followed = self.followed();
         followed.heard_after = heard - FOLLOW_OVERLAP_MS;
+        followed.test_after = newest;
         followed.offline_read_at = now;
         Ok(devices.len())
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.cluster.lease().as_millis() as i64
     }
 
     fn followed(&self) -> std::sync::MutexGuard<'_, Followed> {
@@ -240,15 +247,29 @@ impl Supervision {
     /// devices' reports and periodic tests, and which devices the database
     /// says are offline. A server that dies leaves no device unwatched.
     async fn follow(&self, db: &Db, now: i64) -> Result<(), StoreError> {
+        // Alone, every device report is this server's own: not read back.
+        // A server that joins is seen within a quarter lease, and the
+        // reports it heard since are read then. (Periodic tests are few:
+        // always followed, so the mark stays near the newest alarm.)
+        let alone = self.cluster.live().len() == 1;
         let (heard_after, test_after, offline_due) = {
-            let f = self.followed();
+            let mut f = self.followed();
+            if alone {
+                f.heard_after = f
+                    .heard_after
+                    .max(pingantong_store::now_ms() - FOLLOW_OVERLAP_MS - self.lease_ms());
+            }
             (
                 f.heard_after,
                 f.test_after,
-                now - f.offline_read_at >= OFFLINE_READ_EVERY_MS,
+                !alone && now - f.offline_read_at >= OFFLINE_READ_EVERY_MS,
             )
         };
-        let heard = db.presence_after(heard_after).await?;
+        let heard = if alone {
+            Vec::new()
+        } else {
+            db.presence_after(heard_after).await?
+        };
         let latest = heard.iter().map(|r| r.heard_at).max();
         {
             let mut watch = self.watch();
@@ -310,7 +331,14 @@ impl Supervision {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = every.tick() => {
-                        if let Err(e) = self.check(&db, &writer).await {
+                        // Given up at the stop (a read may be waiting for a
+                        // database that is away): what a round had found is
+                        // found again from the database after the restart.
+                        let round = tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            r = self.check(&db, &writer) => r,
+                        };
+                        if let Err(e) = round {
                             events::StageFailed { stage: "supervision", error: &e }.emit();
                         }
                     }

@@ -165,6 +165,7 @@ async fn every_server_reads_what_the_others_heard(db: &Db) {
     assert!(db.last_heard(&[]).await.unwrap().is_empty());
 
     // Periodic tests: every verified one, in order, and each device's last.
+    assert_eq!(db.newest_alarm_id().await.unwrap(), 0, "no alarm yet");
     let rules = Rules::default();
     let mut ids = Vec::new();
     for (seq, device, kind, at) in [
@@ -185,6 +186,10 @@ async fn every_server_reads_what_the_others_heard(db: &Db) {
     let mut forged = record("PA-2", 5, EventKind::PeriodicTest, 14_000);
     forged.auth = pingantong_store::AuthStatus::BadTag;
     db.insert_alarms(&[forged], &rules).await.unwrap();
+    assert!(
+        db.newest_alarm_id().await.unwrap() > ids[3],
+        "the forged one after"
+    );
     let tests: Vec<_> = db
         .tests_after(ids[0])
         .await
