@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -15,6 +14,25 @@ use pingantong_store::{Db, now_ms};
 
 /// Who sees the servers: the staff of the centre.
 const READERS: &[Role] = &[Role::Admin, Role::Supervisor, Role::Operator];
+
+/// A server as the console shows it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ServerView {
+    instance_id: String,
+    version: String,
+    host: String,
+    pid: i64,
+    started_at: i64,
+    /// When it last renewed its lease.
+    renewed_at: i64,
+    lease_until: i64,
+    /// Set when it stopped cleanly.
+    stopped_at: Option<i64>,
+    /// Its lease holds.
+    up: bool,
+    /// The server answering this request.
+    this: bool,
+}
 
 #[derive(Clone)]
 struct Servers {
@@ -39,24 +57,30 @@ pub fn router(db: Db, cluster: Arc<Membership>) -> OpenApiRouter {
 #[utoipa::path(
     get, path = "/api/v1/servers", tag = "health",
     responses(
-        (status = 200, description = "`[{instance_id, version, host, pid, started_at, renewed_at, lease_until, stopped_at, up, this}]`", body = Object),
+        (status = 200, body = [ServerView]),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
-async fn list(State(s): State<Servers>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn list(State(s): State<Servers>, caller: Caller) -> Result<Json<Vec<ServerView>>, ApiError> {
     caller.require(READERS)?;
     let now = now_ms();
     let servers = s.db.servers().await?;
-    Ok(Json(Value::Array(
+    Ok(Json(
         servers
             .into_iter()
-            .map(|row| {
-                let mut v = json!(row);
-                v["up"] = json!(row.is_up(now));
-                v["this"] = json!(row.instance_id == s.cluster.instance());
-                v
+            .map(|r| ServerView {
+                up: r.is_up(now),
+                this: r.instance_id == s.cluster.instance(),
+                instance_id: r.instance_id,
+                version: r.version,
+                host: r.host,
+                pid: r.pid,
+                started_at: r.started_at,
+                renewed_at: r.renewed_at,
+                lease_until: r.lease_until,
+                stopped_at: r.stopped_at,
             })
             .collect(),
-    )))
+    ))
 }

@@ -49,20 +49,7 @@ impl Membership {
     pub async fn join(db: &Db, instance: &str, lease: Duration) -> Result<Arc<Self>, JoinError> {
         let boot = format!("{:032x}", rand::random::<u128>());
         let lease_ms = lease.as_millis() as i64;
-        let me = || {
-            let now = now_ms();
-            ServerRow {
-                instance_id: instance.to_owned(),
-                boot_id: boot.clone(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                host: host_name(),
-                pid: i64::from(std::process::id()),
-                started_at: now,
-                renewed_at: now,
-                lease_until: now + lease_ms,
-                stopped_at: None,
-            }
-        };
+        let me = || this_server(instance, &boot, lease_ms);
         if let Some(holder) = db.join_cluster(&me()).await? {
             let gone_here = holder.host == host_name() && !process_runs(holder.pid);
             if !gone_here {
@@ -181,19 +168,7 @@ impl Membership {
                 // The lease ran out (the database was away longer than it)
                 // and another process took the id: two servers answer as one.
                 // Taken back once that process is gone.
-                let version = env!("CARGO_PKG_VERSION");
-                let now = now_ms();
-                let me = ServerRow {
-                    instance_id: self.instance.clone(),
-                    boot_id: self.boot.clone(),
-                    version: version.to_owned(),
-                    host: host_name(),
-                    pid: i64::from(std::process::id()),
-                    started_at: now,
-                    renewed_at: now,
-                    lease_until: now + lease_ms,
-                    stopped_at: None,
-                };
+                let me = this_server(&self.instance, &self.boot, lease_ms);
                 let back = matches!(db.join_cluster(&me).await, Ok(None));
                 if back {
                     self.renewed_at.store(now_ms(), Ordering::Relaxed);
@@ -258,6 +233,22 @@ pub enum JoinError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// This server's row as it (re)joins now, with a lease of `lease_ms`.
+fn this_server(instance: &str, boot: &str, lease_ms: i64) -> ServerRow {
+    let now = now_ms();
+    ServerRow {
+        instance_id: instance.to_owned(),
+        boot_id: boot.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        host: host_name(),
+        pid: i64::from(std::process::id()),
+        started_at: now,
+        renewed_at: now,
+        lease_until: now + lease_ms,
+        stopped_at: None,
+    }
 }
 
 /// This machine's name, as the kernel has it.

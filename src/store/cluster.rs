@@ -13,11 +13,10 @@ use super::backend::Affected;
 use super::{Db, StoreError, now_ms};
 
 /// A server as the others see it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ServerRow {
     pub instance_id: String,
     /// This run of the server: a restart has a new one.
-    #[serde(skip)]
     pub boot_id: String,
     pub version: String,
     /// The host it runs on and its process id there.
@@ -44,6 +43,13 @@ pub struct HeardRow {
     pub heard_at: i64,
 }
 
+/// Which of a device's latest the database is asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Latest {
+    Report,
+    Test,
+}
+
 /// The statements, written once for both backends (see [`super::tx`]).
 pub(crate) trait ClusterSql {
     /// Take the instance id for this boot, unless another boot holds a live
@@ -67,9 +73,13 @@ pub(crate) trait ClusterSql {
     ) -> Result<(), sqlx::Error>;
     async fn all_servers(&mut self) -> Result<Vec<ServerRow>, sqlx::Error>;
     async fn presence_after(&mut self, since: i64) -> Result<Vec<HeardRow>, sqlx::Error>;
-    async fn presence_of_many(&mut self, ids: &[String]) -> Result<Vec<HeardRow>, sqlx::Error>;
+    /// Each of `ids`' latest report (`Latest::Report`) or periodic test.
+    async fn latest_of(
+        &mut self,
+        ids: &[String],
+        what: Latest,
+    ) -> Result<Vec<HeardRow>, sqlx::Error>;
     async fn tests_after(&mut self, after_id: i64) -> Result<Vec<(i64, HeardRow)>, sqlx::Error>;
-    async fn last_tests_of(&mut self, ids: &[String]) -> Result<Vec<HeardRow>, sqlx::Error>;
     async fn newest_alarm_id(&mut self) -> Result<i64, sqlx::Error>;
 }
 
@@ -196,15 +206,28 @@ where
         .await
     }
 
-    async fn presence_of_many(&mut self, ids: &[String]) -> Result<Vec<HeardRow>, sqlx::Error> {
-        let mut q = sqlx::QueryBuilder::new(
-            "SELECT device_id, protocol, heard_at FROM device_presence WHERE device_id IN (",
-        );
+    async fn latest_of(
+        &mut self,
+        ids: &[String],
+        what: Latest,
+    ) -> Result<Vec<HeardRow>, sqlx::Error> {
+        let mut q = sqlx::QueryBuilder::new(match what {
+            Latest::Report => {
+                "SELECT device_id, protocol, heard_at FROM device_presence WHERE device_id IN ("
+            }
+            Latest::Test => {
+                "SELECT device_id, MAX(protocol) AS protocol, MAX(received_at) AS heard_at \
+                 FROM alarms WHERE kind = 'periodic_test' AND auth = 'verified' AND device_id IN ("
+            }
+        });
         let mut list = q.separated(", ");
         for id in ids {
             list.push_bind(id.as_str());
         }
-        q.push(")");
+        q.push(match what {
+            Latest::Report => ")",
+            Latest::Test => ") GROUP BY device_id",
+        });
         q.build_query_as().persistent(false).fetch_all(self).await
     }
 
@@ -229,19 +252,6 @@ where
                 )
             })
             .collect())
-    }
-
-    async fn last_tests_of(&mut self, ids: &[String]) -> Result<Vec<HeardRow>, sqlx::Error> {
-        let mut q = sqlx::QueryBuilder::new(
-            "SELECT device_id, MAX(protocol) AS protocol, MAX(received_at) AS heard_at \
-             FROM alarms WHERE kind = 'periodic_test' AND auth = 'verified' AND device_id IN (",
-        );
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(id.as_str());
-        }
-        q.push(") GROUP BY device_id");
-        q.build_query_as().persistent(false).fetch_all(self).await
     }
 
     async fn newest_alarm_id(&mut self) -> Result<i64, sqlx::Error> {
@@ -348,12 +358,25 @@ impl Db {
 
     /// When each of these devices last reported, by any server, as written.
     pub async fn last_heard(&self, ids: &[String]) -> Result<HashMap<String, i64>, StoreError> {
+        self.latest(ids, Latest::Report).await
+    }
+
+    /// When each of these devices last sent a verified periodic test, by any server.
+    pub async fn last_tests(&self, ids: &[String]) -> Result<HashMap<String, i64>, StoreError> {
+        self.latest(ids, Latest::Test).await
+    }
+
+    async fn latest(
+        &self,
+        ids: &[String],
+        what: Latest,
+    ) -> Result<HashMap<String, i64>, StoreError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
         let rows = match self {
-            Db::Sqlite { read, .. } => read.acquire().await?.presence_of_many(ids).await,
-            Db::Postgres(p, _) => p.acquire().await?.presence_of_many(ids).await,
+            Db::Sqlite { read, .. } => read.acquire().await?.latest_of(ids, what).await,
+            Db::Postgres(p, _) => p.acquire().await?.latest_of(ids, what).await,
         }?;
         Ok(rows
             .into_iter()
@@ -377,21 +400,6 @@ impl Db {
             Db::Sqlite { read, .. } => read.acquire().await?.newest_alarm_id().await,
             Db::Postgres(p, _) => p.acquire().await?.newest_alarm_id().await,
         }?)
-    }
-
-    /// When each of these devices last sent a verified periodic test, by any server.
-    pub async fn last_tests(&self, ids: &[String]) -> Result<HashMap<String, i64>, StoreError> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows = match self {
-            Db::Sqlite { read, .. } => read.acquire().await?.last_tests_of(ids).await,
-            Db::Postgres(p, _) => p.acquire().await?.last_tests_of(ids).await,
-        }?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.device_id, r.heard_at))
-            .collect())
     }
 }
 

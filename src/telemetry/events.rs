@@ -469,7 +469,7 @@ pub struct SupervisorAlert<'a> {
 
 impl SupervisorAlert<'_> {
     pub fn emit(self) {
-        counter!("pat_supervisor_alerts_total").increment(1);
+        counter!("pat_supervisor_alerts_total", "kind" => self.kind.to_owned()).increment(1);
         warn!(
             incident = self.incident,
             kind = self.kind,

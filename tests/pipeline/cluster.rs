@@ -3,6 +3,7 @@
 //! taken up by the other when it stops; an instance id is held by one
 //! running server only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingantong::Settings;
@@ -20,14 +21,7 @@ fn clustered(dir: &std::path::Path, instance: &str, schema: &str) -> Settings {
     s.database.schema = Some(schema.to_owned());
     s.instance_id = instance.to_owned();
     s.keys.data_key = Some(Secret::new("a data key shared by every server, 32+ chars"));
-    s.supervision.heartbeat_secs = pingantong::supervision::default_intervals()
-        .into_keys()
-        .map(|p| (p, 1))
-        .collect();
-    s.supervision.heartbeat_default_secs = 1;
-    s.supervision.heartbeat_missed = 2;
-    s.supervision.heartbeat_grace_secs = 1;
-    s.supervision.tick_ms = 100;
+    supervise(&mut s, 1, 2, 1, 100);
     s.stages.server_lease_ms = 1_000;
     s
 }
@@ -281,4 +275,196 @@ async fn devices_reach_a_live_server_through_haproxy() {
     drop(lb);
     b.stop().await;
     drop((dir_a, dir_b));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `kill -9` of one of two server processes behind HAProxy while a fleet
+/// presses and beats through it: every press answered is stored once, the
+/// pendants are answered by the other server, and no pendant beating all
+/// along is raised offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_under_load_loses_nothing_and_raises_no_false_alarm() {
+    use pingantong_sim::city::{CitySpec, seed_city};
+    use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    const SEED: &str = "cluster-kill";
+    const DATA_KEY: &str = "a data key every server of this test shares, 32+";
+    let schema = unique("crash");
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(&pingantong::store::StoreConfig {
+        url: POSTGRES_URL.into(),
+        schema: Some(schema.clone()),
+        max_connections: 2,
+        master_key: Arc::new(
+            pingantong::vault::MasterKey::configured_or_kept(
+                Some(&Secret::new(DATA_KEY)),
+                dir.path(),
+            )
+            .unwrap(),
+        ),
+    })
+    .await
+    .unwrap();
+    let city = seed_city(
+        &db,
+        &CitySpec {
+            clients: 20,
+            carers_per_provider: 2,
+            secret_seed: SEED.into(),
+            protocol: pingantong_sim::speaker::Mix::native(),
+            native_from: None,
+        },
+    )
+    .await
+    .unwrap();
+    // Behind the balancer; a 1 s lease; 6 s of silence allowed.
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        "[devices]\nproxy_protocol = true\n\n[stages]\nserver_lease_ms = 1000\n\n\
+         [supervision]\nheartbeat_default_secs = 2\nheartbeat_missed = 2\n\
+         heartbeat_grace_secs = 2\ntick_ms = 100\nheartbeat_secs = { native = 2 }\n",
+    )
+    .unwrap();
+    let mut servers = Vec::new();
+    let mut ends = Vec::new();
+    for name in ["a", "b"] {
+        let (native, http) = (free_port(), free_port());
+        let data = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = [
+            "--config",
+            &config.display().to_string(),
+            "--instance-id",
+            &format!("{name}-{schema}"),
+            "--database-url",
+            POSTGRES_URL,
+            "--database-schema",
+            &schema,
+            "--data-dir",
+            &data.path().display().to_string(),
+            "--data-key",
+            DATA_KEY,
+            "--native-addr",
+            &format!("127.0.0.1:{native}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+            "--embedded-mqtt-addr",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec();
+        for flag in [
+            "--gt06-addr",
+            "--watch-addr",
+            "--h02-addr",
+            "--eview-addr",
+            "--dc09-addr",
+        ] {
+            args.extend([flag.into(), "127.0.0.1:0".into()]);
+        }
+        servers.push((crate::crash::start_server(&args).await, data));
+        ends.push((
+            std::net::SocketAddr::from(([127, 0, 0, 1], native)),
+            std::net::SocketAddr::from(([127, 0, 0, 1], http)),
+        ));
+    }
+    let lb = Haproxy::start(&ends).await;
+
+    let pendants = city
+        .devices
+        .iter()
+        .map(|id| Pendant::new(id.clone(), pingantong_sim::derive_secret(SEED, id)))
+        .collect();
+    let stats = Arc::new(FleetStats::default());
+    let beating = Duration::from_secs(6);
+    let started = pingantong::store::now_ms();
+    let fleet = tokio::spawn(fleet::run(
+        FleetConfig {
+            lines: vec![Line::new(
+                Arc::new(pingantong_sim::speaker::NativeSpeaker),
+                lb.addr,
+            )],
+            pendants,
+            heartbeat: Duration::from_millis(200),
+            alarm_rate: 100.0,
+            technical_rate: 0.0,
+            duration: beating,
+            retry_after: Duration::from_millis(500),
+            grace: Duration::from_secs(20),
+        },
+        Arc::clone(&stats),
+    ));
+    eventually("alarms flowing", || async {
+        (stats.alarms_acked.load(Relaxed) >= 50).then_some(())
+    })
+    .await;
+    servers[0].0.kill().await.unwrap();
+    let acked_before_kill = stats.alarms_acked.load(Relaxed);
+    let report = fleet.await.unwrap();
+
+    assert!(
+        report.reconnects >= 1,
+        "the pendants on the killed server noticed"
+    );
+    assert!(
+        report.alarms_acked > acked_before_kill,
+        "answered by the other server after the kill"
+    );
+    assert_eq!(
+        report.alarms_lost(),
+        0,
+        "unanswered: {:?}",
+        report.unanswered
+    );
+    for (device, seq) in &report.acked {
+        let copies = db.alarm_states(device, i64::from(*seq)).await.unwrap();
+        assert_eq!(copies.len(), 1, "{device} seq {seq}: {copies:?}");
+    }
+    let alarms = db.count_alarms(Some(EventKind::Sos)).await.unwrap()
+        + db.count_alarms(Some(EventKind::Fall)).await.unwrap();
+    assert_eq!(alarms as u64, report.alarms_acked, "stored = answered");
+    // Every stored press handled once by the survivor: no alarm left
+    // unprocessed, never two incidents for one frame.
+    eventually("every alarm handled", || async {
+        let owed = db.unprocessed_alarms(0, 1, None).await.unwrap();
+        let presses: i64 = db
+            .incidents_overview()
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.2)
+            .sum();
+        (owed.is_empty() && presses == alarms).then_some(())
+    })
+    .await;
+    // No pendant beating through the failover was taken for silent (they
+    // fall silent once the fleet stops, which is not counted).
+    let stopped_beating = started + beating.as_millis() as i64;
+    let offline = db
+        .alarm_log(&pingantong::store::AlarmLogQuery {
+            kind: Some("offline"),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let false_alarms: Vec<_> = offline
+        .iter()
+        .filter(|r| r.received_at <= stopped_beating)
+        .map(|r| r.device_id.clone())
+        .collect();
+    assert!(
+        false_alarms.is_empty(),
+        "raised offline while beating: {false_alarms:?}"
+    );
+    drop(lb);
+    servers[1].0.kill().await.unwrap();
 }

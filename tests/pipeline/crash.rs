@@ -15,7 +15,7 @@ use crate::helpers::*;
 
 const SEED: &str = "crash-test";
 
-async fn start_server(args: &[String]) -> Child {
+pub(crate) async fn start_server(args: &[String]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pingantong"))
         .arg("serve")
         .args(args)

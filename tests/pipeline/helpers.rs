@@ -71,6 +71,19 @@ pub fn test_settings(backend: Backend, broker: Broker, dir: &std::path::Path) ->
     s
 }
 
+/// Supervision of every protocol on beats every `secs`, `missed` of them
+/// and `grace_secs` allowed, looked at every `tick_ms`.
+pub fn supervise(s: &mut Settings, secs: u64, missed: u32, grace_secs: u64, tick_ms: u64) {
+    s.supervision.heartbeat_secs = pingantong::supervision::default_intervals()
+        .into_keys()
+        .map(|p| (p, secs))
+        .collect();
+    s.supervision.heartbeat_default_secs = secs;
+    s.supervision.heartbeat_missed = missed;
+    s.supervision.heartbeat_grace_secs = grace_secs;
+    s.supervision.tick_ms = tick_ms;
+}
+
 pub struct TestApp {
     pub settings: Settings,
     pub mqtt: pingantong::dispatch::MqttEndpoint,

@@ -16,14 +16,7 @@ use crate::helpers::*;
 /// Devices of every protocol report every 60 s; offline after 2 missed + 30 s = 150 s.
 fn supervised(backend: Backend, dir: &std::path::Path) -> pingantong::Settings {
     let mut s = test_settings(backend, Broker::Embedded, dir);
-    s.supervision.heartbeat_secs = pingantong::supervision::default_intervals()
-        .into_keys()
-        .map(|p| (p, 60))
-        .collect();
-    s.supervision.heartbeat_default_secs = 60;
-    s.supervision.heartbeat_missed = 2;
-    s.supervision.heartbeat_grace_secs = 30;
-    s.supervision.tick_ms = 100;
+    supervise(&mut s, 60, 2, 30, 100);
     s
 }
 
