@@ -101,6 +101,9 @@ done
 echo "== alert rules (promtool)"
 bash ops/check-alerts.sh
 
+# Every metric the alerts and the Grafana dashboard name is one the server emits.
+python3 ops/check-metrics.py
+
 # The balancer configuration shipped for a cluster, checked by HAProxy itself.
 echo "== balancer configuration (haproxy -c)"
 haproxy -c -q -f ops/haproxy.cfg
