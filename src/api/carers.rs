@@ -38,7 +38,10 @@ pub async fn jobs(
 ) -> Result<Json<Vec<CarerJob>>, ApiError> {
     let carer = my_carer_id(&caller)?;
     let jobs = s.db.carer_jobs(carer).await?;
-    for j in jobs.iter().filter(|j| j.state != "withdrawn") {
+    for j in jobs
+        .iter()
+        .filter(|j| j.state != pingantong_domain::DispatchState::Withdrawn)
+    {
         s.db.audit(AuditEntry {
             actor: &caller.actor(),
             action: "profile_read",

@@ -602,7 +602,7 @@ pub async fn carers(
         s.db.dispatches_of(id)
             .await?
             .into_iter()
-            .filter(|d| matches!(d.state.as_str(), "offered" | "accepted" | "arrived"))
+            .filter(|d| d.state.is_live())
             .map(|d| d.carer_id)
             .collect();
     for c in &mut candidates {

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::DispatchState;
+
 /// Where an incident stands. Terminal: closed, cancelled, merged. Stored,
 /// served and taken (`GET /api/v1/incidents?state=`) by the names
 /// [`State::as_str`] gives.
@@ -90,10 +92,12 @@ impl State {
     /// arrived) only when it is closed, cancelled or merged, since after
     /// "resolved" the operator may still want the visit, and a carer who has
     /// arrived is in the room and finishes with `completed`.
-    pub fn withdraws(self) -> &'static [&'static str] {
+    pub fn withdraws(self) -> &'static [DispatchState] {
         match self {
-            State::Resolved => &["offered"],
-            State::Closed | State::Cancelled | State::Merged => &["offered", "accepted"],
+            State::Resolved => &[DispatchState::Offered],
+            State::Closed | State::Cancelled | State::Merged => {
+                &[DispatchState::Offered, DispatchState::Accepted]
+            }
             _ => &[],
         }
     }
@@ -330,9 +334,9 @@ mod tests {
         for s in State::ALL {
             let w = s.withdraws();
             assert_eq!(w.is_empty(), s.is_open(), "{s}");
-            assert!(!w.contains(&"arrived"), "{s}");
+            assert!(!w.contains(&DispatchState::Arrived), "{s}");
             assert_eq!(
-                w.contains(&"accepted"),
+                w.contains(&DispatchState::Accepted),
                 !s.is_open() && s != State::Resolved,
                 "{s}"
             );

@@ -7,6 +7,7 @@
 pub mod acl;
 pub mod cancel_reason;
 pub mod cascade;
+pub mod dispatch_state;
 pub mod escalation;
 pub mod incident_state;
 pub mod reach;
@@ -15,6 +16,7 @@ pub mod rules;
 
 pub use cancel_reason::CancelReason;
 pub use cascade::Cascade;
+pub use dispatch_state::DispatchState;
 pub use escalation::{Clock, Escalation};
 pub use incident_state::{Action, IllegalTransition, State};
 pub use reach::{Email, NoticeRoute, Phone, WebhookUrl};

@@ -4,6 +4,7 @@
 //! The statements are [`ConsoleSql`]'s, written once for both backends.
 
 use super::audit::AuditSql;
+use pingantong_domain::DispatchState;
 use serde::Serialize;
 
 use super::{Db, StoreError, now_ms};
@@ -68,7 +69,7 @@ pub struct DispatchRow {
     pub carer_name: String,
     pub provider_id: i64,
     pub provider_name: String,
-    pub state: String,
+    pub state: DispatchState,
     pub distance_m: Option<f64>,
     pub fallback: bool,
     pub offered_at: i64,
@@ -97,7 +98,7 @@ pub struct CarerJob {
     /// `offered`, `accepted`, `arrived`, or `withdrawn`: the incident ended
     /// and the job was taken back (the carer's phone was told on MQTT too);
     /// answers to it are refused.
-    pub state: String,
+    pub state: DispatchState,
     pub kind: String,
     pub offered_at: i64,
     pub distance_m: Option<f64>,

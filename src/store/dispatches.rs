@@ -1,5 +1,7 @@
 //! Dispatch offers after they are sent: carers' replies and further offers.
 
+use pingantong_domain::{DispatchState, State};
+
 use super::audit::AuditSql;
 use super::tx::TxSql;
 use super::{AuditEntry, CarerRow, Db, NewDispatch, StoreError, now_ms};
@@ -35,12 +37,12 @@ impl CarerAnswer {
     }
 
     /// The dispatch state this answer leads to.
-    pub fn state(self) -> &'static str {
+    pub fn state(self) -> DispatchState {
         match self {
-            Self::Accept => "accepted",
-            Self::Decline => "declined",
-            Self::Arrived => "arrived",
-            Self::Completed => "completed",
+            Self::Accept => DispatchState::Accepted,
+            Self::Decline => DispatchState::Declined,
+            Self::Arrived => DispatchState::Arrived,
+            Self::Completed => DispatchState::Completed,
         }
     }
 
@@ -48,12 +50,13 @@ impl CarerAnswer {
     /// accepted again, so a repeated reply is harmless. A job goes accepted →
     /// arrived → completed: "completed" from a carer who never said they
     /// arrived would resolve an incident nobody attended.
-    fn allowed_from(self) -> &'static [&'static str] {
+    fn allowed_from(self) -> &'static [DispatchState] {
+        use DispatchState::*;
         match self {
-            Self::Accept => &["offered", "accepted"],
-            Self::Decline => &["offered", "declined"],
-            Self::Arrived => &["accepted", "arrived"],
-            Self::Completed => &["arrived", "completed"],
+            Self::Accept => &[Offered, Accepted],
+            Self::Decline => &[Offered, Declined],
+            Self::Arrived => &[Accepted, Arrived],
+            Self::Completed => &[Arrived, Completed],
         }
     }
 
@@ -90,7 +93,7 @@ pub enum ReplyError {
     #[error("dispatch {dispatch} is {state}; {answer} only follows {}", answer.follows())]
     OutOfOrder {
         dispatch: i64,
-        state: String,
+        state: DispatchState,
         answer: CarerAnswer,
     },
     /// The incident ended and took the offer back.
@@ -98,13 +101,13 @@ pub enum ReplyError {
     Withdrawn {
         dispatch: i64,
         incident: i64,
-        incident_state: String,
+        incident_state: State,
     },
     #[error("incident {incident} is {incident_state}; dispatch {dispatch} cannot be {answer}ed")]
     IncidentEnded {
         dispatch: i64,
         incident: i64,
-        incident_state: String,
+        incident_state: State,
         answer: CarerAnswer,
     },
     #[error(transparent)]
@@ -137,7 +140,7 @@ pub enum OfferError {
     #[error("incident {0} does not exist")]
     NotFound(i64),
     #[error("incident {incident} is {state}: it takes no more offers")]
-    Ended { incident: i64, state: String },
+    Ended { incident: i64, state: State },
     /// At most one live offer per carer per incident.
     #[error(
         "carer {carer} already holds dispatch {dispatch} ({state}) for incident {incident}; \
@@ -147,7 +150,7 @@ pub enum OfferError {
         carer: i64,
         incident: i64,
         dispatch: i64,
-        state: String,
+        state: DispatchState,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -212,7 +215,9 @@ where
     Option<i64>: sqlx::Type<C::Database>,
     for<'q> String: sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database>,
     String: sqlx::Type<C::Database>,
-    for<'q> &'q str: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'q> &'q str:
+        sqlx::Encode<'q, C::Database> + sqlx::Decode<'q, C::Database> + sqlx::Type<C::Database>,
+    str: sqlx::Type<C::Database>,
     for<'q> f64: sqlx::Decode<'q, C::Database>,
     f64: sqlx::Type<C::Database>,
     for<'q> bool: sqlx::Decode<'q, C::Database>,
@@ -241,12 +246,12 @@ where
         // As a `SqlStr`: a future holding the `&'static str` itself is not
         // taken for `Send` by the API's handlers.
         let mut tx = self.begin_with(sqlx::SqlStr::from_static(begin)).await?;
-        let incident_row: Option<(i64, String)> =
+        let incident_row: Option<(i64, State)> =
             sqlx::query_as(sqlx::AssertSqlSafe(incident_select))
                 .bind(dispatch_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let row: Option<(i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
+        let row: Option<(i64, i64, DispatchState)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
             .bind(dispatch_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -261,7 +266,7 @@ where
                 owner,
             });
         }
-        if state == "withdrawn" {
+        if state == DispatchState::Withdrawn {
             return Err(ReplyError::Withdrawn {
                 dispatch: dispatch_id,
                 incident,
@@ -271,8 +276,8 @@ where
         // Offers are withdrawn as their incident ends; this guards rows
         // written by an older server all the same.
         if answer == CarerAnswer::Accept
-            && state == "offered"
-            && !pingantong_domain::State::parse(&incident_state).is_some_and(|s| s.is_open())
+            && state == DispatchState::Offered
+            && !incident_state.is_open()
         {
             return Err(ReplyError::IncidentEnded {
                 dispatch: dispatch_id,
@@ -281,7 +286,7 @@ where
                 answer,
             });
         }
-        if !answer.allowed_from().contains(&state.as_str()) {
+        if !answer.allowed_from().contains(&state) {
             return Err(ReplyError::OutOfOrder {
                 dispatch: dispatch_id,
                 state,
@@ -365,20 +370,20 @@ where
         let lock = super::backend::row_lock::<C::Database>();
         let select = format!("SELECT state FROM incidents WHERE id = $1{lock}");
         let mut tx = self.begin_with(sqlx::SqlStr::from_static(begin)).await?;
-        let state: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
+        let state: Option<(State,)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
             .bind(incident_id)
             .fetch_optional(&mut *tx)
             .await?;
         let Some((state,)) = state else {
             return Err(OfferError::NotFound(incident_id));
         };
-        if !pingantong_domain::State::parse(&state).is_some_and(|s| s.is_open()) {
+        if !state.is_open() {
             return Err(OfferError::Ended {
                 incident: incident_id,
                 state,
             });
         }
-        let held: Option<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let held: Option<(i64, DispatchState)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, state FROM dispatches WHERE incident_id = $1 AND carer_id = $2 \
              AND state IN {LIVE}"
         )))

@@ -171,16 +171,6 @@ impl From<sqlx::Error> for ImportError {
     }
 }
 
-const DISPATCH_STATES: [&str; 7] = [
-    "offered",
-    "accepted",
-    "declined",
-    "expired",
-    "arrived",
-    "completed",
-    "withdrawn",
-];
-
 fn check(i: &ImportedIncident) -> Result<(), ImportError> {
     let invalid = |why: String| {
         Err(ImportError::Invalid {
@@ -205,7 +195,7 @@ fn check(i: &ImportedIncident) -> Result<(), ImportError> {
         }
     }
     for d in &i.dispatches {
-        if !DISPATCH_STATES.contains(&d.state.as_str()) {
+        if pingantong_domain::DispatchState::parse(&d.state).is_none() {
             return invalid(format!("dispatch state {:?}", d.state));
         }
     }

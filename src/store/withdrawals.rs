@@ -12,7 +12,7 @@ pub struct Withdrawal {
     pub carer_id: i64,
     /// The incident's state, which says why (`resolved`, `closed`, `cancelled`, `merged`).
     #[serde(skip)]
-    pub incident_state: String,
+    pub incident_state: pingantong_domain::State,
     pub withdrawn_at: i64,
 }
 
