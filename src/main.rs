@@ -4,6 +4,7 @@
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
+use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand};
 use pingantong::Application;
 use pingantong::api::auth::hash_password;
@@ -124,10 +125,11 @@ enum UserCommand {
         server: ServerArgs,
         #[arg(long)]
         username: String,
+        /// Parsed here: only a role's own name is taken.
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
             Role::ALL.map(|r| r.as_str())
-        ))]
-        role: String,
+        ).map(|name| Role::parse(&name).expect("one of the roles' names")))]
+        role: Role,
         /// The carer this account is (required with --role carer).
         #[arg(long)]
         carer_id: Option<i64>,
@@ -291,8 +293,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             carer_id,
             provider_id,
         }) => {
-            let role =
-                Role::parse(&role).ok_or_else(|| anyhow::anyhow!("unknown role {role:?}"))?;
             let password = new_password()?;
             let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
             let db = server.connect().await?;
