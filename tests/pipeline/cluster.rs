@@ -297,8 +297,7 @@ fn free_port() -> u16 {
 /// along is raised offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_under_load_loses_nothing_and_raises_no_false_alarm() {
-    use pingantong_sim::city::{CitySpec, seed_city};
-    use pingantong_sim::fleet::{self, FleetConfig, FleetStats, Line, Pendant};
+    use pingantong_sim::fleet::FleetStats;
     use std::sync::atomic::Ordering::Relaxed;
 
     const SEED: &str = "cluster-kill";
@@ -319,18 +318,7 @@ async fn a_server_killed_under_load_loses_nothing_and_raises_no_false_alarm() {
     })
     .await
     .unwrap();
-    let city = seed_city(
-        &db,
-        &CitySpec {
-            clients: 20,
-            carers_per_provider: 2,
-            secret_seed: SEED.into(),
-            protocol: pingantong_sim::speaker::Mix::native(),
-            native_from: None,
-        },
-    )
-    .await
-    .unwrap();
+    let (_, pendants) = crate::crash::native_city(&db, SEED).await;
     // Behind the balancer; a 1 s lease; 6 s of silence allowed.
     let config = dir.path().join("cluster.toml");
     std::fs::write(
@@ -384,30 +372,10 @@ async fn a_server_killed_under_load_loses_nothing_and_raises_no_false_alarm() {
     }
     let lb = Haproxy::start(&ends).await;
 
-    let pendants = city
-        .devices
-        .iter()
-        .map(|id| Pendant::new(id.clone(), pingantong_sim::derive_secret(SEED, id)))
-        .collect();
     let stats = Arc::new(FleetStats::default());
     let beating = Duration::from_secs(6);
     let started = pingantong::store::now_ms();
-    let fleet = tokio::spawn(fleet::run(
-        FleetConfig {
-            lines: vec![Line::new(
-                Arc::new(pingantong_sim::speaker::NativeSpeaker),
-                lb.addr,
-            )],
-            pendants,
-            heartbeat: Duration::from_millis(200),
-            alarm_rate: 100.0,
-            technical_rate: 0.0,
-            duration: beating,
-            retry_after: Duration::from_millis(500),
-            grace: Duration::from_secs(20),
-        },
-        Arc::clone(&stats),
-    ));
+    let fleet = crate::crash::burst(lb.addr, pendants, 100.0, beating, &stats);
     eventually("alarms flowing", || async {
         (stats.alarms_acked.load(Relaxed) >= 50).then_some(())
     })
@@ -424,33 +392,7 @@ async fn a_server_killed_under_load_loses_nothing_and_raises_no_false_alarm() {
         report.alarms_acked > acked_before_kill,
         "answered by the other server after the kill"
     );
-    assert_eq!(
-        report.alarms_lost(),
-        0,
-        "unanswered: {:?}",
-        report.unanswered
-    );
-    for (device, seq) in &report.acked {
-        let copies = db.alarm_states(device, i64::from(*seq)).await.unwrap();
-        assert_eq!(copies.len(), 1, "{device} seq {seq}: {copies:?}");
-    }
-    let alarms = db.count_alarms(Some(EventKind::Sos)).await.unwrap()
-        + db.count_alarms(Some(EventKind::Fall)).await.unwrap();
-    assert_eq!(alarms as u64, report.alarms_acked, "stored = answered");
-    // Every stored press handled once by the survivor: no alarm left
-    // unprocessed, never two incidents for one frame.
-    eventually("every alarm handled", || async {
-        let owed = db.unprocessed_alarms(0, 1, None).await.unwrap();
-        let presses: i64 = db
-            .incidents_overview()
-            .await
-            .unwrap()
-            .iter()
-            .map(|i| i.2)
-            .sum();
-        (owed.is_empty() && presses == alarms).then_some(())
-    })
-    .await;
+    crate::crash::every_answer_stored_once(&db, &report).await;
     // No pendant beating through the failover was taken for silent (they
     // fall silent once the fleet stops, which is not counted).
     let stopped_beating = started + beating.as_millis() as i64;

@@ -15,6 +15,82 @@ use crate::helpers::*;
 
 const SEED: &str = "crash-test";
 
+/// Twenty residents with native pendants keyed from `seed`, and those pendants.
+pub(crate) async fn native_city(db: &Db, seed: &str) -> (usize, Vec<Pendant>) {
+    let city = seed_city(
+        db,
+        &CitySpec {
+            clients: 20,
+            carers_per_provider: 2,
+            secret_seed: seed.into(),
+            protocol: pingantong_sim::speaker::Mix::native(),
+            native_from: None,
+        },
+    )
+    .await
+    .unwrap();
+    let pendants = city
+        .devices
+        .iter()
+        .map(|id| Pendant::new(id.clone(), pingantong_sim::derive_secret(seed, id)))
+        .collect();
+    (city.devices.len(), pendants)
+}
+
+/// The pendants press `rate` times a second between them and beat every
+/// 200 ms through `addr` for `duration`, resending a press unanswered
+/// after 500 ms, and wait up to 20 s for the last answers.
+pub(crate) fn burst(
+    addr: std::net::SocketAddr,
+    pendants: Vec<Pendant>,
+    rate: f64,
+    duration: Duration,
+    stats: &Arc<FleetStats>,
+) -> tokio::task::JoinHandle<fleet::FleetReport> {
+    tokio::spawn(fleet::run(
+        FleetConfig {
+            lines: vec![Line::new(
+                Arc::new(pingantong_sim::speaker::NativeSpeaker),
+                addr,
+            )],
+            pendants,
+            heartbeat: Duration::from_millis(200),
+            alarm_rate: rate,
+            technical_rate: 0.0,
+            duration,
+            retry_after: Duration::from_millis(500),
+            grace: Duration::from_secs(20),
+        },
+        Arc::clone(stats),
+    ))
+}
+
+/// Every press the pendants saw answered is stored exactly once and nothing
+/// besides, and each is handled once: it opened an incident or folded into
+/// one, never two incidents for one frame.
+pub(crate) async fn every_answer_stored_once(db: &Db, report: &fleet::FleetReport) {
+    assert_eq!(
+        report.alarms_lost(),
+        0,
+        "unanswered: {:?}",
+        report.unanswered
+    );
+    for (device, seq) in &report.acked {
+        let copies = db.alarm_states(device, i64::from(*seq)).await.unwrap();
+        assert_eq!(copies.len(), 1, "{device} seq {seq}: {copies:?}");
+    }
+    let alarms = db.count_alarms(Some(EventKind::Sos)).await.unwrap()
+        + db.count_alarms(Some(EventKind::Fall)).await.unwrap();
+    assert_eq!(alarms as u64, report.alarms_acked, "stored = answered");
+    eventually("every alarm handled", || async {
+        let owed = db.unprocessed_alarms(0, 1, None).await.unwrap();
+        let incidents = db.incidents_overview().await.unwrap();
+        let presses: i64 = incidents.iter().map(|i| i.2).sum();
+        (owed.is_empty() && presses == alarms).then_some(())
+    })
+    .await;
+}
+
 pub(crate) async fn start_server(args: &[String]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pingantong"))
         .arg("serve")
@@ -49,18 +125,7 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
     let db = Db::connect(&store_config(url.clone(), schema_arg.clone(), dir.path()))
         .await
         .unwrap();
-    let city = seed_city(
-        &db,
-        &CitySpec {
-            clients: 20,
-            carers_per_provider: 2,
-            secret_seed: SEED.into(),
-            protocol: pingantong_sim::speaker::Mix::native(),
-            native_from: None,
-        },
-    )
-    .await
-    .unwrap();
+    let (residents, pendants) = native_city(&db, SEED).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -92,28 +157,14 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
     }
     let mut server = start_server(&args).await;
 
-    let pendants = city
-        .devices
-        .iter()
-        .map(|id| Pendant::new(id.clone(), pingantong_sim::derive_secret(SEED, id)))
-        .collect();
     let stats = Arc::new(FleetStats::default());
-    let fleet = tokio::spawn(fleet::run(
-        FleetConfig {
-            lines: vec![Line::new(
-                Arc::new(pingantong_sim::speaker::NativeSpeaker),
-                native.parse().unwrap(),
-            )],
-            pendants,
-            heartbeat: Duration::from_millis(200),
-            alarm_rate: 150.0,
-            technical_rate: 0.0,
-            duration: Duration::from_secs(4),
-            retry_after: Duration::from_millis(500),
-            grace: Duration::from_secs(20),
-        },
-        Arc::clone(&stats),
-    ));
+    let fleet = burst(
+        native.parse().unwrap(),
+        pendants,
+        150.0,
+        Duration::from_secs(4),
+        &stats,
+    );
     // Kill the server once alarms are flowing, hard: no shutdown, no flush.
     eventually("alarms flowing", || async {
         (stats
@@ -136,33 +187,10 @@ async fn crash_in_the_middle_of_a_burst(backend: Backend) {
         report.alarms_acked > acked_before_kill,
         "alarms acknowledged after the restart too"
     );
-    assert_eq!(
-        report.alarms_lost(),
-        0,
-        "unanswered: {:?}",
-        report.unanswered
-    );
-    // Every alarm the pendants saw acknowledged is stored, exactly once.
-    for (device, seq) in &report.acked {
-        let copies = db.alarm_states(device, i64::from(*seq)).await.unwrap();
-        assert_eq!(copies.len(), 1, "{device} seq {seq}: {copies:?}");
-    }
-    let alarms = db.count_alarms(Some(EventKind::Sos)).await.unwrap()
-        + db.count_alarms(Some(EventKind::Fall)).await.unwrap();
-    assert_eq!(alarms as u64, report.alarms_acked);
-    // After recovery every stored press is accounted for exactly once: opened
-    // an incident or folded into one — never two incidents for one frame.
-    let presses = eventually("every alarm handled after the restart", || async {
-        let owed = db.unprocessed_alarms(0, 1, None).await.unwrap();
-        let incidents = db.incidents_overview().await.unwrap();
-        let presses: i64 = incidents.iter().map(|i| i.2).sum();
-        (owed.is_empty() && presses == alarms).then_some(presses)
-    })
-    .await;
-    assert_eq!(presses, alarms);
+    every_answer_stored_once(&db, &report).await;
     let incidents = db.incidents_overview().await.unwrap();
     assert!(
-        incidents.len() <= city.devices.len(),
+        incidents.len() <= residents,
         "one open incident per person at most"
     );
     server.kill().await.unwrap();
